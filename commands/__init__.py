@@ -1,0 +1,12 @@
+"""The CLI's commands, one module per concern; ``cli.py`` registers them all."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register_all(app: typer.Typer) -> None:
+    from commands import history, lab, node, relay
+
+    for module in (history, lab, node, relay):
+        module.register(app)

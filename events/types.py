@@ -1,0 +1,439 @@
+"""Every event LANrage records, grouped by the stream they belong to.
+
+Stream ids (see ``streams``): ``node:<node_id>``, ``party:<party_id>``,
+``peer:<party_id>:<peer_id>``, ``relay:<host:port>``, ``control:<server_id>``.
+Fields hold only JSON scalars and tuples; no secret ever goes into an event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from events.base import Event, Payload, register, upcaster
+
+# Connection states of the seed's state machine.
+CONNECTING = "connecting"
+CONNECTED = "connected"
+DEGRADED = "degraded"
+FAILED = "failed"
+CLEANUP = "cleanup"
+CLOSED = "closed"
+CONNECTION_STATES = (CONNECTING, CONNECTED, DEGRADED, FAILED, CLEANUP, CLOSED)
+
+# Paths a connection can take.
+DIRECT = "direct"
+RELAY = "relay"
+PATHS = (DIRECT, RELAY)
+
+# NAT types as pystun3 names them, normalised.
+NAT_OPEN = "open"
+NAT_FULL_CONE = "full_cone"
+NAT_RESTRICTED = "restricted"
+NAT_PORT_RESTRICTED = "port_restricted"
+NAT_SYMMETRIC = "symmetric"
+NAT_UDP_BLOCKED = "udp_blocked"
+NAT_UNKNOWN = "unknown"
+NAT_TYPES = (NAT_OPEN, NAT_FULL_CONE, NAT_RESTRICTED, NAT_PORT_RESTRICTED, NAT_SYMMETRIC,
+             NAT_UDP_BLOCKED, NAT_UNKNOWN)
+
+
+# ---------------------------------------------------------------- node stream
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class NodeStarted(Event):
+    node_id: str
+    public_key: str
+    listen_port: int
+    software_version: str = ""
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class NodeStopped(Event):
+    node_id: str
+    reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class NatDetected(Event):
+    """v2 split v1's ``mapping`` ("ip:port") into ``public_ip`` and ``public_port``."""
+
+    version = 2
+    node_id: str
+    nat_type: str
+    public_ip: str | None
+    public_port: int | None
+    local_ip: str = ""
+    local_port: int = 0
+    stun_server: str = ""
+
+
+@upcaster("NatDetected", 1)
+def _nat_detected_v1_to_v2(payload: Payload) -> Payload:
+    mapping = payload.pop("mapping", None)
+    host, _, port = (mapping or "").rpartition(":")
+    payload["public_ip"] = host or None
+    payload["public_port"] = int(port) if port.isdigit() else None
+    return payload
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class NatDetectionFailed(Event):
+    """No STUN server answered: the node runs in relay-only mode."""
+
+    node_id: str
+    reason: str
+    stun_servers: tuple[str, ...] = ()
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class MessageRejected(Event):
+    """An actor refused a message or an adapter observation it could not use."""
+
+    actor: str
+    message_type: str
+    reason: str
+
+
+# ---------------------------------------------------------------- party stream
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PartyCreated(Event):
+    party_id: str
+    name: str
+    host_peer_id: str
+    subnet: str = "10.66.0.0/16"
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PartyJoined(Event):
+    """The local node became a member of a party created elsewhere."""
+
+    party_id: str
+    name: str
+    local_peer_id: str
+    control_url: str = ""
+    subnet: str = "10.66.0.0/16"
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PeerJoined(Event):
+    party_id: str
+    peer_id: str
+    name: str
+    public_key: str
+    nat_type: str = NAT_UNKNOWN
+    is_local: bool = False
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class VirtualIpAllocated(Event):
+    party_id: str
+    peer_id: str
+    virtual_ip: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class VirtualIpReleased(Event):
+    party_id: str
+    peer_id: str
+    virtual_ip: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PeerLeft(Event):
+    party_id: str
+    peer_id: str
+    reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PartyLeft(Event):
+    """The local node left the party (or it was disbanded)."""
+
+    party_id: str
+    reason: str
+
+
+# ---------------------------------------------------------------- peer connection stream
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ConnectionAttemptStarted(Event):
+    party_id: str
+    peer_id: str
+    attempt: int
+    path: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PathChosen(Event):
+    party_id: str
+    peer_id: str
+    path: str
+    reason: str
+    endpoint: str | None = None
+    relay: str | None = None
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class HolePunchAttempted(Event):
+    party_id: str
+    peer_id: str
+    local_candidates: tuple[str, ...]
+    remote_candidates: tuple[str, ...]
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class HolePunchSucceeded(Event):
+    party_id: str
+    peer_id: str
+    endpoint: str
+    rtt_ms: float
+    elapsed_ms: float
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class HolePunchFailed(Event):
+    party_id: str
+    peer_id: str
+    reason: str
+    elapsed_ms: float
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class WireGuardPeerConfigured(Event):
+    party_id: str
+    peer_id: str
+    public_key: str
+    endpoint: str | None
+    allowed_ips: tuple[str, ...]
+    keepalive_s: int = 25
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class WireGuardPeerRemoved(Event):
+    party_id: str
+    peer_id: str
+    public_key: str
+    reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ConnectionStateChanged(Event):
+    party_id: str
+    peer_id: str
+    from_state: str | None
+    to_state: str
+    reason: str
+    path: str | None = None
+    endpoint: str | None = None
+    relay: str | None = None
+    latency_ms: float | None = None
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class EndpointChanged(Event):
+    party_id: str
+    peer_id: str
+    old_endpoint: str | None
+    new_endpoint: str | None
+    reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ReconnectAttempted(Event):
+    party_id: str
+    peer_id: str
+    attempt: int
+    max_attempts: int
+    reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PathSwitched(Event):
+    """Direct to relay, relay to direct (the upgrade), or one relay to another."""
+
+    party_id: str
+    peer_id: str
+    from_path: str
+    to_path: str
+    reason: str
+    endpoint: str | None = None
+    from_relay: str | None = None
+    to_relay: str | None = None
+    from_latency_ms: float | None = None
+    to_latency_ms: float | None = None
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class DirectPathRetried(Event):
+    """While on a relay, the periodic retry of the direct path, and its outcome."""
+
+    party_id: str
+    peer_id: str
+    succeeded: bool
+    reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class MetricsSampled(Event):
+    """One aggregated sample over ``window_s`` seconds (never one row a probe)."""
+
+    party_id: str
+    peer_id: str
+    window_s: float
+    probes: int
+    latency_ms: float | None
+    jitter_ms: float | None
+    loss: float
+    rx_bytes: int
+    tx_bytes: int
+    quality: float
+
+
+# ---------------------------------------------------------------- relay streams
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class RelayProbed(Event):
+    """Aggregated probes of one relay over an interval."""
+
+    relay: str
+    probes: int
+    answered: int
+    rtt_ms: float | None
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class RelayDegraded(Event):
+    relay: str
+    rtt_ms: float | None
+    reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class RelaySelected(Event):
+    relay: str
+    rtt_ms: float | None
+    previous_relay: str | None
+    reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class RelaySessionAllocated(Event):
+    """Recorded by the relay server: a session id (never its token) and its two ends."""
+
+    relay: str
+    session_id: str
+    party_id: str
+    peer_a: str
+    peer_b: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class RelaySessionExpired(Event):
+    relay: str
+    session_id: str
+    reason: str
+    forwarded_packets: int
+    forwarded_bytes: int
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class RelayCountersSampled(Event):
+    relay: str
+    window_s: float
+    forwarded_packets: int
+    forwarded_bytes: int
+    dropped_unauthenticated: int
+    dropped_rate_limited: int
+    dropped_malformed: int
+    active_sessions: int
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class RelayServerStarted(Event):
+    relay: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class RelayServerStopped(Event):
+    relay: str
+    reason: str
+
+
+# ---------------------------------------------------------------- control server stream
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ControlPartyRegistered(Event):
+    party_id: str
+    name: str
+    host_peer_id: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ControlMemberAdmitted(Event):
+    party_id: str
+    peer_id: str
+    public_key: str
+    virtual_ip: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ControlMemberRemoved(Event):
+    party_id: str
+    peer_id: str
+    reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ControlJoinRefused(Event):
+    party_id: str
+    reason: str
+    public_key: str = ""
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ControlRelayRegistered(Event):
+    relay: str

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything LANrage needs on a fresh Debian machine (run as root):
+# the system packages, a Python venv in .venv with requirements.txt, and
+# a running PostgreSQL 15 cluster with a `lanrage` role and database.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SYSTEM_PACKAGES=(wireguard-go wireguard-tools iproute2 iptables conntrack stun-server
+                 iputils-ping iperf3 postgresql python3-venv procps)
+
+missing=()
+for package in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+
+bash scripts/postgres.sh
