@@ -403,9 +403,13 @@ class RelayServerStopped(Event):
 @register
 @dataclass(frozen=True, kw_only=True)
 class ControlPartyRegistered(Event):
+    """``secret_hash`` is a salted SHA-256 of the invite's 256-bit secret, never the secret."""
+
     party_id: str
     name: str
     host_peer_id: str
+    secret_hash: str = ""
+    subnet: str = "10.66.0.0/16"
 
 
 @register
@@ -415,6 +419,7 @@ class ControlMemberAdmitted(Event):
     peer_id: str
     public_key: str
     virtual_ip: str
+    name: str = ""
 
 
 @register
