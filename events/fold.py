@@ -198,6 +198,7 @@ class NodeState:
     relay_only: bool = False
     selected_relay: str | None = None
     rejected_messages: int = 0
+    parties: tuple[str, ...] = ()
 
 
 def apply_node(state: NodeState, event: Event) -> NodeState:
@@ -218,6 +219,11 @@ def apply_node(state: NodeState, event: Event) -> NodeState:
             return replace(state, selected_relay=event.relay)
         case ev.MessageRejected():
             return replace(state, rejected_messages=state.rejected_messages + 1)
+        case ev.NodePartyOpened():
+            return replace(state, parties=(*(p for p in state.parties if p != event.party_id),
+                                           event.party_id))
+        case ev.NodePartyClosed():
+            return replace(state, parties=tuple(p for p in state.parties if p != event.party_id))
     return state
 
 

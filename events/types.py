@@ -100,6 +100,23 @@ class MessageRejected(Event):
     reason: str
 
 
+@register
+@dataclass(frozen=True, kw_only=True)
+class NodePartyOpened(Event):
+    """The node started hosting a party (its party actor); replayed to recreate it on restart."""
+
+    node_id: str
+    party_id: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class NodePartyClosed(Event):
+    node_id: str
+    party_id: str
+    reason: str
+
+
 # ---------------------------------------------------------------- party stream
 
 
