@@ -1,0 +1,215 @@
+"""The relay client: a small local UDP proxy per relay session, and the relay probe.
+
+WireGuard's peer endpoint is set to the proxy's loopback address. The proxy's upstream
+socket is its own (not WireGuard's listen port), so the relay path never competes with
+direct punching for the WireGuard port, and it works behind any NAT including
+symmetric ones: it is outbound-only towards a public relay. The proxy authenticates
+with a HELLO (fresh nonce and timestamp, MAC'd with its side key), repeats it on an
+interval so that a restarted relay or a rebound NAT mapping heals, and then moves raw
+WireGuard packets both ways without any extra header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from mesh.interfaces import MeshError, RelayAllocation
+from mesh.relay import wire
+from mesh.relay.tickets import RelayTicket
+
+Address = tuple[str, int]
+
+
+def parse_hostport(value: str) -> Address:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MeshError(f"{value!r} is not host:port")
+    try:
+        return socket.gethostbyname(host.strip("[]")), int(port)
+    except OSError as error:
+        raise MeshError(f"cannot resolve {host!r}: {error}") from None
+
+
+class RelayRefused(MeshError):
+    def __init__(self, relay: str, reason: str) -> None:
+        super().__init__(f"relay {relay} refused the session: {reason}")
+        self.reason = reason
+
+
+class RelayProxy:
+    """One relay session: a loopback socket for WireGuard and an upstream socket to the relay."""
+
+    def __init__(self, ticket: RelayTicket, wg_port: int | None = None, bind_host: str = "127.0.0.1",
+                 rehello_s: float = 10.0, hello_timeout_s: float = 2.0) -> None:
+        self.ticket = ticket
+        self.relay_addr = parse_hostport(ticket.relay)
+        self._wg_addr: Address | None = (bind_host, wg_port) if wg_port else None
+        self._rehello_s = rehello_s
+        self._hello_timeout_s = hello_timeout_s
+        self._local = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._local.bind((bind_host, 0))
+        self._upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._upstream.bind(("0.0.0.0", 0))
+        self._upstream.connect(self.relay_addr)
+        self.endpoint = "{}:{}".format(*self._local.getsockname()[:2])
+        self.peer_bound = False
+        self.last_hello_ok: float | None = None
+        self.packets_up = 0
+        self.packets_down = 0
+        self._pending: dict[bytes, float] = {}
+        self._refused: str | None = None
+        self._ok = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"relay-proxy-{ticket.session_id}",
+                                        daemon=True)
+
+    def open(self) -> RelayProxy:
+        """Authenticate with the relay (raises RelayRefused or MeshError) and start proxying."""
+        self._thread.start()
+        deadline = time.monotonic() + self._hello_timeout_s
+        while time.monotonic() < deadline and not self._ok.is_set() and self._refused is None:
+            self._hello(wire.HELLO)
+            self._ok.wait(0.25)
+        if self._refused is not None:
+            self.close(send_bye=False)
+            raise RelayRefused(self.ticket.relay, self._refused)
+        if not self._ok.is_set():
+            self.close(send_bye=False)
+            raise MeshError(f"relay {self.ticket.relay} did not answer the session hello")
+        return self
+
+    def close(self, send_bye: bool = True) -> None:
+        if send_bye and self._ok.is_set():
+            self._hello(wire.BYE)
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        self._local.close()
+        self._upstream.close()
+
+    def _hello(self, kind: int) -> None:
+        nonce = os.urandom(wire.NONCE_LEN)
+        ticket = self.ticket
+        data = wire.encode_hello(kind, ticket.key, ticket.side, ticket.expiry_s, int(time.time() * 1000),
+                                 nonce, ticket.session_id, ticket.party_id, ticket.peer_a, ticket.peer_b)
+        self._pending[nonce] = time.monotonic()
+        with contextlib.suppress(OSError):
+            self._upstream.send(data)
+
+    def _run(self) -> None:
+        local, upstream = self._local, self._upstream
+        next_hello = time.monotonic() + self._rehello_s
+        while not self._stop.is_set():
+            try:
+                readable, _, _ = select.select([local, upstream], [], [], 0.2)
+            except (OSError, ValueError):
+                return
+            for sock in readable:
+                try:
+                    data, addr = sock.recvfrom(65535)
+                except OSError:
+                    continue
+                if sock is local:
+                    if addr[0] != local.getsockname()[0]:
+                        continue
+                    self._wg_addr = addr
+                    if wire.is_wireguard(data):
+                        self.packets_up += 1
+                        with contextlib.suppress(OSError):
+                            upstream.send(data)
+                elif wire.is_control(data):
+                    self._on_control(data)
+                elif self._wg_addr is not None and wire.is_wireguard(data):
+                    self.packets_down += 1
+                    with contextlib.suppress(OSError):
+                        local.sendto(data, self._wg_addr)
+            if time.monotonic() >= next_hello and self._ok.is_set():
+                self._hello(wire.HELLO)
+                next_hello = time.monotonic() + self._rehello_s
+
+    def _on_control(self, data: bytes) -> None:
+        ok = wire.parse_hello_ok(data)
+        if ok is not None and self._pending.pop(ok[0], None) is not None:
+            self.peer_bound = ok[2]
+            self.last_hello_ok = time.monotonic()
+            self._ok.set()
+            return
+        refused = wire.parse_refused(data)
+        if refused is not None and self._pending.pop(refused[0], None) is not None and not self._ok.is_set():
+            self._refused = wire.REFUSAL_NAMES[refused[1]]
+
+
+def probe_relay(relay: str, timeout_s: float = 1.0) -> float | None:
+    """One PING/PONG round trip to a relay in ms, None when it did not answer in time."""
+    addr = parse_hostport(relay)
+    probe_id = int.from_bytes(os.urandom(8), "big")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(addr)
+        start = time.perf_counter()
+        deadline = start + timeout_s
+        try:
+            sock.send(wire.encode_ping(probe_id))
+        except OSError:
+            return None
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return None
+            sock.settimeout(remaining)
+            try:
+                data = sock.recv(2048)
+            except (TimeoutError, OSError):
+                return None
+            if wire.parse_probe(data, wire.PONG) == probe_id:
+                return (time.perf_counter() - start) * 1000
+
+
+TicketSource = Callable[[str, str, str], RelayTicket]
+
+
+class ProxyRelayClient:
+    """The real ``mesh.interfaces.RelayClient``: tickets come from the control plane."""
+
+    def __init__(self, tickets: TicketSource, wg_port: int | None = None, rehello_s: float = 10.0) -> None:
+        self._tickets = tickets
+        self._wg_port = wg_port
+        self._rehello_s = rehello_s
+        self._proxies: dict[str, RelayProxy] = {}
+        self._lock = threading.Lock()
+
+    def allocate(self, party_id: str, peer_id: str, relay: str) -> RelayAllocation:
+        return self.allocate_ticket(self._tickets(party_id, peer_id, relay))
+
+    def allocate_ticket(self, ticket: RelayTicket) -> RelayAllocation:
+        proxy = RelayProxy(ticket, wg_port=self._wg_port, rehello_s=self._rehello_s).open()
+        with self._lock:
+            old = self._proxies.pop(ticket.session_id + ticket.relay, None)
+            self._proxies[ticket.session_id + ticket.relay] = proxy
+        if old is not None:
+            old.close()
+        return RelayAllocation(relay=ticket.relay, session_id=ticket.session_id, endpoint=proxy.endpoint)
+
+    def proxy(self, allocation: RelayAllocation) -> RelayProxy | None:
+        with self._lock:
+            return self._proxies.get(allocation.session_id + allocation.relay)
+
+    def release(self, allocation: RelayAllocation) -> None:
+        with self._lock:
+            proxy = self._proxies.pop(allocation.session_id + allocation.relay, None)
+        if proxy is not None:
+            proxy.close()
+
+    def close(self) -> None:
+        with self._lock:
+            proxies, self._proxies = list(self._proxies.values()), {}
+        for proxy in proxies:
+            proxy.close()
+
+    def probe(self, relay: str, timeout_s: float) -> float | None:
+        return probe_relay(relay, timeout_s)

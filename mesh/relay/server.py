@@ -1,0 +1,416 @@
+"""The UDP relay server: forwards WireGuard packets between the two bound addresses of a session.
+
+One thread runs a tight blocking ``recvfrom``/``sendto`` loop (asyncio's per-datagram
+callbacks cost about three times as much per packet here, see docs/nat-relay.md); it
+owns every piece of forwarding state, so the hot path takes no lock. Housekeeping
+(counter flush, idle expiry, samples) runs inside that loop every few thousand packets
+or when the socket is idle. Events go to a writer thread through a queue, so a slow
+store never stalls forwarding.
+
+Never an open relay: a datagram is forwarded only when its source address was bound
+to one side of a session by a valid HELLO, only if it is shaped like a WireGuard
+message, and only to the address bound to the other side of that same session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from events.base import Event
+from events.streams import relay_stream
+from events.types import (
+    RelayCountersSampled,
+    RelayServerStarted,
+    RelayServerStopped,
+    RelaySessionAllocated,
+    RelaySessionExpired,
+)
+from mesh.relay import wire
+from mesh.relay.tickets import side_key
+
+Address = tuple[str, int]
+
+
+class EventSink(Protocol):
+    """The part of store.base.Recorder the relay needs."""
+
+    def append(self, stream_id: str, events: Sequence[Any], expected_position: int) -> Any: ...
+
+    def stream_position(self, stream_id: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    session_pps: float = 20_000.0  # token bucket rate per session
+    session_burst: float = 2_000.0
+    idle_timeout_s: float = 120.0  # WireGuard's 25 s keepalive keeps a live session well inside this
+    hello_window_s: float = 30.0  # a HELLO's timestamp must be this close to the relay's clock
+    sample_interval_s: float = 10.0
+    housekeeping_s: float = 0.1
+    socket_buffer: int = 8 * 1024 * 1024
+
+
+@dataclass
+class Counters:
+    forwarded_packets: int = 0
+    forwarded_bytes: int = 0
+    dropped_unauthenticated: int = 0
+    dropped_rate_limited: int = 0
+    dropped_malformed: int = 0
+    dropped_no_peer: int = 0
+    hellos_accepted: int = 0
+    hellos_refused: dict[str, int] = field(default_factory=dict)
+    probes: int = 0
+
+    def copy(self) -> Counters:
+        return Counters(**{**self.__dict__, "hellos_refused": dict(self.hellos_refused)})
+
+
+class _Session:
+    __slots__ = ("addrs", "bytes", "expiry_s", "last_active", "packets", "party_id", "peer_a", "peer_b",
+                 "session_id", "stamp", "tokens")
+
+    def __init__(self, hello: wire.Hello, burst: float, now: float) -> None:
+        self.session_id = hello.session_id
+        self.party_id = hello.party_id
+        self.peer_a = hello.peer_a
+        self.peer_b = hello.peer_b
+        self.expiry_s = hello.expiry_s
+        self.addrs: list[Address | None] = [None, None]
+        self.tokens = burst
+        self.stamp = now
+        self.last_active = now
+        self.packets = 0
+        self.bytes = 0
+
+
+class RelayServer:
+    def __init__(self, secret: bytes, listen: Address = ("0.0.0.0", 3478), name: str | None = None,
+                 recorder: EventSink | None = None, config: RelayConfig | None = None) -> None:
+        if len(secret) < 16:
+            raise ValueError("the relay secret must be at least 16 bytes")
+        self._secret = secret
+        self.config = config or RelayConfig()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._tune_buffers()
+        self._sock.bind(listen)
+        self._sock.settimeout(self.config.housekeeping_s)
+        host, port = self._sock.getsockname()[:2]
+        self.address: Address = (host, port)
+        self.name = name or f"{host}:{port}"
+        self._recorder = recorder
+        self._events: queue.Queue[Event | None] = queue.Queue()
+        self._sessions: dict[str, _Session] = {}
+        self._routes: dict[Address, tuple[_Session, int]] = {}
+        self._nonces: dict[bytes, float] = {}  # nonce -> when seen (monotonic), kept one window
+        self._counters = Counters()  # flushed from the loop's locals; read with counters()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._stop_reason = "stopped"
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._emit(RelayServerStarted(relay=self.name))
+        for target, label in ((self._forward_loop, "relay-forward"), (self._write_loop, "relay-events")):
+            thread = threading.Thread(target=target, name=label, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, reason: str = "stopped") -> None:
+        if self._stopping.is_set():
+            return
+        self._stop_reason = reason
+        self._stopping.set()
+        self._threads[0].join(timeout=5)
+        self._events.put(None)
+        self._threads[1].join(timeout=10)
+        self._sock.close()
+
+    def wait(self) -> None:
+        while not self._stopping.wait(0.5):
+            pass
+
+    def __enter__(self) -> RelayServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ views for tests and the CLI
+
+    def counters(self) -> Counters:
+        with self._lock:
+            return self._counters.copy()
+
+    def active_sessions(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    # ------------------------------------------------------------ the forwarding loop
+
+    def _tune_buffers(self) -> None:
+        size = self.config.socket_buffer
+        for plain, forced in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # SO_*BUFFORCE
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, forced, size)
+            except OSError:
+                self._sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+    def _forward_loop(self) -> None:
+        sock = self._sock
+        recvfrom, sendto = sock.recvfrom, sock.sendto
+        routes_get = self._routes.get
+        monotonic = time.monotonic
+        rate, burst = self.config.session_pps, self.config.session_burst
+        zeros = b"\0\0\0"
+        sizes = {1: 148, 2: 92, 3: 64}
+        budget_reset = 4096
+        local = Counters()
+        next_sample = monotonic() + self.config.sample_interval_s
+        last_sample = monotonic()
+        sampled = Counters()
+        while True:
+            budget = budget_reset
+            next_house = monotonic() + self.config.housekeeping_s
+            while budget:
+                budget -= 1
+                try:
+                    data, addr = recvfrom(65535)
+                except TimeoutError:
+                    break
+                except OSError:
+                    if self._stopping.is_set():
+                        return
+                    continue
+                route = routes_get(addr)
+                if route is not None:
+                    size = len(data)
+                    if size >= 32 and data[1:4] == zeros and (
+                            (data[0] == 4 and not size & 15) or sizes.get(data[0]) == size):
+                        session, other = route
+                        destination = session.addrs[other]
+                        if destination is None:
+                            local.dropped_no_peer += 1
+                            continue
+                        now = monotonic()
+                        tokens = session.tokens + (now - session.stamp) * rate
+                        session.stamp = now
+                        if tokens > burst:
+                            tokens = burst
+                        if tokens < 1.0:
+                            session.tokens = tokens
+                            local.dropped_rate_limited += 1
+                            continue
+                        session.tokens = tokens - 1.0
+                        try:
+                            sendto(data, destination)
+                        except OSError:
+                            local.dropped_no_peer += 1
+                            continue
+                        session.packets += 1
+                        session.bytes += size
+                        session.last_active = now
+                        local.forwarded_packets += 1
+                        local.forwarded_bytes += size
+                        if now >= next_house:
+                            break
+                        continue
+                self._control(data, addr, route is not None, local)
+                if monotonic() >= next_house:
+                    break
+            now = monotonic()
+            self._housekeeping(local, now)
+            if now >= next_sample or self._stopping.is_set():
+                self._sample(local, sampled, now - last_sample)
+                sampled = local.copy()
+                last_sample, next_sample = now, now + self.config.sample_interval_s
+            if self._stopping.is_set():
+                for session in list(self._sessions.values()):
+                    self._expire(session, "relay stopped")
+                self._emit(RelayServerStopped(relay=self.name, reason=self._stop_reason))
+                return
+
+    # ------------------------------------------------------------ the cold path
+
+    def _control(self, data: bytes, addr: Address, bound: bool, local: Counters) -> None:
+        kind = wire.control_type(data)
+        if kind is None:
+            if not bound and wire.is_wireguard(data):
+                local.dropped_unauthenticated += 1
+            else:
+                local.dropped_malformed += 1
+            return
+        if kind == wire.PING:
+            if wire.parse_probe(data, wire.PING) is None:
+                local.dropped_malformed += 1
+                return
+            local.probes += 1
+            self._send(wire.pong_for(data), addr)
+            return
+        if kind not in (wire.HELLO, wire.BYE):
+            local.dropped_malformed += 1  # replies are never sent to a relay
+            return
+        hello = wire.parse_hello(data)
+        if hello is None:
+            local.dropped_malformed += 1
+            return
+        reason = self._check(hello)
+        if reason is not None:
+            name = wire.REFUSAL_NAMES[reason]
+            local.hellos_refused[name] = local.hellos_refused.get(name, 0) + 1
+            self._send(wire.encode_refused(hello.nonce, reason), addr)
+            return
+        self._nonces[hello.nonce] = time.monotonic()
+        if hello.kind == wire.HELLO:
+            session = self._bind(hello, addr)
+            local.hellos_accepted += 1
+            peer_bound = session.addrs[1 - hello.side] is not None
+            self._send(wire.encode_hello_ok(hello.nonce, hello.side, peer_bound), addr)
+        else:
+            self._unbind(hello, addr)
+
+    def _check(self, hello: wire.Hello) -> int | None:
+        key = side_key(self._secret, hello.session_id, hello.party_id, hello.peer_a, hello.peer_b,
+                       hello.expiry_s, hello.side)
+        if not wire.hello_mac_ok(hello, key):
+            return wire.BAD_MAC
+        now = time.time()
+        if hello.expiry_s <= now:
+            return wire.EXPIRED
+        if abs(hello.timestamp_ms / 1000 - now) > self.config.hello_window_s:
+            return wire.STALE
+        if hello.nonce in self._nonces:
+            return wire.REPLAYED
+        existing = self._sessions.get(hello.session_id)
+        if existing is not None and (existing.party_id, existing.peer_a, existing.peer_b) != (
+                hello.party_id, hello.peer_a, hello.peer_b):
+            return wire.BAD_MAC
+        return None
+
+    def _bind(self, hello: wire.Hello, addr: Address) -> _Session:
+        now = time.monotonic()
+        session = self._sessions.get(hello.session_id)
+        if session is None:
+            session = _Session(hello, self.config.session_burst, now)
+            with self._lock:
+                self._sessions[hello.session_id] = session
+            self._emit(RelaySessionAllocated(relay=self.name, session_id=session.session_id,
+                                             party_id=session.party_id, peer_a=session.peer_a,
+                                             peer_b=session.peer_b))
+        previous = session.addrs[hello.side]
+        if previous is not None and previous != addr:
+            self._routes.pop(previous, None)
+        stale = self._routes.get(addr)
+        if stale is not None and (stale[0] is not session or stale[1] != 1 - hello.side):
+            stale[0].addrs[1 - stale[1]] = None  # this address moved to another session or side
+        session.addrs[hello.side] = addr
+        session.last_active = now
+        self._routes[addr] = (session, 1 - hello.side)
+        return session
+
+    def _unbind(self, hello: wire.Hello, addr: Address) -> None:
+        session = self._sessions.get(hello.session_id)
+        if session is None or session.addrs[hello.side] != addr:
+            return
+        session.addrs[hello.side] = None
+        self._routes.pop(addr, None)
+        if session.addrs == [None, None]:
+            self._expire(session, "released")
+
+    def _expire(self, session: _Session, reason: str) -> None:
+        for addr in session.addrs:
+            if addr is not None:
+                self._routes.pop(addr, None)
+        with self._lock:
+            self._sessions.pop(session.session_id, None)
+        self._emit(RelaySessionExpired(relay=self.name, session_id=session.session_id, reason=reason,
+                                       forwarded_packets=session.packets, forwarded_bytes=session.bytes))
+
+    def _housekeeping(self, local: Counters, now: float) -> None:
+        with self._lock:
+            self._counters = local.copy()
+        idle = self.config.idle_timeout_s
+        for session in [s for s in self._sessions.values() if now - s.last_active > idle]:
+            self._expire(session, "idle")
+        window = self.config.hello_window_s * 2
+        if self._nonces:
+            for nonce in [n for n, seen in self._nonces.items() if now - seen > window]:
+                del self._nonces[nonce]
+
+    def _sample(self, local: Counters, before: Counters, window_s: float) -> None:
+        delta = {name: getattr(local, name) - getattr(before, name)
+                 for name in ("forwarded_packets", "forwarded_bytes", "dropped_unauthenticated",
+                              "dropped_rate_limited", "dropped_malformed")}
+        if not any(delta.values()) and not self._sessions:
+            return  # an idle relay writes nothing
+        self._emit(RelayCountersSampled(relay=self.name, window_s=round(window_s, 3),
+                                        active_sessions=len(self._sessions), **delta))
+
+    def _send(self, data: bytes, addr: Address) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.sendto(data, addr)
+
+    # ------------------------------------------------------------ events
+
+    def _emit(self, event: Event) -> None:
+        self._events.put(event)
+
+    def _write_loop(self) -> None:
+        stream = relay_stream(self.name)
+        position = self._recorder.stream_position(stream) if self._recorder is not None else 0
+        while True:
+            batch = [self._events.get()]
+            while True:
+                try:
+                    batch.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            done = batch[-1] is None
+            events = [event for event in batch if event is not None]
+            if events and self._recorder is not None:
+                try:
+                    self._recorder.append(stream, events, position)
+                    position += len(events)
+                except Exception as error:  # another writer on our stream: re-read and retry once
+                    position = self._recorder.stream_position(stream)
+                    try:
+                        self._recorder.append(stream, events, position)
+                        position += len(events)
+                    except Exception:
+                        print(f"relay: could not record {len(events)} events: {error}", flush=True,
+                              file=_stderr())
+            if done:
+                return
+
+
+def _stderr() -> Any:
+    import sys
+
+    return sys.stderr
+
+
+def load_secret(path: str | None, env: str = "LANRAGE_RELAY_SECRET") -> bytes:
+    """The shared relay secret, from a file (hex or raw) or the environment."""
+    if path:
+        with open(path, "rb") as handle:
+            raw = handle.read().strip()
+    else:
+        raw = os.environ.get(env, "").encode()
+    if not raw:
+        raise ValueError(f"no relay secret: pass --secret-file or set {env}")
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        raw = bytes.fromhex(raw.decode())
+    if len(raw) < 16:
+        raise ValueError("the relay secret must be at least 16 bytes")
+    return raw
