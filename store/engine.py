@@ -1,0 +1,172 @@
+"""Engines for the store: URL handling, SQLite pragmas, explicit transactions.
+
+SQLite: WAL, a busy timeout, ``synchronous`` NORMAL or FULL. pysqlite's own
+transaction handling is switched off (``isolation_level=None``) and the
+engine emits ``BEGIN`` itself: ``BEGIN IMMEDIATE`` on the writer, so the
+write lock is taken before the positions are read, never upgraded later.
+PostgreSQL goes through the same code with ``postgresql+psycopg``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool, QueuePool
+
+from store.base import StoreError
+from store.errors import DatabaseUnavailable
+
+Synchronous = Literal["NORMAL", "FULL"]
+SYNCHRONOUS_VALUES: tuple[str, ...] = ("NORMAL", "FULL")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed database URL: which dialect, and what to call it in messages."""
+
+    url: URL
+    dialect: str  # "sqlite" or "postgresql"
+    path: Path | None  # the SQLite file
+
+    @property
+    def where(self) -> str:
+        """The file path for SQLite; the URL without its password otherwise."""
+        if self.path is not None:
+            return str(self.path)
+        return self.url.render_as_string(hide_password=True)
+
+
+def parse_url(url: str | URL) -> Target:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"not a database URL: {url!r} (e.g. sqlite:////path/to/lanrage.db)") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            raise StoreError("the event store needs a SQLite file (sqlite:////path/lanrage.db), "
+                             "not an in-memory or URI database")
+        return Target(parsed.set(drivername="sqlite"), "sqlite", Path(database).expanduser().absolute())
+    if backend == "postgresql":
+        return Target(parsed.set(drivername="postgresql+psycopg"), "postgresql", None)
+    raise StoreError(f"unsupported database {backend!r}: use sqlite:///FILE or postgresql+psycopg://...")
+
+
+def _sqlite_connect(path: Path, readonly: bool, busy_timeout: float):  # type: ignore[no-untyped-def]
+    def connect() -> sqlite3.Connection:
+        if readonly:
+            uri = f"file:{quote(str(path))}?mode=ro"
+            return sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+        return sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+
+    return connect
+
+
+def check_sqlite_file(target: Target, must_exist: bool) -> None:
+    """Fail early, naming the file, when it or its directory is missing."""
+    assert target.path is not None
+    if must_exist and not target.path.exists():
+        raise DatabaseUnavailable(f"no database at {target.path} (run `lanrage db upgrade` to create one)")
+    if not target.path.parent.is_dir():
+        raise DatabaseUnavailable(f"cannot create database {target.path}: directory "
+                                  f"{target.path.parent} does not exist")
+    if target.path.exists() and target.path.is_dir():
+        raise DatabaseUnavailable(f"database path {target.path} is a directory")
+
+
+def sync_engine(target: Target, *, role: Literal["writer", "reader"], synchronous: Synchronous = "NORMAL",
+                busy_timeout: float = 5.0, readonly: bool = False, pool_size: int = 4) -> Engine:
+    """One engine per role; the writer's transactions take the write lock up front."""
+    if synchronous not in SYNCHRONOUS_VALUES:
+        raise StoreError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+    if target.dialect == "sqlite":
+        assert target.path is not None
+        engine = create_engine(
+            "sqlite+pysqlite://", creator=_sqlite_connect(target.path, readonly, busy_timeout),
+            poolclass=QueuePool, pool_size=1 if role == "writer" else pool_size, max_overflow=8,
+        )
+        _sqlite_events(engine, role=role, synchronous=synchronous, busy_timeout=busy_timeout,
+                       readonly=readonly)
+        return engine
+    engine = create_engine(target.url, pool_size=1 if role == "writer" else pool_size,
+                           max_overflow=8, pool_pre_ping=True)
+    if readonly:
+        _pg_readonly(engine)
+    return engine
+
+
+def _sqlite_events(engine: Engine, *, role: str, synchronous: str, busy_timeout: float,
+                   readonly: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            if readonly:
+                cursor.execute("PRAGMA query_only = ON")
+            else:
+                cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    begin = "BEGIN IMMEDIATE" if role == "writer" else "BEGIN"
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Any) -> None:
+        connection.exec_driver_sql(begin)
+
+
+def _pg_readonly(engine: Engine | Any) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SET default_transaction_read_only = on")
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
+
+
+def async_engine(target: Target, *, busy_timeout: float = 5.0, readonly: bool = True) -> AsyncEngine:
+    """The asyncio engine for the read path: aiosqlite on SQLite, psycopg async on PostgreSQL."""
+    if target.dialect == "sqlite":
+        assert target.path is not None
+        if readonly:
+            url = f"sqlite+aiosqlite:///file:{quote(str(target.path))}?mode=ro&uri=true"
+        else:
+            url = f"sqlite+aiosqlite:///{target.path}"
+        engine = create_async_engine(url, poolclass=NullPool,
+                                     connect_args={"timeout": busy_timeout, "isolation_level": None})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def on_connect(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+                if readonly:
+                    cursor.execute("PRAGMA query_only = ON")
+            finally:
+                cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def on_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN")
+
+        return engine
+    engine = create_async_engine(target.url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+    if readonly:
+        _pg_readonly(engine.sync_engine)
+    return engine

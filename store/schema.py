@@ -1,0 +1,137 @@
+"""The SQLAlchemy Core schema of the event store (DESIGN.md's SQL contract).
+
+Alembic owns the real DDL (``migrations/versions``); this module describes the
+same tables so that the store can build statements, and so that
+``alembic revision --autogenerate`` can compare.
+
+``payload`` and ``metadata`` hold JSON text that the codec already produced:
+TEXT on SQLite (``json_extract`` works on it) and JSONB on PostgreSQL
+(``->>`` works on it). ``RawJson`` passes the text through untouched in both
+directions so no row is encoded or decoded twice.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+
+class RawJson(TypeDecorator[str]):
+    """JSON stored as text on SQLite and JSONB on PostgreSQL, bound and read as a JSON string."""
+
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(_PgJsonText())
+        return dialect.type_descriptor(Text())
+
+
+class _PgJsonText(TypeDecorator[str]):
+    """JSONB whose values travel as text: ``CAST(:param AS JSONB)`` in, ``column::text`` out."""
+
+    impl = JSONB
+    cache_ok = True
+
+    def bind_expression(self, bindvalue: Any) -> Any:
+        from sqlalchemy import cast
+
+        return cast(bindvalue, JSONB)
+
+    def column_expression(self, column: Any) -> Any:
+        from sqlalchemy import cast
+
+        return cast(column, Text)
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> None:
+        return None
+
+    def get_dbapi_type(self, dbapi: Any) -> Any:
+        return None
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A UTC timestamp with microseconds; always timezone-aware in Python.
+
+    SQLite stores it as ``YYYY-MM-DD HH:MM:SS.ffffff`` text in UTC, which sorts
+    correctly and works with the shell's date functions.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+# SQLite needs exactly INTEGER (not BIGINT) for a rowid alias.
+GlobalPosition = BigInteger().with_variant(Integer(), "sqlite")
+
+events = Table(
+    "events",
+    metadata,
+    Column("global_position", GlobalPosition, primary_key=True, autoincrement=False),
+    Column("stream_id", String(255), nullable=False),
+    Column("stream_position", Integer, nullable=False),
+    Column("event_type", String(128), nullable=False),
+    Column("event_version", Integer, nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False),
+    Column("payload", RawJson, nullable=False),
+    Column("metadata", RawJson, nullable=False),
+    UniqueConstraint("stream_id", "stream_position", name="uq_events_stream"),
+    Index("ix_events_recorded_at", "recorded_at"),
+    Index("ix_events_event_type", "event_type"),
+)
+
+# One row (id = 1): the last global position handed out. Appenders lock this row
+# (SQLite: the database write lock; PostgreSQL: SELECT ... FOR UPDATE), so global
+# positions are assigned in commit order and a follower that reads up to N never
+# later sees a new row below N. It also keeps positions from being reused after a
+# retention policy deletes the newest rows.
+log_head = Table(
+    "event_log_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_global_position", BigInteger, nullable=False),
+)
+
+# Durable progress of named subscribers (projections, exporters, `events --follow`).
+checkpoints = Table(
+    "event_checkpoints",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("global_position", BigInteger, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)

@@ -1,0 +1,123 @@
+"""The Recorder contract on SQLite and PostgreSQL (same code, same tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from store import ConcurrencyError, EventStore, PendingEvent, open_store
+from store.base import InMemoryRecorder
+from tests.store.helpers import left, metrics, state
+
+
+@pytest.fixture
+def store(any_db_url: str) -> Iterator[EventStore]:
+    opened = open_store(any_db_url, metadata={"node_id": "node-1"})
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def test_append_and_read_back(store: EventStore) -> None:
+    recorded = store.append("peer:p:q", [left(1), left(2)], 0)
+    assert [r.stream_position for r in recorded] == [1, 2]
+    assert [r.global_position for r in recorded] == [1, 2]
+    assert store.read_stream("peer:p:q") == recorded
+    assert list(store.read_all()) == recorded
+    assert store.stream_position("peer:p:q") == 2
+    assert store.last_global_position() == 2
+    assert recorded[0].metadata["node_id"] == "node-1"
+    assert recorded[0].recorded_at.tzinfo is not None
+
+
+def test_metadata_is_stored_with_event_id(store: EventStore) -> None:
+    item = PendingEvent(left(), metadata={"actor": "PeerActor", "causation_id": "c1", "correlation_id": "k1"})
+    store.append("peer:p:q", [item], 0)
+    (record,) = store.read_stream("peer:p:q")
+    assert record.metadata == {"node_id": "node-1", "actor": "PeerActor", "causation_id": "c1",
+                               "correlation_id": "k1", "event_id": item.event_id}
+
+
+def test_wrong_expected_position_is_a_conflict_and_writes_nothing(store: EventStore) -> None:
+    store.append("peer:p:q", [left(1)], 0)
+    with pytest.raises(ConcurrencyError, match="at position 1, but the append expected 0"):
+        store.append("peer:p:q", [left(2)], 0)
+    with pytest.raises(ConcurrencyError, match="expected 5"):
+        store.append("peer:p:q", [left(2)], 5)
+    assert store.stream_position("peer:p:q") == 1
+    assert store.last_global_position() == 1
+
+
+def test_reappending_the_same_events_is_idempotent(store: EventStore) -> None:
+    items = [PendingEvent(left(1)), PendingEvent(left(2))]
+    first = store.append("peer:p:q", items, 0)
+    store.append("peer:p:q", [left(3)], 2)
+    assert store.append("peer:p:q", items, 0) == first
+    assert store.append("peer:p:q", items[1:], 1) == first[1:]
+    assert store.last_global_position() == 3
+    with pytest.raises(ConcurrencyError):
+        store.append("peer:p:q", [PendingEvent(left(1)), items[1]], 0)
+
+
+def test_matches_the_in_memory_recorder(store: EventStore) -> None:
+    memory = InMemoryRecorder()
+    script = [("a", 0, 2), ("b", 0, 1), ("a", 2, 1), ("a", 1, 1), ("b", 1, 3), ("c", 3, 1)]
+    for stream, expected, count in script:
+        items = [PendingEvent(left(i)) for i in range(count)]
+        outcomes = []
+        for recorder in (memory, store):
+            try:
+                outcomes.append([(r.global_position, r.stream_position, r.event_id)
+                                 for r in recorder.append(stream, items, expected)])
+            except ConcurrencyError as error:
+                outcomes.append(str(error))
+        assert outcomes[0] == outcomes[1]
+    assert [(r.global_position, r.stream_id, r.event) for r in memory.read_all()] == \
+        [(r.global_position, r.stream_id, r.event) for r in store.read_all()]
+
+
+def test_empty_append(store: EventStore) -> None:
+    assert store.append("peer:p:q", [], 0) == []
+    with pytest.raises(ConcurrencyError):
+        store.append("peer:p:q", [], 3)
+
+
+def test_read_all_paging_limit_and_filters(store: EventStore) -> None:
+    store.page_size = 3
+    for i in range(5):
+        store.append(f"peer:p:{i}", [state(str(i), "connecting"), metrics(str(i))], 0)
+    store.append("party:p", [left()], 0)
+    assert [r.global_position for r in store.read_all()] == list(range(1, 12))
+    assert [r.global_position for r in store.read_all(4, limit=5)] == [5, 6, 7, 8, 9]
+    assert [r.stream_id for r in store.read_all(stream="peer:p:3")] == ["peer:p:3"] * 2
+    assert len(list(store.read_all(stream="peer:"))) == 10
+    assert [r.event_type for r in store.read_all(types=["MetricsSampled"], limit=2)] == ["MetricsSampled"] * 2
+    assert len(list(store.read_all(types=["PeerLeft", "MetricsSampled"]))) == 6
+    now = datetime.now(UTC)
+    assert len(list(store.read_all(since=now - timedelta(minutes=1), until=now + timedelta(minutes=1)))) == 11
+    assert list(store.read_all(since=now + timedelta(minutes=1))) == []
+    assert [r.global_position for r in store.read_all(upto=2)] == [1, 2]
+
+
+def test_like_wildcards_in_stream_filter_are_literal(store: EventStore) -> None:
+    store.append("peer:p_1", [left()], 0)
+    store.append("peer:pX1", [left()], 0)
+    assert [r.stream_id for r in store.read_all(stream="peer:p_")] == ["peer:p_1"]
+
+
+def test_checkpoints(store: EventStore) -> None:
+    assert store.load_checkpoint("projection") == 0
+    store.save_checkpoint("projection", 7)
+    store.save_checkpoint("projection", 9)
+    assert store.load_checkpoint("projection") == 9
+
+
+def test_reopening_keeps_everything(any_db_url: str) -> None:
+    with open_store(any_db_url) as first:
+        first.append("node:n", [left()], 0)
+    with open_store(any_db_url) as second:
+        assert second.stream_position("node:n") == 1
+        assert second.append("node:n", [left()], 1)[0].global_position == 2
