@@ -33,6 +33,7 @@ class Peer:
 
     def __init__(self, relay: RelayServer) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(1.0)
         self.relay = ("127.0.0.1", relay.address[1])
