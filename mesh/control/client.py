@@ -1,0 +1,317 @@
+"""The control client: a reconnecting WebSocket session for a node.
+
+``AsyncControlClient`` is for asyncio code (the node agent). ``ControlClient`` runs
+one in its own thread with its own event loop and offers blocking calls, for
+thespian actors and plain scripts. Both reconnect with exponential backoff and
+jitter, authenticate again, re-send the last ``announce``, and hand the fresh
+``welcome`` (with every party this node belongs to) to ``on_welcome``, so that a
+node can reconcile what it missed while the server was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import queue
+import random
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from mesh.control import protocol as p
+from mesh.control.identity import Identity
+
+Message = dict[str, Any]
+Callback = Callable[[Message], None]
+# Answers to requests the client sends on its own (heartbeats, the re-announce); not pushes.
+_QUIET_REPLIES = frozenset({"heartbeat_ack", "announced"})
+
+
+class ControlError(Exception):
+    """The server refused a request: ``code`` is the protocol's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} ({code})")
+        self.code = code
+        self.message = message
+
+
+class ControlUnavailable(ControlError):
+    """No connection to the control server right now (or it did not answer in time)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unavailable", message)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial_s: float = 0.2
+    maximum_s: float = 10.0
+    factor: float = 2.0
+    jitter: float = 0.2
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial_s
+        while True:
+            yield delay * random.uniform(1 - self.jitter, 1 + self.jitter)
+            delay = min(self.maximum_s, delay * self.factor)
+
+
+class AsyncControlClient:
+    def __init__(self, url: str, identity: Identity, *, name: str = "node",
+                 on_push: Callback | None = None, on_welcome: Callback | None = None,
+                 backoff: Backoff | None = None, open_timeout_s: float = 5.0,
+                 request_timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.identity = identity
+        self.name = name
+        self.on_push = on_push
+        self.on_welcome = on_welcome
+        self.backoff = backoff or Backoff()
+        self.open_timeout_s = open_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.welcome: Message | None = None
+        self.last_error: str | None = None
+        self.connects = 0
+        self._ws: ClientConnection | None = None
+        self._pending: dict[str, asyncio.Future[Message]] = {}
+        self._ids = itertools.count(1)
+        self._connected = asyncio.Event()
+        self._stopping = False
+        self._announce: Message | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Stay connected until ``stop``: connect, authenticate, serve, back off, again."""
+        delays = self.backoff.delays()
+        while not self._stopping:
+            try:
+                async with connect(self.url, open_timeout=self.open_timeout_s, max_size=p.MAX_FRAME_BYTES,
+                                   compression=None, ping_interval=None, proxy=None,
+                                   user_agent_header="lanrage") as ws:
+                    heartbeat_s = await self._authenticate(ws)
+                    delays = self.backoff.delays()
+                    await self._serve(ws, heartbeat_s)
+            except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake, ControlError) as error:
+                self.last_error = str(error) or type(error).__name__
+            except InvalidURI as error:
+                self.last_error = str(error)
+                logger.error("control URL {} is not usable: {}", self.url, error)
+                return
+            finally:
+                self._disconnected()
+            if not self._stopping:
+                delay = next(delays)
+                logger.debug("control server {} unreachable ({}); retrying in {:.2f}s", self.url,
+                             self.last_error, delay)
+                await asyncio.sleep(delay)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def request(self, kind: str, timeout_s: float | None = None, **fields: Any) -> Message:
+        """Send one request and return its answer; raise ControlError if it is an error."""
+        ws = self._ws
+        if ws is None or not self._connected.is_set():
+            raise ControlUnavailable(f"not connected to the control server {self.url}"
+                                     + (f": {self.last_error}" if self.last_error else ""))
+        request_id = f"r{next(self._ids)}"
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await ws.send(json.dumps({"type": kind, "v": p.VERSION, "id": request_id, **fields}))
+            answer = await asyncio.wait_for(future, timeout_s or self.request_timeout_s)
+        except TimeoutError:
+            raise ControlUnavailable(f"the control server did not answer {kind} in time") from None
+        except ConnectionClosed:
+            raise ControlUnavailable("the connection to the control server closed") from None
+        finally:
+            self._pending.pop(request_id, None)
+        if kind == "announce":
+            self._announce = {k: v for k, v in fields.items()}
+        return answer
+
+    # ------------------------------------------------------------ internals
+
+    async def _authenticate(self, ws: ClientConnection) -> float:
+        await ws.send(json.dumps({"type": "hello", "v": p.VERSION, "public_key": self.identity.public_key,
+                                  "name": self.name}))
+        challenge = await self._expect(ws, "challenge")
+        proof = self.identity.prove(challenge["ephemeral"], challenge["nonce"])
+        await ws.send(json.dumps({"type": "auth", "v": p.VERSION, "proof": proof}))
+        welcome = await self._expect(ws, "welcome")
+        self.welcome = welcome
+        self._ws = ws
+        self.connects += 1
+        self.last_error = None
+        if self._announce is not None:
+            await ws.send(json.dumps({"type": "announce", "v": p.VERSION, **self._announce}))
+        self._connected.set()
+        logger.info("connected to control server {} as {}", self.url, welcome.get("peer_id"))
+        if self.on_welcome is not None:
+            self._call(self.on_welcome, welcome)
+        return float(welcome.get("heartbeat_s", 10.0))
+
+    async def _expect(self, ws: ClientConnection, kind: str) -> Message:
+        frame = await asyncio.wait_for(ws.recv(), self.open_timeout_s)
+        answer = json.loads(frame)
+        if answer.get("type") == "error":
+            raise ControlError(answer.get("code", "error"), answer.get("message", ""))
+        if answer.get("type") != kind:
+            raise ControlError(p.BAD_MESSAGE, f"expected {kind}, got {answer.get('type')!r}")
+        return answer
+
+    async def _serve(self, ws: ClientConnection, heartbeat_s: float) -> None:
+        beat = asyncio.create_task(self._heartbeat(ws, heartbeat_s))
+        try:
+            async for frame in ws:
+                try:
+                    body = json.loads(frame)
+                except ValueError:
+                    continue
+                if not isinstance(body, dict):
+                    continue
+                future = self._pending.get(body.get("re")) if isinstance(body.get("re"), str) else None
+                if future is not None:
+                    if not future.done():
+                        future.set_result(body) if body.get("type") != "error" else future.set_exception(
+                            ControlError(body.get("code", "error"), body.get("message", "")))
+                elif body.get("type") == "error":
+                    logger.warning("control server: {}", body.get("message"))
+                elif self.on_push is not None and body.get("type") not in _QUIET_REPLIES:
+                    self._call(self.on_push, body)
+        finally:
+            beat.cancel()
+
+    async def _heartbeat(self, ws: ClientConnection, interval_s: float) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(interval_s)
+                await ws.send(json.dumps({"type": "heartbeat", "v": p.VERSION}))
+
+    def _disconnected(self) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        self._ws = None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ControlUnavailable("the connection to the control server closed"))
+        if was_connected:
+            logger.warning("lost the control server {}; reconnecting", self.url)
+
+    @staticmethod
+    def _call(callback: Callback, body: Message) -> None:
+        try:
+            callback(body)
+        except Exception:
+            logger.exception("control client callback failed on {}", body.get("type"))
+
+
+class ControlClient:
+    """A blocking facade: the async client runs in its own thread and event loop.
+
+    Pushes go to ``on_push`` (called in the client's thread) or, without one, to the
+    ``pushes`` queue. Every call is safe from any thread.
+    """
+
+    def __init__(self, url: str, identity: Identity, *, name: str = "node",
+                 on_push: Callback | None = None, on_welcome: Callback | None = None,
+                 backoff: Backoff | None = None, request_timeout_s: float = 5.0) -> None:
+        self.pushes: queue.Queue[Message] = queue.Queue()
+        self.welcomes: queue.Queue[Message] = queue.Queue()
+        self._client = AsyncControlClient(
+            url, identity, name=name, on_push=on_push or self.pushes.put,
+            on_welcome=on_welcome or self.welcomes.put, backoff=backoff,
+            request_timeout_s=request_timeout_s)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="lanrage-control-client", daemon=True)
+        self._runner: asyncio.Future[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client.connected
+
+    @property
+    def welcome(self) -> Message | None:
+        return self._client.welcome
+
+    @property
+    def peer_id(self) -> str:
+        return self._client.peer_id
+
+    @property
+    def last_error(self) -> str | None:
+        return self._client.last_error
+
+    def start(self) -> ControlClient:
+        self._thread.start()
+        self._runner = asyncio.run_coroutine_threadsafe(self._client.run(), self._loop)
+        return self
+
+    def wait_connected(self, timeout_s: float = 5.0) -> bool:
+        return asyncio.run_coroutine_threadsafe(
+            self._client.wait_connected(timeout_s), self._loop).result(timeout_s + 1)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self._client.stop(), self._loop).result(timeout_s)
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                self._runner.result(timeout_s)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout_s)
+
+    def request(self, kind: str, timeout_s: float | None = None, **fields: Any) -> Message:
+        wait = (timeout_s or self._client.request_timeout_s) + 1
+        return asyncio.run_coroutine_threadsafe(
+            self._client.request(kind, timeout_s, **fields), self._loop).result(wait)
+
+    def create_party(self, name: str) -> Message:
+        return self.request("create_party", name=name)
+
+    def join_party(self, party_id: str, secret: str) -> Message:
+        return self.request("join_party", party_id=party_id, secret=secret)
+
+    def leave_party(self, party_id: str) -> Message:
+        return self.request("leave_party", party_id=party_id)
+
+    def announce(self, nat_type: str, candidates: list[str]) -> Message:
+        return self.request("announce", nat_type=nat_type, candidates=candidates)
+
+    def signal(self, party_id: str, to: str, payload: dict[str, Any]) -> Message:
+        return self.request("signal", party_id=party_id, to=to, payload=payload)
+
+    def request_relay(self, party_id: str, to: str, relay: str | None = None) -> Message:
+        return self.request("relay_request", party_id=party_id, to=to, relay=relay)
+
+    def list_relays(self) -> list[str]:
+        return list(self.request("list_relays")["relays"])
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        self._loop.close()
