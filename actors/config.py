@@ -1,0 +1,45 @@
+"""Every threshold the actors use, in one picklable config (defaults from the seed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PROCESS = "process"  # one thespian actor (one process on multiprocTCPBase) per peer connection
+INLINE = "inline"  # peer connections hosted as lightweight actors inside their party actor
+PEER_HOSTINGS = (PROCESS, INLINE)
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    degraded_latency_ms: float = 200.0  # above this a connection is degraded
+    lost_probes_before_action: int = 3  # consecutive lost probes before failover or reconnect
+    max_reconnect_attempts: int = 3  # then failed
+    cleanup_timeout_s: float = 300.0  # failed for this long -> cleanup
+    direct_retry_s: float = 30.0  # while on a relay, retry the direct path this often
+    probe_interval_s: float = 5.0
+    probe_timeout_s: float = 1.0
+    punch_timeout_s: float = 5.0
+    metrics_interval_s: float = 60.0  # one aggregated MetricsSampled per window
+    keepalive_s: int = 25
+
+
+@dataclass(frozen=True)
+class RelayMonitorConfig:
+    probe_interval_s: float = 30.0
+    probes_per_round: int = 3
+    probe_timeout_s: float = 1.0
+    degraded_rtt_ms: float = 150.0  # the selected relay is degraded above this (or when silent)
+    min_improvement_ms: float = 10.0  # a switch needs at least this much better ...
+    max_ratio: float = 2 / 3  # ... and below this fraction of the old relay's rtt
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    connection: ConnectionConfig = field(default_factory=ConnectionConfig)
+    relay_monitor: RelayMonitorConfig = field(default_factory=RelayMonitorConfig)
+    peer_hosting: str = INLINE
+    status_timeout_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.peer_hosting not in PEER_HOSTINGS:
+            raise ValueError(f"peer_hosting must be one of {PEER_HOSTINGS}, not {self.peer_hosting!r}")

@@ -1,0 +1,71 @@
+"""Opening the store inside an actor's process, and one actor's writer of one stream.
+
+Appends are idempotent: event ids are derived from the writer's incarnation and
+the stream position, so thespian's retry of a message that raised re-appends the
+same ids and gets the stored records back, while another incarnation writing at
+the same position gets a ConcurrencyError (one writer per stream).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from actors.messages import StoreSpec
+from events.base import Event
+from store.base import InMemoryRecorder, PendingEvent, RecordedEvent, Recorder
+
+S = TypeVar("S")
+
+_memory: dict[str, InMemoryRecorder] = {}
+_opened: dict[tuple[int, str], Recorder] = {}
+_NAMESPACE = uuid.UUID("6f1c1a52-3c55-4a4b-9d43-0c0ffee00003")
+
+
+def memory_recorder(name: str) -> InMemoryRecorder:
+    """The process-wide in-memory recorder behind ``memory://NAME`` (tests, simple base)."""
+    return _memory.setdefault(name, InMemoryRecorder())
+
+
+def open_recorder(spec: StoreSpec) -> Recorder:
+    """One recorder per URL and process; SQL URLs go through ``store.open_store``."""
+    if spec.url.startswith("memory://"):
+        return memory_recorder(spec.url.removeprefix("memory://"))
+    key = (os.getpid(), spec.url)
+    if key not in _opened:
+        store: Any = importlib.import_module("store")
+        _opened[key] = store.open_store(spec.url)
+    return _opened[key]
+
+
+class StreamWriter:
+    """The single writer of one stream: replay, then append after the known position."""
+
+    def __init__(self, recorder: Recorder, stream_id: str, incarnation: str,
+                 metadata: dict[str, Any]) -> None:
+        self.recorder = recorder
+        self.stream_id = stream_id
+        self.incarnation = incarnation
+        self.metadata = metadata
+        self.position = 0
+
+    def replay(self, apply: Callable[[S, Event], S], state: S) -> S:
+        for record in self.recorder.read_stream(self.stream_id, self.position + 1):
+            state = apply(state, record.event)
+            self.position = record.stream_position
+        return state
+
+    def append(self, events: Sequence[Event], causation: str) -> list[RecordedEvent]:
+        if not events:
+            return []
+        pending = [
+            PendingEvent(event, {**self.metadata, "causation": causation},
+                         uuid.uuid5(_NAMESPACE, f"{self.incarnation}/{self.stream_id}/"
+                                                f"{self.position + offset}").hex)
+            for offset, event in enumerate(events, start=1)]
+        recorded = self.recorder.append(self.stream_id, pending, self.position)
+        self.position = recorded[-1].stream_position
+        return recorded

@@ -1,0 +1,339 @@
+"""Every message the actors exchange: typed, immutable, picklable.
+
+Commands come from the node agent (HTTP API) and the control plane; observations
+come from the network adapters; replies go back to whoever asked. Internal
+messages (``*Init``, ``Forwarded``, ``ConnectionUpdate`` ...) travel between the
+actors only. See docs/actors.md for the contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.config import ActorConfig
+from events.fold import ConnectionState
+
+# ---------------------------------------------------------------- specs (picklable)
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Where events go: any SQLAlchemy URL, or ``memory://NAME`` (one recorder per process)."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """How an actor builds its network adapters in its own process.
+
+    ``factory`` is ``"package.module:function"``; it is called with ``kwargs`` and
+    returns an object with ``wireguard``, ``prober``, ``puncher``, ``relay_client``
+    and ``nat_detector`` attributes (the protocols of mesh/interfaces.py).
+    """
+
+    factory: str
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, factory: str, **kwargs: Any) -> AdapterSpec:
+        return cls(factory, tuple(sorted(kwargs.items())))
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    level: str = "INFO"
+    path: str | None = None  # None: stderr
+
+
+# ---------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class StartNode:
+    """The first message to the node actor (reply: NodeReady). Safe to send again."""
+
+    node_id: str
+    store: StoreSpec
+    adapters: AdapterSpec
+    relays: tuple[str, ...] = ()
+    config: ActorConfig = field(default_factory=ActorConfig)
+    log: LogSpec = field(default_factory=LogSpec)
+
+
+@dataclass(frozen=True)
+class CreateParty:
+    """Reply: PartyOpened, or CommandRejected."""
+
+    party_id: str
+    name: str
+    local_peer_id: str
+    local_name: str
+    local_virtual_ip: str | None = None  # None: allocate locally
+    subnet: str = "10.66.0.0/16"
+
+
+@dataclass(frozen=True)
+class JoinParty:
+    """Reply: PartyOpened, or CommandRejected. Members arrive as PeerAnnounced."""
+
+    party_id: str
+    name: str
+    local_peer_id: str
+    local_name: str
+    local_virtual_ip: str | None = None  # as assigned by the control server
+    control_url: str = ""
+    subnet: str = "10.66.0.0/16"
+
+
+@dataclass(frozen=True)
+class LeaveParty:
+    """Reply: PartyClosed, or CommandRejected."""
+
+    party_id: str
+    reason: str = "left by the user"
+
+
+@dataclass(frozen=True)
+class PeerAnnounced:
+    """The control plane says a remote peer is (still) in the party. No reply."""
+
+    party_id: str
+    peer_id: str
+    name: str
+    public_key: str
+    nat_type: str = "unknown"
+    virtual_ip: str | None = None  # as assigned by the control server; None: allocate locally
+    candidates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PeerDeparted:
+    party_id: str
+    peer_id: str
+    reason: str = "left the party"
+
+
+@dataclass(frozen=True)
+class RemoteCandidates:
+    """New endpoint candidates ("ip:port") of a remote peer, from signalling."""
+
+    party_id: str
+    peer_id: str
+    candidates: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StatusQuery:
+    """Reply: NodeStatus."""
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Reply: Pong. Also lets a test's virtual clock deliver due wakeups."""
+
+
+# ---------------------------------------------------------------- observations
+
+
+@dataclass(frozen=True)
+class LatencyObserved:
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class ProbeFailed:
+    reason: str = "probe timed out"
+
+
+@dataclass(frozen=True)
+class PunchObserved:
+    succeeded: bool
+    endpoint: str | None
+    rtt_ms: float | None
+    elapsed_ms: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class TrafficObserved:
+    rx_bytes: int
+    tx_bytes: int
+
+
+Observation = LatencyObserved | ProbeFailed | TrafficObserved
+
+
+@dataclass(frozen=True)
+class Observations:
+    """A batch of observations of one peer connection: one message, one append."""
+
+    party_id: str
+    peer_id: str
+    items: tuple[Observation, ...]
+
+
+# ---------------------------------------------------------------- replies
+
+
+@dataclass(frozen=True)
+class NodeReady:
+    node_id: str
+    parties: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PartyOpened:
+    party_id: str
+    local_peer_id: str
+    virtual_ip: str
+
+
+@dataclass(frozen=True)
+class PartyClosed:
+    party_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CommandRejected:
+    command: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Pong:
+    pass
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    peer_id: str
+    name: str
+    public_key: str
+    virtual_ip: str | None
+    is_local: bool
+    connection: ConnectionState | None  # None for the local peer
+
+
+@dataclass(frozen=True)
+class PartyStatus:
+    party_id: str
+    name: str
+    active: bool
+    local_peer_id: str
+    subnet: str
+    peers: tuple[PeerStatus, ...]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node_id: str
+    relay: str | None
+    parties: tuple[PartyStatus, ...]
+    complete: bool = True  # False when a party did not answer within status_timeout_s
+
+
+# ---------------------------------------------------------------- internal
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A command routed by the node to a party, with whom to answer."""
+
+    command: Any
+    reply_to: Any  # thespian ActorAddress
+
+
+@dataclass(frozen=True)
+class PartyInit:
+    node_id: str
+    party_id: str
+    store: StoreSpec
+    adapters: AdapterSpec
+    config: ActorConfig
+    log: LogSpec
+    relay: str | None
+
+
+@dataclass(frozen=True)
+class PeerInit:
+    node_id: str
+    party_id: str
+    peer_id: str
+    local_peer_id: str
+    public_key: str
+    virtual_ip: str
+    candidates: tuple[str, ...]
+    store: StoreSpec
+    adapters: AdapterSpec
+    config: ActorConfig
+    log: LogSpec
+    relay: str | None
+
+
+@dataclass(frozen=True)
+class RelayMonitorInit:
+    node_id: str
+    relays: tuple[str, ...]
+    store: StoreSpec
+    adapters: AdapterSpec
+    config: ActorConfig
+    log: LogSpec
+
+
+@dataclass(frozen=True)
+class RelayChanged:
+    relay: str | None
+    rtt_ms: float | None
+    previous: str | None
+
+
+@dataclass(frozen=True)
+class ConnectionUpdate:
+    """A peer connection's state after each persisted batch, for its party's status cache."""
+
+    peer_id: str
+    state: ConnectionState
+
+
+@dataclass(frozen=True)
+class ClosePeer:
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeerClosed:
+    peer_id: str
+
+
+@dataclass(frozen=True)
+class PartyStatusQuery:
+    request_id: int
+
+
+@dataclass(frozen=True)
+class PartyStatusReply:
+    request_id: int
+    status: PartyStatus
+
+
+@dataclass(frozen=True)
+class Timer:
+    """Payload of every wakeupAfter: stale generations and incarnations are ignored."""
+
+    kind: str
+    generation: int
+    incarnation: str
+    target: str = ""  # peer id when a party hosts peer connections inline
+
+
+@dataclass(frozen=True)
+class ChildrenQuery:
+    """Diagnostics (tests, tools): reply ChildAddresses."""
+
+
+@dataclass(frozen=True)
+class ChildAddresses:
+    children: tuple[tuple[str, Any], ...]  # (name, thespian ActorAddress or None when inline)

@@ -1,0 +1,169 @@
+"""The relay-monitor actor: probes every relay on an interval, selects one with hysteresis.
+
+Each relay's stream (``relay:<host:port>``) gets one aggregated RelayProbed per
+round, RelayDegraded while the selected relay is slow or silent, and RelaySelected
+when it becomes the node's relay. A degraded relay is replaced only by one that is
+at least ``min_improvement_ms`` better and below ``max_ratio`` of its round trip,
+so two relays of near-equal latency never flap.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from thespian.actors import Actor, ActorAddress, ActorExitRequest, PoisonMessage, WakeupMessage
+
+from actors import logs
+from actors import messages as m
+from actors.adapters import Adapters, build_adapters
+from actors.config import RelayMonitorConfig
+from actors.journal import StreamWriter, open_recorder
+from actors.logs import logger
+from actors.timers import Timers, new_incarnation
+from events import types as ev
+from events.base import Event
+from events.fold import RelayState, apply_relay
+from events.streams import relay_stream
+from mesh.interfaces import MeshError
+
+PROBE = "probe"
+
+
+@dataclass(frozen=True)
+class Choice:
+    relay: str
+    rtt_ms: float | None
+    reason: str
+
+
+def choose_relay(selected: str | None, rtts: dict[str, float | None],
+                 config: RelayMonitorConfig) -> tuple[bool, Choice | None]:
+    """Pure: (is the selected relay degraded, the relay to switch to or None)."""
+    answered = {relay: rtt for relay, rtt in rtts.items() if rtt is not None}
+    best = min(answered, key=lambda r: (answered[r], r)) if answered else None
+    if selected is None or selected not in rtts:
+        if best is None:
+            return False, None
+        return False, Choice(best, answered[best],
+                             f"lowest round trip ({answered[best]:.1f} ms) of {len(answered)} relays")
+    current = rtts[selected]
+    degraded = current is None or current > config.degraded_rtt_ms
+    if not degraded:
+        return False, None
+    others = {r: rtt for r, rtt in answered.items() if r != selected}
+    if not others:
+        return True, None
+    candidate = min(others, key=lambda r: (others[r], r))
+    rtt = others[candidate]
+    if current is None:
+        return True, Choice(candidate, rtt, f"{selected} stopped answering; {candidate} is {rtt:.1f} ms")
+    if current - rtt >= config.min_improvement_ms and rtt < current * config.max_ratio:
+        return True, Choice(candidate, rtt,
+                            f"{selected} degraded ({current:.1f} ms); {candidate} is {rtt:.1f} ms")
+    return True, None
+
+
+class RelayMonitorActor(Actor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.init: m.RelayMonitorInit | None = None
+        self.adapters: Adapters | None = None
+        self.writers: dict[str, StreamWriter] = {}
+        self.states: dict[str, RelayState] = {}
+        self.selected: str | None = None
+        self.timers = Timers(new_incarnation())
+        self.parent: ActorAddress | None = None
+        self.log = logger
+
+    def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
+        if isinstance(message, ActorExitRequest):
+            return
+        if isinstance(message, m.RelayMonitorInit):
+            if self.init is None:
+                self.parent = sender
+                self._start(message)
+            return
+        if self.init is None:
+            return
+        match message:
+            case WakeupMessage(payload=m.Timer() as timer):
+                if self.timers.is_current(timer) and timer.kind == PROBE:
+                    self.probe_round()
+                    self._arm()
+            case PoisonMessage():
+                self.log.error("a message failed twice: {}", type(message.poisonMessage).__name__)
+            case _:
+                self.log.warning("rejected {}: unknown message for the relay monitor",
+                                 type(message).__name__)
+                if self.init.relays:
+                    self._commit(self.init.relays[0], [ev.MessageRejected(
+                        actor="relay-monitor", message_type=type(message).__name__,
+                        reason="unknown message for the relay monitor")])
+
+    def _start(self, init: m.RelayMonitorInit) -> None:
+        logs.configure(init.log)
+        self.init = init
+        self.log = logger.bind(actor="relay-monitor")
+        self.adapters = build_adapters(init.adapters)
+        recorder = open_recorder(init.store)
+        last_selected: tuple[int, str] | None = None
+        for relay in init.relays:
+            writer = StreamWriter(recorder, relay_stream(relay), self.timers.incarnation,
+                                  {"node_id": init.node_id, "actor": "relay-monitor"})
+            self.writers[relay] = writer
+            state = RelayState(relay=relay)
+            for record in recorder.read_stream(writer.stream_id):
+                state = apply_relay(state, record.event)
+                writer.position = record.stream_position
+                if isinstance(record.event, ev.RelaySelected) and (
+                        last_selected is None or record.global_position > last_selected[0]):
+                    last_selected = (record.global_position, relay)
+            self.states[relay] = state
+        self.selected = last_selected[1] if last_selected else None
+        if self.selected:
+            self.send(self.parent, m.RelayChanged(self.selected, self.states[self.selected].rtt_ms, None))
+        if init.relays:
+            self.wakeupAfter(timedelta(0), self.timers.arm(PROBE))
+
+    def _arm(self) -> None:
+        assert self.init is not None
+        self.wakeupAfter(timedelta(seconds=self.init.config.relay_monitor.probe_interval_s),
+                         self.timers.arm(PROBE))
+
+    def _commit(self, relay: str, events: list[Event]) -> None:
+        for record in self.writers[relay].append(events, "probe-round"):
+            self.states[relay] = apply_relay(self.states[relay], record.event)
+
+    def probe_round(self) -> None:
+        assert self.init is not None and self.adapters is not None
+        config = self.init.config.relay_monitor
+        rtts: dict[str, float | None] = {}
+        for relay in self.init.relays:
+            answers = []
+            for _ in range(config.probes_per_round):
+                try:
+                    rtt = self.adapters.relay_client.probe(relay, config.probe_timeout_s)
+                except MeshError:
+                    rtt = None
+                if rtt is not None:
+                    answers.append(rtt)
+            rtts[relay] = statistics.median(answers) if answers else None
+            self._commit(relay, [ev.RelayProbed(relay=relay, probes=config.probes_per_round,
+                                                answered=len(answers), rtt_ms=rtts[relay])])
+        degraded, choice = choose_relay(self.selected, rtts, config)
+        previous = self.selected
+        if degraded and previous is not None:
+            rtt = rtts[previous]
+            reason = ("no answer" if rtt is None else
+                      f"round trip {rtt:.1f} ms above {config.degraded_rtt_ms:.0f} ms")
+            self._commit(previous, [ev.RelayDegraded(relay=previous, rtt_ms=rtt, reason=reason)])
+        if choice is None:
+            return
+        self._commit(choice.relay, [ev.RelaySelected(relay=choice.relay, rtt_ms=choice.rtt_ms,
+                                                     previous_relay=previous, reason=choice.reason)])
+        self.selected = choice.relay
+        self.log.info("selected relay {}: {}", choice.relay, choice.reason)
+        self.send(self.parent, m.RelayChanged(choice.relay, choice.rtt_ms, previous))

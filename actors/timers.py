@@ -1,0 +1,31 @@
+"""Generation tokens for wakeupAfter, which cannot be cancelled."""
+
+from __future__ import annotations
+
+import uuid
+
+from actors.messages import Timer
+
+
+def new_incarnation() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class Timers:
+    def __init__(self, incarnation: str, target: str = "") -> None:
+        self.incarnation = incarnation
+        self.target = target
+        self._generations: dict[str, int] = {}
+
+    def arm(self, kind: str) -> Timer:
+        """A new token for ``kind``; every older one of that kind becomes stale."""
+        generation = self._generations.get(kind, 0) + 1
+        self._generations[kind] = generation
+        return Timer(kind, generation, self.incarnation, self.target)
+
+    def cancel(self, kind: str) -> None:
+        self._generations[kind] = self._generations.get(kind, 0) + 1
+
+    def is_current(self, timer: Timer) -> bool:
+        return (timer.incarnation == self.incarnation
+                and self._generations.get(timer.kind) == timer.generation)

@@ -1,0 +1,198 @@
+"""A simulated network: deterministic, in memory, controlled by the test.
+
+One ``SimNetwork`` per name and process. A node's adapters look things up in it:
+latency of the direct path to a virtual IP, relay round trips, which candidates a
+hole punch can reach, and the WireGuard peers each node configured (with a log of
+every change, so tests can prove that no change was made twice). Nothing sleeps
+and nothing is random: time is the caller's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mesh.interfaces import MeshError, NatInfo, PeerStats, PunchResult, RelayAllocation
+
+DEFAULT_DIRECT_MS = 20.0
+DEFAULT_RELAY_MS = 40.0
+
+
+@dataclass
+class SimPeer:
+    endpoint: str | None
+    allowed_ips: tuple[str, ...]
+    keepalive_s: int
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+
+@dataclass
+class SimNetwork:
+    name: str
+    direct_latency: dict[str, float | None] = field(default_factory=dict)  # virtual ip -> ms
+    relay_latency: dict[str, float | None] = field(default_factory=dict)  # relay -> ms, None: down
+    unreachable: set[str] = field(default_factory=set)  # candidates no punch or packet reaches
+    wireguard_peers: dict[str, dict[str, SimPeer]] = field(default_factory=dict)  # node -> key -> peer
+    wireguard_log: list[tuple[str, str, str, str | None]] = field(default_factory=list)
+    relay_log: list[tuple[str, str, str]] = field(default_factory=list)  # (op, relay, session)
+    punch_log: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
+    probe_count: int = 0
+
+    # ------------------------------------------------------------ test controls
+
+    def set_latency(self, virtual_ip: str, latency_ms: float | None) -> None:
+        """Direct-path round trip to ``virtual_ip``; None drops every probe on the direct path."""
+        self.direct_latency[virtual_ip] = latency_ms
+
+    def set_relay(self, relay: str, latency_ms: float | None) -> None:
+        """Round trip to a relay (and through it); None: the relay is down."""
+        self.relay_latency[relay] = latency_ms
+
+    def block(self, *candidates: str) -> None:
+        self.unreachable.update(candidates)
+
+    def unblock(self, *candidates: str) -> None:
+        self.unreachable.difference_update(candidates)
+
+    def wireguard_changes(self, node: str) -> list[tuple[str, str, str | None]]:
+        return [(op, key, endpoint) for n, op, key, endpoint in self.wireguard_log if n == node]
+
+    # ------------------------------------------------------------ what adapters see
+
+    def path_latency(self, node: str, virtual_ip: str) -> float | None:
+        peer = next((p for p in self.wireguard_peers.get(node, {}).values()
+                     if f"{virtual_ip}/32" in p.allowed_ips), None)
+        if peer is None or peer.endpoint is None:
+            return None
+        if peer.endpoint in self.relay_latency:
+            return self.relay_latency[peer.endpoint]
+        if peer.endpoint in self.unreachable:
+            return None
+        return self.direct_latency.get(virtual_ip, DEFAULT_DIRECT_MS)
+
+
+_networks: dict[str, SimNetwork] = {}
+
+
+def network(name: str = "default") -> SimNetwork:
+    """The process-wide simulated network called ``name`` (created empty on first use)."""
+    return _networks.setdefault(name, SimNetwork(name))
+
+
+def reset(name: str) -> SimNetwork:
+    _networks[name] = SimNetwork(name)
+    return _networks[name]
+
+
+class SimWireGuard:
+    def __init__(self, net: SimNetwork, node: str, public_key: str, listen_port: int) -> None:
+        self._net = net
+        self._node = node
+        self._public_key = public_key
+        self._listen_port = listen_port
+        net.wireguard_peers.setdefault(node, {})
+
+    @property
+    def public_key(self) -> str:
+        return self._public_key
+
+    @property
+    def listen_port(self) -> int:
+        return self._listen_port
+
+    def configure_peer(self, public_key: str, endpoint: str | None, allowed_ips: Sequence[str],
+                       keepalive_s: int = 25) -> None:
+        peers = self._net.wireguard_peers[self._node]
+        old = peers.get(public_key)
+        peers[public_key] = SimPeer(endpoint, tuple(allowed_ips), keepalive_s,
+                                    old.rx_bytes if old else 0, old.tx_bytes if old else 0)
+        self._net.wireguard_log.append((self._node, "configure", public_key, endpoint))
+
+    def remove_peer(self, public_key: str) -> None:
+        self._net.wireguard_peers[self._node].pop(public_key, None)
+        self._net.wireguard_log.append((self._node, "remove", public_key, None))
+
+    def peer_stats(self) -> dict[str, PeerStats]:
+        return {key: PeerStats(key, p.endpoint, None, p.rx_bytes, p.tx_bytes)
+                for key, p in self._net.wireguard_peers[self._node].items()}
+
+
+class SimProber:
+    def __init__(self, net: SimNetwork, node: str) -> None:
+        self._net = net
+        self._node = node
+
+    def probe(self, virtual_ip: str, timeout_s: float) -> float | None:
+        self._net.probe_count += 1
+        latency = self._net.path_latency(self._node, virtual_ip)
+        return latency if latency is not None and latency <= timeout_s * 1000 else None
+
+
+class SimPuncher:
+    def __init__(self, net: SimNetwork, candidates: tuple[str, ...]) -> None:
+        self._net = net
+        self._candidates = candidates
+
+    def candidates(self) -> tuple[str, ...]:
+        return self._candidates
+
+    def punch(self, session: str, remote_candidates: Sequence[str], timeout_s: float) -> PunchResult:
+        self._net.punch_log.append(("punch", session, tuple(remote_candidates)))
+        for candidate in remote_candidates:
+            if candidate not in self._net.unreachable:
+                return PunchResult(True, candidate, DEFAULT_DIRECT_MS, 2 * DEFAULT_DIRECT_MS,
+                                   "punch acknowledged")
+        return PunchResult(False, None, None, timeout_s * 1000, "no candidate answered")
+
+
+class SimRelayClient:
+    def __init__(self, net: SimNetwork) -> None:
+        self._net = net
+
+    def allocate(self, party_id: str, peer_id: str, relay: str) -> RelayAllocation:
+        if self._net.relay_latency.get(relay, DEFAULT_RELAY_MS) is None:
+            raise MeshError(f"relay {relay} did not answer")
+        session = f"{party_id}/{peer_id}"
+        self._net.relay_log.append(("allocate", relay, session))
+        return RelayAllocation(relay, session, relay)
+
+    def release(self, allocation: RelayAllocation) -> None:
+        self._net.relay_log.append(("release", allocation.relay, allocation.session_id))
+
+    def probe(self, relay: str, timeout_s: float) -> float | None:
+        latency = self._net.relay_latency.get(relay, DEFAULT_RELAY_MS)
+        return latency if latency is not None and latency <= timeout_s * 1000 else None
+
+
+class SimNatDetector:
+    def __init__(self, info: NatInfo | None) -> None:
+        self._info = info
+
+    def detect(self) -> NatInfo | None:
+        return self._info
+
+
+@dataclass(frozen=True)
+class SimAdapters:
+    wireguard: SimWireGuard
+    prober: SimProber
+    puncher: SimPuncher
+    relay_client: SimRelayClient
+    nat_detector: SimNatDetector
+
+
+def adapters(network_name: str = "default", node: str = "node", public_key: str = "",
+             listen_port: int = 51820, candidates: Sequence[str] = (),
+             nat_type: str = "open") -> SimAdapters:
+    """The factory to name in an AdapterSpec: ``mesh.sim:adapters``."""
+    net = network(network_name)
+    public_ip, _, port = (candidates[0] if candidates else "").rpartition(":")
+    info = NatInfo(nat_type, public_ip or None, int(port) if port else None, "192.0.2.1",
+                   listen_port, "sim-stun")
+    return SimAdapters(
+        wireguard=SimWireGuard(net, node, public_key or f"sim-key-{node}", listen_port),
+        prober=SimProber(net, node),
+        puncher=SimPuncher(net, tuple(candidates)),
+        relay_client=SimRelayClient(net),
+        nat_detector=SimNatDetector(info))
