@@ -12,17 +12,36 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Mapping
+from json import scanner
 from typing import Any
 
 from events.base import Event, EventError, MalformedEvent, event_class, upcast
 
 _dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+_dumps_unsorted = json.JSONEncoder(separators=(",", ":")).encode
 _loads = json.loads
+# The C scanner behind json.loads, called directly: payloads are written without
+# surrounding whitespace, and anything it rejects goes through json.loads for the message.
+_scan = scanner.make_scanner(json.JSONDecoder())
+
+
+def loads_object(text: str) -> Any:
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        return _loads(text)
+    if end != len(text):
+        return _loads(text)
+    return value
 
 
 def encode_payload(event: Event) -> str:
-    """The event's fields as canonical JSON (the same text as ``events.base.encode``)."""
-    return _dumps({name: getattr(event, name) for name in _field_names(type(event))})
+    """The event's fields as JSON (the same object as ``events.base.encode`` produces)."""
+    cls = type(event)
+    if cls in _PLAIN:
+        # A frozen dataclass without slots keeps exactly its fields in __dict__, in order.
+        return _dumps_unsorted(event.__dict__)
+    return _dumps({name: getattr(event, name) for name in _field_names(cls)})
 
 
 def encode_metadata(metadata: Mapping[str, Any]) -> str:
@@ -30,6 +49,34 @@ def encode_metadata(metadata: Mapping[str, Any]) -> str:
 
 
 _FIELDS: dict[type[Event], tuple[str, ...]] = {}
+
+
+class _PlainTypes(dict[type, bool]):
+    """Event classes whose instances can be read and built through ``__dict__`` directly."""
+
+    def __missing__(self, cls: type) -> bool:
+        plain = (dataclasses.is_dataclass(cls) and not hasattr(cls, "__slots__")
+                 and not hasattr(cls, "__post_init__") and "__init__" not in _custom(cls))
+        self[cls] = plain
+        return plain
+
+    def __contains__(self, cls: object) -> bool:
+        return self[cls]  # type: ignore[index]
+
+
+def _custom(cls: type) -> set[str]:
+    """Names defined by hand (not by @dataclass) anywhere in the class's own hierarchy."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is object:
+            continue
+        params = getattr(klass, "__dataclass_params__", None)
+        if params is None:
+            names.update(vars(klass))
+    return names
+
+
+_PLAIN = _PlainTypes()
 
 
 def _field_names(cls: type[Event]) -> tuple[str, ...]:
@@ -52,35 +99,59 @@ class RowDecoder:
         self._plans: dict[tuple[str, int], Callable[[Any], Event]] = {}
 
     def decode(self, event_type: str, version: int, payload: str | bytes | dict[str, Any]) -> Event:
+        return self.plan(event_type, version)(payload)
+
+    def plan(self, event_type: str, version: int) -> Callable[[Any], Event]:
+        """The decoding function for one (type, version); raises if the type or version is unusable."""
         plan = self._plans.get((event_type, version))
         if plan is None:
             plan = self._plans[(event_type, version)] = self._plan(event_type, version)
-        return plan(payload)
+        return plan
 
     def _plan(self, event_type: str, version: int) -> Callable[[Any], Event]:
         cls = event_class(event_type)  # raises UnknownEventType
         if version > cls.version:
             upcast(event_type, version, {})  # raises FutureEventVersion
-        names = frozenset(_field_names(cls))
+        fields = dataclasses.fields(cls)
+        names = frozenset(field.name for field in fields)
+        required = frozenset(field.name for field in fields if field.default is dataclasses.MISSING
+                             and field.default_factory is dataclasses.MISSING)
+        constants = {field.name: field.default for field in fields
+                     if field.default is not dataclasses.MISSING}
+        factories = any(field.default_factory is not dataclasses.MISSING for field in fields)
+        fast = cls in _PLAIN and not factories
+        # Only tuple fields can legitimately hold JSON lists; others are taken as stored.
+        has_tuples = any("tuple" in str(field.type) for field in fields)
         needs_upcast = version < cls.version
+        new = object.__new__
+
+        def slow(data: dict[str, Any]) -> Event:
+            try:
+                return cls(**{key: _freeze(value) for key, value in data.items() if key in names})
+            except TypeError as error:
+                raise MalformedEvent(f"{event_type} payload does not fit: {error}") from None
 
         def plan(payload: Any) -> Event:
-            if isinstance(payload, str | bytes):
-                try:
-                    data = _loads(payload)
-                except (ValueError, UnicodeDecodeError) as error:
-                    raise MalformedEvent(f"{event_type} payload is not JSON: {error}") from None
-            else:
-                data = payload
-            if not isinstance(data, dict):
+            try:
+                data = loads_object(payload) if type(payload) is str else (
+                    _loads(payload) if isinstance(payload, bytes) else payload)
+            except (ValueError, UnicodeDecodeError) as error:
+                raise MalformedEvent(f"{event_type} payload is not JSON: {error}") from None
+            if type(data) is not dict:
                 raise MalformedEvent(f"{event_type} payload is not a JSON object")
             if needs_upcast:
                 data = upcast(event_type, version, data)
-            try:
-                return cls(**{key: (_freeze(value) if type(value) is list else value)
-                              for key, value in data.items() if key in names})
-            except TypeError as error:
-                raise MalformedEvent(f"{event_type} payload does not fit: {error}") from None
+            if not fast or (data.keys() != names
+                            and not (names.issuperset(data) and required.issubset(data))) \
+                    or (has_tuples and list in map(type, data.values())):
+                return slow(data)
+            # Same object as cls(**data) (a test checks), without the frozen __init__'s cost.
+            event = new(cls)
+            state = event.__dict__
+            if constants:
+                state.update(constants)
+            state.update(data)
+            return event
 
         return plan
 

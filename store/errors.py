@@ -7,12 +7,21 @@ from deep inside SQLAlchemy.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import exc as sa_exc
 
 from store.base import StoreError
+
+try:
+    from psycopg import Error as _PgError
+except ImportError:  # pragma: no cover - psycopg is in requirements.txt
+    _PgError = sqlite3.Error  # type: ignore[misc,assignment]
+
+# Errors from the DBAPI drivers themselves (the writer and replay use their cursors directly).
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (sa_exc.DBAPIError, sqlite3.Error, _PgError, OSError)
 
 
 class DatabaseUnavailable(StoreError):
@@ -91,10 +100,10 @@ def translated(where: str) -> Iterator[None]:
         yield
     except StoreError:
         raise
-    except (sa_exc.DBAPIError, OSError) as error:
+    except DRIVER_ERRORS as error:
         clear = classify(error, where)
         if clear is None:
-            if isinstance(error, sa_exc.DBAPIError):
-                raise StoreError(f"database {where}: {_first_line(error)}") from error
-            raise
+            if isinstance(error, OSError):
+                raise
+            raise StoreError(f"database {where}: {_first_line(error)}") from error
         raise clear from error

@@ -11,31 +11,72 @@ with WAL they never wait for the writer.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from os import urandom
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import func, select
 
 from events.base import Event
-from store.base import ConcurrencyError, PendingEvent, RecordedEvent, StoreError, as_pending
+from store.base import ConcurrencyError, PendingEvent, RecordedEvent, StoreError
 from store.codec import encode_metadata, encode_payload
 from store.engine import Synchronous, Target, check_sqlite_file, parse_url, sync_engine
 from store.errors import EventDecodeError, translated
 from store.queries import HEAD_QUERY, EventFilter, OnError, RowReader, page_query, stream_query, utc
-from store.schema import checkpoints, events, log_head
+from store.schema import checkpoints, events
 
-_INSERT = insert(events)
-_SET_HEAD = update(log_head).where(log_head.c.id == 1)
+_NO_METADATA: Mapping[str, Any] = {}
+
+
+class _Sql:
+    """The writer's statements for one dialect, run on the DBAPI cursor (no per-row Core overhead)."""
+
+    def __init__(self, dialect: str) -> None:
+        mark = "%s" if dialect == "postgresql" else "?"
+        json = f"CAST({mark} AS JSONB)" if dialect == "postgresql" else mark
+        self.begin = "BEGIN IMMEDIATE" if dialect == "sqlite" else ""
+        # FOR UPDATE serialises PostgreSQL appenders on the head row until commit, so
+        # global positions become visible in order; SQLite's write lock does the same.
+        self.head = "SELECT last_global_position FROM event_log_head WHERE id = 1" + (
+            " FOR UPDATE" if dialect == "postgresql" else "")
+        self.latest = "SELECT MAX(recorded_at) FROM events"
+        self.stream_max = f"SELECT COALESCE(MAX(stream_position), 0) FROM events WHERE stream_id = {mark}"
+        self.stream_range = (
+            "SELECT global_position, stream_id, stream_position, recorded_at, event_type, event_version, "
+            + ("payload::text, metadata::text" if dialect == "postgresql" else "payload, metadata")
+            + f" FROM events WHERE stream_id = {mark} AND stream_position BETWEEN {mark} AND {mark}"
+            " ORDER BY stream_position")
+        self.insert = (
+            "INSERT INTO events (global_position, stream_id, stream_position, event_type, event_version,"
+            f" recorded_at, payload, metadata) VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, {mark},"
+            f" {json}, {json})")
+        self.set_head = f"UPDATE event_log_head SET last_global_position = {mark} WHERE id = 1"
+        self.checkpoint_update = (f"UPDATE event_checkpoints SET global_position = {mark},"
+                                  f" updated_at = {mark} WHERE name = {mark}")
+        self.checkpoint_insert = (f"INSERT INTO event_checkpoints (name, global_position, updated_at)"
+                                  f" VALUES ({mark}, {mark}, {mark})")
+
+
+def _as_utc(value: datetime | str) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _close_quietly(resource: Any) -> None:
+    with contextlib.suppress(Exception):
+        resource.close()
 
 
 @dataclass
 class _Request:
     stream_id: str
-    pending: list[PendingEvent]
+    pending: list[tuple[Event, Mapping[str, Any], str]]
     expected: int
     done: bool = False
     result: list[RecordedEvent] = field(default_factory=list)
@@ -59,7 +100,8 @@ class EventStore:
                                    busy_timeout=busy_timeout, readonly=readonly)
         self._writer_engine = None if readonly else sync_engine(
             self.target, role="writer", synchronous=synchronous, busy_timeout=busy_timeout)
-        self._writer: Connection | None = None
+        self._writer: Any = None
+        self._sql = _Sql(self.target.dialect)
         self._commit_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Request] = []
@@ -96,10 +138,14 @@ class EventStore:
             raise StoreError("stream_id must be a non-empty string")
         if expected_position < 0:
             raise StoreError(f"expected_position must be >= 0, not {expected_position}")
-        pending = [as_pending(item) for item in events_]
-        for item in pending:
-            if not isinstance(item.event, Event):
-                raise StoreError(f"not an event: {item.event!r}")
+        pending: list[tuple[Event, Mapping[str, Any], str]] = []
+        for item in events_:
+            if isinstance(item, PendingEvent):
+                pending.append((item.event, item.metadata, item.event_id))
+            else:
+                pending.append((item, _NO_METADATA, urandom(16).hex()))
+            if not isinstance(pending[-1][0], Event):
+                raise StoreError(f"not an event: {pending[-1][0]!r}")
         request = _Request(stream_id, pending, expected_position)
         with self._queue_lock:
             self._queue.append(request)
@@ -112,12 +158,13 @@ class EventStore:
             raise request.error
         return request.result
 
-    def _connection(self) -> Connection:
+    def _connection(self) -> Any:
+        """The writer's DBAPI connection (pooled by SQLAlchemy, pragmas applied on connect)."""
         if self._closed:
             raise StoreError(f"store {self.where} is closed")
-        if self._writer is None or self._writer.invalidated or self._writer.closed:
+        if self._writer is None:
             assert self._writer_engine is not None
-            self._writer = self._writer_engine.connect()
+            self._writer = self._writer_engine.raw_connection()
         return self._writer
 
     def _commit(self, batch: list[_Request]) -> None:
@@ -127,16 +174,20 @@ class EventStore:
         try:
             with translated(self.where):
                 connection = self._connection()
+                cursor = connection.cursor()
                 try:
-                    with connection.begin():
-                        rows = self._stage(connection, batch)
-                        if rows:
-                            connection.execute(_INSERT, rows)
-                            last = rows[-1]["global_position"]
-                            connection.execute(_SET_HEAD, {"last_global_position": last})
-                except BaseException:
-                    self._drop_connection_if_broken()
+                    if self._sql.begin:
+                        cursor.execute(self._sql.begin)
+                    rows = self._stage(cursor, batch)
+                    if rows:
+                        cursor.executemany(self._sql.insert, rows)
+                        cursor.execute(self._sql.set_head, (rows[-1][0],))
+                    connection.commit()
+                except BaseException as error:
+                    self._rollback(connection, error)
                     raise
+                finally:
+                    _close_quietly(cursor)
         except BaseException as error:
             for request in batch:
                 if request.error is None:
@@ -145,36 +196,45 @@ class EventStore:
         finally:
             for request in batch:
                 request.done = True
-        if any(request.error is None and request.result for request in batch):
-            last = max(r.result[-1].recorded_at for r in batch if r.error is None and r.result)
-            self._last_recorded = last
 
-    def _drop_connection_if_broken(self) -> None:
-        if self._writer is not None and self._writer.invalidated:
-            self._writer.close()
+    def _rollback(self, connection: Any, error: BaseException) -> None:
+        try:
+            connection.rollback()
+        except Exception:
+            self._drop_writer()
+            return
+        if self.dialect == "postgresql" and getattr(connection, "closed", False):
+            self._drop_writer()
+
+    def _drop_writer(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.invalidate()
             self._writer = None
 
-    def _stage(self, connection: Connection, batch: list[_Request]) -> list[dict[str, Any]]:
-        if self.dialect == "postgresql":
-            head = connection.execute(HEAD_QUERY.with_for_update()).scalar_one()
-        else:
-            head = connection.execute(HEAD_QUERY).scalar_one()
+    def _stage(self, cursor: Any, batch: list[_Request]) -> list[tuple[Any, ...]]:
+        sql = self._sql
+        cursor.execute(sql.head)
+        head = cursor.fetchone()[0]
         if self._last_recorded is None:
-            latest = connection.execute(select(func.max(events.c.recorded_at))).scalar()
-            self._last_recorded = latest or datetime.min.replace(tzinfo=UTC)
+            cursor.execute(sql.latest)
+            latest = cursor.fetchone()[0]
+            self._last_recorded = _as_utc(latest) if latest is not None else datetime.min.replace(tzinfo=UTC)
         now = max(datetime.now(UTC), self._last_recorded)
+        self._last_recorded = now
+        stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f") if self.dialect == "sqlite" else now
+        defaults = self._default_metadata
         positions: dict[str, int] = {}
         staged: dict[str, list[RecordedEvent]] = {}
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
         for request in batch:
             stream_id = request.stream_id
             current = positions.get(stream_id)
             if current is None:
-                current = connection.execute(
-                    select(func.coalesce(func.max(events.c.stream_position), 0))
-                    .where(events.c.stream_id == stream_id)).scalar_one()
+                cursor.execute(sql.stream_max, (stream_id,))
+                current = cursor.fetchone()[0]
             if request.expected < current and request.pending:
-                existing = self._existing(connection, stream_id, request, staged.get(stream_id, []))
+                existing = self._existing(cursor, stream_id, request, staged.get(stream_id, []))
                 if existing is not None:
                     request.result = existing
                     positions[stream_id] = current
@@ -184,36 +244,40 @@ class EventStore:
                 positions[stream_id] = current
                 continue
             recorded = []
-            for item in request.pending:
+            for event, extra, event_id in request.pending:
                 head += 1
                 current += 1
-                meta = {**self._default_metadata, **item.metadata, "event_id": item.event_id}
-                rows.append({"global_position": head, "stream_id": stream_id, "stream_position": current,
-                             "event_type": item.event.event_type, "event_version": type(item.event).version,
-                             "recorded_at": now, "payload": encode_payload(item.event),
-                             "metadata": encode_metadata(meta)})
-                recorded.append(RecordedEvent(global_position=head, stream_id=stream_id,
-                                              stream_position=current, recorded_at=now,
-                                              event=item.event, metadata=meta))
+                if defaults or extra:
+                    meta = {**defaults, **extra, "event_id": event_id}
+                    meta_text = encode_metadata(meta)
+                else:
+                    meta = {"event_id": event_id}
+                    meta_text = ('{"event_id":"' + event_id + '"}' if event_id.isalnum()
+                                 else encode_metadata(meta))
+                rows.append((head, stream_id, current, event.event_type, type(event).version, stamp,
+                             encode_payload(event), meta_text))
+                recorded.append(RecordedEvent(head, stream_id, current, now, event, meta))
             positions[stream_id] = current
             staged.setdefault(stream_id, []).extend(recorded)
             request.result = recorded
         return rows
 
-    def _existing(self, connection: Connection, stream_id: str, request: _Request,
+    def _existing(self, cursor: Any, stream_id: str, request: _Request,
                   staged: list[RecordedEvent]) -> list[RecordedEvent] | None:
         """The stored records at the request's positions, if they carry the same event ids."""
         first = request.expected + 1
         last = request.expected + len(request.pending)
         reader = RowReader("raise")
         found = {r.stream_position: r for r in staged if first <= r.stream_position <= last}
-        for row in connection.execute(stream_query(stream_id, first, last)):
-            record = reader.record(row)
+        cursor.execute(self._sql.stream_range, (stream_id, first, last))
+        for row in cursor.fetchall():
+            position, stream, stream_position, recorded_at, *rest = row
+            record = reader.record((position, stream, stream_position, _as_utc(recorded_at), *rest))
             assert record is not None
             found[record.stream_position] = record
         records = [found.get(position) for position in range(first, last + 1)]
         ids = [record.event_id if record else None for record in records]
-        if ids == [item.event_id for item in request.pending]:
+        if ids == [event_id for _, _, event_id in request.pending]:
             return [record for record in records if record is not None]
         return None
 
@@ -331,16 +395,24 @@ class EventStore:
     def save_checkpoint(self, name: str, position: int) -> None:
         if self.readonly:
             raise StoreError(f"database {self.where} was opened read-only")
+        sql = self._sql
         with self._commit_lock, translated(self.where):
             connection = self._connection()
-            with connection.begin():
+            cursor = connection.cursor()
+            try:
+                if sql.begin:
+                    cursor.execute(sql.begin)
                 now = datetime.now(UTC)
-                changed = connection.execute(
-                    update(checkpoints).where(checkpoints.c.name == name)
-                    .values(global_position=position, updated_at=now)).rowcount
-                if not changed:
-                    connection.execute(insert(checkpoints).values(name=name, global_position=position,
-                                                                  updated_at=now))
+                stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f") if self.dialect == "sqlite" else now
+                cursor.execute(sql.checkpoint_update, (position, stamp, name))
+                if cursor.rowcount == 0:
+                    cursor.execute(sql.checkpoint_insert, (name, position, stamp))
+                connection.commit()
+            except BaseException as error:
+                self._rollback(connection, error)
+                raise
+            finally:
+                _close_quietly(cursor)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -348,7 +420,7 @@ class EventStore:
         with self._commit_lock:
             self._closed = True
             if self._writer is not None:
-                self._writer.close()
+                _close_quietly(self._writer)
                 self._writer = None
             if self._writer_engine is not None:
                 self._writer_engine.dispose()

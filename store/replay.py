@@ -1,0 +1,89 @@
+"""Replay: fold the log into the state of every party, connection, relay and node.
+
+The fold is ``events.fold.apply_world``, the same apply functions the live
+actors use, so the state replayed at position N is the state they had after
+event N. Rows are fetched as raw tuples through the DBAPI cursor in large
+chunks and decoded with the cached ``RowDecoder``: no per-row ORM or Core
+result processing, which is what keeps replay above 200k events/s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from events.base import Event, EventError
+from events.fold import World, apply_world
+from store.codec import RowDecoder
+from store.errors import EventDecodeError, translated
+from store.queries import OnError, RowReader
+from store.sql import EventStore
+
+CHUNK = 5000
+
+
+def iter_events(store: EventStore, after: int = 0, upto: int | None = None,
+                on_error: OnError = "raise") -> Iterator[tuple[int, str, Event]]:
+    """``(global_position, stream_id, event)`` in global order, from one consistent snapshot."""
+    policy = RowReader(on_error)  # validates on_error and keeps the skipped rows
+    decoder = RowDecoder()
+    mark = "%s" if store.dialect == "postgresql" else "?"
+    sql = ("SELECT global_position, stream_id, stream_position, event_type, event_version, payload"
+           f" FROM events WHERE global_position > {mark}")
+    params: tuple[int, ...] = (after,)
+    if upto is not None:
+        sql += f" AND global_position <= {mark}"
+        params = (after, upto)
+    sql += " ORDER BY global_position"
+    plans: dict[tuple[str, int], Callable[[Any], Event]] = {}
+    with translated(store.where), store.reader_engine.connect() as connection, connection.begin():
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, params)
+            while rows := cursor.fetchmany(CHUNK):
+                for position, stream_id, stream_position, event_type, version, payload in rows:
+                    try:
+                        plan = plans.get((event_type, version))
+                        if plan is None:
+                            plan = plans[(event_type, version)] = decoder.plan(event_type, version)
+                        event = plan(payload)
+                    except EventError as cause:
+                        error = EventDecodeError(position, stream_id, stream_position, event_type,
+                                                 version, cause)
+                        if policy.on_error == "raise":
+                            raise error from None
+                        policy.skipped.append(error)
+                        if callable(policy.on_error):
+                            policy.on_error(error)
+                        continue
+                    yield position, stream_id, event
+        finally:
+            cursor.close()
+
+
+def replay(store: EventStore, at: datetime | None = None, position: int | None = None, *,
+           start: World | None = None, on_error: OnError = "raise") -> World:
+    """The World after every event up to ``position`` and recorded at or before ``at``.
+
+    With neither, the whole log. ``start`` continues from an earlier replay (its
+    ``position``) without modifying it. ``on_error`` as in ``EventStore.read_all``:
+    by default a row that cannot be decoded stops the replay with an error naming it.
+    """
+    upto = position
+    if at is not None:
+        by_time = store.position_at(at)
+        upto = by_time if upto is None else min(upto, by_time)
+    world = _copy(start) if start is not None else World()
+    last = world.position
+    for global_position, stream_id, event in iter_events(store, world.position, upto, on_error):
+        apply_world(world, stream_id, event)
+        last = global_position
+    return replace(world, position=last)
+
+
+def _copy(world: World) -> World:
+    # States are frozen; only the dicts that apply_world fills in place need copying.
+    return World(parties=dict(world.parties), connections=dict(world.connections),
+                 relays=dict(world.relays), nodes=dict(world.nodes), position=world.position)
