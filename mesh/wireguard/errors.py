@@ -1,0 +1,38 @@
+"""What can go wrong with a WireGuard interface; every message is for the user."""
+
+from __future__ import annotations
+
+from mesh.interfaces import MeshError
+from mesh.keys import InvalidKeyError
+
+
+class WireGuardError(MeshError):
+    """A WireGuard operation failed."""
+
+
+class InvalidEndpointError(WireGuardError):
+    """An endpoint that is not ``IP:PORT`` (hostnames are not resolved here)."""
+
+
+class InvalidConfigError(WireGuardError):
+    """A bad interface name, address, MTU, port or allowed IP."""
+
+
+class InterfaceExistsError(WireGuardError):
+    """The interface name is taken (by a link here or a WireGuard socket anywhere)."""
+
+
+class InterfaceNotFoundError(WireGuardError):
+    """The interface vanished (e.g. wireguard-go was killed)."""
+
+
+class WireGuardGoMissingError(WireGuardError):
+    """No kernel WireGuard and no ``wireguard-go`` binary."""
+
+
+class NotRootError(WireGuardError):
+    """Creating interfaces needs root (CAP_NET_ADMIN)."""
+
+
+__all__ = ["InterfaceExistsError", "InterfaceNotFoundError", "InvalidConfigError", "InvalidEndpointError",
+           "InvalidKeyError", "NotRootError", "WireGuardError", "WireGuardGoMissingError"]
