@@ -1,9 +1,463 @@
-"""(filled in by its issue)"""
+"""History commands: ``events``, ``replay``, ``history``, ``sql`` and ``db upgrade``.
+
+They read the event store (read-only: a missing database is an error, never
+created) and print tables with local times, or JSON records with ``--json``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import json
+import re
+import signal
+import sys
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from commands.common import DEFAULT_STATE_DIR as _DEFAULT_STATE_DIR
+from commands.common import DbOption, JsonOption, StateDirOption, UsageError, database_url
+
+CONNECTION_TYPES = ("ConnectionAttemptStarted", "PathChosen", "HolePunchAttempted", "HolePunchSucceeded",
+                    "HolePunchFailed", "WireGuardPeerConfigured", "WireGuardPeerRemoved",
+                    "ConnectionStateChanged", "EndpointChanged", "ReconnectAttempted", "PathSwitched",
+                    "DirectPathRetried")
+
+_RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)(?:\s+ago)?$")
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def parse_time(text: str, option: str) -> datetime:
+    """'now', a relative '-5m' / '2h ago', or ISO 8601 (without an offset: local time)."""
+    value = text.strip()
+    if value.lower() == "now":
+        return datetime.now(UTC)
+    relative = _RELATIVE.match(value.lower())
+    if relative:
+        return datetime.now(UTC) - timedelta(seconds=float(relative.group(1)) * _UNITS[relative.group(2)])
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{option}: cannot read {text!r} as a time; use ISO 8601 "
+                         "(2026-11-25T14:03:00), 'now' or a relative time like -5m") from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # the user's local time zone
+    return moment.astimezone(UTC)
+
+
+def local(moment: datetime) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _tz_name() -> str:
+    return datetime.now().astimezone().strftime("%Z") or "local"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, tuple | list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    return value
+
+
+def record_json(record: Any) -> dict[str, Any]:
+    return {
+        "global_position": record.global_position,
+        "stream_id": record.stream_id,
+        "stream_position": record.stream_position,
+        "event_type": record.event_type,
+        "event_version": type(record.event).version,
+        "recorded_at": record.recorded_at.isoformat(),
+        "payload": _jsonable(record.event.to_payload()),
+        "metadata": _jsonable(dict(record.metadata)),
+    }
+
+
+def summary(event: Any, width: int = 90, skip: tuple[str, ...] = ()) -> str:
+    parts = []
+    for name, value in event.to_payload().items():
+        if name in ("party_id", "peer_id", *skip) or value in (None, "", ()):
+            continue
+        if isinstance(value, float):
+            value = f"{value:.2f}".rstrip("0").rstrip(".")
+        elif isinstance(value, tuple):
+            value = ",".join(map(str, value))
+        parts.append(f"{name}={value}")
+    text = " ".join(parts)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _console() -> Console:
+    # Piped output (less, grep, files) gets wide rows instead of 80 wrapped columns.
+    return Console(soft_wrap=False, highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _open_readonly(db: str | None, state: Any):  # type: ignore[no-untyped-def]
+    from store import open_store
+
+    return open_store(database_url(db, state), readonly=True)
+
+
+def _warn(error: Exception) -> None:
+    print(f"lanrage: warning: {error}", file=sys.stderr)
+
+
+def _events_table(records: Iterable[Any], title: str | None = None) -> Table:
+    table = Table(title=title, header_style="bold")
+    table.add_column("pos", justify="right")
+    table.add_column(f"time ({_tz_name()})")
+    table.add_column("stream")
+    table.add_column("#", justify="right")
+    table.add_column("event")
+    table.add_column("details", overflow="fold")
+    for record in records:
+        table.add_row(str(record.global_position), local(record.recorded_at), record.stream_id,
+                      str(record.stream_position), record.event_type, summary(record.event))
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, datetime):
+        return local(value) if value.tzinfo else value.isoformat(sep=" ")
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def events_command(
+    stream: Annotated[str | None,
+                      typer.Option("--stream", help="Stream id or prefix (e.g. peer:PARTY).")] = None,
+    event_type: Annotated[list[str] | None,
+                          typer.Option("--type", help="Event type; repeat for several.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="From this time (ISO, 'now', -5m).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Up to this time (ISO, 'now', -5m).")] = None,
+    after: Annotated[int, typer.Option("--after", help="Only events after this global position.")] = 0,
+    limit: Annotated[int | None, typer.Option("--limit", help="At most this many events.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    count: Annotated[int | None, typer.Option("--count", help="With --follow: exit after N events.")] = None,
+    as_json: JsonOption = False,
+    state_dir: StateDirOption = _DEFAULT_STATE_DIR,
+    db: DbOption = None,
+) -> None:
+    """List events, filtered by stream, type and time; --follow prints new ones as they arrive."""
+    from events.base import registered_types
+
+    types = tuple(event_type or ())
+    unknown = [name for name in types if name not in registered_types()]
+    if unknown:
+        raise UsageError(f"--type: unknown event type {unknown[0]!r}")
+    if limit is not None and limit < 0:
+        raise UsageError("--limit must be >= 0")
+    start = parse_time(since, "--since") if since else None
+    end = parse_time(until, "--until") if until else None
+    if follow:
+        if end is not None:
+            raise UsageError("--until cannot be used with --follow")
+        _follow(database_url(db, state_dir), after, stream, types, start, count, as_json)
+        return
+    with _open_readonly(db, state_dir) as store:
+        records = store.read_all(after, limit, stream=stream, types=types, since=start, until=end,
+                                 on_error=_warn)
+        if as_json:
+            for record in records:
+                print(json.dumps(record_json(record)))
+            return
+        rows = list(records)
+        console = _console()
+        if not rows:
+            console.print("no events match")
+            return
+        console.print(_events_table(rows))
+
+
+def _follow(url: str, after: int, stream: str | None, types: tuple[str, ...], since: datetime | None,
+            count: int | None, as_json: bool) -> None:
+    from store.aio import AsyncEventReader
+
+    console = _console()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, stop.set)
+        seen = 0
+        async with AsyncEventReader(url) as reader:
+            async for record in reader.follow(after, stream=stream, types=types, stop=stop,
+                                              on_error=_warn):
+                if since is not None and record.recorded_at < since:
+                    continue
+                if as_json:
+                    print(json.dumps(record_json(record)), flush=True)
+                else:
+                    console.print(f"{record.global_position:>7}  {local(record.recorded_at)}  "
+                                  f"{record.stream_id}  {record.event_type}  {summary(record.event)}",
+                                  markup=False)
+                    sys.stdout.flush()
+                seen += 1
+                if count is not None and seen >= count:
+                    break
+
+    asyncio.run(run())
+
+
+def replay_command(
+    at: Annotated[str | None,
+                  typer.Option("--at", help="Time: ISO 8601 (local if no offset), 'now', -5m.")] = None,
+    position: Annotated[int | None, typer.Option("--position", help="Global position to stop at.")] = None,
+    as_json: JsonOption = False,
+    state_dir: StateDirOption = _DEFAULT_STATE_DIR,
+    db: DbOption = None,
+) -> None:
+    """The state of every party, connection, relay and node at a moment (or position)."""
+    from store.replay import replay
+
+    moment = parse_time(at, "--at") if at else None
+    if position is not None and position < 0:
+        raise UsageError("--position must be >= 0")
+    with _open_readonly(db, state_dir) as store:
+        world = replay(store, at=moment, position=position)
+    if as_json:
+        print(json.dumps(_jsonable({
+            "position": world.position,
+            "at": moment.isoformat() if moment else None,
+            "parties": {key: dataclasses.asdict(value) for key, value in world.parties.items()},
+            "connections": {key: dataclasses.asdict(value) for key, value in world.connections.items()},
+            "relays": {key: dataclasses.asdict(value) for key, value in world.relays.items()},
+            "nodes": {key: dataclasses.asdict(value) for key, value in world.nodes.items()},
+        }), indent=2))
+        return
+    _print_world(world, moment)
+
+
+def _print_world(world: Any, moment: datetime | None) -> None:
+    console = _console()
+    when = f" at {local(moment)} {_tz_name()}" if moment else ""
+    console.print(f"[bold]State after global position {world.position}{when}[/bold]")
+    if not (world.parties or world.connections or world.relays or world.nodes):
+        console.print("nothing recorded yet")
+        return
+    if world.nodes:
+        table = Table(title="nodes", header_style="bold")
+        for column in ("node", "running", "NAT", "public endpoint", "relay"):
+            table.add_column(column)
+        for node in world.nodes.values():
+            table.add_row(node.node_id, "yes" if node.running else "no", node.nat_type,
+                          node.public_endpoint or "-", node.selected_relay or "-")
+        console.print(table)
+    if world.parties:
+        table = Table(title="parties", header_style="bold")
+        for column in ("party", "name", "active", "member", "peer name", "virtual IP", "NAT"):
+            table.add_column(column)
+        for party in world.parties.values():
+            members = party.members or (("", None),)
+            for index, (peer_id, member) in enumerate(members):
+                table.add_row(party.party_id if index == 0 else "", party.name if index == 0 else "",
+                              ("yes" if party.active else f"no ({party.left_reason})") if index == 0 else "",
+                              peer_id or "-", member.name if member else "-",
+                              (member.virtual_ip or "-") if member else "-",
+                              member.nat_type if member else "-")
+        console.print(table)
+    if world.connections:
+        table = Table(title="connections", header_style="bold")
+        for column in ("party", "peer", "state", "path", "endpoint", "relay", "latency ms", "loss",
+                       "reconnects", "reason"):
+            table.add_column(column)
+        for connection in world.connections.values():
+            table.add_row(connection.party_id, connection.peer_id, connection.state or "-",
+                          connection.path or "-", connection.endpoint or "-", connection.relay or "-",
+                          f"{connection.latency_ms:.1f}" if connection.latency_ms is not None else "-",
+                          f"{connection.loss:.1%}" if connection.loss is not None else "-",
+                          str(connection.reconnects), connection.reason or "-")
+        console.print(table)
+    if world.relays:
+        table = Table(title="relays", header_style="bold")
+        for column in ("relay", "rtt ms", "answered/probes", "degraded", "sessions", "running"):
+            table.add_column(column)
+        for relay in world.relays.values():
+            table.add_row(relay.relay, f"{relay.rtt_ms:.1f}" if relay.rtt_ms is not None else "-",
+                          f"{relay.answered}/{relay.probes}", "yes" if relay.degraded else "no",
+                          str(len(relay.sessions)), "yes" if relay.running else "no")
+        console.print(table)
+
+
+def history_command(
+    peer: Annotated[str, typer.Argument(help="Peer id, a prefix of it, or PARTY:PEER.")],
+    metrics: Annotated[bool, typer.Option("--metrics", help="Include the metric samples.")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the last N entries.")] = None,
+    as_json: JsonOption = False,
+    state_dir: StateDirOption = _DEFAULT_STATE_DIR,
+    db: DbOption = None,
+) -> None:
+    """One peer's connection timeline: attempts, punches, state changes, path switches."""
+    if not peer.strip():
+        raise UsageError("PEER must not be empty")
+    with _open_readonly(db, state_dir) as store:
+        streams = resolve_peer(store.streams("peer:"), peer.strip())
+        types = CONNECTION_TYPES + (("MetricsSampled",) if metrics else ())
+        records = []
+        for stream in streams:
+            records.extend(record for record in store.read_stream(stream, on_error=_warn)
+                           if record.event_type in types)
+    records.sort(key=lambda record: record.global_position)
+    if limit is not None:
+        records = records[-limit:] if limit > 0 else []
+    if as_json:
+        for record in records:
+            print(json.dumps(record_json(record)))
+        return
+    console = _console()
+    table = Table(title=f"connection history of {', '.join(s.removeprefix('peer:') for s in streams)}",
+                  header_style="bold")
+    for column in ("pos", f"time ({_tz_name()})", "event", "state", "path", "endpoint / relay", "details"):
+        table.add_column(column)
+    for record in records:
+        event = record.event
+        state, path, where = "", "", ""
+        if record.event_type == "ConnectionStateChanged":
+            state = f"{event.from_state or '∅'} → {event.to_state}"
+            path = event.path or ""
+            where = event.relay if event.path == "relay" and event.relay else (event.endpoint or "")
+        elif record.event_type == "PathSwitched":
+            path = f"{event.from_path} → {event.to_path}"
+            where = event.to_relay if event.to_path == "relay" and event.to_relay else (event.endpoint or "")
+        elif record.event_type == "PathChosen":
+            path = event.path
+            where = event.relay or event.endpoint or ""
+        table.add_row(str(record.global_position), local(record.recorded_at), record.event_type, state, path,
+                      where, summary(event, 60, skip=_SHOWN))
+    console.print(table if records else "no connection events recorded for this peer")
+
+
+_SHOWN = ("from_state", "to_state", "path", "endpoint", "relay", "from_path", "to_path", "to_relay")
+
+
+def resolve_peer(streams: list[str], peer: str) -> list[str]:
+    """Streams ``peer:<party>:<peer>`` whose peer id (or ``party:peer``) starts with ``peer``."""
+    matches = []
+    for stream in streams:
+        rest = stream.removeprefix("peer:")
+        _party, _, peer_id = rest.partition(":")
+        if peer_id.startswith(peer) or rest.startswith(peer):
+            matches.append(stream)
+    if not matches:
+        raise UsageError(f"no peer matches {peer!r}")
+    peers = {stream.rsplit(":", 1)[1] for stream in matches}
+    if len(peers) > 1:
+        listed = ", ".join(sorted(peers)[:5])
+        raise UsageError(f"{peer!r} matches several peers ({listed}); give more of the id")
+    return matches
+
+
+def sql_command(
+    statement: Annotated[str, typer.Argument(help="One SELECT (or WITH/VALUES/EXPLAIN) statement.")],
+    max_rows: Annotated[int, typer.Option("--max-rows", help="Print at most this many rows.")] = 10_000,
+    as_json: JsonOption = False,
+    state_dir: StateDirOption = _DEFAULT_STATE_DIR,
+    db: DbOption = None,
+) -> None:
+    """Read-only SQL over the store (views: connection_history, peer_metrics); writes are refused."""
+    from store.readonly import run_query
+
+    result = run_query(database_url(db, state_dir), statement, max_rows=max_rows)
+    if as_json:
+        for row in result.rows:
+            print(json.dumps(_jsonable(dict(zip(result.columns, row, strict=True)))))
+    else:
+        table = Table(header_style="bold")
+        for column in result.columns:
+            table.add_column(column, overflow="fold")
+        for row in result.rows:
+            table.add_row(*(_cell(value) for value in row))
+        console = _console()
+        console.print(table)
+        console.print(f"{len(result.rows)} row{'s' if len(result.rows) != 1 else ''}"
+                      + (f" (stopped at --max-rows {max_rows})" if result.truncated else ""))
+    if result.truncated and as_json:
+        print(f"lanrage: output stopped at --max-rows {max_rows}", file=sys.stderr)
+
+
+def upgrade_command(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    state_dir: StateDirOption = _DEFAULT_STATE_DIR,
+    db: DbOption = None,
+) -> None:
+    """Create or upgrade the event store schema (alembic)."""
+    from store import migrate
+
+    url = database_url(db, state_dir)
+    reached = migrate(url, revision)
+    print(f"database {_where(url)} is at revision {reached}")
+
+
+def current_command(state_dir: StateDirOption = _DEFAULT_STATE_DIR, db: DbOption = None) -> None:
+    """Print the schema revision of the database."""
+    from store.migrate import current, head_revisions
+
+    url = database_url(db, state_dir)
+    from store.engine import check_sqlite_file, parse_url
+
+    target = parse_url(url)
+    if target.dialect == "sqlite":
+        check_sqlite_file(target, must_exist=True)
+    revision = current(url)
+    heads = head_revisions()
+    print(f"database {_where(url)} is at revision {revision or 'none (empty)'}"
+          f"{'' if revision in heads else f'; head is {heads[0]}'}")
+
+
+def _where(url: str) -> str:
+    from store.engine import parse_url
+
+    return parse_url(url).where
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("events")(_guard(events_command))
+    app.command("replay")(_guard(replay_command))
+    app.command("history")(_guard(history_command))
+    app.command("sql")(_guard(sql_command))
+    db_app = typer.Typer(help="The event store's schema (alembic).", no_args_is_help=True)
+    db_app.command("upgrade")(_guard(upgrade_command))
+    db_app.command("current")(_guard(current_command))
+    app.add_typer(db_app, name="db")
+
+
+def _guard(function):  # type: ignore[no-untyped-def]
+    """`lanrage events | head` closes the pipe early: that is not an error."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except BrokenPipeError:
+            sys.stderr.close()
+            return None
+
+    return wrapper
