@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, QueuePool
 
 from store.base import StoreError
-from store.errors import DatabaseUnavailable
+from store.errors import DatabaseUnavailable, on_readonly_filesystem
 
 Synchronous = Literal["NORMAL", "FULL"]
 SYNCHRONOUS_VALUES: tuple[str, ...] = ("NORMAL", "FULL")
@@ -65,6 +65,10 @@ def _sqlite_connect(path: Path, readonly: bool, busy_timeout: float):  # type: i
     def connect() -> sqlite3.Connection:
         if readonly:
             uri = f"file:{quote(str(path))}?mode=ro"
+            if on_readonly_filesystem(path) and not Path(f"{path}-shm").exists():
+                # Nobody can be writing a file on a read-only mount, and WAL could not
+                # create its -shm there: read it as an immutable file.
+                uri += "&immutable=1"
             return sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None,
                                    check_same_thread=False)
         return sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None,
@@ -146,6 +150,8 @@ def async_engine(target: Target, *, busy_timeout: float = 5.0, readonly: bool = 
         assert target.path is not None
         if readonly:
             url = f"sqlite+aiosqlite:///file:{quote(str(target.path))}?mode=ro&uri=true"
+            if on_readonly_filesystem(target.path) and not Path(f"{target.path}-shm").exists():
+                url += "&immutable=1"
         else:
             url = f"sqlite+aiosqlite:///{target.path}"
         engine = create_async_engine(url, poolclass=NullPool,

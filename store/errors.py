@@ -7,9 +7,11 @@ from deep inside SQLAlchemy.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import exc as sa_exc
 
@@ -75,8 +77,7 @@ def classify(error: BaseException, where: str) -> StoreError | None:
     if "disk is full" in text or "no space left" in text or "disk full" in text:
         return DiskFull(f"disk full while writing database {where}; nothing already stored was lost")
     if "unable to open database file" in text:
-        return DatabaseUnavailable(
-            f"cannot open database {where}: file or directory missing or not accessible")
+        return _cannot_open(where)
     if "file is not a database" in text or "malformed" in text:
         return DatabaseUnavailable(f"database {where} is not a valid SQLite database or is corrupt")
     if "no such table" in text or ("relation" in text and "does not exist" in text):
@@ -86,6 +87,27 @@ def classify(error: BaseException, where: str) -> StoreError | None:
     if "database" in text and "does not exist" in text:
         return DatabaseUnavailable(f"database {where} does not exist")
     return None
+
+
+def on_readonly_filesystem(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path if path.is_dir() else path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _cannot_open(where: str) -> StoreError:
+    path = Path(where)
+    if not path.is_absolute():
+        return DatabaseUnavailable(f"cannot open database {where}")
+    if not path.parent.is_dir():
+        return DatabaseUnavailable(f"cannot open database {where}: directory {path.parent} does not exist")
+    if path.exists() and on_readonly_filesystem(path):
+        return DatabaseReadOnly(f"database {where} is on a read-only filesystem; SQLite's WAL mode must "
+                                "create its -wal/-shm files beside it to write")
+    if not path.exists():
+        return DatabaseUnavailable(f"cannot open database {where}: the file does not exist")
+    return DatabaseUnavailable(f"cannot open database {where}: permission denied or not a regular file")
 
 
 def _first_line(error: BaseException) -> str:
