@@ -1,0 +1,139 @@
+"""The node's HTTP API (FastAPI): party commands, status, metrics, history, dashboard.
+
+``GET`` routes read the event store (async engine) through an incrementally folded
+projection; ``POST`` routes go to the node agent (``NodeService``) and need the
+bearer token that ``serve`` writes to the state directory.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api import models
+from api.metrics import new_registry
+from api.reader import Projection, StoreReader, event_json, remote_peers, status, summary
+from api.service import NodeService, ServiceError
+from api.token import token_matches
+from store.errors import StoreError
+from store.queries import EventFilter
+
+UNAUTHORIZED = "missing or wrong API token (see <state-dir>/api-token)"
+DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
+PeerId = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+_bearer = HTTPBearer(auto_error=False, description="The token `serve` writes to <state-dir>/api-token.")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": models.ErrorOut}, 401: {"model": models.ErrorOut}, 404: {"model": models.ErrorOut},
+    409: {"model": models.ErrorOut}, 503: {"model": models.ErrorOut}}
+
+
+def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI:
+    app = FastAPI(title="LANrage node API", version="1",
+                  description="Parties, status, metrics and history of one LANrage node. "
+                              "POST routes need `Authorization: Bearer <state-dir/api-token>`.")
+    projection = Projection(reader)
+    registry, collector = new_registry()
+
+    def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        if credentials is None or not token_matches(token, credentials.credentials):
+            raise HTTPException(401, UNAUTHORIZED,
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.middleware("http")
+    async def _token_first(request: Request, call_next: Any) -> Response:
+        # Checked before the body is parsed: without the token, every mutation is a 401.
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not token_matches(token, presented.strip() or None):
+                return JSONResponse({"detail": UNAUTHORIZED}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, error: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": error.message}, status_code=error.status)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(_: Request, error: StoreError) -> JSONResponse:
+        return JSONResponse({"detail": f"event store unavailable: {error}"}, status_code=503)
+
+    # ------------------------------------------------------------ commands
+
+    mutating: dict[str, Any] = {"dependencies": [Depends(authorized)], "responses": _ERRORS}
+
+    @app.post("/party/create", response_model=models.PartyCreatedOut, **mutating)
+    async def create_party(body: models.CreatePartyIn) -> dict[str, Any]:
+        """Create a party; the answer's `invite` is the one string to send to friends."""
+        return await service.create_party(body.name)
+
+    @app.post("/party/join", response_model=models.PartyJoinedOut, **mutating)
+    async def join_party(body: models.JoinPartyIn) -> dict[str, Any]:
+        return await service.join_party(body.invite)
+
+    @app.post("/party/leave", response_model=models.PartyLeftOut, **mutating)
+    async def leave_party(body: models.LeavePartyIn | None = None) -> dict[str, Any]:
+        """Leave `party_id`, or the only active party when it is omitted."""
+        return await service.leave_party(body.party_id if body else None)
+
+    # ------------------------------------------------------------ reads
+
+    @app.get("/status", response_model=models.StatusOut)
+    async def get_status(all: Annotated[bool, Query(description="Include parties already left.")] = False
+                         ) -> dict[str, Any]:
+        return {**status(await projection.refresh(), include_inactive=all), "agent": service.info()}
+
+    @app.get("/api/metrics/summary", response_model=models.SummaryOut)
+    async def metrics_summary() -> dict[str, Any]:
+        return summary(await projection.refresh())
+
+    @app.get("/api/metrics/peers", response_model=list[models.PeerMetricsOut])
+    async def metrics_peers() -> list[dict[str, Any]]:
+        return remote_peers(await projection.refresh())
+
+    @app.get("/api/metrics/peers/{peer_id}", response_model=models.PeerDetailOut,
+             responses={404: {"model": models.ErrorOut}})
+    async def metrics_peer(peer_id: PeerId,
+                           samples: Annotated[int, Query(ge=1, le=1000)] = 60) -> dict[str, Any]:
+        peer = next((p for p in remote_peers(await projection.refresh()) if p["peer_id"] == peer_id), None)
+        if peer is None:
+            raise HTTPException(404, f"no peer {peer_id} in an active party")
+        return {"peer": peer, "samples": await reader.samples(peer_id, samples)}
+
+    @app.get("/api/events", response_model=models.EventsOut)
+    async def list_events(
+            stream: Annotated[str | None, Query(max_length=200, description="Stream id or prefix.")] = None,
+            type: Annotated[list[str], Query(max_length=20)] = [],  # noqa: B006 (FastAPI copies it)
+            since: datetime | None = None, until: datetime | None = None,
+            after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+            limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        """Events in global order after `after`; filters combine with AND. Page with `next_after`."""
+        if any(len(name) > 100 for name in type):
+            raise HTTPException(400, "an event type name is at most 100 characters")
+        records = await reader.events(after, limit, EventFilter(stream or None, tuple(type), since, until))
+        return {"events": [event_json(r) for r in records],
+                "next_after": records[-1].global_position if records else after}
+
+    @app.get("/api/peers/{peer_id}/history", response_model=models.HistoryOut)
+    async def peer_history(peer_id: PeerId,
+                           limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> dict[str, Any]:
+        """One row per connection state transition (the `connection_history` view)."""
+        return {"peer_id": peer_id, "transitions": await reader.history(peer_id, limit)}
+
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}})
+    async def prometheus() -> Response:
+        collector.world = await projection.refresh()
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(DASHBOARD)
+
+    return app

@@ -1,0 +1,151 @@
+"""The API's read path: asyncio reads of the event store, and the status projection.
+
+Everything ``GET`` shows comes from the log, never from an actor's memory: the
+actors persist before they act, so the fold of the log is the truth. The projection
+folds new events incrementally (``events.fold.apply_world``, the same folds the
+actors and the replay tool use) on each request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from events import types as ev
+from events.fold import ConnectionState, World, apply_world
+from events.streams import peer_stream
+from store.base import RecordedEvent
+from store.engine import async_engine, parse_url
+from store.errors import translated
+from store.queries import EventFilter, RowReader, page_query
+
+PAGE = 2000
+
+
+def event_json(record: RecordedEvent) -> dict[str, Any]:
+    return {"global_position": record.global_position, "stream_id": record.stream_id,
+            "stream_position": record.stream_position, "event_type": record.event_type,
+            "event_version": type(record.event).version, "recorded_at": record.recorded_at.isoformat(),
+            "payload": record.event.to_payload(), "metadata": dict(record.metadata)}
+
+
+def _row(mapping: Any) -> dict[str, Any]:
+    return {key: (value.isoformat() if isinstance(value, datetime) else value)
+            for key, value in dict(mapping).items()}
+
+
+class StoreReader:
+    def __init__(self, url: str) -> None:
+        target = parse_url(url)
+        self.where = target.where
+        self.engine: AsyncEngine = async_engine(target, readonly=True)
+
+    async def events(self, after: int = 0, limit: int = 100, selection: EventFilter | None = None,
+                     upto: int | None = None) -> list[RecordedEvent]:
+        reader = RowReader("skip")
+        with translated(self.where):
+            async with self.engine.connect() as connection:
+                query = page_query(after, upto, limit, selection or EventFilter())
+                rows = (await connection.execute(query)).all()
+        return [record for row in rows if (record := reader.record(row)) is not None]
+
+    async def history(self, peer_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        with translated(self.where):
+            return await self._query(
+                "SELECT * FROM connection_history WHERE peer_id = :peer "
+                "ORDER BY global_position LIMIT :limit", peer=peer_id, limit=limit)
+
+    async def samples(self, peer_id: str, limit: int = 60) -> list[dict[str, Any]]:
+        with translated(self.where):
+            rows = await self._query(
+                "SELECT * FROM peer_metrics WHERE peer_id = :peer "
+                "ORDER BY global_position DESC LIMIT :limit", peer=peer_id, limit=limit)
+        return rows[::-1]
+
+    async def _query(self, sql: str, **parameters: Any) -> list[dict[str, Any]]:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(text(sql), parameters)
+            return [_row(row._mapping) for row in rows]
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+class Projection:
+    """The world as of the newest event, folded incrementally."""
+
+    def __init__(self, reader: StoreReader) -> None:
+        self.reader = reader
+        self.world = World()
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> World:
+        async with self._lock:
+            while True:
+                records = await self.reader.events(after=self.world.position, limit=PAGE)
+                for record in records:
+                    self.world = apply_world(self.world, record.stream_id, record.event,
+                                             record.global_position)
+                if len(records) < PAGE:
+                    return self.world
+
+
+def _peer(party_id: str, member: Any, connection: ConnectionState | None) -> dict[str, Any]:
+    state = connection or ConnectionState()
+    return {"peer_id": member.peer_id, "name": member.name, "public_key": member.public_key,
+            "virtual_ip": member.virtual_ip, "nat_type": member.nat_type, "is_local": member.is_local,
+            "state": None if member.is_local else state.state,
+            "path": None if member.is_local else state.path,
+            "endpoint": state.endpoint, "relay": state.relay, "latency_ms": state.latency_ms,
+            "jitter_ms": state.jitter_ms, "loss": state.loss, "quality": state.quality,
+            "rx_bytes": state.rx_bytes, "tx_bytes": state.tx_bytes, "reconnects": state.reconnects}
+
+
+def status(world: World, include_inactive: bool = False) -> dict[str, Any]:
+    node = next(iter(world.nodes.values()), None)
+    parties = []
+    for party in world.parties.values():
+        if not party.active and not include_inactive:
+            continue
+        members = dict(party.members)
+        local = members.get(party.local_peer_id)
+        parties.append({
+            "party_id": party.party_id, "name": party.name, "active": party.active,
+            "local_peer_id": party.local_peer_id, "host_peer_id": party.host_peer_id,
+            "subnet": party.subnet, "virtual_ip": local.virtual_ip if local else None,
+            "peers": [_peer(party.party_id, member,
+                            world.connections.get(peer_stream(party.party_id, member.peer_id)))
+                      for member in members.values()]})
+    return {"node": None if node is None else {
+                "node_id": node.node_id, "public_key": node.public_key, "running": node.running,
+                "listen_port": node.listen_port, "nat_type": node.nat_type,
+                "public_endpoint": node.public_endpoint, "relay": node.selected_relay,
+                "relay_only": node.relay_only},
+            "parties": parties, "position": world.position}
+
+
+def remote_peers(world: World) -> list[dict[str, Any]]:
+    """Every remote peer of every active party, with its party id."""
+    return [{**peer, "party_id": party["party_id"]} for party in status(world)["parties"]
+            for peer in party["peers"] if not peer["is_local"]]
+
+
+def summary(world: World) -> dict[str, Any]:
+    peers = remote_peers(world)
+    latencies = [p["latency_ms"] for p in peers if p["latency_ms"] is not None]
+    qualities = [p["quality"] for p in peers if p["quality"] is not None]
+    by_state = {state: sum(p["state"] == state for p in peers) for state in ev.CONNECTION_STATES}
+    return {"parties": len(status(world)["parties"]), "peers": len(peers), "states": by_state,
+            "direct": sum(p["path"] == ev.DIRECT for p in peers),
+            "relayed": sum(p["path"] == ev.RELAY for p in peers),
+            "avg_latency_ms": round(sum(latencies) / len(latencies), 3) if latencies else None,
+            "max_latency_ms": max(latencies) if latencies else None,
+            "avg_quality": round(sum(qualities) / len(qualities), 3) if qualities else None,
+            "rx_bytes": sum(p["rx_bytes"] for p in peers), "tx_bytes": sum(p["tx_bytes"] for p in peers),
+            "events": world.position,
+            "relays": {name: asdict(relay) for name, relay in world.relays.items()}}
