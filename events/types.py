@@ -459,3 +459,27 @@ class ControlJoinRefused(Event):
 @dataclass(frozen=True, kw_only=True)
 class ControlRelayRegistered(Event):
     relay: str
+
+
+# ---------------------------------------------------------------- agent stream (agent:<node_id>)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PartyControlBound(Event):
+    """The node agent reaches this party through this control plane (ws:// URL or file:// directory).
+
+    Recorded by the agent on create and join, so a restart reconnects to the right place.
+    """
+
+    node_id: str
+    party_id: str
+    control_url: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PartyControlUnbound(Event):
+    node_id: str
+    party_id: str
+    reason: str
