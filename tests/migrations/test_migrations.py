@@ -1,0 +1,126 @@
+"""Alembic owns the schema: upgrade and downgrade on empty and full databases, and the views."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from events import types as ev
+from store import migrate, open_store
+from store.migrate import current, downgrade, head_revisions
+from tests.store.helpers import left, metrics, state
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        inspector = inspect(engine)
+        return set(inspector.get_table_names()) | set(inspector.get_view_names())
+    finally:
+        engine.dispose()
+
+
+def _fill(url: str) -> None:
+    with open_store(url) as store:
+        store.append("peer:p:bob", [state("bob", "connecting"), state("bob", "connected", "connecting"),
+                                    metrics("bob", 21.5),
+                                    ev.PathSwitched(party_id="p", peer_id="bob", from_path="direct",
+                                                    to_path="relay", reason="loss 30%",
+                                                    to_relay="203.0.113.5:8668", to_latency_ms=40.0)], 0)
+        store.append("party:p", [left()], 0)
+
+
+def _count(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text("SELECT count(*) FROM events")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_and_downgrade_an_empty_database(any_db_url: str) -> None:
+    assert migrate(any_db_url) == head_revisions()[0]
+    assert {"events", "event_log_head", "event_checkpoints", "connection_history",
+            "peer_metrics"} <= _tables(any_db_url)
+    assert downgrade(any_db_url, "base") is None
+    assert _tables(any_db_url) <= {"alembic_version"}
+    assert migrate(any_db_url) == "0002_views"
+    assert migrate(any_db_url) == "0002_views"  # idempotent
+
+
+def test_upgrade_and_downgrade_a_full_database_keeps_the_events(any_db_url: str) -> None:
+    _fill(any_db_url)
+    assert _count(any_db_url) == 5
+    assert downgrade(any_db_url, "0001_events") == "0001_events"
+    assert "connection_history" not in _tables(any_db_url)
+    assert _count(any_db_url) == 5
+    assert migrate(any_db_url) == "0002_views"
+    assert current(any_db_url) == "0002_views"
+    with open_store(any_db_url) as store:
+        assert store.stream_position("peer:p:bob") == 4
+        assert store.append("peer:p:bob", [state("bob", "closed", "connected")], 4)[0].global_position == 6
+    assert downgrade(any_db_url, "base") is None
+    assert "events" not in _tables(any_db_url)
+
+
+def test_views_from_the_stock_sqlite3_shell(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    _fill(url)
+    out = subprocess.run(
+        ["sqlite3", "-separator", "|", str(tmp_path / "events.db"),
+         "SELECT peer_id, from_state, to_state, from_path, path, endpoint, relay, latency_ms, reason"
+         " FROM connection_history ORDER BY global_position;"
+         "SELECT peer_id, latency_ms, jitter_ms, loss, rx_bytes, tx_bytes, quality FROM peer_metrics;"],
+        capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == [
+        "bob||connecting||direct|192.0.2.1:51820||12.5|test",
+        "bob|connecting|connected||direct|192.0.2.1:51820||12.5|test",
+        "bob|||direct|relay||203.0.113.5:8668|40.0|loss 30%",
+        "bob|21.5|1.5|0.0|1000|2000|97.5",
+    ]
+
+
+def test_views_from_psql(pg_url: str) -> None:
+    _fill(pg_url)
+    url = make_url(pg_url)
+    env = {**os.environ, "PGPASSWORD": url.password or ""}
+    out = subprocess.run(
+        ["psql", "-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "",
+         "-d", url.database or "", "-AtF|", "-c",
+         "SELECT peer_id, from_state, to_state, from_path, path, endpoint, relay, latency_ms, reason"
+         " FROM connection_history ORDER BY global_position", "-c",
+         "SELECT peer_id, latency_ms, jitter_ms, loss, rx_bytes, tx_bytes, quality FROM peer_metrics"],
+        capture_output=True, text=True, check=True, env=env).stdout.splitlines()
+    assert out == [
+        "bob||connecting||direct|192.0.2.1:51820||12.5|test",
+        "bob|connecting|connected||direct|192.0.2.1:51820||12.5|test",
+        "bob|||direct|relay||203.0.113.5:8668|40|loss 30%",
+        "bob|21.5|1.5|0|1000|2000|97.5",
+    ]
+
+
+def test_cli_db_upgrade_and_plain_alembic(tmp_path: Path) -> None:
+    import cli
+
+    db = tmp_path / "cli.db"
+    assert cli.main(["db", "upgrade", "--db", f"sqlite:///{db}"]) == 0
+    assert "connection_history" in _tables(f"sqlite:///{db}")
+    other = tmp_path / "alembic.db"
+    env = {**os.environ, "LANRAGE_DB": f"sqlite:///{other}"}
+    subprocess.run([str(ROOT / ".venv/bin/alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    assert current(f"sqlite:///{other}") == "0002_views"
+
+
+def test_open_store_upgrades_an_old_schema(sqlite_url: str) -> None:
+    migrate(sqlite_url, "0001_events")
+    with open_store(sqlite_url) as store:
+        store.append("peer:p:a", [left()], 0)
+    assert current(sqlite_url) == "0002_views"
