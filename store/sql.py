@@ -30,8 +30,6 @@ from store.errors import EventDecodeError, translated
 from store.queries import HEAD_QUERY, EventFilter, OnError, RowReader, page_query, stream_query, utc
 from store.schema import checkpoints, events
 
-_NO_METADATA: Mapping[str, Any] = {}
-
 
 class _Sql:
     """The writer's statements for one dialect, run on the DBAPI cursor (no per-row Core overhead)."""
@@ -76,7 +74,7 @@ def _close_quietly(resource: Any) -> None:
 @dataclass
 class _Request:
     stream_id: str
-    pending: list[tuple[Event, Mapping[str, Any], str]]
+    pending: list[tuple[Event, Mapping[str, Any] | None, str]]
     expected: int
     done: bool = False
     result: list[RecordedEvent] = field(default_factory=list)
@@ -138,12 +136,14 @@ class EventStore:
             raise StoreError("stream_id must be a non-empty string")
         if expected_position < 0:
             raise StoreError(f"expected_position must be >= 0, not {expected_position}")
-        pending: list[tuple[Event, Mapping[str, Any], str]] = []
-        for item in events_:
+        ids = urandom(16 * len(events_)).hex()  # one syscall for the ids of plain events
+        pending: list[tuple[Event, Mapping[str, Any] | None, str]] = []
+        for index, item in enumerate(events_):
             if isinstance(item, PendingEvent):
                 pending.append((item.event, item.metadata, item.event_id))
             else:
-                pending.append((item, _NO_METADATA, urandom(16).hex()))
+                # None: no metadata of its own, and an id known to need no JSON escaping.
+                pending.append((item, None, ids[32 * index:32 * index + 32]))
             if not isinstance(pending[-1][0], Event):
                 raise StoreError(f"not an event: {pending[-1][0]!r}")
         request = _Request(stream_id, pending, expected_position)
@@ -244,19 +244,20 @@ class EventStore:
                 positions[stream_id] = current
                 continue
             recorded = []
+            add_row, add_record = rows.append, recorded.append
             for event, extra, event_id in request.pending:
                 head += 1
                 current += 1
-                if defaults or extra:
-                    meta = {**defaults, **extra, "event_id": event_id}
-                    meta_text = encode_metadata(meta)
+                if extra is None and not defaults:
+                    meta: dict[str, Any] = {"event_id": event_id}
+                    meta_text = '{"event_id":"' + event_id + '"}'
                 else:
-                    meta = {"event_id": event_id}
-                    meta_text = ('{"event_id":"' + event_id + '"}' if event_id.isalnum()
-                                 else encode_metadata(meta))
-                rows.append((head, stream_id, current, event.event_type, type(event).version, stamp,
-                             encode_payload(event), meta_text))
-                recorded.append(RecordedEvent(head, stream_id, current, now, event, meta))
+                    meta = {**defaults, **(extra or {}), "event_id": event_id}
+                    meta_text = encode_metadata(meta)
+                kind = type(event)
+                add_row((head, stream_id, current, kind.__name__, kind.version, stamp, encode_payload(event),
+                         meta_text))
+                add_record(RecordedEvent(head, stream_id, current, now, event, meta))
             positions[stream_id] = current
             staged.setdefault(stream_id, []).extend(recorded)
             request.result = recorded
