@@ -121,10 +121,17 @@ class LabProcess:
 
 _LIVE: dict[str, Lab] = {}
 _HOOKS_INSTALLED = False
+_HOOK_PID = 0
 _HOOK_LOCK = threading.Lock()
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    if os.getpid() != _HOOK_PID:
+        # A forked child (pyroute2's netns helper, a thespian actor...) must die as it
+        # would have: unwinding its copy of our stack would run our cleanups in it.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     # Unwinding runs every `with Lab.build(...)` exit; atexit catches the rest.
     raise SystemExit(128 + signum)
 
@@ -135,11 +142,12 @@ def _teardown_live() -> None:
 
 
 def _install_hooks() -> None:
-    global _HOOKS_INSTALLED
+    global _HOOKS_INSTALLED, _HOOK_PID
     with _HOOK_LOCK:
-        if _HOOKS_INSTALLED:
+        if _HOOKS_INSTALLED and os.getpid() == _HOOK_PID:
             return
         _HOOKS_INSTALLED = True
+        _HOOK_PID = os.getpid()
         atexit.register(_teardown_live)
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGHUP):
