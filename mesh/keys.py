@@ -31,7 +31,7 @@ _HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
 
 def _parse(text: str, what: str) -> WireguardKey:
     text = text.strip()
-    if not (_BASE64_KEY.match(text) or _HEX_KEY.match(text)):
+    if not (_BASE64_KEY.fullmatch(text) or _HEX_KEY.fullmatch(text)):
         raise InvalidKeyError(f"invalid WireGuard {what}: expected 32 bytes in base64 (44 characters)")
     key = WireguardKey(text)
     if not key:

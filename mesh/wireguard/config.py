@@ -17,7 +17,7 @@ _IFNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,14}$")
 
 
 def validate_interface_name(name: str) -> str:
-    if not isinstance(name, str) or not _IFNAME.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not _IFNAME.fullmatch(name) or name in (".", ".."):
         raise InvalidConfigError(f"invalid interface name {name!r}: 1-15 characters of "
                                  "A-Z a-z 0-9 _ . = + -, not starting with - or .")
     return name

@@ -137,6 +137,7 @@ class WireGuardInterface:
         self._owns_link = False  # never delete a link someone else made
         self._lock = threading.RLock()
         self._closed = False
+        self._owner_pid = os.getpid()  # a forked child (e.g. an actor) must never tear it down
 
     # ------------------------------------------------------------------ creation
 
@@ -224,7 +225,8 @@ class WireGuardInterface:
         argv = [binary, self._name]
         if self._netns:
             argv = ["ip", "netns", "exec", self._netns, *argv]
-        env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
+        env = {**os.environ, "WG_PROCESS_FOREGROUND": "1",
+               "LOG_LEVEL": os.environ.get("LANRAGE_WG_LOG_LEVEL", "error")}
         out: Any = subprocess.DEVNULL
         if self._log_path is not None:
             self._log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -383,6 +385,8 @@ class WireGuardInterface:
 
     def _destroy(self) -> None:
         """Remove the process, link, socket and record: nothing half-made stays."""
+        if os.getpid() != self._owner_pid:
+            return
         self._stop_process()
         if self._owns_link:
             with contextlib.suppress(Exception), self._ipr() as ipr:
