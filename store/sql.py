@@ -60,6 +60,11 @@ class _Sql:
                                   f" VALUES ({mark}, {mark}, {mark})")
 
 
+def _sqlite_time(moment: datetime) -> str:
+    """UTC as SQLAlchemy's SQLite DateTime stores it (and ten times faster than strftime)."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
 def _as_utc(value: datetime | str) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
@@ -104,6 +109,10 @@ class EventStore:
         self._queue_lock = threading.Lock()
         self._queue: list[_Request] = []
         self._last_recorded: datetime | None = None
+        # Stream positions as of log head ``_known_head``; valid only while nobody else has
+        # appended, which the head read under the write lock tells us.
+        self._positions: dict[str, int] = {}
+        self._known_head: int | None = None
         self._closed = False
         # The last batch sizes, for the benchmark and tests of group commit.
         self.batches: list[int] = []
@@ -178,14 +187,18 @@ class EventStore:
                 try:
                     if self._sql.begin:
                         cursor.execute(self._sql.begin)
-                    rows = self._stage(cursor, batch)
+                    rows, positions, head = self._stage(cursor, batch)
                     if rows:
                         cursor.executemany(self._sql.insert, rows)
-                        cursor.execute(self._sql.set_head, (rows[-1][0],))
+                        cursor.execute(self._sql.set_head, (head,))
                     connection.commit()
                 except BaseException as error:
+                    self._known_head = None
                     self._rollback(connection, error)
                     raise
+                else:
+                    self._positions.update(positions)
+                    self._known_head = head
                 finally:
                     _close_quietly(cursor)
         except BaseException as error:
@@ -212,7 +225,8 @@ class EventStore:
                 self._writer.invalidate()
             self._writer = None
 
-    def _stage(self, cursor: Any, batch: list[_Request]) -> list[tuple[Any, ...]]:
+    def _stage(self, cursor: Any, batch: list[_Request]) -> tuple[list[tuple[Any, ...]], dict[str, int], int]:
+        """Check and number every request in memory; returns the rows, stream positions and new head."""
         sql = self._sql
         cursor.execute(sql.head)
         head = cursor.fetchone()[0]
@@ -222,14 +236,19 @@ class EventStore:
             self._last_recorded = _as_utc(latest) if latest is not None else datetime.min.replace(tzinfo=UTC)
         now = max(datetime.now(UTC), self._last_recorded)
         self._last_recorded = now
-        stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f") if self.dialect == "sqlite" else now
+        stamp = _sqlite_time(now) if self.dialect == "sqlite" else now
         defaults = self._default_metadata
+        if head != self._known_head or len(self._positions) > 100_000:
+            self._positions.clear()
+        cached = self._positions
         positions: dict[str, int] = {}
         staged: dict[str, list[RecordedEvent]] = {}
         rows: list[tuple[Any, ...]] = []
         for request in batch:
             stream_id = request.stream_id
             current = positions.get(stream_id)
+            if current is None:
+                current = cached.get(stream_id)
             if current is None:
                 cursor.execute(sql.stream_max, (stream_id,))
                 current = cursor.fetchone()[0]
@@ -261,7 +280,7 @@ class EventStore:
             positions[stream_id] = current
             staged.setdefault(stream_id, []).extend(recorded)
             request.result = recorded
-        return rows
+        return rows, positions, head
 
     def _existing(self, cursor: Any, stream_id: str, request: _Request,
                   staged: list[RecordedEvent]) -> list[RecordedEvent] | None:
@@ -404,7 +423,7 @@ class EventStore:
                 if sql.begin:
                     cursor.execute(sql.begin)
                 now = datetime.now(UTC)
-                stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f") if self.dialect == "sqlite" else now
+                stamp = _sqlite_time(now) if self.dialect == "sqlite" else now
                 cursor.execute(sql.checkpoint_update, (position, stamp, name))
                 if cursor.rowcount == 0:
                     cursor.execute(sql.checkpoint_insert, (name, position, stamp))

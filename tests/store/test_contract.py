@@ -121,3 +121,13 @@ def test_reopening_keeps_everything(any_db_url: str) -> None:
     with open_store(any_db_url) as second:
         assert second.stream_position("node:n") == 1
         assert second.append("node:n", [left()], 1)[0].global_position == 2
+
+
+def test_two_writers_on_one_database_see_each_others_positions(any_db_url: str) -> None:
+    with open_store(any_db_url) as first, open_store(any_db_url) as second:
+        first.append("peer:p:q", [left(1)], 0)
+        second.append("peer:p:q", [left(2)], 1)
+        with pytest.raises(ConcurrencyError, match="at position 2, but the append expected 1"):
+            first.append("peer:p:q", [left(3)], 1)
+        assert first.append("peer:p:q", [left(3)], 2)[0].global_position == 3
+        assert [r.event.reason for r in second.read_stream("peer:p:q")] == ["r1", "r2", "r3"]
