@@ -30,6 +30,7 @@ CONNECTION_TYPES = ("ConnectionAttemptStarted", "PathChosen", "HolePunchAttempte
                     "ConnectionStateChanged", "EndpointChanged", "ReconnectAttempted", "PathSwitched",
                     "DirectPathRetried")
 
+_SQLITE_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?$")
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)(?:\s+ago)?$")
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
@@ -135,9 +136,12 @@ def _events_table(records: Iterable[Any], title: str | None = None) -> Table:
     return table
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, column: str = "") -> str:
     if value is None:
         return "NULL"
+    if isinstance(value, str) and column.endswith("_at") and _SQLITE_TIME.match(value):
+        # SQLite keeps timestamps as UTC text; people read local time.
+        return local(datetime.fromisoformat(value).replace(tzinfo=UTC))
     if isinstance(value, datetime):
         return local(value) if value.tzinfo else value.isoformat(sep=" ")
     if isinstance(value, float):
@@ -391,9 +395,9 @@ def sql_command(
     else:
         table = Table(header_style="bold")
         for column in result.columns:
-            table.add_column(column, overflow="fold")
+            table.add_column(column + (f" ({_tz_name()})" if column.endswith("_at") else ""), overflow="fold")
         for row in result.rows:
-            table.add_row(*(_cell(value) for value in row))
+            table.add_row(*(_cell(value, column) for value, column in zip(row, result.columns, strict=True)))
         console = _console()
         console.print(table)
         console.print(f"{len(result.rows)} row{'s' if len(result.rows) != 1 else ''}"

@@ -157,3 +157,19 @@ def test_events_follow_count_exits(db: str, capsys: pytest.CaptureFixture[str]) 
     started = time.monotonic()
     code, out, _ = run(["events", "--follow", "--count", "3", "--json", "--db", db], capsys)
     assert code == 0 and len(out.splitlines()) == 3 and time.monotonic() - started < 10
+
+
+def test_tables_show_local_times(sqlite_url: str, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    with open_store(sqlite_url) as store:
+        (record,) = store.append("peer:p:a", [left()], 0)
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30, no daylight saving
+    time.tzset()
+    try:
+        expected = (record.recorded_at + timedelta(hours=5, minutes=30)).strftime("%Y-%m-%d %H:%M:%S")
+        for command in (["events"], ["sql", "SELECT recorded_at FROM events"], ["history", "a"]):
+            code, out, _ = run([*command, "--db", sqlite_url], capsys)
+            assert code == 0 and expected in out and "IST" in out, command
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -134,3 +134,35 @@ def test_recorded_at_never_goes_backwards(store: EventStore) -> None:
     times = [r.recorded_at for r in store.read_all()]
     assert times == sorted(times)
     assert all(moment.tzinfo is not None for moment in times)
+
+
+def test_a_follower_never_skips_rows_while_several_writers_commit(store: EventStore, any_db_url: str) -> None:
+    other = open_store(any_db_url)
+    stop = threading.Event()
+    followed: list[int] = []
+
+    def follow() -> None:
+        for record in store.follow(poll_interval=0.001, stop=stop):
+            followed.append(record.global_position)
+
+    def write(writer: EventStore, n: int) -> None:
+        for i in range(40):
+            writer.append(f"peer:p:{n}", [left(i)] * (1 + i % 3), writer.stream_position(f"peer:p:{n}"))
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    writers = [threading.Thread(target=write, args=(store if n % 2 else other, n)) for n in range(4)]
+    try:
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(60)
+        total = store.last_global_position()
+        deadline = time.monotonic() + 10
+        while len(followed) < total and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        follower.join(10)
+        other.close()
+    assert followed == list(range(1, total + 1))
