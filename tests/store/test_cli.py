@@ -162,7 +162,7 @@ def test_events_follow_count_exits(db: str, capsys: pytest.CaptureFixture[str]) 
 def test_tables_show_local_times(sqlite_url: str, capsys: pytest.CaptureFixture[str],
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     with open_store(sqlite_url) as store:
-        (record,) = store.append("peer:p:a", [left()], 0)
+        (record,) = store.append("peer:p:a", [state("a", "connecting")], 0)
     monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30, no daylight saving
     time.tzset()
     try:
