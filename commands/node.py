@@ -1,9 +1,334 @@
-"""(filled in by its issue)"""
+"""``serve``, ``control-server``, ``party create|join|leave`` and ``status``.
+
+``serve`` and ``control-server`` are long-running services; the other commands talk
+to the local agent's HTTP API with the token ``serve`` wrote to the state directory.
+Every option of the two services can also be set in a TOML file (``--config``, or
+``<state-dir>/lanrage.toml``): see docs/service.md.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
 import typer
+
+from commands.common import (
+    DEFAULT_STATE_DIR,
+    DbOption,
+    JsonOption,
+    StateDirOption,
+    UsageError,
+    database_url,
+    state_dir,
+)
+
+ConfigOption = Annotated[Path | None, typer.Option(
+    "--config", help="TOML file with any of these options \\[default: <state-dir>/lanrage.toml if present].",
+    envvar="LANRAGE_CONFIG")]
+LogLevelOption = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+LogFormatOption = Annotated[str, typer.Option("--log-format", help="human or json.")]
+ApiOption = Annotated[str | None, typer.Option(
+    "--api", help="HOST:PORT of the local agent's API \\[default: api-listen of the serve table in the "
+                  "config file, else 127.0.0.1:8666].", envvar="LANRAGE_API")]
+
+
+def hostport(value: str, option: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise UsageError(f"{option} must be HOST:PORT, not {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _settings(ctx: click.Context, config: Path | None, section: str) -> dict[str, Any]:
+    from agent.config import apply_file, find_config
+
+    values = dict(ctx.params)
+    path = find_config(config, Path(values.get("state_dir_") or DEFAULT_STATE_DIR))
+    return apply_file(ctx, values, path, section)
+
+
+def _logging(level: str, fmt: str, file: Path | None = None) -> None:
+    from agent.logs import FORMATS, LEVELS, configure
+
+    if level.upper() not in LEVELS:
+        raise UsageError(f"--log-level must be one of {', '.join(LEVELS)}, not {level!r}")
+    if fmt not in FORMATS:
+        raise UsageError(f"--log-format must be human or json, not {fmt!r}")
+    configure(level.upper(), fmt, file)
+
+
+# ---------------------------------------------------------------- services
+
+
+def serve_command(
+    ctx: typer.Context,
+    api_listen: Annotated[str, typer.Option("--api-listen", help="Where the HTTP API listens (keep it on "
+                                                                 "loopback).")] = "127.0.0.1:8666",
+    control: Annotated[str | None, typer.Option(
+        "--control", help="Control plane for `party create`: ws://HOST:8667, or file:///dir for file "
+                          "discovery.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="This node's name in parties \\[default: "
+                                                            "hostname].")] = None,
+    relay: Annotated[list[str] | None, typer.Option("--relay", help="Relay HOST:PORT to monitor "
+                                                                    "(repeatable).")] = None,
+    stun: Annotated[list[str] | None, typer.Option("--stun", help="STUN server HOST:PORT "
+                                                                  "(repeatable).")] = None,
+    interface: Annotated[str, typer.Option("--interface", help="WireGuard interface name.")] = "lanrage0",
+    listen_port: Annotated[int, typer.Option("--listen-port", help="WireGuard UDP port.")] = 51820,
+    adapters: Annotated[str, typer.Option("--adapters", help="real (WireGuard, needs root) or sim "
+                                                             "(simulated network, for trials).")] = "real",
+    actor_port: Annotated[int | None, typer.Option(
+        "--actor-port", help="Thespian admin port (TCP, loopback) \\[default: API port + 100].")] = None,
+    log_level: LogLevelOption = "INFO",
+    log_format: LogFormatOption = "human",
+    log_file: Annotated[Path | None, typer.Option("--log-file", help="Log here instead of "
+                                                                     "stderr.")] = None,
+    state_dir_: StateDirOption = DEFAULT_STATE_DIR,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the node agent: actors, control sessions, WireGuard, and the local API on 127.0.0.1:8666."""
+    s = _settings(ctx, config, "serve")
+    host, port = hostport(s["api_listen"], "--api-listen")
+    if not 0 < s["listen_port"] < 65536:
+        raise UsageError("--listen-port must be 1-65535")
+    factories = {"real": "agent.adapters:real", "sim": "mesh.sim:adapters"}
+    if s["adapters"] not in factories:
+        raise UsageError("--adapters must be real or sim")
+    if s["control"] and not s["control"].startswith(("ws://", "wss://", "file://")):
+        raise UsageError("--control must start with ws://, wss:// or file://")
+    for value in [*(s["relay"] or []), *(s["stun"] or [])]:
+        hostport(value, "--relay/--stun")
+    _logging(s["log_level"], s["log_format"], s["log_file"])
+    from agent.node import Agent, AgentConfig
+
+    state = state_dir(s["state_dir_"])
+    settings: dict[str, Any] = {
+        "state_dir": state, "db_url": database_url(s["db"], state), "api_host": host, "api_port": port,
+        "control": s["control"], "adapters": factories[s["adapters"]], "relays": tuple(s["relay"] or ()),
+        "stun": tuple(s["stun"] or ()), "interface": s["interface"], "listen_port": s["listen_port"],
+        "actor_port": s["actor_port"] or port + 100, "log_level": s["log_level"].upper(),
+        "log_file": s["log_file"]}
+    if s["name"]:
+        settings["name"] = s["name"]
+    from mesh.interfaces import MeshError
+
+    try:
+        agent = Agent(AgentConfig(**settings))
+        status = agent.run()
+    except (MeshError, OSError) as error:
+        raise UsageError(str(error)) from None
+    raise typer.Exit(status)
+
+
+def control_server_command(
+    ctx: typer.Context,
+    listen: Annotated[str, typer.Option("--listen", help="WebSocket address.")] = "0.0.0.0:8667",
+    server_id: Annotated[str, typer.Option("--server-id", help="Names the event stream "
+                                                               "control:<id>.")] = "default",
+    relay: Annotated[list[str] | None, typer.Option("--relay", help="Relay HOST:PORT offered to nodes "
+                                                                    "(repeatable).")] = None,
+    relay_secret_file: Annotated[Path | None, typer.Option(
+        "--relay-secret-file", help="Secret shared with the relays (as for relay-server --secret-file); or "
+                                    "set LANRAGE_RELAY_SECRET.")] = None,
+    heartbeat: Annotated[float, typer.Option("--heartbeat", help="Seconds between node heartbeats.")] = 10.0,
+    ttl: Annotated[float, typer.Option("--ttl", help="Seconds without a heartbeat before a node is "
+                                                     "offline.")] = 30.0,
+    member_expiry: Annotated[float, typer.Option("--member-expiry", help="Seconds offline before a member "
+                                                                         "is removed.")] = 86400.0,
+    log_level: LogLevelOption = "INFO",
+    log_format: LogFormatOption = "human",
+    state_dir_: StateDirOption = DEFAULT_STATE_DIR,
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the control server: party registry and signalling over WebSocket (port 8667)."""
+    import asyncio
+    import signal
+
+    s = _settings(ctx, config, "control-server")
+    host, port = hostport(s["listen"], "--listen")
+    for value in s["relay"] or []:
+        hostport(value, "--relay")
+    if min(s["heartbeat"], s["ttl"], s["member_expiry"]) <= 0 or s["ttl"] <= s["heartbeat"]:
+        raise UsageError("--heartbeat, --ttl and --member-expiry must be positive, and --ttl > --heartbeat")
+    if not s["server_id"].replace("-", "").replace("_", "").isalnum():
+        raise UsageError("--server-id may hold letters, digits, - and _ only")
+    _logging(s["log_level"], s["log_format"])
+    relay_key = None
+    if s["relay"]:
+        from mesh.relay.server import load_secret
+
+        try:
+            relay_key = load_secret(str(s["relay_secret_file"]) if s["relay_secret_file"] else None)
+        except (OSError, ValueError) as error:
+            raise UsageError(str(error)) from None
+    from mesh.control import ControlServer, ServerConfig
+    from store import open_store
+
+    store = open_store(database_url(s["db"], state_dir(s["state_dir_"])))
+    server = ControlServer(store, ServerConfig(
+        server_id=s["server_id"], heartbeat_s=s["heartbeat"], ttl_s=s["ttl"],
+        member_expiry_s=s["member_expiry"], relays=tuple(s["relay"] or ()), relay_key=relay_key))
+
+    async def run() -> None:
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopped.set)
+        try:
+            bound = await server.start(host, port)
+        except OSError as error:
+            raise UsageError(f"cannot listen on {s['listen']}: {error.strerror or error}") from None
+        print(f"control server listening on ws://{host}:{bound}", file=sys.stderr, flush=True)
+        await stopped.wait()
+        await server.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------- clients of the local API
+
+
+def _api(api: str | None, state: Path, config: Path | None) -> str:
+    if api is None:
+        from agent.config import find_config, load_table
+
+        path = find_config(config, state)
+        api = str(load_table(path, "serve").get("api_listen", "")) if path else ""
+        api = api or "127.0.0.1:8666"
+    host, port = hostport(api, "--api")
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+
+
+def _call(method: str, path: str, api: str | None, state: Path, config: Path | None,
+          body: dict[str, Any] | None = None) -> Any:
+    import httpx
+
+    from api.token import TokenError, read_token
+
+    base = _api(api, state.expanduser(), config)
+    headers = {}
+    if method == "POST":
+        try:
+            headers["Authorization"] = f"Bearer {read_token(state.expanduser())}"
+        except TokenError as error:
+            raise UsageError(str(error)) from None
+    try:
+        answer = httpx.request(method, base + path, json=body, headers=headers, timeout=30.0)
+    except httpx.HTTPError as error:
+        raise UsageError(f"cannot reach the node agent at {base}: is `lanrage serve` running? ({error})") \
+            from None
+    if answer.status_code >= 400:
+        try:
+            detail = answer.json().get("detail")
+        except ValueError:
+            detail = answer.text[:200]
+        if isinstance(detail, list):  # a validation error: name the first field
+            first = detail[0] if detail else {}
+            detail = f"{'.'.join(map(str, first.get('loc', [])[1:]))}: {first.get('msg')}"
+        raise UsageError(f"{detail} (HTTP {answer.status_code})")
+    return answer.json()
+
+
+def party_create(
+    name: Annotated[str, typer.Argument(help="The party's name, shown to every member.")],
+    json_: JsonOption = False, api: ApiOption = None, state_dir_: StateDirOption = DEFAULT_STATE_DIR,
+    config: ConfigOption = None,
+) -> None:
+    """Create a party through the local agent and print its invite (one string to send to friends)."""
+    created = _call("POST", "/party/create", api, state_dir_, config, {"name": name})
+    if json_:
+        print(json.dumps(created))
+        return
+    print(f"party {created['name']} ({created['party_id']}) created; you are {created['virtual_ip']}.",
+          file=sys.stderr)
+    print("send this invite to your friends (`lanrage party join INVITE`):", file=sys.stderr)
+    print(created["invite"])
+
+
+def party_join(
+    invite: Annotated[str, typer.Argument(help="The invite string from `party create`.")],
+    json_: JsonOption = False, api: ApiOption = None, state_dir_: StateDirOption = DEFAULT_STATE_DIR,
+    config: ConfigOption = None,
+) -> None:
+    """Join a party with its invite."""
+    joined = _call("POST", "/party/join", api, state_dir_, config, {"invite": invite})
+    if json_:
+        print(json.dumps(joined))
+        return
+    print(f"joined party {joined['name']} ({joined['party_id']}); you are {joined['virtual_ip']}.")
+
+
+def party_leave(
+    party_id: Annotated[str | None, typer.Argument(help="The party to leave \\[default: the only "
+                                                        "one].")] = None,
+    json_: JsonOption = False, api: ApiOption = None, state_dir_: StateDirOption = DEFAULT_STATE_DIR,
+    config: ConfigOption = None,
+) -> None:
+    """Leave a party: its tunnels come down and every other member is told."""
+    left = _call("POST", "/party/leave", api, state_dir_, config, {"party_id": party_id} if party_id else {})
+    if json_:
+        print(json.dumps(left))
+        return
+    print(f"left party {left['party_id']}.")
+
+
+def status_command(
+    json_: JsonOption = False, api: ApiOption = None, state_dir_: StateDirOption = DEFAULT_STATE_DIR,
+    config: ConfigOption = None,
+) -> None:
+    """Parties, peers, virtual IPs, connection state, path (direct or relay) and latency."""
+    status = _call("GET", "/status", api, state_dir_, config)
+    if json_:
+        print(json.dumps(status, indent=2))
+        return
+    print_status(status)
+
+
+def print_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 150)
+    node = status.get("node") or {}
+    agent = status.get("agent") or {}
+    controls = ", ".join(f"{c['url']} ({'connected' if c['connected'] else 'unreachable'})"
+                         for c in agent.get("control", [])) or "none"
+    console.print(f"node {agent.get('name', '')} {node.get('node_id', '')}  NAT {node.get('nat_type', '?')}"
+                  f"  relay {node.get('relay') or '-'}  control {controls}", markup=False)
+    if not status["parties"]:
+        console.print("no party: `lanrage party create NAME` or `lanrage party join INVITE`")
+    for party in status["parties"]:
+        table = Table(title=f"party {party['name']} ({party['party_id']}), you are {party['virtual_ip']}",
+                      title_justify="left")
+        for column in ("peer", "virtual IP", "NAT", "state", "path", "endpoint / relay", "latency", "loss"):
+            table.add_column(column)
+        for peer in party["peers"]:
+            latency = f"{peer['latency_ms']:.1f} ms" if peer["latency_ms"] is not None else "-"
+            loss = f"{100 * peer['loss']:.0f} %" if peer["loss"] is not None else "-"
+            where = peer["relay"] if peer["path"] == "relay" else peer["endpoint"]
+            table.add_row(peer["name"] + (" (you)" if peer["is_local"] else ""), peer["virtual_ip"] or "-",
+                          peer["nat_type"], "" if peer["is_local"] else (peer["state"] or "-"),
+                          peer["path"] or "-", where or "-", "" if peer["is_local"] else latency,
+                          "" if peer["is_local"] else loss)
+        console.print(table)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("serve", context_settings={"auto_envvar_prefix": None})(serve_command)
+    app.command("control-server")(control_server_command)
+    party_app = typer.Typer(help="Create, join or leave a party (through the local agent).",
+                            no_args_is_help=True)
+    party_app.command("create")(party_create)
+    party_app.command("join")(party_join)
+    party_app.command("leave")(party_leave)
+    app.add_typer(party_app, name="party")
+    app.command("status")(status_command)

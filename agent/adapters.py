@@ -1,0 +1,208 @@
+"""The network adapters the actors use, and the WireGuard interface the agent owns.
+
+The agent process creates the interface (``InterfaceOwner``) when the node first has
+a virtual IP and removes it on shutdown. Actor processes never create or remove it:
+their ``real`` adapters talk to it through its UAPI socket, so several processes can
+share one interface without fighting over it. Relay tickets come from the agent's
+control session through its loopback API (the token file is read in the actor's
+process; no secret travels in actor messages).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import socket
+import subprocess
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from actors.messages import AdapterSpec
+from mesh.interfaces import MeshError, NatInfo, PeerStats, PunchResult
+from mesh.relay.client import ProxyRelayClient
+from mesh.relay.tickets import RelayTicket
+from mesh.wireguard import PeerConfig, WireGuardInterface
+from mesh.wireguard.device import UapiDevice
+
+if TYPE_CHECKING:
+    from agent.node import Agent
+
+SIM = "mesh.sim:adapters"
+REAL = "agent.adapters:real"
+
+
+def adapter_spec(agent: Agent) -> AdapterSpec:
+    config = agent.config
+    if config.adapters == SIM:
+        return AdapterSpec.of(SIM, network_name=agent.node_id, node=agent.node_id,
+                              public_key=agent.identity.public_key, listen_port=config.listen_port)
+    if config.adapters == REAL:
+        return AdapterSpec.of(REAL, interface=config.interface, public_key=agent.identity.public_key,
+                              listen_port=config.listen_port, stun=config.stun, node_id=agent.node_id,
+                              api=f"http://127.0.0.1:{config.api_port}",
+                              token_file=str(agent.state_dir / "api-token"))
+    return AdapterSpec.of(config.adapters)
+
+
+def interface_owner(agent: Agent) -> InterfaceOwner | None:
+    if agent.config.adapters != REAL:
+        return None
+    return InterfaceOwner(agent)
+
+
+class InterfaceOwner:
+    """Creates the node's WireGuard interface on its first virtual IP; removes it on close."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.interface: WireGuardInterface | None = None
+
+    def ensure(self, virtual_ip: str) -> None:
+        if self.interface is not None:
+            return
+        config = self.agent.config
+        self.interface = WireGuardInterface.create(
+            self.agent.private_key, f"{virtual_ip}/16", name=config.interface,
+            listen_port=config.listen_port, state_dir=self.agent.state_dir)
+
+    def close(self) -> None:
+        if self.interface is not None:
+            self.interface.close(remove=True)
+            self.interface = None
+
+
+# ---------------------------------------------------------------- actor-side adapters
+
+
+class UapiWireGuard:
+    """``mesh.interfaces.WireGuard`` over the UAPI socket of the agent's interface."""
+
+    def __init__(self, name: str, public_key: str, listen_port: int) -> None:
+        self._device = UapiDevice(name)
+        self._public_key = public_key
+        self._listen_port = listen_port
+
+    @property
+    def public_key(self) -> str:
+        return self._public_key
+
+    @property
+    def listen_port(self) -> int:
+        return self._listen_port
+
+    def configure_peer(self, public_key: str, endpoint: str | None, allowed_ips: Sequence[str],
+                       keepalive_s: int = 25) -> None:
+        self._device.set_peer(PeerConfig.make(public_key, endpoint, allowed_ips, keepalive_s))
+
+    def remove_peer(self, public_key: str) -> None:
+        self._device.remove_peer(public_key)
+
+    def peer_stats(self) -> dict[str, PeerStats]:
+        observed = self._device.read()
+        return {key: PeerStats(public_key=key, endpoint=peer.endpoint, last_handshake=peer.last_handshake,
+                               rx_bytes=peer.rx_bytes, tx_bytes=peer.tx_bytes)
+                for key, peer in observed.peers.items()}
+
+
+_TIME = re.compile(r"time[=<]([0-9.]+) ?ms")
+
+
+class PingProber:
+    """Round trip through the tunnel with the system ``ping`` (one echo, bounded by the timeout)."""
+
+    def __init__(self, interface: str) -> None:
+        self.interface = interface
+
+    def probe(self, virtual_ip: str, timeout_s: float) -> float | None:
+        ipaddress.ip_address(virtual_ip)
+        try:
+            done = subprocess.run(["ping", "-n", "-c", "1", "-W",
+                                   str(max(1, round(timeout_s))), "-I", self.interface, virtual_ip],
+                                  capture_output=True, text=True, timeout=timeout_s + 1)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        match = _TIME.search(done.stdout)
+        return float(match.group(1)) if done.returncode == 0 and match else None
+
+
+@dataclass
+class CandidatePuncher:
+    """Hands the actor the remote's first candidate; WireGuard's own handshakes do the punching.
+
+    Both sides configure each other at once (both dial), and the keepalives open
+    cone-NAT mappings from both ends; the actor's probe decides whether it worked and
+    falls back to the relay otherwise. Used until mesh/nat provides a real puncher.
+    """
+
+    local: tuple[str, ...]
+
+    def candidates(self) -> tuple[str, ...]:
+        return self.local
+
+    def punch(self, session: str, remote_candidates: Sequence[str], timeout_s: float) -> PunchResult:
+        if not remote_candidates:
+            return PunchResult(False, None, None, 0.0, "the peer announced no candidate")
+        return PunchResult(True, remote_candidates[0], None, 0.0,
+                           "no punch protocol: trying the first candidate through WireGuard")
+
+
+class NoNatDetector:
+    def detect(self) -> NatInfo | None:
+        return None
+
+
+def _ticket_source(api: str, token_file: str) -> Any:
+    def tickets(party_id: str, peer_id: str, relay: str) -> RelayTicket:
+        token = Path(token_file).read_text().strip()
+        body = json.dumps({"party_id": party_id, "peer_id": peer_id, "relay": relay}).encode()
+        request = urllib.request.Request(f"{api}/internal/relay-ticket", data=body, method="POST",
+                                         headers={"Authorization": f"Bearer {token}",
+                                                  "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return RelayTicket(**json.loads(answer.read()))
+        except OSError as error:
+            raise MeshError(f"no relay ticket from the agent: {error}") from None
+
+    return tickets
+
+
+def _local_candidates(port: int) -> tuple[str, ...]:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing address
+            return (f"{probe.getsockname()[0]}:{port}",)
+    except OSError:
+        return ()
+
+
+@dataclass(frozen=True)
+class RealAdapters:
+    wireguard: UapiWireGuard
+    prober: PingProber
+    puncher: CandidatePuncher
+    relay_client: ProxyRelayClient
+    nat_detector: Any
+
+
+def real(interface: str, public_key: str, listen_port: int, stun: tuple[str, ...] = (), node_id: str = "",
+         api: str = "http://127.0.0.1:8666", token_file: str = "") -> RealAdapters:
+    """The factory named in the AdapterSpec, called once in each actor process."""
+    detector: Any = NoNatDetector()
+    if stun:
+        from mesh.nat.stun import StunNatDetector
+
+        detector = StunNatDetector(list(stun), node_id=node_id)
+    local = _local_candidates(listen_port)
+    info = detector.detect() if stun else None
+    # STUN ran from another socket; NATs that preserve ports map WireGuard's port the same way.
+    public = (f"{info.public_ip}:{listen_port}",) if info and info.public_ip else ()
+    return RealAdapters(
+        wireguard=UapiWireGuard(interface, public_key, listen_port), prober=PingProber(interface),
+        puncher=CandidatePuncher(tuple(dict.fromkeys(public + local))),
+        relay_client=ProxyRelayClient(_ticket_source(api, token_file), wg_port=listen_port),
+        nat_detector=detector)

@@ -1,0 +1,75 @@
+"""Settings from the command line and a TOML file: every flag is also a key in the file.
+
+Precedence: a flag given on the command line (or its environment variable), then the
+file, then the default. The file has one table per command, keys named like the
+flags with dashes or underscores::
+
+    [serve]
+    control = "ws://203.0.113.10:8667"
+    api-listen = "127.0.0.1:8666"
+    log-format = "json"
+
+    [control-server]
+    listen = "0.0.0.0:8667"
+    relay = ["203.0.113.20:3478", "198.51.100.20:3478"]
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from commands.common import UsageError
+
+CONFIG_NAME = "lanrage.toml"
+_NOT_SETTABLE = {"config", "help"}
+
+
+def find_config(explicit: Path | None, state_dir: Path) -> Path | None:
+    if explicit is not None:
+        if not explicit.expanduser().is_file():
+            raise UsageError(f"config file {explicit} does not exist")
+        return explicit.expanduser()
+    default = state_dir.expanduser() / CONFIG_NAME
+    return default if default.is_file() else None
+
+
+def load_table(path: Path, section: str) -> dict[str, Any]:
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read config file {path}: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"config file {path} is not valid TOML: {error}") from None
+    table = document.get(section, {})
+    if not isinstance(table, dict):
+        raise UsageError(f"[{section}] in {path} must be a table")
+    return {key.replace("-", "_"): value for key, value in table.items()}
+
+
+def apply_file(ctx: click.Context, values: dict[str, Any], path: Path | None, section: str) -> dict[str, Any]:
+    """``values`` (the command's parameters) with the file's settings where no flag was given."""
+    if path is None:
+        return values
+    table = load_table(path, section)
+    # Keys are the long flag names (state-dir), whatever the Python parameter is called.
+    params = {opt[2:].replace("-", "_"): param for param in ctx.command.params if param.name
+              for opt in param.opts if opt.startswith("--")}
+    merged = dict(values)
+    for key, raw in table.items():
+        param = params.get(key)
+        if param is None or key in _NOT_SETTABLE or param.name is None:
+            known = ", ".join(sorted(k.replace("_", "-") for k in params if k not in _NOT_SETTABLE))
+            raise UsageError(f"unknown setting {key.replace('_', '-')!r} in [{section}] of {path} "
+                             f"(known: {known})")
+        if ctx.get_parameter_source(param.name) not in (ParameterSource.DEFAULT, None):
+            continue
+        try:
+            merged[param.name] = param.type_cast_value(ctx, raw)
+        except click.BadParameter as error:
+            raise UsageError(f"{key.replace('_', '-')} in [{section}] of {path}: {error.message}") from None
+    return merged

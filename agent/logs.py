@@ -1,0 +1,33 @@
+"""Logs through loguru, human or JSON, on stderr or to a file. Never secrets."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from loguru import logger
+
+FORMATS = ("human", "json")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def configure(level: str = "INFO", fmt: str = "human", path: Path | None = None) -> None:
+    logger.remove()
+    sink = str(path) if path is not None else sys.stderr
+    if fmt == "json":
+        logger.add(sink, level=level, serialize=True, backtrace=False, diagnose=False)
+    else:
+        logger.add(sink, level=level, backtrace=False, diagnose=False,
+                   format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {message}")
+    # uvicorn and websockets log through the standard library: send them to loguru too.
+    logging.basicConfig(handlers=[_Intercept()], level=logging.WARNING, force=True)
+
+
+class _Intercept(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())

@@ -1,0 +1,408 @@
+"""The node agent: what ``serve`` runs.
+
+It starts the actor system and the node actor first (thespian forks; no thread may
+exist yet), then on one asyncio loop: the control sessions (one per control plane
+its parties use), the HTTP API (uvicorn), and the SIGTERM/SIGINT handling. Every
+blocking call into the actor system goes through one worker thread.
+
+Both sides dial: every push of a joining member becomes a ``PeerAnnounced`` for the
+node actor on *every* member, and each side's peer-connection actor configures
+WireGuard and starts its own attempt. Existing tunnels do not depend on the control
+server: when it is down the actors keep running and the session reconnects with
+backoff, then reconciles membership from the fresh ``welcome``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from loguru import logger
+
+from actors import messages as m
+from actors.config import ActorConfig
+from actors.system import start_node, start_system
+from agent.control import FileSession, Session, open_session
+from api.app import create_app
+from api.reader import StoreReader
+from api.service import ServiceError
+from api.token import write_token
+from events import types as ev
+from events.fold import PartyState, apply_party, fold_stream
+from events.streams import party_stream
+from mesh.control import ControlError, ControlUnavailable, Identity, Invite, InviteError
+from mesh.keys import load_or_create_private_key
+from store import open_store
+
+SOFT_TIMEOUT_S = 10.0
+# Thespian's own logging (actors log through loguru): warnings and worse, to stderr.
+THESPIAN_LOGS = {"version": 1, "disable_existing_loggers": False,
+                 "handlers": {"stderr": {"class": "logging.StreamHandler", "level": "WARNING"}},
+                 "root": {"level": "WARNING", "handlers": ["stderr"]}}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    state_dir: Path
+    db_url: str
+    api_host: str = "127.0.0.1"
+    api_port: int = 8666
+    control: str | None = None
+    name: str = field(default_factory=socket.gethostname)
+    adapters: str = "agent.adapters:real"
+    relays: tuple[str, ...] = ()
+    stun: tuple[str, ...] = ()
+    interface: str = "lanrage0"
+    listen_port: int = 51820
+    actor_base: str = "multiprocTCPBase"
+    actor_port: int | None = None
+    log_level: str = "INFO"
+    log_file: Path | None = None
+    actor_config: ActorConfig = field(default_factory=ActorConfig)
+
+
+def agent_stream(node_id: str) -> str:
+    return f"agent:{node_id}"
+
+
+def node_id_of(state_dir: Path) -> str:
+    path = state_dir / "node-id"
+    if not path.exists():
+        path.write_text(uuid.uuid4().hex[:12] + "\n")
+        os.chmod(path, 0o600)
+    return path.read_text().strip()
+
+
+def _stop_stale_system(base: str, port: int) -> None:
+    """After a kill -9 the actor processes outlive the agent: stop them before starting again."""
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        if probe.connect_ex(("127.0.0.1", port)) != 0:
+            return
+    from thespian.actors import ActorSystem
+
+    logger.warning("actors of a previous run still hold admin port {}; shutting them down", port)
+    ActorSystem(base, {"Admin Port": port}).shutdown()
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the agent owns SIGTERM/SIGINT: it must shut the actors down first
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.state_dir = config.state_dir
+        self.node_id = node_id_of(self.state_dir)
+        key = load_or_create_private_key(self.state_dir / "wireguard.key")
+        self.identity = Identity.from_private_key(key.secret_base64())
+        self.private_key = key
+        self.peer_id = self.identity.peer_id
+        self.store = open_store(config.db_url, metadata={"node_id": self.node_id, "actor": "agent"})
+        self.bindings: dict[str, str] = {}  # party id -> control url
+        self.sessions: dict[str, Session] = {}
+        self.offers: dict[tuple[str, str, str], dict[str, Any]] = {}  # relay tickets pushed to us
+        self.offer_waiters: dict[tuple[str, str, str], asyncio.Event] = {}
+        self.system: Any = None
+        self.node: Any = None
+        self.interface: Any = None
+        self._actors = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lanrage-actors")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._restore_bindings()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        """Start everything, serve until SIGTERM/SIGINT, shut down cleanly; the exit status."""
+        if self.config.actor_port:
+            _stop_stale_system(self.config.actor_base, self.config.actor_port)
+        self.system = start_system(self.config.actor_base, self.config.actor_port, log_defs=THESPIAN_LOGS)
+        try:
+            self.node = start_node(self.system, self._start_message())
+            return asyncio.run(self._main())
+        finally:
+            with contextlib.suppress(Exception):
+                self.system.shutdown()  # the node actor records NodeStopped
+            if self.interface is not None:
+                self.interface.close()  # removes the WireGuard interface
+            self._actors.shutdown(wait=False)
+            self.store.close()
+            logger.info("node {} stopped", self.node_id)
+
+    def _start_message(self) -> m.StartNode:
+        from agent.adapters import adapter_spec, interface_owner
+
+        self.interface = interface_owner(self)
+        for party_id in self.bindings:
+            party = self._party_state(party_id)
+            ip = party.allocations.get(party.local_peer_id)
+            if party.active and ip and self.interface is not None:
+                self.interface.ensure(ip)
+        return m.StartNode(node_id=self.node_id, store=m.StoreSpec(self.config.db_url),
+                           adapters=adapter_spec(self), relays=self.config.relays,
+                           config=self.config.actor_config,
+                           log=m.LogSpec(self.config.log_level,
+                                         str(self.config.log_file) if self.config.log_file else None))
+
+    async def _main(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(signum, self._stopping.set)
+        token = write_token(self.state_dir)
+        reader = StoreReader(self.config.db_url)
+        app = create_app(self, reader, token)
+        server = _Server(uvicorn.Config(app, host=self.config.api_host, port=self.config.api_port,
+                                        log_config=None, access_log=False, lifespan="off"))
+        for url in sorted(set(self.bindings.values())):
+            await self._session(url, wait_s=0)
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.05)
+        if serving.done():
+            await reader.close()
+            raise OSError(f"cannot listen on {self.config.api_host}:{self.config.api_port}")
+        logger.info("node {} ({}) serving the API on http://{}:{}", self.node_id, self.peer_id,
+                    self.config.api_host, self.config.api_port)
+        await self._stopping.wait()
+        logger.info("node {} shutting down", self.node_id)
+        server.should_exit = True
+        for session in list(self.sessions.values()):
+            await session.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(serving, 5)
+        await reader.close()
+        return 0
+
+    # ------------------------------------------------------------ NodeService (the API calls these)
+
+    def info(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "peer_id": self.peer_id, "public_key": self.identity.public_key,
+                "name": self.config.name, "default_control": self.config.control,
+                "control": [{"url": url, "connected": s.connected, "last_error": s.last_error}
+                            for url, s in sorted(self.sessions.items())]}
+
+    async def create_party(self, name: str) -> dict[str, Any]:
+        url = self.config.control
+        if not url:
+            raise ServiceError(400, "no control plane configured: start serve with --control "
+                                    "ws://HOST:8667 (or file:///shared/dir)")
+        session = await self._session(url)
+        answer = await self._control(session, "create_party", name=name)
+        party = answer["party"]
+        try:
+            opened = await self._open(m.CreateParty, url, party)
+        except ServiceError:
+            with contextlib.suppress(ControlError):
+                await session.request("leave_party", party_id=party["party_id"])
+            raise
+        invite = Invite(url, party["party_id"], name, answer["secret"]).encode()
+        logger.info("created party {} ({})", party["party_id"], name)
+        return {"party_id": party["party_id"], "name": name, "invite": invite,
+                "virtual_ip": opened.virtual_ip, "local_peer_id": self.peer_id}
+
+    async def join_party(self, invite_text: str) -> dict[str, Any]:
+        try:
+            invite = Invite.decode(invite_text)
+        except InviteError as error:
+            raise ServiceError(400, str(error)) from None
+        if invite.party_id in self.bindings and self._party_state(invite.party_id).active:
+            raise ServiceError(409, f"already in party {invite.party_id}")
+        session = await self._session(invite.control_url)
+        answer = await self._control(session, "join_party", party_id=invite.party_id, secret=invite.secret)
+        party = answer["party"]
+        opened = await self._open(m.JoinParty, invite.control_url, party)
+        self._announce_members(party)
+        logger.info("joined party {} ({})", party["party_id"], party["name"])
+        return {"party_id": party["party_id"], "name": party["name"], "virtual_ip": opened.virtual_ip,
+                "local_peer_id": self.peer_id}
+
+    async def leave_party(self, party_id: str | None) -> dict[str, Any]:
+        active = [p for p in self.bindings if self._party_state(p).active]
+        if party_id is None:
+            if not active:
+                raise ServiceError(404, "this node is in no party")
+            if len(active) > 1:
+                raise ServiceError(400, f"this node is in {len(active)} parties: name one "
+                                        f"({', '.join(sorted(active))})")
+            party_id = active[0]
+        if party_id not in active:
+            raise ServiceError(404, f"this node is not in party {party_id}")
+        session = self.sessions.get(self.bindings[party_id])
+        if session is not None:
+            try:
+                await session.request("leave_party", party_id=party_id)
+            except ControlError as error:
+                # The tunnels come down anyway; the server expires the membership later.
+                logger.warning("control plane did not record the leave of {}: {}", party_id, error)
+        closed = await self._ask(m.LeaveParty(party_id, reason="left by the user"))
+        await self._append([ev.PartyControlUnbound(node_id=self.node_id, party_id=party_id,
+                                                    reason="left by the user")])
+        self.bindings.pop(party_id, None)
+        logger.info("left party {}", party_id)
+        return {"party_id": party_id, "reason": closed.reason}
+
+    # ------------------------------------------------------------ control plane
+
+    async def _session(self, url: str, wait_s: float = 5.0) -> Session:
+        session = self.sessions.get(url)
+        if session is None:
+            try:
+                session = open_session(url, self.identity, self.config.name, self._on_push, self._on_welcome)
+            except ValueError as error:
+                raise ServiceError(400, str(error)) from None
+            self.sessions[url] = session
+            if isinstance(session, FileSession):
+                for party_id, bound in self.bindings.items():
+                    if bound == url:
+                        session.adopt(party_id)
+            await session.start()
+        if wait_s and not await session.wait_connected(wait_s):
+            raise ServiceError(503, f"cannot reach the control server {url}"
+                                    + (f": {session.last_error}" if session.last_error else ""))
+        return session
+
+    async def _control(self, session: Session, kind: str, **fields: Any) -> dict[str, Any]:
+        try:
+            return await session.request(kind, **fields)
+        except ControlUnavailable as error:
+            raise ServiceError(503, error.message) from None
+        except ControlError as error:
+            status = {"forbidden": 403, "not_found": 404, "not_member": 404}.get(error.code, 400)
+            raise ServiceError(status, error.message) from None
+
+    async def relay_ticket(self, party_id: str, peer_id: str, relay: str) -> dict[str, Any]:
+        """A relay ticket for the session with ``peer_id``; both sides must use the same session.
+
+        The side with the smaller peer id asks the control server (which pushes the other
+        half to the peer); the other side waits briefly for that offer, then asks itself.
+        """
+        key = (party_id, peer_id, relay)
+        if self.peer_id > peer_id and key not in self.offers:
+            waiter = self.offer_waiters.setdefault(key, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), 3.0)
+        offer = self.offers.pop(key, None)
+        if offer is not None:
+            return offer
+        url = self.bindings.get(party_id)
+        if url is None:
+            raise ServiceError(404, f"this node is not in party {party_id}")
+        answer = await self._control(await self._session(url), "relay_request", party_id=party_id,
+                                     to=peer_id, relay=relay)
+        return dict(answer["ticket"])
+
+    def _on_push(self, url: str, body: dict[str, Any]) -> None:
+        if body.get("type") == "relay_offer" and isinstance(body.get("ticket"), dict):
+            ticket = body["ticket"]
+            key = (str(ticket.get("party_id")), str(body.get("from")), str(ticket.get("relay")))
+            self.offers[key] = ticket
+            if key in self.offer_waiters:
+                self.offer_waiters.pop(key).set()
+            return
+        party_id = body.get("party_id")
+        if not isinstance(party_id, str) or self.bindings.get(party_id) != url:
+            return
+        kind = body.get("type")
+        if kind in ("peer_joined", "peer_updated") and isinstance(body.get("member"), dict):
+            self._tell(self._announcement(party_id, body["member"]))
+        elif kind == "peer_left" and isinstance(body.get("peer_id"), str):
+            self._tell(m.PeerDeparted(party_id, body["peer_id"], str(body.get("reason", "left"))))
+
+    def _on_welcome(self, url: str, body: dict[str, Any]) -> None:
+        listed = {p["party_id"]: p for p in body.get("parties", []) if isinstance(p, dict)}
+        for party_id, bound in list(self.bindings.items()):
+            if bound != url:
+                continue
+            party = listed.get(party_id)
+            if party is None:
+                logger.warning("control plane {} no longer lists party {}; keeping its tunnels", url,
+                               party_id)
+                continue
+            self._announce_members(party)
+            present = {member["peer_id"] for member in party["members"]}
+            for peer_id, member in self._party_state(party_id).members:
+                if not member.is_local and peer_id not in present:
+                    self._tell(m.PeerDeparted(party_id, peer_id, "gone while the control plane was away"))
+
+    def _announce_members(self, party: dict[str, Any]) -> None:
+        for member in party["members"]:
+            if member["peer_id"] != self.peer_id:
+                self._tell(self._announcement(party["party_id"], member))
+
+    @staticmethod
+    def _announcement(party_id: str, member: dict[str, Any]) -> m.PeerAnnounced:
+        return m.PeerAnnounced(party_id=party_id, peer_id=member["peer_id"], name=member.get("name", ""),
+                               public_key=member["public_key"], nat_type=member.get("nat_type", "unknown"),
+                               virtual_ip=member.get("virtual_ip"),
+                               candidates=tuple(member.get("candidates", ())))
+
+    # ------------------------------------------------------------ actors and store
+
+    async def _open(self, command: type[m.CreateParty] | type[m.JoinParty], url: str,
+                    party: dict[str, Any]) -> m.PartyOpened:
+        me = next((x for x in party["members"] if x["peer_id"] == self.peer_id), None)
+        if me is None:
+            raise ServiceError(502, "the control plane did not list this node as a member")
+        if self.interface is not None:
+            await asyncio.to_thread(self.interface.ensure, me["virtual_ip"])
+        fields: dict[str, Any] = {"party_id": party["party_id"], "name": party["name"],
+                                  "local_peer_id": self.peer_id, "local_name": self.config.name,
+                                  "local_virtual_ip": me["virtual_ip"], "subnet": party["subnet"]}
+        if command is m.JoinParty:
+            fields["control_url"] = url
+        opened = await self._ask(command(**fields))
+        await self._append([ev.PartyControlBound(node_id=self.node_id, party_id=party["party_id"],
+                                                 control_url=url)])
+        self.bindings[party["party_id"]] = url
+        if isinstance(self.sessions.get(url), FileSession):
+            self.sessions[url].adopt(party["party_id"])  # type: ignore[attr-defined]
+        return opened
+
+    async def _ask(self, message: Any, timeout_s: float = SOFT_TIMEOUT_S) -> Any:
+        loop = asyncio.get_running_loop()
+        reply = await loop.run_in_executor(self._actors, self.system.ask, self.node, message, timeout_s)
+        if reply is None:
+            raise ServiceError(503, f"the node actor did not answer {type(message).__name__} in time")
+        if isinstance(reply, m.CommandRejected):
+            raise ServiceError(409, reply.reason)
+        return reply
+
+    def _tell(self, message: Any) -> None:
+        if self._loop is not None:
+            self._loop.run_in_executor(self._actors, self.system.tell, self.node, message)
+
+    async def _append(self, events: list[Any]) -> None:
+        def append() -> None:
+            stream = agent_stream(self.node_id)
+            self.store.append(stream, events, self.store.stream_position(stream))
+
+        await self._loop.run_in_executor(self._actors, append) if self._loop else append()
+
+    def _restore_bindings(self) -> None:
+        for record in self.store.read_stream(agent_stream(self.node_id)):
+            match record.event:
+                case ev.PartyControlBound():
+                    self.bindings[record.event.party_id] = record.event.control_url
+                case ev.PartyControlUnbound():
+                    self.bindings.pop(record.event.party_id, None)
+        for party_id in list(self.bindings):
+            if not self._party_state(party_id).active:
+                self.bindings.pop(party_id)
+
+    def _party_state(self, party_id: str) -> PartyState:
+        events = (record.event for record in self.store.read_stream(party_stream(party_id)))
+        return fold_stream(apply_party, PartyState(), events)
