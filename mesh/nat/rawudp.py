@@ -20,10 +20,12 @@ Needs CAP_NET_RAW (the node agent already runs as root to create WireGuard inter
 from __future__ import annotations
 
 import ctypes
+import errno
 import select
 import socket
 import struct
 import time
+from typing import Protocol
 
 Address = tuple[str, int]
 
@@ -136,3 +138,28 @@ def parse_ip_udp(packet: bytes, port: int) -> tuple[bytes, Address] | None:
     if dest_port != port or length < 8 or header + length > len(packet):
         return None
     return packet[header + 8:header + length], (socket.inet_ntoa(packet[12:16]), source_port)
+
+
+class UdpPort(Protocol):
+    def settimeout(self, timeout: float | None) -> None: ...
+
+    def sendto(self, data: bytes, addr: Address) -> int: ...
+
+    def recvfrom(self, bufsize: int) -> tuple[bytes, Address]: ...
+
+    def fileno(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def open_port(port: int) -> UdpPort:
+    """A socket bound to ``port``; if wireguard-go already holds it, a ``RawUdpPort`` sharing it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("0.0.0.0", port))
+        return sock
+    except OSError as error:
+        sock.close()
+        if error.errno != errno.EADDRINUSE or port == 0:
+            raise
+    return RawUdpPort(port)

@@ -14,7 +14,6 @@ No answer from any server means None: relay-only mode.
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 import time
@@ -36,7 +35,7 @@ from events.types import (
 )
 from mesh.interfaces import MeshError, NatInfo
 from mesh.nat import stun_wire
-from mesh.nat.rawudp import RawUdpPort
+from mesh.nat.rawudp import open_port
 
 logging.getLogger("pystun3").setLevel(logging.WARNING)
 
@@ -97,18 +96,6 @@ class _FilteringSocket:
             return stun_wire.canonical(response), addr
 
 
-def _open_transport(port: int) -> _Transport:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.bind(("0.0.0.0", port))
-        return sock
-    except OSError as error:
-        sock.close()
-        if error.errno != errno.EADDRINUSE or port == 0:
-            raise
-    return RawUdpPort(port)  # wireguard-go holds the port: share it
-
-
 def _local_ip_towards(host: str) -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect((host, 3478))
@@ -165,7 +152,7 @@ class StunNatDetector:
     def _detect_with(self, host: str, port: int) -> NatInfo | None:
         host = socket.gethostbyname(host)
         local_ip = _local_ip_towards(host)
-        transport = _open_transport(self.local_port)
+        transport = open_port(self.local_port)  # wireguard-go may hold it: then shared
         wrapper = _FilteringSocket(transport, self.timeout_s, budget_s=self.timeout_s * 20)
         try:
             local_port = self.local_port or transport.getsockname()[1]  # type: ignore[attr-defined]
