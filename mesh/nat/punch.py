@@ -7,7 +7,8 @@ PUNCH answers it with an ACK to the address it came from (and adds that address 
 own targets: a symmetric NAT's mapping towards us is only learnt this way). An ACK
 confirms a path: its source is the endpoint WireGuard must use. A confirmed side keeps
 sending PUNCH with the "confirmed" flag to that endpoint until it sees the peer's flag
-(or a short linger passes), so the peer gets its ACK too.
+(or a short linger passes), so the peer gets its ACK too, and says so once more when it
+stops so the peer stops as well.
 
 Messages (MAC'd with a key derived from the session secret, so a stranger cannot
 confirm a path and the session secret never travels)::
@@ -155,6 +156,8 @@ class UdpHolePuncher:
             now = time.monotonic()
             if confirmed is not None and (peer_confirmed or now >= confirmed_at + self.linger_s
                                           or now >= deadline):
+                with contextlib.suppress(OSError):  # tell the peer we are done, so it stops too
+                    port.sendto(encode(key, PUNCH, CONFIRMED, me, seq + 1, 0), confirmed)
                 break
             if now >= deadline:
                 break
