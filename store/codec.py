@@ -17,8 +17,21 @@ from typing import Any
 
 from events.base import Event, EventError, MalformedEvent, event_class, upcast
 
-_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
-_dumps_unsorted = json.JSONEncoder(separators=(",", ":")).encode
+# NaN and infinities are refused: they are not JSON, PostgreSQL's JSONB rejects them and
+# SQLite's json_extract calls such a row malformed.
+_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False).encode
+_dumps_unsorted = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _no_default(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# The C encoder that JSONEncoder.encode builds on every call, built once. No circular
+# check: event payloads are flat values and tuples.
+_c_encode = getattr(json.encoder, "c_make_encoder", None)
+_encode_flat = (_c_encode(None, _no_default, json.encoder.encode_basestring_ascii, None, ":", ",",
+                          False, False, False) if _c_encode else None)
 _loads = json.loads
 # The C scanner behind json.loads, called directly: payloads are written without
 # surrounding whitespace, and anything it rejects goes through json.loads for the message.
@@ -40,6 +53,8 @@ def encode_payload(event: Event) -> str:
     cls = type(event)
     if cls in _PLAIN:
         # A frozen dataclass without slots keeps exactly its fields in __dict__, in order.
+        if _encode_flat is not None:
+            return "".join(_encode_flat(event.__dict__, 0))
         return _dumps_unsorted(event.__dict__)
     return _dumps({name: getattr(event, name) for name in _field_names(cls)})
 

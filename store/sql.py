@@ -76,10 +76,14 @@ def _close_quietly(resource: Any) -> None:
         resource.close()
 
 
+# (event, payload JSON, metadata with event_id, metadata JSON)
+_Pending = tuple[Event, str, dict[str, Any], str]
+
+
 @dataclass
 class _Request:
     stream_id: str
-    pending: list[tuple[Event, Mapping[str, Any] | None, str]]
+    pending: list[_Pending]
     expected: int
     done: bool = False
     result: list[RecordedEvent] = field(default_factory=list)
@@ -145,16 +149,30 @@ class EventStore:
             raise StoreError("stream_id must be a non-empty string")
         if expected_position < 0:
             raise StoreError(f"expected_position must be >= 0, not {expected_position}")
+        # Encoding happens here, in the caller's thread and outside the commit lock, so
+        # an event that cannot be encoded fails only its own append.
         ids = urandom(16 * len(events_)).hex()  # one syscall for the ids of plain events
-        pending: list[tuple[Event, Mapping[str, Any] | None, str]] = []
+        defaults = self._default_metadata
+        pending: list[_Pending] = []
         for index, item in enumerate(events_):
             if isinstance(item, PendingEvent):
-                pending.append((item.event, item.metadata, item.event_id))
+                event, extra, event_id = item.event, item.metadata, item.event_id
             else:
-                # None: no metadata of its own, and an id known to need no JSON escaping.
-                pending.append((item, None, ids[32 * index:32 * index + 32]))
-            if not isinstance(pending[-1][0], Event):
-                raise StoreError(f"not an event: {pending[-1][0]!r}")
+                event, extra, event_id = item, None, ids[32 * index:32 * index + 32]
+            if not isinstance(event, Event):
+                raise StoreError(f"not an event: {event!r}")
+            try:
+                payload = encode_payload(event)
+                if extra is None and not defaults:
+                    meta: dict[str, Any] = {"event_id": event_id}
+                    meta_text = '{"event_id":"' + event_id + '"}'  # our own hex id needs no escaping
+                else:
+                    meta = {**defaults, **(extra or {}), "event_id": event_id}
+                    meta_text = encode_metadata(meta)
+            except (TypeError, ValueError) as error:
+                raise StoreError(f"cannot encode {event.event_type} for stream {stream_id!r}: "
+                                 f"{error}") from None
+            pending.append((event, payload, meta, meta_text))
         request = _Request(stream_id, pending, expected_position)
         with self._queue_lock:
             self._queue.append(request)
@@ -237,7 +255,6 @@ class EventStore:
         now = max(datetime.now(UTC), self._last_recorded)
         self._last_recorded = now
         stamp = _sqlite_time(now) if self.dialect == "sqlite" else now
-        defaults = self._default_metadata
         if head != self._known_head or len(self._positions) > 100_000:
             self._positions.clear()
         cached = self._positions
@@ -264,18 +281,11 @@ class EventStore:
                 continue
             recorded = []
             add_row, add_record = rows.append, recorded.append
-            for event, extra, event_id in request.pending:
+            for event, payload, meta, meta_text in request.pending:
                 head += 1
                 current += 1
-                if extra is None and not defaults:
-                    meta: dict[str, Any] = {"event_id": event_id}
-                    meta_text = '{"event_id":"' + event_id + '"}'
-                else:
-                    meta = {**defaults, **(extra or {}), "event_id": event_id}
-                    meta_text = encode_metadata(meta)
                 kind = type(event)
-                add_row((head, stream_id, current, kind.__name__, kind.version, stamp, encode_payload(event),
-                         meta_text))
+                add_row((head, stream_id, current, kind.__name__, kind.version, stamp, payload, meta_text))
                 add_record(RecordedEvent(head, stream_id, current, now, event, meta))
             positions[stream_id] = current
             staged.setdefault(stream_id, []).extend(recorded)
@@ -297,7 +307,7 @@ class EventStore:
             found[record.stream_position] = record
         records = [found.get(position) for position in range(first, last + 1)]
         ids = [record.event_id if record else None for record in records]
-        if ids == [event_id for _, _, event_id in request.pending]:
+        if ids == [meta["event_id"] for _, _, meta, _ in request.pending]:
             return [record for record in records if record is not None]
         return None
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from store import ConcurrencyError, EventStore, PendingEvent, open_store
+from store import ConcurrencyError, EventStore, PendingEvent, StoreError, open_store
 from store.base import InMemoryRecorder
 from tests.store.helpers import left, metrics, state
 
@@ -131,3 +131,11 @@ def test_two_writers_on_one_database_see_each_others_positions(any_db_url: str) 
             first.append("peer:p:q", [left(3)], 1)
         assert first.append("peer:p:q", [left(3)], 2)[0].global_position == 3
         assert [r.event.reason for r in second.read_stream("peer:p:q")] == ["r1", "r2", "r3"]
+
+
+def test_an_event_that_cannot_be_encoded_fails_alone(store: EventStore) -> None:
+    bad = metrics("q", float("nan"))
+    with pytest.raises(StoreError, match="cannot encode MetricsSampled for stream 'peer:p:q': Out of range"):
+        store.append("peer:p:q", [left(1), bad], 0)
+    assert store.stream_position("peer:p:q") == 0
+    assert store.append("peer:p:q", [left(1)], 0)[0].stream_position == 1
