@@ -1,0 +1,141 @@
+"""Throughput and round-trip time over the project's tunnel vs bare wireguard-go.
+
+Builds a lab with two hosts behind NAT routers, then sets up two tunnels between
+them in the same run: one through ``mesh.wireguard.WireGuardInterface`` (the
+project's backend), one with plain ``wireguard-go`` configured by ``wg`` and ``ip``.
+Rounds alternate between the two in ABBA order (so background load hits both alike):
+first ``--rounds`` of ``ping`` (``--pings`` each) on idle tunnels, then ``--rounds`` of
+``iperf3`` for ``--seconds`` each. Prints the medians
+and the ratios (project / bare for throughput, bare / project for RTT: 1.0 is
+parity, the target is at least 0.95).
+
+    sudo .venv/bin/python bench/tunnel.py [--rounds 5] [--seconds 3] [--pings 20] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lab import HostSpec, Lab
+from mesh.keys import PrivateKey, write_private_key
+from mesh.wireguard import WireGuardInterface
+
+IPERF_PORT = 5201
+PROJECT = {"alice": "10.66.0.1", "bob": "10.66.0.2", "port": 51820}
+BARE = {"alice": "10.66.100.1", "bob": "10.66.100.2", "port": 51821}
+
+
+def project_tunnel(lab: Lab, keys: dict[str, PrivateKey]) -> list[WireGuardInterface]:
+    interfaces = []
+    for host, other in (("alice", "bob"), ("bob", "alice")):
+        wg = WireGuardInterface.create(keys[host], f"{PROJECT[host]}/24", name=f"p{lab.run_id}{host[0]}",
+                                       listen_port=PROJECT["port"], netns=lab.host(host).netns)
+        interfaces.append(wg)
+        wg.configure_peer(keys[other].public_key, f"{lab.host(other).public_ip}:{PROJECT['port']}",
+                          [f"{PROJECT[other]}/32"])
+    return interfaces
+
+
+def bare_tunnel(lab: Lab, keys: dict[str, PrivateKey]) -> None:
+    for host, other in (("alice", "bob"), ("bob", "alice")):
+        name = f"b{lab.run_id}{host[0]}"
+        key_file = lab.workdir / f"bare-{host}.key"
+        write_private_key(key_file, keys[host])
+        lab.popen(host, ["wireguard-go", name], env={"WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"})
+        lab.wait_for(lambda name=name, host=host: lab.run(host, ["ip", "link", "show", name], check=False)
+                     .returncode == 0 and lab.run(host, ["wg", "show", name], check=False).returncode == 0,
+                     10, what=f"bare wireguard-go {name}")
+        endpoint = f"{lab.host(other).public_ip}:{BARE['port']}"
+        lab.run(host, ["wg", "set", name, "private-key", str(key_file), "listen-port", str(BARE["port"]),
+                       "peer", keys[other].public_key, "endpoint", endpoint,
+                       "allowed-ips", f"{BARE[other]}/32", "persistent-keepalive", "25"])
+        lab.run(host, ["ip", "addr", "add", f"{BARE[host]}/24", "dev", name])
+        lab.run(host, ["ip", "link", "set", name, "mtu", "1420", "up"])
+
+
+def throughput_bps(lab: Lab, target: str, seconds: int) -> float:
+    out = lab.run("alice", ["iperf3", "-c", target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"],
+                  timeout=seconds + 20).stdout
+    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"])
+
+
+def rtt_ms(lab: Lab, target: str, count: int) -> float:
+    out = lab.run("alice", ["ping", "-n", "-q", "-c", str(count), "-i", "0.05", "-W", "1", target],
+                  timeout=count + 10).stdout
+    # rtt min/avg/max/mdev = 0.101/0.148/0.262/0.035 ms
+    return float(out.strip().splitlines()[-1].split("=")[1].split("/")[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=3, help="iperf3 -t per round (1-30)")
+    parser.add_argument("--pings", type=int, default=20, help="pings per round (1-200)")
+    parser.add_argument("--nat", default="port_restricted", help="NAT type of both hosts")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if not (1 <= args.rounds <= 50 and 1 <= args.seconds <= 30 and 1 <= args.pings <= 200):
+        parser.error("rounds 1-50, seconds 1-30, pings 1-200")
+    results: dict[str, dict[str, list[float]]] = {"project": {"bps": [], "rtt": []},
+                                                   "bare": {"bps": [], "rtt": []}}
+    started = time.monotonic()
+    with Lab.build([HostSpec("alice", args.nat), HostSpec("bob", args.nat)], relays=0, stun=False) as lab:
+        keys = {host: PrivateKey.generate() for host in ("alice", "bob")}
+        interfaces = project_tunnel(lab, keys)
+        bare_tunnel(lab, keys)
+        lab.popen("bob", ["iperf3", "-s", "-p", str(IPERF_PORT)])
+        lab.wait_tcp_listening("bob", IPERF_PORT)
+        for kind, plan in (("project", PROJECT), ("bare", BARE)):
+            lab.wait_for(lambda plan=plan: lab.ping("alice", plan["bob"], count=1, timeout_s=1), 20,
+                         what=f"{kind} tunnel up")
+        order = (("project", PROJECT), ("bare", BARE))
+        for metric in ("rtt", "bps"):  # RTT first, on idle tunnels
+            for round_ in range(args.rounds):
+                for kind, plan in order if round_ % 2 == 0 else order[::-1]:  # ABBA: fair to both
+                    value = (rtt_ms(lab, plan["bob"], args.pings) if metric == "rtt"
+                             else throughput_bps(lab, plan["bob"], args.seconds))
+                    results[kind][metric].append(value)
+        for wg in interfaces:
+            wg.close()
+    medians = {kind: {metric: statistics.median(values) for metric, values in data.items()}
+               for kind, data in results.items()}
+    summary = {
+        "rounds": args.rounds, "seconds": args.seconds, "pings": args.pings, "nat": args.nat,
+        "project_mbps": medians["project"]["bps"] / 1e6, "bare_mbps": medians["bare"]["bps"] / 1e6,
+        "project_rtt_ms": medians["project"]["rtt"], "bare_rtt_ms": medians["bare"]["rtt"],
+        "throughput_ratio": medians["project"]["bps"] / medians["bare"]["bps"],
+        "rtt_ratio": medians["bare"]["rtt"] / medians["project"]["rtt"],
+        # Rounds are back to back, so a per-round ratio cancels most background load.
+        "paired_throughput_ratio": statistics.median(
+            p / b for p, b in zip(results["project"]["bps"], results["bare"]["bps"], strict=True)),
+        "paired_rtt_ratio": statistics.median(
+            b / p for p, b in zip(results["project"]["rtt"], results["bare"]["rtt"], strict=True)),
+        "raw": results, "elapsed_s": time.monotonic() - started,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"{args.rounds} rounds, iperf3 -t {args.seconds}, {args.pings} pings, both hosts {args.nat}")
+        print(f"{'':10}{'throughput (median)':>22}{'RTT (median)':>16}")
+        for kind in ("project", "bare"):
+            print(f"{kind:10}{summary[f'{kind}_mbps']:>17.1f} Mb/s{summary[f'{kind}_rtt_ms']:>13.3f} ms")
+        for kind in ("project", "bare"):
+            bps, rtt = results[kind]["bps"], results[kind]["rtt"]
+            print(f"  {kind} spread: {min(bps) / 1e6:.1f}-{max(bps) / 1e6:.1f} Mb/s, "
+                  f"{min(rtt):.3f}-{max(rtt):.3f} ms")
+        print(f"throughput ratio project/bare: {summary['throughput_ratio']:.3f} of medians, "
+              f"{summary['paired_throughput_ratio']:.3f} median of paired rounds")
+        print(f"RTT ratio bare/project:        {summary['rtt_ratio']:.3f} of medians, "
+              f"{summary['paired_rtt_ratio']:.3f} median of paired rounds   (target >= 0.95)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
