@@ -50,6 +50,10 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
                       transactional_ddl=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Processes starting at once on a fresh database take turns; the later ones then
+            # find the schema current. (SQLite's BEGIN IMMEDIATE does the same there.)
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7244663)")
         context.run_migrations()
 
 

@@ -177,7 +177,7 @@ def decode_metadata(text: str | bytes | dict[str, Any] | None) -> dict[str, Any]
     if isinstance(text, dict):
         return text
     try:
-        data = _loads(text)
+        data = loads_object(text) if type(text) is str else _loads(text)
     except (ValueError, UnicodeDecodeError) as error:
         raise MalformedEvent(f"metadata is not JSON: {error}") from None
     if not isinstance(data, dict):

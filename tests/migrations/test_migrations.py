@@ -124,3 +124,14 @@ def test_open_store_upgrades_an_old_schema(sqlite_url: str) -> None:
     with open_store(sqlite_url) as store:
         store.append("peer:p:a", [left()], 0)
     assert current(sqlite_url) == "0002_views"
+
+
+def test_processes_starting_together_on_a_fresh_database_all_succeed(any_db_url: str) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    with context.Pool(4) as pool:
+        revisions = pool.map(migrate, [any_db_url] * 4)
+    assert revisions == ["0002_views"] * 4
+    with open_store(any_db_url) as store:
+        assert store.append("node:n", [left()], 0)[0].global_position == 1
