@@ -12,12 +12,13 @@ with WAL they never wait for the writer.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from os import urandom
 from typing import Any
 
 from sqlalchemy import func, select
@@ -80,6 +81,19 @@ def _close_quietly(resource: Any) -> None:
 _Pending = tuple[Event, str, dict[str, Any], str]
 
 
+# SQLite and psycopg connections must not be used across fork (thespian forks actor
+# processes): a child gets fresh connections on first use.
+_open_stores: weakref.WeakSet[EventStore] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for store in list(_open_stores):
+        store._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 @dataclass
 class _Request:
     stream_id: str
@@ -120,6 +134,7 @@ class EventStore:
         self._closed = False
         # The last batch sizes, for the benchmark and tests of group commit.
         self.batches: list[int] = []
+        _open_stores.add(self)
 
     @property
     def where(self) -> str:
@@ -151,7 +166,7 @@ class EventStore:
             raise StoreError(f"expected_position must be >= 0, not {expected_position}")
         # Encoding happens here, in the caller's thread and outside the commit lock, so
         # an event that cannot be encoded fails only its own append.
-        ids = urandom(16 * len(events_)).hex()  # one syscall for the ids of plain events
+        ids = os.urandom(16 * len(events_)).hex()  # one syscall for the ids of plain events
         defaults = self._default_metadata
         pending: list[_Pending] = []
         for index, item in enumerate(events_):
@@ -445,6 +460,18 @@ class EventStore:
                 _close_quietly(cursor)
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's connections without touching them."""
+        self._commit_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue = []
+        self._writer = None
+        self._known_head = None
+        self._positions.clear()
+        if self._writer_engine is not None:
+            self._writer_engine.dispose(close=False)
+        self._reader.dispose(close=False)
 
     def close(self) -> None:
         with self._commit_lock:

@@ -139,3 +139,22 @@ def test_an_event_that_cannot_be_encoded_fails_alone(store: EventStore) -> None:
         store.append("peer:p:q", [left(1), bad], 0)
     assert store.stream_position("peer:p:q") == 0
     assert store.append("peer:p:q", [left(1)], 0)[0].stream_position == 1
+
+
+def test_a_forked_child_uses_its_own_connections(sqlite_url: str) -> None:
+    import os
+
+    with open_store(sqlite_url) as store:
+        store.append("node:parent", [left(1)], 0)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 1
+            try:
+                store.append("node:child", [left(2)], 0)
+                code = 0 if store.stream_position("node:parent") == 1 else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.append("node:parent", [left(3)], 1)[0].global_position == 3
+        assert [r.stream_id for r in store.read_all()] == ["node:parent", "node:child", "node:parent"]
