@@ -39,6 +39,9 @@ class ActorConfig:
     relay_monitor: RelayMonitorConfig = field(default_factory=RelayMonitorConfig)
     peer_hosting: str = INLINE
     status_timeout_s: float = 2.0
+    # A crashed child is recreated after this delay, unless its parent is told to exit
+    # meanwhile (thespian's shutdown ends children before parents).
+    restart_delay_s: float = 0.5
 
     def __post_init__(self) -> None:
         if self.peer_hosting not in PEER_HOSTINGS:

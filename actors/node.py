@@ -35,6 +35,8 @@ from events.fold import NodeState, apply_node
 from events.streams import node_stream
 
 STATUS = "status"
+RESTART = "restart"
+MONITOR = "relay-monitor"
 SOFTWARE_VERSION = "0.1.0"
 
 
@@ -57,6 +59,7 @@ class NodeActor(Actor):
         self.timers = Timers(new_incarnation())
         self.requests = itertools.count(1)
         self.gathers: dict[int, Gather] = {}
+        self.stopping = False
         self.log = logger
 
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
@@ -66,6 +69,7 @@ class NodeActor(Actor):
             self.send(sender, m.NodeReady(self.state.node_id, self.state.parties))
             return
         if isinstance(message, ActorExitRequest):
+            self.stopping = True
             if self.start is not None:
                 self._commit([ev.NodeStopped(node_id=self.state.node_id, reason="actor system shut down")])
             return
@@ -101,6 +105,8 @@ class NodeActor(Actor):
             case WakeupMessage(payload=m.Timer() as timer):
                 if timer.kind == STATUS:
                     self._status_timeout(timer.target)
+                elif timer.kind == RESTART and self.timers.is_current(timer):
+                    self._restart(timer.target)
             case ChildActorExited():
                 self._child_exited(message.childAddress)
             case PoisonMessage():
@@ -152,16 +158,27 @@ class NodeActor(Actor):
             relay=self.relay))
 
     def _child_exited(self, address: ActorAddress) -> None:
+        assert self.start is not None
         if address == self.monitor:
+            name = MONITOR
+        else:
+            name = next((p for p, a in self.parties.items() if a == address), "")
+            if not name:
+                return
+            del self.parties[name]
+        if not self.stopping:
+            self.wakeupAfter(timedelta(seconds=self.start.config.restart_delay_s),
+                             self.timers.arm(RESTART, target=name))
+
+    def _restart(self, name: str) -> None:
+        if self.stopping:
+            return
+        if name == MONITOR:
             self.log.warning("relay monitor exited; restarting it")
             self._start_monitor()
-            return
-        party_id = next((p for p, a in self.parties.items() if a == address), None)
-        if party_id is not None:
-            del self.parties[party_id]
-            if party_id in self.state.parties:
-                self.log.warning("party actor {} exited; restarting it from its stream", party_id)
-                self._start_party(party_id)
+        elif name in self.state.parties and name not in self.parties:
+            self.log.warning("party actor {} exited; restarting it from its stream", name)
+            self._start_party(name)
 
     # ------------------------------------------------------------ parties
 

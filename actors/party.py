@@ -31,7 +31,7 @@ from actors.connection import PeerConnection
 from actors.journal import StreamWriter, open_recorder
 from actors.logs import logger
 from actors.peer import PeerConnectionActor
-from actors.timers import new_incarnation
+from actors.timers import Timers, new_incarnation
 from events import types as ev
 from events.base import Event
 from events.fold import ConnectionState, PartyState, apply_party
@@ -84,11 +84,14 @@ class PartyActor(Actor):
         self.closing: tuple[set[str], Any, str] | None = None  # (pending peers, reply_to, reason)
         self.log = logger
         self.parent: ActorAddress | None = None
+        self.stopping = False
+        self.timers = Timers(new_incarnation())
 
     # ------------------------------------------------------------ dispatch
 
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, ActorExitRequest):
+            self.stopping = True
             return
         if isinstance(message, m.PartyInit):
             if self.init is None:
@@ -120,6 +123,9 @@ class PartyActor(Actor):
             case m.ChildrenQuery():
                 self.send(sender, m.ChildAddresses(
                     tuple(self.children.items()) + tuple((p, None) for p in self.inline)))
+            case WakeupMessage(payload=m.Timer(kind="restart") as timer):
+                if self.timers.is_current(timer) and not self.stopping:
+                    self._respawn(timer.target)
             case WakeupMessage(payload=m.Timer() as timer):
                 if timer.target in self.inline:
                     self._inline_call(timer.target, lambda c: c.handle(timer))
@@ -333,7 +339,14 @@ class PartyActor(Actor):
         if self.closing is not None:
             self.closing[0].discard(peer_id)
             self._maybe_closed()
-        elif self.state.active and peer_id in self.state.members_by_id:
+        elif not self.stopping:
+            assert self.init is not None
+            self.wakeupAfter(timedelta(seconds=self.init.config.restart_delay_s),
+                             self.timers.arm("restart", target=peer_id))
+
+    def _respawn(self, peer_id: str) -> None:
+        if (self.state.active and peer_id in self.state.members_by_id
+                and peer_id not in self.children and peer_id not in self.inline):
             self.log.warning("peer connection {} exited; restarting it from its stream", peer_id)
             self._spawn(peer_id)
 

@@ -19,7 +19,7 @@ class NodeStartError(RuntimeError):
 
 
 def start_system(base: str = PRODUCTION_BASE, admin_port: int | None = None,
-                 log_defs: Any = False) -> ActorSystem:
+                 log_defs: Any = None) -> ActorSystem:
     """A new actor system. Call it before starting any thread; shut it down in ``finally``.
 
     ``THESPIAN_BASE_IPADDR`` defaults to 127.0.0.1 so thespian never probes the internet.
