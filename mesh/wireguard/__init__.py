@@ -12,6 +12,9 @@
     wg.remove_peer(peer_public_key)
     wg.close()                          # removes the interface (close(remove=False) leaves it)
 
+Other processes (actors) configure peers of the owner's interface with
+``PeerController(name, state_dir)``: same protocol, and the peers are recorded as ours.
+
 Kernel WireGuard is used when present (netlink), else wireguard-go (UAPI socket).
 Run it inside the node's namespace, or pass ``netns=`` to create it in a named one.
 """
@@ -24,6 +27,7 @@ from mesh.wireguard.config import (
     PeerConfig,
     parse_endpoint,
 )
+from mesh.wireguard.controller import PeerController
 from mesh.wireguard.errors import (
     InterfaceExistsError,
     InterfaceNotFoundError,
@@ -37,5 +41,6 @@ from mesh.wireguard.interface import AUTO, KERNEL, USERSPACE, ReconcileReport, W
 
 __all__ = ["AUTO", "DEFAULT_INTERFACE", "DEFAULT_KEEPALIVE_S", "DEFAULT_MTU", "KERNEL", "USERSPACE",
            "InterfaceExistsError", "InterfaceNotFoundError", "InvalidConfigError", "InvalidEndpointError",
-           "InvalidKeyError", "NotRootError", "PeerConfig", "PrivateKey", "ReconcileReport", "WireGuardError",
+           "InvalidKeyError", "NotRootError", "PeerConfig", "PeerController", "PrivateKey", "ReconcileReport",
+           "WireGuardError",
            "WireGuardGoMissingError", "WireGuardInterface", "parse_endpoint"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import shutil
 import signal
@@ -20,8 +19,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -31,6 +30,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from mesh.interfaces import PeerStats
 from mesh.keys import PrivateKey, validate_public_key
+from mesh.wireguard import record as records
 from mesh.wireguard.config import (
     DEFAULT_INTERFACE,
     DEFAULT_KEEPALIVE_S,
@@ -74,17 +74,6 @@ class ReconcileReport:
     @property
     def changed(self) -> bool:
         return bool(self.added or self.updated or self.removed or self.interface_fixed)
-
-
-@dataclass
-class _Record:
-    name: str
-    public_key: str
-    implementation: str
-    netns: str | None = None
-    pid: int | None = None
-    pid_start: int | None = None
-    managed_peers: list[str] = field(default_factory=list)
 
 
 def _has_net_admin() -> bool:
@@ -337,30 +326,30 @@ class WireGuardInterface:
         return UapiDevice(self._name)
 
     def _record_path(self) -> Path | None:
-        return self._state_dir / "wireguard" / f"{self._name}.json" if self._state_dir else None
+        return records.record_path(self._state_dir, self._name) if self._state_dir else None
 
-    def _load(self) -> _Record | None:
+    def _load(self) -> records.InterfaceRecord | None:
+        path = self._record_path()
+        return records.load(path) if path else None
+
+    def _save(self, managed: Callable[[set[str]], set[str]] | None = None) -> None:
+        """Store the record; ``managed`` maps the stored set of our peers to the new one.
+
+        The stored set wins over ours: actor processes add peers to it (``PeerController``).
+        """
+        def change(old: records.InterfaceRecord | None) -> records.InterfaceRecord:
+            current = set(old.managed_peers) if old and old.public_key == self.public_key else self._managed
+            self._managed = managed(set(current)) if managed else set(current)
+            return records.InterfaceRecord(
+                name=self._name, public_key=self._key.public_key, implementation=self._implementation,
+                netns=self._netns, pid=self._pid, pid_start=self._pid_start,
+                managed_peers=sorted(self._managed))
+
         path = self._record_path()
         if path is None:
-            return None
-        try:
-            return _Record(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-
-    def _save(self) -> None:
-        path = self._record_path()
-        if path is None:
+            self._managed = managed(set(self._managed)) if managed else self._managed
             return
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        record = _Record(name=self._name, public_key=self._key.public_key,
-                         implementation=self._implementation,
-                         netns=self._netns, pid=self._pid, pid_start=self._pid_start,
-                         managed_peers=sorted(self._managed))
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(record)))
-        os.chmod(tmp, 0o600)
-        tmp.replace(path)
+        records.update(path, change)
 
     def _stop_process(self) -> None:
         pid = self._pid
@@ -397,8 +386,7 @@ class WireGuardInterface:
         remove_stale_socket(self._name)
         path = self._record_path()
         if path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            records.update(path, lambda _old: None)
 
     # ------------------------------------------------------------------ the WireGuard protocol
 
@@ -430,6 +418,10 @@ class WireGuardInterface:
 
     @property
     def managed_peers(self) -> frozenset[str]:
+        """The peers that are ours (including those added by a ``PeerController``)."""
+        stored = self._load()
+        if stored is not None and stored.public_key == self.public_key:
+            return frozenset(stored.managed_peers)
         return frozenset(self._managed)
 
     def configure_peer(self, public_key: str, endpoint: str | None, allowed_ips: Sequence[str],
@@ -440,8 +432,8 @@ class WireGuardInterface:
             raise InvalidConfigError("a peer cannot have this interface's own public key")
         with self._lock:
             self._check_open()
-            self._managed.add(peer.public_key)
-            self._save()  # before the device: a crash in between still knows the peer is ours
+            # Recorded before the device: a crash in between still knows the peer is ours.
+            self._save(lambda managed: managed | {peer.public_key})
             self._device().set_peer(peer)
 
     def remove_peer(self, public_key: str) -> None:
@@ -451,8 +443,7 @@ class WireGuardInterface:
             self._check_open()
             if key in self._device().read().peers:
                 self._device().remove_peer(key)
-            self._managed.discard(key)
-            self._save()
+            self._save(lambda managed: managed - {key})
 
     def peer_stats(self) -> dict[str, PeerStats]:
         return {key: PeerStats(public_key=key, endpoint=peer.endpoint, last_handshake=peer.last_handshake,
@@ -503,8 +494,7 @@ class WireGuardInterface:
                 self._configure_device()
                 fixed.append("key/port")
             fixed += self._configure_link()
-            self._managed |= set(wanted)
-            self._save()
+            self._save(lambda managed: managed | set(wanted))
             added, updated, removed = [], [], []
             for key, peer in wanted.items():
                 current = observed.peers.get(key)
@@ -518,8 +508,7 @@ class WireGuardInterface:
                 if key in observed.peers:
                     device.remove_peer(key)
                     removed.append(key)
-            self._managed = set(wanted)
-            self._save()
+            self._save(lambda _managed: set(wanted))
             self._listen_port = device.read().listen_port
         return ReconcileReport(tuple(added), tuple(updated), tuple(removed), tuple(fixed))
 

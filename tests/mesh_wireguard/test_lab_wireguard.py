@@ -261,3 +261,28 @@ def test_not_root_is_a_clear_error(lab: Lab) -> None:
                             env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"})
     expected = "NotRootError: creating a WireGuard interface needs root (CAP_NET_ADMIN)"
     assert result.stdout.strip() == expected, result.stderr
+
+
+def test_peers_added_by_another_process_are_ours_for_reconcile(lab: Lab) -> None:
+    name = _name(lab)
+    state = lab.workdir / f"state-{name}"
+    keep, drop = _fake_peer(1, 201), _fake_peer(2, 202)
+    with WireGuardInterface.create(PrivateKey.generate(), "10.66.7.1/16", name=name,
+                                   netns=lab.host("alice").netns, state_dir=state) as wg:
+        code = ("import sys\nfrom pathlib import Path\nfrom mesh.wireguard import PeerController\n"
+                "c = PeerController(sys.argv[1], Path(sys.argv[2]))\n"
+                "for key, endpoint, ip in zip(*[iter(sys.argv[3:])] * 3):\n"
+                "    c.configure_peer(key, endpoint, [ip])\n"
+                "print(c.public_key, c.listen_port, len(c.peer_stats()))\n")
+        out = lab.run("alice", [sys.executable, "-c", code, name, str(state),
+                                keep.public_key, keep.endpoint or "", keep.allowed_ips[0],
+                                drop.public_key, drop.endpoint or "", drop.allowed_ips[0]]).stdout.split()
+        assert out == [wg.public_key, str(wg.listen_port), "2"]
+        foreign = generate_keypair()[1]
+        lab.run("alice", ["wg", "set", name, "peer", foreign, "allowed-ips", "10.66.9.9/32"])
+        assert wg.managed_peers == {keep.public_key, drop.public_key}
+        report = wg.reconcile([keep])
+        assert report.removed == (drop.public_key,) and not report.added and not report.updated
+        assert set(_wg_dump(lab, "alice", name)[1]) == {keep.public_key, foreign}
+    _assert_nothing_left(lab, "alice", name)
+    assert not (state / "wireguard" / f"{name}.json").exists()
