@@ -285,7 +285,7 @@ class Lab:
         for proc in self._processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=1)
-        destroy_netns(registry.run_namespaces(self.run_id))
+        destroy_netns(registry.run_namespaces(self.run_id), self.run_id)
         registry._remove_workdir(str(self.workdir))
         self.record.remove()
         _LIVE.pop(self.run_id, None)
@@ -528,7 +528,7 @@ def _ip_batch(netns: str, commands: list[str]) -> None:
 
 
 def _iptables(netns: str, rule: list[str]) -> None:
-    sh(ns_exec(netns, ["iptables", "-w", "5", *rule]))
+    sh(ns_exec(netns, ["iptables", "-w", "20", *rule]))
 
 
 __all__ = ["Host", "HostSpec", "Lab", "LabError", "LabProcess"]

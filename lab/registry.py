@@ -97,7 +97,7 @@ def cleanup_leftovers() -> list[str]:
         record = records.get(run_id)
         if record is not None and not record.is_leftover:
             continue
-        destroy_netns(run_namespaces(run_id, namespaces))
+        destroy_netns(run_namespaces(run_id, namespaces), run_id)
         if record is not None:
             _remove_workdir(record.workdir)
             record.remove()

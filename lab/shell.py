@@ -132,8 +132,12 @@ def remove_stale_wireguard_socket(name: str) -> None:
         probe.close()
 
 
-def destroy_netns(names: Iterable[str]) -> None:
-    """Kill every process in these namespaces, clear stale WireGuard sockets, delete them."""
+def destroy_netns(names: Iterable[str], run_id: str | None = None) -> None:
+    """Kill every process in these namespaces, clear stale WireGuard sockets, delete them.
+
+    Sockets are found by the links still there and, with ``run_id``, by any socket
+    name containing it (a SIGKILLed wireguard-go leaves its socket but not its link).
+    """
     names = list(names)
     links: list[str] = []
     pids: list[int] = []
@@ -143,6 +147,8 @@ def destroy_netns(names: Iterable[str]) -> None:
     terminate_pids(pids)
     for name in names:
         sh(["ip", "netns", "del", name], check=False)
-    for link in set(links):
-        if link not in ("lo", "wan0", "lan0", "br0") and "/" not in link:
-            remove_stale_wireguard_socket(link)
+    candidates = {link for link in links if link not in ("lo", "wan0", "lan0", "br0") and "/" not in link}
+    if run_id and WIREGUARD_RUN_DIR.is_dir():
+        candidates |= {path.stem for path in WIREGUARD_RUN_DIR.glob(f"*{run_id}*.sock")}
+    for name in candidates:
+        remove_stale_wireguard_socket(name)

@@ -128,6 +128,14 @@ def test_teardown_removes_namespaces_processes_and_record() -> None:
                                                 capture_output=True, text=True).stdout.split()]
         record_path = lab.record.path
         assert record_path.exists()
+        # A SIGKILLed wireguard-go leaves its UAPI socket behind (its link goes with it).
+        wg_name = lab.host("solo").wg_name
+        socket_path = Path(f"/var/run/wireguard/{wg_name}.sock")
+        wg = lab.popen("solo", ["wireguard-go", wg_name], env={"WG_PROCESS_FOREGROUND": "1"})
+        lab.wait_for(socket_path.exists, 5, what="wireguard-go socket")
+        lab.kill(wg)
+        assert socket_path.exists()
+    assert not socket_path.exists()
     assert _namespaces(lab.run_id) == []
     assert not record_path.exists()
     assert not lab.workdir.exists()
