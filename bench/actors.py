@@ -27,11 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
 
-import events  # noqa: E402, F401
-from actors import messages as m  # noqa: E402
-from actors.config import INLINE, PROCESS, ActorConfig, ConnectionConfig  # noqa: E402
-from actors.system import start_node, start_system  # noqa: E402
-from events.streams import peer_stream  # noqa: E402
+import events  # noqa: F401
+from actors import messages as m
+from actors.config import INLINE, PROCESS, ActorConfig, ConnectionConfig
+from actors.system import start_node, start_system
+from events.streams import peer_stream
 
 BUDGET_PSS_MB = 120.0
 BUDGET_IDLE_CPU = 1.0  # percent of one core
@@ -40,21 +40,23 @@ TICK = os.sysconf("SC_CLK_TCK")
 RELAYS = ("198.51.100.10:3478", "198.51.100.11:3478")
 
 
-def descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
+def system_pids() -> list[int]:
+    """The actor system's processes: thespian's admin daemonizes (its parent becomes init), so
+    find them as forks of this process: same command line, started no earlier than this one."""
+    def start_time(pid: int | str) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+    me = os.getpid()
+    cmdline = Path("/proc/self/cmdline").read_bytes()
+    mine = start_time(me)
+    found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
+        if entry.isdigit() and int(entry) != me:
             try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
+                if Path(f"/proc/{entry}/cmdline").read_bytes() == cmdline and start_time(entry) >= mine:
+                    found.append(int(entry))
+            except (OSError, IndexError, ValueError):
                 continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [root]
-    while frontier:
-        pid = frontier.pop()
-        children = [p for p, parent in parents.items() if parent == pid]
-        found.extend(children)
-        frontier.extend(children)
     return found
 
 
@@ -146,8 +148,7 @@ def footprint(base: str, hosting: str, peers: int, idle_s: float, port: int) -> 
             open_party(system, node, peers)
             wait_connected(system, node, peers)
             time.sleep(2)
-            pids = [os.getpid(), *descendants(os.getpid())] if base == "simpleSystemBase" \
-                else descendants(os.getpid())
+            pids = [os.getpid()] if base == "simpleSystemBase" else system_pids()
             pss = sum(pss_kb(pid) for pid in pids) / 1024
             before = sum(cpu_ticks(pid) for pid in pids)
             began = time.monotonic()

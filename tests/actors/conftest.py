@@ -1,0 +1,161 @@
+"""A node on simpleSystemBase, the simulated network, and a virtual clock for thespian's timers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import thespian.system.simpleSystemBase as simple_base
+import thespian.system.timing as thespian_timing
+from thespian.actors import ActorAddress
+
+import mesh.sim as sim
+from actors import messages as m
+from actors.config import ActorConfig, ConnectionConfig, RelayMonitorConfig
+from actors.journal import memory_recorder
+from actors.system import start_node, start_system
+from events.base import Event
+from events.streams import node_stream, party_stream, peer_stream
+from store.base import InMemoryRecorder
+
+LOCAL = "203.0.113.1:51820"
+BOB = "203.0.113.2:51820"
+CAROL = "203.0.113.3:51820"
+RELAY_A = "198.51.100.1:3478"
+RELAY_B = "198.51.100.2:3478"
+
+
+class VirtualClock:
+    """Replaces thespian's clock: wakeupAfter fires when the test advances time, never by itself."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1_000_000.0
+        monkeypatch.setattr(thespian_timing, "currentTime", self.time)
+        monkeypatch.setattr(simple_base, "currentTime", self.time)
+
+    def time(self) -> float:
+        return self.now
+
+
+def describe(event: Event, omit: tuple[str, ...] = ("party_id", "peer_id")) -> str:
+    """Every field but the ids the stream already names: asserting these strings asserts the event."""
+    payload = {k: v for k, v in event.to_payload().items() if k not in omit}
+    return f"{event.event_type}({', '.join(f'{k}={v!r}' for k, v in payload.items())})"
+
+
+@dataclass
+class Node:
+    name: str
+    clock: VirtualClock
+    config: ActorConfig
+    relays: tuple[str, ...] = ()
+    log_path: str | None = None
+    system: Any = None
+    address: ActorAddress | None = None
+    seen: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def net(self) -> sim.SimNetwork:
+        return sim.network(self.name)
+
+    @property
+    def recorder(self) -> InMemoryRecorder:
+        return memory_recorder(self.name)
+
+    def start(self) -> Node:
+        self.system = start_system("simpleSystemBase")
+        spec = m.AdapterSpec.of("mesh.sim:adapters", network_name=self.name, node="local",
+                                candidates=(LOCAL,))
+        self.address = start_node(self.system, m.StartNode(
+            "local", m.StoreSpec(f"memory://{self.name}"), spec, self.relays, self.config,
+            m.LogSpec("DEBUG", self.log_path)))
+        return self
+
+    def stop(self) -> None:
+        if self.system is not None:
+            self.system.shutdown()
+            self.system = None
+
+    def ask(self, message: Any) -> Any:
+        return self.system.ask(self.address, message)
+
+    def tell(self, message: Any) -> None:
+        self.system.tell(self.address, message)
+
+    def advance(self, seconds: float, step: float = 1.0) -> None:
+        """Move virtual time on in steps, letting every due wakeup fire in between."""
+        target = self.clock.now + seconds
+        while self.clock.now < target - 1e-9:
+            self.clock.now = min(self.clock.now + step, target)
+            assert isinstance(self.ask(m.Ping()), m.Pong)
+
+    def status(self) -> m.NodeStatus:
+        reply = self.ask(m.StatusQuery())
+        assert isinstance(reply, m.NodeStatus), reply
+        return reply
+
+    def connection(self, party: str, peer: str) -> Any:
+        for party_status in self.status().parties:
+            for status in party_status.peers:
+                if party_status.party_id == party and status.peer_id == peer:
+                    return status.connection
+        return None
+
+    def events(self, stream: str) -> list[Event]:
+        return [r.event for r in self.recorder.read_stream(stream)]
+
+    def described(self, stream: str) -> list[str]:
+        omit = ("party_id", "peer_id") if stream.startswith("peer:") else ("party_id",)
+        return [describe(e, omit) for e in self.events(stream)]
+
+    def new(self, stream: str) -> list[str]:
+        """The events of ``stream`` since the last call (for step-by-step assertions)."""
+        events = self.described(stream)
+        start, self.seen[stream] = self.seen.get(stream, 0), len(events)
+        return events[start:]
+
+    def peer(self, peer_id: str, party: str = "p1") -> str:
+        return peer_stream(party, peer_id)
+
+    def party(self, party: str = "p1") -> str:
+        return party_stream(party)
+
+    @property
+    def node_stream(self) -> str:
+        return node_stream("local")
+
+
+def make_config(hosting: str = "inline", **connection: Any) -> ActorConfig:
+    defaults: dict[str, Any] = {"probe_interval_s": 5.0, "metrics_interval_s": 3600.0,
+                                "direct_retry_s": 30.0, "cleanup_timeout_s": 300.0}
+    return ActorConfig(connection=ConnectionConfig(**{**defaults, **connection}),
+                       relay_monitor=RelayMonitorConfig(probe_interval_s=30.0),
+                       peer_hosting=hosting, restart_delay_s=0.0)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
+    return VirtualClock(monkeypatch)
+
+
+@pytest.fixture
+def make_node(clock: VirtualClock) -> Iterator[Any]:
+    nodes: list[Node] = []
+
+    def make(hosting: str = "inline", relays: tuple[str, ...] = (), name: str | None = None,
+             log_path: str | None = None, **connection: Any) -> Node:
+        name = name or f"t{uuid.uuid4().hex[:10]}"
+        if name not in [n.name for n in nodes]:
+            sim.reset(name)
+        node = Node(name, clock, make_config(hosting, **connection), relays, log_path)
+        nodes.append(node)
+        return node.start()
+
+    try:
+        yield make
+    finally:
+        for node in nodes:
+            node.stop()

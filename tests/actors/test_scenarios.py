@@ -1,0 +1,221 @@
+"""The seed's connection scenarios on the simulated network, asserting the exact stored events.
+
+Each runs with peer connections hosted inline (the production choice) and as one
+thespian actor each: both must store the very same events.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from actors import messages as m
+from tests.actors.conftest import BOB, RELAY_A, RELAY_B, Node
+
+HOSTINGS = ["inline", "process"]
+
+JOINED = [
+    "ConnectionStateChanged(from_state=None, to_state='connecting', reason='peer joined the party', "
+    "path=None, endpoint=None, relay=None, latency_ms=None)",
+    "ConnectionAttemptStarted(attempt=1, path='direct')",
+    "HolePunchAttempted(local_candidates=('203.0.113.1:51820',), remote_candidates=('203.0.113.2:51820',))",
+    "HolePunchSucceeded(endpoint='203.0.113.2:51820', rtt_ms=20.0, elapsed_ms=40.0)",
+    "PathChosen(path='direct', reason='hole punch succeeded', endpoint='203.0.113.2:51820', relay=None)",
+    "WireGuardPeerConfigured(public_key='key-bob', endpoint='203.0.113.2:51820', "
+    "allowed_ips=('10.66.0.2/32',), keepalive_s=25)",
+]
+CONNECTED = [
+    "ConnectionStateChanged(from_state='connecting', to_state='connected', "
+    "reason='first probe answered in 20.0 ms', path='direct', endpoint='203.0.113.2:51820', relay=None, "
+    "latency_ms=20.0)",
+]
+PUNCH = ("HolePunchAttempted(local_candidates=('203.0.113.1:51820',), "
+         "remote_candidates=('203.0.113.2:51820',))")
+
+
+def join_bob(node: Node) -> None:
+    opened = node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
+    assert opened == m.PartyOpened("p1", "alice", "10.66.0.1")
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
+    assert node.new(node.peer("bob")) == JOINED
+    node.advance(5)
+    assert node.new(node.peer("bob")) == CONNECTED
+
+
+@pytest.mark.parametrize("hosting", HOSTINGS)
+def test_join_connect_degrade_and_recover(make_node, hosting: str) -> None:
+    node = make_node(hosting)
+    join_bob(node)
+    assert node.described(node.party()) == [
+        "PartyCreated(name='LAN', host_peer_id='alice', subnet='10.66.0.0/16')",
+        "PeerJoined(peer_id='alice', name='Alice', public_key='sim-key-local', nat_type='unknown', "
+        "is_local=True)",
+        "VirtualIpAllocated(peer_id='alice', virtual_ip='10.66.0.1')",
+        "PeerJoined(peer_id='bob', name='Bob', public_key='key-bob', nat_type='unknown', is_local=False)",
+        "VirtualIpAllocated(peer_id='bob', virtual_ip='10.66.0.2')",
+    ]
+    node.net.set_latency("10.66.0.2", 250.0)
+    node.advance(5)
+    assert node.new(node.peer("bob")) == [
+        "ConnectionStateChanged(from_state='connected', to_state='degraded', "
+        "reason='latency 250.0 ms above 200 ms', path='direct', endpoint='203.0.113.2:51820', relay=None, "
+        "latency_ms=250.0)"]
+    node.advance(10)  # still slow: no new transition
+    assert node.new(node.peer("bob")) == []
+    node.net.set_latency("10.66.0.2", 40.0)
+    node.advance(5)
+    assert node.new(node.peer("bob")) == [
+        "ConnectionStateChanged(from_state='degraded', to_state='connected', "
+        "reason='latency improved to 40.0 ms', path='direct', endpoint='203.0.113.2:51820', relay=None, "
+        "latency_ms=40.0)"]
+    assert node.connection("p1", "bob").state == "connected"
+    assert node.net.wireguard_changes("local") == [("configure", "key-bob", BOB)]
+
+
+def reconnect(attempt: int, from_state: str) -> list[str]:
+    return [
+        f"ReconnectAttempted(attempt={attempt}, max_attempts=3, reason='3 probes lost')",
+        f"ConnectionStateChanged(from_state='{from_state}', to_state='connecting', "
+        f"reason='reconnect attempt {attempt}/3: 3 probes lost', path='direct', "
+        "endpoint='203.0.113.2:51820', relay=None, latency_ms=None)",
+        f"ConnectionAttemptStarted(attempt={attempt + 1}, path='direct')",
+        PUNCH,
+        "HolePunchFailed(reason='no candidate answered', elapsed_ms=5000.0)",
+    ]
+
+
+@pytest.mark.parametrize("hosting", HOSTINGS)
+def test_lost_probes_reconnects_then_failed_and_cleanup(make_node, hosting: str) -> None:
+    node = make_node(hosting)  # no relay: nothing to fail over to
+    join_bob(node)
+    node.net.block(BOB)
+    node.advance(10)
+    assert node.new(node.peer("bob")) == []  # two lost probes are not enough
+    node.advance(5)
+    assert node.new(node.peer("bob")) == reconnect(1, "connected")
+    node.advance(30)
+    assert node.new(node.peer("bob")) == reconnect(2, "connecting") + reconnect(3, "connecting")
+    node.advance(15)
+    assert node.new(node.peer("bob")) == [
+        "ConnectionStateChanged(from_state='connecting', to_state='failed', "
+        "reason='3 probes lost after 3 reconnect attempts', path='direct', endpoint='203.0.113.2:51820', "
+        "relay=None, latency_ms=None)"]
+    node.advance(299)
+    assert node.new(node.peer("bob")) == []
+    node.advance(1)
+    assert node.new(node.peer("bob")) == [
+        "WireGuardPeerRemoved(public_key='key-bob', reason='cleanup of a failed connection')",
+        "ConnectionStateChanged(from_state='failed', to_state='cleanup', reason='no recovery within 300 s', "
+        "path='direct', endpoint='203.0.113.2:51820', relay=None, latency_ms=None)"]
+    node.advance(60)
+    assert node.new(node.peer("bob")) == []  # cleaned up: no more probes, no more events
+    assert node.net.wireguard_changes("local") == [("configure", "key-bob", BOB), ("remove", "key-bob", None)]
+    assert node.connection("p1", "bob").state == "cleanup"
+
+
+@pytest.mark.parametrize("hosting", HOSTINGS)
+def test_direct_path_fails_over_to_relay_and_upgrades_back(make_node, hosting: str) -> None:
+    node = make_node(hosting, relays=(RELAY_A,))
+    join_bob(node)
+    node.net.block(BOB)
+    node.advance(15)
+    assert node.new(node.peer("bob")) == [
+        "PathSwitched(from_path='direct', to_path='relay', reason='3 probes lost on the direct path', "
+        "endpoint='198.51.100.1:3478', from_relay=None, to_relay='198.51.100.1:3478', from_latency_ms=20.0, "
+        "to_latency_ms=None)",
+        "WireGuardPeerConfigured(public_key='key-bob', endpoint='198.51.100.1:3478', "
+        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)"]
+    node.advance(30)  # the periodic direct retry, still blocked
+    assert node.new(node.peer("bob")) == [
+        PUNCH, "DirectPathRetried(succeeded=False, reason='no candidate answered')"]
+    assert node.connection("p1", "bob").path == "relay"
+    node.net.unblock(BOB)
+    node.advance(30)
+    assert node.new(node.peer("bob")) == [
+        PUNCH,
+        "DirectPathRetried(succeeded=True, reason='hole punch succeeded')",
+        "PathSwitched(from_path='relay', to_path='direct', reason='direct path works again', "
+        "endpoint='203.0.113.2:51820', from_relay='198.51.100.1:3478', to_relay=None, from_latency_ms=20.0, "
+        "to_latency_ms=20.0)",
+        "WireGuardPeerConfigured(public_key='key-bob', endpoint='203.0.113.2:51820', "
+        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)"]
+    node.advance(60)
+    assert node.new(node.peer("bob")) == []  # on the direct path: no more retries
+    state = node.connection("p1", "bob")
+    assert (state.state, state.path, state.endpoint, state.relay) == ("connected", "direct", BOB, None)
+    assert node.net.wireguard_changes("local") == [
+        ("configure", "key-bob", BOB), ("configure", "key-bob", RELAY_A), ("configure", "key-bob", BOB)]
+    assert node.net.relay_log == [("allocate", RELAY_A, "p1/bob"), ("release", RELAY_A, "p1/bob")]
+
+
+def probed(relay: str, rtt: float) -> str:
+    return f"RelayProbed(relay='{relay}', probes=3, answered=3, rtt_ms={rtt})"
+
+
+@pytest.mark.parametrize("hosting", HOSTINGS)
+def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node, hosting: str) -> None:
+    node = make_node(hosting, relays=(RELAY_A, RELAY_B))
+    node.net.set_relay(RELAY_A, 40.0)
+    node.net.set_relay(RELAY_B, 45.0)
+    node.ask(m.Ping())  # delivers the monitor's first wakeup (due at once)
+    a, b = f"relay:{RELAY_A}", f"relay:{RELAY_B}"
+    assert node.new(a) == [
+        probed(RELAY_A, 40.0),
+        f"RelaySelected(relay='{RELAY_A}', rtt_ms=40.0, previous_relay=None, "
+        "reason='lowest round trip (40.0 ms) of 2 relays')"]
+    assert node.new(b) == [probed(RELAY_B, 45.0)]
+    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
+    node.tell(m.PeerAnnounced("p1", "carol", "Carol", "key-carol"))  # no candidates: relay only
+    node.advance(5)
+    assert node.new(node.peer("carol"))[1:] == [
+        "ConnectionAttemptStarted(attempt=1, path='relay')",
+        f"PathChosen(path='relay', reason='no direct candidates', endpoint='{RELAY_A}', relay='{RELAY_A}')",
+        f"WireGuardPeerConfigured(public_key='key-carol', endpoint='{RELAY_A}', "
+        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)",
+        "ConnectionStateChanged(from_state='connecting', to_state='connected', "
+        f"reason='first probe answered in 40.0 ms', path='relay', endpoint='{RELAY_A}', relay='{RELAY_A}', "
+        "latency_ms=40.0)"]
+
+    # Near-equal relays, even both slow, trading places round after round: never a switch.
+    for rtt_a, rtt_b in [(50.0, 45.0), (160.0, 155.0), (155.0, 160.0), (170.0, 161.0), (50.0, 40.0)]:
+        node.net.set_relay(RELAY_A, rtt_a)
+        node.net.set_relay(RELAY_B, rtt_b)
+        node.advance(30)
+        degraded = ([f"RelayDegraded(relay='{RELAY_A}', rtt_ms={rtt_a}, "
+                     f"reason='round trip {rtt_a} ms above 150 ms')"] if rtt_a > 150 else [])
+        assert node.new(a) == [probed(RELAY_A, rtt_a), *degraded]
+        assert node.new(b) == [probed(RELAY_B, rtt_b)]
+    assert node.status().relay == RELAY_A
+
+    # Degraded, and the other is better by >= 10 ms but not below 2/3 of it: stay.
+    node.net.set_relay(RELAY_A, 160.0)
+    node.net.set_relay(RELAY_B, 110.0)
+    node.advance(30)
+    assert node.new(a)[-1] == (f"RelayDegraded(relay='{RELAY_A}', rtt_ms=160.0, "
+                               "reason='round trip 160.0 ms above 150 ms')")
+    assert node.new(b) == [probed(RELAY_B, 110.0)]
+
+    # Clearly better: switch, and the relayed connection moves with it.
+    node.net.set_relay(RELAY_B, 100.0)
+    node.advance(30)
+    assert node.new(a) == [
+        probed(RELAY_A, 160.0),
+        f"RelayDegraded(relay='{RELAY_A}', rtt_ms=160.0, reason='round trip 160.0 ms above 150 ms')"]
+    assert node.new(b) == [
+        probed(RELAY_B, 100.0),
+        f"RelaySelected(relay='{RELAY_B}', rtt_ms=100.0, previous_relay='{RELAY_A}', "
+        f"reason='{RELAY_A} degraded (160.0 ms); {RELAY_B} is 100.0 ms')"]
+    assert node.status().relay == RELAY_B
+    assert node.new(node.peer("carol")) == [
+        f"PathSwitched(from_path='relay', to_path='relay', reason='relay monitor selected {RELAY_B}', "
+        f"endpoint='{RELAY_B}', from_relay='{RELAY_A}', to_relay='{RELAY_B}', from_latency_ms=40.0, "
+        "to_latency_ms=100.0)",
+        f"WireGuardPeerConfigured(public_key='key-carol', endpoint='{RELAY_B}', "
+        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)"]
+    assert node.net.wireguard_changes("local") == [
+        ("configure", "key-carol", RELAY_A), ("configure", "key-carol", RELAY_B)]
+
+    # Now the old relay is the better one, but the selected one is healthy: no flap back.
+    node.net.set_relay(RELAY_A, 30.0)
+    node.advance(60)
+    assert node.status().relay == RELAY_B
+    assert not any("RelaySelected" in e for e in node.new(a) + node.new(b))
