@@ -1,7 +1,14 @@
-"""The peer-connection actor: one thespian actor hosting one PeerConnection."""
+"""The peer-connection actor: one thespian actor hosting one PeerConnection.
+
+Crash policy (the same as inline hosting in actors/party.py): an exception while
+handling a message is logged and the connection is rebuilt from its stream (replay
+plus WireGuard reconcile), instead of letting thespian retry a message whose
+events may already be stored. A process that dies is recreated by the party.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +30,7 @@ from actors.logs import logger
 class PeerConnectionActor(Actor):
     def __init__(self) -> None:
         super().__init__()
+        self.init: m.PeerInit | None = None
         self.connection: PeerConnection | None = None
         self.parent: ActorAddress | None = None
 
@@ -41,20 +49,33 @@ class PeerConnectionActor(Actor):
         if isinstance(message, ActorExitRequest | ChildActorExited):
             return
         if isinstance(message, m.PeerInit):
-            if self.connection is None:
+            if self.init is None:
                 logs.configure(message.log)
-                self.parent = sender
-                self.connection = PeerConnection(message, self)
-                self.connection.start()
+                self.init, self.parent = message, sender
+                self._rebuild()
             return
         if self.connection is None:
             logger.warning("peer-connection actor got {} before PeerInit; dropped", type(message).__name__)
             return
         if isinstance(message, WakeupMessage):
             if isinstance(message.payload, m.Timer):
-                self.connection.handle(message.payload)
+                self._guard(lambda c: c.handle(message.payload))
             return
         if isinstance(message, PoisonMessage):
             self.connection.log.error("a message failed twice: {}", type(message.poisonMessage).__name__)
             return
-        self.connection.handle(message)
+        self._guard(lambda c: c.handle(message))
+
+    def _rebuild(self) -> None:
+        assert self.init is not None
+        connection = PeerConnection(self.init, self)
+        connection.start()  # raises to thespian (retry, then PoisonMessage) if even replay fails
+        self.connection = connection
+
+    def _guard(self, call: Callable[[PeerConnection], None]) -> None:
+        assert self.connection is not None
+        try:
+            call(self.connection)
+        except Exception:
+            self.connection.log.exception("peer connection crashed; rebuilding it from its stream")
+            self._rebuild()
