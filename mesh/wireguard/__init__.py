@@ -34,6 +34,7 @@ from mesh.wireguard.errors import (
     InvalidConfigError,
     InvalidEndpointError,
     NotRootError,
+    PortInUseError,
     WireGuardError,
     WireGuardGoMissingError,
 )
@@ -41,6 +42,6 @@ from mesh.wireguard.interface import AUTO, KERNEL, USERSPACE, ReconcileReport, W
 
 __all__ = ["AUTO", "DEFAULT_INTERFACE", "DEFAULT_KEEPALIVE_S", "DEFAULT_MTU", "KERNEL", "USERSPACE",
            "InterfaceExistsError", "InterfaceNotFoundError", "InvalidConfigError", "InvalidEndpointError",
-           "InvalidKeyError", "NotRootError", "PeerConfig", "PeerController", "PrivateKey", "ReconcileReport",
-           "WireGuardError",
-           "WireGuardGoMissingError", "WireGuardInterface", "parse_endpoint"]
+           "InvalidKeyError", "NotRootError", "PeerConfig", "PeerController", "PortInUseError", "PrivateKey",
+           "ReconcileReport", "WireGuardError", "WireGuardGoMissingError", "WireGuardInterface",
+           "parse_endpoint"]

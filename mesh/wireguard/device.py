@@ -9,6 +9,8 @@ its own namespace. ``open_device`` picks the one that exists. Writes are per pee
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import socket
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +26,7 @@ from mesh.wireguard.config import (
     format_endpoint,
     normalise_allowed_ips,
 )
-from mesh.wireguard.errors import InterfaceNotFoundError, WireGuardError
+from mesh.wireguard.errors import InterfaceNotFoundError, PortInUseError, WireGuardError
 
 UAPI_TIMEOUT_S = 5.0
 
@@ -116,9 +118,13 @@ class UapiDevice:
             raise WireGuardError(f"configuring WireGuard interface {self.name} failed: {error}") from None
         finally:
             device.close()
-        if response.get("errno", "0") != "0":
+        code = abs(int(response.get("errno", "0") or 0))
+        if code == errno.EADDRINUSE:
+            port = next((line.split("=", 1)[1] for line in lines if line.startswith("listen_port=")), "?")
+            raise PortInUseError(f"UDP port {port} is already in use; choose another listen port")
+        if code:
             raise WireGuardError(f"wireguard-go refused the configuration of {self.name} "
-                                 f"(errno {response['errno']})")
+                                 f"({os.strerror(code)})")
 
     def set_interface(self, private_key: PrivateKey, listen_port: int | None) -> None:
         lines = [f"private_key={private_key.secret_hex()}"]

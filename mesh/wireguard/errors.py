@@ -26,6 +26,10 @@ class InterfaceNotFoundError(WireGuardError):
     """The interface vanished (e.g. wireguard-go was killed)."""
 
 
+class PortInUseError(WireGuardError):
+    """The listen port is taken by another socket."""
+
+
 class WireGuardGoMissingError(WireGuardError):
     """No kernel WireGuard and no ``wireguard-go`` binary."""
 
@@ -35,4 +39,5 @@ class NotRootError(WireGuardError):
 
 
 __all__ = ["InterfaceExistsError", "InterfaceNotFoundError", "InvalidConfigError", "InvalidEndpointError",
-           "InvalidKeyError", "NotRootError", "WireGuardError", "WireGuardGoMissingError"]
+           "InvalidKeyError", "NotRootError", "PortInUseError", "WireGuardError",
+           "WireGuardGoMissingError"]

@@ -21,6 +21,7 @@ from mesh.wireguard import (
     InvalidEndpointError,
     InvalidKeyError,
     PeerConfig,
+    PortInUseError,
     WireGuardError,
     WireGuardGoMissingError,
     WireGuardInterface,
@@ -249,6 +250,18 @@ def test_bad_input_gets_clear_errors_and_leaves_nothing(lab: Lab) -> None:
         with pytest.raises(error, match=message):
             WireGuardInterface.create(key, args.pop("address"), netns=netns, **args)
         _assert_nothing_left(lab, "carol", name)
+
+
+def test_a_taken_listen_port_is_a_clear_error(lab: Lab) -> None:
+    udp_tool = str(REPO / "tests/lab/udp_tool.py")
+    holder = lab.popen("carol", [sys.executable, udp_tool, "listen", "47000", "30"])
+    lab.wait_udp_listening("carol", 47000)
+    name = _name(lab)
+    with pytest.raises(PortInUseError, match="UDP port 47000 is already in use"):
+        WireGuardInterface.create(PrivateKey.generate(), "10.66.8.1/16", name=name, listen_port=47000,
+                                  netns=lab.host("carol").netns)
+    _assert_nothing_left(lab, "carol", name)
+    lab.kill(holder)
 
 
 def test_not_root_is_a_clear_error(lab: Lab) -> None:
