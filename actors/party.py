@@ -10,7 +10,6 @@ docs/actors.md explains the choice.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -36,18 +35,29 @@ from events import types as ev
 from events.base import Event
 from events.fold import ConnectionState, PartyState, apply_party
 from events.streams import party_stream
+from mesh import ipam
+from mesh.interfaces import MeshError
 from store.base import Recorder
 
 MAX_INLINE_RESTARTS = 3
 
 
-def allocate_virtual_ip(subnet: str, taken: Iterable[str]) -> str:
-    """The lowest free host address of ``subnet`` (mesh/ipam.py's pure allocator can replace this)."""
-    used = set(taken)
-    for host in ipaddress.ip_network(subnet).hosts():
-        if str(host) not in used:
-            return str(host)
-    raise ValueError(f"subnet {subnet} is full")
+def choose_virtual_ip(party: PartyState, peer_id: str, assigned: str | None) -> str:
+    """The control server's ``assigned`` address (checked), or mesh.ipam's lowest free one."""
+    network = ipam.parse_subnet(party.subnet)
+    owners = {ip: pid for pid, ip in party.allocations.items() if pid != peer_id}
+    if assigned is None:
+        decided = ipam.allocate(party, peer_id)
+        return decided.virtual_ip if decided else party.allocations[peer_id]
+    try:
+        address = ipaddress.ip_address(assigned)
+    except ValueError:
+        raise ipam.IpamError(f"virtual IP {assigned!r} is not an address") from None
+    if address not in network or address in (network.network_address, network.broadcast_address):
+        raise ipam.IpamError(f"virtual IP {assigned} is outside {party.subnet}")
+    if assigned in owners:
+        raise ipam.IpamError(f"virtual IP {assigned} already belongs to {owners[assigned]}")
+    return assigned
 
 
 class InlineHost:
@@ -173,9 +183,9 @@ class PartyActor(Actor):
                                                   f"party {command.party_id} is already open"))
             return
         try:
-            virtual_ip = command.local_virtual_ip or allocate_virtual_ip(command.subnet, ())
-            ipaddress.ip_network(command.subnet)
-        except ValueError as error:
+            empty = PartyState(party_id=command.party_id, subnet=command.subnet)
+            virtual_ip = choose_virtual_ip(empty, command.local_peer_id, command.local_virtual_ip)
+        except MeshError as error:
             self.reject(type(command).__name__, str(error))
             self.send(reply_to, m.CommandRejected(type(command).__name__, str(error)))
             return
@@ -235,16 +245,10 @@ class PartyActor(Actor):
         if message.peer_id in members:
             self._to_peer(message.peer_id, message)
             return
-        taken = {ip: pid for pid, ip in self.state.allocations.items()}
         try:
-            virtual_ip = message.virtual_ip or allocate_virtual_ip(self.state.subnet, taken)
-            if ipaddress.ip_address(virtual_ip) not in ipaddress.ip_network(self.state.subnet):
-                raise ValueError(f"virtual IP {virtual_ip} is outside {self.state.subnet}")
-        except ValueError as error:
+            virtual_ip = choose_virtual_ip(self.state, message.peer_id, message.virtual_ip)
+        except MeshError as error:
             self.reject(name, str(error))
-            return
-        if virtual_ip in taken:
-            self.reject(name, f"virtual IP {virtual_ip} already belongs to {taken[virtual_ip]}")
             return
         self._commit([
             ev.PeerJoined(party_id=self.state.party_id, peer_id=message.peer_id, name=message.name,
