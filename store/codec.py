@@ -139,6 +139,8 @@ class RowDecoder:
         has_tuples = any("tuple" in str(field.type) for field in fields)
         needs_upcast = version < cls.version
         new = object.__new__
+        set_attribute = object.__setattr__
+        width = len(names)
 
         def slow(data: dict[str, Any]) -> Event:
             try:
@@ -160,12 +162,12 @@ class RowDecoder:
                             and not (names.issuperset(data) and required.issubset(data))) \
                     or (has_tuples and list in map(type, data.values())):
                 return slow(data)
-            # Same object as cls(**data) (a test checks), without the frozen __init__'s cost.
+            # Same object as cls(**data) (a test checks), without the frozen __init__'s cost:
+            # the decoded dict becomes the instance's __dict__.
             event = new(cls)
-            state = event.__dict__
-            if constants:
-                state.update(constants)
-            state.update(data)
+            if constants and len(data) != width:
+                data = {**constants, **data}
+            set_attribute(event, "__dict__", data)
             return event
 
         return plan
