@@ -109,7 +109,7 @@ class PeerConnection:
         self.state = self.writer.replay(apply, ConnectionState())
         if not self.candidates and remembered:
             self.candidates = remembered[-1]
-        if self.state.state is None:
+        if self.state.state in (None, ev.CLOSED):  # a new peer, or one that left and came back
             self._commit([self._transition(ev.CONNECTING, "peer joined the party")], "start")
             self._connect(1, "start")
         elif self.state.state in ACTIVE:
@@ -348,7 +348,8 @@ class PeerConnection:
                 self._failover_due = True  # after the batch: it needs a relay allocation first
                 return []
             return self._reconnect(1, lost, state)
-        attempt = state.reconnects + 1
+        # The budget counts the reconnects since the last time the peer was up or (re)joined.
+        attempt = state.reconnects + 1 if state.reason.startswith("reconnect attempt") else 1
         if attempt <= self.cfg.max_reconnect_attempts:
             return self._reconnect(attempt, lost, state)
         return [self._transition(

@@ -149,7 +149,9 @@ def footprint(base: str, hosting: str, peers: int, idle_s: float, port: int) -> 
             wait_connected(system, node, peers)
             time.sleep(2)
             pids = [os.getpid()] if base == "simpleSystemBase" else system_pids()
-            pss = sum(pss_kb(pid) for pid in pids) / 1024
+            each = sorted((pss_kb(pid) / 1024 for pid in pids), reverse=True)
+            pss = sum(each)
+            print(f"  per process PSS MB: {', '.join(f'{v:.1f}' for v in each)}")
             before = sum(cpu_ticks(pid) for pid in pids)
             began = time.monotonic()
             time.sleep(idle_s)

@@ -219,3 +219,48 @@ def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node, hosting:
     node.advance(60)
     assert node.status().relay == RELAY_B
     assert not any("RelaySelected" in e for e in node.new(a) + node.new(b))
+
+
+@pytest.mark.parametrize("hosting", HOSTINGS)
+def test_peer_leaves_and_comes_back(make_node, hosting: str) -> None:
+    node = make_node(hosting)
+    join_bob(node)
+    node.tell(m.PeerDeparted("p1", "bob", "left the party"))
+    assert node.new(node.peer("bob")) == [
+        "WireGuardPeerRemoved(public_key='key-bob', reason='left the party')",
+        "ConnectionStateChanged(from_state='connected', to_state='closed', reason='left the party', "
+        "path='direct', endpoint='203.0.113.2:51820', relay=None, latency_ms=None)"]
+    assert node.described(node.party())[-2:] == [
+        "VirtualIpReleased(peer_id='bob', virtual_ip='10.66.0.2')",
+        "PeerLeft(peer_id='bob', reason='left the party')"]
+    node.advance(30)
+    assert node.new(node.peer("bob")) == []  # closed: no probes
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
+    assert node.new(node.peer("bob")) == [
+        "ConnectionStateChanged(from_state='closed', to_state='connecting', reason='peer joined the party', "
+        "path='direct', endpoint='203.0.113.2:51820', relay=None, latency_ms=None)", *JOINED[1:]]
+    node.advance(5)
+    assert node.new(node.peer("bob"))[0].startswith(
+        "ConnectionStateChanged(from_state='connecting', to_state='connected'")
+    assert node.described(node.party())[-2:] == [
+        "PeerJoined(peer_id='bob', name='Bob', public_key='key-bob', nat_type='unknown', is_local=False)",
+        "VirtualIpAllocated(peer_id='bob', virtual_ip='10.66.0.2')"]
+    assert node.net.wireguard_changes("local") == [
+        ("configure", "key-bob", BOB), ("remove", "key-bob", None), ("configure", "key-bob", BOB)]
+
+
+def test_a_peer_that_comes_back_gets_a_fresh_reconnect_budget(make_node) -> None:
+    node = make_node()
+    join_bob(node)
+    node.net.block(BOB)
+    node.advance(60)
+    assert node.connection("p1", "bob").state == "failed"
+    node.tell(m.PeerDeparted("p1", "bob", "left the party"))
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))  # still unreachable
+    node.new(node.peer("bob"))
+    node.advance(15)
+    assert node.new(node.peer("bob"))[:2] == [
+        "ReconnectAttempted(attempt=1, max_attempts=3, reason='3 probes lost')",
+        "ConnectionStateChanged(from_state='connecting', to_state='connecting', "
+        "reason='reconnect attempt 1/3: 3 probes lost', path='direct', endpoint='203.0.113.2:51820', "
+        "relay=None, latency_ms=None)"]
