@@ -30,26 +30,35 @@ def iter_events(store: EventStore, after: int = 0, upto: int | None = None,
     policy = RowReader(on_error)  # validates on_error and keeps the skipped rows
     decoder = RowDecoder()
     mark = "%s" if store.dialect == "postgresql" else "?"
-    sql = ("SELECT global_position, stream_id, stream_position, event_type, event_version, payload"
+    # stream_position is left out (one column less a row); a bad row looks it up.
+    sql = ("SELECT global_position, stream_id, event_type, event_version, payload"
            f" FROM events WHERE global_position > {mark}")
     params: tuple[int, ...] = (after,)
     if upto is not None:
         sql += f" AND global_position <= {mark}"
         params = (after, upto)
     sql += " ORDER BY global_position"
-    plans: dict[tuple[str, int], Callable[[Any], Event]] = {}
+    plans: dict[str, dict[int, Callable[[Any], Event]]] = {}
     with translated(store.where), store.reader_engine.connect() as connection, connection.begin():
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(sql, params)
             while rows := cursor.fetchmany(CHUNK):
-                for position, stream_id, stream_position, event_type, version, payload in rows:
+                for position, stream_id, event_type, version, payload in rows:
                     try:
-                        plan = plans.get((event_type, version))
+                        versions = plans.get(event_type)
+                        if versions is None:
+                            versions = plans[event_type] = {}
+                        plan = versions.get(version)
                         if plan is None:
-                            plan = plans[(event_type, version)] = decoder.plan(event_type, version)
+                            plan = versions[version] = decoder.plan(event_type, version)
                         event = plan(payload)
                     except EventError as cause:
+                        lookup = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                        lookup.execute(f"SELECT stream_position FROM events WHERE global_position = {mark}",
+                                       (position,))
+                        stream_position = lookup.fetchone()[0]
+                        lookup.close()
                         error = EventDecodeError(position, stream_id, stream_position, event_type,
                                                  version, cause)
                         if policy.on_error == "raise":
