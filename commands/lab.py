@@ -15,19 +15,21 @@ lab_app = typer.Typer(help="A small internet of network namespaces with NAT rout
 
 HostsOption = Annotated[
     list[str] | None,
-    typer.Option("--host", "-H", help="NAME[:NAT] (NAT: open, port_forwarded, port_restricted, symmetric); "
-                                      "repeat for more hosts [default: alice and bob, port_restricted]."),
+    typer.Option("--host", "-H", help="NAME[:NAT][@LAN] (NAT: open, port_forwarded, port_restricted, "
+                                      "symmetric; hosts with the same @LAN share a router); repeat for more "
+                                      "hosts [default: alice and bob, port_restricted]."),
 ]
 
 
 def _parse_host(text: str) -> object:
     from lab import NAT_TYPES, HostSpec
 
+    text, _, lan = text.partition("@")
     name, _, nat = text.partition(":")
     nat = nat.replace("-", "_") or "port_restricted"
     if nat not in NAT_TYPES:
         raise UsageError(f"unknown NAT type {nat!r} in --host {text!r}: use one of {', '.join(NAT_TYPES)}")
-    return HostSpec(name, nat)
+    return HostSpec(name, nat, lan=lan or None)
 
 
 @lab_app.command("up")
@@ -47,18 +49,11 @@ def up(hosts: HostsOption = None,
 
 
 @lab_app.command("down")
-def down(run_ids: Annotated[list[str] | None, typer.Argument(help="Run ids (see `lab list`).")] = None,
-         all_: Annotated[bool, typer.Option("--all", help="Every persistent lab of this machine.")] = False
-         ) -> None:
-    """Remove persistent labs (and any leftover of a dead run)."""
+def down(run_ids: Annotated[list[str], typer.Argument(help="Run ids (see `lab list`).")]) -> None:
+    """Remove persistent labs by run id (and any leftover of a dead run)."""
     from lab import Lab, LabError, cleanup_leftovers, registry
 
-    if not run_ids and not all_:
-        raise UsageError("give a run id (see `lab list`) or --all")
-    targets = list(run_ids or [])
-    if all_:
-        targets += [record.run_id for record in registry.all_records() if record.persistent]
-    for run_id in targets:
+    for run_id in run_ids:
         record = registry.load(run_id)
         if record is not None and not record.persistent and record.owner_alive:
             raise UsageError(f"lab {run_id} belongs to running process {record.owner_pid}; not removing it")

@@ -13,8 +13,10 @@ Topology (addresses are documentation ranges only)::
       stun      203.0.113.2 + .3   stund on 3478/3479 (started by the lab)
       control   203.0.113.10
       relayN    203.0.113.(20+N)
-      peer i    203.0.113.(100+i)  the host itself (open) or its router (netns ...-<name>-gw)
-                LAN 198.51.100.(8i)/29: router .(8i+1), host .(8i+2), default route via router
+      LAN i     203.0.113.(100+i)  the host itself (open) or its router (netns ...-<lan>-gw)
+                LAN 198.51.100.(8i)/29: router .(8i+1), hosts .(8i+2)...(8i+6), default route
+                via the router. Each peer has its own LAN unless HostSpec(lan=...) puts
+                several on one (then they share the router and its public address).
 
 Routers per NAT type (``lab.nat``): ``open`` (no router, public address on the host),
 ``port_forwarded`` (MASQUERADE + DNAT of ``HostSpec.forward_port``/udp),
@@ -36,6 +38,7 @@ Usage::
         lab.ping("alice", lab.host("bob").public_ip)
         lab.cut_uplink("alice"); lab.restore_uplink("alice")
         lab.add_loss("alice", 0.2); lab.clear_loss("alice")
+        lab.block_path("alice", "bob"); lab.unblock_path("alice", "bob")   # direct path only
         lab.kill(proc); proc = lab.restart(proc)
         lab.stun_servers                     # (("203.0.113.2", 3478),)
 

@@ -39,10 +39,12 @@ STUN_PORT = 3478
 CONTROL_IP = "203.0.113.10"
 MAX_RELAYS = 20
 MAX_HOSTS = 32
+MAX_PER_LAN = 5
 DEFAULT_WG_PORT = 51820
 RESERVED = {"inet", "stun", "control"}
 _NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _LOSS_CHAIN = "LAB_LOSS"
+_BLOCK_CHAIN = "LAB_BLOCK"
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,14 @@ class HostSpec:
     """One peer host: its name (``[a-z][a-z0-9]{0,11}``) and the NAT type of its router.
 
     ``forward_port`` is the UDP port a ``port_forwarded`` router DNATs to the host.
+    Hosts with the same ``lan`` label share one router and LAN (same NAT type, at most
+    5 per LAN; the first one gets the forwarded port); by default each host has its own.
     """
 
     name: str
     nat: str = natmod.PORT_RESTRICTED
     forward_port: int = DEFAULT_WG_PORT
+    lan: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class Host:
     uplink_port: str  # the bridge port in the internet namespace
     forward_port: int = DEFAULT_WG_PORT
     wg_name: str = ""  # a WireGuard interface name unique to this run
+    lan: str = ""  # the LAN label: hosts with the same one share a router ("" for public hosts)
 
     @property
     def uplink_netns(self) -> str:
@@ -224,7 +230,7 @@ class Lab:
         names = [f"{registry.NETNS_PREFIX}{self.run_id}-inet"]
         for host in self._hosts.values():
             names.append(host.netns)
-            if host.router_netns:
+            if host.router_netns and host.router_netns not in names:
                 names.append(host.router_netns)
         return names
 
@@ -234,10 +240,15 @@ class Lab:
             sh(["ip", "netns", "add", name])
             _ip_batch(name, ["link set lo up"])
         _ip_batch(inet, ["link add br0 type bridge", "link set br0 up"])
+        wired: set[str] = set()
         for host in self._hosts.values():
-            self._wire(inet, host)
+            if host.uplink_netns not in wired:
+                wired.add(host.uplink_netns)
+                self._wire_uplink(inet, host)
+            if host.router_netns:
+                self._wire_lan(host)
 
-    def _wire(self, inet: str, host: Host) -> None:
+    def _wire_uplink(self, inet: str, host: Host) -> None:
         up = host.uplink_netns
         sh(["ip", "link", "add", "name", "wan0", "netns", up, "type", "veth",
             "peer", "name", host.uplink_port, "netns", inet])
@@ -246,20 +257,27 @@ class Lab:
         if host.role == "stun":
             wan.append(f"addr add {STUN_IPS[1]}/24 dev wan0")
         _ip_batch(up, wan)
-        _iptables(up, ["-N", _LOSS_CHAIN])
-        for hook in (["INPUT", "-i"], ["OUTPUT", "-o"], ["FORWARD", "-i"], ["FORWARD", "-o"]):
-            _iptables(up, ["-I", hook[0], "1", hook[1], "wan0", "-j", _LOSS_CHAIN])
+        for chain in (_LOSS_CHAIN, _BLOCK_CHAIN):
+            _iptables(up, ["-N", chain])
+            for hook in (["INPUT", "-i"], ["OUTPUT", "-o"], ["FORWARD", "-i"], ["FORWARD", "-o"]):
+                _iptables(up, ["-I", hook[0], "1", hook[1], "wan0", "-j", chain])
         if host.router_netns is None:
             return
-        router_lan = str(ipaddress.ip_address(host.lan_ip) - 1)
-        sh(["ip", "link", "add", "name", "lan0", "netns", host.router_netns, "type", "veth",
-            "peer", "name", "lan0", "netns", host.netns])
-        _ip_batch(host.router_netns, [f"addr add {router_lan}/29 dev lan0", "link set lan0 up"])
+        router_lan = str(_lan_network(host.lan_ip).network_address + 1)
+        _ip_batch(up, ["link add lan0 type bridge", f"addr add {router_lan}/29 dev lan0", "link set lan0 up"])
+        sh(ns_exec(up, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]))
+        for rule in natmod.router_rules(host.nat, host.lan_ip, host.forward_port):
+            _iptables(up, rule)
+
+    def _wire_lan(self, host: Host) -> None:
+        assert host.router_netns is not None
+        port = f"l{host.name}"
+        router_lan = str(_lan_network(host.lan_ip).network_address + 1)
+        sh(["ip", "link", "add", "name", "lan0", "netns", host.netns, "type", "veth",
+            "peer", "name", port, "netns", host.router_netns])
+        _ip_batch(host.router_netns, [f"link set {port} master lan0", f"link set {port} up"])
         _ip_batch(host.netns, [f"addr add {host.lan_ip}/29 dev lan0", "link set lan0 up",
                                f"route add default via {router_lan}"])
-        sh(ns_exec(host.router_netns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]))
-        for rule in natmod.router_rules(host.nat, host.lan_ip, host.forward_port):
-            _iptables(host.router_netns, rule)
 
     # ------------------------------------------------------------------ context
 
@@ -422,6 +440,26 @@ class Lab:
     def clear_loss(self, host: str) -> None:
         _iptables(self.host(host).uplink_netns, ["-F", _LOSS_CHAIN])
 
+    def block_path(self, host: str, other: str) -> None:
+        """Drop all traffic between the public addresses of ``host`` and ``other`` (both
+        directions, at ``host``'s uplink); relays, STUN and the rest stay reachable."""
+        near, far = self.host(host), self.host(other)
+        if near.uplink_netns == far.uplink_netns:
+            raise LabError(f"{host} and {other} share a router: their direct path never leaves the LAN")
+        for match in (["-s", far.public_ip], ["-d", far.public_ip]):
+            rule = [*match, "-j", "DROP"]
+            if sh(ns_exec(near.uplink_netns, ["iptables", "-w", "20", "-C", _BLOCK_CHAIN, *rule]),
+                  check=False).returncode != 0:
+                _iptables(near.uplink_netns, ["-A", _BLOCK_CHAIN, *rule])
+
+    def unblock_path(self, host: str, other: str) -> None:
+        near, far = self.host(host), self.host(other)
+        for match in (["-s", far.public_ip], ["-d", far.public_ip]):
+            for _ in range(10):  # block_path adds each rule once; older duplicates too
+                if sh(ns_exec(near.uplink_netns, ["iptables", "-w", "20", "-D", _BLOCK_CHAIN, *match,
+                                                  "-j", "DROP"]), check=False).returncode != 0:
+                    break
+
     # ------------------------------------------------------------------ helpers
 
     def ping(self, host: str, ip: str, count: int = 3, timeout_s: float = 5.0) -> bool:
@@ -484,7 +522,7 @@ def _validate(specs: Sequence[HostSpec], relays: int) -> None:
         raise LabError(f"at most {MAX_HOSTS} peer hosts, not {len(specs)}")
     seen: set[str] = set()
     for spec in specs:
-        if not _NAME.match(spec.name) or spec.name in RESERVED or re.match(r"^relay\d+$", spec.name):
+        if not _NAME.fullmatch(spec.name) or spec.name in RESERVED or re.fullmatch(r"relay\d+", spec.name):
             raise LabError(f"bad host name {spec.name!r}: use [a-z][a-z0-9]{{0,11}}, not a reserved name "
                            f"({', '.join(sorted(RESERVED))}, relayN)")
         if spec.name in seen:
@@ -494,6 +532,25 @@ def _validate(specs: Sequence[HostSpec], relays: int) -> None:
             raise LabError(f"unknown NAT type {spec.nat!r}: use one of {', '.join(natmod.NAT_TYPES)}")
         if not 1 <= spec.forward_port <= 65535:
             raise LabError(f"bad forward port {spec.forward_port}")
+    lans: dict[str, list[HostSpec]] = {}
+    for spec in specs:
+        label = spec.lan or spec.name
+        if spec.lan is not None and (not _NAME.fullmatch(spec.lan) or spec.lan in RESERVED):
+            raise LabError(f"bad LAN label {spec.lan!r}: use [a-z][a-z0-9]{{0,11}}")
+        if spec.lan is not None and spec.nat == natmod.OPEN:
+            raise LabError(f"host {spec.name!r} is open (a public address, no LAN): it cannot have a LAN")
+        lans.setdefault(label, []).append(spec)
+    for label, members in lans.items():
+        if label in seen and all(member.name != label for member in members):
+            raise LabError(f"LAN label {label!r} is also the name of a host on another LAN")
+        if len({member.nat for member in members}) > 1:
+            raise LabError(f"hosts on LAN {label!r} need the same NAT type (they share its router)")
+        if len(members) > MAX_PER_LAN:
+            raise LabError(f"at most {MAX_PER_LAN} hosts per LAN, not {len(members)} on {label!r}")
+
+
+def _lan_network(lan_ip: str) -> ipaddress.IPv4Network:
+    return ipaddress.ip_network(f"{lan_ip}/29", strict=False)  # type: ignore[return-value]
 
 
 def _layout(run_id: str, specs: Sequence[HostSpec], relays: int, stun: bool) -> dict[str, Host]:
@@ -510,16 +567,23 @@ def _layout(run_id: str, specs: Sequence[HostSpec], relays: int, stun: bool) -> 
     hosts["control"] = service("control", "control", CONTROL_IP)
     for index in range(1, relays + 1):
         hosts[f"relay{index}"] = service(f"relay{index}", "relay", str(INTERNET[20 + index]))
-    for index, spec in enumerate(specs):
+    lan_index: dict[str, int] = {}
+    lan_members: dict[str, int] = {}
+    for spec in specs:
+        label = spec.lan or spec.name
+        index = lan_index.setdefault(label, len(lan_index))
         public_ip = str(INTERNET[100 + index])
         if spec.nat == natmod.OPEN:
-            host = service(spec.name, "peer", public_ip)
-        else:
-            host = Host(name=spec.name, role="peer", nat=spec.nat, netns=prefix + spec.name,
-                        lan_ip=str(LANS[8 * index + 2]), public_ip=public_ip,
-                        router_netns=f"{prefix}{spec.name}-gw", uplink_port=f"p{spec.name}",
-                        forward_port=spec.forward_port, wg_name=f"lr{run_id}w{next(counter)}")
-        hosts[spec.name] = host
+            hosts[spec.name] = service(spec.name, "peer", public_ip)
+            continue
+        position = lan_members.get(label, 0)
+        lan_members[label] = position + 1
+        first = position == 0
+        hosts[spec.name] = Host(
+            name=spec.name, role="peer", nat=spec.nat, netns=prefix + spec.name,
+            lan_ip=str(LANS[8 * index + 2 + position]), public_ip=public_ip,
+            router_netns=f"{prefix}{label}-gw", uplink_port=f"p{label}",
+            forward_port=spec.forward_port if first else 0, wg_name=f"lr{run_id}w{next(counter)}", lan=label)
     return hosts
 
 

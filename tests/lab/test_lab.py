@@ -99,6 +99,44 @@ def test_loss_is_random_and_removable(nat_lab: Lab) -> None:
         nat_lab.add_loss("carol", 1.5)
 
 
+def test_block_and_unblock_a_direct_path(nat_lab: Lab) -> None:
+    carol = nat_lab.host("carol").public_ip
+    nat_lab.block_path("alice", "carol")
+    nat_lab.block_path("alice", "carol")  # idempotent
+    try:
+        assert not nat_lab.ping("alice", carol, count=1, timeout_s=1)
+        assert not nat_lab.ping("carol", nat_lab.host("alice").lan_ip, count=1, timeout_s=1)
+        assert nat_lab.ping("alice", nat_lab.control.public_ip, count=1)
+        assert nat_lab.ping("bob", carol, count=1)
+    finally:
+        nat_lab.unblock_path("alice", "carol")
+    assert nat_lab.ping("alice", carol, count=2, timeout_s=3)
+
+
+def test_hosts_on_one_lan_share_a_router() -> None:
+    specs = [HostSpec("ann", "symmetric", lan="home"), HostSpec("cat", "open"),
+             HostSpec("ben", "symmetric", lan="home")]
+    with Lab.build(specs, relays=0, stun=False) as lab:
+        ann, ben = lab.host("ann"), lab.host("ben")
+        assert ann.public_ip == ben.public_ip and ann.router_netns == ben.router_netns
+        assert ann.lan_ip != ben.lan_ip and ann.lan == ben.lan == "home"
+        assert len(_namespaces(lab.run_id)) == 6  # inet, control, ann, ben, cat, home-gw
+        assert lab.ping("ann", ben.lan_ip, count=1)  # straight across the LAN
+        assert lab.ping("ben", lab.host("cat").public_ip, count=1)
+        lab.cut_uplink("ann")  # the shared router's cable: ben loses the internet too
+        assert not lab.ping("ben", lab.control.public_ip, count=1, timeout_s=1)
+        assert lab.ping("ben", ann.lan_ip, count=1)
+        lab.restore_uplink("ann")
+        with pytest.raises(LabError, match="share a router"):
+            lab.block_path("ann", "ben")
+    for bad in ([HostSpec("a", lan="x"), HostSpec("b", "symmetric", lan="x")],
+                [HostSpec("a", "open", lan="x")],
+                [HostSpec("a", lan="b"), HostSpec("b", "open")],
+                [HostSpec(f"h{i}", lan="x") for i in range(6)]):
+        with pytest.raises(LabError):
+            Lab.build(bad)
+
+
 def test_kill_and_restart_a_process(nat_lab: Lab) -> None:
     proc = nat_lab.popen("relay1", ["sleep", "30"])
     assert proc.alive
@@ -204,8 +242,9 @@ def test_cli_up_list_exec_down(capfd: pytest.CaptureFixture[str]) -> None:
         assert run_id in capfd.readouterr().out
         assert main(["lab", "up", "-H", "x:cone"]) == 2
         assert "unknown NAT type" in capfd.readouterr().err
-        assert main(["lab", "down"]) == 2
-        capfd.readouterr()
+        assert main(["lab", "down"]) != 0
+        assert main(["lab", "down", "nosuchrun"]) == 2
+        assert "no lab with run id 'nosuchrun'" in capfd.readouterr().err
         result = subprocess.run([sys.executable, "cli.py", "lab", "exec", run_id, "ann", "--",
                                  "ping", "-c", "1", "-W", "1", "203.0.113.10"],
                                 cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
