@@ -79,6 +79,13 @@ def handle(command: dict[str, Any], wg: WireGuardInterface, relays: ProxyRelayCl
         return {"ok": True}
     if kind == "probe":
         return {"rtt_ms": probe_relay(command["relay"], command.get("timeout", 0.5))}
+    if kind == "proxies":
+        found = {}
+        for relay, allocation in allocations.items():
+            proxy = relays.proxy(allocation)
+            if proxy is not None:
+                found[relay] = {"up": proxy.packets_up, "down": proxy.packets_down}
+        return {"proxies": found}
     if kind == "stats":
         return {"peers": {key: stats.__dict__ for key, stats in wg.peer_stats().items()}}
     raise ValueError(f"unknown command {kind!r}")

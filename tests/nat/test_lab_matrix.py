@@ -82,6 +82,7 @@ def test_nat_matrix_cell(world: RelayLab, nat_a: str, nat_b: str) -> None:
     try:
         outcome = connect(world, a, b)
         RESULTS[(nat_a, nat_b)] = outcome
+        print(f"\n{nat_a} x {nat_b}: {outcome['path']}, ping after config {outcome['ping_ms']} ms")
         assert outcome["ping_ok"], f"no ping through the tunnel: {outcome}\n{a.log()}\n{b.log()}"
         assert ping_until(lab, b.host, a.vip, 5) is not None
         expected = "relay" if (nat_a, nat_b) in RELAY_ONLY else "direct"
