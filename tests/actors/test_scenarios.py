@@ -264,3 +264,22 @@ def test_a_peer_that_comes_back_gets_a_fresh_reconnect_budget(make_node) -> None
         "ConnectionStateChanged(from_state='connecting', to_state='connecting', "
         "reason='reconnect attempt 1/3: 3 probes lost', path='direct', endpoint='203.0.113.2:51820', "
         "relay=None, latency_ms=None)"]
+
+
+def test_metrics_enter_the_log_as_one_sample_per_window(make_node) -> None:
+    node = make_node(metrics_interval_s=60.0)
+    join_bob(node)  # probe at t=5 s (20 ms)
+    for latency in (30.0, 40.0, None, 30.0, 20.0):  # probes at 10, 15, 20, 25, 30 s
+        node.net.set_latency("10.66.0.2", latency)
+        node.advance(5)
+    node.net.set_latency("10.66.0.2", 20.0)
+    node.advance(30)  # probes at 35 ... 60 s, all 20 ms; the window closes at 60 s
+    samples = [e for e in node.new(node.peer("bob")) if e.startswith("MetricsSampled")]
+    # The window closes at 60 s, before that instant's probe (armed later): probes at 5 ... 55 s.
+    # 10 answered (20, 30, 40, 30, 20, then five 20s): mean 24.0; jitter 40 over 9 steps;
+    # one of 11 lost; quality 100 - 24/10 - 4.44/5 - 9.09.
+    assert samples == [
+        "MetricsSampled(window_s=60.0, probes=11, latency_ms=24.0, jitter_ms=4.444444444444445, "
+        "loss=0.09090909090909091, rx_bytes=0, tx_bytes=0, quality=87.6)"]
+    node.advance(60)
+    assert len([e for e in node.new(node.peer("bob")) if e.startswith("MetricsSampled")]) == 1
