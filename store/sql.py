@@ -100,6 +100,7 @@ class _Request:
     pending: list[_Pending]
     expected: int
     done: bool = False
+    wake: threading.Event = field(default_factory=threading.Event)
     result: list[RecordedEvent] = field(default_factory=list)
     error: BaseException | None = None
 
@@ -123,8 +124,9 @@ class EventStore:
             self.target, role="writer", synchronous=synchronous, busy_timeout=busy_timeout)
         self._writer: Any = None
         self._sql = _Sql(self.target.dialect)
-        self._commit_lock = threading.Lock()
-        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()  # the writer connection, one user at a time
+        self._turn = threading.Lock()  # guards _queue and _leading
+        self._leading = False
         self._queue: list[_Request] = []
         self._last_recorded: datetime | None = None
         # Stream positions as of log head ``_known_head``; valid only while nobody else has
@@ -189,16 +191,40 @@ class EventStore:
                                  f"{error}") from None
             pending.append((event, payload, meta, meta_text))
         request = _Request(stream_id, pending, expected_position)
-        with self._queue_lock:
+        with self._turn:
             self._queue.append(request)
-        with self._commit_lock:
-            if not request.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._commit(batch)
+            leader = not self._leading
+            self._leading = True
+        if not leader:
+            # A follower sleeps on its own event: woken either with its request done, or
+            # (not done) as the next leader. Nobody queues for the writer just to learn
+            # that its request was committed, so each leader takes everyone who arrived.
+            request.wake.wait()
+        if not request.done:
+            self._lead()
         if request.error is not None:
             raise request.error
         return request.result
+
+    def _lead(self) -> None:
+        with self._turn:
+            batch, self._queue = self._queue, []
+        try:
+            with self._commit_lock:
+                self._commit(batch)
+        finally:
+            self._hand_over()
+            for done in batch:
+                done.wake.set()
+
+    def _hand_over(self) -> None:
+        """Wake the first waiting appender as the next leader, or step down."""
+        with self._turn:
+            successor = self._queue[0] if self._queue else None
+            if successor is None:
+                self._leading = False
+        if successor is not None:
+            successor.wake.set()
 
     def _connection(self) -> Any:
         """The writer's DBAPI connection (pooled by SQLAlchemy, pragmas applied on connect)."""
@@ -464,7 +490,8 @@ class EventStore:
     def _after_fork(self) -> None:
         """In a forked child: forget the parent's connections without touching them."""
         self._commit_lock = threading.Lock()
-        self._queue_lock = threading.Lock()
+        self._turn = threading.Lock()
+        self._leading = False
         self._queue = []
         self._writer = None
         self._known_head = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -19,6 +20,17 @@ def store(any_db_url: str) -> Iterator[EventStore]:
         yield opened
     finally:
         opened.close()
+
+
+@contextmanager
+def busy_leader(store: EventStore) -> Iterator[None]:
+    """Appenders started inside queue up as if a leader were committing; then one takes them all."""
+    with store._turn:
+        store._leading = True
+    try:
+        yield
+    finally:
+        store._hand_over()
 
 
 def _queued(store: EventStore, count: int) -> None:
@@ -42,7 +54,7 @@ def test_waiting_appenders_commit_in_one_transaction_and_a_conflict_fails_alone(
     store.batches.clear()
     threads = [threading.Thread(target=run, args=(f"{stream}@{expected}", stream, expected))
                for stream, expected in jobs]
-    with store._commit_lock:  # hold the leader's seat until everyone has queued
+    with busy_leader(store):  # everyone queues before anyone commits
         for thread in threads:
             thread.start()
         _queued(store, len(jobs))
@@ -67,7 +79,7 @@ def test_two_appends_to_one_stream_in_one_batch_keep_their_order(store: EventSto
         except ConcurrencyError as error:
             results[index] = error
 
-    with store._commit_lock:
+    with busy_leader(store):
         one = threading.Thread(target=run, args=(0, first, 0))
         one.start()
         _queued(store, 1)
@@ -87,7 +99,7 @@ def test_identical_retry_in_the_same_batch_is_idempotent(store: EventStore) -> N
         results.append(store.append("peer:p:q", items, 0))
 
     threads = [threading.Thread(target=run) for _ in range(2)]
-    with store._commit_lock:
+    with busy_leader(store):
         for thread in threads:
             thread.start()
         _queued(store, 2)
