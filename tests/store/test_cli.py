@@ -173,3 +173,10 @@ def test_tables_show_local_times(sqlite_url: str, capsys: pytest.CaptureFixture[
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_second_statement_cannot_sneak_a_write_in(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["sql", "SELECT 1; DROP TABLE events", "--db", db], capsys)
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    code, out, _ = run(["sql", "SELECT count(*) AS n FROM events", "--db", db, "--json"], capsys)
+    assert code == 0 and json.loads(out) == {"n": 7}
