@@ -7,8 +7,8 @@ Rounds alternate between the two in ABBA order (so background load hits both ali
 first ``--rounds`` of ``ping`` (``--pings`` each) on idle tunnels, then ``--rounds`` of
 ``iperf3`` for ``--seconds`` each, then ``--rounds`` with both ``iperf3`` at once (each
 wireguard-go then sees exactly the same machine, whatever else runs on it). Prints the medians
-and the ratios (project / bare for throughput, bare / project for RTT: 1.0 is
-parity, the target is at least 0.95).
+and the ratios (project / bare for throughput, bare / project for RTT and for the
+wireguard-go CPU time per byte delivered: 1.0 is parity, the target is at least 0.95).
 
     sudo .venv/bin/python bench/tunnel.py [--rounds 5] [--seconds 3] [--pings 20] [--json]
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -44,12 +45,15 @@ def project_tunnel(lab: Lab, keys: dict[str, PrivateKey]) -> list[WireGuardInter
     return interfaces
 
 
-def bare_tunnel(lab: Lab, keys: dict[str, PrivateKey]) -> None:
+def bare_tunnel(lab: Lab, keys: dict[str, PrivateKey]) -> list[int]:
+    """Returns the PIDs of the two wireguard-go processes."""
+    pids = []
     for host, other in (("alice", "bob"), ("bob", "alice")):
         name = f"b{lab.run_id}{host[0]}"
         key_file = lab.workdir / f"bare-{host}.key"
         write_private_key(key_file, keys[host])
-        lab.popen(host, ["wireguard-go", name], env={"WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"})
+        pids.append(lab.popen(host, ["wireguard-go", name],
+                              env={"WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}).pid)
         lab.wait_for(lambda name=name, host=host: lab.run(host, ["ip", "link", "show", name], check=False)
                      .returncode == 0 and lab.run(host, ["wg", "show", name], check=False).returncode == 0,
                      10, what=f"bare wireguard-go {name}")
@@ -59,12 +63,31 @@ def bare_tunnel(lab: Lab, keys: dict[str, PrivateKey]) -> None:
                        "allowed-ips", f"{BARE[other]}/32", "persistent-keepalive", "25"])
         lab.run(host, ["ip", "addr", "add", f"{BARE[host]}/24", "dev", name])
         lab.run(host, ["ip", "link", "set", name, "mtu", "1420", "up"])
+    return pids
 
 
-def throughput_bps(lab: Lab, target: str, seconds: int) -> float:
-    out = lab.run("alice", ["iperf3", "-c", target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"],
-                  timeout=seconds + 20).stdout
-    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"])
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(lab: Lab, target: str, seconds: int, pids: list[int]) -> tuple[float, float]:
+    """(bits/s, wireguard-go CPU nanoseconds per byte delivered) of one iperf3 run."""
+    for _attempt in range(3):  # the server may still be closing the previous test
+        before = cpu_seconds(pids)
+        out = lab.run("alice", ["iperf3", "-c", target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"],
+                      timeout=seconds + 20, check=False).stdout
+        report = json.loads(out)
+        if "error" not in report:
+            received = report["end"]["sum_received"]
+            cost = (cpu_seconds(pids) - before) * 1e9 / float(received["bytes"])
+            return float(received["bits_per_second"]), cost
+        time.sleep(1)
+    raise RuntimeError(f"iperf3 to {target} failed: {report['error']}")
 
 
 def concurrent_bps(lab: Lab, seconds: int) -> tuple[float, float]:
@@ -73,6 +96,9 @@ def concurrent_bps(lab: Lab, seconds: int) -> tuple[float, float]:
              for plan, port in ((PROJECT, IPERF_PORT), (BARE, IPERF_PORT + 1))]
     for proc in procs:
         proc.wait(timeout=seconds + 20)
+    for proc in procs:
+        if "error" in json.loads(proc.output()):
+            raise RuntimeError(f"iperf3 failed: {json.loads(proc.output())['error']}")
     project, bare = (float(json.loads(proc.output())["end"]["sum_received"]["bits_per_second"])
                      for proc in procs)
     return project, bare
@@ -96,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (1 <= args.rounds <= 50 and 1 <= args.seconds <= 30 and 1 <= args.pings <= 200):
         parser.error("rounds 1-50, seconds 1-30, pings 1-200")
     results: dict[str, dict[str, list[float]]] = {
-        kind: {"bps": [], "rtt": [], "concurrent_bps": []} for kind in ("project", "bare")}
+        kind: {"bps": [], "rtt": [], "concurrent_bps": [], "cpu_ns_per_byte": []}
+        for kind in ("project", "bare")}
     started = time.monotonic()
     with Lab.build([HostSpec("alice", args.nat), HostSpec("bob", args.nat)], relays=0, stun=False) as lab:
         keys = {host: PrivateKey.generate() for host in ("alice", "bob")}
         interfaces = project_tunnel(lab, keys)
-        bare_tunnel(lab, keys)
+        pids = {"project": [wg.pid for wg in interfaces if wg.pid], "bare": bare_tunnel(lab, keys)}
         for port in (IPERF_PORT, IPERF_PORT + 1):
             lab.popen("bob", ["iperf3", "-s", "-p", str(port)])
             lab.wait_tcp_listening("bob", port)
@@ -109,12 +136,17 @@ def main(argv: list[str] | None = None) -> int:
             lab.wait_for(lambda plan=plan: lab.ping("alice", plan["bob"], count=1, timeout_s=1), 20,
                          what=f"{kind} tunnel up")
         order = (("project", PROJECT), ("bare", BARE))
+        for kind, plan in order:  # warm-up, not counted: first-run costs (page faults, GC) on both
+            throughput(lab, plan["bob"], 1, pids[kind])
         for metric in ("rtt", "bps"):  # RTT first, on idle tunnels
             for round_ in range(args.rounds):
                 for kind, plan in order if round_ % 2 == 0 else order[::-1]:  # ABBA: fair to both
-                    value = (rtt_ms(lab, plan["bob"], args.pings) if metric == "rtt"
-                             else throughput_bps(lab, plan["bob"], args.seconds))
-                    results[kind][metric].append(value)
+                    if metric == "rtt":
+                        results[kind]["rtt"].append(rtt_ms(lab, plan["bob"], args.pings))
+                        continue
+                    bps, cost = throughput(lab, plan["bob"], args.seconds, pids[kind])
+                    results[kind]["bps"].append(bps)
+                    results[kind]["cpu_ns_per_byte"].append(cost)
         for _ in range(args.rounds):
             project, bare = concurrent_bps(lab, args.seconds)
             results["project"]["concurrent_bps"].append(project)
@@ -137,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         "concurrent_throughput_ratio": statistics.median(
             p / b for p, b in zip(results["project"]["concurrent_bps"], results["bare"]["concurrent_bps"],
                                   strict=True)),
+        "project_cpu_ns_per_byte": medians["project"]["cpu_ns_per_byte"],
+        "bare_cpu_ns_per_byte": medians["bare"]["cpu_ns_per_byte"],
+        # CPU per byte barely depends on what else runs: the steadiest efficiency figure.
+        "cpu_efficiency_ratio": medians["bare"]["cpu_ns_per_byte"] / medians["project"]["cpu_ns_per_byte"],
         "raw": results, "elapsed_s": time.monotonic() - started,
     }
     if args.json:
@@ -155,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RTT ratio bare/project:        {summary['rtt_ratio']:.3f} of medians, "
               f"{summary['paired_rtt_ratio']:.3f} median of paired rounds   (target >= 0.95)")
         print(f"both at once, project/bare:    {summary['concurrent_throughput_ratio']:.3f} median of "
-              f"{args.rounds} rounds (the fairest figure on a busy machine)")
+              f"{args.rounds} rounds")
+        print(f"wireguard-go CPU per byte:     project {summary['project_cpu_ns_per_byte']:.1f} ns, "
+              f"bare {summary['bare_cpu_ns_per_byte']:.1f} ns; ratio bare/project "
+              f"{summary['cpu_efficiency_ratio']:.3f} (the steadiest figure on a busy machine)")
     return 0
 
 
