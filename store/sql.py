@@ -28,7 +28,7 @@ from store.base import ConcurrencyError, PendingEvent, RecordedEvent, StoreError
 from store.codec import encode_metadata, encode_payload
 from store.engine import Synchronous, Target, check_sqlite_file, parse_url, sync_engine
 from store.errors import EventDecodeError, translated
-from store.queries import HEAD_QUERY, EventFilter, OnError, RowReader, page_query, stream_query, utc
+from store.queries import HEAD_QUERY, EventFilter, OnError, RowReader, utc
 from store.schema import checkpoints, events
 
 
@@ -37,7 +37,11 @@ class _Sql:
 
     def __init__(self, dialect: str) -> None:
         mark = "%s" if dialect == "postgresql" else "?"
+        self.mark = mark
         json = f"CAST({mark} AS JSONB)" if dialect == "postgresql" else mark
+        # psycopg turns JSONB into dicts itself; the decoder takes dicts as well as text.
+        self.columns = ("SELECT global_position, stream_id, stream_position, recorded_at, event_type,"
+                        " event_version, payload, metadata FROM events")
         self.begin = "BEGIN IMMEDIATE" if dialect == "sqlite" else ""
         # FOR UPDATE serialises PostgreSQL appenders on the head row until commit, so
         # global positions become visible in order; SQLite's write lock does the same.
@@ -357,8 +361,9 @@ class EventStore:
     def read_stream(self, stream_id: str, from_position: int = 1, *,
                     on_error: OnError = "raise") -> list[RecordedEvent]:
         reader = RowReader(on_error)
-        with translated(self.where), self._reader.connect() as connection:
-            rows = connection.execute(stream_query(stream_id, max(from_position, 1))).all()
+        mark = self._sql.mark
+        rows = self._fetch(f"{self._sql.columns} WHERE stream_id = {mark} AND stream_position >= {mark}"
+                           " ORDER BY stream_position", (stream_id, max(from_position, 1)))
         return [record for row in rows if (record := reader.record(row)) is not None]
 
     def read_all(self, after_global: int = 0, limit: int | None = None, *, stream: str | None = None,
@@ -380,8 +385,7 @@ class EventStore:
         remaining = limit
         while remaining is None or remaining > 0:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
-            with translated(self.where), self._reader.connect() as connection:
-                rows = connection.execute(page_query(after, upto, size, selection)).all()
+            rows = self._fetch(*self._page(after, upto, size, selection))
             for row in rows:
                 record = reader.record(row)
                 if record is not None:
@@ -392,13 +396,54 @@ class EventStore:
                 return
             after = rows[-1][0]
 
+    def _page(self, after: int, upto: int | None, size: int,
+              selection: EventFilter) -> tuple[str, tuple[Any, ...]]:
+        """SQL and parameters for one page of ``read_all``/``follow`` (raw DBAPI, both dialects)."""
+        mark = self._sql.mark
+        where = [f"global_position > {mark}"]
+        params: list[Any] = [after]
+        if upto is not None:
+            where.append(f"global_position <= {mark}")
+            params.append(upto)
+        if selection.stream:
+            escaped = selection.stream.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append(f"(stream_id = {mark} OR stream_id LIKE {mark} ESCAPE '\\')")
+            params += [selection.stream, escaped + "%"]
+        if selection.types:
+            where.append(f"event_type IN ({', '.join([mark] * len(selection.types))})")
+            params += selection.types
+        for bound, operator in ((selection.since, ">="), (selection.until, "<=")):
+            if bound is not None:
+                where.append(f"recorded_at {operator} {mark}")
+                params.append(_sqlite_time(utc(bound)) if self.dialect == "sqlite" else utc(bound))
+        sql = (f"{self._sql.columns} WHERE {' AND '.join(where)} ORDER BY global_position"
+               f" LIMIT {int(size)}")
+        return sql, tuple(params)
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Rows as ``RowReader`` takes them, through the DBAPI cursor (no per-row Core work)."""
+        with translated(self.where), self._reader.connect() as connection:
+            cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, params)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        if self.dialect == "sqlite":
+            return [(g, s, p, _as_utc(at), t, v, payload, meta) for g, s, p, at, t, v, payload, meta in rows]
+        return rows
+
+    def _head(self) -> int:
+        with translated(self.where), self._reader.connect() as connection:
+            return int(connection.execute(HEAD_QUERY).scalar_one())
+
     def follow(self, after_global: int = 0, *, poll_interval: float = 0.25,
                stop: threading.Event | None = None, checkpoint: str | None = None,
                stream: str | None = None, types: Sequence[str] = (),
                on_error: OnError = "skip") -> Iterator[RecordedEvent]:
         """Yield every event after ``after_global``, then new ones as they are committed.
 
-        Polls with a checkpoint: each query reads the log head first and then only
+        Polls with a checkpoint: each poll reads the log head first and then only
         rows up to it, so rows that the filters drop are not scanned again, and
         (appends being serialised on the head row) no committed row is ever skipped.
         With ``checkpoint`` the start comes from, and progress goes to, that
@@ -409,22 +454,23 @@ class EventStore:
         position = self.load_checkpoint(checkpoint) if checkpoint else after_global
         saved = position
         while stop is None or not stop.is_set():
-            with translated(self.where), self._reader.connect() as connection:
-                head = connection.execute(HEAD_QUERY).scalar_one()
-                rows = connection.execute(page_query(position, head, self.page_size, selection)).all()
+            head = self._head()
+            rows = self._fetch(*self._page(position, head, self.page_size, selection))
+            finished = len(rows) < self.page_size
             for row in rows:
                 record = reader.record(row)
                 position = row[0]
                 if record is not None:
                     yield record
                 if stop is not None and stop.is_set():
+                    finished = False
                     break
-            if len(rows) < self.page_size:
-                position = max(position, head)
+            if finished:
+                position = max(position, head)  # the filtered-out rest of the page is seen too
             if checkpoint and position != saved:
                 self.save_checkpoint(checkpoint, position)
                 saved = position
-            if len(rows) < self.page_size:
+            if finished:
                 if stop is not None:
                     stop.wait(poll_interval)
                 else:
