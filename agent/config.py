@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from commands.common import UsageError
 
@@ -66,10 +65,15 @@ def apply_file(ctx: click.Context, values: dict[str, Any], path: Path | None, se
             known = ", ".join(sorted(k.replace("_", "-") for k in params if k not in _NOT_SETTABLE))
             raise UsageError(f"unknown setting {key.replace('_', '-')!r} in [{section}] of {path} "
                              f"(known: {known})")
-        if ctx.get_parameter_source(param.name) not in (ParameterSource.DEFAULT, None):
+        source = ctx.get_parameter_source(param.name)
+        # By name: typer vendors its own copy of click, with its own enum.
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
             continue
         try:
-            merged[param.name] = param.type_cast_value(ctx, raw)
-        except click.BadParameter as error:
-            raise UsageError(f"{key.replace('_', '-')} in [{section}] of {path}: {error.message}") from None
+            if getattr(param, "multiple", False):
+                raw = tuple(raw) if isinstance(raw, list) else (raw,)
+            merged[param.name] = param.process_value(ctx, raw)
+        except Exception as error:  # click's BadParameter (from typer's vendored click) and friends
+            message = getattr(error, "message", None) or str(error)
+            raise UsageError(f"{key.replace('_', '-')} in [{section}] of {path}: {message}") from None
     return merged
