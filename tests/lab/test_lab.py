@@ -240,6 +240,8 @@ def test_cli_up_list_exec_down(capfd: pytest.CaptureFixture[str]) -> None:
     try:
         assert main(["lab", "list"]) == 0
         assert run_id in capfd.readouterr().out
+        assert run_id not in cleanup_leftovers()  # its owner exited, but it is persistent
+        assert Lab.attach(run_id).host("ann").nat == "open"
         assert main(["lab", "up", "-H", "x:cone"]) == 2
         assert "unknown NAT type" in capfd.readouterr().err
         assert main(["lab", "down"]) != 0
