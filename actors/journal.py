@@ -30,14 +30,18 @@ def memory_recorder(name: str) -> InMemoryRecorder:
     return _memory.setdefault(name, InMemoryRecorder())
 
 
-def open_recorder(spec: StoreSpec) -> Recorder:
-    """One recorder per URL and process; SQL URLs go through ``store.open_store``."""
+def open_recorder(spec: StoreSpec, upgrade: bool = False) -> Recorder:
+    """One recorder per URL and process; SQL URLs go through ``store.open_store``.
+
+    Only the node actor, which starts first, brings the schema up to date
+    (``upgrade=True``); the other actors skip alembic's check (memory and start-up time).
+    """
     if spec.url.startswith("memory://"):
         return memory_recorder(spec.url.removeprefix("memory://"))
     key = (os.getpid(), spec.url)
     if key not in _opened:
         store: Any = importlib.import_module("store")
-        _opened[key] = store.open_store(spec.url)
+        _opened[key] = store.open_store(spec.url, upgrade=upgrade)
     return _opened[key]
 
 

@@ -130,7 +130,7 @@ class NodeActor(Actor):
         self.start = start
         self.log = logger.bind(actor=f"node/{start.node_id}")
         adapters = build_adapters(start.adapters)
-        self.writer = StreamWriter(open_recorder(start.store), node_stream(start.node_id),
+        self.writer = StreamWriter(open_recorder(start.store, upgrade=True), node_stream(start.node_id),
                                    self.timers.incarnation, {"node_id": start.node_id, "actor": "node"})
         self.state = self.writer.replay(apply_node, NodeState())
         self._commit([ev.NodeStarted(node_id=start.node_id, public_key=adapters.wireguard.public_key,

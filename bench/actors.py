@@ -190,6 +190,7 @@ def main() -> int:
     parser.add_argument("--hosting", choices=(INLINE, PROCESS, "both"), default="both")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--footprint-only", action="store_true", help="skip the throughput runs")
     args = parser.parse_args()
     hostings = (INLINE, PROCESS) if args.hosting == "both" else (args.hosting,)
     total = 2000 if args.quick else 10000
@@ -198,7 +199,7 @@ def main() -> int:
     print(f"base {args.base}; budget: <= {BUDGET_PSS_MB:.0f} MB PSS, <= {BUDGET_IDLE_CPU:.0f}% idle CPU, "
           f">= {BUDGET_RATE:.0f} persisted transitions/s")
     for hosting in hostings:
-        for batch in (1, 10, 100):
+        for batch in () if args.footprint_only else (1, 10, 100):
             n = min(total, 1000) if batch == 1 else total
             rates, persisted, sent = [], 0, 0
             for _ in range(runs):
