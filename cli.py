@@ -33,16 +33,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 1
-    except Exception as error:
-        import click
-
-        if isinstance(error, click.exceptions.Exit):
-            return error.exit_code
-        if isinstance(error, click.ClickException):
-            error.show()
-            return error.exit_code
-        if isinstance(error, click.exceptions.Abort):
-            return 1
+    except typer.Exit as exit_:
+        return exit_.exit_code
+    except typer.Abort:
+        return 1
+    except typer.TyperException as error:
+        # Click's usage errors (missing argument, unknown command): its message and status 2.
+        print(f"lanrage: {error}", file=sys.stderr)
+        return int(getattr(error, "exit_code", 2))
+    except Exception as error:  # the user gets one line, never a traceback
         print(f"lanrage: {error}", file=sys.stderr)
         return 1
     return 0
