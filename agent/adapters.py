@@ -184,25 +184,36 @@ def _local_candidates(port: int) -> tuple[str, ...]:
 class RealAdapters:
     wireguard: UapiWireGuard
     prober: PingProber
-    puncher: CandidatePuncher
+    puncher: Any
     relay_client: ProxyRelayClient
     nat_detector: Any
+
+
+def nat_detector(stun: Sequence[str], listen_port: int, node_id: str) -> Any:
+    if not stun:
+        return NoNatDetector()
+    from mesh.nat.stun import StunNatDetector
+
+    return StunNatDetector(list(stun), local_port=listen_port, node_id=node_id)
+
+
+def puncher(listen_port: int, info: NatInfo | None) -> Any:
+    """mesh/nat's coordinated puncher (PUNCH/ACK from WireGuard's port), else the candidate one."""
+    try:
+        from mesh.nat.punch import UdpHolePuncher
+    except ImportError:
+        public = (f"{info.public_ip}:{info.public_port or listen_port}",) if info and info.public_ip else ()
+        return CandidatePuncher(tuple(dict.fromkeys(public + _local_candidates(listen_port))))
+    return UdpHolePuncher(listen_port, nat=info)
 
 
 def real(interface: str, public_key: str, listen_port: int, stun: tuple[str, ...] = (), node_id: str = "",
          api: str = "http://127.0.0.1:8666", token_file: str = "") -> RealAdapters:
     """The factory named in the AdapterSpec, called once in each actor process."""
-    detector: Any = NoNatDetector()
-    if stun:
-        from mesh.nat.stun import StunNatDetector
-
-        detector = StunNatDetector(list(stun), node_id=node_id)
-    local = _local_candidates(listen_port)
-    info = detector.detect() if stun else None
-    # STUN ran from another socket; NATs that preserve ports map WireGuard's port the same way.
-    public = (f"{info.public_ip}:{listen_port}",) if info and info.public_ip else ()
+    detector = nat_detector(stun, listen_port, node_id)
+    info = detector.detect()
     return RealAdapters(
         wireguard=UapiWireGuard(interface, public_key, listen_port), prober=PingProber(interface),
-        puncher=CandidatePuncher(tuple(dict.fromkeys(public + local))),
+        puncher=puncher(listen_port, info),
         relay_client=ProxyRelayClient(_ticket_source(api, token_file), wg_port=listen_port),
         nat_detector=detector)

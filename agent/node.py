@@ -121,6 +121,8 @@ class Agent:
         self._actors = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lanrage-actors")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
+        self.nat: Any = None  # NatInfo from STUN, detected once at start
+        self.candidates: tuple[str, ...] = ()
         self._restore_bindings()
 
     # ------------------------------------------------------------ lifecycle
@@ -162,6 +164,7 @@ class Agent:
         self._stopping = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._stopping.set)
+        await asyncio.to_thread(self._detect_nat)
         token = write_token(self.state_dir)
         reader = StoreReader(self.config.db_url)
         app = create_app(self, reader, token)
@@ -186,6 +189,16 @@ class Agent:
             await asyncio.wait_for(serving, 5)
         await reader.close()
         return 0
+
+    def _detect_nat(self) -> None:
+        from agent.adapters import REAL, nat_detector, puncher
+
+        if self.config.adapters != REAL:
+            return
+        self.nat = nat_detector(self.config.stun, self.config.listen_port, self.node_id).detect()
+        self.candidates = tuple(puncher(self.config.listen_port, self.nat).candidates())
+        logger.info("NAT {}; candidates {}", self.nat.nat_type if self.nat else "unknown (no STUN answer)",
+                    ", ".join(self.candidates) or "none")
 
     # ------------------------------------------------------------ NodeService (the API calls these)
 
@@ -323,6 +336,9 @@ class Agent:
             self._tell(m.PeerDeparted(party_id, body["peer_id"], str(body.get("reason", "left"))))
 
     def _on_welcome(self, url: str, body: dict[str, Any]) -> None:
+        if self.candidates and self._loop is not None and url in self.sessions:
+            nat_type = self.nat.nat_type if self.nat else "unknown"
+            self._loop.create_task(self._announce(self.sessions[url], nat_type))
         listed = {p["party_id"]: p for p in body.get("parties", []) if isinstance(p, dict)}
         for party_id, bound in list(self.bindings.items()):
             if bound != url:
@@ -337,6 +353,12 @@ class Agent:
             for peer_id, member in self._party_state(party_id).members:
                 if not member.is_local and peer_id not in present:
                     self._tell(m.PeerDeparted(party_id, peer_id, "gone while the control plane was away"))
+
+    async def _announce(self, session: Session, nat_type: str) -> None:
+        try:
+            await session.request("announce", nat_type=nat_type, candidates=list(self.candidates))
+        except ControlError as error:
+            logger.warning("could not announce this node's candidates: {}", error)
 
     def _announce_members(self, party: dict[str, Any]) -> None:
         for member in party["members"]:
