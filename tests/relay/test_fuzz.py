@@ -61,9 +61,10 @@ def test_a_mutated_hello_never_authenticates(noise: bytes) -> None:
         assert hello is None or not wire.hello_mac_ok(hello, _TICKET.key) or tampered == valid
 
 
-@pytest.fixture(scope="module")
-def relay() -> Iterator[RelayServer]:
-    server = RelayServer(SECRET, ("127.0.0.1", 0), config=RelayConfig(housekeeping_s=0.02))
+@pytest.fixture(scope="module", params=[True, False], ids=["recvmmsg", "recvfrom"])
+def relay(request: pytest.FixtureRequest) -> Iterator[RelayServer]:
+    server = RelayServer(SECRET, ("127.0.0.1", 0),
+                         config=RelayConfig(housekeeping_s=0.02, batched=bool(request.param)))
     server.start()
     try:
         yield server

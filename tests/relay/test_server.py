@@ -38,10 +38,16 @@ def recorder() -> InMemoryRecorder:
     return InMemoryRecorder()
 
 
+@pytest.fixture(params=[True, False], ids=["recvmmsg", "recvfrom"])
+def batched(request: pytest.FixtureRequest) -> bool:
+    """Every relay test runs on both hot paths: batched through ctypes, and plain sockets."""
+    return bool(request.param)
+
+
 @pytest.fixture
-def relay(recorder: InMemoryRecorder) -> Iterator[RelayServer]:
+def relay(recorder: InMemoryRecorder, batched: bool) -> Iterator[RelayServer]:
     server = RelayServer(SECRET, ("127.0.0.1", 0), recorder=recorder,
-                         config=RelayConfig(sample_interval_s=0.3, idle_timeout_s=30))
+                         config=RelayConfig(sample_interval_s=0.3, idle_timeout_s=30, batched=batched))
     server.start()
     try:
         yield server
@@ -133,8 +139,8 @@ def test_replayed_hello_is_refused_and_does_not_steal_the_binding(relay: RelaySe
     assert attacker.drain() == []
 
 
-def test_flood_of_one_session_does_not_starve_another(recorder: InMemoryRecorder) -> None:
-    config = RelayConfig(session_pps=5_000, session_burst=500, sample_interval_s=0.3)
+def test_flood_of_one_session_does_not_starve_another(recorder: InMemoryRecorder, batched: bool) -> None:
+    config = RelayConfig(session_pps=5_000, session_burst=500, sample_interval_s=0.3, batched=batched)
     with RelayServer(SECRET, ("127.0.0.1", 0), recorder=recorder, config=config) as relay:
         flood_a, _flood_b, _ = bound_pair(relay)
         quiet_a, quiet_b = Peer(relay), Peer(relay)
@@ -171,8 +177,8 @@ def test_flood_of_one_session_does_not_starve_another(recorder: InMemoryRecorder
         assert counters.dropped_rate_limited > 0
 
 
-def test_idle_session_expires_and_then_forwards_nothing(recorder: InMemoryRecorder) -> None:
-    config = RelayConfig(idle_timeout_s=0.3, sample_interval_s=0.2, housekeeping_s=0.05)
+def test_idle_session_expires_and_then_forwards_nothing(recorder: InMemoryRecorder, batched: bool) -> None:
+    config = RelayConfig(idle_timeout_s=0.3, sample_interval_s=0.2, housekeeping_s=0.05, batched=batched)
     with RelayServer(SECRET, ("127.0.0.1", 0), recorder=recorder, config=config) as relay:
         a, b, pair = bound_pair(relay)
         assert wait_for(lambda: relay.active_sessions() == 0, 3)
@@ -192,8 +198,8 @@ def test_bye_releases_the_session(relay: RelayServer, recorder: InMemoryRecorder
     assert b.drain() == []
 
 
-def test_events_record_lifecycle_and_aggregated_counters(recorder: InMemoryRecorder) -> None:
-    config = RelayConfig(sample_interval_s=0.2)
+def test_events_record_lifecycle_and_aggregated_counters(recorder: InMemoryRecorder, batched: bool) -> None:
+    config = RelayConfig(sample_interval_s=0.2, batched=batched)
     with RelayServer(SECRET, ("127.0.0.1", 0), recorder=recorder, config=config) as relay:
         a, b, _ = bound_pair(relay)
         for seq in range(300):
@@ -265,3 +271,10 @@ def test_no_answer_is_a_mesh_error() -> None:
         client = ProxyRelayClient(lambda *_: first)
         with pytest.raises(MeshError, match="did not answer"):
             client.allocate("p", "b", first.relay)
+
+
+def test_large_wireguard_datagrams_cross_both_hot_paths(relay: RelayServer) -> None:
+    a, b, _ = bound_pair(relay)
+    big = wg_packet(1, 9008)  # a jumbo-MTU transport message
+    a.send(big)
+    assert b.sock.recv(65535) == big
