@@ -399,6 +399,8 @@ class RelayCountersSampled(Event):
     dropped_rate_limited: int
     dropped_malformed: int
     active_sessions: int
+    dropped_no_peer: int = 0  # from a bound side while the other side was not bound yet
+    hellos_refused: int = 0  # wrong key, expired, replayed or stale session hellos
 
 
 @register
