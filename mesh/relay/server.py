@@ -463,7 +463,8 @@ class RelayServer:
     def _sample(self, local: Counters, before: Counters, window_s: float) -> None:
         delta = {name: getattr(local, name) - getattr(before, name)
                  for name in ("forwarded_packets", "forwarded_bytes", "dropped_unauthenticated",
-                              "dropped_rate_limited", "dropped_malformed")}
+                              "dropped_rate_limited", "dropped_malformed", "dropped_no_peer")}
+        delta["hellos_refused"] = sum(local.hellos_refused.values()) - sum(before.hellos_refused.values())
         if not any(delta.values()) and not self._sessions:
             return  # an idle relay writes nothing
         self._emit(RelayCountersSampled(relay=self.name, window_s=round(window_s, 3),

@@ -125,7 +125,8 @@ def test_expired_ticket_and_stale_hello_are_refused(relay: RelayServer) -> None:
         "expired": 1, "stale": 1}
 
 
-def test_replayed_hello_is_refused_and_does_not_steal_the_binding(relay: RelayServer) -> None:
+def test_replayed_hello_is_refused_and_does_not_steal_the_binding(relay: RelayServer,
+                                                                   recorder: InMemoryRecorder) -> None:
     a, b, pair = bound_pair(relay)
     captured = hello_bytes(pair[0])
     a.send(captured)
@@ -137,6 +138,12 @@ def test_replayed_hello_is_refused_and_does_not_steal_the_binding(relay: RelaySe
     b.send(wg_packet(7))
     assert a.sock.recv(2048) == wg_packet(7)
     assert attacker.drain() == []
+
+    def refused_in_log() -> int:
+        return sum(r.event.hellos_refused for r in recorder.read_stream(relay_stream(relay.name))
+                   if isinstance(r.event, RelayCountersSampled))
+
+    assert wait_for(lambda: refused_in_log() == 1)
 
 
 def test_flood_of_one_session_does_not_starve_another(recorder: InMemoryRecorder, batched: bool) -> None:
@@ -216,6 +223,7 @@ def test_events_record_lifecycle_and_aggregated_counters(recorder: InMemoryRecor
     samples = [e for e in events if isinstance(e, RelayCountersSampled)]
     assert 1 <= len(samples) < 20  # aggregated on an interval, never a row a packet
     assert sum(s.forwarded_packets for s in samples) == 300
+    assert sum(s.hellos_refused for s in samples) == 0 and sum(s.dropped_no_peer for s in samples) == 0
     assert all("key" not in repr(e.to_payload()) for e in events)
 
 
