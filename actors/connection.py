@@ -129,8 +129,10 @@ class PeerConnection:
 
     def handle(self, message: Any) -> None:
         match message:
+            case m.Observations(items=tuple() | list() as items):
+                self.on_observations(items, "observations")
             case m.Observations():
-                self.on_observations(message.items, "observations")
+                self.reject("Observations", "items must be a sequence of observations")
             case m.Timer():
                 self.on_timer(message)
             case m.PeerAnnounced():
@@ -309,7 +311,7 @@ class PeerConnection:
             events.extend(decided)
         before = self.state
         self._commit(events, causation)
-        self._after_observations(before)
+        self._after_observations(before, events)
 
     def _decide(self, state: ConnectionState, item: Any) -> list[Event]:
         if state.state not in ACTIVE:
@@ -355,15 +357,14 @@ class PeerConnection:
         return [self._transition(
             ev.FAILED, f"{lost} after {self.cfg.max_reconnect_attempts} reconnect attempts", state=state)]
 
-    def _after_observations(self, before: ConnectionState) -> None:
+    def _after_observations(self, before: ConnectionState, events: Sequence[Event]) -> None:
         """The actions the persisted batch asks for (each persists its own events first)."""
         state = self.state
         if state.state == ev.FAILED and before.state != ev.FAILED:
             self.host.schedule(self.cfg.cleanup_timeout_s, self.timers.arm(CLEANUP))
         elif before.state == ev.FAILED and state.state != ev.FAILED:
             self.timers.cancel(CLEANUP)
-        if state.state == ev.CONNECTING and state.reconnects and (
-                before.state != ev.CONNECTING or before.reconnects != state.reconnects):
+        if state.state == ev.CONNECTING and any(isinstance(e, ev.ReconnectAttempted) for e in events):
             self._connect(state.reconnects + 1, f"reconnect {state.reconnects}")
         failover_due, self._failover_due = self._failover_due, False
         if failover_due and state.state in UP and state.path == ev.DIRECT:

@@ -81,6 +81,9 @@ def test_malformed_observations_from_an_adapter(make_node, tmp_path: Path, hosti
         (actor, "LatencyObserved", f"{bad}: latency_ms is str, not a number"),
         (actor, "TrafficObserved", f"{bad}: byte counters must be non-negative integers"),
         (actor, "Bogus", f"{bad}: Bogus is not an observation")]
+    node.tell(m.Observations("p1", "bob", None))  # type: ignore[arg-type]
+    assert rejected(node, node.peer("bob"))[-1] == (
+        actor, "Observations", "items must be a sequence of observations")
     # The good observation in the same batch still counted, and the actor keeps going.
     assert node.connection("p1", "bob").state == "degraded"
     node.advance(5)
