@@ -184,7 +184,7 @@ class NodeActor(Actor):
 
     def _party(self, message: Any, reply_to: Any) -> bool:
         party_id = getattr(message, "party_id", None)
-        if party_id in self.parties:
+        if isinstance(party_id, str) and party_id in self.parties:
             return True
         reason = f"no open party {party_id!r}"
         self.reject(type(message).__name__, reason)
