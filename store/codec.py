@@ -51,7 +51,7 @@ def loads_object(text: str) -> Any:
 def encode_payload(event: Event) -> str:
     """The event's fields as JSON (the same object as ``events.base.encode`` produces)."""
     cls = type(event)
-    if cls in _PLAIN:
+    if _PLAIN.get(cls) or is_plain(cls):
         # A frozen dataclass without slots keeps exactly its fields in __dict__, in order.
         if _encode_flat is not None:
             return "".join(_encode_flat(event.__dict__, 0))
@@ -66,32 +66,25 @@ def encode_metadata(metadata: Mapping[str, Any]) -> str:
 _FIELDS: dict[type[Event], tuple[str, ...]] = {}
 
 
-class _PlainTypes(dict[type, bool]):
-    """Event classes whose instances can be read and built through ``__dict__`` directly."""
-
-    def __missing__(self, cls: type) -> bool:
-        plain = (dataclasses.is_dataclass(cls) and not hasattr(cls, "__slots__")
-                 and not hasattr(cls, "__post_init__") and "__init__" not in _custom(cls))
-        self[cls] = plain
-        return plain
-
-    def __contains__(self, cls: object) -> bool:
-        return self[cls]  # type: ignore[index]
+def is_plain(cls: type) -> bool:
+    """Whether instances can be read and built through ``__dict__`` directly (cached)."""
+    plain = _PLAIN.get(cls)
+    if plain is None:
+        plain = _PLAIN[cls] = (dataclasses.is_dataclass(cls) and "__slots__" not in dir(cls)
+                               and not hasattr(cls, "__post_init__") and "__init__" not in _custom(cls))
+    return plain
 
 
 def _custom(cls: type) -> set[str]:
     """Names defined by hand (not by @dataclass) anywhere in the class's own hierarchy."""
     names: set[str] = set()
     for klass in cls.__mro__:
-        if klass is object:
-            continue
-        params = getattr(klass, "__dataclass_params__", None)
-        if params is None:
+        if klass is not object and "__dataclass_params__" not in vars(klass):
             names.update(vars(klass))
     return names
 
 
-_PLAIN = _PlainTypes()
+_PLAIN: dict[type, bool] = {}
 
 
 def _field_names(cls: type[Event]) -> tuple[str, ...]:
@@ -134,7 +127,7 @@ class RowDecoder:
         constants = {field.name: field.default for field in fields
                      if field.default is not dataclasses.MISSING}
         factories = any(field.default_factory is not dataclasses.MISSING for field in fields)
-        fast = cls in _PLAIN and not factories
+        fast = is_plain(cls) and not factories
         # Only tuple fields can legitimately hold JSON lists; others are taken as stored.
         has_tuples = any("tuple" in str(field.type) for field in fields)
         needs_upcast = version < cls.version

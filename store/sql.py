@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 
 from events.base import Event
 from store.base import ConcurrencyError, PendingEvent, RecordedEvent, StoreError
-from store.codec import encode_metadata, encode_payload
+from store.codec import encode_metadata, encode_payload, is_plain
 from store.engine import Synchronous, Target, check_sqlite_file, parse_url, sync_engine
 from store.errors import EventDecodeError, translated
 from store.queries import HEAD_QUERY, EventFilter, OnError, RowReader, utc
@@ -63,6 +63,20 @@ class _Sql:
                                   f" updated_at = {mark} WHERE name = {mark}")
         self.checkpoint_insert = (f"INSERT INTO event_checkpoints (name, global_position, updated_at)"
                                   f" VALUES ({mark}, {mark}, {mark})")
+
+
+def _record_fast(global_position: int, stream_id: str, stream_position: int, recorded_at: datetime,
+                 event: Event, metadata: dict[str, Any]) -> RecordedEvent:
+    """``RecordedEvent(...)`` without the frozen ``__init__`` (the append hot path builds one per event)."""
+    record = _new(RecordedEvent)
+    _set(record, "__dict__", {"global_position": global_position, "stream_id": stream_id,
+                              "stream_position": stream_position, "recorded_at": recorded_at,
+                              "event": event, "metadata": metadata})
+    return record
+
+
+_new, _set = object.__new__, object.__setattr__
+_record = _record_fast if is_plain(RecordedEvent) else RecordedEvent
 
 
 def _sqlite_time(moment: datetime) -> str:
@@ -119,7 +133,9 @@ class EventStore:
         self.readonly = readonly
         self.synchronous = synchronous
         self.page_size = page_size
-        self._default_metadata = dict(metadata or {})
+        self._default_metadata = {key: value for key, value in (metadata or {}).items() if key != "event_id"}
+        encoded = encode_metadata(self._default_metadata)
+        self._metadata_prefix = encoded[:-1] + ("," if self._default_metadata else "")
         if self.target.dialect == "sqlite":
             check_sqlite_file(self.target, must_exist=must_exist or readonly)
         self._reader = sync_engine(self.target, role="reader", synchronous=synchronous,
@@ -184,9 +200,10 @@ class EventStore:
                 raise StoreError(f"not an event: {event!r}")
             try:
                 payload = encode_payload(event)
-                if extra is None and not defaults:
-                    meta: dict[str, Any] = {"event_id": event_id}
-                    meta_text = '{"event_id":"' + event_id + '"}'  # our own hex id needs no escaping
+                if extra is None:
+                    # Our own hex id needs no escaping; the defaults were encoded once.
+                    meta: dict[str, Any] = {**defaults, "event_id": event_id}
+                    meta_text = self._metadata_prefix + '"event_id":"' + event_id + '"}'
                 else:
                     meta = {**defaults, **(extra or {}), "event_id": event_id}
                     meta_text = encode_metadata(meta)
@@ -324,14 +341,14 @@ class EventStore:
                 request.error = ConcurrencyError(stream_id, request.expected, current)
                 positions[stream_id] = current
                 continue
-            recorded = []
-            add_row, add_record = rows.append, recorded.append
+            recorded: list[RecordedEvent] = []
+            add_row, add_record, record = rows.append, recorded.append, _record
             for event, payload, meta, meta_text in request.pending:
                 head += 1
                 current += 1
                 kind = type(event)
                 add_row((head, stream_id, current, kind.__name__, kind.version, stamp, payload, meta_text))
-                add_record(RecordedEvent(head, stream_id, current, now, event, meta))
+                add_record(record(head, stream_id, current, now, event, meta))
             positions[stream_id] = current
             staged.setdefault(stream_id, []).extend(recorded)
             request.result = recorded
