@@ -3,9 +3,9 @@
 Builds a lab with two hosts behind NAT routers, then sets up two tunnels between
 them in the same run: one through ``mesh.wireguard.WireGuardInterface`` (the
 project's backend), one with plain ``wireguard-go`` configured by ``wg`` and ``ip``.
-Rounds alternate between the two in ABBA order (so background load hits both alike):
-first ``--rounds`` of ``ping`` (``--pings`` each) on idle tunnels, then ``--rounds`` of
-``iperf3`` for ``--seconds`` each, then ``--rounds`` with both ``iperf3`` at once (each
+First ``--rounds`` of ``ping`` (``--pings`` each, median RTT) through both idle tunnels at
+the same time, then ``--rounds`` of ``iperf3`` for ``--seconds`` each, alternating in ABBA
+order (so background load hits both alike), then ``--rounds`` with both ``iperf3`` at once (each
 wireguard-go then sees exactly the same machine, whatever else runs on it). Prints the medians
 and the ratios (project / bare for throughput, bare / project for RTT and for the
 wireguard-go CPU time per byte delivered: 1.0 is parity, the target is at least 0.95).
@@ -104,11 +104,19 @@ def concurrent_bps(lab: Lab, seconds: int) -> tuple[float, float]:
     return project, bare
 
 
-def rtt_ms(lab: Lab, target: str, count: int) -> float:
-    out = lab.run("alice", ["ping", "-n", "-q", "-c", str(count), "-i", "0.05", "-W", "1", target],
-                  timeout=count + 10).stdout
-    # rtt min/avg/max/mdev = 0.101/0.148/0.262/0.035 ms
-    return float(out.strip().splitlines()[-1].split("=")[1].split("/")[1])
+def rtt_pair(lab: Lab, count: int) -> tuple[float, float]:
+    """Median ping RTT (ms) through each tunnel, both pinged at the same time (same load)."""
+    procs = [lab.popen("alice", ["ping", "-n", "-c", str(count), "-i", "0.05", "-W", "1", plan["bob"]])
+             for plan in (PROJECT, BARE)]
+    medians = []
+    for proc in procs:
+        proc.wait(timeout=count + 10)
+        times = [float(line.split("time=")[1].split()[0]) for line in proc.output().splitlines()
+                 if "time=" in line]
+        if not times:
+            raise RuntimeError(f"no ping replies: {proc.output()[-500:]}")
+        medians.append(statistics.median(times))
+    return medians[0], medians[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,15 +146,15 @@ def main(argv: list[str] | None = None) -> int:
         order = (("project", PROJECT), ("bare", BARE))
         for kind, plan in order:  # warm-up, not counted: first-run costs (page faults, GC) on both
             throughput(lab, plan["bob"], 1, pids[kind])
-        for metric in ("rtt", "bps"):  # RTT first, on idle tunnels
-            for round_ in range(args.rounds):
-                for kind, plan in order if round_ % 2 == 0 else order[::-1]:  # ABBA: fair to both
-                    if metric == "rtt":
-                        results[kind]["rtt"].append(rtt_ms(lab, plan["bob"], args.pings))
-                        continue
-                    bps, cost = throughput(lab, plan["bob"], args.seconds, pids[kind])
-                    results[kind]["bps"].append(bps)
-                    results[kind]["cpu_ns_per_byte"].append(cost)
+        for _ in range(args.rounds):  # RTT first, on idle tunnels, both at once
+            project_rtt, bare_rtt = rtt_pair(lab, args.pings)
+            results["project"]["rtt"].append(project_rtt)
+            results["bare"]["rtt"].append(bare_rtt)
+        for round_ in range(args.rounds):
+            for kind, plan in order if round_ % 2 == 0 else order[::-1]:  # ABBA: fair to both
+                bps, cost = throughput(lab, plan["bob"], args.seconds, pids[kind])
+                results[kind]["bps"].append(bps)
+                results[kind]["cpu_ns_per_byte"].append(cost)
         for _ in range(args.rounds):
             project, bare = concurrent_bps(lab, args.seconds)
             results["project"]["concurrent_bps"].append(project)
