@@ -30,7 +30,7 @@ def _no_default(value: Any) -> Any:
 # The C encoder that JSONEncoder.encode builds on every call, built once. No circular
 # check: event payloads are flat values and tuples.
 _c_encode = getattr(json.encoder, "c_make_encoder", None)
-_encode_flat = (_c_encode(None, _no_default, json.encoder.encode_basestring_ascii, None, ":", ",",
+encode_flat = (_c_encode(None, _no_default, json.encoder.encode_basestring_ascii, None, ":", ",",
                           False, False, False) if _c_encode else None)
 _loads = json.loads
 # The C scanner behind json.loads, called directly: payloads are written without
@@ -53,8 +53,8 @@ def encode_payload(event: Event) -> str:
     cls = type(event)
     if _PLAIN.get(cls) or is_plain(cls):
         # A frozen dataclass without slots keeps exactly its fields in __dict__, in order.
-        if _encode_flat is not None:
-            return "".join(_encode_flat(event.__dict__, 0))
+        if encode_flat is not None:
+            return "".join(encode_flat(event.__dict__, 0))
         return _dumps_unsorted(event.__dict__)
     return _dumps({name: getattr(event, name) for name in _field_names(cls)})
 

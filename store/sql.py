@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 
 from events.base import Event
 from store.base import ConcurrencyError, PendingEvent, RecordedEvent, StoreError
-from store.codec import encode_metadata, encode_payload, is_plain
+from store.codec import encode_flat, encode_metadata, encode_payload, is_plain
 from store.engine import Synchronous, Target, check_sqlite_file, parse_url, sync_engine
 from store.errors import EventDecodeError, translated
 from store.queries import HEAD_QUERY, EventFilter, OnError, RowReader, utc
@@ -65,18 +65,11 @@ class _Sql:
                                   f" VALUES ({mark}, {mark}, {mark})")
 
 
-def _record_fast(global_position: int, stream_id: str, stream_position: int, recorded_at: datetime,
-                 event: Event, metadata: dict[str, Any]) -> RecordedEvent:
-    """``RecordedEvent(...)`` without the frozen ``__init__`` (the append hot path builds one per event)."""
-    record = _new(RecordedEvent)
-    _set(record, "__dict__", {"global_position": global_position, "stream_id": stream_id,
-                              "stream_position": stream_position, "recorded_at": recorded_at,
-                              "event": event, "metadata": metadata})
-    return record
-
-
 _new, _set = object.__new__, object.__setattr__
-_record = _record_fast if is_plain(RecordedEvent) else RecordedEvent
+# Event classes whose instances encode straight from __dict__ (filled on first sight).
+_FLAT_EVENTS: dict[type, bool] = {}
+# RecordedEvent built without its frozen __init__ on the append path (same object).
+_FAST_RECORD = is_plain(RecordedEvent)
 
 
 def _sqlite_time(moment: datetime) -> str:
@@ -189,9 +182,23 @@ class EventStore:
         # Encoding happens here, in the caller's thread and outside the commit lock, so
         # an event that cannot be encoded fails only its own append.
         ids = os.urandom(16 * len(events_)).hex()  # one syscall for the ids of plain events
-        defaults = self._default_metadata
+        defaults, prefix = self._default_metadata, self._metadata_prefix
         pending: list[_Pending] = []
+        add = pending.append
         for index, item in enumerate(events_):
+            if _FLAT_EVENTS.get(type(item)) and encode_flat is not None:
+                # The common case, inlined: a plain event, no metadata of its own.
+                event_id = ids[32 * index:32 * index + 32]
+                try:
+                    payload = "".join(encode_flat(item.__dict__, 0))
+                except (TypeError, ValueError) as error:
+                    raise StoreError(f"cannot encode {item.event_type} for stream {stream_id!r}: "
+                                     f"{error}") from None
+                add((item, payload, {**defaults, "event_id": event_id},
+                     prefix + '"event_id":"' + event_id + '"}'))
+                continue
+            if isinstance(item, Event) and type(item) not in _FLAT_EVENTS:
+                _FLAT_EVENTS[type(item)] = is_plain(type(item))
             if isinstance(item, PendingEvent):
                 event, extra, event_id = item.event, item.metadata, item.event_id
             else:
@@ -203,14 +210,14 @@ class EventStore:
                 if extra is None:
                     # Our own hex id needs no escaping; the defaults were encoded once.
                     meta: dict[str, Any] = {**defaults, "event_id": event_id}
-                    meta_text = self._metadata_prefix + '"event_id":"' + event_id + '"}'
+                    meta_text = prefix + '"event_id":"' + event_id + '"}'
                 else:
                     meta = {**defaults, **(extra or {}), "event_id": event_id}
                     meta_text = encode_metadata(meta)
             except (TypeError, ValueError) as error:
                 raise StoreError(f"cannot encode {event.event_type} for stream {stream_id!r}: "
                                  f"{error}") from None
-            pending.append((event, payload, meta, meta_text))
+            add((event, payload, meta, meta_text))
         request = _Request(stream_id, pending, expected_position)
         with self._turn:
             self._queue.append(request)
@@ -342,13 +349,20 @@ class EventStore:
                 positions[stream_id] = current
                 continue
             recorded: list[RecordedEvent] = []
-            add_row, add_record, record = rows.append, recorded.append, _record
+            add_row, add_record = rows.append, recorded.append
             for event, payload, meta, meta_text in request.pending:
                 head += 1
                 current += 1
                 kind = type(event)
                 add_row((head, stream_id, current, kind.__name__, kind.version, stamp, payload, meta_text))
-                add_record(record(head, stream_id, current, now, event, meta))
+                if _FAST_RECORD:
+                    record = _new(RecordedEvent)
+                    _set(record, "__dict__", {"global_position": head, "stream_id": stream_id,
+                                              "stream_position": current, "recorded_at": now,
+                                              "event": event, "metadata": meta})
+                    add_record(record)
+                else:
+                    add_record(RecordedEvent(head, stream_id, current, now, event, meta))
             positions[stream_id] = current
             staged.setdefault(stream_id, []).extend(recorded)
             request.result = recorded
