@@ -1,12 +1,13 @@
 """The SQL event store: SQLAlchemy 2 Core, synchronous, SQLite or PostgreSQL.
 
 Writes go through one writer connection with group commit: each ``append``
-queues a request; whichever caller takes the commit lock first becomes the
-leader, drains the queue and commits every waiting request in one
-transaction (one fsync). Positions are checked in memory, request by request,
-in queue order, so one stale ``expected_position`` fails only its own request
-and never the rest of the batch. Reads use their own pool of connections;
-with WAL they never wait for the writer.
+encodes its events and queues a request; one caller at a time leads, takes the
+whole queue and commits every waiting request in one transaction (one fsync),
+then wakes those it committed and hands the lead to the next waiter. Positions
+are checked in memory, request by request, in queue order, so one stale
+``expected_position`` fails only its own request and never the rest of the
+batch. Reads use their own pool of connections; with WAL they never wait for
+the writer. Hot paths use the DBAPI cursor with per-dialect SQL.
 """
 
 from __future__ import annotations
