@@ -50,6 +50,7 @@ class RelayProxy:
         self.ticket = ticket
         self.relay_addr = parse_hostport(ticket.relay)
         self._wg_addr: Address | None = (bind_host, wg_port) if wg_port else None
+        self._wg_fixed = wg_port is not None
         self._rehello_s = rehello_s
         self._hello_timeout_s = hello_timeout_s
         self._local = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -116,7 +117,8 @@ class RelayProxy:
                 except OSError:
                     continue
                 if sock is local:
-                    if addr[0] != local.getsockname()[0]:
+                    # Only WireGuard may use the session: its known port, or the first local sender.
+                    if addr[0] != local.getsockname()[0] or (self._wg_fixed and addr != self._wg_addr):
                         continue
                     self._wg_addr = addr
                     if wire.is_wireguard(data):

@@ -286,3 +286,26 @@ def test_large_wireguard_datagrams_cross_both_hot_paths(relay: RelayServer) -> N
     big = wg_packet(1, 9008)  # a jumbo-MTU transport message
     a.send(big)
     assert b.sock.recv(65535) == big
+
+
+def test_proxy_ignores_local_senders_other_than_wireguard(relay: RelayServer) -> None:
+    first, second = tickets(relay)
+    wg_a, wg_b, other = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
+    for sock in (wg_a, wg_b, other):
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(0.5)
+    client_a = ProxyRelayClient(lambda *_: first, wg_port=wg_a.getsockname()[1])
+    client_b = ProxyRelayClient(lambda *_: second, wg_port=wg_b.getsockname()[1])
+    try:
+        alloc_a = client_a.allocate("party1", "bob", first.relay)
+        client_b.allocate("party1", "alice", second.relay)
+        other.sendto(wg_packet(5), tuple_of(alloc_a.endpoint))  # another local process
+        with pytest.raises(TimeoutError):
+            wg_b.recvfrom(2048)
+        wg_a.sendto(wg_packet(6), tuple_of(alloc_a.endpoint))
+        assert wg_b.recvfrom(2048)[0] == wg_packet(6)
+    finally:
+        client_a.close()
+        client_b.close()
+        for sock in (wg_a, wg_b, other):
+            sock.close()
