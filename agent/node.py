@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -114,7 +115,6 @@ class Agent:
         self.bindings: dict[str, str] = {}  # party id -> control url
         self.sessions: dict[str, Session] = {}
         self.offers: dict[tuple[str, str, str], dict[str, Any]] = {}  # relay tickets pushed to us
-        self.offer_waiters: dict[tuple[str, str, str], asyncio.Event] = {}
         self.system: Any = None
         self.node: Any = None
         self.interface: Any = None
@@ -298,18 +298,13 @@ class Agent:
             raise ServiceError(status, error.message) from None
 
     async def relay_ticket(self, party_id: str, peer_id: str, relay: str) -> dict[str, Any]:
-        """A relay ticket for the session with ``peer_id``; both sides must use the same session.
+        """A relay ticket for the session with ``peer_id``.
 
-        The side with the smaller peer id asks the control server (which pushes the other
-        half to the peer); the other side waits briefly for that offer, then asks itself.
+        The control server gives both ends of a pair the same session, whoever asks first,
+        so both sides can ask independently; a ticket it already pushed to us is used first.
         """
-        key = (party_id, peer_id, relay)
-        if self.peer_id > peer_id and key not in self.offers:
-            waiter = self.offer_waiters.setdefault(key, asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.wait(), 3.0)
-        offer = self.offers.pop(key, None)
-        if offer is not None:
+        offer = self.offers.pop((party_id, peer_id, relay), None)
+        if offer is not None and float(offer.get("expiry_s", 0)) - time.time() > 60:
             return offer
         url = self.bindings.get(party_id)
         if url is None:
@@ -323,8 +318,6 @@ class Agent:
             ticket = body["ticket"]
             key = (str(ticket.get("party_id")), str(body.get("from")), str(ticket.get("relay")))
             self.offers[key] = ticket
-            if key in self.offer_waiters:
-                self.offer_waiters.pop(key).set()
             return
         party_id = body.get("party_id")
         if not isinstance(party_id, str) or self.bindings.get(party_id) != url:

@@ -66,7 +66,13 @@ class LabParty:
         assert self.control is not None
         self.lab.kill(self.control, signal.SIGTERM)
 
-    def start_agent(self, host: str) -> None:
+    def start_agents(self, hosts: list[str]) -> None:
+        for host in hosts:
+            self.start_agent(host, wait=False)
+        for host in hosts:
+            self.lab.wait_tcp_listening(host, 8666, 60)
+
+    def start_agent(self, host: str, wait: bool = True) -> None:
         node = self.lab.host(host)
         args = [sys.executable, "cli.py", "serve", "--name", host, "--control", self.control_url,
                 "--interface", node.wg_name, "--listen-port", "51820", "--state-dir", self.state(host)]
@@ -75,7 +81,8 @@ class LabParty:
         for stun in self.stun:
             args += ["--stun", stun]
         self.agents[host] = self.lab.popen(host, args)
-        self.lab.wait_tcp_listening(host, 8666, 30)
+        if wait:
+            self.lab.wait_tcp_listening(host, 8666, 60)
 
     def kill_agent(self, host: str, sig: int) -> None:
         self.lab.kill(self.agents.pop(host), sig)

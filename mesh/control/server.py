@@ -27,7 +27,10 @@ from mesh.control import protocol as p
 from mesh.control import registry as reg
 from mesh.control.identity import Challenge, IdentityError, decode_key, peer_id_for
 from mesh.control.secrets_hash import check_secret, hash_secret, new_secret
-from mesh.relay.tickets import issue_tickets
+from mesh.relay.tickets import RelayTicket, issue_tickets
+
+RELAY_TICKET_MARGIN_S = 600  # a pair's session is reused until this close to its expiry
+RELAY_AFFINITY_S = 30.0  # within this, both ends of a pair get the first session, whatever relay they ask
 
 
 class EventLog(Protocol):
@@ -113,6 +116,7 @@ class ControlServer:
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._relay_key = self.config.relay_key or secrets.token_bytes(32)
+        self._relay_sessions: dict[tuple[str, str, str], tuple[float, tuple[RelayTicket, RelayTicket]]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -389,12 +393,36 @@ class ControlServer:
         relay = request.relay or relays[0]
         if relay not in relays:
             raise p.ProtocolError(p.NOT_FOUND, f"relay {relay[:64]} is not registered here", request.id)
-        mine, theirs = issue_tickets(self._relay_key, relay, party.party_id, session.peer_id, request.to)
+        mine, theirs = self._tickets_for(party.party_id, session.peer_id, request.to, relay)
         target = self._online.get(request.to)
         if target is not None:
             target.send(p.message("relay_offer", ticket=asdict(theirs), **{"from": session.peer_id}))
         session.send(p.message("relay_offer", re=request.id, ticket=asdict(mine),
                                delivered=target is not None))
+
+    def _tickets_for(self, party_id: str, me: str, other: str, relay: str) -> tuple[RelayTicket, RelayTicket]:
+        """(mine, theirs). Both ends of a pair must meet on one session of one relay.
+
+        Each side's relay monitor may prefer a different relay, and both ask at about the
+        same time: a pair's session is reused whoever asks, on the relay it was issued
+        on, unless it is near its expiry, or older than ``RELAY_AFFINITY_S`` and the asker
+        now wants another relay (a deliberate switch away from a degraded one).
+        """
+        first, second = sorted((me, other))
+        key = (party_id, first, second)
+        now = time.time()
+        entry = self._relay_sessions.get(key)
+        if entry is not None:
+            issued, pair = entry
+            stale = pair[0].expiry_s - now < RELAY_TICKET_MARGIN_S
+            switching = pair[0].relay != relay and now - issued > RELAY_AFFINITY_S
+            if stale or switching:
+                entry = None
+        if entry is None:
+            entry = (now, issue_tickets(self._relay_key, relay, party_id, first, second))
+            self._relay_sessions[key] = entry
+        pair = entry[1]
+        return (pair[0], pair[1]) if pair[0].local_peer == me else (pair[1], pair[0])
 
     # ------------------------------------------------------------ helpers
 

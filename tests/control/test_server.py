@@ -330,7 +330,7 @@ def test_restart_restores_the_registry_from_the_log() -> None:
 def test_relay_offer_gives_each_side_its_own_ticket() -> None:
     async def scenario() -> None:
         key = b"k" * 32
-        async with running(relays=("203.0.113.20:3479",), relay_key=key) as server:
+        async with running(relays=("203.0.113.20:3479", "203.0.113.22:3479"), relay_key=key) as server:
             (host, guest), party, _ = await _party(server.port, 2)
             mine = await host.call(type="relay_request", party_id=party["party_id"], to=guest.peer_id)
             theirs = await guest.push("relay_offer")
@@ -342,6 +342,14 @@ def test_relay_offer_gives_each_side_its_own_ticket() -> None:
                 assert ticket["key_hex"] == side_key(key, ticket["session_id"], ticket["party_id"],
                                                      ticket["peer_a"], ticket["peer_b"],
                                                      ticket["expiry_s"], ticket["side"]).hex()
+            # Whoever asks, and however often, a pair shares one session: both ends must meet.
+            again = await guest.call(type="relay_request", party_id=party["party_id"], to=host.peer_id)
+            assert again["ticket"] == b
+            assert (await host.push("relay_offer"))["ticket"] == a
+            # Even when the other side's monitor prefers another relay: one meeting point.
+            other = await guest.call(type="relay_request", party_id=party["party_id"], to=host.peer_id,
+                                     relay="203.0.113.22:3479")
+            assert other["ticket"] == b
             unknown = await host.call(type="relay_request", party_id=party["party_id"], to=guest.peer_id,
                                       relay="192.0.2.99:1")
             assert unknown["code"] == p.NOT_FOUND

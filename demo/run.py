@@ -1,0 +1,124 @@
+"""The LANrage demo: ``python -m demo.run`` (as root; scripts/demo.sh sets everything up first).
+
+It builds a small internet in network namespaces, runs a real party on it over
+WireGuard, breaks one peer's uplink and heals it, then shows the recorded history.
+Everything it does to the party goes through the same CLI a user types.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from typing import Any
+
+from demo.party import LabParty
+from lab import HostSpec, Lab
+
+PEERS = (("alice", "port_restricted", "a home router (port-restricted cone NAT)"),
+         ("bob", "port_forwarded", "a router with the WireGuard port forwarded"),
+         ("carl", "symmetric", "a symmetric NAT (new public port for every destination)"))
+START = time.monotonic()
+
+
+def say(text: str = "") -> None:
+    print(f"[{time.monotonic() - START:5.1f}s] {text}" if text else "", flush=True)
+
+
+def show(output: str) -> None:
+    for line in output.rstrip().splitlines():
+        print(f"          {line}", flush=True)
+
+
+def ping_ms(party: LabParty, host: str, ip: str) -> float | None:
+    done = party.lab.run(host, ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", ip], check=False, timeout=10)
+    match = re.search(r"= [0-9.]+/([0-9.]+)/", done.stdout)
+    return float(match.group(1)) if done.returncode == 0 and match else None
+
+
+def wait_mesh(party: LabParty, ips: dict[str, str], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    pending = {(a, b) for a in ips for b in ips if a != b}
+    while pending and time.monotonic() < deadline:
+        for a, b in sorted(pending):
+            if party.ping(a, ips[b], count=1, timeout_s=1.0):
+                pending.discard((a, b))
+    return not pending
+
+
+def peer_row(status: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(p for p in status["parties"][0]["peers"] if p["name"] == name)
+
+
+def main() -> int:
+    say("LANrage demo: three friends behind three kinds of NAT become one LAN.")
+    say("Building a small internet in network namespaces: a STUN server, a control server,")
+    say("two relays, and one router per friend.")
+    with Lab.build(hosts=[HostSpec(name, nat) for name, nat, _ in PEERS], relays=2) as lab:
+        for name, _, what in PEERS:
+            host = lab.host(name)
+            say(f"  {name:6} LAN {host.lan_ip:15} seen on the internet as {host.public_ip:15} - {what}")
+        say(f"  control server {lab.control.public_ip}:8667, relays "
+            f"{', '.join(r.public_ip + ':3479' for r in lab.relays)}")
+        party = LabParty(lab)
+        party.start_services()
+        say("Started `cli.py control-server` and two `cli.py relay-server` (they share a ticket secret).")
+        party.start_agents([name for name, _, _ in PEERS])
+        say("Started `cli.py serve` on each friend's machine: actors, WireGuard, STUN, the API.")
+        say()
+        created = party.create("alice", "Friday LAN")
+        say(f"alice$ lanrage party create 'Friday LAN'   -> she is {created['virtual_ip']}; the invite:")
+        show(created["invite"])
+        ips = {"alice": created["virtual_ip"]}
+        for name in ("bob", "carl"):
+            joined = party.join(name, created["invite"])
+            ips[name] = joined["virtual_ip"]
+            say(f"{name}$ lanrage party join <invite>      -> {name} is {joined['virtual_ip']}")
+        say("Both sides of every pair dial at once: hole punching first, a relay where that cannot work.")
+        if not wait_mesh(party, ips, 60):
+            say("not every pair could ping within 60 s; the status below shows where it stands")
+        say("Every pair pings. alice$ lanrage status")
+        show(party.cli("alice", "status", "--state-dir", party.state("alice")))
+        say("Round trips across the virtual LAN (3 pings each):")
+        for a in ips:
+            cells = []
+            for b in ips:
+                if a != b:
+                    rtt = ping_ms(party, a, ips[b])
+                    cells.append(f"{b} {ips[b]}: " + (f"{rtt:.2f} ms" if rtt is not None else "lost"))
+            say(f"  from {a:5}  " + "   ".join(cells))
+        say()
+        say("Now carl's uplink goes down (his router's WAN link is cut).")
+        lab.cut_uplink("carl")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            row = peer_row(party.status("alice"), "carl")
+            if row["state"] not in ("connected",):
+                break
+            time.sleep(1)
+        row = peer_row(party.status("alice"), "carl")
+        say(f"alice sees carl as {row['state']} ({row['path']}); lost probes are recorded as events.")
+        lab.restore_uplink("carl")
+        say("carl's uplink is back.")
+        back = party.wait_ping("alice", ips["carl"], 60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and peer_row(party.status("alice"), "carl")["state"] != "connected":
+            time.sleep(1)
+        row = peer_row(party.status("alice"), "carl")
+        say(f"alice pings carl again after {back:.1f} s; carl is {row['state']} via {row['path']}"
+            if back is not None else "carl did not come back within 60 s")
+        say()
+        carl_id = row["peer_id"]
+        say(f"alice$ lanrage history {carl_id}     (carl's connection timeline, from alice's event log)")
+        show(party.cli("alice", "history", carl_id, "--state-dir", party.state("alice")))
+        query = ("SELECT from_state, to_state, path, reason FROM connection_history "
+                 f"WHERE peer_id = '{carl_id}' ORDER BY global_position")
+        say(f'alice$ lanrage sql "{query}"')
+        show(party.cli("alice", "sql", query, "--state-dir", party.state("alice")))
+        say("Tearing the lab down (processes, namespaces, WireGuard interfaces).")
+    say("Done.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
