@@ -13,6 +13,7 @@ import json
 import re
 import signal
 import sys
+from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -30,6 +31,7 @@ CONNECTION_TYPES = ("ConnectionAttemptStarted", "PathChosen", "HolePunchAttempte
                     "ConnectionStateChanged", "EndpointChanged", "ReconnectAttempted", "PathSwitched",
                     "DirectPathRetried")
 
+TABLE_ROWS = 1000
 _SQLITE_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?$")
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)(?:\s+ago)?$")
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -190,12 +192,22 @@ def events_command(
             for record in records:
                 print(json.dumps(record_json(record)))
             return
-        rows = list(records)
+        # A table holds at most the latest TABLE_ROWS matches (unless --limit says otherwise);
+        # --json streams everything.
+        keep = limit if limit is not None else TABLE_ROWS
+        rows: deque[Any] = deque(maxlen=keep or None)
+        seen = 0
+        for record in records:
+            rows.append(record)
+            seen += 1
         console = _console()
         if not rows:
             console.print("no events match")
             return
         console.print(_events_table(rows))
+        if seen > len(rows):
+            console.print(f"showing the latest {len(rows)} of {seen} matching events; "
+                          "narrow with --since/--stream/--type, or use --after/--limit or --json")
 
 
 def _follow(url: str, after: int, stream: str | None, types: tuple[str, ...], since: datetime | None,
