@@ -338,8 +338,10 @@ def history_command(
         types = CONNECTION_TYPES + (("MetricsSampled",) if metrics else ())
         records = []
         for stream in streams:
-            records.extend(record for record in store.read_stream(stream, on_error=_warn)
-                           if record.event_type in types)
+            # The type filter runs in SQL (metric samples can be most of a stream); the stream
+            # filter is a prefix there, so keep only this exact stream.
+            records.extend(record for record in store.read_all(stream=stream, types=types, on_error=_warn)
+                           if record.stream_id == stream)
     records.sort(key=lambda record: record.global_position)
     if limit is not None:
         records = records[-limit:] if limit > 0 else []
