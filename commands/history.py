@@ -385,6 +385,10 @@ def resolve_peer(streams: list[str], peer: str) -> list[str]:
             matches.append(stream)
     if not matches:
         raise UsageError(f"no peer matches {peer!r}")
+    exact = [stream for stream in matches
+             if stream.rsplit(":", 1)[1] == peer or stream.removeprefix("peer:") == peer]
+    if exact:
+        return exact  # "bob" means bob, even when bob2 exists
     peers = {stream.rsplit(":", 1)[1] for stream in matches}
     if len(peers) > 1:
         listed = ", ".join(sorted(peers)[:5])

@@ -87,6 +87,10 @@ def test_history_is_ambiguous_or_resolved(capsys: pytest.CaptureFixture[str], sq
     assert code != 0 and "matches several peers (bob1, bob2)" in err
     code, out, _ = run(["history", "bob2", "--db", sqlite_url], capsys)
     assert code == 0 and "∅ → connecting" in out
+    with open_store(sqlite_url) as store:
+        store.append("peer:p:bob", [state("bob", "connecting"), state("bob", "failed", "connecting")], 0)
+    code, out, _ = run(["history", "bob", "--db", sqlite_url, "--json"], capsys)
+    assert code == 0 and {json.loads(line)["stream_id"] for line in out.splitlines()} == {"peer:p:bob"}
 
 
 def test_write_hidden_in_a_cte_is_refused_by_the_database(db: str,
