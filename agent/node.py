@@ -205,6 +205,7 @@ class Agent:
     def info(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "peer_id": self.peer_id, "public_key": self.identity.public_key,
                 "name": self.config.name, "default_control": self.config.control,
+                "nat_type": self.nat.nat_type if self.nat else None, "candidates": list(self.candidates),
                 "control": [{"url": url, "connected": s.connected, "last_error": s.last_error}
                             for url, s in sorted(self.sessions.items())]}
 

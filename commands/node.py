@@ -302,7 +302,8 @@ def print_status(status: dict[str, Any]) -> None:
     agent = status.get("agent") or {}
     controls = ", ".join(f"{c['url']} ({'connected' if c['connected'] else 'unreachable'})"
                          for c in agent.get("control", [])) or "none"
-    console.print(f"node {agent.get('name', '')} {node.get('node_id', '')}  NAT {node.get('nat_type', '?')}"
+    nat = agent.get("nat_type") or node.get("nat_type") or "unknown"
+    console.print(f"node {agent.get('name', '')} {node.get('node_id', '')}  NAT {nat}"
                   f"  relay {node.get('relay') or '-'}  control {controls}", markup=False)
     if not status["parties"]:
         console.print("no party: `lanrage party create NAME` or `lanrage party join INVITE`")

@@ -97,10 +97,12 @@ def main() -> int:
                 break
             time.sleep(1)
         row = peer_row(party.status("alice"), "carl")
-        say(f"alice sees carl as {row['state']} ({row['path']}); lost probes are recorded as events.")
+        say(f"alice sees carl as {row['state']} (trying {row['path']} again); lost probes are events.")
         lab.restore_uplink("carl")
+        restored = time.monotonic()
         say("carl's uplink is back.")
-        back = party.wait_ping("alice", ips["carl"], 60)
+        reply = party.wait_ping("alice", ips["carl"], 60)
+        back = None if reply is None else time.monotonic() - restored
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and peer_row(party.status("alice"), "carl")["state"] != "connected":
             time.sleep(1)
