@@ -46,6 +46,9 @@ def main(argv: list[str]) -> int:
             except Exception as error:
                 reply({"error": f"{type(error).__name__}: {error}"})
     finally:
+        control = allocations.pop("control", None)
+        if control is not None:
+            control.stop()
         relays.close()
         wg.close()
     return 0
@@ -79,9 +82,38 @@ def handle(command: dict[str, Any], wg: WireGuardInterface, relays: ProxyRelayCl
         return {"ok": True}
     if kind == "probe":
         return {"rtt_ms": probe_relay(command["relay"], command.get("timeout", 0.5))}
+    if kind == "control":  # connect to the control server (issue 6): the real signalling channel
+        from mesh.control.client import ControlClient
+        from mesh.control.identity import Identity
+
+        client = ControlClient(command["url"], Identity.generate(), name=command["name"]).start()
+        if not client.wait_connected(10):
+            raise RuntimeError(f"control server unreachable: {client.last_error}")
+        allocations["control"] = client
+        return {"peer_id": client.peer_id}
+    if kind == "control_request":
+        fields = {key: value for key, value in command.items() if key not in ("cmd", "kind")}
+        return {"answer": allocations["control"].request(command["kind"], **fields)}
+    if kind == "wait_push":
+        control = allocations["control"]
+        deadline = time.monotonic() + command.get("timeout", 10)
+        while time.monotonic() < deadline:
+            try:
+                push = control.pushes.get(timeout=max(0.01, deadline - time.monotonic()))
+            except Exception:
+                break
+            if push.get("type") == command["type"]:
+                return {"push": push}
+        raise TimeoutError(f"no {command['type']} push")
+    if kind == "relay_offer":  # the ticket came through the control server
+        allocation = relays.allocate_ticket(RelayTicket(**command["ticket"]))
+        allocations[allocation.relay] = allocation
+        return {"endpoint": allocation.endpoint}
     if kind == "proxies":
         found = {}
         for relay, allocation in allocations.items():
+            if relay == "control":
+                continue
             proxy = relays.proxy(allocation)
             if proxy is not None:
                 found[relay] = {"up": proxy.packets_up, "down": proxy.packets_down}
