@@ -283,3 +283,32 @@ def test_metrics_enter_the_log_as_one_sample_per_window(make_node) -> None:
         "loss=0.09090909090909091, rx_bytes=0, tx_bytes=0, quality=87.6)"]
     node.advance(60)
     assert len([e for e in node.new(node.peer("bob")) if e.startswith("MetricsSampled")]) == 1
+
+
+@pytest.mark.parametrize("hosting", HOSTINGS)
+def test_leave_closes_every_connection_and_the_party_can_be_opened_again(make_node, hosting: str) -> None:
+    node = make_node(hosting)
+    join_bob(node)
+    assert node.ask(m.LeaveParty("p1")) == m.PartyClosed("p1", "left by the user")
+    assert node.new(node.peer("bob")) == [
+        "WireGuardPeerRemoved(public_key='key-bob', reason='the local node left the party')",
+        "ConnectionStateChanged(from_state='connected', to_state='closed', "
+        "reason='the local node left the party', path='direct', endpoint='203.0.113.2:51820', relay=None, "
+        "latency_ms=None)"]
+    assert node.described(node.party())[-5:] == [
+        "VirtualIpReleased(peer_id='alice', virtual_ip='10.66.0.1')",
+        "PeerLeft(peer_id='alice', reason='the local node left the party')",
+        "VirtualIpReleased(peer_id='bob', virtual_ip='10.66.0.2')",
+        "PeerLeft(peer_id='bob', reason='the local node left the party')",
+        "PartyLeft(reason='left by the user')"]
+    assert node.status().parties == ()
+    assert node.described(node.node_stream)[-2:] == [
+        "NodePartyOpened(node_id='local')",
+        "NodePartyClosed(node_id='local', reason='left by the user')"]
+    assert node.ask(m.CreateParty("p1", "LAN again", "alice", "Alice")) == m.PartyOpened(
+        "p1", "alice", "10.66.0.1")
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
+    node.advance(5)
+    assert node.connection("p1", "bob").state == "connected"
+    assert node.net.wireguard_changes("local") == [
+        ("configure", "key-bob", BOB), ("remove", "key-bob", None), ("configure", "key-bob", BOB)]
