@@ -81,6 +81,9 @@ def serve_command(
     listen_port: Annotated[int, typer.Option("--listen-port", help="WireGuard UDP port.")] = 51820,
     adapters: Annotated[str, typer.Option("--adapters", help="real (WireGuard, needs root) or sim "
                                                              "(simulated network, for trials).")] = "real",
+    punch_timeout: Annotated[float, typer.Option(
+        "--punch-timeout", help="Seconds a hole punch may take before the relay is used (a working "
+                                "punch answers in tens of ms; direct is retried every 30 s).")] = 1.5,
     actor_port: Annotated[int | None, typer.Option(
         "--actor-port", help="Thespian admin port (TCP, loopback) \\[default: API port + 100].")] = None,
     log_level: LogLevelOption = "INFO",
@@ -101,9 +104,12 @@ def serve_command(
         raise UsageError("--adapters must be real or sim")
     if s["control"] and not s["control"].startswith(("ws://", "wss://", "file://")):
         raise UsageError("--control must start with ws://, wss:// or file://")
+    if not 0.1 <= s["punch_timeout"] <= 60:
+        raise UsageError("--punch-timeout must be 0.1-60 seconds")
     for value in [*(s["relay"] or []), *(s["stun"] or [])]:
         hostport(value, "--relay/--stun")
     _logging(s["log_level"], s["log_format"], s["log_file"])
+    from actors.config import ActorConfig, ConnectionConfig
     from agent.node import Agent, AgentConfig
 
     state = state_dir(s["state_dir_"])
@@ -112,7 +118,8 @@ def serve_command(
         "control": s["control"], "adapters": factories[s["adapters"]], "relays": tuple(s["relay"] or ()),
         "stun": tuple(s["stun"] or ()), "interface": s["interface"], "listen_port": s["listen_port"],
         "actor_port": s["actor_port"] or port + 100, "log_level": s["log_level"].upper(),
-        "log_file": s["log_file"]}
+        "log_file": s["log_file"],
+        "actor_config": ActorConfig(connection=ConnectionConfig(punch_timeout_s=s["punch_timeout"]))}
     if s["name"]:
         settings["name"] = s["name"]
     from mesh.interfaces import MeshError
