@@ -190,6 +190,8 @@ def apply_relay(state: RelayState, event: Event) -> RelayState:
                            degraded=event.answered == 0 and state.degraded)
         case ev.RelayDegraded():
             return _evolve(state, relay=event.relay, degraded=True)
+        case ev.RelaySelected():
+            return _evolve(state, relay=event.relay, selected=True, degraded=False)
         case ev.RelaySessionAllocated():
             return _evolve(state, relay=event.relay, sessions=(*state.sessions, event.session_id))
         case ev.RelaySessionExpired():
@@ -212,7 +214,7 @@ class NodeState:
     nat_type: str = ev.NAT_UNKNOWN
     public_endpoint: str | None = None
     relay_only: bool = False
-    selected_relay: str | None = None
+    selected_relay: str | None = None  # kept by apply_world from the relay streams
     rejected_messages: int = 0
     parties: tuple[str, ...] = ()
 
@@ -231,8 +233,6 @@ def apply_node(state: NodeState, event: Event) -> NodeState:
                            relay_only=False)
         case ev.NatDetectionFailed():
             return _evolve(state, nat_type=ev.NAT_UNKNOWN, public_endpoint=None, relay_only=True)
-        case ev.RelaySelected():
-            return _evolve(state, selected_relay=event.relay)
         case ev.MessageRejected():
             return _evolve(state, rejected_messages=state.rejected_messages + 1)
         case ev.NodePartyOpened():
@@ -269,6 +269,14 @@ def apply_world(world: World, stream_id: str, event: Event, global_position: int
         attribute, empty, apply = fold
         states = getattr(world, attribute)
         states[stream_id] = apply(states.get(stream_id) or empty(), event)
+        if isinstance(event, ev.RelaySelected):
+            # The selection lives in the chosen relay's stream; every other relay is unselected.
+            for other, relay in world.relays.items():
+                if other != stream_id and relay.selected:
+                    world.relays[other] = _evolve(relay, selected=False)
+            # One node writes to one database, so its node stream is the only one here.
+            for node_stream_id, node in world.nodes.items():
+                world.nodes[node_stream_id] = _evolve(node, selected_relay=event.relay)
     return _evolve(world, position=global_position) if global_position else world
 
 
