@@ -75,7 +75,6 @@ def test_sigkilled_writer_never_loses_an_acknowledged_append(tmp_path: Path) -> 
     acked: dict[tuple[str, int], str] = {}
     rng = random.Random(20261125)
     rounds_with_acks = 0
-    started = time.monotonic()
     for round_ in range(ROUNDS):
         before = len(acked)
         pid = os.fork()
@@ -84,7 +83,13 @@ def test_sigkilled_writer_never_loses_an_acknowledged_append(tmp_path: Path) -> 
                 _writer(url, acked_path, "FULL" if round_ % 2 else "NORMAL", round_)
             finally:
                 os._exit(0)
-        time.sleep(rng.uniform(0.01, 0.12))
+        # Kill at a random moment after the writer is under way (a loaded machine can take
+        # a while to start it), so every round kills appends in flight.
+        size = acked_path.stat().st_size if acked_path.exists() else 0
+        deadline = time.monotonic() + 10
+        while (not acked_path.exists() or acked_path.stat().st_size <= size) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.08))
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, "writer died on its own"
@@ -96,6 +101,5 @@ def test_sigkilled_writer_never_loses_an_acknowledged_append(tmp_path: Path) -> 
         if round_ % 10 == 9:
             _check(path, acked)
     _check(path, acked)
-    assert rounds_with_acks >= ROUNDS // 2, "too few rounds acknowledged anything to prove durability"
+    assert rounds_with_acks == ROUNDS, "a writer was killed before it acknowledged anything"
     assert len(acked) > 1000
-    assert time.monotonic() - started < 60
