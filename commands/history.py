@@ -246,6 +246,8 @@ def replay_command(
     at: Annotated[str | None,
                   typer.Option("--at", help="Time: ISO 8601 (local if no offset), 'now', -5m.")] = None,
     position: Annotated[int | None, typer.Option("--position", help="Global position to stop at.")] = None,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Warn about rows that cannot be decoded and fold the rest.")] = False,
     as_json: JsonOption = False,
     state_dir: StateDirOption = _DEFAULT_STATE_DIR,
     db: DbOption = None,
@@ -257,7 +259,7 @@ def replay_command(
     if position is not None and position < 0:
         raise UsageError("--position must be >= 0")
     with _open_readonly(db, state_dir) as store:
-        world = replay(store, at=moment, position=position)
+        world = replay(store, at=moment, position=position, on_error=_warn if skip_bad else "raise")
     if as_json:
         print(json.dumps(_jsonable({
             "position": world.position,

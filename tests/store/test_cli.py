@@ -184,3 +184,21 @@ def test_a_second_statement_cannot_sneak_a_write_in(db: str, capsys: pytest.Capt
     assert code != 0 and len(err.strip().splitlines()) == 1
     code, out, _ = run(["sql", "SELECT count(*) AS n FROM events", "--db", db, "--json"], capsys)
     assert code == 0 and json.loads(out) == {"n": 7}
+
+
+def test_replay_names_a_bad_row_or_skips_it(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    with open_store(sqlite_url) as store:
+        store.append("peer:p:a", [state("a", "connecting"), state("a", "connected", "connecting")], 0)
+    path = sqlite_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE events SET event_version = 9 WHERE global_position = 2")
+    code, _, err = run(["replay", "--db", sqlite_url], capsys)
+    assert code != 0 and "global position 2 (stream 'peer:p:a' position 2" in err
+    assert len(err.strip().splitlines()) == 1
+    code, out, err = run(["replay", "--db", sqlite_url, "--skip-bad", "--json"], capsys)
+    assert code == 0 and "warning: cannot decode event at global position 2" in err
+    assert json.loads(out)["connections"]["peer:p:a"]["state"] == "connecting"
+    code, out, err = run(["events", "--db", sqlite_url, "--json"], capsys)
+    assert code == 0 and len(out.splitlines()) == 1 and "global position 2" in err
