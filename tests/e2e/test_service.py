@@ -225,3 +225,21 @@ def test_control_server_process_survives_bad_websocket_input(tmp_path: Path, fra
         assert answer["type"] == "error" and answer["message"]
         host = Node(run, "host", url).start()
         assert host.create("still serving")[1].startswith("lanrage1-")
+
+
+def test_file_discovery_party_without_a_control_server(tmp_path: Path) -> None:
+    with Run(tmp_path) as run:
+        shared = tmp_path / "shared"
+        url = shared.as_uri()
+        alice, bob = Node(run, "alice", url).start(), Node(run, "bob", url).start()
+        party_id, invite = alice.create("kitchen LAN")
+        from mesh.control.invite import Invite
+
+        assert Invite.decode(invite).control_url == url
+        bob.join(invite)
+        wait_for(lambda: all_see_each_other([alice, bob], party_id), 20, "the pair over file discovery")
+        run.stop("bob", signal.SIGKILL)
+        bob.start()
+        wait_for(lambda: set(bob.members(party_id)) == {"alice", "bob"}, 20, "bob's restored party")
+        bob.cli("party", "leave")
+        wait_for(lambda: set(alice.members(party_id)) == {"alice"}, 20, "alice to drop bob")
