@@ -9,8 +9,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection
 
+from store.base import StoreError
 from store.engine import Target, check_sqlite_file, parse_url, sync_engine
 from store.errors import translated
 
@@ -85,10 +87,15 @@ def _run(target: Target, direction: str, revision: str) -> str | None:
         try:
             with translated(target.where), engine.connect() as connection:
                 config = alembic_config(connection)
-                if direction == "upgrade":
-                    command.upgrade(config, revision)
-                else:
-                    command.downgrade(config, revision)
+                try:
+                    if direction == "upgrade":
+                        command.upgrade(config, revision)
+                    else:
+                        command.downgrade(config, revision)
+                except CommandError as error:
+                    found = current_revisions(connection)
+                    raise StoreError(f"cannot migrate database {target.where} (at revision "
+                                     f"{', '.join(found) or 'none'}) to {revision}: {error}") from None
                 revisions = current_revisions(connection)
         finally:
             engine.dispose()

@@ -6,11 +6,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from events import types as ev
-from store import migrate, open_store
+from store import StoreError, migrate, open_store
 from store.migrate import current, downgrade, head_revisions
 from tests.store.helpers import left, metrics, state
 
@@ -135,3 +136,13 @@ def test_processes_starting_together_on_a_fresh_database_all_succeed(any_db_url:
     assert revisions == ["0002_views"] * 4
     with open_store(any_db_url) as store:
         assert store.append("node:n", [left()], 0)[0].global_position == 1
+
+
+def test_a_schema_from_a_newer_lanrage_is_a_clear_error(sqlite_url: str) -> None:
+    migrate(sqlite_url)
+    engine = create_engine(sqlite_url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099_future'"))
+    engine.dispose()
+    with pytest.raises(StoreError, match=r"at revision 0099_future\) to head"):
+        open_store(sqlite_url)
