@@ -103,7 +103,7 @@ def main() -> int:
         say("carl's uplink is back.")
         reply = party.wait_ping("alice", ips["carl"], 60)
         back = None if reply is None else time.monotonic() - restored
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline and peer_row(party.status("alice"), "carl")["state"] != "connected":
             time.sleep(1)
         row = peer_row(party.status("alice"), "carl")
