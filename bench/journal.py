@@ -213,12 +213,62 @@ def raw_json_scan(url: str, count: int) -> tuple[int, float, float]:
     return count, clock.wall, clock.cpu
 
 
+class PostgresDatabase:
+    """A fresh database on the server of ``admin_url`` for the optional PostgreSQL cases."""
+
+    def __init__(self, admin_url: str) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        self.admin = create_engine(make_url(admin_url).set(drivername="postgresql+psycopg"),
+                                   isolation_level="AUTOCOMMIT")
+        self.name = f"lanrage_bench_{uuid.uuid4().hex[:10]}"
+        with self.admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{self.name}"')
+        self.url = self.admin.url.set(database=self.name).render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        # An autovacuum worker (another role) can hold the fresh database for a moment.
+        from sqlalchemy.exc import DBAPIError
+
+        try:
+            for attempt in range(20):
+                try:
+                    with self.admin.connect() as connection:
+                        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.name}"')
+                    return
+                except DBAPIError:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.5)
+        finally:
+            self.admin.dispose()
+
+
+def pg_batched(url: str, count: int) -> tuple[int, float, float]:
+    with open_store(url) as store:
+        stream = f"peer:bench:{uuid.uuid4().hex[:8]}"
+        events = [sample(i) for i in range(count)]
+        with Clock() as clock:
+            for offset in range(0, count, BATCH):
+                store.append(stream, events[offset:offset + BATCH], offset)
+    return count, clock.wall, clock.cpu
+
+
+def pg_replay(url: str) -> tuple[int, float, float]:
+    with open_store(url, readonly=True) as store, Clock() as clock:
+        seen = sum(1 for _ in iter_events(store))
+    return seen, clock.wall, clock.cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--single", type=int, default=3_000)
     parser.add_argument("--replay-events", type=int, default=200_000)
+    parser.add_argument("--postgres", metavar="URL", help="also measure batched appends and replay "
+                        "on PostgreSQL (a fresh database is made on this server and dropped)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="lanrage-bench-") as name:
@@ -239,9 +289,18 @@ def main() -> None:
             Case("read_all RecordedEvents", lambda: reading(log, args.replay_events, read_records)),
             Case("raw sqlite3 scan + json.loads", lambda: raw_json_scan(log, args.replay_events)),
         ]
-        for round_ in range(args.repeat):
-            for case in cases if round_ % 2 == 0 else reversed(cases):
-                case.measure()
+        postgres = PostgresDatabase(args.postgres) if args.postgres else None
+        try:
+            if postgres is not None:
+                pg_url = postgres.url
+                cases += [Case("PostgreSQL batched x100", lambda: pg_batched(pg_url, n)),
+                          Case("PostgreSQL replay read+decode", lambda: pg_replay(pg_url))]
+            for round_ in range(args.repeat):
+                for case in cases if round_ % 2 == 0 else reversed(cases):
+                    case.measure()
+        finally:
+            if postgres is not None:
+                postgres.drop()
     load_after = os.getloadavg()
     by = {case.label: case for case in cases}
 
