@@ -182,6 +182,8 @@ class EventStore:
             raise StoreError(f"expected_position must be >= 0, not {expected_position}")
         # Encoding happens here, in the caller's thread and outside the commit lock, so
         # an event that cannot be encoded fails only its own append.
+        if not isinstance(events_, list | tuple):
+            events_ = list(events_)
         ids = os.urandom(16 * len(events_)).hex()  # one syscall for the ids of plain events
         defaults, prefix = self._default_metadata, self._metadata_prefix
         pending: list[_Pending] = []
