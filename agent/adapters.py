@@ -15,6 +15,7 @@ import json
 import re
 import socket
 import subprocess
+import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,13 +79,24 @@ class InterfaceOwner:
 # ---------------------------------------------------------------- actor-side adapters
 
 
+STAGGER_S = 0.1
+
+
 class UapiWireGuard:
-    """``mesh.interfaces.WireGuard`` over the UAPI socket of the agent's interface."""
+    """``mesh.interfaces.WireGuard`` over the UAPI socket of the agent's interface.
+
+    Both sides configure each other at about the same moment (both dial). If their
+    handshake initiations cross, each side discards the other's and nothing moves until
+    WireGuard's 5 s retry (docs/nat-relay.md measured it). So on a new endpoint the side
+    with the smaller public key waits ``STAGGER_S`` (more than a round trip in the lab):
+    the first initiation then meets a configured peer and completes.
+    """
 
     def __init__(self, name: str, public_key: str, listen_port: int) -> None:
         self._device = UapiDevice(name)
         self._public_key = public_key
         self._listen_port = listen_port
+        self._endpoints: dict[str, str | None] = {}
 
     @property
     def public_key(self) -> str:
@@ -96,10 +108,16 @@ class UapiWireGuard:
 
     def configure_peer(self, public_key: str, endpoint: str | None, allowed_ips: Sequence[str],
                        keepalive_s: int = 25) -> None:
-        self._device.set_peer(PeerConfig.make(public_key, endpoint, allowed_ips, keepalive_s))
+        config = PeerConfig.make(public_key, endpoint, allowed_ips, keepalive_s)
+        if config.endpoint is not None and self._endpoints.get(public_key) != config.endpoint \
+                and self._public_key < public_key:
+            time.sleep(STAGGER_S)
+        self._device.set_peer(config)
+        self._endpoints[public_key] = config.endpoint
 
     def remove_peer(self, public_key: str) -> None:
         self._device.remove_peer(public_key)
+        self._endpoints.pop(public_key, None)
 
     def peer_stats(self) -> dict[str, PeerStats]:
         observed = self._device.read()
