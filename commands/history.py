@@ -148,6 +148,8 @@ def _cell(value: Any, column: str = "") -> str:
         return local(value) if value.tzinfo else value.isoformat(sep=" ")
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, dict | list):  # JSONB columns on PostgreSQL
+        return json.dumps(_jsonable(value))
     return str(value)
 
 

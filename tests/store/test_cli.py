@@ -202,3 +202,8 @@ def test_replay_names_a_bad_row_or_skips_it(sqlite_url: str, capsys: pytest.Capt
     assert json.loads(out)["connections"]["peer:p:a"]["state"] == "connecting"
     code, out, err = run(["events", "--db", sqlite_url, "--json"], capsys)
     assert code == 0 and len(out.splitlines()) == 1 and "global position 2" in err
+
+
+def test_sql_shows_json_columns_as_json(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["sql", "SELECT payload FROM events WHERE global_position = 1", "--db", db], capsys)
+    assert code == 0 and '"name": "lan night"' in out.replace('":"', '": "')
