@@ -61,14 +61,24 @@ class InterfaceOwner:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.interface: WireGuardInterface | None = None
+        self.addresses: set[str] = set()
 
     def ensure(self, virtual_ip: str) -> None:
-        if self.interface is not None:
-            return
+        """The interface exists and holds ``virtual_ip`` (one address per party the node is in)."""
+        ipaddress.ip_address(virtual_ip)
         config = self.agent.config
-        self.interface = WireGuardInterface.create(
-            self.agent.private_key, f"{virtual_ip}/16", name=config.interface,
-            listen_port=config.listen_port, state_dir=self.agent.state_dir)
+        if self.interface is None:
+            self.interface = WireGuardInterface.create(
+                self.agent.private_key, f"{virtual_ip}/16", name=config.interface,
+                listen_port=config.listen_port, state_dir=self.agent.state_dir)
+            self.addresses.add(virtual_ip)
+        if virtual_ip in self.addresses:
+            return
+        done = subprocess.run(["ip", "address", "add", f"{virtual_ip}/32", "dev", config.interface],
+                              capture_output=True, text=True, timeout=10)
+        if done.returncode != 0 and "exists" not in done.stderr:
+            raise MeshError(f"cannot add {virtual_ip} to {config.interface}: {done.stderr.strip()}")
+        self.addresses.add(virtual_ip)
 
     def close(self) -> None:
         if self.interface is not None:
