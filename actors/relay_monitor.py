@@ -28,6 +28,7 @@ from events.base import Event
 from events.fold import RelayState, apply_relay
 from events.streams import relay_stream
 from mesh.interfaces import MeshError
+from mesh.relay.selection import best_relay, should_switch
 
 PROBE = "probe"
 
@@ -42,28 +43,25 @@ class Choice:
 def choose_relay(selected: str | None, rtts: dict[str, float | None],
                  config: RelayMonitorConfig) -> tuple[bool, Choice | None]:
     """Pure: (is the selected relay degraded, the relay to switch to or None)."""
-    answered = {relay: rtt for relay, rtt in rtts.items() if rtt is not None}
-    best = min(answered, key=lambda r: (answered[r], r)) if answered else None
+    best = best_relay(rtts)
     if selected is None or selected not in rtts:
         if best is None:
             return False, None
-        return False, Choice(best, answered[best],
-                             f"lowest round trip ({answered[best]:.1f} ms) of {len(answered)} relays")
+        answered = sum(rtt is not None for rtt in rtts.values())
+        return False, Choice(best, rtts[best],
+                             f"lowest round trip ({rtts[best]:.1f} ms) of {answered} relays")
     current = rtts[selected]
-    degraded = current is None or current > config.degraded_rtt_ms
-    if not degraded:
+    if current is not None and current <= config.degraded_rtt_ms:
         return False, None
-    others = {r: rtt for r, rtt in answered.items() if r != selected}
-    if not others:
+    candidate = best_relay({relay: rtt for relay, rtt in rtts.items() if relay != selected})
+    if candidate is None or not should_switch(current, rtts[candidate], config.min_improvement_ms,
+                                              config.max_ratio):
         return True, None
-    candidate = min(others, key=lambda r: (others[r], r))
-    rtt = others[candidate]
+    rtt = rtts[candidate]
     if current is None:
         return True, Choice(candidate, rtt, f"{selected} stopped answering; {candidate} is {rtt:.1f} ms")
-    if current - rtt >= config.min_improvement_ms and rtt < current * config.max_ratio:
-        return True, Choice(candidate, rtt,
-                            f"{selected} degraded ({current:.1f} ms); {candidate} is {rtt:.1f} ms")
-    return True, None
+    return True, Choice(candidate, rtt,
+                        f"{selected} degraded ({current:.1f} ms); {candidate} is {rtt:.1f} ms")
 
 
 class RelayMonitorActor(Actor):

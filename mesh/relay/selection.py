@@ -14,7 +14,8 @@ def best_relay(rtts: Mapping[str, float | None]) -> str | None:
     return min(answered)[1] if answered else None
 
 
-def should_switch(current_rtt: float | None, candidate_rtt: float | None) -> bool:
+def should_switch(current_rtt: float | None, candidate_rtt: float | None,
+                  min_gain_ms: float = MIN_GAIN_MS, max_ratio: float = MAX_RATIO) -> bool:
     """Switch only if the candidate is at least 10 ms better and under 2/3 of the current RTT.
 
     A current relay that stopped answering (None) is always worth leaving for one that answers.
@@ -23,7 +24,7 @@ def should_switch(current_rtt: float | None, candidate_rtt: float | None) -> boo
         return False
     if current_rtt is None:
         return True
-    return current_rtt - candidate_rtt >= MIN_GAIN_MS and candidate_rtt < current_rtt * MAX_RATIO
+    return current_rtt - candidate_rtt >= min_gain_ms and candidate_rtt < current_rtt * max_ratio
 
 
 def choose(current: str | None, rtts: Mapping[str, float | None]) -> str | None:
