@@ -39,9 +39,30 @@ def pg_url() -> Iterator[str]:
     try:
         yield admin_url.set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        try:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        except Exception:
+            # FORCE may not terminate an autovacuum worker (another role) on the test
+            # database; a plain DROP makes autovacuum step aside. Retry briefly.
+            _drop_plainly(admin, name)
         admin.dispose()
+
+
+def _drop_plainly(admin, name: str) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from sqlalchemy import text
+
+    for attempt in range(40):
+        try:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            return
+        except Exception:
+            if attempt == 39:
+                raise
+            time.sleep(0.25)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
