@@ -1,0 +1,335 @@
+"""BroadcastEmulator: carries LAN broadcasts and multicasts between the nodes of a party.
+
+WireGuard is layer 3 and routes by per-peer /32 allowed IPs, so a game's discovery
+broadcast to 255.255.255.255 or 10.66.255.255 never reaches another node. On each node:
+
+* a raw IPPROTO_UDP socket, narrowed by a BPF filter to the configured destinations and
+  ports, sees every locally sent broadcast (Linux loops a copy of each broadcast, and of
+  each multicast to a group joined on that host, into local delivery). Only datagrams
+  whose source is one of this host's own addresses are taken: broadcasts heard from the
+  physical LAN and our own re-emissions (whose source is a peer's virtual IP) are not.
+* each taken datagram is wrapped (``wire.py``) and unicast through the tunnel to every
+  peer's virtual IP on the broadcast port (8668).
+* the receiver checks that the sender is a current peer and that the wrapper's origin is
+  the address WireGuard authenticated, deduplicates by (origin, id), rate limits, and
+  re-emits the datagram through a raw IP_HDRINCL socket bound to the WireGuard interface
+  with the *origin's virtual IP and source port* as its source. The local copy reaches
+  games bound to 0.0.0.0:port; the copy on the wire is dropped by WireGuard (no peer owns
+  255.255.255.255). A game's unicast reply to that source goes straight through the
+  tunnel to the origin game's socket.
+
+One thread, one selector, no queues: each datagram is handled to the end before the next.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ipaddress
+import os
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from mesh.broadcast import packet, wire
+
+DEFAULT_PORT = 8668
+SO_BINDTODEVICE = 25
+LIMITED_BROADCAST = "255.255.255.255"
+DROP_REASONS = ("not_local", "rate_limited", "too_large", "no_peers", "send_error",
+                "not_peer", "malformed", "spoofed", "not_allowed", "duplicate", "emit_error")
+
+
+@dataclass(frozen=True)
+class BroadcastConfig:
+    interface: str  # the WireGuard interface
+    virtual_ip: str  # this node's address on it
+    ports: tuple[int, ...]  # game discovery ports
+    subnet: str = "10.66.0.0/16"
+    groups: tuple[str, ...] = ()  # multicast groups, e.g. ("239.255.255.250",)
+    tunnel_port: int = DEFAULT_PORT
+    max_payload: int = 1400
+    rate_per_s: float = 50.0  # per local source (ip, port) and per remote origin
+    burst: int = 100
+    dedup_size: int = 4096
+    max_sources: int = 1024  # rate-limiter buckets kept
+
+    def __post_init__(self) -> None:
+        if not self.ports or len(self.ports) > 64 or any(not 0 < p < 65536 for p in self.ports):
+            raise ValueError("broadcast ports: 1 to 64 ports in 1-65535")
+        if self.tunnel_port in self.ports:
+            raise ValueError("the broadcast tunnel port cannot be a game port")
+        for group in self.groups:
+            if not ipaddress.IPv4Address(group).is_multicast:
+                raise ValueError(f"{group} is not a multicast group")
+        if ipaddress.IPv4Address(self.virtual_ip) not in ipaddress.IPv4Network(self.subnet):
+            raise ValueError(f"{self.virtual_ip} is not in {self.subnet}")
+        if not 0 < self.max_payload <= 65507 - wire.HEADER_SIZE:
+            raise ValueError("max payload out of range")
+
+    @property
+    def subnet_broadcast(self) -> str:
+        return str(ipaddress.IPv4Network(self.subnet).broadcast_address)
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        return (LIMITED_BROADCAST, self.subnet_broadcast, *self.groups)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+@dataclass
+class _Limiter:
+    rate: float
+    burst: int
+    max_keys: int
+    buckets: collections.OrderedDict[object, _Bucket] = field(default_factory=collections.OrderedDict)
+
+    def allow(self, key: object, now: float) -> bool:
+        bucket = self.buckets.pop(key, None) or _Bucket(float(self.burst), now)
+        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) * self.rate)
+        bucket.at = now
+        self.buckets[key] = bucket
+        while len(self.buckets) > self.max_keys:
+            self.buckets.popitem(last=False)
+        if bucket.tokens < 1:
+            return False
+        bucket.tokens -= 1
+        return True
+
+
+class _Lru:
+    def __init__(self, size: int) -> None:
+        self._items: collections.OrderedDict[object, float] = collections.OrderedDict()
+        self._size = size
+
+    def seen(self, key: object, now: float) -> bool:
+        """True if `key` was added before; adds it otherwise (the oldest fall out)."""
+        if key in self._items:
+            return True
+        self._items[key] = now
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return False
+
+
+class BroadcastEmulator:
+    """Start inside the node's network namespace, after the WireGuard interface exists."""
+
+    def __init__(self, config: BroadcastConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._clock = clock
+        self._peers: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+        self._counters: dict[str, int] = dict.fromkeys(
+            ("captured", "forwarded", "received", "reemitted"), 0)
+        self._dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self._dedup = _Lru(config.dedup_size)
+        self._local: dict[str, tuple[bool, float]] = {}
+        self._out_limit = _Limiter(config.rate_per_s, config.burst, config.max_sources)
+        self._in_limit = _Limiter(config.rate_per_s, config.burst, config.max_sources)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._sockets: list[socket.socket] = []
+        self._emit: socket.socket | None = None
+        self._msg_prefix = int.from_bytes(os.urandom(4), "big") << 32
+        self._msg_seq = 0
+
+    # -- control ----------------------------------------------------------------------
+    def set_peers(self, virtual_ips: Iterable[str]) -> None:
+        peers = frozenset(str(ipaddress.IPv4Address(ip)) for ip in virtual_ips)
+        self._peers = peers - {self.config.virtual_ip}
+
+    @property
+    def peers(self) -> frozenset[str]:
+        return self._peers
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return {**self._counters, **{f"dropped_{k}": v for k, v in self._dropped.items()}}
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        cfg = self.config
+        capture = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        self._sockets.append(capture)
+        packet.attach_filter(capture, packet.capture_filter(cfg.destinations, cfg.ports))
+        capture.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        tunnel = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sockets.append(tunnel)
+        # Only what arrived through WireGuard: there the source address is authenticated.
+        tunnel.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, cfg.interface.encode())
+        tunnel.bind(("0.0.0.0", cfg.tunnel_port))
+        self._emit = self._raw_emitter(cfg.interface)
+        if cfg.groups:
+            # A locally sent multicast is looped into local delivery (and so to the capture
+            # socket) only if the host is a member of the group: join on every interface.
+            for _index, name in socket.if_nameindex():
+                for group in cfg.groups:
+                    mreq = socket.inet_aton(group) + struct_mreqn_ifindex(name)
+                    with contextlib.suppress(OSError):
+                        tunnel.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+        self._thread = threading.Thread(target=self._run, args=(capture, tunnel), name="broadcast",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        for sock in [*self._sockets, self._wake_r, self._wake_w]:
+            sock.close()
+        if self._emit is not None:
+            self._emit.close()
+
+    def __enter__(self) -> BroadcastEmulator:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    # -- the loop ---------------------------------------------------------------------
+    def _run(self, capture: socket.socket, tunnel: socket.socket) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(capture, selectors.EVENT_READ, self._on_capture)
+        selector.register(tunnel, selectors.EVENT_READ, self._on_tunnel)
+        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        try:
+            while not self._stop.is_set():
+                for key, _ in selector.select(timeout=1.0):
+                    if key.data is None:
+                        return
+                    sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                    for _ in range(64):  # drain a burst, bounded, then look at the others
+                        try:
+                            data, addr = sock.recvfrom(65535, socket.MSG_DONTWAIT)
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        except OSError:
+                            if self._stop.is_set():
+                                return
+                            break
+                        key.data(data, addr)
+        finally:
+            selector.close()
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counters[name] += n
+
+    def _drop(self, reason: str) -> None:
+        with self._lock:
+            self._dropped[reason] += 1
+
+    def _is_local(self, address: str, now: float) -> bool:
+        cached = self._local.get(address)
+        if cached is not None and now - cached[1] < 5.0:
+            return cached[0]
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.bind((address, 0))  # succeeds only for one of this host's own addresses
+            local = True
+        except OSError:
+            local = False
+        finally:
+            probe.close()
+        if len(self._local) > 256:
+            self._local.clear()
+        self._local[address] = (local, now)
+        return local
+
+    def _on_capture(self, data: bytes, _addr: object) -> None:
+        cfg = self.config
+        dgram = packet.parse_ipv4_udp(data)
+        if dgram is None or dgram.dst not in cfg.destinations or dgram.dst_port not in cfg.ports:
+            return  # the BPF filter already keeps these out
+        now = self._clock()
+        if dgram.src in self._peers or not self._is_local(dgram.src, now):
+            self._drop("not_local")
+            return
+        self._count("captured")
+        if len(dgram.payload) > cfg.max_payload:
+            self._drop("too_large")
+            return
+        if not self._out_limit.allow((dgram.src, dgram.src_port), now):
+            self._drop("rate_limited")
+            return
+        peers = self._peers
+        if not peers:
+            self._drop("no_peers")
+            return
+        self._msg_seq = (self._msg_seq + 1) & 0xFFFFFFFF
+        wrapped = wire.Wrapped(cfg.virtual_ip, dgram.src_port, dgram.dst, dgram.dst_port,
+                               self._msg_prefix | self._msg_seq, dgram.payload).encode()
+        sock = self._sockets[1]
+        for peer in sorted(peers):
+            try:
+                sock.sendto(wrapped, (peer, cfg.tunnel_port))
+                self._count("forwarded")
+            except OSError:
+                self._drop("send_error")
+
+    def _on_tunnel(self, data: bytes, addr: tuple[str, int]) -> None:
+        cfg = self.config
+        source = addr[0]
+        if source not in self._peers:
+            self._drop("not_peer")
+            return
+        try:
+            msg = wire.decode(data, cfg.max_payload)
+        except wire.WireError:
+            self._drop("malformed")
+            return
+        if msg.origin != source:
+            self._drop("spoofed")
+            return
+        if msg.dst_port not in cfg.ports or msg.dst not in cfg.destinations:
+            self._drop("not_allowed")
+            return
+        self._count("received")
+        now = self._clock()
+        if self._dedup.seen((msg.origin, msg.msg_id), now):
+            self._drop("duplicate")
+            return
+        if not self._in_limit.allow(msg.origin, now):
+            self._drop("rate_limited")
+            return
+        try:
+            self._reemit(msg)
+            self._count("reemitted")
+        except OSError:
+            self._drop("emit_error")
+
+    def _reemit(self, msg: wire.Wrapped) -> None:
+        # Multicast with TTL 0 is looped back into this host and then dropped before the wire
+        # (we joined the group on every interface, so the loopback is accepted); broadcast
+        # goes out with TTL 1 to WireGuard, which has no peer for it and drops it.
+        ttl = 0 if ipaddress.IPv4Address(msg.dst).is_multicast else 1
+        raw = packet.build_ipv4_udp(msg.origin, msg.src_port, msg.dst, msg.dst_port, msg.payload, ttl)
+        assert self._emit is not None
+        self._emit.sendto(raw, (msg.dst, 0))
+
+    @staticmethod
+    def _raw_emitter(interface: str) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # implies IP_HDRINCL
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode())
+        return sock  # IPPROTO_RAW sockets never receive: nothing to drain
+
+
+def struct_mreqn_ifindex(name: str) -> bytes:
+    """The tail of a `struct ip_mreqn`: local address 0.0.0.0 and the interface index."""
+    return socket.inet_aton("0.0.0.0") + socket.if_nametoindex(name).to_bytes(4, "little")

@@ -1,0 +1,147 @@
+"""Broadcast emulation on real WireGuard between lab hosts behind NAT routers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lab import HostSpec, Lab, LabProcess
+from mesh.keys import generate_keypair
+from mesh.wireguard import WireGuardInterface
+
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("require_root")]
+GAME = [sys.executable, str(Path(__file__).with_name("game.py"))]
+HOSTS = ("alice", "bob", "carol")
+VIPS = {"alice": "10.66.7.1", "bob": "10.66.7.2", "carol": "10.66.7.3"}
+WG_PORT = 51820
+GAME_PORT = 4445
+GROUP = "239.255.255.250"
+
+
+@dataclass
+class Mesh:
+    lab: Lab
+    interfaces: dict[str, WireGuardInterface]
+    emulators: dict[str, LabProcess]
+
+    def peers_file(self, host: str) -> Path:
+        return self.lab.workdir / f"bc-{host}.peers"
+
+    def counters(self, host: str) -> dict[str, int]:
+        path = self.lab.workdir / f"bc-{host}.json"
+        path.unlink(missing_ok=True)
+        os.kill(self.emulators[host].pid, signal.SIGUSR1)
+        self.lab.wait_for(path.exists, 5, what=f"{host} counters")
+        return json.loads(path.read_text())
+
+    def set_peers(self, host: str, peers: list[str]) -> None:
+        self.peers_file(host).write_text("".join(f"{VIPS[p]}\n" for p in peers))
+        path = self.lab.workdir / f"bc-{host}.json"
+        path.unlink(missing_ok=True)
+        os.kill(self.emulators[host].pid, signal.SIGHUP)
+        self.lab.wait_for(path.exists, 5, what=f"{host} peers reloaded")
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[Mesh]:
+    specs = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"), HostSpec("carol", "open"),
+             HostSpec("dave", "port_restricted", lan="alice")]
+    with Lab.build(specs, relays=0, stun=False) as lab:
+        keys = {host: generate_keypair()[0] for host in HOSTS}
+        interfaces: dict[str, WireGuardInterface] = {}
+        emulators: dict[str, LabProcess] = {}
+        try:
+            for host in HOSTS:
+                interfaces[host] = WireGuardInterface.create(keys[host], f"{VIPS[host]}/16",
+                                                             name=lab.host(host).wg_name, listen_port=WG_PORT,
+                                                             netns=lab.host(host).netns)
+            for host, other in itertools.permutations(HOSTS, 2):
+                interfaces[host].configure_peer(keys[other].public_key,
+                                                f"{lab.host(other).public_ip}:{WG_PORT}", [f"{VIPS[other]}/32"])
+            for host, other in itertools.permutations(HOSTS, 2):
+                lab.wait_for(lambda h=host, o=other: lab.ping(h, VIPS[o], count=1, timeout_s=1), 20,
+                             what=f"{host} -> {other} through the tunnel")
+            built = Mesh(lab, interfaces, emulators)
+            for host in HOSTS:
+                built.peers_file(host).write_text("")
+                proc = lab.popen(host, [sys.executable, "-m", "mesh.broadcast", "--interface",
+                                        lab.host(host).wg_name, "--virtual-ip", VIPS[host],
+                                        "--ports", f"{GAME_PORT},{GAME_PORT + 1}", "--groups", GROUP,
+                                        "--peers-file", str(built.peers_file(host)),
+                                        "--counters-file", str(lab.workdir / f"bc-{host}.json")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                line = proc.popen.stdout.readline()
+                assert line, f"{host}: emulator did not start: {proc.popen.stderr.read()}"
+                emulators[host] = proc
+            yield built
+        finally:
+            for proc in emulators.values():
+                if proc.alive:
+                    proc.popen.send_signal(signal.SIGTERM)
+                    proc.wait(timeout=5)
+            for interface in interfaces.values():
+                interface.close()
+
+
+def _heard(proc: LabProcess) -> list[dict[str, object]]:
+    return [json.loads(line) for line in proc.output().splitlines() if line.startswith("{")]
+
+
+def _listen(lab: Lab, host: str, seconds: float, *extra: str, port: int = GAME_PORT) -> LabProcess:
+    proc = lab.popen(host, [*GAME, "listen", str(port), str(seconds), *extra])
+    lab.wait_udp_listening(host, port)
+    return proc
+
+
+def _send(lab: Lab, host: str, dst: str, count: int, tag: str, reply_window: float,
+          port: int = GAME_PORT) -> list[dict[str, object]]:
+    out = lab.run(host, [*GAME, "send", dst, str(port), str(count), tag, str(reply_window)], timeout=30)
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def _finish(lab: Lab, procs: list[LabProcess]) -> None:
+    for proc in procs:
+        assert proc.wait(timeout=15) == 0, proc.output()
+
+
+def test_a_broadcast_reaches_only_peers_once_and_the_reply_comes_back(mesh: Mesh) -> None:
+    lab = mesh.lab
+    mesh.set_peers("alice", ["bob"])  # carol has a tunnel to alice but is not a broadcast peer
+    mesh.set_peers("bob", ["alice"])
+    mesh.set_peers("carol", [])
+    before = {host: mesh.counters(host) for host in HOSTS}
+    listeners = {host: _listen(lab, host, 4.0, "--reply") for host in ("bob", "carol", "dave")}
+    heard_by_alice = _send(lab, "alice", "255.255.255.255", 5, "T1", 2.0)
+    _finish(lab, list(listeners.values()))
+    expected = {f"T1 {i}" for i in range(5)}
+
+    bob = _heard(listeners["bob"])
+    assert sorted(m["data"] for m in bob) == sorted(expected)  # each exactly once, payload intact
+    assert {(m["src"], m["sport"]) for m in bob} == {(VIPS["alice"], GAME_PORT)}  # the origin's own address
+    replies = [m for m in heard_by_alice if str(m["data"]).startswith("REPLY")]
+    # dave is alice's LAN neighbour: he hears her broadcast natively and answers too.
+    from_bob = [m for m in replies if m["src"] == VIPS["bob"]]
+    assert sorted(m["data"] for m in from_bob) == sorted(f"REPLY {d}" for d in expected)
+    assert {m["sport"] for m in from_bob} == {GAME_PORT}
+    assert _heard(listeners["carol"]) == []
+    dave = _heard(listeners["dave"])
+    assert sorted(m["data"] for m in dave) == sorted(expected)
+    assert {m["src"] for m in dave} == {lab.host("alice").lan_ip}
+
+    after = {host: mesh.counters(host) for host in HOSTS}
+    delta = {host: {k: after[host][k] - before[host][k] for k in after[host] if k != "peers"} for host in HOSTS}
+    assert delta["alice"]["captured"] == 5 and delta["alice"]["forwarded"] == 5
+    assert delta["bob"]["received"] == 5 and delta["bob"]["reemitted"] == 5
+    assert delta["bob"]["captured"] == 0 and delta["bob"]["forwarded"] == 0  # no loop back to alice
+    assert delta["alice"]["received"] == 0 and delta["carol"]["received"] == 0
+    assert delta["carol"]["dropped_not_peer"] == 0  # alice never even sent to carol
