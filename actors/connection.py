@@ -107,6 +107,9 @@ class PeerConnection:
             return apply_connection(state, event)
 
         self.state = self.writer.replay(apply, ConnectionState())
+        if self.init.close_reason is not None:
+            self.close(self.init.close_reason)
+            return
         if not self.candidates and remembered:
             self.candidates = remembered[-1]
         if self.state.state in (None, ev.CLOSED):  # a new peer, or one that left and came back

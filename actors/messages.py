@@ -271,6 +271,9 @@ class PeerInit:
     config: ActorConfig
     log: LogSpec
     relay: str | None
+    # Set when a crashed connection is recreated only to be closed (its peer or the party
+    # left while it awaited its restart): it replays, then closes, without reconnecting.
+    close_reason: str | None = None
 
 
 @dataclass(frozen=True)

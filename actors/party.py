@@ -10,6 +10,7 @@ docs/actors.md explains the choice.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -215,11 +216,14 @@ class PartyActor(Actor):
             events.append(ev.PeerLeft(party_id=self.state.party_id, peer_id=peer_id,
                                       reason="the local node left the party"))
         events.append(ev.PartyLeft(party_id=self.state.party_id, reason=command.reason))
+        hosted = set(self.children) | set(self.inline)
+        orphans = self._orphans(hosted)
         self._commit(events, "LeaveParty")
-        pending = set(self.children) | set(self.inline)
-        self.closing = (pending, reply_to, command.reason)
-        for peer_id in list(pending):
+        self.closing = (hosted | set(orphans), reply_to, command.reason)
+        for peer_id in hosted:
             self._close_peer(peer_id, "the local node left the party")
+        for peer_id, init in orphans.items():
+            self._host(peer_id, replace(init, close_reason="the local node left the party"))
         self._maybe_closed()
 
     def _maybe_closed(self) -> None:
@@ -268,8 +272,12 @@ class PartyActor(Actor):
                                                virtual_ip=member.virtual_ip))
         events.append(ev.PeerLeft(party_id=self.state.party_id, peer_id=member.peer_id,
                                   reason=message.reason))
+        orphan = self._orphans(set(self.children) | set(self.inline)).get(member.peer_id)
         self._commit(events, "PeerDeparted")
-        self._close_peer(member.peer_id, message.reason)
+        if orphan is None:
+            self._close_peer(member.peer_id, message.reason)
+        else:
+            self._host(member.peer_id, replace(orphan, close_reason=message.reason))
 
     # ------------------------------------------------------------ peer connections
 
@@ -283,12 +291,18 @@ class PartyActor(Actor):
             store=self.init.store, adapters=self.init.adapters, config=self.init.config,
             log=self.init.log, relay=self.relay)
 
+    def _orphans(self, hosted: set[str]) -> dict[str, m.PeerInit]:
+        """Remote members whose connection is not hosted right now (crashed, awaiting restart)."""
+        return {peer_id: self._peer_init(peer_id) for peer_id, member in self.state.members
+                if not member.is_local and peer_id not in hosted}
+
     def _spawn(self, peer_id: str) -> None:
-        assert self.init is not None
         member = self.state.members_by_id[peer_id]
-        if member.is_local:
-            return
-        init = self._peer_init(peer_id)
+        if not member.is_local:
+            self._host(peer_id, self._peer_init(peer_id))
+
+    def _host(self, peer_id: str, init: m.PeerInit) -> None:
+        assert self.init is not None
         if self.init.config.peer_hosting == PROCESS:
             address = self.createActor(PeerConnectionActor)
             self.children[peer_id] = address
@@ -311,6 +325,9 @@ class PartyActor(Actor):
             self.inline.pop(peer_id, None)
             if crashes <= MAX_INLINE_RESTARTS and peer_id in self.state.members_by_id:
                 self._spawn(peer_id)  # a fresh incarnation recovers from its stream
+            elif self.closing is not None:  # given up on: a leave must not wait for it forever
+                self.closing[0].discard(peer_id)
+                self._maybe_closed()
 
     def _to_peer(self, peer_id: str, message: Any) -> None:
         if peer_id in self.children:

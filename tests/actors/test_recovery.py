@@ -4,6 +4,7 @@ nothing is lost, and no WireGuard change is made twice."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from thespian.actors import ActorExitRequest
@@ -116,3 +117,32 @@ def test_crash_between_persist_and_act_redoes_the_change_once(make_node, monkeyp
     node.advance(20)
     assert node.net.wireguard_changes("local")[-1] == ("configure", "key-bob", RELAY_A)
     assert len(node.net.wireguard_changes("local")) == 2
+
+
+@pytest.mark.parametrize("leaving", ["the local node", "the peer"])
+def test_a_connection_awaiting_its_restart_is_still_closed(make_node, leaving: str) -> None:
+    """A leave while a crashed peer actor waits for its restart still removes its WireGuard peer."""
+    node = make_node("process")
+    node.stop()
+    node.config = replace(node.config, restart_delay_s=5.0)
+    node.start()
+    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
+    node.advance(5)
+    assert node.connection("p1", "bob").state == "connected"
+    seen = len(node.events(node.peer("bob")))
+    kill_peer_actor(node)
+    assert "bob" not in children(node, children(node, node.address)["p1"])  # restart pending
+    if leaving == "the peer":
+        node.tell(m.PeerDeparted("p1", "bob", "left the party"))
+        reason = "left the party"
+    else:
+        assert node.ask(m.LeaveParty("p1")) == m.PartyClosed("p1", "left by the user")
+        reason = "the local node left the party"
+    assert node.described(node.peer("bob"))[seen:] == [
+        f"WireGuardPeerRemoved(public_key='key-bob', reason='{reason}')",
+        f"ConnectionStateChanged(from_state='connected', to_state='closed', reason='{reason}', "
+        "path='direct', endpoint='203.0.113.2:51820', relay=None, latency_ms=None)"]
+    node.advance(10)  # the pending restart finds nothing to restart
+    assert len(node.events(node.peer("bob"))) == seen + 2
+    assert node.net.wireguard_changes("local") == [("configure", "key-bob", BOB), ("remove", "key-bob", None)]
