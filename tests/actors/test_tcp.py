@@ -4,6 +4,7 @@ persisting to SQLite, with the simulated network built inside the actors' proces
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -36,6 +37,10 @@ def wait_for(condition: Callable[[], Any], timeout_s: float = 20.0) -> Any:
             return value
         time.sleep(0.1)
     raise AssertionError("condition not met in time")
+
+
+def start_ticks(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
 
 def forks_of_this_process(since_ticks: int) -> list[int]:
@@ -98,6 +103,19 @@ def test_actors_on_multiproc_tcp_base(tmp_path: Path, hosting: str) -> None:
             return dict(system.ask(node, m.ChildrenQuery(), 10).children).get("p1")
 
         wait_for(lambda: party_address() not in (None, party))
+        wait_for(lambda: bob() is not None)
+        assert bob().state in ("connected", "degraded") and bob().endpoint == before.endpoint
+        assert len(store.read_stream(party_stream("p1"))) == positions[1]
+        types = [r.event_type for r in store.read_stream(peer_stream("p1", "bob"))][positions[0]:]
+        assert "WireGuardPeerConfigured" not in types and "ConnectionAttemptStarted" not in types
+
+        # A real crash: SIGKILL the newest actor process (the re-created party when inline, its
+        # peer-connection actor when one process per peer). Its parent recreates it from its stream.
+        alive = set(forks_of_this_process(began))
+        victim = max(alive, key=start_ticks)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in forks_of_this_process(began)
+                 and set(forks_of_this_process(began)) - alive)  # its replacement
         wait_for(lambda: bob() is not None)
         assert bob().state in ("connected", "degraded") and bob().endpoint == before.endpoint
         assert len(store.read_stream(party_stream("p1"))) == positions[1]
