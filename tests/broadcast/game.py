@@ -3,7 +3,8 @@
     game.py listen PORT SECONDS [--reply]    bound to 0.0.0.0:PORT (no SO_REUSEADDR), prints
                                              one JSON line per datagram; --reply answers each
                                              one to its source with b"REPLY " + payload
-    game.py send DST PORT COUNT TAG SECONDS  bound to 0.0.0.0:PORT, sends COUNT broadcasts
+    game.py send DST PORT COUNT TAG SECONDS [--sport N]
+                                             bound to 0.0.0.0:PORT (or N), sends COUNT broadcasts
                                              "TAG i" 50 ms apart, then listens SECONDS for
                                              replies; prints one JSON line per datagram heard
     game.py join GROUP PORT SECONDS          like listen, after joining a multicast group
@@ -44,7 +45,8 @@ def main(argv: list[str]) -> None:
     elif mode == "send":
         dst, port, count, tag, seconds = argv[1], int(argv[2]), int(argv[3]), argv[4], float(argv[5])
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        sock.bind(("0.0.0.0", port))
+        sport = int(argv[argv.index("--sport") + 1]) if "--sport" in argv else port
+        sock.bind(("0.0.0.0", sport))
         for i in range(min(count, 1000)):
             sock.sendto(f"{tag} {i}".encode(), (dst, port))
             time.sleep(0.05)

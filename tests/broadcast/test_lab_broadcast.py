@@ -26,6 +26,7 @@ VIPS = {"alice": "10.66.7.1", "bob": "10.66.7.2", "carol": "10.66.7.3"}
 WG_PORT = 51820
 GAME_PORT = 4445
 GROUP = "239.255.255.250"
+SPORT = 40123  # a client's own port, when the game's port is taken by its server
 
 
 @dataclass
@@ -54,8 +55,9 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[Mesh]:
-    specs = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"), HostSpec("carol", "open"),
-             HostSpec("dave", "port_restricted", lan="alice")]
+    # dave shares alice's LAN and router but is not in the mesh.
+    specs = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"),
+             HostSpec("carol", "open"), HostSpec("dave", "port_restricted", lan="alice")]
     with Lab.build(specs, relays=0, stun=False) as lab:
         keys = {host: generate_keypair()[0] for host in HOSTS}
         interfaces: dict[str, WireGuardInterface] = {}
@@ -66,8 +68,8 @@ def mesh() -> Iterator[Mesh]:
                                                              name=lab.host(host).wg_name, listen_port=WG_PORT,
                                                              netns=lab.host(host).netns)
             for host, other in itertools.permutations(HOSTS, 2):
-                interfaces[host].configure_peer(keys[other].public_key,
-                                                f"{lab.host(other).public_ip}:{WG_PORT}", [f"{VIPS[other]}/32"])
+                endpoint = f"{lab.host(other).public_ip}:{WG_PORT}"
+                interfaces[host].configure_peer(keys[other].public_key, endpoint, [f"{VIPS[other]}/32"])
             for host, other in itertools.permutations(HOSTS, 2):
                 lab.wait_for(lambda h=host, o=other: lab.ping(h, VIPS[o], count=1, timeout_s=1), 20,
                              what=f"{host} -> {other} through the tunnel")
@@ -104,8 +106,9 @@ def _listen(lab: Lab, host: str, seconds: float, *extra: str, port: int = GAME_P
 
 
 def _send(lab: Lab, host: str, dst: str, count: int, tag: str, reply_window: float,
-          port: int = GAME_PORT) -> list[dict[str, object]]:
-    out = lab.run(host, [*GAME, "send", dst, str(port), str(count), tag, str(reply_window)], timeout=30)
+          port: int = GAME_PORT, sport: int | None = None) -> list[dict[str, object]]:
+    argv = [*GAME, "send", dst, str(port), str(count), tag, str(reply_window), "--sport", str(sport or port)]
+    out = lab.run(host, argv, timeout=30)
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
@@ -138,10 +141,64 @@ def test_a_broadcast_reaches_only_peers_once_and_the_reply_comes_back(mesh: Mesh
     assert sorted(m["data"] for m in dave) == sorted(expected)
     assert {m["src"] for m in dave} == {lab.host("alice").lan_ip}
 
-    after = {host: mesh.counters(host) for host in HOSTS}
-    delta = {host: {k: after[host][k] - before[host][k] for k in after[host] if k != "peers"} for host in HOSTS}
+    delta = _delta(mesh, before)
     assert delta["alice"]["captured"] == 5 and delta["alice"]["forwarded"] == 5
     assert delta["bob"]["received"] == 5 and delta["bob"]["reemitted"] == 5
     assert delta["bob"]["captured"] == 0 and delta["bob"]["forwarded"] == 0  # no loop back to alice
     assert delta["alice"]["received"] == 0 and delta["carol"]["received"] == 0
     assert delta["carol"]["dropped_not_peer"] == 0  # alice never even sent to carol
+
+
+def _delta(mesh: Mesh, before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    after = {host: mesh.counters(host) for host in HOSTS}
+    return {host: {k: v - before[host][k] for k, v in after[host].items() if k != "peers"} for host in HOSTS}
+
+
+def _full_mesh(mesh: Mesh) -> None:
+    for host in HOSTS:
+        mesh.set_peers(host, [other for other in HOSTS if other != host])
+
+
+def test_three_hosts_subnet_and_limited_broadcast_each_once_nothing_leaks(mesh: Mesh) -> None:
+    lab = mesh.lab
+    _full_mesh(mesh)
+    before = {host: mesh.counters(host) for host in HOSTS}
+    listeners = {host: _listen(lab, host, 4.0) for host in (*HOSTS, "dave")}
+    _send(lab, "carol", "10.66.255.255", 3, "SUB", 0.1, sport=SPORT)  # the virtual subnet's broadcast
+    # carol is an `open` lab host without a default route: there 255.255.255.255 is
+    # unreachable for any program (ENETUNREACH), so bob sends the limited broadcast.
+    _send(lab, "bob", "255.255.255.255", 2, "LIM", 0.1, sport=SPORT)
+    _finish(lab, list(listeners.values()))
+    sub, lim = ["SUB 0", "SUB 1", "SUB 2"], ["LIM 0", "LIM 1"]
+    expected = {"alice": {"carol": sub, "bob": lim}, "bob": {"carol": sub}, "carol": {"bob": lim}}
+    for host, senders in expected.items():
+        heard = [m for m in _heard(listeners[host]) if m["src"] != VIPS[host] and m["src"] in VIPS.values()]
+        by_sender = {other: sorted(m["data"] for m in heard if m["src"] == VIPS[other]) for other in senders}
+        assert by_sender == senders, host  # each exactly once, nothing from anywhere else
+        assert {m["sport"] for m in heard} == {SPORT}
+    # Re-emitted copies stay on the host: alice's LAN neighbour hears nothing of carol's or bob's.
+    assert _heard(listeners["dave"]) == []
+    delta = _delta(mesh, before)
+    assert (delta["carol"]["captured"], delta["carol"]["forwarded"]) == (3, 6)
+    assert (delta["bob"]["captured"], delta["bob"]["forwarded"]) == (2, 4)
+    assert (delta["alice"]["captured"], delta["alice"]["forwarded"]) == (0, 0)  # nothing forwarded on
+    assert [delta[h]["reemitted"] for h in HOSTS] == [5, 3, 2]
+    assert all(delta[h]["dropped_duplicate"] == 0 for h in HOSTS)
+
+
+def test_multicast_group_and_unconfigured_ports(mesh: Mesh) -> None:
+    lab = mesh.lab
+    _full_mesh(mesh)
+    port = GAME_PORT + 1
+    joined = lab.popen("bob", [*GAME, "join", GROUP, str(port), "4.0"])
+    lab.wait_udp_listening("bob", port)
+    other_port = lab.popen("carol", [*GAME, "listen", str(GAME_PORT + 2), "4.0"])
+    lab.wait_udp_listening("carol", GAME_PORT + 2)
+    time.sleep(0.2)  # the IGMP join is done before bind returns; this is only for the listener's loop
+    _send(lab, "alice", GROUP, 3, "SSDP", 0.1, port=port)
+    _send(lab, "alice", "255.255.255.255", 3, "OTHER", 0.1, port=GAME_PORT + 2)
+    _finish(lab, [joined, other_port])
+    heard = _heard(joined)
+    assert sorted(m["data"] for m in heard) == ["SSDP 0", "SSDP 1", "SSDP 2"]
+    assert {(m["src"], m["sport"]) for m in heard} == {(VIPS["alice"], port)}
+    assert _heard(other_port) == []  # 4447 is not a configured game port
