@@ -51,7 +51,7 @@ _HELLO_FIXED = struct.Struct("!BQQ16s")
 
 # WireGuard message types and their exact sizes (transport data: 32 + 16n bytes).
 WG_INITIATION, WG_RESPONSE, WG_COOKIE, WG_TRANSPORT = 1, 2, 3, 4
-_WG_SIZES = {WG_INITIATION: 148, WG_RESPONSE: 92, WG_COOKIE: 64}
+WG_SIZES = {WG_INITIATION: 148, WG_RESPONSE: 92, WG_COOKIE: 64}
 WG_MIN_TRANSPORT = 32
 MAX_DATAGRAM = 65535
 
@@ -80,7 +80,7 @@ def is_wireguard(data: bytes) -> bool:
     kind = data[0]
     if kind == WG_TRANSPORT:
         return len(data) % 16 == 0
-    return _WG_SIZES.get(kind) == len(data)
+    return WG_SIZES.get(kind) == len(data)
 
 
 def is_control(data: bytes) -> bool:
