@@ -148,15 +148,6 @@ class ProbeFailed:
 
 
 @dataclass(frozen=True)
-class PunchObserved:
-    succeeded: bool
-    endpoint: str | None
-    rtt_ms: float | None
-    elapsed_ms: float
-    reason: str
-
-
-@dataclass(frozen=True)
 class TrafficObserved:
     rx_bytes: int
     tx_bytes: int

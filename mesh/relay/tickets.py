@@ -55,10 +55,6 @@ class RelayTicket:
     def local_peer(self) -> str:
         return self.peer_a if self.side == 0 else self.peer_b
 
-    @property
-    def remote_peer(self) -> str:
-        return self.peer_b if self.side == 0 else self.peer_a
-
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
