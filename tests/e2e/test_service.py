@@ -150,6 +150,27 @@ def test_security_of_joins_and_the_api(tmp_path: Path) -> None:
         assert real.secret not in run.log("guest").read_text() + run.log("host").read_text()
         assert real.secret not in run.log("control").read_text()
 
+        # Another node claiming the host's public key is refused; the host stays connected.
+        import asyncio
+
+        from websockets.asyncio.client import connect
+
+        from mesh.control.identity import Identity
+
+        claimed = host.status()["agent"]["public_key"]
+
+        async def impersonate() -> dict:
+            async with connect(url, proxy=None) as ws:
+                await ws.send(json.dumps({"type": "hello", "v": 1, "public_key": claimed}))
+                challenge = json.loads(await ws.recv())
+                forged = Identity.generate().prove(challenge["ephemeral"], challenge["nonce"])
+                await ws.send(json.dumps({"type": "auth", "v": 1, "proof": forged}))
+                return json.loads(await ws.recv())
+
+        assert asyncio.run(impersonate())["code"] == "auth_failed"
+        assert host.status()["agent"]["control"][0]["connected"]
+        assert host.create("after the impostor")[1].startswith("lanrage1-")
+
 
 def test_bad_cli_input_is_one_clear_line(tmp_path: Path) -> None:
     with Run(tmp_path) as run:
