@@ -10,7 +10,8 @@
     emulator.stop()
 """
 
-from mesh.broadcast.emulator import DEFAULT_PORT, BroadcastConfig, BroadcastEmulator
+from mesh.broadcast.emulator import DEFAULT_PORT, BroadcastConfig, BroadcastEmulator, BroadcastError
 from mesh.broadcast.wire import WireError, Wrapped, decode
 
-__all__ = ["DEFAULT_PORT", "BroadcastConfig", "BroadcastEmulator", "WireError", "Wrapped", "decode"]
+__all__ = ["DEFAULT_PORT", "BroadcastConfig", "BroadcastEmulator", "BroadcastError", "WireError", "Wrapped",
+           "decode"]

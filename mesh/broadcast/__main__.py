@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from mesh.broadcast.emulator import DEFAULT_PORT, BroadcastConfig, BroadcastEmulator
+from mesh.broadcast.emulator import DEFAULT_PORT, BroadcastConfig, BroadcastEmulator, BroadcastError
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -72,9 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     load_peers()
-    emulator.start()
     try:
-        print(json.dumps({"ready": True, "peers": sorted(emulator.peers)}), flush=True)
+        emulator.start()
+    except BroadcastError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
+        ready = {"ready": True, "peers": sorted(emulator.peers), "joined": emulator.joined}
+        print(json.dumps(ready), flush=True)
         while not done.wait(0.5):
             pass
     finally:

@@ -35,12 +35,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from mesh.broadcast import packet, wire
+from mesh.interfaces import MeshError
 
 DEFAULT_PORT = 8668
 SO_BINDTODEVICE = 25
 LIMITED_BROADCAST = "255.255.255.255"
 DROP_REASONS = ("not_local", "rate_limited", "too_large", "no_peers", "send_error",
                 "not_peer", "malformed", "spoofed", "not_allowed", "duplicate", "emit_error")
+
+
+class BroadcastError(MeshError):
+    """The emulator cannot run (no root, no interface, port taken)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,8 @@ class BroadcastEmulator:
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._sockets: list[socket.socket] = []
+        self._tunnel: socket.socket | None = None
+        self.joined: list[tuple[str, str]] = []  # (group, interface) memberships held
         self._emit: socket.socket | None = None
         self._msg_prefix = int.from_bytes(os.urandom(4), "big") << 32
         self._msg_seq = 0
@@ -160,6 +167,17 @@ class BroadcastEmulator:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("already started")
+        try:
+            self._open()
+        except OSError as error:
+            self.stop()
+            raise BroadcastError(f"broadcast emulation on {self.config.interface} cannot start: "
+                                 f"{error.strerror or error} (it needs root and the interface)") from error
+        except BaseException:
+            self.stop()
+            raise
+
+    def _open(self) -> None:
         cfg = self.config
         capture = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
         self._sockets.append(capture)
@@ -170,6 +188,7 @@ class BroadcastEmulator:
         # Only what arrived through WireGuard: there the source address is authenticated.
         tunnel.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, cfg.interface.encode())
         tunnel.bind(("0.0.0.0", cfg.tunnel_port))
+        self._tunnel = tunnel
         self._emit = self._raw_emitter(cfg.interface)
         if cfg.groups:
             # A locally sent multicast is looped into local delivery (and so to the capture
@@ -177,8 +196,11 @@ class BroadcastEmulator:
             for _index, name in socket.if_nameindex():
                 for group in cfg.groups:
                     mreq = socket.inet_aton(group) + struct_mreqn_ifindex(name)
-                    with contextlib.suppress(OSError):
+                    try:
                         tunnel.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+                        self.joined.append((group, name))
+                    except OSError:
+                        continue  # e.g. an interface without IFF_MULTICAST
         self._thread = threading.Thread(target=self._run, args=(capture, tunnel), name="broadcast",
                                         daemon=True)
         self._thread.start()
@@ -191,8 +213,10 @@ class BroadcastEmulator:
             self._thread.join(timeout_s)
         for sock in [*self._sockets, self._wake_r, self._wake_w]:
             sock.close()
+        self._sockets.clear()
         if self._emit is not None:
             self._emit.close()
+            self._emit = None
 
     def __enter__(self) -> BroadcastEmulator:
         self.start()
@@ -274,7 +298,8 @@ class BroadcastEmulator:
         self._msg_seq = (self._msg_seq + 1) & 0xFFFFFFFF
         wrapped = wire.Wrapped(cfg.virtual_ip, dgram.src_port, dgram.dst, dgram.dst_port,
                                self._msg_prefix | self._msg_seq, dgram.payload).encode()
-        sock = self._sockets[1]
+        sock = self._tunnel
+        assert sock is not None
         for peer in sorted(peers):
             try:
                 sock.sendto(wrapped, (peer, cfg.tunnel_port))
