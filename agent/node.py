@@ -42,6 +42,7 @@ from events import types as ev
 from events.fold import PartyState, apply_party, fold_stream
 from events.streams import party_stream
 from mesh.control import ControlError, ControlUnavailable, Identity, Invite, InviteError
+from mesh.interfaces import MeshError
 from mesh.keys import load_or_create_private_key
 from store import open_store
 
@@ -238,7 +239,12 @@ class Agent:
         session = await self._session(invite.control_url)
         answer = await self._control(session, "join_party", party_id=invite.party_id, secret=invite.secret)
         party = answer["party"]
-        opened = await self._open(m.JoinParty, invite.control_url, party)
+        try:
+            opened = await self._open(m.JoinParty, invite.control_url, party)
+        except ServiceError:
+            with contextlib.suppress(ControlError):  # do not stay a member we cannot serve
+                await session.request("leave_party", party_id=party["party_id"])
+            raise
         self._announce_members(party)
         logger.info("joined party {} ({})", party["party_id"], party["name"])
         return {"party_id": party["party_id"], "name": party["name"], "virtual_ip": opened.virtual_ip,
@@ -374,7 +380,10 @@ class Agent:
         if me is None:
             raise ServiceError(502, "the control plane did not list this node as a member")
         if self.interface is not None:
-            await asyncio.to_thread(self.interface.ensure, me["virtual_ip"])
+            try:
+                await asyncio.to_thread(self.interface.ensure, me["virtual_ip"])
+            except MeshError as error:
+                raise ServiceError(503, f"cannot set up WireGuard: {error}") from None
         fields: dict[str, Any] = {"party_id": party["party_id"], "name": party["name"],
                                   "local_peer_id": self.peer_id, "local_name": self.config.name,
                                   "local_virtual_ip": me["virtual_ip"], "subnet": party["subnet"]}

@@ -104,6 +104,13 @@ def serve_command(
         raise UsageError("--adapters must be real or sim")
     if s["control"] and not s["control"].startswith(("ws://", "wss://", "file://")):
         raise UsageError("--control must start with ws://, wss:// or file://")
+    from mesh.wireguard.config import validate_interface_name
+    from mesh.wireguard.errors import WireGuardError
+
+    try:
+        validate_interface_name(s["interface"])
+    except WireGuardError as error:
+        raise UsageError(str(error)) from None
     if not 0.1 <= s["punch_timeout"] <= 60:
         raise UsageError("--punch-timeout must be 0.1-60 seconds")
     for value in [*(s["relay"] or []), *(s["stun"] or [])]:
