@@ -33,6 +33,7 @@ from events import types as ev
 from events.base import Event
 from events.fold import NodeState, apply_node
 from events.streams import node_stream
+from mesh.interfaces import MeshError, NatDetector
 
 STATUS = "status"
 RESTART = "restart"
@@ -136,10 +137,32 @@ class NodeActor(Actor):
         self._commit([ev.NodeStarted(node_id=start.node_id, public_key=adapters.wireguard.public_key,
                                      listen_port=adapters.wireguard.listen_port,
                                      software_version=SOFTWARE_VERSION)])
+        self._record_nat(adapters.nat_detector)
         self._start_monitor()
         for party_id in self.state.parties:
             self._start_party(party_id)
         self.log.info("node started with {} parties", len(self.state.parties))
+
+    def _record_nat(self, detector: NatDetector) -> None:
+        """The node's NAT as its adapters see it: one row when it changes, none per restart."""
+        assert self.start is not None
+        try:
+            info = detector.detect()  # the real detector reuses the detection its adapters made
+        except MeshError as error:
+            self.log.warning("NAT detection failed: {}", error)
+            info = None
+        if info is None:
+            if not self.state.relay_only:
+                self._commit([ev.NatDetectionFailed(node_id=self.start.node_id,
+                                                    reason="no STUN server answered: relay-only mode")])
+            return
+        endpoint = f"{info.public_ip}:{info.public_port}" if info.public_ip and info.public_port else None
+        if (info.nat_type, endpoint, False) != (self.state.nat_type, self.state.public_endpoint,
+                                                self.state.relay_only):
+            self._commit([ev.NatDetected(node_id=self.start.node_id, nat_type=info.nat_type,
+                                         public_ip=info.public_ip, public_port=info.public_port,
+                                         local_ip=info.local_ip, local_port=info.local_port,
+                                         stun_server=info.stun_server)])
 
     def _start_monitor(self) -> None:
         assert self.start is not None

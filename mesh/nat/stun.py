@@ -117,17 +117,28 @@ class StunNatDetector:
     """The real ``mesh.interfaces.NatDetector``."""
 
     def __init__(self, servers: Sequence[str | Address], local_port: int = 0, node_id: str = "",
-                 timeout_s: float = 0.4) -> None:
+                 timeout_s: float = 0.4, max_age_s: float = 60.0) -> None:
         if not servers:
             raise MeshError("no STUN server configured")
         self.servers = [parse_server(server) for server in servers]
         self.local_port = local_port
         self.node_id = node_id
         self.timeout_s = timeout_s
+        self.max_age_s = max_age_s
         self.malformed = 0
         self.last_error = ""
+        self._last: tuple[float, NatInfo | None] | None = None
 
     def detect(self) -> NatInfo | None:
+        """The NAT seen through the first answering server; a detection younger than
+        ``max_age_s`` is reused (one process often asks twice: its adapters, then the node)."""
+        if self._last is not None and time.monotonic() - self._last[0] < self.max_age_s:
+            return self._last[1]
+        info = self._detect()
+        self._last = (time.monotonic(), info)
+        return info
+
+    def _detect(self) -> NatInfo | None:
         self.last_error = ""
         for host, port in self.servers:
             try:

@@ -151,3 +151,15 @@ def test_detector_survives_hostile_servers(replies: list[Mutation]) -> None:
         finally:
             stop.set()
             thread.join()
+
+
+def test_a_recent_detection_is_reused_and_an_old_one_is_not() -> None:
+    with FakeStun(honour_change=True) as server:
+        detector = StunNatDetector([f"127.0.0.1:{server.address[1]}"], timeout_s=0.2)
+        first = detector.detect()
+        asked = server.requests
+        assert first is not None and asked > 0
+        assert detector.detect() == first and server.requests == asked
+        detector.max_age_s = 0.0
+        again = detector.detect()  # a fresh detection, from a fresh ephemeral port here
+        assert again is not None and again.nat_type == first.nat_type and server.requests > asked
