@@ -71,6 +71,7 @@ class AgentConfig:
     log_level: str = "INFO"
     log_file: Path | None = None
     actor_config: ActorConfig = field(default_factory=ActorConfig)
+    broadcast_ports: tuple[int, ...] = ()  # game discovery ports for broadcast emulation (none: off)
 
 
 def agent_stream(node_id: str) -> str:
@@ -181,8 +182,16 @@ class Agent:
             raise OSError(f"cannot listen on {self.config.api_host}:{self.config.api_port}")
         logger.info("node {} ({}) serving the API on http://{}:{}", self.node_id, self.peer_id,
                     self.config.api_host, self.config.api_port)
+        broadcast = None
+        if self.config.broadcast_ports and self.config.adapters == "agent.adapters:real":
+            from agent.broadcast import BroadcastWiring
+
+            broadcast = BroadcastWiring(self, self.config.broadcast_ports)
+            broadcast.start()
         await self._stopping.wait()
         logger.info("node {} shutting down", self.node_id)
+        if broadcast is not None:
+            await broadcast.stop()
         server.should_exit = True
         for session in list(self.sessions.values()):
             await session.stop()

@@ -64,6 +64,16 @@ def _logging(level: str, fmt: str, file: Path | None = None) -> None:
 # ---------------------------------------------------------------- services
 
 
+def _broadcast_ports(text: str) -> tuple[int, ...]:
+    try:
+        ports = tuple(sorted({int(p) for p in text.replace(" ", "").split(",") if p}))
+    except ValueError:
+        raise UsageError(f"--broadcast-ports must be comma-separated port numbers, not {text!r}") from None
+    if len(ports) > 64 or any(not 0 < p < 65536 or p == 8668 for p in ports):
+        raise UsageError("--broadcast-ports: at most 64 ports, each 1-65535 and not 8668 (the tunnel port)")
+    return ports
+
+
 def serve_command(
     ctx: typer.Context,
     api_listen: Annotated[str, typer.Option("--api-listen", help="Where the HTTP API listens (keep it on "
@@ -90,6 +100,9 @@ def serve_command(
     log_format: LogFormatOption = "human",
     log_file: Annotated[Path | None, typer.Option("--log-file", help="Log here instead of "
                                                                      "stderr.")] = None,
+    broadcast_ports: Annotated[str, typer.Option(
+        "--broadcast-ports", help="Game discovery UDP ports whose LAN broadcasts are carried to the "
+                                  "party, e.g. 4445,27015 (docs/broadcast.md) \\[default: off].")] = "",
     state_dir_: StateDirOption = DEFAULT_STATE_DIR,
     db: DbOption = None,
     config: ConfigOption = None,
@@ -129,6 +142,7 @@ def serve_command(
         "actor_config": ActorConfig(connection=ConnectionConfig(punch_timeout_s=s["punch_timeout"]))}
     if s["name"]:
         settings["name"] = s["name"]
+    settings["broadcast_ports"] = _broadcast_ports(str(s["broadcast_ports"] or ""))
     from mesh.interfaces import MeshError
 
     try:

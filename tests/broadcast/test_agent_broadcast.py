@@ -1,0 +1,49 @@
+"""`serve --broadcast-ports` (set in the state directory's lanrage.toml): a party formed with
+the CLI carries a game's discovery broadcast, and the reply comes back."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from demo.party import LabParty
+from lab import HostSpec, Lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("require_root")]
+GAME = [sys.executable, str(Path(__file__).with_name("game.py"))]
+PORT = 4445
+
+
+def test_a_party_of_agents_carries_broadcasts_both_ways() -> None:
+    hosts = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded")]
+    with Lab.build(hosts, relays=0) as lab:
+        party = LabParty(lab)
+        party.start_services()
+        for host in ("alice", "bob"):
+            Path(party.state(host)).mkdir(mode=0o700, parents=True, exist_ok=True)
+            (Path(party.state(host)) / "lanrage.toml").write_text(f'[serve]\nbroadcast-ports = "{PORT}"\n')
+        party.start_agents(["alice", "bob"])
+        created = party.create("alice", "LAN")
+        ips = {"alice": created["virtual_ip"], "bob": party.join("bob", created["invite"])["virtual_ip"]}
+        assert party.wait_ping("alice", ips["bob"], 30) is not None
+        assert party.wait_ping("bob", ips["alice"], 30) is not None
+        deadline = time.monotonic() + 10  # the agents refresh the emulator's peers every second
+        for sender, receiver in (("alice", "bob"), ("bob", "alice")):
+            while True:
+                listener = lab.popen(receiver, [*GAME, "listen", str(PORT), "1.5", "--reply"])
+                lab.wait_udp_listening(receiver, PORT)
+                out = lab.run(sender, [*GAME, "send", "255.255.255.255", str(PORT), "3", sender, "1.0",
+                                       "--sport", "40000"], timeout=30).stdout
+                assert listener.wait(timeout=10) == 0
+                heard = [json.loads(x) for x in listener.output().splitlines() if x.startswith("{")]
+                if heard or time.monotonic() > deadline:
+                    break
+            assert sorted(m["data"] for m in heard) == [f"{sender} {i}" for i in range(3)]
+            assert {(m["src"], m["sport"]) for m in heard} == {(ips[sender], 40000)}
+            replies = [json.loads(x) for x in out.splitlines()]
+            assert sorted(m["data"] for m in replies if m["src"] == ips[receiver]) == \
+                [f"REPLY {sender} {i}" for i in range(3)]
