@@ -32,6 +32,7 @@ from events.base import Event
 from events.fold import ConnectionState, apply_connection
 from events.streams import peer_stream
 from mesh.interfaces import MeshError, PunchResult, RelayAllocation
+from mesh.nat.punch import should_try_direct
 from store.base import Recorder
 
 ACTIVE = (ev.CONNECTING, ev.CONNECTED, ev.DEGRADED, ev.FAILED)
@@ -228,11 +229,20 @@ class PeerConnection:
         except MeshError as error:
             return PunchResult(False, None, None, 0.0, str(error))
 
-    def _connect(self, attempt: int, causation: str) -> None:
+    def _direct_ruled_out(self) -> str | None:
+        """Why a punch is not worth trying, or None: always try direct unless both are symmetric."""
         if not self.candidates:
+            return "no direct candidates"
+        if not should_try_direct(self.init.local_nat_type, self.init.remote_nat_type):
+            return "both sides are behind symmetric NATs"
+        return None
+
+    def _connect(self, attempt: int, causation: str) -> None:
+        ruled_out = self._direct_ruled_out()
+        if ruled_out is not None:
             self._commit([ev.ConnectionAttemptStarted(**self._base(), attempt=attempt, path=ev.RELAY)],
                          causation)
-            self._use_relay(None, "no direct candidates", causation)
+            self._use_relay(None, ruled_out, causation)
             return
         self._commit([
             ev.ConnectionAttemptStarted(**self._base(), attempt=attempt, path=ev.DIRECT),
@@ -292,7 +302,7 @@ class PeerConnection:
             self.log.warning("relay release failed: {}", error)
 
     def _arm_direct_retry(self) -> None:
-        if self.state.path == ev.RELAY and self.candidates:
+        if self.state.path == ev.RELAY and self._direct_ruled_out() is None:
             self.host.schedule(self.cfg.direct_retry_s, self.timers.arm(DIRECT_RETRY))
 
     # ------------------------------------------------------------ observations
@@ -427,7 +437,7 @@ class PeerConnection:
         self.window, self.window_lost = [], 0
 
     def _retry_direct(self) -> None:
-        if not (self.state.path == ev.RELAY and self.state.state in UP and self.candidates):
+        if not (self.state.path == ev.RELAY and self.state.state in UP and self._direct_ruled_out() is None):
             return
         self._commit([ev.HolePunchAttempted(**self._base(),
                                             local_candidates=self.adapters.puncher.candidates(),

@@ -246,6 +246,7 @@ class PartyInit:
     config: ActorConfig
     log: LogSpec
     relay: str | None
+    local_nat_type: str = "unknown"  # the node's last NatDetected
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,8 @@ class PeerInit:
     # Set when a crashed connection is recreated only to be closed (its peer or the party
     # left while it awaited its restart): it replays, then closes, without reconnecting.
     close_reason: str | None = None
+    local_nat_type: str = "unknown"
+    remote_nat_type: str = "unknown"  # as the peer announced it
 
 
 @dataclass(frozen=True)

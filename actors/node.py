@@ -178,7 +178,7 @@ class NodeActor(Actor):
         self.send(address, m.PartyInit(
             node_id=self.start.node_id, party_id=party_id, store=self.start.store,
             adapters=self.start.adapters, config=self.start.config, log=self.start.log,
-            relay=self.relay))
+            relay=self.relay, local_nat_type=self.state.nat_type))
 
     def _child_exited(self, address: ActorAddress) -> None:
         assert self.start is not None

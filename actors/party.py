@@ -289,7 +289,8 @@ class PartyActor(Actor):
             local_peer_id=self.state.local_peer_id, public_key=member.public_key,
             virtual_ip=member.virtual_ip or "", candidates=self.candidates.get(peer_id, ()),
             store=self.init.store, adapters=self.init.adapters, config=self.init.config,
-            log=self.init.log, relay=self.relay)
+            log=self.init.log, relay=self.relay, local_nat_type=self.init.local_nat_type,
+            remote_nat_type=member.nat_type)
 
     def _orphans(self, hosted: set[str]) -> dict[str, m.PeerInit]:
         """Remote members whose connection is not hosted right now (crashed, awaiting restart)."""

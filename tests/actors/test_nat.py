@@ -9,7 +9,7 @@ from actors import messages as m
 from actors.system import start_node, start_system
 from events.fold import NodeState, apply_node, fold_stream
 from mesh import sim
-from tests.actors.conftest import LOCAL, Node
+from tests.actors.conftest import BOB, CAROL, LOCAL, RELAY_A, Node
 
 DETECTED = ("NatDetected(node_id='local', nat_type='open', public_ip='203.0.113.1', public_port=51820, "
             "local_ip='192.0.2.1', local_port=51820, stun_server='sim-stun')")
@@ -34,15 +34,40 @@ def test_the_nat_is_recorded_once_and_restarts_add_nothing(make_node) -> None:
     assert (state.nat_type, state.public_endpoint, state.relay_only) == ("open", "203.0.113.1:51820", False)
 
 
-def test_no_stun_answer_is_recorded_as_relay_only(make_node) -> None:
-    node = make_node()
+def restart_with(node: Node, factory: str, **kwargs: Any) -> None:
+    """Restart ``node`` on the same store with other simulated adapters."""
     node.stop()
     node.system = start_system("simpleSystemBase")
-    spec = m.AdapterSpec.of("tests.actors.test_nat:silent_stun", network_name=node.name, node="local",
-                            candidates=(LOCAL,))
+    spec = m.AdapterSpec.of(factory, network_name=node.name, node="local", candidates=(LOCAL,), **kwargs)
     node.address = start_node(node.system, m.StartNode(
         "local", m.StoreSpec(f"memory://{node.name}"), spec, node.relays, node.config, m.LogSpec("DEBUG")))
+
+
+def test_no_stun_answer_is_recorded_as_relay_only(make_node) -> None:
+    node = make_node()
+    restart_with(node, "tests.actors.test_nat:silent_stun")
     assert nat_rows(node) == [
         DETECTED, "NatDetectionFailed(node_id='local', reason='no STUN server answered: relay-only mode', "
         "stun_servers=())"]
     assert fold_stream(apply_node, NodeState(), node.events(node.node_stream)).relay_only
+
+
+def test_direct_is_tried_unless_both_sides_are_symmetric(make_node) -> None:
+    node = make_node(relays=(RELAY_A,))
+    restart_with(node, "mesh.sim:adapters", nat_type="symmetric")
+    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", nat_type="symmetric", candidates=(BOB,)))
+    node.tell(m.PeerAnnounced("p1", "carol", "Carol", "key-carol", nat_type="port_restricted",
+                              candidates=(CAROL,)))
+    node.advance(5)
+    assert node.new(node.peer("bob"))[1:3] == [
+        "ConnectionAttemptStarted(attempt=1, path='relay')",
+        f"PathChosen(path='relay', reason='both sides are behind symmetric NATs', endpoint='{RELAY_A}', "
+        f"relay='{RELAY_A}')"]
+    assert node.new(node.peer("carol"))[1:3] == [
+        "ConnectionAttemptStarted(attempt=1, path='direct')",
+        "HolePunchAttempted(local_candidates=('203.0.113.1:51820',), "
+        "remote_candidates=('203.0.113.3:51820',))"]
+    node.advance(60)  # no periodic direct retry between two symmetric NATs
+    assert not [e for e in node.new(node.peer("bob")) if e.startswith(("HolePunch", "DirectPath"))]
+    assert node.connection("p1", "bob").path == "relay"
