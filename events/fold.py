@@ -127,6 +127,11 @@ class ConnectionState:
 
 def apply_connection(state: ConnectionState, event: Event) -> ConnectionState:
     match event:
+        # The most frequent event in a long-lived log comes first.
+        case ev.MetricsSampled():
+            return _evolve(state, latency_ms=event.latency_ms, jitter_ms=event.jitter_ms,
+                           loss=event.loss, quality=event.quality,
+                           rx_bytes=event.rx_bytes, tx_bytes=event.tx_bytes)
         case ev.ConnectionAttemptStarted():
             return _evolve(state, party_id=event.party_id, peer_id=event.peer_id,
                            attempt=event.attempt, path=event.path)
@@ -161,10 +166,6 @@ def apply_connection(state: ConnectionState, event: Event) -> ConnectionState:
                            relay=event.to_relay if event.to_path == ev.RELAY else None)
         case ev.DirectPathRetried():
             return _evolve(state, direct_retries=state.direct_retries + 1)
-        case ev.MetricsSampled():
-            return _evolve(state, latency_ms=event.latency_ms, jitter_ms=event.jitter_ms,
-                           loss=event.loss, quality=event.quality,
-                           rx_bytes=event.rx_bytes, tx_bytes=event.tx_bytes)
     return state
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Mapping
-from json import scanner
 from typing import Any
+
+import orjson
 
 from events.base import Event, EventError, MalformedEvent, event_class, upcast
 
@@ -32,20 +33,9 @@ def _no_default(value: Any) -> Any:
 _c_encode = getattr(json.encoder, "c_make_encoder", None)
 encode_flat = (_c_encode(None, _no_default, json.encoder.encode_basestring_ascii, None, ":", ",",
                           False, False, False) if _c_encode else None)
-_loads = json.loads
-# The C scanner behind json.loads, called directly: payloads are written without
-# surrounding whitespace, and anything it rejects goes through json.loads for the message.
-_scan = scanner.make_scanner(json.JSONDecoder())
-
-
-def loads_object(text: str) -> Any:
-    try:
-        value, end = _scan(text, 0)
-    except StopIteration:
-        return _loads(text)
-    if end != len(text):
-        return _loads(text)
-    return value
+# orjson parses payloads about twice as fast as the stdlib, which is most of replay's
+# cost; it raises a ValueError subclass on bad input, like json.loads.
+_loads = orjson.loads
 
 
 def encode_payload(event: Event) -> str:
@@ -143,8 +133,7 @@ class RowDecoder:
 
         def plan(payload: Any) -> Event:
             try:
-                data = loads_object(payload) if type(payload) is str else (
-                    _loads(payload) if isinstance(payload, bytes) else payload)
+                data = _loads(payload) if isinstance(payload, str | bytes) else payload
             except (ValueError, UnicodeDecodeError) as error:
                 raise MalformedEvent(f"{event_type} payload is not JSON: {error}") from None
             if type(data) is not dict:
@@ -172,7 +161,7 @@ def decode_metadata(text: str | bytes | dict[str, Any] | None) -> dict[str, Any]
     if isinstance(text, dict):
         return text
     try:
-        data = loads_object(text) if type(text) is str else _loads(text)
+        data = _loads(text)
     except (ValueError, UnicodeDecodeError) as error:
         raise MalformedEvent(f"metadata is not JSON: {error}") from None
     if not isinstance(data, dict):
