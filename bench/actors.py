@@ -29,6 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
 
+from thespian.actors import ActorAddress, ActorSystem
+
 import events  # noqa: F401
 from actors import messages as m
 from actors.config import INLINE, PROCESS, ActorConfig, ConnectionConfig
@@ -86,7 +88,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start(base: str, hosting: str, workdir: Path, config: ActorConfig):  # type: ignore[no-untyped-def]
+def start(base: str, hosting: str, workdir: Path,
+          config: ActorConfig) -> tuple[ActorSystem, ActorAddress, str]:
     system = start_system(base, admin_port=free_port() if base != "simpleSystemBase" else None)
     url = f"sqlite:///{workdir / 'events.db'}"
     spec = m.AdapterSpec.of("mesh.sim:adapters", network_name="bench", node="bench",
@@ -96,7 +99,7 @@ def start(base: str, hosting: str, workdir: Path, config: ActorConfig):  # type:
     return system, node, url
 
 
-def open_party(system, node, peers: int) -> None:  # type: ignore[no-untyped-def]
+def open_party(system: ActorSystem, node: ActorAddress, peers: int) -> None:
     reply = system.ask(node, m.CreateParty("bench", "bench", "local", "Local"), 30)
     assert isinstance(reply, m.PartyOpened), reply
     for index in range(peers):
@@ -104,7 +107,7 @@ def open_party(system, node, peers: int) -> None:  # type: ignore[no-untyped-def
                                           f"key-{index:02d}", candidates=(f"203.0.113.{100 + index}:51820",)))
 
 
-def wait_connected(system, node, peers: int, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+def wait_connected(system: ActorSystem, node: ActorAddress, peers: int, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = system.ask(node, m.StatusQuery(), 10)

@@ -13,7 +13,7 @@ import errno
 import os
 import socket
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from wireguard_tools import WireguardConfig, WireguardKey
 from wireguard_tools.wireguard_uapi import WG_UAPI_SOCKET_DIR, WireguardUAPIDevice
@@ -151,7 +151,7 @@ class NetlinkDevice:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def _open(self):  # type: ignore[no-untyped-def]
+    def _open(self) -> Any:  # wireguard_tools' netlink device (imported lazily: kernel only)
         from wireguard_tools.wireguard_netlink import WireguardNetlinkDevice
 
         return WireguardNetlinkDevice(self.name)
