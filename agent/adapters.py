@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -23,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from actors.messages import AdapterSpec
-from mesh.interfaces import MeshError, NatInfo, PeerStats, PunchResult
+from mesh.interfaces import MeshError, NatInfo, PeerStats
+from mesh.nat.punch import UdpHolePuncher
 from mesh.relay.client import ProxyRelayClient
 from mesh.relay.tickets import RelayTicket
 from mesh.wireguard import PeerConfig, WireGuardInterface
@@ -157,27 +157,6 @@ class PingProber:
         return float(match.group(1)) if done.returncode == 0 and match else None
 
 
-@dataclass
-class CandidatePuncher:
-    """Hands the actor the remote's first candidate; WireGuard's own handshakes do the punching.
-
-    Both sides configure each other at once (both dial), and the keepalives open
-    cone-NAT mappings from both ends; the actor's probe decides whether it worked and
-    falls back to the relay otherwise. Used until mesh/nat provides a real puncher.
-    """
-
-    local: tuple[str, ...]
-
-    def candidates(self) -> tuple[str, ...]:
-        return self.local
-
-    def punch(self, session: str, remote_candidates: Sequence[str], timeout_s: float) -> PunchResult:
-        if not remote_candidates:
-            return PunchResult(False, None, None, 0.0, "the peer announced no candidate")
-        return PunchResult(True, remote_candidates[0], None, 0.0,
-                           "no punch protocol: trying the first candidate through WireGuard")
-
-
 class NoNatDetector:
     def detect(self) -> NatInfo | None:
         return None
@@ -199,20 +178,11 @@ def _ticket_source(api: str, token_file: str) -> Any:
     return tickets
 
 
-def _local_candidates(port: int) -> tuple[str, ...]:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing address
-            return (f"{probe.getsockname()[0]}:{port}",)
-    except OSError:
-        return ()
-
-
 @dataclass(frozen=True)
 class RealAdapters:
     wireguard: UapiWireGuard
     prober: PingProber
-    puncher: Any
+    puncher: UdpHolePuncher
     relay_client: ProxyRelayClient
     nat_detector: Any
 
@@ -225,13 +195,8 @@ def nat_detector(stun: Sequence[str], listen_port: int, node_id: str) -> Any:
     return StunNatDetector(list(stun), local_port=listen_port, node_id=node_id)
 
 
-def puncher(listen_port: int, info: NatInfo | None) -> Any:
-    """mesh/nat's coordinated puncher (PUNCH/ACK from WireGuard's port), else the candidate one."""
-    try:
-        from mesh.nat.punch import UdpHolePuncher
-    except ImportError:
-        public = (f"{info.public_ip}:{info.public_port or listen_port}",) if info and info.public_ip else ()
-        return CandidatePuncher(tuple(dict.fromkeys(public + _local_candidates(listen_port))))
+def puncher(listen_port: int, info: NatInfo | None) -> UdpHolePuncher:
+    """mesh/nat's coordinated puncher: PUNCH/ACK from WireGuard's own port."""
     return UdpHolePuncher(listen_port, nat=info)
 
 
