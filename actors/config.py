@@ -19,6 +19,10 @@ class ConnectionConfig:
     probe_interval_s: float = 5.0
     probe_timeout_s: float = 1.0
     punch_timeout_s: float = 5.0
+    # With a relay at hand, put a new connection on it at once and punch behind it (the
+    # DERP way): a relayed pair is up within a relay round trip instead of after a failed
+    # punch. Skipped when one side is open or port-forwarded: direct is then near certain.
+    relay_first: bool = True
     metrics_interval_s: float = 60.0  # one aggregated MetricsSampled per window
     keepalive_s: int = 25
 

@@ -237,6 +237,11 @@ class PeerConnection:
             return "both sides are behind symmetric NATs"
         return None
 
+    def _direct_likely(self) -> bool:
+        """One side open or port-forwarded: the punch all but always works (the NAT matrix)."""
+        easy = (ev.NAT_OPEN, ev.NAT_FULL_CONE)
+        return self.init.local_nat_type in easy or self.init.remote_nat_type in easy
+
     def _connect(self, attempt: int, causation: str) -> None:
         ruled_out = self._direct_ruled_out()
         if ruled_out is not None:
@@ -244,10 +249,16 @@ class PeerConnection:
                          causation)
             self._use_relay(None, ruled_out, causation)
             return
-        self._commit([
-            ev.ConnectionAttemptStarted(**self._base(), attempt=attempt, path=ev.DIRECT),
-            ev.HolePunchAttempted(**self._base(), local_candidates=self.adapters.puncher.candidates(),
-                                  remote_candidates=self.candidates)], causation)
+        started = ev.ConnectionAttemptStarted(**self._base(), attempt=attempt, path=ev.DIRECT)
+        attempted = ev.HolePunchAttempted(**self._base(),
+                                          local_candidates=self.adapters.puncher.candidates(),
+                                          remote_candidates=self.candidates)
+        allocation = (self._allocate() if self.cfg.relay_first and not self._direct_likely()
+                      else None)
+        if allocation is not None:
+            self._relay_first(allocation, attempt, started, attempted, causation)
+            return
+        self._commit([started, attempted], causation)
         result = self._punch(attempt)
         if result.succeeded and result.endpoint:
             self._commit([
@@ -260,6 +271,31 @@ class PeerConnection:
             return
         failed = ev.HolePunchFailed(**self._base(), reason=result.reason, elapsed_ms=result.elapsed_ms)
         self._use_relay(failed, f"hole punch failed: {result.reason}", causation)
+
+    def _relay_first(self, allocation: RelayAllocation, attempt: int, started: Event,
+                     attempted: Event, causation: str) -> None:
+        """On the relay at once, punch behind it, and upgrade to direct if the punch works."""
+        self._commit([started,
+                      ev.PathChosen(**self._base(), path=ev.RELAY,
+                                    reason="relay first while the hole punch runs",
+                                    endpoint=allocation.endpoint, relay=allocation.relay),
+                      self._configured(allocation.endpoint), attempted], causation)
+        self._swap_allocation(allocation)
+        result = self._punch(attempt)
+        if not (result.succeeded and result.endpoint):
+            self._commit([ev.HolePunchFailed(**self._base(), reason=result.reason,
+                                             elapsed_ms=result.elapsed_ms)], causation)
+            self._arm_direct_retry()
+            return
+        self._commit([
+            ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint,
+                                  rtt_ms=result.rtt_ms or 0.0, elapsed_ms=result.elapsed_ms),
+            ev.PathSwitched(**self._base(), from_path=ev.RELAY, to_path=ev.DIRECT,
+                            reason="hole punch succeeded", endpoint=result.endpoint,
+                            from_relay=self.state.relay, from_latency_ms=self.state.latency_ms,
+                            to_latency_ms=result.rtt_ms),
+            self._configured(result.endpoint)], causation)
+        self._release_allocation()
 
     def _allocate(self) -> RelayAllocation | None:
         if self.relay is None:

@@ -64,8 +64,12 @@ def test_direct_is_tried_unless_both_sides_are_symmetric(make_node) -> None:
         "ConnectionAttemptStarted(attempt=1, path='relay')",
         f"PathChosen(path='relay', reason='both sides are behind symmetric NATs', endpoint='{RELAY_A}', "
         f"relay='{RELAY_A}')"]
-    assert node.new(node.peer("carol"))[1:3] == [
+    assert node.new(node.peer("carol"))[1:5] == [  # relay first, the punch behind it
         "ConnectionAttemptStarted(attempt=1, path='direct')",
+        f"PathChosen(path='relay', reason='relay first while the hole punch runs', endpoint='{RELAY_A}', "
+        f"relay='{RELAY_A}')",
+        f"WireGuardPeerConfigured(public_key='key-carol', endpoint='{RELAY_A}', "
+        "allowed_ips=('10.66.0.3/32',), keepalive_s=25)",
         "HolePunchAttempted(local_candidates=('203.0.113.1:51820',), "
         "remote_candidates=('203.0.113.3:51820',))"]
     node.advance(60)  # no periodic direct retry between two symmetric NATs
