@@ -3,7 +3,8 @@
     python -m mesh.broadcast --interface wg0 --virtual-ip 10.66.0.1 --ports 4445 \
         --peers-file peers.txt --counters-file counters.json
 
-Prints one JSON line when ready. SIGHUP re-reads the peers file (virtual IPs, one a line),
+Prints one JSON line when ready. SIGHUP re-reads the peers file (one a line: a peer's
+virtual IP, optionally followed by this node's address in that peer's party),
 SIGUSR1 writes the counters file, SIGTERM/SIGINT stop (and write the counters file).
 """
 
@@ -52,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
 
     def load_peers() -> None:
+        # One peer a line: "PEER_IP" or "PEER_IP OUR_IP" (our address in that peer's party).
         text = args.peers_file.read_text() if args.peers_file.exists() else ""
-        emulator.set_peers(line.strip() for line in text.splitlines() if line.strip())
+        rows = [line.split() for line in text.splitlines() if line.strip()]
+        emulator.set_peers({row[0]: row[1] if len(row) > 1 else config.virtual_ip for row in rows})
 
     def write_counters() -> None:
         tmp = args.counters_file.with_suffix(".tmp")

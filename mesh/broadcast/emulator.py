@@ -29,9 +29,10 @@ import ipaddress
 import os
 import selectors
 import socket
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mesh.broadcast import packet, wire
@@ -39,6 +40,7 @@ from mesh.interfaces import MeshError
 
 DEFAULT_PORT = 8668
 SO_BINDTODEVICE = 25
+IP_PKTINFO = 8  # linux/in.h (not in the socket module of Python 3.11)
 LIMITED_BROADCAST = "255.255.255.255"
 DROP_REASONS = ("not_local", "rate_limited", "too_large", "no_peers", "send_error",
                 "not_peer", "malformed", "spoofed", "not_allowed", "duplicate", "emit_error")
@@ -132,7 +134,7 @@ class BroadcastEmulator:
     def __init__(self, config: BroadcastConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self._clock = clock
-        self._peers: frozenset[str] = frozenset()
+        self._peers: dict[str, str] = {}  # peer virtual IP -> our address that peer knows
         self._lock = threading.Lock()
         self._counters: dict[str, int] = dict.fromkeys(
             ("captured", "forwarded", "received", "reemitted"), 0)
@@ -152,13 +154,24 @@ class BroadcastEmulator:
         self._msg_seq = 0
 
     # -- control ----------------------------------------------------------------------
-    def set_peers(self, virtual_ips: Iterable[str]) -> None:
-        peers = frozenset(str(ipaddress.IPv4Address(ip)) for ip in virtual_ips)
-        self._peers = peers - {self.config.virtual_ip}
+    def set_peers(self, virtual_ips: Iterable[str] | Mapping[str, str]) -> None:
+        """The peers' virtual IPs; or a map peer -> this node's address in that peer's party
+        (a node in several parties has one address per party; default: ``virtual_ip``)."""
+        subnet = ipaddress.IPv4Network(self.config.subnet)
+        pairs = virtual_ips.items() if isinstance(virtual_ips, Mapping) else \
+            ((ip, self.config.virtual_ip) for ip in virtual_ips)
+        peers: dict[str, str] = {}
+        for peer, ours in pairs:
+            peer_ip, our_ip = ipaddress.IPv4Address(peer), ipaddress.IPv4Address(ours)
+            if our_ip not in subnet:
+                raise ValueError(f"{ours} is not in {subnet}")
+            peers[str(peer_ip)] = str(our_ip)
+        mine = {self.config.virtual_ip, *peers.values()}
+        self._peers = {peer: ours for peer, ours in peers.items() if peer not in mine}  # one atomic swap
 
     @property
     def peers(self) -> frozenset[str]:
-        return self._peers
+        return frozenset(self._peers)
 
     def counters(self) -> dict[str, int]:
         with self._lock:
@@ -296,13 +309,19 @@ class BroadcastEmulator:
             self._drop("no_peers")
             return
         self._msg_seq = (self._msg_seq + 1) & 0xFFFFFFFF
-        wrapped = wire.Wrapped(cfg.virtual_ip, dgram.src_port, dgram.dst, dgram.dst_port,
-                               self._msg_prefix | self._msg_seq, dgram.payload).encode()
+        msg_id = self._msg_prefix | self._msg_seq
+        wrapped: dict[str, bytes] = {}
         sock = self._tunnel
         assert sock is not None
-        for peer in sorted(peers):
+        for peer, ours in sorted(peers.items()):
+            if ours not in wrapped:
+                wrapped[ours] = wire.Wrapped(ours, dgram.src_port, dgram.dst, dgram.dst_port, msg_id,
+                                             dgram.payload).encode()
+            # The source must be the address this peer knows us by: its WireGuard drops any other.
+            pktinfo = struct.pack("i4s4s", 0, socket.inet_aton(ours), bytes(4))
             try:
-                sock.sendto(wrapped, (peer, cfg.tunnel_port))
+                sock.sendmsg([wrapped[ours]], [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)], 0,
+                             (peer, cfg.tunnel_port))
                 self._count("forwarded")
             except OSError:
                 self._drop("send_error")

@@ -202,3 +202,46 @@ def test_multicast_group_and_unconfigured_ports(mesh: Mesh) -> None:
     assert sorted(m["data"] for m in heard) == ["SSDP 0", "SSDP 1", "SSDP 2"]
     assert {(m["src"], m["sport"]) for m in heard} == {(VIPS["alice"], port)}
     assert _heard(other_port) == []  # 4447 is not a configured game port
+
+
+def test_a_node_in_two_parties_reaches_a_peer_that_knows_it_by_its_second_address() -> None:
+    """alice's interface holds 10.66.10.1/16 (first party) and 10.66.11.1/32 (second party);
+    bob is in the second party only, so his WireGuard accepts alice only as 10.66.11.1."""
+    with Lab.build([HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded")], relays=0,
+                   stun=False) as lab:
+        keys = {host: generate_keypair()[0] for host in ("alice", "bob")}
+        address = {"alice": "10.66.10.1/16", "bob": "10.66.11.2/16"}
+        known_as = {"alice": "10.66.11.1", "bob": "10.66.11.2"}
+        interfaces = {host: WireGuardInterface.create(keys[host], address[host], name=lab.host(host).wg_name,
+                                                      listen_port=WG_PORT, netns=lab.host(host).netns)
+                      for host in ("alice", "bob")}
+        try:
+            lab.run("alice", ["ip", "address", "add", "10.66.11.1/32", "dev", lab.host("alice").wg_name])
+            for host, other in (("alice", "bob"), ("bob", "alice")):
+                endpoint = f"{lab.host(other).public_ip}:{WG_PORT}"
+                interfaces[host].configure_peer(keys[other].public_key, endpoint, [f"{known_as[other]}/32"])
+            lab.wait_for(lambda: lab.run("alice", ["ping", "-c", "1", "-W", "1", "-I", "10.66.11.1",
+                                                   "10.66.11.2"], check=False).returncode == 0, 20)
+            emulators = {}
+            for host, peers in (("alice", "10.66.11.2 10.66.11.1\n"), ("bob", "10.66.11.1\n")):
+                (lab.workdir / f"{host}.peers").write_text(peers)
+                emulators[host] = lab.popen(host, [
+                    sys.executable, "-m", "mesh.broadcast", "--interface", lab.host(host).wg_name,
+                    "--virtual-ip", address[host].split("/")[0], "--ports", str(GAME_PORT),
+                    "--peers-file", str(lab.workdir / f"{host}.peers"),
+                    "--counters-file", str(lab.workdir / f"{host}.json")], stdout=subprocess.PIPE, text=True)
+                assert emulators[host].popen.stdout.readline()
+            listener = _listen(lab, "bob", 3.0, "--reply")
+            heard_by_alice = _send(lab, "alice", "255.255.255.255", 3, "P2", 1.0, sport=SPORT)
+            _finish(lab, [listener])
+            heard = _heard(listener)
+            assert sorted(m["data"] for m in heard) == ["P2 0", "P2 1", "P2 2"]
+            assert {(m["src"], m["sport"]) for m in heard} == {("10.66.11.1", SPORT)}
+            replies = sorted(m["data"] for m in heard_by_alice if m["src"] == "10.66.11.2")
+            assert replies == ["REPLY P2 0", "REPLY P2 1", "REPLY P2 2"]
+            for proc in emulators.values():
+                proc.popen.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=5) == 0
+        finally:
+            for interface in interfaces.values():
+                interface.close()

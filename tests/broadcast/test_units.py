@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.broadcast import BroadcastConfig, BroadcastEmulator, WireError, Wrapped, decode, packet
-from mesh.broadcast.emulator import _Limiter
+from mesh.broadcast.emulator import IP_PKTINFO, _Limiter
 from mesh.broadcast.wire import HEADER_SIZE
 
 ipv4 = st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n)))
@@ -137,10 +137,18 @@ def test_the_rate_limiter_allows_a_burst_then_the_rate() -> None:
 class _FakeSocket:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.sources: list[str] = []
 
     def sendto(self, data: bytes, address: tuple[str, int]) -> int:
         self.sent.append((data, address))
         return len(data)
+
+    def sendmsg(self, buffers: list[bytes], ancillary: list[tuple[int, int, bytes]], _flags: int,
+                address: tuple[str, int]) -> int:
+        [(level, kind, pktinfo)] = ancillary
+        assert (level, kind) == (socket.IPPROTO_IP, IP_PKTINFO)
+        self.sources.append(socket.inet_ntoa(pktinfo[4:8]))
+        return self.sendto(b"".join(buffers), address)
 
 
 def _local(sport: int, payload: bytes, src: str = "127.0.0.1") -> bytes:
@@ -174,6 +182,7 @@ def test_a_local_broadcast_is_wrapped_to_every_peer_and_a_foreign_one_is_not() -
     assert (msg.origin, msg.src_port, msg.dst, msg.dst_port, msg.payload) == (
         "10.66.0.1", 5000, "255.255.255.255", 4445, b"hi")
     assert decode(tunnel.sent[1][0], 1400).msg_id == msg.msg_id
+    assert tunnel.sources == ["10.66.0.1", "10.66.0.1"]
     # 198.51.100.77 is no address of this host (a LAN neighbour); 10.66.0.2 is a peer (our re-emit).
     for src in ("198.51.100.77", "10.66.0.2"):
         emulator._on_capture(_local(5000, b"hi", src), None)
@@ -185,6 +194,18 @@ def test_a_local_broadcast_is_wrapped_to_every_peer_and_a_foreign_one_is_not() -
     dropped = counters["dropped_not_local"], counters["dropped_too_large"], counters["dropped_no_peers"]
     assert dropped == (2, 1, 1)
     assert len(tunnel.sent) == 2
+
+
+def test_a_node_in_two_parties_sends_each_peer_from_the_address_that_peer_knows() -> None:
+    emulator, tunnel, _ = _emulator()
+    emulator.set_peers({"10.66.0.2": "10.66.0.1", "10.66.0.5": "10.66.0.4", "10.66.0.4": "10.66.0.1"})
+    assert emulator.peers == {"10.66.0.2", "10.66.0.5"}  # 10.66.0.4 is one of our own addresses
+    emulator._on_capture(_local(5000, b"hi"), None)
+    assert [addr[0] for _, addr in tunnel.sent] == ["10.66.0.2", "10.66.0.5"]
+    assert tunnel.sources == ["10.66.0.1", "10.66.0.4"]
+    assert [decode(data, 1400).origin for data, _ in tunnel.sent] == ["10.66.0.1", "10.66.0.4"]
+    with pytest.raises(ValueError):
+        emulator.set_peers({"10.66.0.2": "192.0.2.1"})
 
 
 def test_capture_is_rate_limited_per_source() -> None:
