@@ -1,10 +1,9 @@
 """Broadcast emulation for the node agent (``serve --broadcast-ports``): see docs/broadcast.md.
 
 The emulator starts once the WireGuard interface exists (the first party opened) and
-its peers follow the store: every other member's virtual IP in the active party whose
-local address is the interface's primary one. Broadcasts are sent from that address,
-and a member of another party knows this node by another address, which its WireGuard
-would refuse as a source; so other parties get no broadcasts (docs/broadcast.md).
+its peers follow the store, every second: every other member's virtual IP in every
+active party, each with this node's own address in that party, which is the source
+that member's WireGuard accepts from us (docs/broadcast.md).
 """
 
 from __future__ import annotations
@@ -23,20 +22,24 @@ if TYPE_CHECKING:
 REFRESH_S = 1.0
 
 
-def desired(agent: Agent) -> tuple[str | None, str, frozenset[str]]:
-    """(this node's address for broadcasts, its subnet, the peers' virtual IPs), from the store."""
+def desired(agent: Agent) -> tuple[str | None, str, dict[str, str]]:
+    """(the interface's primary address, the subnet, peer virtual IP -> our address in its party)."""
     owner = agent.interface
     wg = getattr(owner, "interface", None)
     if wg is None:
-        return None, "", frozenset()
+        return None, "", {}
     primary = wg.address.split("/")[0]
+    subnet = ""
+    peers: dict[str, str] = {}
     for party_id in list(agent.bindings):
         party = agent._party_state(party_id)
         ips = party.allocations
-        if party.active and ips.get(party.local_peer_id) == primary:
-            peers = frozenset(ip for pid, ip in ips.items() if pid != party.local_peer_id)
-            return primary, party.subnet, peers
-    return primary, "", frozenset()
+        ours = ips.get(party.local_peer_id)
+        if not party.active or ours is None:
+            continue
+        subnet = subnet or party.subnet
+        peers.update({ip: ours for pid, ip in ips.items() if pid != party.local_peer_id})
+    return primary, subnet, peers
 
 
 class BroadcastWiring:
@@ -45,6 +48,7 @@ class BroadcastWiring:
         self.ports = ports
         self.emulator: BroadcastEmulator | None = None
         self._task: asyncio.Task[None] | None = None
+        self._last: dict[str, str] = {}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
@@ -75,10 +79,11 @@ class BroadcastWiring:
                 logger.warning("broadcast peers not refreshed: {}", error)
             await asyncio.sleep(REFRESH_S)
 
-    def _apply(self, address: str | None, subnet: str, peers: frozenset[str]) -> None:
+    def _apply(self, address: str | None, subnet: str, peers: dict[str, str]) -> None:
         if address is None or not subnet:
-            if self.emulator is not None and self.emulator.peers:
-                self.emulator.set_peers(())  # the party was left
+            if self.emulator is not None and self._last:
+                self.emulator.set_peers(())  # every party was left
+                self._last = {}
             return
         if self.emulator is None:
             config = BroadcastConfig(interface=self.agent.config.interface, virtual_ip=address,
@@ -88,6 +93,7 @@ class BroadcastWiring:
             self.emulator = emulator
             logger.info("broadcast emulation on {} ports {} from {}", config.interface,
                         ",".join(map(str, self.ports)), address)
-        if peers != self.emulator.peers:
+        if peers != self._last:
             self.emulator.set_peers(peers)
+            self._last = dict(peers)
             logger.info("broadcast peers: {}", ", ".join(sorted(peers)) or "none")
