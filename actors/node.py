@@ -154,7 +154,7 @@ class NodeActor(Actor):
         if info is None:
             if not self.state.relay_only:
                 self._commit([ev.NatDetectionFailed(node_id=self.start.node_id,
-                                                    reason="no STUN server answered: relay-only mode")])
+                                                    reason="no STUN answer (or no STUN server configured)")])
             return
         endpoint = f"{info.public_ip}:{info.public_port}" if info.public_ip and info.public_port else None
         if (info.nat_type, endpoint, False) != (self.state.nat_type, self.state.public_endpoint,

@@ -47,7 +47,8 @@ def test_no_stun_answer_is_recorded_as_relay_only(make_node) -> None:
     node = make_node()
     restart_with(node, "tests.actors.test_nat:silent_stun")
     assert nat_rows(node) == [
-        DETECTED, "NatDetectionFailed(node_id='local', reason='no STUN server answered: relay-only mode', "
+        DETECTED,
+        "NatDetectionFailed(node_id='local', reason='no STUN answer (or no STUN server configured)', "
         "stun_servers=())"]
     assert fold_stream(apply_node, NodeState(), node.events(node.node_stream)).relay_only
 
