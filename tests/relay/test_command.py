@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -23,9 +24,16 @@ def cli(*args: str, env: dict[str, str] | None = None,
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the ephemeral range, so that no socket the test opens meanwhile
+    (the probe's own, for one) can be handed the port before the relay binds it."""
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free UDP port in 20000-32000")
 
 
 def test_bad_input_is_one_line_and_non_zero(tmp_path: Path) -> None:
@@ -52,7 +60,10 @@ def test_relay_server_forwards_and_records_events(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 20
         while probe_relay(f"127.0.0.1:{port}", 0.2) is None:
-            assert time.monotonic() < deadline and process.poll() is None, "relay-server did not start"
+            if process.poll() is not None or time.monotonic() >= deadline:
+                process.kill()
+                raise AssertionError(f"relay-server did not start (exit {process.poll()}): "
+                                     f"{process.communicate(timeout=5)[1]}")
         first, second = issue_tickets(secret, f"127.0.0.1:{port}", "party9", "alice", "bob")
         wg_a, wg_b = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
         for sock in (wg_a, wg_b):
