@@ -45,7 +45,7 @@ def adapter_spec(agent: Agent) -> AdapterSpec:
         return AdapterSpec.of(REAL, interface=config.interface, public_key=agent.identity.public_key,
                               listen_port=config.listen_port, stun=config.stun, node_id=agent.node_id,
                               api=f"http://127.0.0.1:{config.api_port}",
-                              token_file=str(agent.state_dir / "api-token"))
+                              token_file=str(agent.state_dir / "api-token"), nat=nat_fields(agent.nat))
     return AdapterSpec.of(config.adapters)
 
 
@@ -162,6 +162,29 @@ class NoNatDetector:
         return None
 
 
+@dataclass(frozen=True)
+class KnownNatDetector:
+    """The agent's one detection at start, handed to every actor process.
+
+    A STUN run per actor process cost 1.2-2.4 s on the join path (a new party actor is a
+    new process), and repeated runs from the WireGuard port disagreed: the conntrack
+    entries of the first run let the next see a port-restricted NAT as full cone.
+    """
+
+    info: NatInfo | None
+
+    def detect(self) -> NatInfo | None:
+        return self.info
+
+
+def nat_fields(info: NatInfo | None) -> tuple[Any, ...]:
+    """A NatInfo as hashable AdapterSpec kwargs; () when STUN did not answer."""
+    if info is None:
+        return ()
+    return (info.nat_type, info.public_ip, info.public_port, info.local_ip, info.local_port,
+            info.stun_server)
+
+
 def _ticket_source(api: str, token_file: str) -> Any:
     def tickets(party_id: str, peer_id: str, relay: str) -> RelayTicket:
         token = Path(token_file).read_text().strip()
@@ -201,9 +224,13 @@ def puncher(listen_port: int, info: NatInfo | None) -> UdpHolePuncher:
 
 
 def real(interface: str, public_key: str, listen_port: int, stun: tuple[str, ...] = (), node_id: str = "",
-         api: str = "http://127.0.0.1:8666", token_file: str = "") -> RealAdapters:
-    """The factory named in the AdapterSpec, called once in each actor process."""
-    detector = nat_detector(stun, listen_port, node_id)
+         api: str = "http://127.0.0.1:8666", token_file: str = "",
+         nat: tuple[Any, ...] | None = None) -> RealAdapters:
+    """The factory named in the AdapterSpec, called once in each actor process.
+
+    ``nat`` is the agent's detection (``nat_fields``); without it this process runs STUN."""
+    detector: Any = (nat_detector(stun, listen_port, node_id) if nat is None
+                     else KnownNatDetector(NatInfo(*nat) if nat else None))
     info = detector.detect()
     return RealAdapters(
         wireguard=UapiWireGuard(interface, public_key, listen_port), prober=PingProber(interface),

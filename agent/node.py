@@ -135,6 +135,7 @@ class Agent:
             _stop_stale_system(self.config.actor_base, self.config.actor_port)
         self.system = start_system(self.config.actor_base, self.config.actor_port, log_defs=THESPIAN_LOGS)
         try:
+            self._detect_nat()  # once, before the actors: they get this result (agent/adapters.py)
             self.node = start_node(self.system, self._start_message())
             return asyncio.run(self._main())
         finally:
@@ -166,7 +167,6 @@ class Agent:
         self._stopping = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self._stopping.set)
-        await asyncio.to_thread(self._detect_nat)
         token = write_token(self.state_dir)
         reader = StoreReader(self.config.db_url)
         app = create_app(self, reader, token)
