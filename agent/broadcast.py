@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from mesh.broadcast import BroadcastConfig, BroadcastEmulator, BroadcastError
+from mesh.broadcast import BroadcastConfig, BroadcastEmulator
 
 if TYPE_CHECKING:
     from agent.node import Agent
@@ -49,6 +50,7 @@ class BroadcastWiring:
         self.emulator: BroadcastEmulator | None = None
         self._task: asyncio.Task[None] | None = None
         self._last: dict[str, str] = {}
+        self._ifindex: int | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
@@ -67,19 +69,31 @@ class BroadcastWiring:
 
     async def _refresh_forever(self) -> None:
         loop = asyncio.get_running_loop()
+        last_error = ""
         while True:
             try:
                 # Store reads go through the agent's single actor/store worker thread.
                 address, subnet, peers = await loop.run_in_executor(self.agent._actors, desired, self.agent)
                 self._apply(address, subnet, peers)
-            except BroadcastError as error:
-                logger.error("{}", error)
-                return
-            except Exception as error:  # keep refreshing: a bad read must not end broadcasts
-                logger.warning("broadcast peers not refreshed: {}", error)
+                last_error = ""
+            except Exception as error:  # keep trying: a bad read or a missing interface must not end it
+                if str(error) != last_error:
+                    logger.warning("broadcast emulation: {}", error)
+                last_error = str(error)
             await asyncio.sleep(REFRESH_S)
 
+    def _interface_replaced(self) -> bool:
+        """The sockets are bound to the interface's index; a re-created interface has another."""
+        try:
+            return socket.if_nametoindex(self.agent.config.interface) != self._ifindex
+        except OSError:
+            return True
+
     def _apply(self, address: str | None, subnet: str, peers: dict[str, str]) -> None:
+        if self.emulator is not None and self._interface_replaced():
+            logger.warning("{} was re-created: restarting broadcast emulation", self.agent.config.interface)
+            self.emulator.stop()
+            self.emulator, self._last = None, {}
         if address is None or not subnet:
             if self.emulator is not None and self._last:
                 self.emulator.set_peers(())  # every party was left
@@ -91,6 +105,7 @@ class BroadcastWiring:
             emulator = BroadcastEmulator(config)
             emulator.start()
             self.emulator = emulator
+            self._ifindex = socket.if_nametoindex(config.interface)
             logger.info("broadcast emulation on {} ports {} from {}", config.interface,
                         ",".join(map(str, self.ports)), address)
         if peers != self._last:
