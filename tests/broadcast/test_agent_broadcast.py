@@ -1,5 +1,5 @@
 """`serve --broadcast-ports` (set in the state directory's lanrage.toml): a party formed with
-the CLI carries a game's discovery broadcast, and the reply comes back."""
+the CLI carries a game's discovery broadcast, and the reply comes back, over a relayed tunnel."""
 
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ GAME = [sys.executable, str(Path(__file__).with_name("game.py"))]
 PORT = 4445
 
 
-def test_a_party_of_agents_carries_broadcasts_both_ways() -> None:
-    hosts = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded")]
-    with Lab.build(hosts, relays=0) as lab:
+def test_a_party_of_agents_carries_broadcasts_both_ways_over_a_relay() -> None:
+    """A port-restricted and a symmetric NAT cannot go direct (DESIGN.md): this pair runs over
+    a relay. (Direct tunnels are test_lab_broadcast's; the relayed-or-direct choice is below
+    the tunnel, so a direct variant here only cost 15 s more; it passed too.)"""
+    hosts = [HostSpec("alice", "port_restricted"), HostSpec("bob", "symmetric")]
+    with Lab.build(hosts, relays=1) as lab:
         party = LabParty(lab)
         party.start_services()
         for host in ("alice", "bob"):
@@ -47,3 +50,5 @@ def test_a_party_of_agents_carries_broadcasts_both_ways() -> None:
             replies = [json.loads(x) for x in out.splitlines()]
             assert sorted(m["data"] for m in replies if m["src"] == ips[receiver]) == \
                 [f"REPLY {sender} {i}" for i in range(3)]
+        paths = {p["name"]: p["path"] for p in party.status("alice")["parties"][0]["peers"]}
+        assert paths["bob"] == "relay"
