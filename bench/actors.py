@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import random
 import socket
 import statistics
 import sys
@@ -83,9 +84,16 @@ def cpu_ticks(pid: int) -> int:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free TCP port below the ephemeral range (32768+), so that no connection made
+    meanwhile can take it before thespian's admin binds it."""
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port in 20000-32000")
 
 
 def start(base: str, hosting: str, workdir: Path,

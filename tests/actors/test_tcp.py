@@ -4,6 +4,7 @@ persisting to SQLite, with the simulated network built inside the actors' proces
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import time
@@ -24,9 +25,16 @@ from tests.actors.test_scenarios import JOINED
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free TCP port below the ephemeral range (32768+), so that no connection made
+    meanwhile can take it before thespian's admin binds it."""
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port in 20000-32000")
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float = 20.0) -> Any:
