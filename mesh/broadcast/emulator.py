@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import ipaddress
 import os
 import selectors
@@ -63,6 +64,9 @@ class BroadcastConfig:
     burst: int = 100
     dedup_size: int = 4096
     max_sources: int = 1024  # rate-limiter buckets kept
+    # Also carry broadcasts to the directed broadcast address of this host's other
+    # interfaces (e.g. 192.168.1.255): some games broadcast on their LAN's subnet.
+    lan_broadcasts: bool = True
 
     def __post_init__(self) -> None:
         if not self.ports or len(self.ports) > 64 or any(not 0 < p < 65536 for p in self.ports):
@@ -149,6 +153,7 @@ class BroadcastEmulator:
         self._sockets: list[socket.socket] = []
         self._tunnel: socket.socket | None = None
         self.joined: list[tuple[str, str]] = []  # (group, interface) memberships held
+        self._directed: frozenset[str] = frozenset()  # other interfaces' subnet broadcasts
         self._emit: socket.socket | None = None
         self._msg_prefix = int.from_bytes(os.urandom(4), "big") << 32
         self._msg_seq = 0
@@ -194,7 +199,11 @@ class BroadcastEmulator:
         cfg = self.config
         capture = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
         self._sockets.append(capture)
-        packet.attach_filter(capture, packet.capture_filter(cfg.destinations, cfg.ports))
+        if cfg.lan_broadcasts:
+            directed = directed_broadcasts(exclude=cfg.interface)[:32]  # the BPF program stays small
+            self._directed = frozenset(directed) - set(cfg.destinations)
+        packet.attach_filter(capture, packet.capture_filter((*cfg.destinations, *sorted(self._directed)),
+                                                            cfg.ports))
         capture.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         tunnel = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sockets.append(tunnel)
@@ -291,8 +300,13 @@ class BroadcastEmulator:
     def _on_capture(self, data: bytes, _addr: object) -> None:
         cfg = self.config
         dgram = packet.parse_ipv4_udp(data)
-        if dgram is None or dgram.dst not in cfg.destinations or dgram.dst_port not in cfg.ports:
+        if dgram is None or dgram.dst_port not in cfg.ports:
             return  # the BPF filter already keeps these out
+        dst = dgram.dst
+        if dst in self._directed:
+            dst = LIMITED_BROADCAST  # the peers' LANs have other subnets: deliver as a LAN-wide broadcast
+        elif dst not in cfg.destinations:
+            return
         now = self._clock()
         if dgram.src in self._peers or not self._is_local(dgram.src, now):
             self._drop("not_local")
@@ -315,7 +329,7 @@ class BroadcastEmulator:
         assert sock is not None
         for peer, ours in sorted(peers.items()):
             if ours not in wrapped:
-                wrapped[ours] = wire.Wrapped(ours, dgram.src_port, dgram.dst, dgram.dst_port, msg_id,
+                wrapped[ours] = wire.Wrapped(ours, dgram.src_port, dst, dgram.dst_port, msg_id,
                                              dgram.payload).encode()
             # The source must be the address this peer knows us by: its WireGuard drops any other.
             pktinfo = struct.pack("i4s4s", 0, socket.inet_aton(ours), bytes(4))
@@ -377,3 +391,33 @@ class BroadcastEmulator:
 def struct_mreqn_ifindex(name: str) -> bytes:
     """The tail of a `struct ip_mreqn`: local address 0.0.0.0 and the interface index."""
     return socket.inet_aton("0.0.0.0") + socket.if_nametoindex(name).to_bytes(4, "little")
+
+
+SIOCGIFFLAGS, SIOCGIFADDR, SIOCGIFNETMASK = 0x8913, 0x8915, 0x891B
+IFF_LOOPBACK = 0x8
+
+
+def directed_broadcasts(exclude: str = "") -> list[str]:
+    """The subnet broadcast of each interface's primary IPv4 address (but `exclude`'s).
+
+    Computed from address and prefix: Linux adds a broadcast route for it whether or not
+    the address was given a `brd`, so that is what a program sending there reaches.
+    """
+    found: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _index, name in socket.if_nameindex():
+            if name == exclude:
+                continue
+            request = struct.pack("16s16x", name.encode()[:15])
+            try:
+                flags = struct.unpack_from("H", fcntl.ioctl(sock, SIOCGIFFLAGS, request), 16)[0]
+                if flags & IFF_LOOPBACK:
+                    continue
+                address = socket.inet_ntoa(fcntl.ioctl(sock, SIOCGIFADDR, request)[20:24])
+                netmask = socket.inet_ntoa(fcntl.ioctl(sock, SIOCGIFNETMASK, request)[20:24])
+            except OSError:
+                continue  # no IPv4 address
+            network = ipaddress.IPv4Network(f"{address}/{netmask}", strict=False)
+            if network.prefixlen < 31 and str(network.broadcast_address) not in found:
+                found.append(str(network.broadcast_address))
+    return found

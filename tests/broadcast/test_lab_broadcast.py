@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
@@ -147,6 +148,19 @@ def test_a_broadcast_reaches_only_peers_once_and_the_reply_comes_back(mesh: Mesh
     assert delta["bob"]["captured"] == 0 and delta["bob"]["forwarded"] == 0  # no loop back to alice
     assert delta["alice"]["received"] == 0 and delta["carol"]["received"] == 0
     assert delta["carol"]["dropped_not_peer"] == 0  # alice never even sent to carol
+
+
+def test_a_broadcast_to_the_lans_own_subnet_reaches_peers_as_a_limited_broadcast(mesh: Mesh) -> None:
+    lab = mesh.lab
+    _full_mesh(mesh)
+    lan = ipaddress.IPv4Network(f"{lab.host('alice').lan_ip}/29", strict=False)  # the lab's LANs are /29
+    listeners = {host: _listen(lab, host, 3.0) for host in ("bob", "dave")}
+    _send(lab, "alice", str(lan.broadcast_address), 2, "DIR", 0.1, sport=SPORT)
+    _finish(lab, list(listeners.values()))
+    bob = _heard(listeners["bob"])
+    assert sorted(m["data"] for m in bob) == ["DIR 0", "DIR 1"]
+    assert {(m["src"], m["sport"]) for m in bob} == {(VIPS["alice"], SPORT)}
+    assert sorted(m["data"] for m in _heard(listeners["dave"])) == ["DIR 0", "DIR 1"]  # natively, on the LAN
 
 
 def _delta(mesh: Mesh, before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.broadcast import BroadcastConfig, BroadcastEmulator, WireError, Wrapped, decode, packet
-from mesh.broadcast.emulator import IP_PKTINFO, _Limiter
+from mesh.broadcast.emulator import IP_PKTINFO, _Limiter, directed_broadcasts
 from mesh.broadcast.wire import HEADER_SIZE
 
 ipv4 = st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n)))
@@ -206,6 +206,20 @@ def test_a_node_in_two_parties_sends_each_peer_from_the_address_that_peer_knows(
     assert [decode(data, 1400).origin for data, _ in tunnel.sent] == ["10.66.0.1", "10.66.0.4"]
     with pytest.raises(ValueError):
         emulator.set_peers({"10.66.0.2": "192.0.2.1"})
+
+
+def test_a_broadcast_to_another_interfaces_subnet_goes_out_as_a_limited_broadcast() -> None:
+    emulator, tunnel, _ = _emulator()
+    emulator._directed = frozenset({"198.51.100.15"})
+    emulator._on_capture(packet.build_ipv4_udp("127.0.0.1", 5000, "198.51.100.15", 4445, b"lan", 64), None)
+    emulator._on_capture(packet.build_ipv4_udp("127.0.0.1", 5000, "198.51.100.23", 4445, b"other", 64), None)
+    assert [decode(data, 1400).dst for data, _ in tunnel.sent] == ["255.255.255.255"] * 2
+    assert emulator.counters()["captured"] == 1
+
+
+def test_directed_broadcasts_are_subnet_broadcasts() -> None:
+    for address in directed_broadcasts():
+        assert ipaddress.IPv4Address(address).packed[-1] & 1  # all host bits set: odd
 
 
 def test_capture_is_rate_limited_per_source() -> None:
