@@ -43,8 +43,8 @@ DEFAULT_PORT = 8668
 SO_BINDTODEVICE = 25
 IP_PKTINFO = 8  # linux/in.h (not in the socket module of Python 3.11)
 LIMITED_BROADCAST = "255.255.255.255"
-DROP_REASONS = ("not_local", "rate_limited", "too_large", "no_peers", "send_error",
-                "not_peer", "malformed", "spoofed", "not_allowed", "duplicate", "emit_error")
+DROP_REASONS = ("not_local", "rate_limited", "too_large", "no_peers", "send_error", "not_peer", "malformed",
+                "spoofed", "not_allowed", "duplicate", "emit_error", "internal_error")
 
 
 class BroadcastError(MeshError):
@@ -268,7 +268,10 @@ class BroadcastEmulator:
                             if self._stop.is_set():
                                 return
                             break
-                        key.data(data, addr)
+                        try:
+                            key.data(data, addr)
+                        except Exception:  # one bad datagram must not end the emulator
+                            self._drop("internal_error")
         finally:
             selector.close()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -143,6 +145,9 @@ class _FakeSocket:
         self.sent.append((data, address))
         return len(data)
 
+    def close(self) -> None:
+        pass
+
     def sendmsg(self, buffers: list[bytes], ancillary: list[tuple[int, int, bytes]], _flags: int,
                 address: tuple[str, int]) -> int:
         [(level, kind, pktinfo)] = ancillary
@@ -265,3 +270,26 @@ def test_fuzzed_tunnel_input_is_counted_once_and_never_raises(data: bytes) -> No
     counters = emulator.counters()
     assert counters["dropped_malformed"] + counters["received"] + counters["dropped_spoofed"] + \
         counters["dropped_not_allowed"] == 1
+
+
+def test_the_loop_survives_a_failing_handler_and_stops_at_once() -> None:
+    emulator, _, _ = _emulator()
+    capture, capture_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    tunnel, tunnel_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    thread = threading.Thread(target=emulator._run, args=(capture, tunnel))
+    thread.start()
+    try:
+        capture_peer.send(b"not an IP packet")  # ignored
+        tunnel_peer.send(b"x")  # a Unix socket gives no (ip, port): the handler raises
+        tunnel_peer.send(b"y")
+        deadline = time.monotonic() + 5
+        while emulator.counters()["dropped_internal_error"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert emulator.counters()["dropped_internal_error"] == 2 and thread.is_alive()
+        started = time.monotonic()
+        emulator.stop()
+        thread.join(2)
+        assert not thread.is_alive() and time.monotonic() - started < 1
+    finally:
+        for sock in (capture, capture_peer, tunnel, tunnel_peer):
+            sock.close()
