@@ -29,9 +29,13 @@ class ConnectionConfig:
 
 @dataclass(frozen=True)
 class RelayMonitorConfig:
-    probe_interval_s: float = 30.0
-    probes_per_round: int = 3
-    probe_timeout_s: float = 1.0
+    # Probe often (a dead relay is seen within a second), record seldom: the probes of one
+    # record interval become one aggregated RelayProbed per relay, unless a state changes.
+    probe_interval_s: float = 1.0
+    probes_per_round: int = 3  # per probe tick
+    probe_timeout_s: float = 0.5
+    record_interval_s: float = 30.0  # one RelayProbed per relay per interval; latency decisions here too
+    dead_after_misses: int = 2  # consecutive lost probes: the relay is gone, fail over at once
     degraded_rtt_ms: float = 150.0  # the selected relay is degraded above this (or when silent)
     min_improvement_ms: float = 10.0  # a switch needs at least this much better ...
     max_ratio: float = 2 / 3  # ... and below this fraction of the old relay's rtt

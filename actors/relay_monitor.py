@@ -1,16 +1,20 @@
-"""The relay-monitor actor: probes every relay on an interval, selects one with hysteresis.
+"""The relay-monitor actor: probes every relay often, records seldom, selects with hysteresis.
 
-Each relay's stream (``relay:<host:port>``) gets one aggregated RelayProbed per
-round, RelayDegraded while the selected relay is slow or silent, and RelaySelected
-when it becomes the node's relay. A degraded relay is replaced only by one that is
-at least ``min_improvement_ms`` better and below ``max_ratio`` of its round trip,
-so two relays of near-equal latency never flap.
+Probes run every ``probe_interval_s`` (1 s); each relay's stream (``relay:<host:port>``)
+gets one aggregated RelayProbed per ``record_interval_s`` (30 s), RelayDegraded while
+the selected relay is slow or silent, and RelaySelected when it becomes the node's
+relay. Latency decisions are taken on the aggregated window only: a degraded relay is
+replaced only by one that is at least ``min_improvement_ms`` better and below
+``max_ratio`` of its round trip, so two relays of near-equal latency never flap. A
+relay that misses ``dead_after_misses`` probes in a row is dead (a killed relay answers
+with ICMP port unreachable at once): when it is the selected one, the window is recorded
+early and the best live relay is selected on that tick.
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -31,6 +35,18 @@ from mesh.interfaces import MeshError
 from mesh.relay.selection import best_relay, should_switch
 
 PROBE = "probe"
+
+
+@dataclass
+class Window:
+    """One relay's probes since the last record (memory only: what is stored is the aggregate)."""
+
+    probes: int = 0
+    rtts: list[float] = field(default_factory=list)
+    misses: int = 0  # consecutive lost probes, across windows
+
+    def median(self) -> float | None:
+        return statistics.median(self.rtts) if self.rtts else None
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,9 @@ class RelayMonitorActor(Actor):
         self.writers: dict[str, StreamWriter] = {}
         self.states: dict[str, RelayState] = {}
         self.selected: str | None = None
+        self.windows: dict[str, Window] = {}
+        self.ticks = 0  # probe ticks since the last record
+        self.death_recorded = False  # the selected relay's death is in the log already
         self.timers = Timers(new_incarnation())
         self.parent: ActorAddress | None = None
         self.log = logger
@@ -112,6 +131,7 @@ class RelayMonitorActor(Actor):
             writer = StreamWriter(recorder, relay_stream(relay), self.timers.incarnation,
                                   {"node_id": init.node_id, "actor": "relay-monitor"})
             self.writers[relay] = writer
+            self.windows[relay] = Window()
             state = RelayState(relay=relay)
             for record in recorder.read_stream(writer.stream_id):
                 state = apply_relay(state, record.event)
@@ -136,32 +156,64 @@ class RelayMonitorActor(Actor):
             self.states[relay] = apply_relay(self.states[relay], record.event)
 
     def probe_round(self) -> None:
+        """One probe tick; records (and decides) when the window is full or a relay died."""
         assert self.init is not None and self.adapters is not None
         config = self.init.config.relay_monitor
-        rtts: dict[str, float | None] = {}
         for relay in self.init.relays:
-            answers = []
+            window = self.windows[relay]
             for _ in range(config.probes_per_round):
                 try:
                     rtt = self.adapters.relay_client.probe(relay, config.probe_timeout_s)
                 except MeshError:
                     rtt = None
+                window.probes += 1
                 if rtt is not None:
-                    answers.append(rtt)
-            rtts[relay] = statistics.median(answers) if answers else None
-            self._commit(relay, [ev.RelayProbed(relay=relay, probes=config.probes_per_round,
-                                                answered=len(answers), rtt_ms=rtts[relay])])
+                    window.misses = 0
+                    window.rtts.append(rtt)
+                    continue
+                window.misses += 1
+                if window.misses >= config.dead_after_misses:
+                    break  # known dead: a silent relay would cost a timeout per probe
+        self.ticks += 1
+        dead = {relay for relay, window in self.windows.items()
+                if window.misses >= config.dead_after_misses}
+        if self.selected not in dead:
+            self.death_recorded = False
+        if self.ticks * config.probe_interval_s >= config.record_interval_s or self._urgent(dead):
+            self.record(dead)
+
+    def _urgent(self, dead: set[str]) -> bool:
+        """No relay selected yet, or the selected one died: a state change, not a sample."""
+        alive = any(window.rtts for relay, window in self.windows.items() if relay not in dead)
+        if self.selected is None:
+            return alive
+        return self.selected in dead and (alive or not self.death_recorded)
+
+    def record(self, dead: set[str]) -> None:
+        assert self.init is not None
+        config = self.init.config.relay_monitor
+        rtts: dict[str, float | None] = {}
+        for relay in self.init.relays:
+            window = self.windows[relay]
+            rtts[relay] = None if relay in dead else window.median()
+            self._commit(relay, [ev.RelayProbed(relay=relay, probes=window.probes,
+                                                answered=len(window.rtts), rtt_ms=window.median())])
+            self.windows[relay] = Window(misses=window.misses)
+        self.ticks = 0
         degraded, choice = choose_relay(self.selected, rtts, config)
         previous = self.selected
         if degraded and previous is not None:
             rtt = rtts[previous]
-            reason = ("no answer" if rtt is None else
+            reason = (f"no answer to {config.dead_after_misses} probes in a row" if previous in dead else
+                      "no answer" if rtt is None else
                       f"round trip {rtt:.1f} ms above {config.degraded_rtt_ms:.0f} ms")
             self._commit(previous, [ev.RelayDegraded(relay=previous, rtt_ms=rtt, reason=reason)])
+            self.death_recorded = previous in dead
         if choice is None:
             return
         self._commit(choice.relay, [ev.RelaySelected(relay=choice.relay, rtt_ms=choice.rtt_ms,
                                                      previous_relay=previous, reason=choice.reason)])
         self.selected = choice.relay
+        self.death_recorded = False
         self.log.info("selected relay {}: {}", choice.relay, choice.reason)
         self.send(self.parent, m.RelayChanged(choice.relay, choice.rtt_ms, previous))

@@ -1,0 +1,129 @@
+"""The relay monitor probes every second, records every 30 s, and fails over at once.
+
+Exact stored sequences on the simulated network, with the production probe and record
+intervals (the other scenarios probe and record every 30 s).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+import mesh.sim as sim
+from actors import messages as m
+from actors.config import ActorConfig, ConnectionConfig, RelayMonitorConfig
+from tests.actors.conftest import RELAY_A, RELAY_B, Node, VirtualClock
+
+MONITOR = RelayMonitorConfig(probe_interval_s=1.0, record_interval_s=30.0, dead_after_misses=2)
+
+
+@pytest.fixture
+def node(clock: VirtualClock) -> Node:
+    name = f"t{uuid.uuid4().hex[:10]}"
+    sim.reset(name)
+    config = ActorConfig(connection=ConnectionConfig(metrics_interval_s=3600.0), relay_monitor=MONITOR,
+                         restart_delay_s=0.0)
+    started = Node(name, clock, config, (RELAY_A, RELAY_B)).start()
+    started.net.set_relay(RELAY_A, 40.0)
+    started.net.set_relay(RELAY_B, 45.0)
+    started.ask(m.Ping())  # the first tick is due at once: both probed, A selected
+    yield started
+    started.stop()
+
+
+def probed(relay: str, probes: int, answered: int, rtt: float | None) -> str:
+    return f"RelayProbed(relay='{relay}', probes={probes}, answered={answered}, rtt_ms={rtt})"
+
+
+def relayed_carol(node: Node) -> None:
+    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
+    node.tell(m.PeerAnnounced("p1", "carol", "Carol", "key-carol"))  # no candidates: relay only
+    node.advance(0.5, step=0.5)
+    assert node.connection("p1", "carol").relay == RELAY_A
+    node.new(node.peer("carol"))
+
+
+def test_probes_every_second_are_recorded_once_per_interval(node: Node) -> None:
+    a, b = f"relay:{RELAY_A}", f"relay:{RELAY_B}"
+    assert node.new(a) == [probed(RELAY_A, 3, 3, 40.0), f"RelaySelected(relay='{RELAY_A}', rtt_ms=40.0, "
+                           "previous_relay=None, reason='lowest round trip (40.0 ms) of 2 relays')"]
+    assert node.new(b) == [probed(RELAY_B, 3, 3, 45.0)]
+    node.advance(29)
+    assert node.new(a) == node.new(b) == []  # 29 ticks, 87 probes each, nothing stored yet
+    assert sim.network(node.name).probe_count == 0  # no peer probes either
+    node.advance(1)
+    assert node.new(a) == [probed(RELAY_A, 90, 90, 40.0)]
+    assert node.new(b) == [probed(RELAY_B, 90, 90, 45.0)]
+
+
+def test_slow_selected_relay_waits_for_the_record_interval(node: Node) -> None:
+    """Latency decisions (and so the hysteresis) stay on the aggregated 30 s window."""
+    a, b = f"relay:{RELAY_A}", f"relay:{RELAY_B}"
+    node.new(a), node.new(b)
+    node.net.set_relay(RELAY_A, 300.0)
+    node.net.set_relay(RELAY_B, 100.0)
+    node.advance(29)
+    assert node.new(a) == node.new(b) == []
+    assert node.status().relay == RELAY_A
+    node.advance(1)
+    assert node.new(a) == [probed(RELAY_A, 90, 90, 300.0), f"RelayDegraded(relay='{RELAY_A}', "
+                           "rtt_ms=300.0, reason='round trip 300.0 ms above 150 ms')"]
+    assert node.new(b) == [probed(RELAY_B, 90, 90, 100.0), f"RelaySelected(relay='{RELAY_B}', rtt_ms=100.0, "
+                           f"previous_relay='{RELAY_A}', reason='{RELAY_A} degraded (300.0 ms); "
+                           f"{RELAY_B} is 100.0 ms')"]
+
+
+def test_dead_selected_relay_fails_over_on_the_next_tick(node: Node) -> None:
+    a, b = f"relay:{RELAY_A}", f"relay:{RELAY_B}"
+    relayed_carol(node)
+    node.advance(9.5, step=0.5)
+    assert node.connection("p1", "carol").state == "connected"
+    node.new(a), node.new(b), node.new(node.peer("carol"))
+    node.net.set_relay(RELAY_A, None)  # killed
+    node.advance(1)  # one tick: 2 lost probes in a row, the window is recorded early
+    assert node.new(a) == [probed(RELAY_A, 32, 30, 40.0), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
+                           "reason='no answer to 2 probes in a row')"]
+    assert node.new(b) == [probed(RELAY_B, 33, 33, 45.0), f"RelaySelected(relay='{RELAY_B}', rtt_ms=45.0, "
+                           f"previous_relay='{RELAY_A}', reason='{RELAY_A} stopped answering; "
+                           f"{RELAY_B} is 45.0 ms')"]
+    assert node.status().relay == RELAY_B
+    assert node.new(node.peer("carol")) == [
+        f"PathSwitched(from_path='relay', to_path='relay', reason='relay monitor selected {RELAY_B}', "
+        f"endpoint='{RELAY_B}', from_relay='{RELAY_A}', to_relay='{RELAY_B}', from_latency_ms=40.0, "
+        "to_latency_ms=45.0)",
+        f"WireGuardPeerConfigured(public_key='key-carol', endpoint='{RELAY_B}', "
+        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)"]
+    # The old relay comes back and is faster: B is healthy, so no flap back.
+    node.net.set_relay(RELAY_A, 10.0)
+    node.advance(60)
+    assert node.status().relay == RELAY_B
+    assert not any("RelaySelected" in e for e in node.new(a) + node.new(b))
+
+
+def test_dead_relay_with_no_alternative_is_recorded_once_then_per_interval(node: Node) -> None:
+    a, b = f"relay:{RELAY_A}", f"relay:{RELAY_B}"
+    node.advance(10)
+    node.new(a), node.new(b)
+    node.net.set_relay(RELAY_A, None)
+    node.net.set_relay(RELAY_B, None)
+    node.advance(1)
+    assert node.new(a) == [probed(RELAY_A, 32, 30, 40.0), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
+                           "reason='no answer to 2 probes in a row')"]
+    assert node.new(b) == [probed(RELAY_B, 32, 30, 45.0)]
+    node.advance(29)
+    assert node.new(a) == node.new(b) == []  # no row per tick while nothing changes
+    node.advance(1)
+    # A dead relay is probed once per tick (its first loss is its next miss in a row).
+    assert node.new(a) == [probed(RELAY_A, 30, 0, None), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
+                           "reason='no answer to 2 probes in a row')"]
+    assert node.new(b) == [probed(RELAY_B, 30, 0, None)]
+    # B comes back: selected on its first answered tick, not at the next record.
+    node.net.set_relay(RELAY_B, 50.0)
+    node.advance(1)
+    assert node.new(a) == [probed(RELAY_A, 1, 0, None), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
+                           "reason='no answer to 2 probes in a row')"]
+    assert node.new(b) == [probed(RELAY_B, 3, 3, 50.0), f"RelaySelected(relay='{RELAY_B}', rtt_ms=50.0, "
+                           f"previous_relay='{RELAY_A}', reason='{RELAY_A} stopped answering; "
+                           f"{RELAY_B} is 50.0 ms')"]
+    assert node.status().relay == RELAY_B
