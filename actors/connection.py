@@ -225,7 +225,8 @@ class PeerConnection:
         ends = sorted((self.init.local_peer_id, self.init.peer_id))
         session = f"{self.init.party_id}:{ends[0]}:{ends[1]}:{attempt}"
         try:
-            return self.adapters.puncher.punch(session, self.candidates, self.cfg.punch_timeout_s)
+            return self.adapters.puncher.punch(session, self.candidates, self.cfg.punch_timeout_s,
+                                               peer_public_key=self.init.public_key)
         except MeshError as error:
             return PunchResult(False, None, None, 0.0, str(error))
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors.messages import AdapterSpec
 from mesh.interfaces import MeshError, NatInfo, PeerStats
+from mesh.keys import load_private_key
 from mesh.nat.punch import UdpHolePuncher
 from mesh.relay.client import ProxyRelayClient
 from mesh.relay.tickets import RelayTicket
@@ -45,7 +46,8 @@ def adapter_spec(agent: Agent) -> AdapterSpec:
         return AdapterSpec.of(REAL, interface=config.interface, public_key=agent.identity.public_key,
                               listen_port=config.listen_port, stun=config.stun, node_id=agent.node_id,
                               api=f"http://127.0.0.1:{config.api_port}",
-                              token_file=str(agent.state_dir / "api-token"), nat=nat_fields(agent.nat))
+                              token_file=str(agent.state_dir / "api-token"),
+                              key_file=str(agent.state_dir / "wireguard.key"), nat=nat_fields(agent.nat))
     return AdapterSpec.of(config.adapters)
 
 
@@ -218,14 +220,19 @@ def nat_detector(stun: Sequence[str], listen_port: int, node_id: str) -> Any:
     return StunNatDetector(list(stun), local_port=listen_port, node_id=node_id)
 
 
-def puncher(listen_port: int, info: NatInfo | None) -> UdpHolePuncher:
-    """mesh/nat's coordinated puncher: PUNCH/ACK from WireGuard's own port."""
-    return UdpHolePuncher(listen_port, nat=info)
+def puncher(listen_port: int, info: NatInfo | None, key_file: str = "") -> UdpHolePuncher:
+    """mesh/nat's coordinated puncher: PUNCH/ACK from WireGuard's own port.
+
+    With the node's key file, every punch session is keyed by the X25519 agreement of
+    the two peers' WireGuard keys, so nobody else can confirm a path.
+    """
+    private_key = load_private_key(Path(key_file)) if key_file else None
+    return UdpHolePuncher(listen_port, nat=info, private_key=private_key)
 
 
 def real(interface: str, public_key: str, listen_port: int, stun: tuple[str, ...] = (), node_id: str = "",
          api: str = "http://127.0.0.1:8666", token_file: str = "",
-         nat: tuple[Any, ...] | None = None) -> RealAdapters:
+         nat: tuple[Any, ...] | None = None, key_file: str = "") -> RealAdapters:
     """The factory named in the AdapterSpec, called once in each actor process.
 
     ``nat`` is the agent's detection (``nat_fields``); without it this process runs STUN."""
@@ -234,6 +241,6 @@ def real(interface: str, public_key: str, listen_port: int, stun: tuple[str, ...
     info = detector.detect()
     return RealAdapters(
         wireguard=UapiWireGuard(interface, public_key, listen_port), prober=PingProber(interface),
-        puncher=puncher(listen_port, info),
+        puncher=puncher(listen_port, info, key_file),
         relay_client=ProxyRelayClient(_ticket_source(api, token_file), wg_port=listen_port),
         nat_detector=detector)

@@ -82,8 +82,13 @@ class HolePuncher(Protocol):
         """This node's candidate endpoints ("ip:port"): public mapping, LAN, forwarded port."""
         ...
 
-    def punch(self, session: str, remote_candidates: Sequence[str], timeout_s: float) -> PunchResult:
-        """Send to every candidate at the agreed moment until a punch ACK confirms one."""
+    def punch(self, session: str, remote_candidates: Sequence[str], timeout_s: float, *,
+              peer_public_key: str | None = None) -> PunchResult:
+        """Send to every candidate at the agreed moment until a punch ACK confirms one.
+
+        ``peer_public_key`` lets the puncher key the session with the X25519 agreement of
+        the two WireGuard keys, so only the two peers can confirm a path.
+        """
         ...
 
 

@@ -21,6 +21,7 @@ is the one WireGuard's handshake will use a moment later.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hmac
@@ -35,6 +36,7 @@ from hashlib import sha256
 
 from events.types import NAT_SYMMETRIC
 from mesh.interfaces import MeshError, NatInfo, PunchResult
+from mesh.keys import PrivateKey, validate_public_key
 from mesh.nat.rawudp import UdpPort, open_port
 
 MAGIC = b"LRp"
@@ -53,8 +55,25 @@ def should_try_direct(local_nat: str | None, remote_nat: str | None) -> bool:
     return not (local_nat == NAT_SYMMETRIC and remote_nat == NAT_SYMMETRIC)
 
 
-def session_key(session: str) -> bytes:
+def session_key(session: str, shared_secret: bytes = b"") -> bytes:
+    """The MAC key of one punch session.
+
+    With ``shared_secret`` (the two WireGuard keys' X25519 agreement, see
+    ``pair_secret``) only the two peers can compute it, even when the session name is
+    predictable; without, the session name itself must be a secret from signalling.
+    """
+    if shared_secret:
+        return hmac.new(shared_secret, b"lanrage-punch-v2|" + session.encode(), sha256).digest()
     return hmac.new(b"lanrage-punch-v1", session.encode(), sha256).digest()
+
+
+def pair_secret(private_key: PrivateKey, peer_public_key: str) -> bytes:
+    """X25519(our WireGuard private key, the peer's public key): the same on both sides."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+    peer = X25519PublicKey.from_public_bytes(base64.b64decode(validate_public_key(peer_public_key)))
+    ours = X25519PrivateKey.from_private_bytes(bytes.fromhex(private_key.secret_hex()))
+    return ours.exchange(peer)
 
 
 def encode(key: bytes, kind: int, flags: int, sender: bytes, seq: int, echo: int) -> bytes:
@@ -107,8 +126,9 @@ class UdpHolePuncher:
 
     def __init__(self, wg_port: int, nat: NatInfo | None = None, forwarded_port: int | None = None,
                  lan_addresses: Sequence[str] | None = None, interval_s: float = 0.025,
-                 linger_s: float = 1.0) -> None:
+                 linger_s: float = 1.0, private_key: PrivateKey | None = None) -> None:
         self.wg_port = wg_port
+        self._private_key = private_key
         self.nat = nat
         self.forwarded_port = forwarded_port
         self._lan = list(lan_addresses) if lan_addresses is not None else None
@@ -128,8 +148,17 @@ class UdpHolePuncher:
         return tuple(dict.fromkeys(found))
 
     def punch(self, session: str, remote_candidates: Sequence[str], timeout_s: float,
-              start_at: float | None = None) -> PunchResult:
-        """Punch towards ``remote_candidates``; ``start_at`` is the agreed wall-clock moment."""
+              start_at: float | None = None, *, peer_public_key: str | None = None) -> PunchResult:
+        """Punch towards ``remote_candidates``; ``start_at`` is the agreed wall-clock moment.
+
+        A puncher that holds the node's private key binds the session to the pair of
+        WireGuard keys, and then needs ``peer_public_key``.
+        """
+        shared = b""
+        if self._private_key is not None:
+            if not peer_public_key:
+                raise MeshError("this puncher binds sessions to WireGuard keys: give the peer's public key")
+            shared = pair_secret(self._private_key, peer_public_key)
         targets = [parse_endpoint(candidate) for candidate in dict.fromkeys(remote_candidates)]
         begin = time.monotonic()
         if start_at is not None:
@@ -138,7 +167,7 @@ class UdpHolePuncher:
         deadline = started + timeout_s
         port = open_port(self.wg_port)
         try:
-            return self._run(port, session_key(session), targets, started, deadline, begin)
+            return self._run(port, session_key(session, shared), targets, started, deadline, begin)
         finally:
             port.close()
 

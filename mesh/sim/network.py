@@ -137,7 +137,8 @@ class SimPuncher:
     def candidates(self) -> tuple[str, ...]:
         return self._candidates
 
-    def punch(self, session: str, remote_candidates: Sequence[str], timeout_s: float) -> PunchResult:
+    def punch(self, session: str, remote_candidates: Sequence[str], timeout_s: float, *,
+              peer_public_key: str | None = None) -> PunchResult:
         self._net.punch_log.append(("punch", session, tuple(remote_candidates)))
         for candidate in remote_candidates:
             if candidate not in self._net.unreachable:

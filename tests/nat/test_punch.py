@@ -100,3 +100,38 @@ def test_direct_is_tried_unless_both_are_symmetric() -> None:
 def test_decode_never_raises_and_forgeries_fail(data: bytes) -> None:
     key = punch.session_key("k")
     assert punch.decode(key, data) is None or data == punch.encode(key, *punch.decode(key, data))  # type: ignore[misc]
+
+
+def punch_with_keys(a: UdpHolePuncher, b: UdpHolePuncher, key_seen_by_a: str, key_seen_by_b: str,
+                    timeout_s: float) -> tuple[PunchResult, PunchResult]:
+    results: dict[str, PunchResult] = {}
+    start_at = time.time() + 0.1
+    session = "party:peer-a:peer-b:1"  # predictable, as the actors name it
+    thread = threading.Thread(target=lambda: results.__setitem__("b", b.punch(
+        session, a.candidates(), timeout_s, start_at=start_at, peer_public_key=key_seen_by_b)))
+    thread.start()
+    results["a"] = a.punch(session, b.candidates(), timeout_s, start_at=start_at,
+                           peer_public_key=key_seen_by_a)
+    thread.join()
+    return results["a"], results["b"]
+
+
+def test_sessions_bound_to_the_pair_of_wireguard_keys(
+        held_ports: tuple[socket.socket, socket.socket]) -> None:
+    from mesh.keys import PrivateKey
+
+    key_a, key_b, stranger = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
+    port_a, port_b = (sock.getsockname()[1] for sock in held_ports)
+    a = UdpHolePuncher(port_a, lan_addresses=["127.0.0.1"], private_key=key_a)
+    b = UdpHolePuncher(port_b, lan_addresses=["127.0.0.1"], private_key=key_b)
+    result_a, result_b = punch_with_keys(a, b, key_b.public_key, key_a.public_key, 2.0)
+    assert result_a.succeeded and result_b.succeeded
+
+    # Same predictable session name, but b holds a stranger's key: nothing confirms.
+    impostor = UdpHolePuncher(port_b, lan_addresses=["127.0.0.1"], private_key=stranger)
+    result_a, result_b = punch_with_keys(a, impostor, key_b.public_key, key_a.public_key, 0.5)
+    assert not result_a.succeeded and not result_b.succeeded
+    assert a.dropped > 0
+
+    with pytest.raises(MeshError, match="peer's public key"):
+        a.punch("s", [f"127.0.0.1:{port_b}"], 0.1)
