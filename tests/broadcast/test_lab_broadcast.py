@@ -27,6 +27,7 @@ VIPS = {"alice": "10.66.7.1", "bob": "10.66.7.2", "carol": "10.66.7.3"}
 WG_PORT = 51820
 GAME_PORT = 4445
 GROUP = "239.255.255.250"
+LISTEN_CAP_S = 20.0  # listeners are stopped (SIGTERM) 1 s after the sender is done
 SPORT = 40123  # a client's own port, when the game's port is taken by its server
 
 
@@ -113,9 +114,14 @@ def _send(lab: Lab, host: str, dst: str, count: int, tag: str, reply_window: flo
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-def _finish(lab: Lab, procs: list[LabProcess]) -> None:
+def _finish(lab: Lab, procs: list[LabProcess], grace_s: float = 1.0) -> None:
+    """The listening window ends `grace_s` after the last send: late copies and duplicates
+    would have arrived by then (one-way latency is ~1-10 ms)."""
+    time.sleep(grace_s)
     for proc in procs:
-        assert proc.wait(timeout=15) == 0, proc.output()
+        if proc.alive:
+            proc.popen.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, proc.output()
 
 
 def test_a_broadcast_reaches_only_peers_once_and_the_reply_comes_back(mesh: Mesh) -> None:
@@ -124,7 +130,7 @@ def test_a_broadcast_reaches_only_peers_once_and_the_reply_comes_back(mesh: Mesh
     mesh.set_peers("bob", ["alice"])
     mesh.set_peers("carol", [])
     before = {host: mesh.counters(host) for host in HOSTS}
-    listeners = {host: _listen(lab, host, 4.0, "--reply") for host in ("bob", "carol", "dave")}
+    listeners = {host: _listen(lab, host, LISTEN_CAP_S, "--reply") for host in ("bob", "carol", "dave")}
     heard_by_alice = _send(lab, "alice", "255.255.255.255", 5, "T1", 2.0)
     _finish(lab, list(listeners.values()))
     expected = {f"T1 {i}" for i in range(5)}
@@ -154,7 +160,7 @@ def test_a_broadcast_to_the_lans_own_subnet_reaches_peers_as_a_limited_broadcast
     lab = mesh.lab
     _full_mesh(mesh)
     lan = ipaddress.IPv4Network(f"{lab.host('alice').lan_ip}/29", strict=False)  # the lab's LANs are /29
-    listeners = {host: _listen(lab, host, 3.0) for host in ("bob", "dave")}
+    listeners = {host: _listen(lab, host, LISTEN_CAP_S) for host in ("bob", "dave")}
     _send(lab, "alice", str(lan.broadcast_address), 2, "DIR", 0.1, sport=SPORT)
     _finish(lab, list(listeners.values()))
     bob = _heard(listeners["bob"])
@@ -177,7 +183,7 @@ def test_three_hosts_subnet_and_limited_broadcast_each_once_nothing_leaks(mesh: 
     lab = mesh.lab
     _full_mesh(mesh)
     before = {host: mesh.counters(host) for host in HOSTS}
-    listeners = {host: _listen(lab, host, 4.0) for host in (*HOSTS, "dave")}
+    listeners = {host: _listen(lab, host, LISTEN_CAP_S) for host in (*HOSTS, "dave")}
     _send(lab, "carol", "10.66.255.255", 3, "SUB", 0.1, sport=SPORT)  # the virtual subnet's broadcast
     # carol is an `open` lab host without a default route: there 255.255.255.255 is
     # unreachable for any program (ENETUNREACH), so bob sends the limited broadcast.
@@ -204,9 +210,9 @@ def test_multicast_group_and_unconfigured_ports(mesh: Mesh) -> None:
     lab = mesh.lab
     _full_mesh(mesh)
     port = GAME_PORT + 1
-    joined = lab.popen("bob", [*GAME, "join", GROUP, str(port), "4.0"])
+    joined = lab.popen("bob", [*GAME, "join", GROUP, str(port), str(LISTEN_CAP_S)])
     lab.wait_udp_listening("bob", port)
-    other_port = lab.popen("carol", [*GAME, "listen", str(GAME_PORT + 2), "4.0"])
+    other_port = lab.popen("carol", [*GAME, "listen", str(GAME_PORT + 2), str(LISTEN_CAP_S)])
     lab.wait_udp_listening("carol", GAME_PORT + 2)
     time.sleep(0.2)  # the IGMP join is done before bind returns; this is only for the listener's loop
     _send(lab, "alice", GROUP, 3, "SSDP", 0.1, port=port)
@@ -245,7 +251,7 @@ def test_a_node_in_two_parties_reaches_a_peer_that_knows_it_by_its_second_addres
                     "--peers-file", str(lab.workdir / f"{host}.peers"),
                     "--counters-file", str(lab.workdir / f"{host}.json")], stdout=subprocess.PIPE, text=True)
                 assert emulators[host].popen.stdout.readline()
-            listener = _listen(lab, "bob", 3.0, "--reply")
+            listener = _listen(lab, "bob", LISTEN_CAP_S, "--reply")
             heard_by_alice = _send(lab, "alice", "255.255.255.255", 3, "P2", 1.0, sport=SPORT)
             _finish(lab, [listener])
             heard = _heard(listener)
