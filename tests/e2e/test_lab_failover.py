@@ -1,0 +1,101 @@
+"""Relay failover through the product: real ``serve`` agents, their relay monitors and actors.
+
+Two symmetric NATs (relay only), two relays. Nothing in the test decides anything: it
+kills the active relay's process and watches pings across the virtual IPs resume, then
+reads the switch from the stored events with ``history --json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from demo.party import RELAY_PORT, LabParty
+from lab import HostSpec, Lab, LabProcess
+
+pytestmark = pytest.mark.lab
+
+LIMIT_S = 3.0
+# The control server gives both ends of a pair the first session's relay for 30 s
+# (mesh/control RELAY_AFFINITY_S); a switch asked for earlier gets the old relay back.
+AFFINITY_S = 30.0
+_REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)")
+
+
+@pytest.fixture
+def lab(require_root: None) -> Iterator[Lab]:
+    with Lab.build(hosts=[HostSpec("alice", "symmetric"), HostSpec("bob", "symmetric")], relays=2) as built:
+        yield built
+
+
+def start_relay(party: LabParty, index: int) -> LabProcess:
+    host = party.lab.relays[index]
+    process = party.lab.popen(host.name, [sys.executable, "cli.py", "relay-server", "--listen",
+                                          f"0.0.0.0:{RELAY_PORT}", "--public", party.relays[index],
+                                          "--secret-file", str(party.secret_file), "--state-dir",
+                                          party.state(host.name)])
+    party.lab.wait_udp_listening(host.name, RELAY_PORT, 20)
+    return process
+
+
+def node_relay(party: LabParty, host: str) -> str | None:
+    node = party.status(host)["node"]
+    return node["relay"] if node else None
+
+
+def replies(output: str) -> list[float]:
+    return [float(match.group(1)) for line in output.splitlines() if (match := _REPLY.match(line))]
+
+
+def test_killing_the_active_relay_moves_the_pair_to_the_other_within_3_s(lab: Lab) -> None:
+    party = LabParty(lab)
+    # Only relay 1 at first, so both monitors select it (two near-equal relays could be
+    # chosen differently by the two nodes); relay 2 comes up once the pair is on relay 1.
+    relay1 = start_relay(party, 0)
+    party.start_control()
+    party.start_agents(["alice", "bob"])
+    first, second = party.relays
+    lab.wait_for(lambda: node_relay(party, "alice") == first == node_relay(party, "bob"), 20,
+                 what="both nodes selecting relay 1")
+
+    created = party.create("alice", "LAN")
+    bob_ip = party.join("bob", created["invite"])["virtual_ip"]
+    assert party.wait_ping("alice", bob_ip, 30) is not None
+    relayed_at = time.monotonic()  # the pair's relay session was issued before this
+    alice_peers, bob_peers = party.peers("alice"), party.peers("bob")
+    assert (alice_peers["bob"]["path"], alice_peers["bob"]["relay"]) == ("relay", first)
+    assert (bob_peers["alice"]["path"], bob_peers["alice"]["relay"]) == ("relay", first)
+    start_relay(party, 1)
+    time.sleep(max(0.0, relayed_at + AFFINITY_S + 1 - time.monotonic()))
+    assert node_relay(party, "alice") == first  # relay 2 is as good, relay 1 healthy: no switch
+
+    pinger = lab.popen("alice", ["ping", "-n", "-D", "-O", "-i", "0.05", "-W", "1", "-w", "8", bob_ip])
+    time.sleep(2)
+    lab.kill(relay1, signal.SIGKILL)
+    killed_at = time.time()
+    pinger.wait(15)
+    stamps = replies(pinger.output())
+    before = [t for t in stamps if t <= killed_at]
+    after = [t for t in stamps if t > killed_at]
+    assert before and after, pinger.output()[-2000:]
+    outage = after[0] - killed_at
+    print(f"\nrelay killed: first reply through relay 2 after {outage:.2f} s "
+          f"(gap between replies {after[0] - before[-1]:.2f} s; {len(after)} replies after)")
+    assert outage < LIMIT_S
+    assert after[-1] - after[0] > 3  # and they keep coming
+
+    for host, peer in (("alice", "bob"), ("bob", "alice")):
+        assert node_relay(party, host) == second
+        peer_id = party.peers(host)[peer]["peer_id"]
+        lines = party.cli(host, "history", peer_id, "--json", "--state-dir", party.state(host))
+        switches = [json.loads(line)["payload"] for line in lines.splitlines()
+                    if json.loads(line)["event_type"] == "PathSwitched"]
+        assert [(s["from_path"], s["to_path"], s["from_relay"], s["to_relay"]) for s in switches] == [
+            ("relay", "relay", first, second)], lines
+        assert party.peers(host)[peer]["relay"] == second
