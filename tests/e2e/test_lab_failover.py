@@ -13,6 +13,8 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -47,6 +49,10 @@ def start_relay(party: LabParty, index: int) -> LabProcess:
 def node_relay(party: LabParty, host: str) -> str | None:
     node = party.status(host)["node"]
     return node["relay"] if node else None
+
+
+def since(record: dict[str, Any], moment: float) -> float:
+    return datetime.fromisoformat(record["recorded_at"]).timestamp() - moment
 
 
 def replies(output: str) -> list[float]:
@@ -94,8 +100,13 @@ def test_killing_the_active_relay_moves_the_pair_to_the_other_within_3_s(lab: La
         assert node_relay(party, host) == second
         peer_id = party.peers(host)[peer]["peer_id"]
         lines = party.cli(host, "history", peer_id, "--json", "--state-dir", party.state(host))
-        switches = [json.loads(line)["payload"] for line in lines.splitlines()
-                    if json.loads(line)["event_type"] == "PathSwitched"]
+        records = [json.loads(line) for line in lines.splitlines()]
+        switches = [r["payload"] for r in records if r["event_type"] == "PathSwitched"]
+        selected = [json.loads(line) for line in party.cli(
+            host, "events", "--type", "RelaySelected", "--json", "--state-dir",
+            party.state(host)).splitlines()]
+        print(f"{host}: RelaySelected +{since(selected[-1], killed_at):.2f} s, PathSwitched "
+              f"+{since(next(r for r in records if r['event_type'] == 'PathSwitched'), killed_at):.2f} s")
         assert [(s["from_path"], s["to_path"], s["from_relay"], s["to_relay"]) for s in switches] == [
             ("relay", "relay", first, second)], lines
         assert party.peers(host)[peer]["relay"] == second
