@@ -5,8 +5,10 @@
 For each run a fresh party is created on the first peer and joined from the second
 with the CLI; the clock starts when `party join` is invoked and stops at the first
 echo reply to the host's virtual IP (pings every 50 ms, each waiting up to 200 ms).
-Pairs: port-restricted cone x port-forwarded (direct) and port-restricted cone x
-symmetric (relayed). Prints every run, then the median and p95 of each pair.
+Pairs: port-restricted cone x port-forwarded (direct), port-restricted cone x
+symmetric (relayed), and port-restricted cone x port-restricted cone (upgraded: on the
+relay first, then direct once the punch works). Prints every run, then the median and
+p95 of each pair.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
 from demo.party import LabParty
 from lab import HostSpec, Lab
 
-PAIRS = (("direct", "alice", "bob"), ("relayed", "alice", "carl"))
+PAIRS = (("direct", "alice", "bob"), ("relayed", "alice", "carl"), ("upgraded", "alice", "dana"))
 
 
 def p95(values: list[float]) -> float:
@@ -63,7 +65,7 @@ def main() -> int:
         print("--runs must be 1-50", file=sys.stderr)
         return 2
     hosts = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"),
-             HostSpec("carl", "symmetric")]
+             HostSpec("carl", "symmetric"), HostSpec("dana", "port_restricted")]
     results: dict[str, list[float]] = {kind: [] for kind, _, _ in PAIRS}
     failures: dict[str, int] = {kind: 0 for kind, _, _ in PAIRS}
     with Lab.build(hosts=hosts, relays=1) as lab:
@@ -73,7 +75,7 @@ def main() -> int:
         for run in range(1, args.runs + 1):
             for kind, host, guest in PAIRS:
                 seconds, how = one_run(party, kind, host, guest, run)
-                print(f"run {run} {kind:7} {host}->{guest}: "
+                print(f"run {run} {kind:8} {host}->{guest}: "
                       + (f"{seconds:.3f} s ({how})" if seconds is not None else f"no reply in 30 s ({how})"),
                       flush=True)
                 if seconds is None:
@@ -82,10 +84,10 @@ def main() -> int:
                     results[kind].append(seconds)
     for kind, values in results.items():
         if values:
-            print(f"{kind:7}: median {statistics.median(values):.3f} s, p95 {p95(values):.3f} s, "
+            print(f"{kind:8}: median {statistics.median(values):.3f} s, p95 {p95(values):.3f} s, "
                   f"{len(values)} runs, {failures[kind]} without a reply")
         else:
-            print(f"{kind:7}: no run got a reply ({failures[kind]} runs)")
+            print(f"{kind:8}: no run got a reply ({failures[kind]} runs)")
     return 0 if not any(failures.values()) else 1
 
 
