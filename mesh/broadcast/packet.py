@@ -10,6 +10,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mesh.checksum import internet_checksum
+
 SO_ATTACH_FILTER = 26
 _IP = struct.Struct("!BBHHHBBH4s4s")
 _UDP = struct.Struct("!HHHH")
@@ -41,21 +43,13 @@ def parse_ipv4_udp(data: bytes) -> UdpDatagram | None:
                        bytes(data[ihl + 8:ihl + length]))
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
 
 def build_ipv4_udp(src: str, src_port: int, dst: str, dst_port: int, payload: bytes, ttl: int) -> bytes:
     """An IP_HDRINCL packet: the kernel fills in the IP id and checksum; we do the UDP checksum."""
     length = 8 + len(payload)
     s, d = socket.inet_aton(src), socket.inet_aton(dst)
     pseudo = s + d + struct.pack("!BBH", 0, socket.IPPROTO_UDP, length)
-    csum = _checksum(pseudo + _UDP.pack(src_port, dst_port, length, 0) + payload) or 0xFFFF
+    csum = internet_checksum(pseudo + _UDP.pack(src_port, dst_port, length, 0) + payload) or 0xFFFF
     ip = _IP.pack(0x45, 0, 20 + length, 0, 0x4000, ttl, socket.IPPROTO_UDP, 0, s, d)
     return ip + _UDP.pack(src_port, dst_port, length, csum) + payload
 

@@ -27,6 +27,8 @@ import struct
 import time
 from typing import Protocol
 
+from mesh.checksum import internet_checksum
+
 Address = tuple[str, int]
 
 _SO_ATTACH_FILTER = 26
@@ -58,14 +60,6 @@ def _port_filter(port: int) -> tuple[bytes, object]:
     fprog = _SockFprog(len(program), array)
     return bytes(ctypes.string_at(ctypes.addressof(fprog), ctypes.sizeof(fprog))), (array, fprog)
 
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def _source_ip_for(destination: str) -> str:
@@ -100,7 +94,7 @@ class RawUdpPort:
         length = 8 + len(data)
         pseudo = socket.inet_aton(source) + socket.inet_aton(host) + struct.pack("!BBH", 0, 17, length)
         header = struct.pack("!HHHH", self.port, port, length, 0)
-        checksum = _checksum(pseudo + header + data) or 0xFFFF
+        checksum = internet_checksum(pseudo + header + data) or 0xFFFF
         self._sock.sendto(struct.pack("!HHHH", self.port, port, length, checksum) + data, (host, 0))
         return len(data)
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from mesh.broadcast import BroadcastConfig, BroadcastEmulator, WireError, Wrapped, decode, packet
 from mesh.broadcast.emulator import IP_PKTINFO, _Limiter, directed_broadcasts
 from mesh.broadcast.wire import HEADER_SIZE
+from mesh.checksum import internet_checksum
 
 ipv4 = st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n)))
 ports = st.integers(1, 65535)
@@ -71,7 +72,7 @@ def test_raw_packets_round_trip_with_a_valid_udp_checksum(src: str, sport: int, 
     assert packet.parse_ipv4_udp(raw) == packet.UdpDatagram(src, sport, dst, dport, payload)
     assert raw[8] == ttl
     pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 17, 8 + len(payload))
-    assert packet._checksum(pseudo + raw[20:]) == 0
+    assert internet_checksum(pseudo + raw[20:]) == 0
 
 
 @settings(max_examples=300)
