@@ -31,7 +31,9 @@ class ConnectionConfig:
 class RelayMonitorConfig:
     # Probe often (a dead relay is seen within a second), record seldom: the probes of one
     # record interval become one aggregated RelayProbed per relay, unless a state changes.
-    probe_interval_s: float = 1.0
+    # 0.5 s: a relay's ICMP "port unreachable" is rate-limited per host (1/s after a burst)
+    # and a busy tunnel uses it up, so a killed relay can cost two probe timeouts to see.
+    probe_interval_s: float = 0.5
     probes_per_round: int = 3  # per probe tick
     probe_timeout_s: float = 0.5
     record_interval_s: float = 30.0  # one RelayProbed per relay per interval; latency decisions here too

@@ -1,6 +1,6 @@
 """The relay-monitor actor: probes every relay often, records seldom, selects with hysteresis.
 
-Probes run every ``probe_interval_s`` (1 s); each relay's stream (``relay:<host:port>``)
+Probes run every ``probe_interval_s`` (0.5 s); each relay's stream (``relay:<host:port>``)
 gets one aggregated RelayProbed per ``record_interval_s`` (30 s), RelayDegraded while
 the selected relay is slow or silent, and RelaySelected when it becomes the node's
 relay. Latency decisions are taken on the aggregated window only: a degraded relay is
