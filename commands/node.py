@@ -94,6 +94,12 @@ def serve_command(
     punch_timeout: Annotated[float, typer.Option(
         "--punch-timeout", help="Seconds a hole punch may take before the relay is used (a working "
                                 "punch answers in tens of ms; direct is retried every 30 s).")] = 1.5,
+    probe_interval: Annotated[float, typer.Option(
+        "--probe-interval", help="Seconds between tunnel probes of each peer (3 lost in a row: fail "
+                                 "over to the relay, or reconnect).")] = 5.0,
+    direct_retry: Annotated[float, typer.Option(
+        "--direct-retry", help="While a peer is relayed, retry the direct path this often "
+                               "(seconds).")] = 30.0,
     actor_port: Annotated[int | None, typer.Option(
         "--actor-port", help="Thespian admin port (TCP, loopback) \\[default: API port + 100].")] = None,
     log_level: LogLevelOption = "INFO",
@@ -126,6 +132,10 @@ def serve_command(
         raise UsageError(str(error)) from None
     if not 0.1 <= s["punch_timeout"] <= 60:
         raise UsageError("--punch-timeout must be 0.1-60 seconds")
+    if not 0.2 <= s["probe_interval"] <= 3600:
+        raise UsageError("--probe-interval must be 0.2-3600 seconds")
+    if not 0.5 <= s["direct_retry"] <= 86400:
+        raise UsageError("--direct-retry must be 0.5-86400 seconds")
     for value in [*(s["relay"] or []), *(s["stun"] or [])]:
         hostport(value, "--relay/--stun")
     _logging(s["log_level"], s["log_format"], s["log_file"])
@@ -139,7 +149,9 @@ def serve_command(
         "stun": tuple(s["stun"] or ()), "interface": s["interface"], "listen_port": s["listen_port"],
         "actor_port": s["actor_port"] or port + 100, "log_level": s["log_level"].upper(),
         "log_file": s["log_file"],
-        "actor_config": ActorConfig(connection=ConnectionConfig(punch_timeout_s=s["punch_timeout"]))}
+        "actor_config": ActorConfig(connection=ConnectionConfig(
+            punch_timeout_s=s["punch_timeout"], probe_interval_s=s["probe_interval"],
+            direct_retry_s=s["direct_retry"]))}
     if s["name"]:
         settings["name"] = s["name"]
     settings["broadcast_ports"] = _broadcast_ports(str(s["broadcast_ports"] or ""))
