@@ -110,3 +110,63 @@ def test_killing_the_active_relay_moves_the_pair_to_the_other_within_3_s(lab: La
         assert [(s["from_path"], s["to_path"], s["from_relay"], s["to_relay"]) for s in switches] == [
             ("relay", "relay", first, second)], lines
         assert party.peers(host)[peer]["relay"] == second
+
+
+def start_agents(party: LabParty, hosts: list[str], *extra: str) -> None:
+    """``LabParty.start_agents`` with extra ``serve`` flags."""
+    for host in hosts:
+        node = party.lab.host(host)
+        args = [sys.executable, "cli.py", "serve", "--name", host, "--control", party.control_url,
+                "--interface", node.wg_name, "--listen-port", "51820", "--state-dir", party.state(host),
+                *extra]
+        for relay in party.relays:
+            args += ["--relay", relay]
+        for stun in party.stun:
+            args += ["--stun", stun]
+        party.agents[host] = party.lab.popen(host, args)
+    for host in hosts:
+        party.lab.wait_tcp_listening(host, 8666, 60)
+
+
+def path_to(party: LabParty, host: str, peer: str) -> str | None:
+    return party.peers(host).get(peer, {}).get("path")
+
+
+def test_blocked_direct_path_falls_back_to_the_relay_and_upgrades_back(require_root: None) -> None:
+    """Port-restricted x port-restricted: direct, then relayed while blocked, direct again after."""
+    hosts = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_restricted")]
+    with Lab.build(hosts=hosts, relays=1) as lab:
+        party = LabParty(lab)
+        party.start_services()
+        # Fast probes and retries so the test is short (defaults: 5 s and 30 s).
+        start_agents(party, ["alice", "bob"], "--probe-interval", "0.5", "--direct-retry", "2")
+        created = party.create("alice", "LAN")
+        bob_ip = party.join("bob", created["invite"])["virtual_ip"]
+        assert party.wait_ping("alice", bob_ip, 30) is not None
+        lab.wait_for(lambda: path_to(party, "alice", "bob") == "direct" == path_to(party, "bob", "alice"),
+                     20, what="the direct path")
+
+        lab.block_path("alice", "bob")
+        blocked_at = time.monotonic()
+        lab.wait_for(lambda: path_to(party, "alice", "bob") == "relay" == path_to(party, "bob", "alice"),
+                     30, what="the relay fallback")
+        assert party.wait_ping("alice", bob_ip, 10) is not None
+        fallback_s = time.monotonic() - blocked_at
+        time.sleep(3)  # a direct retry or more while blocked: it must fail and stay on the relay
+        assert path_to(party, "alice", "bob") == "relay"
+
+        lab.unblock_path("alice", "bob")
+        unblocked_at = time.monotonic()
+        lab.wait_for(lambda: path_to(party, "alice", "bob") == "direct" == path_to(party, "bob", "alice"),
+                     30, what="the upgrade back to direct")
+        assert party.wait_ping("alice", bob_ip, 10) is not None
+        upgrade_s = time.monotonic() - unblocked_at
+        print(f"\nblocked: relayed and pinging after {fallback_s:.2f} s (probe every 0.5 s, 3 lost); "
+              f"unblocked: direct and pinging after {upgrade_s:.2f} s (retry every 2 s)")
+
+        peer_id = party.peers("alice")["bob"]["peer_id"]
+        lines = party.cli("alice", "history", peer_id, "--json", "--state-dir", party.state("alice"))
+        records = [json.loads(line) for line in lines.splitlines()]
+        switches = [(r["payload"]["from_path"], r["payload"]["to_path"]) for r in records
+                    if r["event_type"] == "PathSwitched"]
+        assert switches[-2:] == [("direct", "relay"), ("relay", "direct")], lines
