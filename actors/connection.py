@@ -520,8 +520,10 @@ class PeerConnection:
     def on_relay_changed(self, message: m.RelayChanged) -> None:
         self.relay = message.relay
         state = self.state
+        # Only a connection on the relay being left moves: one on another (healthy) relay,
+        # where the peer's side put the pair, would split the pair across two relays.
         if not (message.relay and state.path == ev.RELAY and state.relay != message.relay
-                and state.state in (ev.CONNECTING, *UP)):
+                and message.previous in (None, state.relay) and state.state in (ev.CONNECTING, *UP)):
             return
         allocation = self._allocate()
         if allocation is None:

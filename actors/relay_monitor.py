@@ -91,6 +91,7 @@ class RelayMonitorActor(Actor):
         self.windows: dict[str, Window] = {}
         self.ticks = 0  # probe ticks since the last record
         self.death_recorded = False  # the selected relay's death is in the log already
+        self.dead: set[str] = set()  # relays seen dead (memory only; re-learnt after a restart)
         self.timers = Timers(new_incarnation())
         self.parent: ActorAddress | None = None
         self.log = logger
@@ -181,6 +182,19 @@ class RelayMonitorActor(Actor):
             self.death_recorded = False
         if self.ticks * config.probe_interval_s >= config.record_interval_s or self._urgent(dead):
             self.record(dead)
+        newly, self.dead = dead - self.dead, dead
+        for relay in sorted(newly - {self.selected}):
+            self._left(relay)
+
+    def _left(self, relay: str) -> None:
+        """A relay that is not ours died: connections the peer's side put there move to ours.
+
+        (The two ends of a pair share one relay session, on the relay of whoever asked
+        first, so a connection can sit on a relay this node did not select.)"""
+        if self.selected is None or self.selected in self.dead:
+            return
+        self.log.info("relay {} stopped answering; connections on it move to {}", relay, self.selected)
+        self.send(self.parent, m.RelayChanged(self.selected, self.states[self.selected].rtt_ms, relay))
 
     def _urgent(self, dead: set[str]) -> bool:
         """No relay selected yet, or the selected one died: a state change, not a sample."""

@@ -127,3 +127,29 @@ def test_dead_relay_with_no_alternative_is_recorded_once_then_per_interval(node:
                            f"previous_relay='{RELAY_A}', reason='{RELAY_A} stopped answering; "
                            f"{RELAY_B} is 50.0 ms')"]
     assert node.status().relay == RELAY_B
+
+
+def test_a_connection_on_a_relay_this_node_did_not_select_moves_when_that_relay_dies(node: Node) -> None:
+    """The pair's session can sit on the relay the peer chose: its death must move it too."""
+    a, b = f"relay:{RELAY_A}", f"relay:{RELAY_B}"
+    relayed_carol(node)
+    node.advance(5)
+    # As the agent's tickets can do: the pair put on B while this node's monitor keeps A.
+    node.tell(m.RelayChanged(RELAY_B, 45.0, RELAY_A))
+    node.advance(0.5, step=0.5)
+    assert node.connection("p1", "carol").relay == RELAY_B
+    # A notice about a relay carol is not on moves nothing (no pair split across relays).
+    node.tell(m.RelayChanged(RELAY_A, 40.0, "198.51.100.9:3478"))
+    node.advance(0.5, step=0.5)
+    assert node.connection("p1", "carol").relay == RELAY_B
+    node.new(a), node.new(b), node.new(node.peer("carol"))
+    node.net.set_relay(RELAY_B, None)
+    node.advance(1)
+    assert node.status().relay == RELAY_A  # (the ask also lets the monitor's notice through)
+    assert node.new(a) == node.new(b) == []  # B was not selected: nothing to record before the window ends
+    assert node.new(node.peer("carol")) == [
+        f"PathSwitched(from_path='relay', to_path='relay', reason='relay monitor selected {RELAY_A}', "
+        f"endpoint='{RELAY_A}', from_relay='{RELAY_B}', to_relay='{RELAY_A}', from_latency_ms=40.0, "
+        "to_latency_ms=40.0)",
+        f"WireGuardPeerConfigured(public_key='key-carol', endpoint='{RELAY_A}', "
+        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)"]
