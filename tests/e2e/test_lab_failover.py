@@ -60,30 +60,36 @@ def replies(output: str) -> list[float]:
 
 
 def test_killing_the_active_relay_moves_the_pair_to_the_other_within_3_s(lab: Lab) -> None:
+    """The two nodes' monitors disagree (alice selected relay 1, bob relay 2): the pair sits
+    on the relay of whoever asked first, and both ends must leave it when it dies — one
+    because its selected relay died, the other because a relay it did not select did."""
     party = LabParty(lab)
-    # Only relay 1 at first, so both monitors select it (two near-equal relays could be
-    # chosen differently by the two nodes); relay 2 comes up once the pair is on relay 1.
-    relay1 = start_relay(party, 0)
+    processes = {relay: start_relay(party, index) for index, relay in enumerate(party.relays)}
     party.start_control()
     party.start_agents(["alice", "bob"])
     first, second = party.relays
-    lab.wait_for(lambda: node_relay(party, "alice") == first == node_relay(party, "bob"), 20,
-                 what="both nodes selecting relay 1")
+    lab.block_path("alice", lab.relays[1].name)
+    lab.block_path("bob", lab.relays[0].name)
+    lab.wait_for(lambda: (node_relay(party, "alice"), node_relay(party, "bob")) == (first, second), 20,
+                 what="alice on relay 1, bob on relay 2")
+    lab.unblock_path("alice", lab.relays[1].name)
+    lab.unblock_path("bob", lab.relays[0].name)
 
     created = party.create("alice", "LAN")
     bob_ip = party.join("bob", created["invite"])["virtual_ip"]
     assert party.wait_ping("alice", bob_ip, 30) is not None
     relayed_at = time.monotonic()  # the pair's relay session was issued before this
-    alice_peers, bob_peers = party.peers("alice"), party.peers("bob")
-    assert (alice_peers["bob"]["path"], alice_peers["bob"]["relay"]) == ("relay", first)
-    assert (bob_peers["alice"]["path"], bob_peers["alice"]["relay"]) == ("relay", first)
-    start_relay(party, 1)
+    active = party.peers("alice")["bob"]["relay"]
+    assert party.peers("alice")["bob"]["path"] == party.peers("bob")["alice"]["path"] == "relay"
+    assert party.peers("bob")["alice"]["relay"] == active
+    other = second if active == first else first
     time.sleep(max(0.0, relayed_at + AFFINITY_S + 1 - time.monotonic()))
-    assert node_relay(party, "alice") == first  # relay 2 is as good, relay 1 healthy: no switch
+    # Both relays healthy all along: no monitor switched back (hysteresis).
+    assert (node_relay(party, "alice"), node_relay(party, "bob")) == (first, second)
 
     pinger = lab.popen("alice", ["ping", "-n", "-D", "-O", "-i", "0.05", "-W", "1", "-w", "8", bob_ip])
     time.sleep(2)
-    lab.kill(relay1, signal.SIGKILL)
+    lab.kill(processes[active], signal.SIGKILL)
     killed_at = time.time()
     pinger.wait(15)
     stamps = replies(pinger.output())
@@ -91,25 +97,26 @@ def test_killing_the_active_relay_moves_the_pair_to_the_other_within_3_s(lab: La
     after = [t for t in stamps if t > killed_at]
     assert before and after, pinger.output()[-2000:]
     outage = after[0] - killed_at
-    print(f"\nrelay killed: first reply through relay 2 after {outage:.2f} s "
+    print(f"\nrelay {active} killed: first reply through {other} after {outage:.2f} s "
           f"(gap between replies {after[0] - before[-1]:.2f} s; {len(after)} replies after)")
     assert outage < LIMIT_S
     assert after[-1] - after[0] > 3  # and they keep coming
 
     for host, peer in (("alice", "bob"), ("bob", "alice")):
-        assert node_relay(party, host) == second
+        assert node_relay(party, host) == other
         peer_id = party.peers(host)[peer]["peer_id"]
         lines = party.cli(host, "history", peer_id, "--json", "--state-dir", party.state(host))
         records = [json.loads(line) for line in lines.splitlines()]
-        switches = [r["payload"] for r in records if r["event_type"] == "PathSwitched"]
+        switches = [r for r in records if r["event_type"] == "PathSwitched"]
+        assert [(s["payload"]["from_path"], s["payload"]["to_path"], s["payload"]["from_relay"],
+                 s["payload"]["to_relay"]) for s in switches] == [("relay", "relay", active, other)], lines
+        assert party.peers(host)[peer]["relay"] == other
         selected = [json.loads(line) for line in party.cli(
             host, "events", "--type", "RelaySelected", "--json", "--state-dir",
             party.state(host)).splitlines()]
-        print(f"{host}: RelaySelected +{since(selected[-1], killed_at):.2f} s, PathSwitched "
-              f"+{since(next(r for r in records if r['event_type'] == 'PathSwitched'), killed_at):.2f} s")
-        assert [(s["from_path"], s["to_path"], s["from_relay"], s["to_relay"]) for s in switches] == [
-            ("relay", "relay", first, second)], lines
-        assert party.peers(host)[peer]["relay"] == second
+        print(f"{host} (selected {first if host == 'alice' else second}): last RelaySelected "
+              f"{since(selected[-1], killed_at):+.2f} s, PathSwitched {since(switches[0], killed_at):+.2f} s "
+              "from the kill")
 
 
 def start_agents(party: LabParty, hosts: list[str], *extra: str) -> None:
