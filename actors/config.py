@@ -17,6 +17,9 @@ class ConnectionConfig:
     cleanup_timeout_s: float = 300.0  # failed for this long -> cleanup
     direct_retry_s: float = 30.0  # while on a relay, retry the direct path this often
     probe_interval_s: float = 5.0
+    # A connecting connection is probed this soon, so status says "connected" as soon as
+    # the tunnel answers rather than a whole probe interval later.
+    first_probe_s: float = 0.5
     probe_timeout_s: float = 1.0
     punch_timeout_s: float = 5.0
     # With a relay at hand, put a new connection on it at once and punch behind it (the

@@ -126,7 +126,7 @@ class PeerConnection:
             if self.state.path == ev.RELAY and self.state.relay and self.state.endpoint:
                 self.allocation = RelayAllocation(self.state.relay, "", self.state.endpoint)
         if self.state.state in ACTIVE:
-            self.host.schedule(self.cfg.probe_interval_s, self.timers.arm(MONITOR))
+            self.host.schedule(self._next_probe_s(), self.timers.arm(MONITOR))
             self.host.schedule(self.cfg.metrics_interval_s, self.timers.arm(METRICS))
             self._arm_direct_retry()
         self._notify()
@@ -514,8 +514,13 @@ class PeerConnection:
             self._commit(self._reconnect(1, "peer announced again"), "announced")
             self._connect(2, "announced")
             if self.state.state in ACTIVE:
-                self.host.schedule(self.cfg.probe_interval_s, self.timers.arm(MONITOR))
+                self.host.schedule(self._next_probe_s(), self.timers.arm(MONITOR))
                 self.host.schedule(self.cfg.metrics_interval_s, self.timers.arm(METRICS))
+
+    def _next_probe_s(self) -> float:
+        if self.state.state == ev.CONNECTING:
+            return min(self.cfg.first_probe_s, self.cfg.probe_interval_s)
+        return self.cfg.probe_interval_s
 
     def on_relay_changed(self, message: m.RelayChanged) -> None:
         self.relay = message.relay

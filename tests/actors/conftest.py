@@ -129,7 +129,8 @@ class Node:
 
 
 def make_config(hosting: str = "inline", **connection: Any) -> ActorConfig:
-    defaults: dict[str, Any] = {"probe_interval_s": 5.0, "metrics_interval_s": 3600.0,
+    # The scenarios were written around whole probe intervals: the first probe too.
+    defaults: dict[str, Any] = {"probe_interval_s": 5.0, "first_probe_s": 5.0, "metrics_interval_s": 3600.0,
                                 "direct_retry_s": 30.0, "cleanup_timeout_s": 300.0}
     return ActorConfig(connection=ConnectionConfig(**{**defaults, **connection}),
                        relay_monitor=RelayMonitorConfig(probe_interval_s=30.0),

@@ -312,3 +312,18 @@ def test_leave_closes_every_connection_and_the_party_can_be_opened_again(make_no
     assert node.connection("p1", "bob").state == "connected"
     assert node.net.wireguard_changes("local") == [
         ("configure", "key-bob", BOB), ("remove", "key-bob", None), ("configure", "key-bob", BOB)]
+
+
+@pytest.mark.parametrize("hosting", HOSTINGS)
+def test_a_new_connection_is_probed_at_once_then_every_interval(make_node, hosting: str) -> None:
+    node = make_node(hosting, first_probe_s=0.5)
+    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
+    assert node.new(node.peer("bob")) == JOINED
+    node.advance(0.5)
+    assert node.new(node.peer("bob")) == CONNECTED  # not a whole probe interval later
+    node.net.set_latency("10.66.0.2", 250.0)
+    node.advance(4)
+    assert node.new(node.peer("bob")) == []  # connected: back to one probe every 5 s
+    node.advance(1)
+    assert [line.split("(")[0] for line in node.new(node.peer("bob"))] == ["ConnectionStateChanged"]
