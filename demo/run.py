@@ -74,10 +74,15 @@ def main() -> int:
             joined = party.join(name, created["invite"])
             ips[name] = joined["virtual_ip"]
             say(f"{name}$ lanrage party join <invite>      -> {name} is {joined['virtual_ip']}")
-        say("Both sides of every pair dial at once: hole punching first, a relay where that cannot work.")
+        say("Both sides of every pair dial at once. Where a hole punch may fail, a relay carries the")
+        say("first packets while they punch; the relay stays only where no direct path exists.")
         if not wait_mesh(party, ips, 60):
             say("not every pair could ping within 60 s; the status below shows where it stands")
-        say("Every pair pings. alice$ lanrage status")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(
+                peer_row(party.status("alice"), name)["state"] != "connected" for name in ("bob", "carl")):
+            time.sleep(0.5)
+        say("Every pair pings, and the probes have confirmed it. alice$ lanrage status")
         show(party.cli("alice", "status", "--state-dir", party.state("alice")))
         say("Round trips across the virtual LAN (3 pings each):")
         for a in ips:
@@ -90,14 +95,16 @@ def main() -> int:
         say()
         say("Now carl's uplink goes down (his router's WAN link is cut).")
         lab.cut_uplink("carl")
-        deadline = time.monotonic() + 30
+        cut = time.monotonic()
+        deadline = cut + 45
         while time.monotonic() < deadline:
             row = peer_row(party.status("alice"), "carl")
-            if row["state"] not in ("connected",):
+            if row["state"] != "connected":
                 break
             time.sleep(1)
         row = peer_row(party.status("alice"), "carl")
-        say(f"alice sees carl as {row['state']} (trying {row['path']} again); lost probes are events.")
+        say(f"After {time.monotonic() - cut:.0f} s of lost probes alice sees carl as {row['state']} "
+            f"(path {row['path']}); every step is an event.")
         lab.restore_uplink("carl")
         restored = time.monotonic()
         say("carl's uplink is back.")
