@@ -95,10 +95,13 @@ class Projection:
                     return self.world
 
 
-def _peer(party_id: str, member: Any, connection: ConnectionState | None) -> dict[str, Any]:
+def _peer(party_id: str, member: Any, connection: ConnectionState | None,
+          local_nat_type: str | None = None) -> dict[str, Any]:
     state = connection or ConnectionState()
+    # This node's own NAT type is detected after it joins: the node stream has it.
+    nat_type = local_nat_type if member.is_local and local_nat_type else member.nat_type
     return {"peer_id": member.peer_id, "name": member.name, "public_key": member.public_key,
-            "virtual_ip": member.virtual_ip, "nat_type": member.nat_type, "is_local": member.is_local,
+            "virtual_ip": member.virtual_ip, "nat_type": nat_type, "is_local": member.is_local,
             "state": None if member.is_local else state.state,
             "path": None if member.is_local else state.path,
             "endpoint": state.endpoint, "relay": state.relay, "latency_ms": state.latency_ms,
@@ -119,7 +122,8 @@ def status(world: World, include_inactive: bool = False) -> dict[str, Any]:
             "local_peer_id": party.local_peer_id, "host_peer_id": party.host_peer_id,
             "subnet": party.subnet, "virtual_ip": local.virtual_ip if local else None,
             "peers": [_peer(party.party_id, member,
-                            world.connections.get(peer_stream(party.party_id, member.peer_id)))
+                            world.connections.get(peer_stream(party.party_id, member.peer_id)),
+                            node.nat_type if node else None)
                       for member in members.values()]})
     return {"node": None if node is None else {
                 "node_id": node.node_id, "public_key": node.public_key, "running": node.running,
