@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -37,6 +35,7 @@ from actors import messages as m
 from actors.config import INLINE, PROCESS, ActorConfig, ConnectionConfig
 from actors.system import start_node, start_system
 from events.streams import peer_stream
+from lab.ports import free_port
 
 BUDGET_PSS_MB = 120.0
 BUDGET_IDLE_CPU = 1.0  # percent of one core
@@ -82,18 +81,6 @@ def cpu_ticks(pid: int) -> int:
         return 0
     return int(fields[11]) + int(fields[12])
 
-
-def free_port() -> int:
-    """A free TCP port below the ephemeral range (32768+), so that no connection made
-    meanwhile can take it before thespian's admin binds it."""
-    for port in random.sample(range(20000, 32000), 200):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free TCP port in 20000-32000")
 
 
 def start(base: str, hosting: str, workdir: Path,

@@ -4,9 +4,7 @@ persisting to SQLite, with the simulated network built inside the actors' proces
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,22 +17,10 @@ from actors import messages as m
 from actors.config import ActorConfig, ConnectionConfig
 from actors.system import start_node, start_system
 from events.streams import party_stream, peer_stream
+from lab.ports import free_port
 from store import open_store
 from tests.actors.conftest import BOB, LOCAL, RELAY_A, describe
 from tests.actors.test_scenarios import JOINED
-
-
-def free_port() -> int:
-    """A free TCP port below the ephemeral range (32768+), so that no connection made
-    meanwhile can take it before thespian's admin binds it."""
-    for port in random.sample(range(20000, 32000), 200):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free TCP port in 20000-32000")
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float = 20.0) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import sqlite3
@@ -12,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from lab.ports import free_port
 from mesh.relay import ProxyRelayClient, issue_tickets, probe_relay
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,18 +22,6 @@ def cli(*args: str, env: dict[str, str] | None = None,
     return subprocess.run([sys.executable, "cli.py", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
-
-def free_udp_port() -> int:
-    """A free port below the ephemeral range, so that no socket the test opens meanwhile
-    (the probe's own, for one) can be handed the port before the relay binds it."""
-    for port in random.sample(range(20000, 32000), 200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free UDP port in 20000-32000")
 
 
 def test_bad_input_is_one_line_and_non_zero(tmp_path: Path) -> None:
@@ -51,7 +39,7 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path: Path) -> None:
 def test_relay_server_forwards_and_records_events(tmp_path: Path) -> None:
     secret = os.urandom(32)
     (tmp_path / "secret").write_text(secret.hex())
-    port = free_udp_port()
+    port = free_port(socket.SOCK_DGRAM)
     db = tmp_path / "relay.db"
     process = subprocess.Popen(
         [sys.executable, "cli.py", "relay-server", "--listen", f"127.0.0.1:{port}", "--secret-file",
