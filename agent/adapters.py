@@ -27,8 +27,7 @@ from mesh.keys import load_private_key
 from mesh.nat.punch import UdpHolePuncher
 from mesh.relay.client import ProxyRelayClient
 from mesh.relay.tickets import RelayTicket
-from mesh.wireguard import PeerConfig, WireGuardInterface
-from mesh.wireguard.device import UapiDevice
+from mesh.wireguard import PeerConfig, PeerController, WireGuardInterface
 
 if TYPE_CHECKING:
     from agent.node import Agent
@@ -47,7 +46,8 @@ def adapter_spec(agent: Agent) -> AdapterSpec:
                               listen_port=config.listen_port, stun=config.stun, node_id=agent.node_id,
                               api=f"http://127.0.0.1:{config.api_port}",
                               token_file=str(agent.state_dir / "api-token"),
-                              key_file=str(agent.state_dir / "wireguard.key"), nat=nat_fields(agent.nat))
+                              key_file=str(agent.state_dir / "wireguard.key"), nat=nat_fields(agent.nat),
+                              state_dir=str(agent.state_dir))
     return AdapterSpec.of(config.adapters)
 
 
@@ -104,8 +104,10 @@ class UapiWireGuard:
     the first initiation then meets a configured peer and completes.
     """
 
-    def __init__(self, name: str, public_key: str, listen_port: int) -> None:
-        self._device = UapiDevice(name)
+    def __init__(self, name: str, public_key: str, listen_port: int, state_dir: str = "") -> None:
+        self._name = name
+        self._state_dir = Path(state_dir) if state_dir else None
+        self._controller: PeerController | None = None
         self._public_key = public_key
         self._listen_port = listen_port
         self._endpoints: dict[str, str | None] = {}
@@ -118,24 +120,30 @@ class UapiWireGuard:
     def listen_port(self) -> int:
         return self._listen_port
 
+    @property
+    def _peers(self) -> PeerController:
+        # The agent creates the interface on the node's first virtual IP, after the actor
+        # processes built their adapters: attach on first use. The controller records the
+        # peers as ours, so the owner's reconcile after a crash keeps and removes them.
+        if self._controller is None:
+            self._controller = PeerController(self._name, self._state_dir)
+        return self._controller
+
     def configure_peer(self, public_key: str, endpoint: str | None, allowed_ips: Sequence[str],
                        keepalive_s: int = 25) -> None:
         config = PeerConfig.make(public_key, endpoint, allowed_ips, keepalive_s)
         if config.endpoint is not None and self._endpoints.get(public_key) != config.endpoint \
                 and self._public_key < public_key:
             time.sleep(STAGGER_S)
-        self._device.set_peer(config)
+        self._peers.configure_peer(public_key, endpoint, allowed_ips, keepalive_s)
         self._endpoints[public_key] = config.endpoint
 
     def remove_peer(self, public_key: str) -> None:
-        self._device.remove_peer(public_key)
+        self._peers.remove_peer(public_key)
         self._endpoints.pop(public_key, None)
 
     def peer_stats(self) -> dict[str, PeerStats]:
-        observed = self._device.read()
-        return {key: PeerStats(public_key=key, endpoint=peer.endpoint, last_handshake=peer.last_handshake,
-                               rx_bytes=peer.rx_bytes, tx_bytes=peer.tx_bytes)
-                for key, peer in observed.peers.items()}
+        return self._peers.peer_stats()
 
 
 _TIME = re.compile(r"time[=<]([0-9.]+) ?ms")
@@ -232,7 +240,7 @@ def puncher(listen_port: int, info: NatInfo | None, key_file: str = "") -> UdpHo
 
 def real(interface: str, public_key: str, listen_port: int, stun: tuple[str, ...] = (), node_id: str = "",
          api: str = "http://127.0.0.1:8666", token_file: str = "",
-         nat: tuple[Any, ...] | None = None, key_file: str = "") -> RealAdapters:
+         nat: tuple[Any, ...] | None = None, key_file: str = "", state_dir: str = "") -> RealAdapters:
     """The factory named in the AdapterSpec, called once in each actor process.
 
     ``nat`` is the agent's detection (``nat_fields``); without it this process runs STUN."""
@@ -240,7 +248,7 @@ def real(interface: str, public_key: str, listen_port: int, stun: tuple[str, ...
                      else KnownNatDetector(NatInfo(*nat) if nat else None))
     info = detector.detect()
     return RealAdapters(
-        wireguard=UapiWireGuard(interface, public_key, listen_port), prober=PingProber(interface),
+        wireguard=UapiWireGuard(interface, public_key, listen_port, state_dir), prober=PingProber(interface),
         puncher=puncher(listen_port, info, key_file),
         relay_client=ProxyRelayClient(_ticket_source(api, token_file), wg_port=listen_port),
         nat_detector=detector)
