@@ -7,12 +7,13 @@ the server's unix time, which nodes use to agree on punch timing. See docs/contr
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from mesh.endpoints import parse_endpoint
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024  # larger frames get a too_large error, the connection stays open
@@ -49,20 +50,6 @@ RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Secret = Annotated[str, StringConstraints(max_length=256)]
 NatType = Literal["open", "full_cone", "restricted", "port_restricted", "symmetric", "udp_blocked",
                   "unknown"]
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """``ip:port`` or ``[v6]:port`` to (ip, port); ValueError if it is not one."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f"{text!r} is not ip:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    ipaddress.ip_address(host)
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"{text!r} has no valid port")
-    return host, port
 
 
 class _Request(BaseModel):

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from hashlib import sha256
 
 from events.types import NAT_SYMMETRIC
+from mesh.endpoints import InvalidEndpointError, parse_endpoint
 from mesh.interfaces import MeshError, NatInfo, PunchResult
 from mesh.keys import PrivateKey, validate_public_key
 from mesh.nat.rawudp import UdpPort, open_port
@@ -94,15 +95,15 @@ def decode(key: bytes, data: bytes) -> tuple[int, int, bytes, int, int] | None:
     return kind, flags, sender, seq, echo
 
 
-def parse_endpoint(value: str) -> Address:
-    host, sep, port = value.rpartition(":")
+def parse_candidate(value: str) -> Address:
+    """An IPv4 ``ip:port`` (punching is IPv4 only: the raw socket builds IPv4 datagrams)."""
     try:
-        address = ipaddress.IPv4Address(host)
-    except ValueError:
-        raise MeshError(f"bad candidate {value!r}: not IPv4 ip:port") from None
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise MeshError(f"bad candidate {value!r}: not ip:port")
-    return str(address), int(port)
+        ip, port = parse_endpoint(value)
+    except InvalidEndpointError as error:
+        raise MeshError(f"bad candidate: {error}") from None
+    if ":" in ip:
+        raise MeshError(f"bad candidate {value!r}: not IPv4")
+    return ip, port
 
 
 def local_ipv4_addresses() -> list[str]:
@@ -159,7 +160,7 @@ class UdpHolePuncher:
             if not peer_public_key:
                 raise MeshError("this puncher binds sessions to WireGuard keys: give the peer's public key")
             shared = pair_secret(self._private_key, peer_public_key)
-        targets = [parse_endpoint(candidate) for candidate in dict.fromkeys(remote_candidates)]
+        targets = [parse_candidate(candidate) for candidate in dict.fromkeys(remote_candidates)]
         begin = time.monotonic()
         if start_at is not None:
             time.sleep(min(max(0.0, start_at - time.time()), timeout_s))

@@ -19,13 +19,13 @@ Kernel WireGuard is used when present (netlink), else wireguard-go (UAPI socket)
 Run it inside the node's namespace, or pass ``netns=`` to create it in a named one.
 """
 
+from mesh.endpoints import parse_endpoint
 from mesh.keys import InvalidKeyError, PrivateKey
 from mesh.wireguard.config import (
     DEFAULT_INTERFACE,
     DEFAULT_KEEPALIVE_S,
     DEFAULT_MTU,
     PeerConfig,
-    parse_endpoint,
 )
 from mesh.wireguard.controller import PeerController
 from mesh.wireguard.errors import (

@@ -7,8 +7,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mesh.endpoints import format_endpoint, parse_endpoint
 from mesh.keys import validate_public_key
-from mesh.wireguard.errors import InvalidConfigError, InvalidEndpointError
+from mesh.wireguard.errors import InvalidConfigError
 
 DEFAULT_INTERFACE = "lanrage0"
 DEFAULT_MTU = 1420
@@ -21,26 +22,6 @@ def validate_interface_name(name: str) -> str:
         raise InvalidConfigError(f"invalid interface name {name!r}: 1-15 characters of "
                                  "A-Z a-z 0-9 _ . = + -, not starting with - or .")
     return name
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """``"203.0.113.5:51820"`` or ``"[2001:db8::1]:51820"`` -> (ip, port)."""
-    if not isinstance(text, str) or ":" not in text:
-        raise InvalidEndpointError(f"invalid endpoint {text!r}: expected IP:PORT")
-    host, _, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise InvalidEndpointError(f"invalid endpoint {text!r}: {host!r} is not an IP address") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise InvalidEndpointError(f"invalid endpoint {text!r}: port must be 1-65535")
-    return str(ip), int(port_text)
-
-
-def format_endpoint(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def normalise_allowed_ips(allowed_ips: Sequence[str]) -> tuple[str, ...]:

@@ -18,12 +18,12 @@ from typing import Any, Protocol
 from wireguard_tools import WireguardConfig, WireguardKey
 from wireguard_tools.wireguard_uapi import WG_UAPI_SOCKET_DIR, WireguardUAPIDevice
 
+from mesh.endpoints import format_endpoint
 from mesh.keys import PrivateKey
 from mesh.wireguard.config import (
     ObservedDevice,
     ObservedPeer,
     PeerConfig,
-    format_endpoint,
     normalise_allowed_ips,
 )
 from mesh.wireguard.errors import InterfaceNotFoundError, PortInUseError, WireGuardError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mesh.endpoints import InvalidEndpointError
 from mesh.interfaces import MeshError
 from mesh.keys import InvalidKeyError
 
@@ -9,9 +10,6 @@ from mesh.keys import InvalidKeyError
 class WireGuardError(MeshError):
     """A WireGuard operation failed."""
 
-
-class InvalidEndpointError(WireGuardError):
-    """An endpoint that is not ``IP:PORT`` (hostnames are not resolved here)."""
 
 
 class InvalidConfigError(WireGuardError):
