@@ -44,7 +44,7 @@ def hostport(value: str, option: str) -> tuple[str, int]:
 
 
 def _settings(ctx: click.Context, config: Path | None, section: str) -> dict[str, Any]:
-    from agent.config import apply_file, find_config
+    from commands.config import apply_file, find_config
 
     values = dict(ctx.params)
     path = find_config(config, Path(values.get("state_dir_") or DEFAULT_STATE_DIR))
@@ -239,7 +239,7 @@ def control_server_command(
 
 def _api(api: str | None, state: Path, config: Path | None) -> str:
     if api is None:
-        from agent.config import find_config, load_table
+        from commands.config import find_config, load_table
 
         path = find_config(config, state)
         api = str(load_table(path, "serve").get("api_listen", "")) if path else ""
