@@ -58,6 +58,21 @@ class NodeStopped(Event):
 
 @register
 @dataclass(frozen=True, kw_only=True)
+class NodeRunEndedAbruptly(Event):
+    """Recorded at start when the previous run left no ``NodeStopped``: it crashed or was killed.
+
+    ``last_recorded_at`` (ISO 8601, UTC) and ``last_global_position`` are the last event any
+    actor of this node wrote before the end: replay shows the node down from that moment.
+    """
+
+    node_id: str
+    last_global_position: int
+    last_recorded_at: str
+    reason: str = "the previous run ended without a clean stop"
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
 class NatDetected(Event):
     """v2 split v1's ``mapping`` ("ip:port") into ``public_ip`` and ``public_port``."""
 
