@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PROCESS = "process"  # one thespian actor (one process on multiprocTCPBase) per peer connection
-INLINE = "inline"  # peer connections hosted as lightweight actors inside their party actor
-PEER_HOSTINGS = (PROCESS, INLINE)
-
 
 @dataclass(frozen=True)
 class ConnectionConfig:
@@ -28,6 +24,11 @@ class ConnectionConfig:
     relay_first: bool = True
     metrics_interval_s: float = 60.0  # one aggregated MetricsSampled per window
     keepalive_s: int = 25
+    # A WireGuard change that failed is tried again after this, doubling up to the cap:
+    # quick enough that a transient failure heals in seconds, bounded so a broken
+    # interface costs one attempt (and one event) per half minute, not a busy loop.
+    wireguard_retry_s: float = 1.0
+    wireguard_retry_max_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,7 @@ class RelayMonitorConfig:
 class ActorConfig:
     connection: ConnectionConfig = field(default_factory=ConnectionConfig)
     relay_monitor: RelayMonitorConfig = field(default_factory=RelayMonitorConfig)
-    peer_hosting: str = INLINE
     status_timeout_s: float = 2.0
     # A crashed child is recreated after this delay, unless its parent is told to exit
     # meanwhile (thespian's shutdown ends children before parents).
     restart_delay_s: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.peer_hosting not in PEER_HOSTINGS:
-            raise ValueError(f"peer_hosting must be one of {PEER_HOSTINGS}, not {self.peer_hosting!r}")

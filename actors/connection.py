@@ -1,4 +1,4 @@
-"""The peer-connection actor's behaviour, independent of where it is hosted.
+"""The peer-connection actor: one thespian actor per remote peer of a party.
 
 States: connecting -> connected <-> degraded; lost probes -> failover to a relay
 (direct path) or reconnect attempts (at most ``max_reconnect_attempts``) -> failed
@@ -6,24 +6,42 @@ States: connecting -> connected <-> degraded; lost probes -> failover to a relay
 direct (hole punched) or relay, with a periodic retry of the direct path that
 upgrades back to direct.
 
-Every handled message follows persist, then apply, then act: the decision yields
-events, the store acknowledges them, the events are folded with
-``events.fold.apply_connection`` and only then does the adapter act (WireGuard
-changes are made only from acknowledged ``WireGuardPeer*`` events). Probes, hole
-punches and relay allocations are observations, needed to decide.
+Every message follows persist, then apply, then act: the decision yields events,
+the store acknowledges them, they are folded with ``events.fold.apply_connection``,
+and only then is an effect sent to the edge (actors/edge.py). The actor never waits:
+the edge's answer (``EffectDone``) is another message, whose outcome is persisted
+before anything follows from it. Intent and outcome are both in the log:
+``RelayAllocationRequested`` -> ``RelaySessionOpened``/``RelayAllocationFailed``,
+``HolePunchAttempted`` -> ``HolePunchSucceeded``/``HolePunchFailed``,
+``WireGuardPeerConfigRequested`` -> ``WireGuardPeerConfigured``/``WireGuardPeerChangeFailed``
+(a failed change is tried again with backoff until WireGuard matches the log).
 
-Hosting (``ConnectionHost``): a thespian actor of its own (actors/peer.py) or a
-lightweight actor inside its party actor (actors/party.py), see docs/actors.md.
+At most one *operation* (a connect attempt, a failover, a relay move, a direct retry)
+runs at a time; its effects carry its tag, and an answer for an older operation is
+recorded for what it is and otherwise ignored.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any
 
+from thespian.actors import (
+    Actor,
+    ActorAddress,
+    ActorExitRequest,
+    ChildActorExited,
+    PoisonMessage,
+    WakeupMessage,
+)
+
+from actors import effects as fx
+from actors import logs
 from actors import messages as m
-from actors.adapters import Adapters, build_adapters
 from actors.journal import StreamWriter, open_recorder
 from actors.logs import logger
 from actors.timers import Timers, new_incarnation
@@ -31,26 +49,22 @@ from events import types as ev
 from events.base import Event
 from events.fold import ConnectionState, apply_connection
 from events.streams import peer_stream
-from mesh.interfaces import MeshError, PunchResult, RelayAllocation
+from mesh.interfaces import PeerStats, PunchResult, RelayAllocation
 from mesh.nat.punch import should_try_direct
-from store.base import Recorder
 
 ACTIVE = (ev.CONNECTING, ev.CONNECTED, ev.DEGRADED, ev.FAILED)
 UP = (ev.CONNECTED, ev.DEGRADED)
 
-MONITOR, METRICS, DIRECT_RETRY, CLEANUP = "monitor", "metrics", "direct-retry", "cleanup"
+MONITOR, METRICS, DIRECT_RETRY, CLEANUP, WIREGUARD_RETRY = (
+    "monitor", "metrics", "direct-retry", "cleanup", "wireguard-retry")
 
-
-class ConnectionHost(Protocol):
-    def schedule(self, delay_s: float, timer: m.Timer) -> None: ...
-
-    def notify_parent(self, message: Any) -> None: ...
-
-    def finished(self) -> None: ...
+# Operation kinds (one at a time) and the purposes of relay allocations.
+CONNECT, FAILOVER, RELAY_MOVE, RETRY_DIRECT = "connect", "failover", "relay-move", "direct-retry"
+RELAY_FIRST, FALLBACK = "relay first", "fallback"
 
 
 def invalid_observation(item: Any) -> str | None:
-    """Why an adapter observation cannot be used, or None when it is fine."""
+    """Why an observation cannot be used, or None when it is fine."""
     if isinstance(item, m.LatencyObserved):
         value = item.latency_ms
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -67,89 +81,158 @@ def invalid_observation(item: Any) -> str | None:
     return f"{type(item).__name__} is not an observation"
 
 
-class PeerConnection:
-    def __init__(self, init: m.PeerInit, host: ConnectionHost, recorder: Recorder | None = None,
-                 adapters: Adapters | None = None) -> None:
-        self.init = init
-        self.cfg = init.config.connection
-        self.host = host
-        self.adapters = adapters or build_adapters(init.adapters)
-        self.incarnation = new_incarnation()
-        self.timers = Timers(self.incarnation, target=init.peer_id)
-        self.actor = f"peer-connection/{init.party_id}/{init.peer_id}"
-        self.writer = StreamWriter(recorder or open_recorder(init.store),
-                                   peer_stream(init.party_id, init.peer_id), self.incarnation,
-                                   {"node_id": init.node_id, "actor": self.actor})
-        self.log = logger.bind(actor=self.actor)
+@dataclass
+class Operation:
+    """The one multi-step operation in flight (memory only: a restart settles it from the log)."""
+
+    kind: str
+    tag: str
+    attempt: int = 0
+    relay_first: bool = False  # connect: on the relay while the punch runs
+    purpose: str = ""
+    rtt_ms: float | None = None  # relay move: the new relay's round trip, as the monitor measured
+
+
+@dataclass
+class Probing:
+    """Derived and ephemeral: the probe counters and the current metrics window.
+
+    They describe the last seconds of one incarnation; what the log keeps of them is
+    the aggregated ``MetricsSampled`` and the transitions they caused.
+    """
+
+    lost: int = 0  # consecutive lost probes
+    in_flight: bool = False
+    window: list[float] = field(default_factory=list)
+    window_lost: int = 0
+    traffic: tuple[int, int] = (0, 0)
+
+
+class PeerConnectionActor(Actor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.init: m.PeerInit | None = None
+        self.parent: ActorAddress | None = None
         self.state = ConnectionState()
-        self.candidates: tuple[str, ...] = init.candidates
-        self.relay = init.relay
-        self.allocation: RelayAllocation | None = None
-        self.lost = 0  # consecutive lost probes (transient: a restart starts counting again)
-        self.window: list[float] = []  # latencies of the current metrics window
-        self.window_lost = 0
-        self.traffic = (0, 0)
-        self._failover_due = False
+        self.log = logger
+        self.relay: str | None = None  # the node's selected relay, as the party last said
+        self.op: Operation | None = None
+        self.probing = Probing()
+        self.closing = False
+        self.finished = False
+        self.pending: set[str] = set()  # tags of effects not answered yet
+        self.wireguard_retry_s = 0.0
+        self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
+
+    # ------------------------------------------------------------ thespian
+
+    def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
+        if isinstance(message, ActorExitRequest | ChildActorExited):
+            return
+        if isinstance(message, m.PeerInit):
+            if self.init is None:
+                logs.configure(message.log)
+                self.init, self.parent = message, sender
+                self._guard(self.start)
+            return
+        if self.init is None:
+            logger.warning("peer connection got {} before PeerInit; dropped", type(message).__name__)
+            return
+        if isinstance(message, PoisonMessage):
+            self.log.error("a message failed twice: {}", type(message.poisonMessage).__name__)
+            return
+        self._guard(lambda: self.handle(message))
+
+    def _guard(self, call: Any) -> None:
+        """An exception rebuilds the connection from its stream instead of a thespian retry
+        (the message's events may be stored already)."""
+        try:
+            call()
+        except Exception as error:
+            self.log.exception("peer connection crashed; rebuilding it from its stream")
+            self._rebuild(f"{type(error).__name__}: {error}")
+        self._notify()
+
+    def _rebuild(self, reason: str) -> None:
+        assert self.init is not None
+        self.op, self.probing, self.pending = None, Probing(), set()
+        self.init = replace(self.init, restarted=reason)
+        self.start()
 
     # ------------------------------------------------------------ lifecycle
 
-    @property
-    def allowed_ips(self) -> tuple[str, ...]:
-        return (f"{self.init.virtual_ip}/32",)
-
     def start(self) -> None:
-        """Replay the stream; begin connecting, or reconcile and resume after a restart."""
-        remembered: list[tuple[str, ...]] = []
-
-        def apply(state: ConnectionState, event: Event) -> ConnectionState:
-            if isinstance(event, ev.HolePunchAttempted):
-                remembered.append(event.remote_candidates)
-            return apply_connection(state, event)
-
-        self.state = self.writer.replay(apply, ConnectionState())
-        if self.init.close_reason is not None:
-            self.close(self.init.close_reason)
+        """Replay the stream; settle what a crash interrupted; connect, or resume."""
+        init = self.init
+        assert init is not None
+        self.cfg = init.config.connection
+        self.edge = init.edge
+        self.relay = init.relay
+        self.incarnation = new_incarnation()
+        self.timers = Timers(self.incarnation)
+        self.actor = f"peer-connection/{init.party_id}/{init.peer_id}"
+        self.log = logger.bind(actor=self.actor)
+        self.writer = StreamWriter(open_recorder(init.store), peer_stream(init.party_id, init.peer_id),
+                                   self.incarnation, {"node_id": init.node_id, "actor": self.actor})
+        self.state = self.writer.replay(apply_connection, ConnectionState())
+        settle: list[Event] = []
+        if init.restarted and self.writer.position:
+            settle.append(ev.ActorRestarted(actor=self.actor, reason=init.restarted))
+        if self.state.punching:
+            settle.append(ev.HolePunchFailed(**self._base(), reason="interrupted: the connection restarted",
+                                             elapsed_ms=0.0))
+        if self.state.allocating:
+            settle.append(ev.RelayAllocationFailed(**self._base(), relay=self.state.allocating,
+                                                   error="interrupted: the connection restarted"))
+        remote = self._remote_update(init.candidates, init.remote_nat_type)
+        if remote is not None:
+            settle.append(remote)
+        self._commit(settle, "start")
+        if init.close_reason is not None:
+            self.close(init.close_reason)
             return
-        if not self.candidates and remembered:
-            self.candidates = remembered[-1]
         if self.state.state in (None, ev.CLOSED):  # a new peer, or one that left and came back
             self._commit([self._transition(ev.CONNECTING, "peer joined the party")], "start")
-            self._connect(1, "start")
+            self._connect(1)
         elif self.state.state in ACTIVE:
             self.log.info("recovered {} from {} events", self.state.state, self.writer.position)
-            self._reconcile()
+            self._request(fx.ReadPeerStats(tag="reconcile", public_key=init.public_key))
             if self.state.state == ev.CONNECTING and not self.state.wireguard_configured:
-                self._connect(max(self.state.attempt, 1), "resumed after restart")
+                self._connect(max(self.state.attempt, 1))
+            elif self.state.path == ev.RELAY and self.state.state != ev.FAILED and self.state.session_id:
+                held = RelayAllocation(self.state.session_relay or "", self.state.session_id,
+                                       self.state.session_endpoint or "")
+                self._request(fx.CheckRelaySession(tag="check-session", allocation=held))
             if self.state.state == ev.FAILED:
-                self.host.schedule(self.cfg.cleanup_timeout_s, self.timers.arm(CLEANUP))
-            if self.state.path == ev.RELAY and self.state.relay and self.state.endpoint:
-                self.allocation = RelayAllocation(self.state.relay, "", self.state.endpoint)
+                self._schedule(self.cfg.cleanup_timeout_s, CLEANUP)
         if self.state.state in ACTIVE:
-            self.host.schedule(self._next_probe_s(), self.timers.arm(MONITOR))
-            self.host.schedule(self.cfg.metrics_interval_s, self.timers.arm(METRICS))
+            self._schedule(self._next_probe_s(), MONITOR)
+            self._schedule(self.cfg.metrics_interval_s, METRICS)
             self._arm_direct_retry()
-        self._notify()
 
     def handle(self, message: Any) -> None:
         match message:
+            case fx.EffectDone():
+                self.on_done(message)
+            case WakeupMessage(payload=m.Timer() as timer):
+                self.on_timer(timer)
+            case WakeupMessage():
+                pass
             case m.Observations(items=tuple() | list() as items):
                 self.on_observations(items, "observations")
             case m.Observations():
                 self.reject("Observations", "items must be a sequence of observations")
-            case m.Timer():
-                self.on_timer(message)
             case m.PeerAnnounced():
-                self.on_announced(message)
+                self.on_announced(message.candidates, message.nat_type, announced=True)
             case m.RemoteCandidates():
-                self.candidates = tuple(message.candidates)
+                self.on_announced(message.candidates, self.state.remote_nat_type, announced=False)
             case m.RelayChanged():
                 self.on_relay_changed(message)
             case m.ClosePeer():
                 self.close(message.reason)
             case _:
                 self.reject(type(message).__name__, "unknown message for a peer connection")
-        self._notify()
 
     def reject(self, message_type: str, reason: str) -> None:
         self.log.warning("rejected {}: {}", message_type, reason)
@@ -159,44 +242,44 @@ class PeerConnection:
     # ------------------------------------------------------------ persist, apply, act
 
     def _commit(self, events: Sequence[Event], causation: str) -> None:
-        recorded = self.writer.append(events, causation)
-        for record in recorded:
+        """Persist, then fold the stored records; every effect follows from ``self.state``."""
+        for record in self.writer.append(events, causation):
             self.state = apply_connection(self.state, record.event)
-        for record in recorded:
-            self._act(record.event)
+        for event in events:
+            if isinstance(event, ev.WireGuardPeerConfigRequested | ev.WireGuardPeerRemovalRequested):
+                self._apply_wireguard()
 
-    def _act(self, event: Event) -> None:
-        wireguard = self.adapters.wireguard
-        try:
-            if isinstance(event, ev.WireGuardPeerConfigured):
-                wireguard.configure_peer(event.public_key, event.endpoint, event.allowed_ips,
-                                         event.keepalive_s)
-            elif isinstance(event, ev.WireGuardPeerRemoved):
-                wireguard.remove_peer(event.public_key)
-        except MeshError as error:
-            self.log.error("WireGuard change failed ({}); reconciling later", error)
+    def _request(self, effect: fx.Effect) -> None:
+        self.pending.add(effect.tag)
+        self.send(self.edge, effect)
 
-    def _reconcile(self) -> None:
-        """Make WireGuard match the replayed state, changing only what differs."""
-        key = self.init.public_key
-        actual = self.adapters.wireguard.peer_stats().get(key)
+    def _apply_wireguard(self) -> None:
+        """Make WireGuard match the last decision (configure, or remove)."""
+        assert self.init is not None
         if self.state.wireguard_configured:
-            if actual is None or actual.endpoint != self.state.endpoint:
-                self.log.info("reconcile: configuring the WireGuard peer as last recorded")
-                self.adapters.wireguard.configure_peer(key, self.state.endpoint, self.allowed_ips,
-                                                       self.cfg.keepalive_s)
-        elif actual is not None:
-            self.log.info("reconcile: removing a WireGuard peer that the log says is gone")
-            self.adapters.wireguard.remove_peer(key)
+            self._request(fx.ConfigurePeer(tag="wireguard", public_key=self.init.public_key,
+                                           endpoint=self.state.endpoint, allowed_ips=self._allowed_ips,
+                                           keepalive_s=self.cfg.keepalive_s))
+        else:
+            self._request(fx.RemovePeer(tag="wireguard", public_key=self.init.public_key))
+
+    def _schedule(self, delay_s: float, kind: str) -> None:
+        self.wakeupAfter(timedelta(seconds=delay_s), self.timers.arm(kind))
 
     def _notify(self) -> None:
-        if self.state != self._notified:
+        if self.init is not None and self.state != self._notified and self.parent is not None:
             self._notified = self.state
-            self.host.notify_parent(m.ConnectionUpdate(self.init.peer_id, self.state))
+            self.send(self.parent, m.ConnectionUpdate(self.init.peer_id, self.state))
+
+    @property
+    def _allowed_ips(self) -> tuple[str, ...]:
+        assert self.init is not None
+        return (f"{self.init.virtual_ip}/32",)
 
     # ------------------------------------------------------------ event helpers
 
     def _base(self) -> dict[str, str]:
+        assert self.init is not None
         return {"party_id": self.init.party_id, "peer_id": self.init.peer_id}
 
     def _transition(self, to_state: str, reason: str, latency_ms: float | None = None,
@@ -206,147 +289,318 @@ class PeerConnection:
             **self._base(), from_state=state.state, to_state=to_state, reason=reason,
             path=state.path, endpoint=state.endpoint, relay=state.relay, latency_ms=latency_ms)
 
-    def _configured(self, endpoint: str | None) -> ev.WireGuardPeerConfigured:
-        return ev.WireGuardPeerConfigured(**self._base(), public_key=self.init.public_key,
-                                          endpoint=endpoint, allowed_ips=self.allowed_ips,
-                                          keepalive_s=self.cfg.keepalive_s)
+    def _configure(self, endpoint: str | None) -> ev.WireGuardPeerConfigRequested:
+        assert self.init is not None
+        return ev.WireGuardPeerConfigRequested(**self._base(), public_key=self.init.public_key,
+                                               endpoint=endpoint, allowed_ips=self._allowed_ips,
+                                               keepalive_s=self.cfg.keepalive_s)
 
-    def _reconnect(self, attempt: int, reason: str,
-                   state: ConnectionState | None = None) -> list[Event]:
+    def _reconnect(self, attempt: int, reason: str, state: ConnectionState | None = None) -> list[Event]:
         max_attempts = self.cfg.max_reconnect_attempts
         return [ev.ReconnectAttempted(**self._base(), attempt=attempt, max_attempts=max_attempts,
                                       reason=reason),
                 self._transition(ev.CONNECTING, f"reconnect attempt {attempt}/{max_attempts}: {reason}",
                                  state=state)]
 
-    # ------------------------------------------------------------ connecting
+    def _remote_update(self, candidates: Sequence[str], nat_type: str) -> ev.RemotePeerUpdated | None:
+        candidates = tuple(candidates) or self.state.candidates
+        nat_type = nat_type if nat_type != ev.NAT_UNKNOWN else self.state.remote_nat_type
+        if (candidates, nat_type) == (self.state.candidates, self.state.remote_nat_type):
+            return None
+        return ev.RemotePeerUpdated(**self._base(), candidates=candidates, nat_type=nat_type)
 
-    def _punch(self, attempt: int) -> PunchResult:
-        ends = sorted((self.init.local_peer_id, self.init.peer_id))
-        session = f"{self.init.party_id}:{ends[0]}:{ends[1]}:{attempt}"
-        try:
-            return self.adapters.puncher.punch(session, self.candidates, self.cfg.punch_timeout_s,
-                                               peer_public_key=self.init.public_key)
-        except MeshError as error:
-            return PunchResult(False, None, None, 0.0, str(error))
+    # ------------------------------------------------------------ operations
+
+    def _begin(self, kind: str, **fields: Any) -> Operation:
+        self.op = Operation(kind, f"{kind}/{next(self._tags)}", **fields)
+        return self.op
+
+    def _current(self, done: fx.EffectDone) -> bool:
+        return self.op is not None and done.effect.tag == self.op.tag and not self.closing
 
     def _direct_ruled_out(self) -> str | None:
         """Why a punch is not worth trying, or None: always try direct unless both are symmetric."""
-        if not self.candidates:
+        assert self.init is not None
+        if not self.state.candidates:
             return "no direct candidates"
-        if not should_try_direct(self.init.local_nat_type, self.init.remote_nat_type):
+        if not should_try_direct(self.init.local_nat_type, self.state.remote_nat_type):
             return "both sides are behind symmetric NATs"
         return None
 
     def _direct_likely(self) -> bool:
         """One side open or port-forwarded: the punch all but always works (the NAT matrix)."""
+        assert self.init is not None
         easy = (ev.NAT_OPEN, ev.NAT_FULL_CONE)
-        return self.init.local_nat_type in easy or self.init.remote_nat_type in easy
+        return self.init.local_nat_type in easy or self.state.remote_nat_type in easy
 
-    def _connect(self, attempt: int, causation: str) -> None:
+    def _connect(self, attempt: int) -> None:
         ruled_out = self._direct_ruled_out()
         if ruled_out is not None:
+            op = self._begin(CONNECT, attempt=attempt, purpose=ruled_out)
             self._commit([ev.ConnectionAttemptStarted(**self._base(), attempt=attempt, path=ev.RELAY)],
-                         causation)
-            self._use_relay(None, ruled_out, causation)
+                         op.tag)
+            self._allocate(op, FALLBACK)
             return
         started = ev.ConnectionAttemptStarted(**self._base(), attempt=attempt, path=ev.DIRECT)
-        attempted = ev.HolePunchAttempted(**self._base(),
-                                          local_candidates=self.adapters.puncher.candidates(),
-                                          remote_candidates=self.candidates)
-        allocation = (self._allocate() if self.cfg.relay_first and not self._direct_likely()
-                      else None)
-        if allocation is not None:
-            self._relay_first(allocation, attempt, started, attempted, causation)
+        if self.cfg.relay_first and self.relay is not None and not self._direct_likely():
+            op = self._begin(CONNECT, attempt=attempt, relay_first=True)
+            self._commit([started], op.tag)
+            self._allocate(op, RELAY_FIRST)
             return
-        self._commit([started, attempted], causation)
-        result = self._punch(attempt)
-        if result.succeeded and result.endpoint:
-            self._commit([
-                ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint,
-                                      rtt_ms=result.rtt_ms or 0.0, elapsed_ms=result.elapsed_ms),
-                ev.PathChosen(**self._base(), path=ev.DIRECT, reason="hole punch succeeded",
-                              endpoint=result.endpoint),
-                self._configured(result.endpoint)], causation)
-            self._release_allocation()
-            return
-        failed = ev.HolePunchFailed(**self._base(), reason=result.reason, elapsed_ms=result.elapsed_ms)
-        self._use_relay(failed, f"hole punch failed: {result.reason}", causation)
+        op = self._begin(CONNECT, attempt=attempt)
+        self._commit([started], op.tag)
+        self._punch(op)
 
-    def _relay_first(self, allocation: RelayAllocation, attempt: int, started: Event,
-                     attempted: Event, causation: str) -> None:
-        """On the relay at once, punch behind it, and upgrade to direct if the punch works."""
-        self._commit([started,
-                      ev.PathChosen(**self._base(), path=ev.RELAY,
-                                    reason="relay first while the hole punch runs",
-                                    endpoint=allocation.endpoint, relay=allocation.relay),
-                      self._configured(allocation.endpoint), attempted], causation)
-        self._swap_allocation(allocation)
-        result = self._punch(attempt)
-        if not (result.succeeded and result.endpoint):
-            self._commit([ev.HolePunchFailed(**self._base(), reason=result.reason,
-                                             elapsed_ms=result.elapsed_ms)], causation)
-            self._arm_direct_retry()
-            return
-        self._commit([
-            ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint,
-                                  rtt_ms=result.rtt_ms or 0.0, elapsed_ms=result.elapsed_ms),
-            ev.PathSwitched(**self._base(), from_path=ev.RELAY, to_path=ev.DIRECT,
-                            reason="hole punch succeeded", endpoint=result.endpoint,
-                            from_relay=self.state.relay, from_latency_ms=self.state.latency_ms,
-                            to_latency_ms=result.rtt_ms),
-            self._configured(result.endpoint)], causation)
-        self._release_allocation()
+    def _punch(self, op: Operation) -> None:
+        assert self.init is not None
+        self._commit([ev.HolePunchAttempted(**self._base(), local_candidates=self.init.local_candidates,
+                                            remote_candidates=self.state.candidates)], op.tag)
+        ends = sorted((self.init.local_peer_id, self.init.peer_id))
+        number = op.attempt if op.kind == CONNECT else self.state.direct_retries + 1000
+        self._request(fx.Punch(tag=op.tag, session=f"{self.init.party_id}:{ends[0]}:{ends[1]}:{number}",
+                               candidates=self.state.candidates, timeout_s=self.cfg.punch_timeout_s,
+                               peer_public_key=self.init.public_key))
 
-    def _allocate(self) -> RelayAllocation | None:
-        if self.relay is None:
-            return None
-        try:
-            return self.adapters.relay_client.allocate(self.init.party_id, self.init.peer_id,
-                                                       self.relay)
-        except MeshError as error:
-            self.log.warning("relay {} allocation failed: {}", self.relay, error)
-            return None
-
-    def _use_relay(self, first: Event | None, reason: str, causation: str) -> None:
-        prefix = [first] if first else []
-        allocation = self._allocate()
-        if allocation is None:
-            self._commit(prefix, causation)
-            self.log.warning("no path to {}: {}, and no relay", self.init.peer_id, reason)
+    def _allocate(self, op: Operation, purpose: str, relay: str | None = None) -> None:
+        relay = relay or self.relay
+        if relay is None:
+            self._no_path(op, "no relay is known")
             return
-        self._commit([*prefix,
-                      ev.PathChosen(**self._base(), path=ev.RELAY, reason=reason,
-                                    endpoint=allocation.endpoint, relay=allocation.relay),
-                      self._configured(allocation.endpoint)], causation)
-        self._swap_allocation(allocation)
+        op.purpose = op.purpose or purpose
+        self._commit([ev.RelayAllocationRequested(**self._base(), relay=relay, purpose=purpose)], op.tag)
+        self._request(fx.AllocateRelay(tag=op.tag, party_id=self._base()["party_id"],
+                                       peer_id=self._base()["peer_id"], relay=relay))
+
+    def _no_path(self, op: Operation, why_no_relay: str) -> None:
+        reason = f"{op.purpose}; {why_no_relay}" if op.purpose else why_no_relay
+        self.log.warning("no path to the peer: {}", reason)
+        self._commit([ev.NoPathAvailable(**self._base(), reason=reason)], op.tag)
+        self._finish(op)
+
+    def _finish(self, op: Operation) -> None:
+        if self.op is op:
+            self.op = None
+
+    def _release(self, reason_tag: str) -> None:
+        """Give back the session this connection holds (the log says which)."""
+        if self.state.session_id is None or self.state.session_relay is None:
+            return
+        allocation = RelayAllocation(self.state.session_relay, self.state.session_id,
+                                     self.state.session_endpoint or "")
+        self._request(fx.ReleaseRelay(tag=f"release/{reason_tag}", allocation=allocation))
+
+    # ------------------------------------------------------------ effect outcomes
+
+    def on_done(self, done: fx.EffectDone) -> None:
+        self.pending.discard(done.effect.tag)
+        match done.effect:
+            case fx.ConfigurePeer() | fx.RemovePeer():
+                self._on_wireguard(done)
+            case fx.AllocateRelay():
+                self._on_allocated(done)
+            case fx.Punch():
+                self._on_punched(done)
+            case fx.ReleaseRelay(allocation=allocation):
+                self._commit([ev.RelaySessionReleased(**self._base(), relay=allocation.relay,
+                                                      session_id=allocation.session_id,
+                                                      error=done.error or "")], done.effect.tag)
+            case fx.Probe():
+                self.probing.in_flight = False
+                if not self.closing:
+                    self._on_probed(done)
+            case fx.CheckRelaySession():
+                if not (done.ok and done.value) and not self.closing and self.state.path == ev.RELAY:
+                    # A new process: the session lived in the previous one. Open a new one.
+                    self._move_relay(self.state.relay or self.relay,
+                                     "restore the relay session after a restart")
+            case fx.ReadPeerStats(tag="reconcile"):
+                self._reconcile(done.value if done.ok else None)
+            case fx.ReadPeerStats(tag="metrics"):
+                self._sample_metrics(done.value if done.ok else None)
+        if self.closing and not self.pending:
+            self._finished()
+
+    def _on_wireguard(self, done: fx.EffectDone) -> None:
+        assert self.init is not None
+        effect = done.effect
+        configuring = isinstance(effect, fx.ConfigurePeer)
+        if done.ok:
+            self.wireguard_retry_s = 0.0
+            if configuring:
+                assert isinstance(effect, fx.ConfigurePeer)
+                outcome: Event = ev.WireGuardPeerConfigured(
+                    **self._base(), public_key=effect.public_key, endpoint=effect.endpoint,
+                    allowed_ips=effect.allowed_ips, keepalive_s=effect.keepalive_s)
+            else:
+                outcome = ev.WireGuardPeerRemoved(**self._base(), public_key=self.init.public_key,
+                                                  reason="as decided")
+            self._commit([outcome], "wireguard")
+            return
+        operation = "configure" if configuring else "remove"
+        self.log.error("WireGuard {} failed: {}", operation, done.error)
+        if self.state.wireguard_error != done.error or self.wireguard_retry_s == 0.0:
+            self._commit([ev.WireGuardPeerChangeFailed(**self._base(), public_key=self.init.public_key,
+                                                       operation=operation, error=done.error or "")],
+                         "wireguard")
+        self.wireguard_retry_s = min(max(self.wireguard_retry_s * 2, self.cfg.wireguard_retry_s),
+                                     self.cfg.wireguard_retry_max_s)
+        self._schedule(self.wireguard_retry_s, WIREGUARD_RETRY)
+
+    def _on_allocated(self, done: fx.EffectDone) -> None:
+        effect = done.effect
+        assert isinstance(effect, fx.AllocateRelay)
+        if not done.ok:
+            self.log.warning("relay {} allocation failed: {}", effect.relay, done.error)
+            self._commit([ev.RelayAllocationFailed(**self._base(), relay=effect.relay,
+                                                   error=done.error or "")], effect.tag)
+            if self._current(done):
+                self._after_allocation_failed(done.error or "")
+            return
+        allocation: RelayAllocation = done.value
+        previous = (self.state.session_relay, self.state.session_id, self.state.session_endpoint)
+        opened = ev.RelaySessionOpened(**self._base(), relay=allocation.relay,
+                                       session_id=allocation.session_id, endpoint=allocation.endpoint)
+        if not self._current(done):
+            # The operation is over (closed, or a restart settled it): give the session back.
+            self._commit([opened], effect.tag)
+            self._release("unused")
+            return
+        op = self.op
+        assert op is not None
+        if op.kind == CONNECT and op.relay_first:
+            self._commit([opened,
+                          ev.PathChosen(**self._base(), path=ev.RELAY,
+                                        reason="relay first while the hole punch runs",
+                                        endpoint=allocation.endpoint, relay=allocation.relay),
+                          self._configure(allocation.endpoint)], op.tag)
+            self._release_previous(previous, op.tag)
+            self._punch(op)
+            return
+        if op.kind == CONNECT:
+            self._commit([opened,
+                          ev.PathChosen(**self._base(), path=ev.RELAY, reason=op.purpose,
+                                        endpoint=allocation.endpoint, relay=allocation.relay),
+                          self._configure(allocation.endpoint)], op.tag)
+        elif op.kind == FAILOVER:
+            self._commit([opened,
+                          ev.PathSwitched(**self._base(), from_path=ev.DIRECT, to_path=ev.RELAY,
+                                          reason=op.purpose, endpoint=allocation.endpoint,
+                                          to_relay=allocation.relay, from_latency_ms=self.state.latency_ms),
+                          self._configure(allocation.endpoint)], op.tag)
+        else:  # RELAY_MOVE
+            self._commit([opened,
+                          ev.PathSwitched(**self._base(), from_path=ev.RELAY, to_path=ev.RELAY,
+                                          reason=op.purpose, endpoint=allocation.endpoint,
+                                          from_relay=self.state.relay, to_relay=allocation.relay,
+                                          from_latency_ms=self.state.latency_ms, to_latency_ms=op.rtt_ms),
+                          self._configure(allocation.endpoint)], op.tag)
+        self._release_previous(previous, op.tag)
+        self._finish(op)
         self._arm_direct_retry()
 
-    def _swap_allocation(self, allocation: RelayAllocation) -> None:
-        old, self.allocation = self.allocation, allocation
-        if old is not None and old != allocation:
-            self._release(old)
+    def _release_previous(self, previous: tuple[str | None, str | None, str | None], tag: str) -> None:
+        relay, session_id, endpoint = previous
+        if relay and session_id and (relay, session_id) != (self.state.session_relay, self.state.session_id):
+            self._request(fx.ReleaseRelay(tag=f"release/{tag}",
+                                          allocation=RelayAllocation(relay, session_id, endpoint or "")))
 
-    def _release_allocation(self) -> None:
-        old, self.allocation = self.allocation, None
-        if old is not None:
-            self._release(old)
+    def _after_allocation_failed(self, error: str) -> None:
+        op = self.op
+        assert op is not None
+        if op.kind == CONNECT and op.relay_first:
+            op.relay_first = False  # punch first as if no relay were at hand
+            self._punch(op)
+        elif op.kind == CONNECT:
+            self._no_path(op, f"relay allocation failed: {error}")
+        elif op.kind == FAILOVER:
+            self._finish(op)
+            self._commit(self._reconnect(1, f"{op.purpose}; relay allocation failed: {error}"), "failover")
+            self._connect(2)
+        else:
+            self._finish(op)
 
-    def _release(self, allocation: RelayAllocation) -> None:
-        try:
-            self.adapters.relay_client.release(allocation)
-        except MeshError as error:
-            self.log.warning("relay release failed: {}", error)
+    def _on_punched(self, done: fx.EffectDone) -> None:
+        result: PunchResult = done.value if done.ok else PunchResult(False, None, None, 0.0, done.error or "")
+        op = self.op
+        current = self._current(done) and op is not None
+        succeeded = bool(result.succeeded and result.endpoint)
+        if op is not None and op.kind == RETRY_DIRECT and current:
+            self._on_retried(op, result, succeeded)
+            return
+        if not succeeded:
+            self._commit([ev.HolePunchFailed(**self._base(), reason=result.reason,
+                                             elapsed_ms=result.elapsed_ms)], done.effect.tag)
+            if not current:
+                return
+            assert op is not None
+            if op.relay_first:
+                self._finish(op)
+                self._arm_direct_retry()
+            else:
+                op.purpose = f"hole punch failed: {result.reason}"
+                self._allocate(op, FALLBACK)
+            return
+        assert result.endpoint is not None
+        punched = ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint,
+                                        rtt_ms=result.rtt_ms or 0.0, elapsed_ms=result.elapsed_ms)
+        if not current:
+            self._commit([punched], done.effect.tag)
+            return
+        assert op is not None
+        if self.state.path == ev.RELAY:
+            chosen: Event = ev.PathSwitched(
+                **self._base(), from_path=ev.RELAY, to_path=ev.DIRECT, reason="hole punch succeeded",
+                endpoint=result.endpoint, from_relay=self.state.relay,
+                from_latency_ms=self.state.latency_ms, to_latency_ms=result.rtt_ms)
+        else:
+            chosen = ev.PathChosen(**self._base(), path=ev.DIRECT, reason="hole punch succeeded",
+                                   endpoint=result.endpoint)
+        self._commit([punched, chosen, self._configure(result.endpoint)], op.tag)
+        self._release(op.tag)
+        self._finish(op)
 
-    def _arm_direct_retry(self) -> None:
-        if self.state.path == ev.RELAY and self._direct_ruled_out() is None:
-            self.host.schedule(self.cfg.direct_retry_s, self.timers.arm(DIRECT_RETRY))
+    def _on_retried(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
+        self._finish(op)
+        if not succeeded:
+            self._commit([ev.DirectPathRetried(**self._base(), succeeded=False, reason=result.reason)],
+                         op.tag)
+            self._arm_direct_retry()
+            return
+        assert result.endpoint is not None
+        self._commit([
+            ev.DirectPathRetried(**self._base(), succeeded=True, reason="hole punch succeeded"),
+            ev.PathSwitched(**self._base(), from_path=ev.RELAY, to_path=ev.DIRECT,
+                            reason="direct path works again", endpoint=result.endpoint,
+                            from_relay=self.state.relay, from_latency_ms=self.state.latency_ms,
+                            to_latency_ms=result.rtt_ms),
+            self._configure(result.endpoint)], op.tag)
+        self._release(op.tag)
+
+    def _reconcile(self, actual: PeerStats | None) -> None:
+        """After a restart: make WireGuard match the log, changing only what differs."""
+        if self.state.wireguard_configured:
+            if actual is None or actual.endpoint != self.state.endpoint or not self.state.wireguard_applied:
+                self.log.info("reconcile: configuring the WireGuard peer as last decided")
+                self._apply_wireguard()
+        elif actual is not None:
+            self.log.info("reconcile: removing a WireGuard peer that the log says is gone")
+            self._apply_wireguard()
 
     # ------------------------------------------------------------ observations
+
+    def _on_probed(self, done: fx.EffectDone) -> None:
+        if not done.ok:
+            item: m.Observation = m.ProbeFailed(done.error or "probe failed")
+        elif done.value is None:
+            item = m.ProbeFailed()
+        else:
+            item = m.LatencyObserved(float(done.value))
+        self.on_observations([item], "probe")
 
     def on_observations(self, items: Sequence[Any], causation: str) -> None:
         events: list[Event] = []
         tentative = self.state
+        failover = False
         for item in items:
             why = invalid_observation(item)
             decided: list[Event]
@@ -355,167 +609,146 @@ class PeerConnection:
                 decided = [ev.MessageRejected(actor=self.actor, message_type=type(item).__name__,
                                               reason=f"malformed observation: {why}")]
             else:
-                decided = self._decide(tentative, item)
+                decided, wants_failover = self._decide(tentative, item)
+                failover = failover or wants_failover
             for event in decided:
                 tentative = apply_connection(tentative, event)
             events.extend(decided)
         before = self.state
         self._commit(events, causation)
-        self._after_observations(before, events)
+        self._after_observations(before, events, failover)
 
-    def _decide(self, state: ConnectionState, item: Any) -> list[Event]:
+    def _decide(self, state: ConnectionState, item: Any) -> tuple[list[Event], bool]:
         if state.state not in ACTIVE:
-            return []
+            return [], False
         threshold = self.cfg.degraded_latency_ms
         if isinstance(item, m.TrafficObserved):
-            self.traffic = (item.rx_bytes, item.tx_bytes)
-            return []
+            self.probing.traffic = (item.rx_bytes, item.tx_bytes)
+            return [], False
         if isinstance(item, m.LatencyObserved):
             latency = float(item.latency_ms)
-            self.lost = 0
-            self.window.append(latency)
+            self.probing.lost = 0
+            self.probing.window.append(latency)
             high = latency > threshold
             if state.state in (ev.CONNECTING, ev.FAILED):
                 lead = "peer answered again" if state.state == ev.FAILED else "first probe answered"
                 tail = f" (above {threshold:.0f} ms)" if high else ""
                 return [self._transition(ev.DEGRADED if high else ev.CONNECTED,
-                                         f"{lead} in {latency:.1f} ms{tail}", latency, state)]
+                                         f"{lead} in {latency:.1f} ms{tail}", latency, state)], False
             if state.state == ev.CONNECTED and high:
                 return [self._transition(ev.DEGRADED, f"latency {latency:.1f} ms above {threshold:.0f} ms",
-                                         latency, state)]
+                                         latency, state)], False
             if state.state == ev.DEGRADED and not high:
                 return [self._transition(ev.CONNECTED, f"latency improved to {latency:.1f} ms",
-                                         latency, state)]
-            return []
+                                         latency, state)], False
+            return [], False
         # ProbeFailed
-        self.lost += 1
-        self.window_lost += 1
+        self.probing.lost += 1
+        self.probing.window_lost += 1
         needed = self.cfg.lost_probes_before_action
-        if self.lost < needed or state.state == ev.FAILED:
-            return []
-        self.lost = 0
+        if self.probing.lost < needed or state.state == ev.FAILED or self.op is not None:
+            return [], False  # an operation in flight decides the path for now
+        self.probing.lost = 0
         lost = f"{needed} probes lost"
         if state.state in UP:
             if state.path == ev.DIRECT and self.relay is not None:
-                self._failover_due = True  # after the batch: it needs a relay allocation first
-                return []
-            return self._reconnect(1, lost, state)
+                return [], True  # after the batch: it needs a relay allocation first
+            return self._reconnect(1, lost, state), False
         # The budget counts the reconnects since the last time the peer was up or (re)joined.
         attempt = state.reconnects + 1 if state.reason.startswith("reconnect attempt") else 1
         if attempt <= self.cfg.max_reconnect_attempts:
-            return self._reconnect(attempt, lost, state)
-        return [self._transition(
-            ev.FAILED, f"{lost} after {self.cfg.max_reconnect_attempts} reconnect attempts", state=state)]
+            return self._reconnect(attempt, lost, state), False
+        gave_up = f"{lost} after {self.cfg.max_reconnect_attempts} reconnect attempts"
+        return [self._transition(ev.FAILED, gave_up, state=state)], False
 
-    def _after_observations(self, before: ConnectionState, events: Sequence[Event]) -> None:
+    def _after_observations(self, before: ConnectionState, events: Sequence[Event], failover: bool) -> None:
         """The actions the persisted batch asks for (each persists its own events first)."""
         state = self.state
         if state.state == ev.FAILED and before.state != ev.FAILED:
-            self.host.schedule(self.cfg.cleanup_timeout_s, self.timers.arm(CLEANUP))
+            self._schedule(self.cfg.cleanup_timeout_s, CLEANUP)
         elif before.state == ev.FAILED and state.state != ev.FAILED:
             self.timers.cancel(CLEANUP)
         if state.state == ev.CONNECTING and any(isinstance(e, ev.ReconnectAttempted) for e in events):
-            self._connect(state.reconnects + 1, f"reconnect {state.reconnects}")
-        failover_due, self._failover_due = self._failover_due, False
-        if failover_due and state.state in UP and state.path == ev.DIRECT:
-            self._failover(f"{self.cfg.lost_probes_before_action} probes lost on the direct path")
-
-    def _failover(self, reason: str) -> None:
-        allocation = self._allocate()
-        if allocation is None:
-            self._commit(self._reconnect(1, f"{reason}; no relay available"), "failover")
-            self._connect(2, "failover")
-            return
-        self._commit([
-            ev.PathSwitched(**self._base(), from_path=ev.DIRECT, to_path=ev.RELAY, reason=reason,
-                            endpoint=allocation.endpoint, to_relay=allocation.relay,
-                            from_latency_ms=self.state.latency_ms),
-            self._configured(allocation.endpoint)], "failover")
-        self._swap_allocation(allocation)
-        self._arm_direct_retry()
+            self._connect(state.reconnects + 1)
+        if failover and state.state in UP and state.path == ev.DIRECT and self.op is None:
+            op = self._begin(FAILOVER,
+                             purpose=f"{self.cfg.lost_probes_before_action} probes lost on the direct path")
+            self._allocate(op, FAILOVER)
 
     # ------------------------------------------------------------ timers
 
     def on_timer(self, timer: m.Timer) -> None:
-        if not self.timers.is_current(timer):
+        if not self.timers.is_current(timer) or self.closing:
             return  # a stale wakeup: re-armed or cancelled since
+        assert self.init is not None
         if timer.kind == MONITOR and self.state.state in ACTIVE:
-            self.on_observations([self._probe()], "probe")
-            self.host.schedule(self.cfg.probe_interval_s, self.timers.arm(MONITOR))
+            if not self.probing.in_flight:
+                self.probing.in_flight = True
+                self._request(fx.Probe(tag="probe", virtual_ip=self.init.virtual_ip,
+                                       timeout_s=self.cfg.probe_timeout_s))
+            self._schedule(self.cfg.probe_interval_s, MONITOR)
         elif timer.kind == METRICS and self.state.state in ACTIVE:
-            self._sample_metrics()
-            self.host.schedule(self.cfg.metrics_interval_s, self.timers.arm(METRICS))
+            self._request(fx.ReadPeerStats(tag="metrics", public_key=self.init.public_key))
+            self._schedule(self.cfg.metrics_interval_s, METRICS)
         elif timer.kind == DIRECT_RETRY:
             self._retry_direct()
         elif timer.kind == CLEANUP and self.state.state == ev.FAILED:
             self._cleanup()
+        elif timer.kind == WIREGUARD_RETRY and not self.state.wireguard_applied:
+            self._apply_wireguard()
 
-    def _probe(self) -> m.LatencyObserved | m.ProbeFailed:
-        try:
-            latency = self.adapters.prober.probe(self.init.virtual_ip, self.cfg.probe_timeout_s)
-        except MeshError as error:
-            return m.ProbeFailed(str(error))
-        return m.ProbeFailed() if latency is None else m.LatencyObserved(latency)
-
-    def _sample_metrics(self) -> None:
-        probes = len(self.window) + self.window_lost
+    def _sample_metrics(self, stats: PeerStats | None) -> None:
+        probing = self.probing
+        probes = len(probing.window) + probing.window_lost
         if probes == 0:
             return
-        latency = sum(self.window) / len(self.window) if self.window else None
-        jitter = (sum(abs(a - b) for a, b in zip(self.window, self.window[1:], strict=False))
-                  / (len(self.window) - 1) if len(self.window) > 1 else None)
-        loss = self.window_lost / probes
-        stats = self.adapters.wireguard.peer_stats().get(self.init.public_key)
-        rx, tx = (stats.rx_bytes, stats.tx_bytes) if stats else self.traffic
+        window = probing.window
+        latency = sum(window) / len(window) if window else None
+        jitter = (sum(abs(a - b) for a, b in itertools.pairwise(window))
+                  / (len(window) - 1) if len(window) > 1 else None)
+        loss = probing.window_lost / probes
+        rx, tx = (stats.rx_bytes, stats.tx_bytes) if stats else probing.traffic
         quality = max(0.0, min(100.0, 100.0 - (latency or 0.0) / 10 - (jitter or 0.0) / 5 - loss * 100))
         self._commit([ev.MetricsSampled(**self._base(), window_s=self.cfg.metrics_interval_s,
                                         probes=probes, latency_ms=latency, jitter_ms=jitter, loss=loss,
                                         rx_bytes=rx, tx_bytes=tx, quality=round(quality, 1))], "metrics")
-        self.window, self.window_lost = [], 0
+        probing.window, probing.window_lost = [], 0
+
+    def _arm_direct_retry(self) -> None:
+        if self.state.path == ev.RELAY and self._direct_ruled_out() is None:
+            self._schedule(self.cfg.direct_retry_s, DIRECT_RETRY)
 
     def _retry_direct(self) -> None:
         if not (self.state.path == ev.RELAY and self.state.state in UP and self._direct_ruled_out() is None):
             return
-        self._commit([ev.HolePunchAttempted(**self._base(),
-                                            local_candidates=self.adapters.puncher.candidates(),
-                                            remote_candidates=self.candidates)], "direct-retry")
-        result = self._punch(self.state.direct_retries + 1000)
-        if not (result.succeeded and result.endpoint):
-            self._commit([ev.DirectPathRetried(**self._base(), succeeded=False, reason=result.reason)],
-                         "direct-retry")
+        if self.op is not None:
             self._arm_direct_retry()
             return
-        self._commit([
-            ev.DirectPathRetried(**self._base(), succeeded=True, reason="hole punch succeeded"),
-            ev.PathSwitched(**self._base(), from_path=ev.RELAY, to_path=ev.DIRECT,
-                            reason="direct path works again", endpoint=result.endpoint,
-                            from_relay=self.state.relay, from_latency_ms=self.state.latency_ms,
-                            to_latency_ms=result.rtt_ms),
-            self._configured(result.endpoint)], "direct-retry")
-        self._release_allocation()
+        self._punch(self._begin(RETRY_DIRECT))
 
     def _cleanup(self) -> None:
+        assert self.init is not None
         events: list[Event] = []
         if self.state.wireguard_configured:
-            events.append(ev.WireGuardPeerRemoved(**self._base(), public_key=self.init.public_key,
-                                                  reason="cleanup of a failed connection"))
-        events.append(self._transition(ev.CLEANUP,
-                                       f"no recovery within {self.cfg.cleanup_timeout_s:.0f} s"))
+            events.append(ev.WireGuardPeerRemovalRequested(**self._base(), public_key=self.init.public_key,
+                                                           reason="cleanup of a failed connection"))
+        events.append(self._transition(ev.CLEANUP, f"no recovery within {self.cfg.cleanup_timeout_s:.0f} s"))
         self._commit(events, "cleanup")
-        self._release_allocation()
+        self._release("cleanup")
 
     # ------------------------------------------------------------ control plane
 
-    def on_announced(self, message: m.PeerAnnounced) -> None:
-        if message.candidates:
-            self.candidates = tuple(message.candidates)
-        if self.state.state in (ev.FAILED, ev.CLEANUP):
+    def on_announced(self, candidates: Sequence[str], nat_type: str, announced: bool) -> None:
+        remote = self._remote_update(candidates, nat_type)
+        if remote is not None:
+            self._commit([remote], "announced")
+        if announced and self.state.state in (ev.FAILED, ev.CLEANUP) and self.op is None:
             self.timers.cancel(CLEANUP)
             self._commit(self._reconnect(1, "peer announced again"), "announced")
-            self._connect(2, "announced")
+            self._connect(2)
             if self.state.state in ACTIVE:
-                self.host.schedule(self._next_probe_s(), self.timers.arm(MONITOR))
-                self.host.schedule(self.cfg.metrics_interval_s, self.timers.arm(METRICS))
+                self._schedule(self._next_probe_s(), MONITOR)
+                self._schedule(self.cfg.metrics_interval_s, METRICS)
 
     def _next_probe_s(self) -> float:
         if self.state.state == ev.CONNECTING:
@@ -530,29 +763,36 @@ class PeerConnection:
         if not (message.relay and state.path == ev.RELAY and state.relay != message.relay
                 and message.previous in (None, state.relay) and state.state in (ev.CONNECTING, *UP)):
             return
-        allocation = self._allocate()
-        if allocation is None:
+        self._move_relay(message.relay, f"relay monitor selected {message.relay}", message.rtt_ms)
+
+    def _move_relay(self, relay: str | None, reason: str, rtt_ms: float | None = None) -> None:
+        if relay is None or self.op is not None:
             return
-        self._commit([
-            ev.PathSwitched(**self._base(), from_path=ev.RELAY, to_path=ev.RELAY,
-                            reason=f"relay monitor selected {message.relay}",
-                            endpoint=allocation.endpoint, from_relay=state.relay,
-                            to_relay=allocation.relay, from_latency_ms=state.latency_ms,
-                            to_latency_ms=message.rtt_ms),
-            self._configured(allocation.endpoint)], "relay-changed")
-        self._swap_allocation(allocation)
+        self._allocate(self._begin(RELAY_MOVE, purpose=reason, rtt_ms=rtt_ms), RELAY_MOVE, relay)
 
     def close(self, reason: str) -> None:
+        assert self.init is not None
         if self.state.state != ev.CLOSED:
             events: list[Event] = []
             if self.state.wireguard_configured:
-                events.append(ev.WireGuardPeerRemoved(**self._base(), public_key=self.init.public_key,
-                                                      reason=reason))
+                events.append(ev.WireGuardPeerRemovalRequested(
+                    **self._base(), public_key=self.init.public_key, reason=reason))
             events.append(self._transition(ev.CLOSED, reason))
             self._commit(events, "close")
-            self._release_allocation()
-        for kind in (MONITOR, METRICS, DIRECT_RETRY, CLEANUP):
+            self._release("close")
+        self.op = None
+        self.closing = True
+        for kind in (MONITOR, METRICS, DIRECT_RETRY, CLEANUP, WIREGUARD_RETRY):
             self.timers.cancel(kind)
+        if not self.pending:
+            self._finished()
+
+    def _finished(self) -> None:
+        assert self.init is not None
+        if self.finished:
+            return
+        self.finished = True
         self._notify()
-        self.host.notify_parent(m.PeerClosed(self.init.peer_id))
-        self.host.finished()
+        if self.parent is not None:
+            self.send(self.parent, m.PeerClosed(self.init.peer_id))
+        self.send(self.myAddress, ActorExitRequest())

@@ -62,14 +62,26 @@ class StreamWriter:
             self.position = record.stream_position
         return state
 
+    def pending(self, events: Sequence[Event], causation: str) -> list[PendingEvent]:
+        return [PendingEvent(event, {**self.metadata, "causation": causation},
+                             uuid.uuid5(_NAMESPACE, f"{self.incarnation}/{self.stream_id}/"
+                                                    f"{self.position + offset}").hex)
+                for offset, event in enumerate(events, start=1)]
+
     def append(self, events: Sequence[Event], causation: str) -> list[RecordedEvent]:
         if not events:
             return []
-        pending = [
-            PendingEvent(event, {**self.metadata, "causation": causation},
-                         uuid.uuid5(_NAMESPACE, f"{self.incarnation}/{self.stream_id}/"
-                                                f"{self.position + offset}").hex)
-            for offset, event in enumerate(events, start=1)]
-        recorded = self.recorder.append(self.stream_id, pending, self.position)
+        recorded = self.recorder.append(self.stream_id, self.pending(events, causation), self.position)
         self.position = recorded[-1].stream_position
         return recorded
+
+
+def append_together(writes: Sequence[tuple[StreamWriter, Sequence[Event], str]]) -> list[list[RecordedEvent]]:
+    """Facts that belong together, across streams, in one transaction (all writers share a recorder)."""
+    recorder = writes[0][0].recorder
+    recorded = recorder.append_many([(writer.stream_id, writer.pending(events, causation), writer.position)
+                                     for writer, events, causation in writes])
+    for (writer, _, _), records in zip(writes, recorded, strict=True):
+        if records:
+            writer.position = records[-1].stream_position
+    return recorded

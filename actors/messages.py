@@ -52,7 +52,11 @@ class LogSpec:
 
 @dataclass(frozen=True)
 class StartNode:
-    """The first message to the node actor (reply: NodeReady). Safe to send again."""
+    """The first message to the node actor (reply: NodeReady). Safe to send again.
+
+    ``executor``: how the edge runs effects, ``"inline"`` (tests with simulated adapters)
+    or the name of the ``actors.edge.IoWorkers`` the runtime registered.
+    """
 
     node_id: str
     store: StoreSpec
@@ -60,6 +64,7 @@ class StartNode:
     relays: tuple[str, ...] = ()
     config: ActorConfig = field(default_factory=ActorConfig)
     log: LogSpec = field(default_factory=LogSpec)
+    executor: str = "inline"
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class CreateParty:
     local_name: str
     local_virtual_ip: str | None = None  # None: allocate locally
     subnet: str = "10.66.0.0/16"
+    control_url: str = ""
+    request_id: str = ""  # the PartyRequested this completes, if any
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,26 @@ class JoinParty:
     local_virtual_ip: str | None = None  # as assigned by the control server
     control_url: str = ""
     subnet: str = "10.66.0.0/16"
+    request_id: str = ""  # the PartyRequested this completes, if any
+
+
+@dataclass(frozen=True)
+class RequestParty:
+    """Record the decision to ask a control plane for a party, before asking (reply: Recorded)."""
+
+    request_id: str
+    kind: str  # "create" or "join"
+    control_url: str
+    name: str = ""
+    party_id: str = ""
+
+
+@dataclass(frozen=True)
+class FailPartyRequest:
+    """Record that the control plane refused or never answered (reply: Recorded)."""
+
+    request_id: str
+    error: str
 
 
 @dataclass(frozen=True)
@@ -199,6 +226,11 @@ class Pong:
 
 
 @dataclass(frozen=True)
+class Recorded:
+    """The command's facts are in the log."""
+
+
+@dataclass(frozen=True)
 class PeerStatus:
     peer_id: str
     name: str
@@ -238,15 +270,25 @@ class Forwarded:
 
 
 @dataclass(frozen=True)
+class EdgeInit:
+    adapters: AdapterSpec
+    executor: str
+    log: LogSpec
+
+
+@dataclass(frozen=True)
 class PartyInit:
     node_id: str
     party_id: str
     store: StoreSpec
-    adapters: AdapterSpec
+    edge: Any  # the edge actor's address
+    public_key: str  # this node's WireGuard key
     config: ActorConfig
     log: LogSpec
-    relay: str | None
+    relay: str | None  # the node's selected relay (derived from the relay streams)
     local_nat_type: str = "unknown"  # the node's last NatDetected
+    local_candidates: tuple[str, ...] = ()
+    restarted: str | None = None  # why the previous incarnation ended, when it crashed
 
 
 @dataclass(frozen=True)
@@ -257,9 +299,9 @@ class PeerInit:
     local_peer_id: str
     public_key: str
     virtual_ip: str
-    candidates: tuple[str, ...]
+    candidates: tuple[str, ...]  # as the party knows them (the connection records changes)
     store: StoreSpec
-    adapters: AdapterSpec
+    edge: Any
     config: ActorConfig
     log: LogSpec
     relay: str | None
@@ -268,6 +310,8 @@ class PeerInit:
     close_reason: str | None = None
     local_nat_type: str = "unknown"
     remote_nat_type: str = "unknown"  # as the peer announced it
+    local_candidates: tuple[str, ...] = ()
+    restarted: str | None = None
 
 
 @dataclass(frozen=True)
@@ -275,7 +319,7 @@ class RelayMonitorInit:
     node_id: str
     relays: tuple[str, ...]
     store: StoreSpec
-    adapters: AdapterSpec
+    edge: Any
     config: ActorConfig
     log: LogSpec
 
@@ -323,7 +367,7 @@ class Timer:
     kind: str
     generation: int
     incarnation: str
-    target: str = ""  # peer id when a party hosts peer connections inline
+    target: str = ""  # the child a restart timer is for
 
 
 @dataclass(frozen=True)
@@ -333,4 +377,4 @@ class ChildrenQuery:
 
 @dataclass(frozen=True)
 class ChildAddresses:
-    children: tuple[tuple[str, Any], ...]  # (name, thespian ActorAddress or None when inline)
+    children: tuple[tuple[str, Any], ...]  # (name, thespian ActorAddress)

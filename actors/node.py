@@ -1,14 +1,20 @@
 """The node actor: the supervisor at the top, and the one address the agent talks to.
 
-It owns the ``node:<node_id>`` stream, creates the relay monitor and one party actor
-per open party, routes commands to them by party id, restarts any child that exits
-(children recover by replaying their own streams), and gathers status.
+It owns the ``node:<node_id>`` stream and creates the edge (the one actor that performs
+effects), the relay monitor and one party actor per open party. It opens a party by
+writing the party's first events and its own ``NodePartyOpened`` in one transaction,
+routes commands by party id, restarts any child that exits (children recover by
+replaying their own streams), and gathers status.
+
+A start that finds no clean stop of the previous run records ``NodeRunEndedAbruptly``
+first, with the last event the node's actors wrote before it ended; party requests
+that never got their outcome are recorded as failed ("interrupted").
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -21,24 +27,28 @@ from thespian.actors import (
     WakeupMessage,
 )
 
+from actors import effects as fx
 from actors import logs
 from actors import messages as m
 from actors.adapters import build_adapters
-from actors.journal import StreamWriter, open_recorder
+from actors.edge import EdgeActor
+from actors.journal import StreamWriter, append_together, open_recorder
 from actors.logs import logger
 from actors.party import PartyActor
 from actors.relay_monitor import RelayMonitorActor
 from actors.timers import Timers, new_incarnation
 from events import types as ev
 from events.base import Event
-from events.fold import NodeState, apply_node
-from events.streams import node_stream
-from mesh.interfaces import MeshError, NatDetector
+from events.fold import NodeState, PartyState, apply_node, apply_party, fold_stream
+from events.streams import node_stream, party_stream, peer_stream, relay_stream
+from mesh import ipam
+from mesh.interfaces import MeshError
+from store.base import RecordedEvent, Recorder
 
 STATUS = "status"
 RESTART = "restart"
 MONITOR = "relay-monitor"
-SOFTWARE_VERSION = "0.1.0"
+SOFTWARE_VERSION = "0.2.0"
 
 
 @dataclass
@@ -48,15 +58,39 @@ class Gather:
     replies: dict[str, m.PartyStatus] = field(default_factory=dict)
 
 
+def last_written(recorder: Recorder, node_id: str, state: NodeState,
+                 relays: tuple[str, ...]) -> RecordedEvent | None:
+    """The newest event among the streams this node's actors write."""
+    streams = [node_stream(node_id), *(relay_stream(relay) for relay in relays)]
+    for party_id in state.parties:
+        streams.append(party_stream(party_id))
+        records = recorder.read_stream(party_stream(party_id))
+        party = fold_stream(apply_party, PartyState(), (record.event for record in records))
+        streams.extend(peer_stream(party_id, peer_id)
+                       for peer_id, member in party.members if not member.is_local)
+    newest: RecordedEvent | None = None
+    for stream in streams:
+        position = recorder.stream_position(stream)
+        if position:
+            record = recorder.read_stream(stream, position)[-1]
+            if newest is None or record.global_position > newest.global_position:
+                newest = record
+    return newest
+
+
 class NodeActor(Actor):
     def __init__(self) -> None:
         super().__init__()
         self.start: m.StartNode | None = None
         self.state = NodeState()
         self.writer: StreamWriter | None = None
+        self.recorder: Recorder | None = None
+        self.edge: ActorAddress | None = None
         self.parties: dict[str, ActorAddress] = {}
         self.monitor: ActorAddress | None = None
-        self.relay: str | None = None
+        self.local_candidates: tuple[str, ...] = ()  # derived: the edge's answer at start
+        self.ready = False
+        self.waiting_ready: list[Any] = []
         self.timers = Timers(new_incarnation())
         self.requests = itertools.count(1)
         self.gathers: dict[int, Gather] = {}
@@ -67,7 +101,8 @@ class NodeActor(Actor):
         if isinstance(message, m.StartNode):
             if self.start is None:
                 self._start(message)
-            self.send(sender, m.NodeReady(self.state.node_id, self.state.parties))
+            self.waiting_ready.append(sender)
+            self._answer_ready()
             return
         if isinstance(message, ActorExitRequest):
             self.stopping = True
@@ -82,6 +117,18 @@ class NodeActor(Actor):
             self.send(sender, m.CommandRejected(type(message).__name__, "the node is not started"))
             return
         match message:
+            case fx.EffectDone(effect=fx.DetectNat()):
+                self._detected(message)
+            case m.RequestParty():
+                self._commit([ev.PartyRequested(node_id=self.state.node_id, request_id=message.request_id,
+                                                kind=message.kind, control_url=message.control_url,
+                                                name=message.name, party_id=message.party_id)])
+                self.send(sender, m.Recorded())
+            case m.FailPartyRequest():
+                if message.request_id in self.state.pending_requests:
+                    self._commit([ev.PartyRequestFailed(node_id=self.state.node_id,
+                                                        request_id=message.request_id, error=message.error)])
+                self.send(sender, m.Recorded())
             case m.CreateParty() | m.JoinParty():
                 self._open(message, sender)
             case m.LeaveParty():
@@ -97,17 +144,20 @@ class NodeActor(Actor):
             case m.PartyStatusReply():
                 self._status_reply(message)
             case m.RelayChanged():
-                self.relay = message.relay
+                # The same rule as the replay's world fold: the node's relay is the last selected.
+                self.state = replace(self.state, selected_relay=message.relay)
                 for address in self.parties.values():
                     self.send(address, message)
             case m.ChildrenQuery():
                 self.send(sender, m.ChildAddresses(
-                    (("relay-monitor", self.monitor), *self.parties.items())))
+                    (("edge", self.edge), ("relay-monitor", self.monitor), *self.parties.items())))
             case WakeupMessage(payload=m.Timer() as timer):
                 if timer.kind == STATUS:
                     self._status_timeout(timer.target)
                 elif timer.kind == RESTART and self.timers.is_current(timer):
                     self._restart(timer.target)
+            case WakeupMessage():
+                pass
             case ChildActorExited():
                 self._child_exited(message.childAddress)
             case PoisonMessage():
@@ -130,55 +180,77 @@ class NodeActor(Actor):
         logs.configure(start.log)
         self.start = start
         self.log = logger.bind(actor=f"node/{start.node_id}")
-        adapters = build_adapters(start.adapters)
-        self.writer = StreamWriter(open_recorder(start.store, upgrade=True), node_stream(start.node_id),
-                                   self.timers.incarnation, {"node_id": start.node_id, "actor": "node"})
+        wireguard = build_adapters(start.adapters).wireguard  # its key and port; no I/O
+        self.recorder = open_recorder(start.store, upgrade=True)
+        self.writer = StreamWriter(self.recorder, node_stream(start.node_id), self.timers.incarnation,
+                                   {"node_id": start.node_id, "actor": "node"})
         self.state = self.writer.replay(apply_node, NodeState())
-        self._commit([ev.NodeStarted(node_id=start.node_id, public_key=adapters.wireguard.public_key,
-                                     listen_port=adapters.wireguard.listen_port,
-                                     software_version=SOFTWARE_VERSION)])
-        self._record_nat(adapters.nat_detector)
-        self._start_monitor()
-        for party_id in self.state.parties:
-            self._start_party(party_id)
-        self.log.info("node started with {} parties", len(self.state.parties))
+        settle: list[Event] = []
+        if self.state.running:
+            last = last_written(self.recorder, start.node_id, self.state, start.relays)
+            assert last is not None  # running implies a NodeStarted in the node stream
+            settle.append(ev.NodeRunEndedAbruptly(node_id=start.node_id,
+                                                  last_global_position=last.global_position,
+                                                  last_recorded_at=last.recorded_at.isoformat()))
+        interrupted = "interrupted: the node stopped before the control plane answered"
+        settle.extend(ev.PartyRequestFailed(node_id=start.node_id, request_id=request_id, error=interrupted)
+                      for request_id in self.state.pending_requests)
+        self._commit([*settle, ev.NodeStarted(node_id=start.node_id, public_key=wireguard.public_key,
+                                              listen_port=wireguard.listen_port,
+                                              software_version=SOFTWARE_VERSION)])
+        self.edge = self.createActor(EdgeActor)
+        self.send(self.edge, m.EdgeInit(start.adapters, start.executor, start.log))
+        self.send(self.edge, fx.DetectNat(tag="start"))
 
-    def _record_nat(self, detector: NatDetector) -> None:
+    def _detected(self, done: fx.EffectDone) -> None:
         """The node's NAT as its adapters see it: one row when it changes, none per restart."""
         assert self.start is not None
-        try:
-            info = detector.detect()  # the real detector reuses the detection its adapters made
-        except MeshError as error:
-            self.log.warning("NAT detection failed: {}", error)
-            info = None
+        info, candidates = done.value if done.ok and done.value else (None, ())
+        if done.error:
+            self.log.warning("NAT detection failed: {}", done.error)
+        self.local_candidates = tuple(candidates)
         if info is None:
             if not self.state.relay_only:
-                self._commit([ev.NatDetectionFailed(node_id=self.start.node_id,
-                                                    reason="no STUN answer (or no STUN server configured)")])
-            return
-        endpoint = f"{info.public_ip}:{info.public_port}" if info.public_ip and info.public_port else None
-        if (info.nat_type, endpoint, False) != (self.state.nat_type, self.state.public_endpoint,
-                                                self.state.relay_only):
-            self._commit([ev.NatDetected(node_id=self.start.node_id, nat_type=info.nat_type,
-                                         public_ip=info.public_ip, public_port=info.public_port,
-                                         local_ip=info.local_ip, local_port=info.local_port,
-                                         stun_server=info.stun_server)])
+                reason = done.error or "no STUN answer (or no STUN server configured)"
+                self._commit([ev.NatDetectionFailed(node_id=self.start.node_id, reason=reason)])
+        else:
+            endpoint = f"{info.public_ip}:{info.public_port}" if info.public_ip and info.public_port else None
+            if (info.nat_type, endpoint, False) != (self.state.nat_type, self.state.public_endpoint,
+                                                    self.state.relay_only):
+                self._commit([ev.NatDetected(node_id=self.start.node_id, nat_type=info.nat_type,
+                                             public_ip=info.public_ip, public_port=info.public_port,
+                                             local_ip=info.local_ip, local_port=info.local_port,
+                                             stun_server=info.stun_server)])
+        if not self.ready:
+            self.ready = True
+            self._start_monitor()
+            for party_id in self.state.parties:
+                self._start_party(party_id)
+            self.log.info("node started with {} parties", len(self.state.parties))
+            self._answer_ready()
+
+    def _answer_ready(self) -> None:
+        if self.ready:
+            waiting, self.waiting_ready = self.waiting_ready, []
+            for asker in waiting:
+                self.send(asker, m.NodeReady(self.state.node_id, self.state.parties))
 
     def _start_monitor(self) -> None:
         assert self.start is not None
         self.monitor = self.createActor(RelayMonitorActor)
         self.send(self.monitor, m.RelayMonitorInit(
             node_id=self.start.node_id, relays=self.start.relays, store=self.start.store,
-            adapters=self.start.adapters, config=self.start.config, log=self.start.log))
+            edge=self.edge, config=self.start.config, log=self.start.log))
 
-    def _start_party(self, party_id: str) -> None:
+    def _start_party(self, party_id: str, restarted: str | None = None) -> None:
         assert self.start is not None
         address = self.createActor(PartyActor)
         self.parties[party_id] = address
         self.send(address, m.PartyInit(
-            node_id=self.start.node_id, party_id=party_id, store=self.start.store,
-            adapters=self.start.adapters, config=self.start.config, log=self.start.log,
-            relay=self.relay, local_nat_type=self.state.nat_type))
+            node_id=self.start.node_id, party_id=party_id, store=self.start.store, edge=self.edge,
+            public_key=self.state.public_key, config=self.start.config, log=self.start.log,
+            relay=self.state.selected_relay, local_nat_type=self.state.nat_type,
+            local_candidates=self.local_candidates, restarted=restarted))
 
     def _child_exited(self, address: ActorAddress) -> None:
         assert self.start is not None
@@ -201,7 +273,7 @@ class NodeActor(Actor):
             self._start_monitor()
         elif name in self.state.parties and name not in self.parties:
             self.log.warning("party actor {} exited; restarting it from its stream", name)
-            self._start_party(name)
+            self._start_party(name, restarted="the actor exited unexpectedly")
 
     # ------------------------------------------------------------ parties
 
@@ -216,16 +288,43 @@ class NodeActor(Actor):
         return False
 
     def _open(self, command: m.CreateParty | m.JoinParty, reply_to: Any) -> None:
-        assert self.start is not None
+        """The party's first facts and the node's ``NodePartyOpened``, in one transaction."""
+        assert self.start is not None and self.recorder is not None and self.writer is not None
+        name = type(command).__name__
         if not (isinstance(command.party_id, str) and command.party_id and ":" not in command.party_id):
-            self.reject(type(command).__name__, "party id must be non-empty text without ':'")
-            self.send(reply_to, m.CommandRejected(type(command).__name__, "invalid party id"))
+            self.reject(name, "party id must be non-empty text without ':'")
+            self.send(reply_to, m.CommandRejected(name, "invalid party id"))
             return
         if command.party_id in self.parties:
-            self.send(reply_to, m.CommandRejected(type(command).__name__,
-                                                  f"party {command.party_id} is already open"))
+            self.send(reply_to, m.CommandRejected(name, f"party {command.party_id} is already open"))
             return
-        self._commit([ev.NodePartyOpened(node_id=self.start.node_id, party_id=command.party_id)])
+        try:
+            empty = PartyState(party_id=command.party_id, subnet=command.subnet)
+            virtual_ip = ipam.choose(empty, command.local_peer_id, command.local_virtual_ip)
+        except MeshError as error:
+            self.reject(name, str(error))
+            self.send(reply_to, m.CommandRejected(name, str(error)))
+            return
+        base = {"party_id": command.party_id, "name": command.name, "subnet": command.subnet,
+                "control_url": command.control_url}
+        opened: Event = (ev.PartyCreated(**base, host_peer_id=command.local_peer_id)
+                         if isinstance(command, m.CreateParty) else
+                         ev.PartyJoined(**base, local_peer_id=command.local_peer_id))
+        party_writer = StreamWriter(self.recorder, party_stream(command.party_id), self.timers.incarnation,
+                                    {"node_id": self.start.node_id, "actor": "node"})
+        party_writer.position = self.recorder.stream_position(party_writer.stream_id)
+        party_events: list[Event] = [
+            opened,
+            ev.PeerJoined(party_id=command.party_id, peer_id=command.local_peer_id, name=command.local_name,
+                          public_key=self.state.public_key, is_local=True),
+            ev.VirtualIpAllocated(party_id=command.party_id, peer_id=command.local_peer_id,
+                                  virtual_ip=virtual_ip)]
+        node_events: list[Event] = [ev.NodePartyOpened(node_id=self.start.node_id, party_id=command.party_id,
+                                                       request_id=command.request_id)]
+        node_records, _ = append_together([(self.writer, node_events, name),
+                                           (party_writer, party_events, name)])
+        for record in node_records:
+            self.state = apply_node(self.state, record.event)
         self._start_party(command.party_id)
         self.send(self.parties[command.party_id], m.Forwarded(command, reply_to))
 
@@ -268,5 +367,5 @@ class NodeActor(Actor):
             return
         del self.gathers[request_id]
         parties = tuple(gather.replies[p] for p in sorted(gather.replies))
-        self.send(gather.reply_to, m.NodeStatus(self.state.node_id, self.relay, parties,
+        self.send(gather.reply_to, m.NodeStatus(self.state.node_id, self.state.selected_relay, parties,
                                                 complete=not gather.waiting))

@@ -1,6 +1,8 @@
 """The relay-monitor actor: probes every relay often, records seldom, selects with hysteresis.
 
-Probes run every ``probe_interval_s`` (0.5 s); each relay's stream (``relay:<host:port>``)
+Probes run every ``probe_interval_s`` (0.5 s), all of a round at once through the edge
+(``ProbeRelay`` effects; a round closes when every probe has answered or timed out);
+each relay's stream (``relay:<host:port>``)
 gets one aggregated RelayProbed per ``record_interval_s`` (30 s), RelayDegraded while
 the selected relay is slow or silent, and RelaySelected when it becomes the node's
 relay. Latency decisions are taken on the aggregated window only: a degraded relay is
@@ -20,9 +22,9 @@ from typing import Any
 
 from thespian.actors import Actor, ActorAddress, ActorExitRequest, PoisonMessage, WakeupMessage
 
+from actors import effects as fx
 from actors import logs
 from actors import messages as m
-from actors.adapters import Adapters, build_adapters
 from actors.config import RelayMonitorConfig
 from actors.journal import StreamWriter, open_recorder
 from actors.logs import logger
@@ -31,7 +33,6 @@ from events import types as ev
 from events.base import Event
 from events.fold import RelayState, apply_relay
 from events.streams import relay_stream
-from mesh.interfaces import MeshError
 from mesh.relay.selection import best_relay, should_switch
 
 PROBE = "probe"
@@ -84,7 +85,8 @@ class RelayMonitorActor(Actor):
     def __init__(self) -> None:
         super().__init__()
         self.init: m.RelayMonitorInit | None = None
-        self.adapters: Adapters | None = None
+        self.round = 0  # the probe round in flight (0: none)
+        self.outstanding = 0  # its probes not answered yet
         self.writers: dict[str, StreamWriter] = {}
         self.states: dict[str, RelayState] = {}
         self.selected: str | None = None
@@ -109,8 +111,14 @@ class RelayMonitorActor(Actor):
         match message:
             case WakeupMessage(payload=m.Timer() as timer):
                 if self.timers.is_current(timer) and timer.kind == PROBE:
-                    self.probe_round()
+                    if self.outstanding == 0:
+                        self.send_round()
                     self._arm()
+            case fx.EffectDone(effect=fx.ProbeRelay() as probe):
+                if probe.tag == f"round/{self.round}" and self.outstanding:
+                    self.probed(probe.relay, message.value if message.ok else None)
+            case WakeupMessage():
+                pass
             case PoisonMessage():
                 self.log.error("a message failed twice: {}", type(message.poisonMessage).__name__)
             case _:
@@ -125,7 +133,6 @@ class RelayMonitorActor(Actor):
         logs.configure(init.log)
         self.init = init
         self.log = logger.bind(actor="relay-monitor")
-        self.adapters = build_adapters(init.adapters)
         recorder = open_recorder(init.store)
         last_selected: tuple[int, str] | None = None
         for relay in init.relays:
@@ -156,25 +163,34 @@ class RelayMonitorActor(Actor):
         for record in self.writers[relay].append(events, "probe-round"):
             self.states[relay] = apply_relay(self.states[relay], record.event)
 
-    def probe_round(self) -> None:
-        """One probe tick; records (and decides) when the window is full or a relay died."""
-        assert self.init is not None and self.adapters is not None
+    def send_round(self) -> None:
+        """One probe tick: every probe of every relay at once, through the edge."""
+        assert self.init is not None
         config = self.init.config.relay_monitor
+        self.round += 1
         for relay in self.init.relays:
-            window = self.windows[relay]
             for _ in range(config.probes_per_round):
-                try:
-                    rtt = self.adapters.relay_client.probe(relay, config.probe_timeout_s)
-                except MeshError:
-                    rtt = None
-                window.probes += 1
-                if rtt is not None:
-                    window.misses = 0
-                    window.rtts.append(rtt)
-                    continue
+                self.outstanding += 1
+                self.send(self.init.edge, fx.ProbeRelay(tag=f"round/{self.round}", relay=relay,
+                                                       timeout_s=config.probe_timeout_s))
+
+    def probed(self, relay: str, rtt: float | None) -> None:
+        window = self.windows.get(relay)
+        if window is not None:
+            window.probes += 1
+            if rtt is not None:
+                window.misses = 0
+                window.rtts.append(rtt)
+            else:
                 window.misses += 1
-                if window.misses >= config.dead_after_misses:
-                    break  # known dead: a silent relay would cost a timeout per probe
+        self.outstanding -= 1
+        if self.outstanding == 0:
+            self.close_round()
+
+    def close_round(self) -> None:
+        """Records (and decides) when the window is full or a relay died."""
+        assert self.init is not None
+        config = self.init.config.relay_monitor
         self.ticks += 1
         dead = {relay for relay, window in self.windows.items()
                 if window.misses >= config.dead_after_misses}

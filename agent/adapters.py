@@ -1,26 +1,24 @@
-"""The network adapters the actors use, and the WireGuard interface the agent owns.
+"""The real network adapters the edge uses, and the WireGuard interface the agent owns.
 
-The agent process creates the interface (``InterfaceOwner``) when the node first has
-a virtual IP and removes it on shutdown. Actor processes never create or remove it:
-their ``real`` adapters talk to it through its UAPI socket, so several processes can
-share one interface without fighting over it. Relay tickets come from the agent's
-control session through its loopback API (the token file is read in the actor's
-process; no secret travels in actor messages).
+The agent builds them in its own process (``real_adapters``) and registers them for the
+actors' edge: the interface is created on the node's first virtual IP (``InterfaceOwner``,
+the ``interface`` adapter) and removed on shutdown; WireGuard peers are changed through
+its UAPI socket; relay tickets come straight from the agent's control session.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-import json
 import re
 import subprocess
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from actors.adapters import register_adapters
 from actors.messages import AdapterSpec
 from mesh.interfaces import MeshError, NatInfo, PeerStats
 from mesh.keys import load_private_key
@@ -37,17 +35,13 @@ REAL = "agent.adapters:real"
 
 
 def adapter_spec(agent: Agent) -> AdapterSpec:
+    """The spec the node actor's edge builds its adapters from (real ones: registered here)."""
     config = agent.config
     if config.adapters == SIM:
         return AdapterSpec.of(SIM, network_name=agent.node_id, node=agent.node_id,
                               public_key=agent.identity.public_key, listen_port=config.listen_port)
     if config.adapters == REAL:
-        return AdapterSpec.of(REAL, interface=config.interface, public_key=agent.identity.public_key,
-                              listen_port=config.listen_port, stun=config.stun, node_id=agent.node_id,
-                              api=f"http://127.0.0.1:{config.api_port}",
-                              token_file=str(agent.state_dir / "api-token"),
-                              key_file=str(agent.state_dir / "wireguard.key"), nat=nat_fields(agent.nat),
-                              state_dir=str(agent.state_dir))
+        return register_adapters(agent.node_id, real_adapters(agent))
     return AdapterSpec.of(config.adapters)
 
 
@@ -64,6 +58,11 @@ class InterfaceOwner:
         self.agent = agent
         self.interface: WireGuardInterface | None = None
         self.addresses: set[str] = set()
+
+    def assign(self, virtual_ip: str) -> str:
+        """``mesh.interfaces.LocalInterface``: the interface holds ``virtual_ip``; its name."""
+        self.ensure(virtual_ip)
+        return self.agent.config.interface
 
     def ensure(self, virtual_ip: str) -> None:
         """The interface exists and holds ``virtual_ip`` (one address per party the node is in)."""
@@ -187,28 +186,28 @@ class KnownNatDetector:
         return self.info
 
 
-def nat_fields(info: NatInfo | None) -> tuple[Any, ...]:
-    """A NatInfo as hashable AdapterSpec kwargs; () when STUN did not answer."""
-    if info is None:
-        return ()
-    return (info.nat_type, info.public_ip, info.public_port, info.local_ip, info.local_port,
-            info.stun_server)
+def _ticket_source(agent: Agent) -> Any:
+    """Relay tickets from the agent's own control session (its asyncio loop), for I/O workers."""
 
-
-def _ticket_source(api: str, token_file: str) -> Any:
     def tickets(party_id: str, peer_id: str, relay: str) -> RelayTicket:
-        token = Path(token_file).read_text().strip()
-        body = json.dumps({"party_id": party_id, "peer_id": peer_id, "relay": relay}).encode()
-        request = urllib.request.Request(f"{api}/internal/relay-ticket", data=body, method="POST",
-                                         headers={"Authorization": f"Bearer {token}",
-                                                  "Content-Type": "application/json"})
+        loop = agent.loop
+        if loop is None:
+            raise MeshError("no relay ticket: the agent is not serving yet")
+        future = asyncio.run_coroutine_threadsafe(agent.relay_ticket(party_id, peer_id, relay), loop)
         try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                return RelayTicket(**json.loads(answer.read()))
-        except OSError as error:
-            raise MeshError(f"no relay ticket from the agent: {error}") from None
+            return RelayTicket(**future.result(timeout=TICKET_TIMEOUT_S))
+        except TimeoutError:
+            future.cancel()
+            raise MeshError(f"no relay ticket from the control plane within {TICKET_TIMEOUT_S:.0f} s"
+                            ) from None
+        except Exception as error:  # a ServiceError or a malformed ticket
+            raise MeshError(f"no relay ticket: {error}") from None
 
     return tickets
+
+
+# A ticket is one control-plane round trip; past this the relay is not worth waiting for.
+TICKET_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -218,6 +217,7 @@ class RealAdapters:
     puncher: UdpHolePuncher
     relay_client: ProxyRelayClient
     nat_detector: Any
+    interface: InterfaceOwner
 
 
 def nat_detector(stun: Sequence[str], listen_port: int, node_id: str) -> Any:
@@ -238,17 +238,16 @@ def puncher(listen_port: int, info: NatInfo | None, key_file: str = "") -> UdpHo
     return UdpHolePuncher(listen_port, nat=info, private_key=private_key)
 
 
-def real(interface: str, public_key: str, listen_port: int, stun: tuple[str, ...] = (), node_id: str = "",
-         api: str = "http://127.0.0.1:8666", token_file: str = "",
-         nat: tuple[Any, ...] | None = None, key_file: str = "", state_dir: str = "") -> RealAdapters:
-    """The factory named in the AdapterSpec, called once in each actor process.
-
-    ``nat`` is the agent's detection (``nat_fields``); without it this process runs STUN."""
-    detector: Any = (nat_detector(stun, listen_port, node_id) if nat is None
-                     else KnownNatDetector(NatInfo(*nat) if nat else None))
-    info = detector.detect()
+def real_adapters(agent: Agent) -> RealAdapters:
+    """The real adapters of ``agent``: its interface, its NAT detection, its tickets."""
+    config = agent.config
+    owner = agent.interface
+    assert owner is not None
     return RealAdapters(
-        wireguard=UapiWireGuard(interface, public_key, listen_port, state_dir), prober=PingProber(interface),
-        puncher=puncher(listen_port, info, key_file),
-        relay_client=ProxyRelayClient(_ticket_source(api, token_file), wg_port=listen_port),
-        nat_detector=detector)
+        wireguard=UapiWireGuard(config.interface, agent.identity.public_key, config.listen_port,
+                                str(agent.state_dir)),
+        prober=PingProber(config.interface),
+        puncher=puncher(config.listen_port, agent.nat, str(agent.state_dir / "wireguard.key")),
+        relay_client=ProxyRelayClient(_ticket_source(agent), wg_port=config.listen_port),
+        nat_detector=KnownNatDetector(agent.nat),
+        interface=owner)

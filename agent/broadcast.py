@@ -68,12 +68,10 @@ class BroadcastWiring:
         return self.emulator.counters() if self.emulator is not None else {}
 
     async def _refresh_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         last_error = ""
         while True:
             try:
-                # Store reads go through the agent's single actor/store worker thread.
-                address, subnet, peers = await loop.run_in_executor(self.agent._actors, desired, self.agent)
+                address, subnet, peers = await asyncio.to_thread(desired, self.agent)
                 self._apply(address, subnet, peers)
                 last_error = ""
             except Exception as error:  # keep trying: a bad read or a missing interface must not end it

@@ -1,9 +1,13 @@
 """The node agent: what ``serve`` runs.
 
-It starts the actor system and the node actor first (thespian forks; no thread may
-exist yet), then on one asyncio loop: the control sessions (one per control plane
-its parties use), the HTTP API (uvicorn), and the SIGTERM/SIGINT handling. Every
-blocking call into the actor system goes through one worker thread.
+One process: the actor runtime (thespian's one-process base on its own thread, with
+the edge's I/O workers; no socket of the actor system exists), and one asyncio loop
+for the control sessions (one per control plane its parties use), the HTTP API
+(uvicorn) and the SIGTERM/SIGINT handling. The agent talks to the node actor only
+through the runtime's inbox; the actors reach the network only through the edge.
+
+Every call to a control plane is preceded by its recorded decision (``PartyRequested``)
+and followed by its outcome (the party opened, or ``PartyRequestFailed``).
 
 Both sides dial: every push of a joining member becomes a ``PeerAnnounced`` for the
 node actor on *every* member, and each side's peer-connection actor configures
@@ -22,7 +26,6 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,17 +35,16 @@ from loguru import logger
 
 from actors import messages as m
 from actors.config import ActorConfig
-from actors.system import start_node, start_system
+from actors.runtime import ActorRuntime
 from agent.control import FileSession, Session, open_session
 from api.app import create_app
 from api.reader import StoreReader
 from api.service import ServiceError
 from api.token import write_token
 from events import types as ev
-from events.fold import PartyState, apply_party, fold_stream
-from events.streams import party_stream
+from events.fold import NodeState, PartyState, apply_node, apply_party, fold_stream
+from events.streams import node_stream, party_stream
 from mesh.control import ControlError, ControlUnavailable, Identity, Invite, InviteError
-from mesh.interfaces import MeshError
 from mesh.keys import load_or_create_private_key
 from store import open_store
 
@@ -66,8 +68,6 @@ class AgentConfig:
     stun: tuple[str, ...] = ()
     interface: str = "lanrage0"
     listen_port: int = 51820
-    actor_base: str = "multiprocTCPBase"
-    actor_port: int | None = None
     log_level: str = "INFO"
     log_file: Path | None = None
     actor_config: ActorConfig = field(default_factory=ActorConfig)
@@ -84,18 +84,6 @@ def node_id_of(state_dir: Path) -> str:
         path.write_text(uuid.uuid4().hex[:12] + "\n")
         os.chmod(path, 0o600)
     return path.read_text().strip()
-
-
-def _stop_stale_system(base: str, port: int) -> None:
-    """After a kill -9 the actor processes outlive the agent: stop them before starting again."""
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        if probe.connect_ex(("127.0.0.1", port)) != 0:
-            return
-    from thespian.actors import ActorSystem
-
-    logger.warning("actors of a previous run still hold admin port {}; shutting them down", port)
-    ActorSystem(base, {"Admin Port": port}).shutdown()
 
 
 class _Server(uvicorn.Server):
@@ -117,11 +105,10 @@ class Agent:
         self.bindings: dict[str, str] = {}  # party id -> control url
         self.sessions: dict[str, Session] = {}
         self.offers: dict[tuple[str, str, str], dict[str, Any]] = {}  # relay tickets pushed to us
-        self.system: Any = None
+        self.runtime = ActorRuntime(f"lanrage-{self.node_id}")
         self.node: Any = None
         self.interface: Any = None
-        self._actors = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lanrage-actors")
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self.nat: Any = None  # NatInfo from STUN, detected once at start
         self.candidates: tuple[str, ...] = ()
@@ -131,42 +118,37 @@ class Agent:
 
     def run(self) -> int:
         """Start everything, serve until SIGTERM/SIGINT, shut down cleanly; the exit status."""
-        if self.config.actor_port:
-            _stop_stale_system(self.config.actor_base, self.config.actor_port)
-        self.system = start_system(self.config.actor_base, self.config.actor_port, log_defs=THESPIAN_LOGS)
+        from agent.adapters import interface_owner
+
+        self.interface = interface_owner(self)
+        self.runtime.start(log_defs=THESPIAN_LOGS)
         try:
-            self._detect_nat()  # once, before the actors: they get this result (agent/adapters.py)
-            self.node = start_node(self.system, self._start_message())
             return asyncio.run(self._main())
         finally:
-            with contextlib.suppress(Exception):
-                self.system.shutdown()  # the node actor records NodeStopped
+            self.runtime.shutdown()  # the node actor records NodeStopped
             if self.interface is not None:
                 self.interface.close()  # removes the WireGuard interface
-            self._actors.shutdown(wait=False)
             self.store.close()
             logger.info("node {} stopped", self.node_id)
 
-    def _start_message(self) -> m.StartNode:
-        from agent.adapters import adapter_spec, interface_owner
+    async def _start_node(self) -> None:
+        from agent.adapters import adapter_spec
 
-        self.interface = interface_owner(self)
-        for party_id in self.bindings:
-            party = self._party_state(party_id)
-            ip = party.allocations.get(party.local_peer_id)
-            if party.active and ip and self.interface is not None:
-                self.interface.ensure(ip)
-        return m.StartNode(node_id=self.node_id, store=m.StoreSpec(self.config.db_url),
-                           adapters=adapter_spec(self), relays=self.config.relays,
-                           config=self.config.actor_config,
-                           log=m.LogSpec(self.config.log_level,
-                                         str(self.config.log_file) if self.config.log_file else None))
+        await asyncio.to_thread(self._detect_nat)  # once: the edge hands this result to the actors
+        start = m.StartNode(node_id=self.node_id, store=m.StoreSpec(self.config.db_url),
+                            adapters=adapter_spec(self), relays=self.config.relays,
+                            config=self.config.actor_config,
+                            log=m.LogSpec(self.config.log_level,
+                                          str(self.config.log_file) if self.config.log_file else None),
+                            executor=self.runtime.name)
+        self.node = await asyncio.to_thread(self.runtime.start_node, start)
 
     async def _main(self) -> int:
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            self._loop.add_signal_handler(signum, self._stopping.set)
+            self.loop.add_signal_handler(signum, self._stopping.set)
+        await self._start_node()
         token = write_token(self.state_dir)
         reader = StoreReader(self.config.db_url)
         app = create_app(self, reader, token)
@@ -224,15 +206,15 @@ class Agent:
         if not url:
             raise ServiceError(400, "no control plane configured: start serve with --control "
                                     "ws://HOST:8667 (or file:///shared/dir)")
-        session = await self._session(url)
-        answer = await self._control(session, "create_party", name=name)
-        party = answer["party"]
+        request_id = await self._request_party("create", url, name=name)
         try:
-            opened = await self._open(m.CreateParty, url, party)
-        except ServiceError:
-            with contextlib.suppress(ControlError):
-                await session.request("leave_party", party_id=party["party_id"])
+            session = await self._session(url)
+            answer = await self._control(session, "create_party", name=name)
+        except ServiceError as error:
+            await self._ask(m.FailPartyRequest(request_id, error.message))
             raise
+        party = answer["party"]
+        opened = await self._open(m.CreateParty, url, party, request_id, session)
         invite = Invite(url, party["party_id"], name, answer["secret"]).encode()
         logger.info("created party {} ({})", party["party_id"], name)
         return {"party_id": party["party_id"], "name": name, "invite": invite,
@@ -245,15 +227,17 @@ class Agent:
             raise ServiceError(400, str(error)) from None
         if invite.party_id in self.bindings and self._party_state(invite.party_id).active:
             raise ServiceError(409, f"already in party {invite.party_id}")
-        session = await self._session(invite.control_url)
-        answer = await self._control(session, "join_party", party_id=invite.party_id, secret=invite.secret)
-        party = answer["party"]
+        request_id = await self._request_party("join", invite.control_url, name=invite.name,
+                                               party_id=invite.party_id)
         try:
-            opened = await self._open(m.JoinParty, invite.control_url, party)
-        except ServiceError:
-            with contextlib.suppress(ControlError):  # do not stay a member we cannot serve
-                await session.request("leave_party", party_id=party["party_id"])
+            session = await self._session(invite.control_url)
+            answer = await self._control(session, "join_party", party_id=invite.party_id,
+                                         secret=invite.secret)
+        except ServiceError as error:
+            await self._ask(m.FailPartyRequest(request_id, error.message))
             raise
+        party = answer["party"]
+        opened = await self._open(m.JoinParty, invite.control_url, party, request_id, session)
         self._announce_members(party)
         logger.info("joined party {} ({})", party["party_id"], party["name"])
         return {"party_id": party["party_id"], "name": party["name"], "virtual_ip": opened.virtual_ip,
@@ -270,17 +254,14 @@ class Agent:
             party_id = active[0]
         if party_id not in active:
             raise ServiceError(404, f"this node is not in party {party_id}")
-        session = self.sessions.get(self.bindings[party_id])
+        closed = await self._ask(m.LeaveParty(party_id, reason="left by the user"))
+        session = self.sessions.get(self.bindings.pop(party_id))
         if session is not None:
             try:
                 await session.request("leave_party", party_id=party_id)
             except ControlError as error:
-                # The tunnels come down anyway; the server expires the membership later.
+                # The tunnels are down already; the server expires the membership later.
                 logger.warning("control plane did not record the leave of {}: {}", party_id, error)
-        closed = await self._ask(m.LeaveParty(party_id, reason="left by the user"))
-        await self._append([ev.PartyControlUnbound(node_id=self.node_id, party_id=party_id,
-                                                    reason="left by the user")])
-        self.bindings.pop(party_id, None)
         logger.info("left party {}", party_id)
         return {"party_id": party_id, "reason": closed.reason}
 
@@ -345,9 +326,9 @@ class Agent:
             self._tell(m.PeerDeparted(party_id, body["peer_id"], str(body.get("reason", "left"))))
 
     def _on_welcome(self, url: str, body: dict[str, Any]) -> None:
-        if self.candidates and self._loop is not None and url in self.sessions:
+        if self.candidates and self.loop is not None and url in self.sessions:
             nat_type = self.nat.nat_type if self.nat else "unknown"
-            self._loop.create_task(self._announce(self.sessions[url], nat_type))
+            self.loop.create_task(self._announce(self.sessions[url], nat_type))
         listed = {p["party_id"]: p for p in body.get("parties", []) if isinstance(p, dict)}
         for party_id, bound in list(self.bindings.items()):
             if bound != url:
@@ -383,32 +364,37 @@ class Agent:
 
     # ------------------------------------------------------------ actors and store
 
+    async def _request_party(self, kind: str, url: str, name: str = "", party_id: str = "") -> str:
+        """Record the decision to ask the control plane, before asking; the request's id."""
+        request_id = uuid.uuid4().hex[:16]
+        await self._ask(m.RequestParty(request_id, kind, url, name=name, party_id=party_id))
+        return request_id
+
     async def _open(self, command: type[m.CreateParty] | type[m.JoinParty], url: str,
-                    party: dict[str, Any]) -> m.PartyOpened:
+                    party: dict[str, Any], request_id: str, session: Session) -> m.PartyOpened:
         me = next((x for x in party["members"] if x["peer_id"] == self.peer_id), None)
-        if me is None:
-            raise ServiceError(502, "the control plane did not list this node as a member")
-        if self.interface is not None:
-            try:
-                await asyncio.to_thread(self.interface.ensure, me["virtual_ip"])
-            except MeshError as error:
-                raise ServiceError(503, f"cannot set up WireGuard: {error}") from None
-        fields: dict[str, Any] = {"party_id": party["party_id"], "name": party["name"],
-                                  "local_peer_id": self.peer_id, "local_name": self.config.name,
-                                  "local_virtual_ip": me["virtual_ip"], "subnet": party["subnet"]}
-        if command is m.JoinParty:
-            fields["control_url"] = url
-        opened = await self._ask(command(**fields))
-        await self._append([ev.PartyControlBound(node_id=self.node_id, party_id=party["party_id"],
-                                                 control_url=url)])
+        try:
+            if me is None:
+                await self._ask(m.FailPartyRequest(request_id, "the control plane did not list this node"))
+                raise ServiceError(502, "the control plane did not list this node as a member")
+            opened = await self._ask(command(
+                party_id=party["party_id"], name=party["name"], local_peer_id=self.peer_id,
+                local_name=self.config.name, local_virtual_ip=me["virtual_ip"], subnet=party["subnet"],
+                control_url=url, request_id=request_id))
+        except ServiceError:
+            with contextlib.suppress(ControlError):  # do not stay a member we cannot serve
+                await session.request("leave_party", party_id=party["party_id"])
+            if party["party_id"] in self._open_parties():
+                with contextlib.suppress(ServiceError):
+                    await self._ask(m.LeaveParty(party["party_id"], reason="could not be set up"))
+            raise
         self.bindings[party["party_id"]] = url
-        if isinstance(self.sessions.get(url), FileSession):
-            self.sessions[url].adopt(party["party_id"])  # type: ignore[attr-defined]
+        if isinstance(session, FileSession):
+            session.adopt(party["party_id"])
         return opened
 
     async def _ask(self, message: Any, timeout_s: float = SOFT_TIMEOUT_S) -> Any:
-        loop = asyncio.get_running_loop()
-        reply = await loop.run_in_executor(self._actors, self.system.ask, self.node, message, timeout_s)
+        reply = await asyncio.wrap_future(self.runtime.ask(self.node, message, timeout_s))
         if reply is None:
             raise ServiceError(503, f"the node actor did not answer {type(message).__name__} in time")
         if isinstance(reply, m.CommandRejected):
@@ -416,26 +402,27 @@ class Agent:
         return reply
 
     def _tell(self, message: Any) -> None:
-        if self._loop is not None:
-            self._loop.run_in_executor(self._actors, self.system.tell, self.node, message)
+        self.runtime.tell(self.node, message)
 
-    async def _append(self, events: list[Any]) -> None:
-        def append() -> None:
-            stream = agent_stream(self.node_id)
-            self.store.append(stream, events, self.store.stream_position(stream))
-
-        await self._loop.run_in_executor(self._actors, append) if self._loop else append()
+    def _open_parties(self) -> tuple[str, ...]:
+        records = self.store.read_stream(node_stream(self.node_id))
+        return fold_stream(apply_node, NodeState(), (record.event for record in records)).parties
 
     def _restore_bindings(self) -> None:
+        """Which control plane each open party lives on: its party stream says (``control_url``);
+        logs written before that field existed said it in the agent stream."""
+        legacy: dict[str, str] = {}
         for record in self.store.read_stream(agent_stream(self.node_id)):
             match record.event:
                 case ev.PartyControlBound():
-                    self.bindings[record.event.party_id] = record.event.control_url
+                    legacy[record.event.party_id] = record.event.control_url
                 case ev.PartyControlUnbound():
-                    self.bindings.pop(record.event.party_id, None)
-        for party_id in list(self.bindings):
-            if not self._party_state(party_id).active:
-                self.bindings.pop(party_id)
+                    legacy.pop(record.event.party_id, None)
+        for party_id in self._open_parties():
+            party = self._party_state(party_id)
+            url = party.control_url or legacy.get(party_id)
+            if party.active and url:
+                self.bindings[party_id] = url
 
     def _party_state(self, party_id: str) -> PartyState:
         events = (record.event for record in self.store.read_stream(party_stream(party_id)))

@@ -82,13 +82,6 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
         """Leave `party_id`, or the only active party when it is omitted."""
         return await service.leave_party(body.party_id if body else None)
 
-    relay_ticket = getattr(service, "relay_ticket", None)
-    if relay_ticket is not None:
-        @app.post("/internal/relay-ticket", include_in_schema=False, dependencies=[Depends(authorized)])
-        async def internal_relay_ticket(body: models.RelayTicketIn) -> dict[str, Any]:
-            """For the node's own actor processes: the relay ticket of one peer session."""
-            return await relay_ticket(body.party_id, body.peer_id, body.relay)
-
     # ------------------------------------------------------------ reads
 
     @app.get("/status", response_model=models.StatusOut)

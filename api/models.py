@@ -26,12 +26,6 @@ class LeavePartyIn(_Body):
     party_id: Ident | None = None
 
 
-class RelayTicketIn(_Body):
-    party_id: Ident
-    peer_id: Ident
-    relay: Annotated[str, StringConstraints(min_length=3, max_length=300)]
-
-
 class PartyCreatedOut(BaseModel):
     party_id: str
     name: str

@@ -100,8 +100,6 @@ def serve_command(
     direct_retry: Annotated[float, typer.Option(
         "--direct-retry", help="While a peer is relayed, retry the direct path this often "
                                "(seconds).")] = 30.0,
-    actor_port: Annotated[int | None, typer.Option(
-        "--actor-port", help="Thespian admin port (TCP, loopback) \\[default: API port + 100].")] = None,
     log_level: LogLevelOption = "INFO",
     log_format: LogFormatOption = "human",
     log_file: Annotated[Path | None, typer.Option("--log-file", help="Log here instead of "
@@ -147,7 +145,7 @@ def serve_command(
         "state_dir": state, "db_url": database_url(s["db"], state), "api_host": host, "api_port": port,
         "control": s["control"], "adapters": factories[s["adapters"]], "relays": tuple(s["relay"] or ()),
         "stun": tuple(s["stun"] or ()), "interface": s["interface"], "listen_port": s["listen_port"],
-        "actor_port": s["actor_port"] or port + 100, "log_level": s["log_level"].upper(),
+        "log_level": s["log_level"].upper(),
         "log_file": s["log_file"],
         "actor_config": ActorConfig(connection=ConnectionConfig(
             punch_timeout_s=s["punch_timeout"], probe_interval_s=s["probe_interval"],

@@ -39,6 +39,7 @@ class MemberState:
     nat_type: str = ev.NAT_UNKNOWN
     virtual_ip: str | None = None
     is_local: bool = False
+    candidates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class PartyState:
     members: tuple[tuple[str, MemberState], ...] = ()
     active: bool = False
     left_reason: str | None = None
+    control_url: str = ""
+    local_address: str | None = None  # the local virtual IP once it is on the interface
+    local_address_error: str | None = None
 
     @property
     def members_by_id(self) -> dict[str, MemberState]:
@@ -73,17 +77,28 @@ def apply_party(state: PartyState, event: Event) -> PartyState:
         case ev.PartyCreated():
             return _evolve(state, party_id=event.party_id, name=event.name,
                            host_peer_id=event.host_peer_id, local_peer_id=event.host_peer_id,
-                           subnet=event.subnet, active=True, left_reason=None)
+                           subnet=event.subnet, active=True, left_reason=None,
+                           control_url=event.control_url)
         case ev.PartyJoined():
             return _evolve(state, party_id=event.party_id, name=event.name,
                            local_peer_id=event.local_peer_id, subnet=event.subnet,
-                           active=True, left_reason=None)
+                           active=True, left_reason=None, control_url=event.control_url)
         case ev.PeerJoined():
             old = state.members_by_id.get(event.peer_id)
             return _set_member(state, MemberState(
                 peer_id=event.peer_id, name=event.name, public_key=event.public_key,
                 nat_type=event.nat_type, is_local=event.is_local,
-                virtual_ip=old.virtual_ip if old else None))
+                virtual_ip=old.virtual_ip if old else None, candidates=event.candidates))
+        case ev.PeerUpdated():
+            member = state.members_by_id.get(event.peer_id)
+            if member is None:
+                return state
+            return _set_member(state, _evolve(member, name=event.name, nat_type=event.nat_type,
+                                              candidates=event.candidates))
+        case ev.LocalAddressAssigned():
+            return _evolve(state, local_address=event.virtual_ip, local_address_error=None)
+        case ev.LocalAddressFailed():
+            return _evolve(state, local_address=None, local_address_error=event.error)
         case ev.VirtualIpAllocated():
             member = state.members_by_id.get(event.peer_id) or MemberState(
                 peer_id=event.peer_id, name="", public_key="")
@@ -111,7 +126,18 @@ class ConnectionState:
     endpoint: str | None = None
     relay: str | None = None
     public_key: str | None = None
+    # WireGuard: ``wireguard_configured`` and ``endpoint`` are what was decided (the last
+    # request); ``wireguard_applied`` says whether the last outcome made WireGuard match it.
     wireguard_configured: bool = False
+    wireguard_applied: bool = True
+    wireguard_error: str | None = None
+    candidates: tuple[str, ...] = ()
+    remote_nat_type: str = ev.NAT_UNKNOWN
+    allocating: str | None = None  # a relay asked for a session, no outcome yet
+    session_relay: str | None = None  # the relay session this connection holds
+    session_id: str | None = None
+    session_endpoint: str | None = None
+    punching: bool = False  # a punch was attempted and has no outcome yet
     attempt: int = 0
     reconnects: int = 0
     latency_ms: float | None = None
@@ -139,14 +165,46 @@ def apply_connection(state: ConnectionState, event: Event) -> ConnectionState:
             return _evolve(state, party_id=event.party_id, peer_id=event.peer_id,
                            path=event.path, endpoint=event.endpoint, relay=event.relay)
         case ev.HolePunchAttempted():
-            return _evolve(state, punches=state.punches + 1)
+            return _evolve(state, punches=state.punches + 1, punching=True)
         case ev.HolePunchSucceeded():
-            return _evolve(state, punch_successes=state.punch_successes + 1)
-        case ev.WireGuardPeerConfigured():
+            return _evolve(state, punch_successes=state.punch_successes + 1, punching=False)
+        case ev.HolePunchFailed():
+            return _evolve(state, punching=False)
+        case ev.WireGuardPeerConfigRequested():
             return _evolve(state, public_key=event.public_key, endpoint=event.endpoint,
-                           wireguard_configured=True)
+                           wireguard_configured=True, wireguard_applied=False)
+        case ev.WireGuardPeerRemovalRequested():
+            return _evolve(state, wireguard_configured=False, wireguard_applied=False)
+        case ev.WireGuardPeerConfigured():
+            if event.decided_here:
+                return _evolve(state, public_key=event.public_key, endpoint=event.endpoint,
+                               wireguard_configured=True, wireguard_applied=True, wireguard_error=None)
+            applied = state.wireguard_configured and state.endpoint == event.endpoint
+            return _evolve(state, wireguard_applied=applied,
+                           wireguard_error=None if applied else state.wireguard_error)
         case ev.WireGuardPeerRemoved():
-            return _evolve(state, wireguard_configured=False)
+            if event.decided_here:
+                return _evolve(state, wireguard_configured=False, wireguard_applied=True,
+                               wireguard_error=None)
+            applied = not state.wireguard_configured
+            return _evolve(state, wireguard_applied=applied,
+                           wireguard_error=None if applied else state.wireguard_error)
+        case ev.WireGuardPeerChangeFailed():
+            return _evolve(state, wireguard_applied=False, wireguard_error=event.error)
+        case ev.RemotePeerUpdated():
+            return _evolve(state, party_id=event.party_id, peer_id=event.peer_id,
+                           candidates=event.candidates, remote_nat_type=event.nat_type)
+        case ev.RelayAllocationRequested():
+            return _evolve(state, allocating=event.relay)
+        case ev.RelaySessionOpened():
+            return _evolve(state, allocating=None, session_relay=event.relay,
+                           session_id=event.session_id, session_endpoint=event.endpoint)
+        case ev.RelayAllocationFailed():
+            return _evolve(state, allocating=None)
+        case ev.RelaySessionReleased():
+            if (event.relay, event.session_id) != (state.session_relay, state.session_id):
+                return state
+            return _evolve(state, session_relay=None, session_id=None, session_endpoint=None)
         case ev.ConnectionStateChanged():
             return _evolve(state, party_id=event.party_id, peer_id=event.peer_id,
                            state=event.to_state, reason=event.reason,
@@ -165,7 +223,7 @@ def apply_connection(state: ConnectionState, event: Event) -> ConnectionState:
                            endpoint=event.endpoint if event.endpoint is not None else state.endpoint,
                            relay=event.to_relay if event.to_path == ev.RELAY else None)
         case ev.DirectPathRetried():
-            return _evolve(state, direct_retries=state.direct_retries + 1)
+            return _evolve(state, direct_retries=state.direct_retries + 1, punching=False)
     return state
 
 
@@ -218,6 +276,7 @@ class NodeState:
     selected_relay: str | None = None  # kept by apply_world from the relay streams
     rejected_messages: int = 0
     parties: tuple[str, ...] = ()
+    pending_requests: tuple[str, ...] = ()  # PartyRequested ids with no outcome yet
 
 
 def apply_node(state: NodeState, event: Event) -> NodeState:
@@ -225,7 +284,7 @@ def apply_node(state: NodeState, event: Event) -> NodeState:
         case ev.NodeStarted():
             return _evolve(state, node_id=event.node_id, public_key=event.public_key,
                            listen_port=event.listen_port, running=True)
-        case ev.NodeStopped():
+        case ev.NodeStopped() | ev.NodeRunEndedAbruptly():
             return _evolve(state, running=False)
         case ev.NatDetected():
             endpoint = (f"{event.public_ip}:{event.public_port}"
@@ -238,7 +297,14 @@ def apply_node(state: NodeState, event: Event) -> NodeState:
             return _evolve(state, rejected_messages=state.rejected_messages + 1)
         case ev.NodePartyOpened():
             return _evolve(state, parties=(*(p for p in state.parties if p != event.party_id),
-                                           event.party_id))
+                                           event.party_id),
+                           pending_requests=tuple(r for r in state.pending_requests
+                                                  if r != event.request_id))
+        case ev.PartyRequested():
+            return _evolve(state, pending_requests=(*state.pending_requests, event.request_id))
+        case ev.PartyRequestFailed():
+            return _evolve(state, pending_requests=tuple(r for r in state.pending_requests
+                                                         if r != event.request_id))
         case ev.NodePartyClosed():
             return _evolve(state, parties=tuple(p for p in state.parties if p != event.party_id))
     return state

@@ -1,7 +1,6 @@
 """Every event LANrage records, grouped by the stream they belong to.
 
-Stream ids (see ``streams``): ``node:<node_id>``, ``party:<party_id>``,
-``peer:<party_id>:<peer_id>``, ``relay:<host:port>``, ``control:<server_id>``.
+Stream ids: see ``events.streams``.
 Fields hold only JSON scalars and tuples; no secret ever goes into an event.
 """
 
@@ -118,10 +117,48 @@ class MessageRejected(Event):
 @register
 @dataclass(frozen=True, kw_only=True)
 class NodePartyOpened(Event):
-    """The node started hosting a party (its party actor); replayed to recreate it on restart."""
+    """The node started hosting a party (its party actor); replayed to recreate it on restart.
+
+    Appended in one transaction with the party's first events (``request_id`` names the
+    ``PartyRequested`` it completes; empty when the party was opened without a control plane).
+    """
 
     node_id: str
     party_id: str
+    request_id: str = ""
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PartyRequested(Event):
+    """The decision to ask a control plane for a party (``kind``: create or join), before asking.
+
+    Its outcome is ``NodePartyOpened`` with the same ``request_id``, or ``PartyRequestFailed``.
+    """
+
+    node_id: str
+    request_id: str
+    kind: str
+    control_url: str
+    name: str = ""
+    party_id: str = ""
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PartyRequestFailed(Event):
+    node_id: str
+    request_id: str
+    error: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ActorRestarted(Event):
+    """An actor was recreated after its previous incarnation crashed; recorded in its own stream."""
+
+    actor: str
+    reason: str
 
 
 @register
@@ -138,10 +175,13 @@ class NodePartyClosed(Event):
 @register
 @dataclass(frozen=True, kw_only=True)
 class PartyCreated(Event):
+    """``control_url``: the control plane the party lives on (empty before v2 or without one)."""
+
     party_id: str
     name: str
     host_peer_id: str
     subnet: str = "10.66.0.0/16"
+    control_url: str = ""
 
 
 @register
@@ -165,6 +205,19 @@ class PeerJoined(Event):
     public_key: str
     nat_type: str = NAT_UNKNOWN
     is_local: bool = False
+    candidates: tuple[str, ...] = ()
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PeerUpdated(Event):
+    """A member re-announced itself: what it says about itself now (name, NAT type, candidates)."""
+
+    party_id: str
+    peer_id: str
+    name: str
+    nat_type: str
+    candidates: tuple[str, ...] = ()
 
 
 @register
@@ -181,6 +234,26 @@ class VirtualIpReleased(Event):
     party_id: str
     peer_id: str
     virtual_ip: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class LocalAddressAssigned(Event):
+    """Outcome: the local virtual IP is on this node's WireGuard interface."""
+
+    party_id: str
+    virtual_ip: str
+    interface: str = ""
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class LocalAddressFailed(Event):
+    """Outcome: the local virtual IP could not be put on the interface (the party cannot carry traffic)."""
+
+    party_id: str
+    virtual_ip: str
+    error: str
 
 
 @register
@@ -253,7 +326,74 @@ class HolePunchFailed(Event):
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class WireGuardPeerConfigured(Event):
+class RemotePeerUpdated(Event):
+    """What this connection knows of the remote side: its candidates and NAT type."""
+
+    party_id: str
+    peer_id: str
+    candidates: tuple[str, ...]
+    nat_type: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class RelayAllocationRequested(Event):
+    """Intent: ask ``relay`` for a session with the peer (``purpose`` says why)."""
+
+    party_id: str
+    peer_id: str
+    relay: str
+    purpose: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class RelaySessionOpened(Event):
+    """Outcome: the relay session is ours; WireGuard reaches it at ``endpoint``."""
+
+    party_id: str
+    peer_id: str
+    relay: str
+    session_id: str
+    endpoint: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class RelayAllocationFailed(Event):
+    party_id: str
+    peer_id: str
+    relay: str
+    error: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class RelaySessionReleased(Event):
+    """Outcome of giving a session back (``error`` empty when the relay took it back)."""
+
+    party_id: str
+    peer_id: str
+    relay: str
+    session_id: str
+    error: str = ""
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class NoPathAvailable(Event):
+    """Neither a direct path nor a relay: why, in words."""
+
+    party_id: str
+    peer_id: str
+    reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class WireGuardPeerConfigRequested(Event):
+    """Intent: the WireGuard peer must look like this. ``WireGuardPeerConfigured`` says it does."""
+
     party_id: str
     peer_id: str
     public_key: str
@@ -264,11 +404,67 @@ class WireGuardPeerConfigured(Event):
 
 @register
 @dataclass(frozen=True, kw_only=True)
-class WireGuardPeerRemoved(Event):
+class WireGuardPeerRemovalRequested(Event):
     party_id: str
     peer_id: str
     public_key: str
     reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class WireGuardPeerConfigured(Event):
+    """Outcome: WireGuard holds the peer with this endpoint.
+
+    v1 was written *before* the change (it was the decision and assumed the effect);
+    v2 is written after the change was made. ``decided_here`` marks upcast v1 rows.
+    """
+
+    version = 2
+    party_id: str
+    peer_id: str
+    public_key: str
+    endpoint: str | None
+    allowed_ips: tuple[str, ...]
+    keepalive_s: int = 25
+    decided_here: bool = False
+
+
+@upcaster("WireGuardPeerConfigured", 1)
+def _wireguard_configured_v1_to_v2(payload: Payload) -> Payload:
+    payload["decided_here"] = True
+    return payload
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class WireGuardPeerRemoved(Event):
+    """Outcome: WireGuard no longer holds the peer (v1: the decision, written before the change)."""
+
+    version = 2
+    party_id: str
+    peer_id: str
+    public_key: str
+    reason: str
+    decided_here: bool = False
+
+
+@upcaster("WireGuardPeerRemoved", 1)
+def _wireguard_removed_v1_to_v2(payload: Payload) -> Payload:
+    payload["decided_here"] = True
+    return payload
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class WireGuardPeerChangeFailed(Event):
+    """Outcome: the requested change (``operation``: configure or remove) did not happen."""
+
+    party_id: str
+    peer_id: str
+    public_key: str
+    operation: str
+    error: str
 
 
 @register

@@ -2,7 +2,7 @@
 
 Each has one real implementation (``mesh/wireguard``, ``mesh/nat``, ``mesh/relay``,
 ``mesh/control``) and one simulated one (``mesh/sim``) for fast, deterministic
-actor tests. Adapters are blocking calls: actors are not asyncio code.
+actor tests. Adapters are blocking calls: the actors never make them, the edge does (actors/edge.py).
 """
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ class WireGuard(Protocol):
         ...
 
     def peer_stats(self) -> dict[str, PeerStats]: ...
+
+
+class LocalInterface(Protocol):
+    """This node's WireGuard interface as the place its virtual IPs live."""
+
+    def assign(self, virtual_ip: str) -> str:
+        """Put ``virtual_ip`` on the interface (creating it on first use); its name."""
+        ...
 
 
 class LatencyProber(Protocol):
@@ -103,6 +111,10 @@ class RelayClient(Protocol):
     def allocate(self, party_id: str, peer_id: str, relay: str) -> RelayAllocation: ...
 
     def release(self, allocation: RelayAllocation) -> None: ...
+
+    def holds(self, allocation: RelayAllocation) -> bool:
+        """Whether this process still holds the session (a restarted agent does not)."""
+        ...
 
     def probe(self, relay: str, timeout_s: float) -> float | None:
         """Round-trip time in ms to a relay server, None when it did not answer."""

@@ -135,3 +135,22 @@ def host_addresses() -> list[str]:
     with IPRoute() as ipr:
         return sorted({str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)
                        if a.get_attr("IFA_ADDRESS")})
+
+
+def choose(party: PartyState, peer_id: str, assigned: str | None) -> str:
+    """The address ``peer_id`` gets: the control server's ``assigned`` one (checked against
+    the subnet and the other members), or the lowest free one of ``allocate``."""
+    network = parse_subnet(party.subnet)
+    if assigned is None:
+        decided = allocate(party, peer_id)
+        return decided.virtual_ip if decided else party.allocations[peer_id]
+    try:
+        address = ipaddress.ip_address(assigned)
+    except ValueError:
+        raise IpamError(f"virtual IP {assigned!r} is not an address") from None
+    if address not in network or address in (network.network_address, network.broadcast_address):
+        raise IpamError(f"virtual IP {assigned} is outside {party.subnet}")
+    owners = {ip: pid for pid, ip in party.allocations.items() if pid != peer_id}
+    if assigned in owners:
+        raise IpamError(f"virtual IP {assigned} already belongs to {owners[assigned]}")
+    return assigned

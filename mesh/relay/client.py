@@ -201,6 +201,9 @@ class ProxyRelayClient:
         with self._lock:
             return self._proxies.get(allocation.session_id + allocation.relay)
 
+    def holds(self, allocation: RelayAllocation) -> bool:
+        return self.proxy(allocation) is not None
+
     def release(self, allocation: RelayAllocation) -> None:
         with self._lock:
             proxy = self._proxies.pop(allocation.session_id + allocation.relay, None)

@@ -2,6 +2,7 @@
 
 from mesh.sim.network import (
     SimAdapters,
+    SimInterface,
     SimNatDetector,
     SimNetwork,
     SimProber,
@@ -13,5 +14,5 @@ from mesh.sim.network import (
     reset,
 )
 
-__all__ = ["SimAdapters", "SimNatDetector", "SimNetwork", "SimProber", "SimPuncher",
+__all__ = ["SimAdapters", "SimInterface", "SimNatDetector", "SimNetwork", "SimProber", "SimPuncher",
            "SimRelayClient", "SimWireGuard", "adapters", "network", "reset"]

@@ -38,6 +38,9 @@ class SimNetwork:
     relay_log: list[tuple[str, str, str]] = field(default_factory=list)  # (op, relay, session)
     punch_log: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     probe_count: int = 0
+    wireguard_error: str | None = None  # every WireGuard change fails with this while set
+    interface_error: str | None = None  # assigning a virtual IP fails with this while set
+    addresses: dict[str, list[str]] = field(default_factory=dict)  # node -> virtual IPs assigned
 
     # ------------------------------------------------------------ test controls
 
@@ -103,6 +106,8 @@ class SimWireGuard:
 
     def configure_peer(self, public_key: str, endpoint: str | None, allowed_ips: Sequence[str],
                        keepalive_s: int = 25) -> None:
+        if self._net.wireguard_error is not None:
+            raise MeshError(self._net.wireguard_error)
         peers = self._net.wireguard_peers[self._node]
         old = peers.get(public_key)
         peers[public_key] = SimPeer(endpoint, tuple(allowed_ips), keepalive_s,
@@ -110,12 +115,28 @@ class SimWireGuard:
         self._net.wireguard_log.append((self._node, "configure", public_key, endpoint))
 
     def remove_peer(self, public_key: str) -> None:
+        if self._net.wireguard_error is not None:
+            raise MeshError(self._net.wireguard_error)
         self._net.wireguard_peers[self._node].pop(public_key, None)
         self._net.wireguard_log.append((self._node, "remove", public_key, None))
 
     def peer_stats(self) -> dict[str, PeerStats]:
         return {key: PeerStats(key, p.endpoint, None, p.rx_bytes, p.tx_bytes)
                 for key, p in self._net.wireguard_peers[self._node].items()}
+
+
+class SimInterface:
+    def __init__(self, net: SimNetwork, node: str) -> None:
+        self._net = net
+        self._node = node
+
+    def assign(self, virtual_ip: str) -> str:
+        if self._net.interface_error is not None:
+            raise MeshError(self._net.interface_error)
+        assigned = self._net.addresses.setdefault(self._node, [])
+        if virtual_ip not in assigned:
+            assigned.append(virtual_ip)
+        return f"sim-{self._node}"
 
 
 class SimProber:
@@ -150,16 +171,22 @@ class SimPuncher:
 class SimRelayClient:
     def __init__(self, net: SimNetwork) -> None:
         self._net = net
+        self._held: set[tuple[str, str]] = set()
 
     def allocate(self, party_id: str, peer_id: str, relay: str) -> RelayAllocation:
         if self._net.relay_latency.get(relay, DEFAULT_RELAY_MS) is None:
             raise MeshError(f"relay {relay} did not answer")
         session = f"{party_id}/{peer_id}"
         self._net.relay_log.append(("allocate", relay, session))
+        self._held.add((relay, session))
         return RelayAllocation(relay, session, relay)
 
     def release(self, allocation: RelayAllocation) -> None:
         self._net.relay_log.append(("release", allocation.relay, allocation.session_id))
+        self._held.discard((allocation.relay, allocation.session_id))
+
+    def holds(self, allocation: RelayAllocation) -> bool:
+        return (allocation.relay, allocation.session_id) in self._held
 
     def probe(self, relay: str, timeout_s: float) -> float | None:
         latency = self._net.relay_latency.get(relay, DEFAULT_RELAY_MS)
@@ -181,6 +208,7 @@ class SimAdapters:
     puncher: SimPuncher
     relay_client: SimRelayClient
     nat_detector: SimNatDetector
+    interface: SimInterface
 
 
 def adapters(network_name: str = "default", node: str = "node", public_key: str = "",
@@ -196,4 +224,5 @@ def adapters(network_name: str = "default", node: str = "node", public_key: str 
         prober=SimProber(net, node),
         puncher=SimPuncher(net, tuple(candidates)),
         relay_client=SimRelayClient(net),
-        nat_detector=SimNatDetector(info))
+        nat_detector=SimNatDetector(info),
+        interface=SimInterface(net, node))

@@ -16,6 +16,7 @@ import mesh.sim as sim
 from actors import messages as m
 from actors.config import ActorConfig, ConnectionConfig, RelayMonitorConfig
 from actors.journal import memory_recorder
+from actors.runtime import Pump
 from actors.system import start_node, start_system
 from events.base import Event
 from events.streams import node_stream, party_stream, peer_stream
@@ -55,6 +56,7 @@ class Node:
     log_path: str | None = None
     system: Any = None
     address: ActorAddress | None = None
+    pump: ActorAddress | None = None
     seen: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -65,10 +67,11 @@ class Node:
     def recorder(self) -> InMemoryRecorder:
         return memory_recorder(self.name)
 
-    def start(self) -> Node:
-        self.system = start_system("simpleSystemBase")
-        spec = m.AdapterSpec.of("mesh.sim:adapters", network_name=self.name, node="local",
-                                candidates=(LOCAL,))
+    def start(self, spec: m.AdapterSpec | None = None) -> Node:
+        self.system = start_system()
+        self.pump = self.system.createActor(Pump)
+        spec = spec or m.AdapterSpec.of("mesh.sim:adapters", network_name=self.name, node="local",
+                                        candidates=(LOCAL,))
         self.address = start_node(self.system, m.StartNode(
             "local", m.StoreSpec(f"memory://{self.name}"), spec, self.relays, self.config,
             m.LogSpec("DEBUG", self.log_path)))
@@ -80,10 +83,17 @@ class Node:
             self.system = None
 
     def ask(self, message: Any) -> Any:
-        return self.system.ask(self.address, message)
+        """The answer, once every message the question caused has been handled."""
+        reply = self.system.ask(self.address, message)
+        self.drain()
+        return reply
 
     def tell(self, message: Any) -> None:
         self.system.tell(self.address, message)
+
+    def drain(self) -> None:
+        """Run the system until no message is pending (an ask stops at its answer)."""
+        self.system.tell(self.pump, None)
 
     def advance(self, seconds: float, step: float = 1.0) -> None:
         """Move virtual time on in steps, letting every due wakeup fire in between."""
@@ -128,13 +138,13 @@ class Node:
         return node_stream("local")
 
 
-def make_config(hosting: str = "inline", **connection: Any) -> ActorConfig:
+def make_config(**connection: Any) -> ActorConfig:
     # The scenarios were written around whole probe intervals: the first probe too.
     defaults: dict[str, Any] = {"probe_interval_s": 5.0, "first_probe_s": 5.0, "metrics_interval_s": 3600.0,
                                 "direct_retry_s": 30.0, "cleanup_timeout_s": 300.0}
     return ActorConfig(connection=ConnectionConfig(**{**defaults, **connection}),
                        relay_monitor=RelayMonitorConfig(probe_interval_s=30.0),
-                       peer_hosting=hosting, restart_delay_s=0.0)
+                       restart_delay_s=0.0)
 
 
 @pytest.fixture
@@ -146,12 +156,12 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
 def make_node(clock: VirtualClock) -> Iterator[Any]:
     nodes: list[Node] = []
 
-    def make(hosting: str = "inline", relays: tuple[str, ...] = (), name: str | None = None,
+    def make(relays: tuple[str, ...] = (), name: str | None = None,
              log_path: str | None = None, **connection: Any) -> Node:
         name = name or f"t{uuid.uuid4().hex[:10]}"
         if name not in [n.name for n in nodes]:
             sim.reset(name)
-        node = Node(name, clock, make_config(hosting, **connection), relays, log_path)
+        node = Node(name, clock, make_config(**connection), relays, log_path)
         nodes.append(node)
         return node.start()
 

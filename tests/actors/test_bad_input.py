@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from actors import messages as m
 from events import types as ev
 from tests.actors.conftest import BOB, Node
@@ -28,10 +26,9 @@ def open_party(node: Node) -> None:
     node.advance(5)
 
 
-@pytest.mark.parametrize("hosting", ["inline", "process"])
-def test_unknown_message_to_the_node(make_node, tmp_path: Path, hosting: str) -> None:
+def test_unknown_message_to_the_node(make_node, tmp_path: Path) -> None:
     log = tmp_path / "actors.log"
-    node = make_node(hosting, log_path=str(log))
+    node = make_node(log_path=str(log))
     node.tell(Bogus())
     node.tell("just a string")
     assert rejected(node, node.node_stream) == [
@@ -43,9 +40,8 @@ def test_unknown_message_to_the_node(make_node, tmp_path: Path, hosting: str) ->
     assert "rejected str: unknown message for the node" in text
 
 
-@pytest.mark.parametrize("hosting", ["inline", "process"])
-def test_messages_for_a_party_or_peer_that_does_not_exist(make_node, hosting: str) -> None:
-    node = make_node(hosting)
+def test_messages_for_a_party_or_peer_that_does_not_exist(make_node) -> None:
+    node = make_node()
     open_party(node)
     node.tell(m.PeerAnnounced("nope", "dave", "Dave", "key-dave"))
     reply = node.ask(m.LeaveParty("nope"))
@@ -59,16 +55,15 @@ def test_messages_for_a_party_or_peer_that_does_not_exist(make_node, hosting: st
     assert rejected(node, node.party()) == [
         ("party/p1", "PeerDeparted", "no remote peer 'dave' in this party"),
         ("party/p1", "Observations", "no peer connection 'dave' in this party"),
-        ("party/p1", "RemoteCandidates", "no peer connection 'dave' in this party")]
+        ("party/p1", "RemoteCandidates", "no remote peer 'dave' in this party")]
     again = node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
     assert again == m.CommandRejected("CreateParty", "party p1 is already open")
     assert node.connection("p1", "bob").state == "connected"
 
 
-@pytest.mark.parametrize("hosting", ["inline", "process"])
-def test_malformed_observations_from_an_adapter(make_node, tmp_path: Path, hosting: str) -> None:
+def test_malformed_observations_from_an_adapter(make_node, tmp_path: Path) -> None:
     log = tmp_path / "actors.log"
-    node = make_node(hosting, log_path=str(log))
+    node = make_node(log_path=str(log))
     open_party(node)
     node.tell(m.Observations("p1", "bob", (
         m.LatencyObserved(-5.0), m.LatencyObserved(float("nan")), m.LatencyObserved("fast"),  # type: ignore[arg-type]
@@ -92,7 +87,7 @@ def test_malformed_observations_from_an_adapter(make_node, tmp_path: Path, hosti
 
 
 def test_unknown_message_to_a_peer_connection_actor(make_node) -> None:
-    node = make_node("process")
+    node = make_node()
     open_party(node)
     party = dict(node.system.ask(node.address, m.ChildrenQuery()).children)["p1"]
     peer = dict(node.system.ask(party, m.ChildrenQuery()).children)["bob"]
@@ -106,9 +101,8 @@ def test_unknown_message_to_a_peer_connection_actor(make_node) -> None:
     assert node.connection("p1", "bob").state == "degraded"
 
 
-@pytest.mark.parametrize("hosting", ["inline", "process"])
-def test_bad_commands(make_node, hosting: str) -> None:
-    node = make_node(hosting)
+def test_bad_commands(make_node) -> None:
+    node = make_node()
     assert node.ask(m.CreateParty("a:b", "x", "alice", "Alice")) == m.CommandRejected(
         "CreateParty", "invalid party id")
     open_party(node)

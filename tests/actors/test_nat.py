@@ -6,7 +6,6 @@ from dataclasses import replace
 from typing import Any
 
 from actors import messages as m
-from actors.system import start_node, start_system
 from events.fold import NodeState, apply_node, fold_stream
 from mesh import sim
 from tests.actors.conftest import BOB, CAROL, LOCAL, RELAY_A, Node
@@ -37,10 +36,7 @@ def test_the_nat_is_recorded_once_and_restarts_add_nothing(make_node) -> None:
 def restart_with(node: Node, factory: str, **kwargs: Any) -> None:
     """Restart ``node`` on the same store with other simulated adapters."""
     node.stop()
-    node.system = start_system("simpleSystemBase")
-    spec = m.AdapterSpec.of(factory, network_name=node.name, node="local", candidates=(LOCAL,), **kwargs)
-    node.address = start_node(node.system, m.StartNode(
-        "local", m.StoreSpec(f"memory://{node.name}"), spec, node.relays, node.config, m.LogSpec("DEBUG")))
+    node.start(m.AdapterSpec.of(factory, network_name=node.name, node="local", candidates=(LOCAL,), **kwargs))
 
 
 def test_no_stun_answer_is_recorded_as_relay_only(make_node) -> None:
@@ -61,15 +57,19 @@ def test_direct_is_tried_unless_both_sides_are_symmetric(make_node) -> None:
     node.tell(m.PeerAnnounced("p1", "carol", "Carol", "key-carol", nat_type="port_restricted",
                               candidates=(CAROL,)))
     node.advance(5)
-    assert node.new(node.peer("bob"))[1:3] == [
+    assert node.new(node.peer("bob"))[2:6] == [
         "ConnectionAttemptStarted(attempt=1, path='relay')",
+        f"RelayAllocationRequested(relay='{RELAY_A}', purpose='fallback')",
+        f"RelaySessionOpened(relay='{RELAY_A}', session_id='p1/bob', endpoint='{RELAY_A}')",
         f"PathChosen(path='relay', reason='both sides are behind symmetric NATs', endpoint='{RELAY_A}', "
         f"relay='{RELAY_A}')"]
-    assert node.new(node.peer("carol"))[1:5] == [  # relay first, the punch behind it
+    assert node.new(node.peer("carol"))[2:8] == [  # relay first, the punch behind it
         "ConnectionAttemptStarted(attempt=1, path='direct')",
+        f"RelayAllocationRequested(relay='{RELAY_A}', purpose='relay first')",
+        f"RelaySessionOpened(relay='{RELAY_A}', session_id='p1/carol', endpoint='{RELAY_A}')",
         f"PathChosen(path='relay', reason='relay first while the hole punch runs', endpoint='{RELAY_A}', "
         f"relay='{RELAY_A}')",
-        f"WireGuardPeerConfigured(public_key='key-carol', endpoint='{RELAY_A}', "
+        f"WireGuardPeerConfigRequested(public_key='key-carol', endpoint='{RELAY_A}', "
         "allowed_ips=('10.66.0.3/32',), keepalive_s=25)",
         "HolePunchAttempted(local_candidates=('203.0.113.1:51820',), "
         "remote_candidates=('203.0.113.3:51820',))"]

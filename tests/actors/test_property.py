@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from thespian.actors import ActorExitRequest
@@ -95,13 +94,12 @@ def check(node: Harness) -> None:
             assert replayed.state == "closed"
 
 
-@pytest.mark.parametrize("hosting", ["inline", "process"])
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(script=st.lists(steps, max_size=20))
-def test_live_state_equals_replay_of_the_stored_events(monkeypatch, hosting: str, script) -> None:
+def test_live_state_equals_replay_of_the_stored_events(monkeypatch, script) -> None:
     name = f"h{uuid.uuid4().hex[:10]}"
     sim.reset(name)
-    node = Harness(name, VirtualClock(monkeypatch), make_config(hosting), (RELAY_A, RELAY_B))
+    node = Harness(name, VirtualClock(monkeypatch), make_config(), (RELAY_A, RELAY_B))
     node.start()
     try:
         node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))

@@ -82,18 +82,23 @@ def test_dead_selected_relay_fails_over_on_the_next_tick(node: Node) -> None:
     node.new(a), node.new(b), node.new(node.peer("carol"))
     node.net.set_relay(RELAY_A, None)  # killed
     node.advance(1)  # one tick: 2 lost probes in a row, the window is recorded early
-    assert node.new(a) == [probed(RELAY_A, 32, 30, 40.0), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
+    assert node.new(a) == [probed(RELAY_A, 33, 30, 40.0), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
                            "reason='no answer to 2 probes in a row')"]
     assert node.new(b) == [probed(RELAY_B, 33, 33, 45.0), f"RelaySelected(relay='{RELAY_B}', rtt_ms=45.0, "
                            f"previous_relay='{RELAY_A}', reason='{RELAY_A} stopped answering; "
                            f"{RELAY_B} is 45.0 ms')"]
     assert node.status().relay == RELAY_B
     assert node.new(node.peer("carol")) == [
+        f"RelayAllocationRequested(relay='{RELAY_B}', purpose='relay-move')",
+        f"RelaySessionOpened(relay='{RELAY_B}', session_id='p1/carol', endpoint='{RELAY_B}')",
         f"PathSwitched(from_path='relay', to_path='relay', reason='relay monitor selected {RELAY_B}', "
         f"endpoint='{RELAY_B}', from_relay='{RELAY_A}', to_relay='{RELAY_B}', from_latency_ms=40.0, "
         "to_latency_ms=45.0)",
+        f"WireGuardPeerConfigRequested(public_key='key-carol', endpoint='{RELAY_B}', "
+        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)",
         f"WireGuardPeerConfigured(public_key='key-carol', endpoint='{RELAY_B}', "
-        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)"]
+        "allowed_ips=('10.66.0.2/32',), keepalive_s=25, decided_here=False)",
+        f"RelaySessionReleased(relay='{RELAY_A}', session_id='p1/carol', error='')"]
     # The old relay comes back and is faster: B is healthy, so no flap back.
     node.net.set_relay(RELAY_A, 10.0)
     node.advance(60)
@@ -108,20 +113,20 @@ def test_dead_relay_with_no_alternative_is_recorded_once_then_per_interval(node:
     node.net.set_relay(RELAY_A, None)
     node.net.set_relay(RELAY_B, None)
     node.advance(1)
-    assert node.new(a) == [probed(RELAY_A, 32, 30, 40.0), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
+    assert node.new(a) == [probed(RELAY_A, 33, 30, 40.0), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
                            "reason='no answer to 2 probes in a row')"]
-    assert node.new(b) == [probed(RELAY_B, 32, 30, 45.0)]
+    assert node.new(b) == [probed(RELAY_B, 33, 30, 45.0)]
     node.advance(29)
     assert node.new(a) == node.new(b) == []  # no row per tick while nothing changes
     node.advance(1)
-    # A dead relay is probed once per tick (its first loss is its next miss in a row).
-    assert node.new(a) == [probed(RELAY_A, 30, 0, None), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
+    # A dead relay is still probed every tick: its answer is what brings it back.
+    assert node.new(a) == [probed(RELAY_A, 90, 0, None), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
                            "reason='no answer to 2 probes in a row')"]
-    assert node.new(b) == [probed(RELAY_B, 30, 0, None)]
+    assert node.new(b) == [probed(RELAY_B, 90, 0, None)]
     # B comes back: selected on its first answered tick, not at the next record.
     node.net.set_relay(RELAY_B, 50.0)
     node.advance(1)
-    assert node.new(a) == [probed(RELAY_A, 1, 0, None), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
+    assert node.new(a) == [probed(RELAY_A, 3, 0, None), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
                            "reason='no answer to 2 probes in a row')"]
     assert node.new(b) == [probed(RELAY_B, 3, 3, 50.0), f"RelaySelected(relay='{RELAY_B}', rtt_ms=50.0, "
                            f"previous_relay='{RELAY_A}', reason='{RELAY_A} stopped answering; "
@@ -148,8 +153,13 @@ def test_a_connection_on_a_relay_this_node_did_not_select_moves_when_that_relay_
     assert node.status().relay == RELAY_A  # (the ask also lets the monitor's notice through)
     assert node.new(a) == node.new(b) == []  # B was not selected: nothing to record before the window ends
     assert node.new(node.peer("carol")) == [
+        f"RelayAllocationRequested(relay='{RELAY_A}', purpose='relay-move')",
+        f"RelaySessionOpened(relay='{RELAY_A}', session_id='p1/carol', endpoint='{RELAY_A}')",
         f"PathSwitched(from_path='relay', to_path='relay', reason='relay monitor selected {RELAY_A}', "
         f"endpoint='{RELAY_A}', from_relay='{RELAY_B}', to_relay='{RELAY_A}', from_latency_ms=40.0, "
         "to_latency_ms=40.0)",
+        f"WireGuardPeerConfigRequested(public_key='key-carol', endpoint='{RELAY_A}', "
+        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)",
         f"WireGuardPeerConfigured(public_key='key-carol', endpoint='{RELAY_A}', "
-        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)"]
+        "allowed_ips=('10.66.0.2/32',), keepalive_s=25, decided_here=False)",
+        f"RelaySessionReleased(relay='{RELAY_B}', session_id='p1/carol', error='')"]

@@ -1,27 +1,36 @@
 """The seed's connection scenarios on the simulated network, asserting the exact stored events.
 
-Each runs with peer connections hosted inline (the production choice) and as one
-thespian actor each: both must store the very same events.
+The edge runs effects inline here, so every intent is followed by its outcome at once.
 """
 
 from __future__ import annotations
 
-import pytest
-
 from actors import messages as m
 from tests.actors.conftest import BOB, RELAY_A, RELAY_B, Node
 
-HOSTINGS = ["inline", "process"]
 
+def configured(endpoint: str, requested: bool = True) -> list[str]:
+    """A WireGuard change as the log holds it: the decision, then the outcome."""
+    fields = f"public_key='key-bob', endpoint='{endpoint}', allowed_ips=('10.66.0.2/32',), keepalive_s=25"
+    return [*([f"WireGuardPeerConfigRequested({fields})"] if requested else []),
+            f"WireGuardPeerConfigured({fields}, decided_here=False)"]
+
+
+def removed(reason: str) -> list[str]:
+    return [f"WireGuardPeerRemovalRequested(public_key='key-bob', reason='{reason}')",
+            "WireGuardPeerRemoved(public_key='key-bob', reason='as decided', decided_here=False)"]
+
+
+REMOTE = "RemotePeerUpdated(candidates=('203.0.113.2:51820',), nat_type='unknown')"
 JOINED = [
+    REMOTE,
     "ConnectionStateChanged(from_state=None, to_state='connecting', reason='peer joined the party', "
     "path=None, endpoint=None, relay=None, latency_ms=None)",
     "ConnectionAttemptStarted(attempt=1, path='direct')",
     "HolePunchAttempted(local_candidates=('203.0.113.1:51820',), remote_candidates=('203.0.113.2:51820',))",
     "HolePunchSucceeded(endpoint='203.0.113.2:51820', rtt_ms=20.0, elapsed_ms=40.0)",
     "PathChosen(path='direct', reason='hole punch succeeded', endpoint='203.0.113.2:51820', relay=None)",
-    "WireGuardPeerConfigured(public_key='key-bob', endpoint='203.0.113.2:51820', "
-    "allowed_ips=('10.66.0.2/32',), keepalive_s=25)",
+    *configured("203.0.113.2:51820"),
 ]
 CONNECTED = [
     "ConnectionStateChanged(from_state='connecting', to_state='connected', "
@@ -41,16 +50,17 @@ def join_bob(node: Node) -> None:
     assert node.new(node.peer("bob")) == CONNECTED
 
 
-@pytest.mark.parametrize("hosting", HOSTINGS)
-def test_join_connect_degrade_and_recover(make_node, hosting: str) -> None:
-    node = make_node(hosting)
+def test_join_connect_degrade_and_recover(make_node) -> None:
+    node = make_node()
     join_bob(node)
     assert node.described(node.party()) == [
-        "PartyCreated(name='LAN', host_peer_id='alice', subnet='10.66.0.0/16')",
+        "PartyCreated(name='LAN', host_peer_id='alice', subnet='10.66.0.0/16', control_url='')",
         "PeerJoined(peer_id='alice', name='Alice', public_key='sim-key-local', nat_type='unknown', "
-        "is_local=True)",
+        "is_local=True, candidates=())",
         "VirtualIpAllocated(peer_id='alice', virtual_ip='10.66.0.1')",
-        "PeerJoined(peer_id='bob', name='Bob', public_key='key-bob', nat_type='unknown', is_local=False)",
+        "LocalAddressAssigned(virtual_ip='10.66.0.1', interface='sim-local')",
+        "PeerJoined(peer_id='bob', name='Bob', public_key='key-bob', nat_type='unknown', is_local=False, "
+        "candidates=('203.0.113.2:51820',))",
         "VirtualIpAllocated(peer_id='bob', virtual_ip='10.66.0.2')",
     ]
     node.net.set_latency("10.66.0.2", 250.0)
@@ -80,12 +90,12 @@ def reconnect(attempt: int, from_state: str) -> list[str]:
         f"ConnectionAttemptStarted(attempt={attempt + 1}, path='direct')",
         PUNCH,
         "HolePunchFailed(reason='no candidate answered', elapsed_ms=5000.0)",
+        "NoPathAvailable(reason='hole punch failed: no candidate answered; no relay is known')",
     ]
 
 
-@pytest.mark.parametrize("hosting", HOSTINGS)
-def test_lost_probes_reconnects_then_failed_and_cleanup(make_node, hosting: str) -> None:
-    node = make_node(hosting)  # no relay: nothing to fail over to
+def test_lost_probes_reconnects_then_failed_and_cleanup(make_node) -> None:
+    node = make_node()  # no relay: nothing to fail over to
     join_bob(node)
     node.net.block(BOB)
     node.advance(10)
@@ -102,28 +112,29 @@ def test_lost_probes_reconnects_then_failed_and_cleanup(make_node, hosting: str)
     node.advance(299)
     assert node.new(node.peer("bob")) == []
     node.advance(1)
+    cleanup = removed("cleanup of a failed connection")
     assert node.new(node.peer("bob")) == [
-        "WireGuardPeerRemoved(public_key='key-bob', reason='cleanup of a failed connection')",
+        cleanup[0],
         "ConnectionStateChanged(from_state='failed', to_state='cleanup', reason='no recovery within 300 s', "
-        "path='direct', endpoint='203.0.113.2:51820', relay=None, latency_ms=None)"]
+        "path='direct', endpoint='203.0.113.2:51820', relay=None, latency_ms=None)", cleanup[1]]
     node.advance(60)
     assert node.new(node.peer("bob")) == []  # cleaned up: no more probes, no more events
     assert node.net.wireguard_changes("local") == [("configure", "key-bob", BOB), ("remove", "key-bob", None)]
     assert node.connection("p1", "bob").state == "cleanup"
 
 
-@pytest.mark.parametrize("hosting", HOSTINGS)
-def test_direct_path_fails_over_to_relay_and_upgrades_back(make_node, hosting: str) -> None:
-    node = make_node(hosting, relays=(RELAY_A,))
+def test_direct_path_fails_over_to_relay_and_upgrades_back(make_node) -> None:
+    node = make_node(relays=(RELAY_A,))
     join_bob(node)
     node.net.block(BOB)
     node.advance(15)
     assert node.new(node.peer("bob")) == [
+        f"RelayAllocationRequested(relay='{RELAY_A}', purpose='failover')",
+        f"RelaySessionOpened(relay='{RELAY_A}', session_id='p1/bob', endpoint='{RELAY_A}')",
         "PathSwitched(from_path='direct', to_path='relay', reason='3 probes lost on the direct path', "
         "endpoint='198.51.100.1:3478', from_relay=None, to_relay='198.51.100.1:3478', from_latency_ms=20.0, "
         "to_latency_ms=None)",
-        "WireGuardPeerConfigured(public_key='key-bob', endpoint='198.51.100.1:3478', "
-        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)"]
+        *configured(RELAY_A)]
     node.advance(30)  # the periodic direct retry, still blocked
     assert node.new(node.peer("bob")) == [
         PUNCH, "DirectPathRetried(succeeded=False, reason='no candidate answered')"]
@@ -136,8 +147,8 @@ def test_direct_path_fails_over_to_relay_and_upgrades_back(make_node, hosting: s
         "PathSwitched(from_path='relay', to_path='direct', reason='direct path works again', "
         "endpoint='203.0.113.2:51820', from_relay='198.51.100.1:3478', to_relay=None, from_latency_ms=20.0, "
         "to_latency_ms=20.0)",
-        "WireGuardPeerConfigured(public_key='key-bob', endpoint='203.0.113.2:51820', "
-        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)"]
+        *configured(BOB),
+        f"RelaySessionReleased(relay='{RELAY_A}', session_id='p1/bob', error='')"]
     node.advance(60)
     assert node.new(node.peer("bob")) == []  # on the direct path: no more retries
     state = node.connection("p1", "bob")
@@ -151,9 +162,8 @@ def probed(relay: str, rtt: float) -> str:
     return f"RelayProbed(relay='{relay}', probes=3, answered=3, rtt_ms={rtt})"
 
 
-@pytest.mark.parametrize("hosting", HOSTINGS)
-def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node, hosting: str) -> None:
-    node = make_node(hosting, relays=(RELAY_A, RELAY_B))
+def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node) -> None:
+    node = make_node(relays=(RELAY_A, RELAY_B))
     node.net.set_relay(RELAY_A, 40.0)
     node.net.set_relay(RELAY_B, 45.0)
     node.ask(m.Ping())  # delivers the monitor's first wakeup (due at once)
@@ -166,11 +176,14 @@ def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node, hosting:
     node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
     node.tell(m.PeerAnnounced("p1", "carol", "Carol", "key-carol"))  # no candidates: relay only
     node.advance(5)
+    carol = f"public_key='key-carol', endpoint='{RELAY_A}', allowed_ips=('10.66.0.2/32',), keepalive_s=25"
     assert node.new(node.peer("carol"))[1:] == [
         "ConnectionAttemptStarted(attempt=1, path='relay')",
+        f"RelayAllocationRequested(relay='{RELAY_A}', purpose='fallback')",
+        f"RelaySessionOpened(relay='{RELAY_A}', session_id='p1/carol', endpoint='{RELAY_A}')",
         f"PathChosen(path='relay', reason='no direct candidates', endpoint='{RELAY_A}', relay='{RELAY_A}')",
-        f"WireGuardPeerConfigured(public_key='key-carol', endpoint='{RELAY_A}', "
-        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)",
+        f"WireGuardPeerConfigRequested({carol})",
+        f"WireGuardPeerConfigured({carol}, decided_here=False)",
         "ConnectionStateChanged(from_state='connecting', to_state='connected', "
         f"reason='first probe answered in 40.0 ms', path='relay', endpoint='{RELAY_A}', relay='{RELAY_A}', "
         "latency_ms=40.0)"]
@@ -205,12 +218,16 @@ def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node, hosting:
         f"RelaySelected(relay='{RELAY_B}', rtt_ms=100.0, previous_relay='{RELAY_A}', "
         f"reason='{RELAY_A} degraded (160.0 ms); {RELAY_B} is 100.0 ms')"]
     assert node.status().relay == RELAY_B
+    moved = carol.replace(RELAY_A, RELAY_B)
     assert node.new(node.peer("carol")) == [
+        f"RelayAllocationRequested(relay='{RELAY_B}', purpose='relay-move')",
+        f"RelaySessionOpened(relay='{RELAY_B}', session_id='p1/carol', endpoint='{RELAY_B}')",
         f"PathSwitched(from_path='relay', to_path='relay', reason='relay monitor selected {RELAY_B}', "
         f"endpoint='{RELAY_B}', from_relay='{RELAY_A}', to_relay='{RELAY_B}', from_latency_ms=40.0, "
         "to_latency_ms=100.0)",
-        f"WireGuardPeerConfigured(public_key='key-carol', endpoint='{RELAY_B}', "
-        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)"]
+        f"WireGuardPeerConfigRequested({moved})",
+        f"WireGuardPeerConfigured({moved}, decided_here=False)",
+        f"RelaySessionReleased(relay='{RELAY_A}', session_id='p1/carol', error='')"]
     assert node.net.wireguard_changes("local") == [
         ("configure", "key-carol", RELAY_A), ("configure", "key-carol", RELAY_B)]
 
@@ -221,15 +238,15 @@ def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node, hosting:
     assert not any("RelaySelected" in e for e in node.new(a) + node.new(b))
 
 
-@pytest.mark.parametrize("hosting", HOSTINGS)
-def test_peer_leaves_and_comes_back(make_node, hosting: str) -> None:
-    node = make_node(hosting)
+def test_peer_leaves_and_comes_back(make_node) -> None:
+    node = make_node()
     join_bob(node)
     node.tell(m.PeerDeparted("p1", "bob", "left the party"))
+    gone = removed("left the party")
     assert node.new(node.peer("bob")) == [
-        "WireGuardPeerRemoved(public_key='key-bob', reason='left the party')",
+        gone[0],
         "ConnectionStateChanged(from_state='connected', to_state='closed', reason='left the party', "
-        "path='direct', endpoint='203.0.113.2:51820', relay=None, latency_ms=None)"]
+        "path='direct', endpoint='203.0.113.2:51820', relay=None, latency_ms=None)", gone[1]]
     assert node.described(node.party())[-2:] == [
         "VirtualIpReleased(peer_id='bob', virtual_ip='10.66.0.2')",
         "PeerLeft(peer_id='bob', reason='left the party')"]
@@ -238,12 +255,13 @@ def test_peer_leaves_and_comes_back(make_node, hosting: str) -> None:
     node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
     assert node.new(node.peer("bob")) == [
         "ConnectionStateChanged(from_state='closed', to_state='connecting', reason='peer joined the party', "
-        "path='direct', endpoint='203.0.113.2:51820', relay=None, latency_ms=None)", *JOINED[1:]]
+        "path='direct', endpoint='203.0.113.2:51820', relay=None, latency_ms=None)", *JOINED[2:]]
     node.advance(5)
     assert node.new(node.peer("bob"))[0].startswith(
         "ConnectionStateChanged(from_state='connecting', to_state='connected'")
     assert node.described(node.party())[-2:] == [
-        "PeerJoined(peer_id='bob', name='Bob', public_key='key-bob', nat_type='unknown', is_local=False)",
+        "PeerJoined(peer_id='bob', name='Bob', public_key='key-bob', nat_type='unknown', is_local=False, "
+        "candidates=('203.0.113.2:51820',))",
         "VirtualIpAllocated(peer_id='bob', virtual_ip='10.66.0.2')"]
     assert node.net.wireguard_changes("local") == [
         ("configure", "key-bob", BOB), ("remove", "key-bob", None), ("configure", "key-bob", BOB)]
@@ -285,16 +303,16 @@ def test_metrics_enter_the_log_as_one_sample_per_window(make_node) -> None:
     assert len([e for e in node.new(node.peer("bob")) if e.startswith("MetricsSampled")]) == 1
 
 
-@pytest.mark.parametrize("hosting", HOSTINGS)
-def test_leave_closes_every_connection_and_the_party_can_be_opened_again(make_node, hosting: str) -> None:
-    node = make_node(hosting)
+def test_leave_closes_every_connection_and_the_party_can_be_opened_again(make_node) -> None:
+    node = make_node()
     join_bob(node)
     assert node.ask(m.LeaveParty("p1")) == m.PartyClosed("p1", "left by the user")
+    gone = removed("the local node left the party")
     assert node.new(node.peer("bob")) == [
-        "WireGuardPeerRemoved(public_key='key-bob', reason='the local node left the party')",
+        gone[0],
         "ConnectionStateChanged(from_state='connected', to_state='closed', "
         "reason='the local node left the party', path='direct', endpoint='203.0.113.2:51820', relay=None, "
-        "latency_ms=None)"]
+        "latency_ms=None)", gone[1]]
     assert node.described(node.party())[-5:] == [
         "VirtualIpReleased(peer_id='alice', virtual_ip='10.66.0.1')",
         "PeerLeft(peer_id='alice', reason='the local node left the party')",
@@ -303,7 +321,7 @@ def test_leave_closes_every_connection_and_the_party_can_be_opened_again(make_no
         "PartyLeft(reason='left by the user')"]
     assert node.status().parties == ()
     assert node.described(node.node_stream)[-2:] == [
-        "NodePartyOpened(node_id='local')",
+        "NodePartyOpened(node_id='local', request_id='')",
         "NodePartyClosed(node_id='local', reason='left by the user')"]
     assert node.ask(m.CreateParty("p1", "LAN again", "alice", "Alice")) == m.PartyOpened(
         "p1", "alice", "10.66.0.1")
@@ -314,9 +332,8 @@ def test_leave_closes_every_connection_and_the_party_can_be_opened_again(make_no
         ("configure", "key-bob", BOB), ("remove", "key-bob", None), ("configure", "key-bob", BOB)]
 
 
-@pytest.mark.parametrize("hosting", HOSTINGS)
-def test_a_new_connection_is_probed_at_once_then_every_interval(make_node, hosting: str) -> None:
-    node = make_node(hosting, first_probe_s=0.5)
+def test_a_new_connection_is_probed_at_once_then_every_interval(make_node) -> None:
+    node = make_node(first_probe_s=0.5)
     node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
     node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
     assert node.new(node.peer("bob")) == JOINED

@@ -124,7 +124,6 @@ class Node:
         self.name = name
         self.state = run.directory / name
         self.port = free_port()
-        self.actor_port = free_port()
         self.control = control
         self.adapters = adapters
         self.extra = extra
@@ -136,7 +135,7 @@ class Node:
 
     def start(self) -> Node:
         args = ["serve", "--adapters", self.adapters, "--name", self.name, "--state-dir", str(self.state),
-                "--api-listen", self.api, "--actor-port", str(self.actor_port), *self.extra]
+                "--api-listen", self.api, *self.extra]
         if self.control:
             args += ["--control", self.control]
         self.run.start(self.name, *args, prefix=self.prefix)

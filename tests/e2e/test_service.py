@@ -190,12 +190,12 @@ def test_bad_cli_input_is_one_clear_line(tmp_path: Path) -> None:
 def test_toml_config_sets_flags_and_the_command_line_wins(tmp_path: Path) -> None:
     with Run(tmp_path) as run:
         url = control_server(run)
-        port, actor_port = free_port(), free_port()
+        port = free_port()
         state = tmp_path / "cfg"
         state.mkdir(mode=0o700)
         (state / "lanrage.toml").write_text(
             f'[serve]\napi-listen = "127.0.0.1:{port}"\ncontrol = "{url}"\nname = "from-file"\n'
-            f'adapters = "sim"\nactor-port = {actor_port}\nlog-format = "json"\n')
+            f'adapters = "sim"\nlog-format = "json"\n')
         run.start("cfg", "serve", "--state-dir", str(state), "--name", "from-flag")
         wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/status").status_code == 200, 30, "the API")
         status = json.loads(run.cli("status", "--json", "--state-dir", str(state)).stdout)  # api from file
