@@ -94,6 +94,7 @@ class ActorRuntime:
         self._started = threading.Event()
         self._stopped = False
         self.system: ActorSystem | None = None
+        self.node: ActorAddress | None = None
         self._pump: ActorAddress | None = None
         self.error: BaseException | None = None
         self.workers = IoWorkers(self.tell)
@@ -124,6 +125,8 @@ class ActorRuntime:
                 self.system.tell(self._pump, None)
                 continue
             if item is None:
+                if self.node is not None:  # a clean stop: the node records NodeStopped
+                    self.system.tell(self.node, ActorExitRequest())
                 break
             try:
                 item()
@@ -171,6 +174,7 @@ class ActorRuntime:
         reply = self.ask(node, start, timeout_s).result(timeout=timeout_s + 5)
         if not isinstance(reply, m.NodeReady):
             raise NodeStartError(f"node {start.node_id} did not start: {reply!r}")
+        self.node = node
         return node
 
     def shutdown(self, timeout_s: float = 30.0) -> None:

@@ -227,7 +227,7 @@ class Agent:
             raise ServiceError(400, str(error)) from None
         if invite.party_id in self.bindings and self._party_state(invite.party_id).active:
             raise ServiceError(409, f"already in party {invite.party_id}")
-        request_id = await self._request_party("join", invite.control_url, name=invite.name,
+        request_id = await self._request_party("join", invite.control_url, name=invite.party_name,
                                                party_id=invite.party_id)
         try:
             session = await self._session(invite.control_url)

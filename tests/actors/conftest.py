@@ -10,17 +10,17 @@ from typing import Any
 import pytest
 import thespian.system.simpleSystemBase as simple_base
 import thespian.system.timing as thespian_timing
-from thespian.actors import ActorAddress
+from thespian.actors import ActorAddress, ActorExitRequest
 
 import mesh.sim as sim
 from actors import messages as m
 from actors.config import ActorConfig, ConnectionConfig, RelayMonitorConfig
-from actors.journal import memory_recorder
+from actors.journal import memory_recorder, open_recorder
 from actors.runtime import Pump
 from actors.system import start_node, start_system
 from events.base import Event
 from events.streams import node_stream, party_stream, peer_stream
-from store.base import InMemoryRecorder
+from store.base import Recorder
 
 LOCAL = "203.0.113.1:51820"
 BOB = "203.0.113.2:51820"
@@ -54,6 +54,7 @@ class Node:
     config: ActorConfig
     relays: tuple[str, ...] = ()
     log_path: str | None = None
+    store_url: str | None = None  # None: in memory
     system: Any = None
     address: ActorAddress | None = None
     pump: ActorAddress | None = None
@@ -64,8 +65,12 @@ class Node:
         return sim.network(self.name)
 
     @property
-    def recorder(self) -> InMemoryRecorder:
-        return memory_recorder(self.name)
+    def store(self) -> m.StoreSpec:
+        return m.StoreSpec(self.store_url or f"memory://{self.name}")
+
+    @property
+    def recorder(self) -> Recorder:
+        return open_recorder(self.store) if self.store_url else memory_recorder(self.name)
 
     def start(self, spec: m.AdapterSpec | None = None) -> Node:
         self.system = start_system()
@@ -73,11 +78,19 @@ class Node:
         spec = spec or m.AdapterSpec.of("mesh.sim:adapters", network_name=self.name, node="local",
                                         candidates=(LOCAL,))
         self.address = start_node(self.system, m.StartNode(
-            "local", m.StoreSpec(f"memory://{self.name}"), spec, self.relays, self.config,
+            "local", self.store, spec, self.relays, self.config,
             m.LogSpec("DEBUG", self.log_path)))
         return self
 
     def stop(self) -> None:
+        """A clean stop: the node records NodeStopped."""
+        if self.system is not None:
+            self.system.tell(self.address, ActorExitRequest())
+            self.system.shutdown()
+            self.system = None
+
+    def crash(self) -> None:
+        """The process dies: nothing is recorded."""
         if self.system is not None:
             self.system.shutdown()
             self.system = None

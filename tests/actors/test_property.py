@@ -1,12 +1,13 @@
 """Property: for random commands and network observations, what the live actors hold equals
-the fold of what they stored (the replay tool's view)."""
+the fold of what they stored (the replay tool's view), after every step, on SQLite."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import event as note_event
 from hypothesis import strategies as st
 from thespian.actors import ActorExitRequest
 
@@ -30,6 +31,7 @@ steps = st.one_of(
     st.tuples(st.just("block"), st.sampled_from(PEERS), st.booleans()),
     st.tuples(st.just("relay"), st.sampled_from((RELAY_A, RELAY_B)), latency),
     st.tuples(st.just("advance"), st.integers(1, 60)),
+    st.tuples(st.just("wait"), st.integers(60, 400)),  # long enough to fail and to be cleaned up
     st.tuples(st.just("kill"), st.sampled_from(("party", "peer"))),
 )
 
@@ -63,7 +65,7 @@ def apply_step(node: Harness, step: tuple[Any, ...]) -> None:
             (node.net.block if blocked else node.net.unblock)(candidate(peer))
         case ("relay", relay, value):
             node.net.set_relay(relay, value)
-        case ("advance", seconds):
+        case ("advance", seconds) | ("wait", seconds):
             node.advance(seconds, step=5.0)
         case ("kill", what):
             party = dict(node.system.ask(node.address, m.ChildrenQuery()).children)["p1"]
@@ -77,7 +79,8 @@ def apply_step(node: Harness, step: tuple[Any, ...]) -> None:
             node.ask(m.Ping())
 
 
-def check(node: Harness) -> None:
+def check(node: Harness) -> set[str]:
+    """Live equals replay; the connection states seen."""
     status = node.status()
     live = {p.peer_id: p for p in status.parties[0].peers}
     party = fold_stream(apply_party, PartyState(), node.events(node.party()))
@@ -85,27 +88,43 @@ def check(node: Harness) -> None:
     assert {pid: (mb.name, mb.public_key, mb.virtual_ip) for pid, mb in party.members} == {
         pid: (p.name, p.public_key, p.virtual_ip) for pid, p in live.items()}
     streams = {r.stream_id for r in node.recorder.read_all() if stream_kind(r.stream_id) == "peer"}
+    seen = set()
     for stream in streams:
         peer = stream.rsplit(":", 1)[1]
         replayed = fold_stream(apply_connection, ConnectionState(), node.events(stream))
+        seen.add(str(replayed.state))
         if peer in live:
             assert live[peer].connection == replayed, peer
         else:
             assert replayed.state == "closed"
+    return seen
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(script=st.lists(steps, max_size=20))
-def test_live_state_equals_replay_of_the_stored_events(monkeypatch, script) -> None:
+REACHES_CLEANUP = [("relay", RELAY_A, None), ("relay", RELAY_B, None), ("announce", "bob", True),
+                   ("advance", 5), ("block", "bob", True), ("wait", 100), ("wait", 300),
+                   ("announce", "bob", True),
+                   ("block", "bob", False), ("advance", 10)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(script=REACHES_CLEANUP)
+@given(script=st.lists(steps, max_size=16))
+def test_live_state_equals_replay_after_every_step(monkeypatch, tmp_path_factory, script) -> None:
     name = f"h{uuid.uuid4().hex[:10]}"
     sim.reset(name)
-    node = Harness(name, VirtualClock(monkeypatch), make_config(), (RELAY_A, RELAY_B))
+    url = f"sqlite:///{tmp_path_factory.mktemp('property') / 'events.db'}"
+    node = Harness(name, VirtualClock(monkeypatch), make_config(), (RELAY_A, RELAY_B), store_url=url)
     node.start()
+    seen: set[str] = set()
     try:
         node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
         for step in script:
             apply_step(node, step)
-        node.ask(m.Ping())
-        check(node)
+            node.ask(m.Ping())
+            seen |= check(node)
     finally:
         node.stop()
+    for state in seen:
+        note_event(f"reached {state}")
+    if script == REACHES_CLEANUP:
+        assert {"failed", "cleanup", "connected"} <= seen, seen
