@@ -104,7 +104,8 @@ def test_serve_has_no_actor_listener_and_no_listener_unpickles(require_root: Non
         udp = {address for protocol, address in found if protocol == "udp"}
         assert tcp == {API}  # the local API on loopback; no actor system port anywhere
         assert {a for a in udp if not a.startswith("127.0.0.1:")} <= {
-            f"0.0.0.0:{WIREGUARD_PORT}", f"*:{WIREGUARD_PORT}"}  # wireguard-go; the rest: relay proxies
+            f"0.0.0.0:{WIREGUARD_PORT}", f"*:{WIREGUARD_PORT}", f"[::]:{WIREGUARD_PORT}"}  # wireguard-go
+        # The rest are the relay proxies, on loopback.
         assert any(a.startswith("127.0.0.1:") for a in udp), "expected the relay proxies on loopback"
 
         marker = lab.workdir / "pwned"
