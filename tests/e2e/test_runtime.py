@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import socket
-import struct
 import sys
 from pathlib import Path
 
