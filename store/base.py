@@ -4,6 +4,9 @@
 idempotent: re-appending events whose ``event_id`` already sits at those
 positions returns the stored records instead of raising. Thespian retries a
 message that raised once, so an actor may persist the same events twice.
+``append_many`` does the same for several streams in one transaction: facts
+that belong together (an intent on one stream, its effect on another) are
+stored together or not at all.
 """
 
 from __future__ import annotations
@@ -69,6 +72,16 @@ class Recorder(Protocol):
         """Append after ``expected_position`` (0 for a new stream); raise ConcurrencyError."""
         ...
 
+    def append_many(self, writes: Sequence[tuple[str, Sequence[PendingEvent | Event], int]]
+                    ) -> list[list[RecordedEvent]]:
+        """``(stream_id, events, expected_position)`` appends, all in one transaction.
+
+        Every write is checked as ``append`` checks it; one conflict raises the
+        ConcurrencyError naming its stream and stores nothing of the call.
+        Returns the records of each write, in the order given.
+        """
+        ...
+
     def read_stream(self, stream_id: str, from_position: int = 1) -> list[RecordedEvent]: ...
 
     def read_all(self, after_global: int = 0, limit: int | None = None) -> Iterator[RecordedEvent]:
@@ -95,25 +108,45 @@ class InMemoryRecorder:
 
     def append(self, stream_id: str, events: Sequence[PendingEvent | Event],
                expected_position: int) -> list[RecordedEvent]:
-        pending = [as_pending(item) for item in events]
+        return self.append_many([(stream_id, events, expected_position)])[0]
+
+    def append_many(self, writes: Sequence[tuple[str, Sequence[PendingEvent | Event], int]]
+                    ) -> list[list[RecordedEvent]]:
+        parts = [(stream_id, [as_pending(item) for item in events], expected)
+                 for stream_id, events, expected in writes]
         with self._lock:
-            stream = self._streams.setdefault(stream_id, [])
-            existing = stream[expected_position:expected_position + len(pending)]
-            if existing and [r.event_id for r in existing] == [p.event_id for p in pending]:
-                return list(existing)
-            if len(stream) != expected_position:
-                raise ConcurrencyError(stream_id, expected_position, len(stream))
+            # Check every write first (against the positions the earlier writes leave), then store.
+            lengths: dict[str, int] = {}
+            plan: list[tuple[str, list[PendingEvent], int, list[RecordedEvent] | None]] = []
+            for stream_id, pending, expected in parts:
+                stream = self._streams.get(stream_id, [])
+                length = lengths.get(stream_id, len(stream))
+                existing = stream[expected:expected + len(pending)]
+                if existing and [r.event_id for r in existing] == [p.event_id for p in pending]:
+                    plan.append((stream_id, pending, expected, list(existing)))
+                    continue
+                if length != expected:
+                    raise ConcurrencyError(stream_id, expected, length)
+                lengths[stream_id] = expected + len(pending)
+                plan.append((stream_id, pending, expected, None))
             now = datetime.now(UTC)
-            recorded = []
-            for offset, item in enumerate(pending, start=1):
-                record = RecordedEvent(
-                    global_position=len(self._log) + 1, stream_id=stream_id,
-                    stream_position=expected_position + offset, recorded_at=now,
-                    event=item.event, metadata={**item.metadata, "event_id": item.event_id})
-                self._log.append(record)
-                stream.append(record)
-                recorded.append(record)
-            return recorded
+            results: list[list[RecordedEvent]] = []
+            for stream_id, pending, expected, existing in plan:
+                if existing is not None:
+                    results.append(existing)
+                    continue
+                stream = self._streams.setdefault(stream_id, [])
+                recorded = []
+                for offset, item in enumerate(pending, start=1):
+                    record = RecordedEvent(
+                        global_position=len(self._log) + 1, stream_id=stream_id,
+                        stream_position=expected + offset, recorded_at=now,
+                        event=item.event, metadata={**item.metadata, "event_id": item.event_id})
+                    self._log.append(record)
+                    stream.append(record)
+                    recorded.append(record)
+                results.append(recorded)
+            return results
 
     def read_stream(self, stream_id: str, from_position: int = 1) -> list[RecordedEvent]:
         with self._lock:

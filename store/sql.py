@@ -6,8 +6,11 @@ whole queue and commits every waiting request in one transaction (one fsync),
 then wakes those it committed and hands the lead to the next waiter. Positions
 are checked in memory, request by request, in queue order, so one stale
 ``expected_position`` fails only its own request and never the rest of the
-batch. Reads use their own pool of connections; with WAL they never wait for
-the writer. Hot paths use the DBAPI cursor with per-dialect SQL.
+batch. An ``append_many`` is one request with a part per stream: its parts are
+checked together and join the batch only if every one fits, so facts that
+belong together are stored together or not at all. Reads use their own pool of
+connections; with WAL they never wait for the writer. Hot paths use the DBAPI
+cursor with per-dialect SQL.
 """
 
 from __future__ import annotations
@@ -107,13 +110,22 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @dataclass
-class _Request:
+class _Part:
+    """One stream's share of an append: its encoded events and the position it expects."""
+
     stream_id: str
     pending: list[_Pending]
     expected: int
+
+
+@dataclass
+class _Request:
+    """One caller's append (one part) or append_many (several), committed all or nothing."""
+
+    parts: list[_Part]
     done: bool = False
     wake: threading.Event = field(default_factory=threading.Event)
-    result: list[RecordedEvent] = field(default_factory=list)
+    result: list[list[RecordedEvent]] = field(default_factory=list)
     error: BaseException | None = None
 
 
@@ -176,12 +188,30 @@ class EventStore:
         events (by ``event_id``) already sit at those positions: then the stored
         records are returned, so a retried persist is harmless.
         """
+        return self._submit([self._part(stream_id, events_, expected_position)])[0]
+
+    def append_many(self, writes: Sequence[tuple[str, Sequence[PendingEvent | Event], int]]
+                    ) -> list[list[RecordedEvent]]:
+        """Several streams' appends in one transaction: all are stored, or none.
+
+        Each ``(stream_id, events, expected_position)`` is checked as ``append``
+        checks it; the first one that conflicts raises ConcurrencyError naming its
+        stream, and nothing of the call is stored. A write whose event ids already
+        sit at its positions returns the stored records (a retried persist).
+        """
+        if not writes:
+            return []
+        return self._submit([self._part(stream_id, events_, expected)
+                             for stream_id, events_, expected in writes])
+
+    def _part(self, stream_id: str, events_: Sequence[PendingEvent | Event], expected_position: int) -> _Part:
         if self.readonly:
             raise StoreError(f"database {self.where} was opened read-only")
         if not isinstance(stream_id, str) or not stream_id:
             raise StoreError("stream_id must be a non-empty string")
-        if expected_position < 0:
-            raise StoreError(f"expected_position must be >= 0, not {expected_position}")
+        if not isinstance(expected_position, int) or expected_position < 0:
+            raise StoreError(f"expected_position of stream {stream_id!r} must be an integer >= 0, "
+                             f"not {expected_position!r}")
         # Encoding happens here, in the caller's thread and outside the commit lock, so
         # an event that cannot be encoded fails only its own append.
         if not isinstance(events_, list | tuple):
@@ -223,7 +253,10 @@ class EventStore:
                 raise StoreError(f"cannot encode {event.event_type} for stream {stream_id!r}: "
                                  f"{error}") from None
             add((event, payload, meta, meta_text))
-        request = _Request(stream_id, pending, expected_position)
+        return _Part(stream_id, pending, expected_position)
+
+    def _submit(self, parts: list[_Part]) -> list[list[RecordedEvent]]:
+        request = _Request(parts)
         with self._turn:
             self._queue.append(request)
             leader = not self._leading
@@ -343,48 +376,66 @@ class EventStore:
         staged: dict[str, list[RecordedEvent]] = {}
         rows: list[tuple[Any, ...]] = []
         for request in batch:
-            stream_id = request.stream_id
-            current = positions.get(stream_id)
-            if current is None:
-                current = cached.get(stream_id)
-            if current is None:
-                cursor.execute(sql.stream_max, (stream_id,))
-                current = cursor.fetchone()[0]
-            if request.expected < current and request.pending:
-                existing = self._existing(cursor, stream_id, request, staged.get(stream_id, []))
-                if existing is not None:
-                    request.result = existing
-                    positions[stream_id] = current
-                    continue
-            if request.expected != current:
-                request.error = ConcurrencyError(stream_id, request.expected, current)
-                positions[stream_id] = current
+            # A request's rows, positions and records join the batch only if all its parts fit.
+            mine_positions: dict[str, int] = {}
+            mine_staged: dict[str, list[RecordedEvent]] = {}
+            mine_rows: list[tuple[Any, ...]] = []
+            results: list[list[RecordedEvent]] = []
+            mine_head = head
+            for part in request.parts:
+                stream_id = part.stream_id
+                current = mine_positions.get(stream_id)
+                if current is None:
+                    current = positions.get(stream_id)
+                if current is None:
+                    current = cached.get(stream_id)
+                if current is None:
+                    cursor.execute(sql.stream_max, (stream_id,))
+                    current = cursor.fetchone()[0]
+                if part.expected < current and part.pending:
+                    earlier = staged.get(stream_id, []) + mine_staged.get(stream_id, [])
+                    existing = self._existing(cursor, part, earlier)
+                    if existing is not None:
+                        results.append(existing)
+                        mine_positions[stream_id] = current
+                        continue
+                if part.expected != current:
+                    request.error = ConcurrencyError(stream_id, part.expected, current)
+                    break
+                recorded: list[RecordedEvent] = []
+                add_row, add_record = mine_rows.append, recorded.append
+                for event, payload, meta, meta_text in part.pending:
+                    mine_head += 1
+                    current += 1
+                    kind = type(event)
+                    add_row((mine_head, stream_id, current, kind.__name__, kind.version, stamp, payload,
+                             meta_text))
+                    if _FAST_RECORD:
+                        record = _new(RecordedEvent)
+                        _set(record, "__dict__", {"global_position": mine_head, "stream_id": stream_id,
+                                                  "stream_position": current, "recorded_at": now,
+                                                  "event": event, "metadata": meta})
+                        add_record(record)
+                    else:
+                        add_record(RecordedEvent(mine_head, stream_id, current, now, event, meta))
+                mine_positions[stream_id] = current
+                mine_staged.setdefault(stream_id, []).extend(recorded)
+                results.append(recorded)
+            if request.error is not None:
                 continue
-            recorded: list[RecordedEvent] = []
-            add_row, add_record = rows.append, recorded.append
-            for event, payload, meta, meta_text in request.pending:
-                head += 1
-                current += 1
-                kind = type(event)
-                add_row((head, stream_id, current, kind.__name__, kind.version, stamp, payload, meta_text))
-                if _FAST_RECORD:
-                    record = _new(RecordedEvent)
-                    _set(record, "__dict__", {"global_position": head, "stream_id": stream_id,
-                                              "stream_position": current, "recorded_at": now,
-                                              "event": event, "metadata": meta})
-                    add_record(record)
-                else:
-                    add_record(RecordedEvent(head, stream_id, current, now, event, meta))
-            positions[stream_id] = current
-            staged.setdefault(stream_id, []).extend(recorded)
-            request.result = recorded
+            head = mine_head
+            rows.extend(mine_rows)
+            positions.update(mine_positions)
+            for stream_id, records in mine_staged.items():
+                staged.setdefault(stream_id, []).extend(records)
+            request.result = results
         return rows, positions, head
 
-    def _existing(self, cursor: Any, stream_id: str, request: _Request,
-                  staged: list[RecordedEvent]) -> list[RecordedEvent] | None:
-        """The stored records at the request's positions, if they carry the same event ids."""
-        first = request.expected + 1
-        last = request.expected + len(request.pending)
+    def _existing(self, cursor: Any, part: _Part, staged: list[RecordedEvent]) -> list[RecordedEvent] | None:
+        """The stored records at the part's positions, if they carry the same event ids."""
+        stream_id = part.stream_id
+        first = part.expected + 1
+        last = part.expected + len(part.pending)
         reader = RowReader("raise")
         found = {r.stream_position: r for r in staged if first <= r.stream_position <= last}
         cursor.execute(self._sql.stream_range, (stream_id, first, last))
@@ -395,7 +446,7 @@ class EventStore:
             found[record.stream_position] = record
         records = [found.get(position) for position in range(first, last + 1)]
         ids = [record.event_id if record else None for record in records]
-        if ids == [meta["event_id"] for _, _, meta, _ in request.pending]:
+        if ids == [meta["event_id"] for _, _, meta, _ in part.pending]:
             return [record for record in records if record is not None]
         return None
 

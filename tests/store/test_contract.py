@@ -158,3 +158,86 @@ def test_a_forked_child_uses_its_own_connections(sqlite_url: str) -> None:
         assert os.waitstatus_to_exitcode(status) == 0
         assert store.append("node:parent", [left(3)], 1)[0].global_position == 3
         assert [r.stream_id for r in store.read_all()] == ["node:parent", "node:child", "node:parent"]
+
+
+@pytest.fixture(params=["sql", "memory"])
+def recorder(request: pytest.FixtureRequest, any_db_url: str) -> Iterator[EventStore | InMemoryRecorder]:
+    if request.param == "memory":
+        yield InMemoryRecorder()
+        return
+    opened = open_store(any_db_url, metadata={"node_id": "node-1"})
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def test_append_many_stores_every_stream_in_one_go(recorder: EventStore | InMemoryRecorder) -> None:
+    recorder.append("peer:n:p:a", [left(0)], 0)
+    written = recorder.append_many([("peer:n:p:a", [left(1), left(2)], 1), ("party:n:p", [left(3)], 0),
+                                    ("peer:n:p:b", [], 0)])
+    assert [[(r.stream_id, r.stream_position, r.global_position) for r in part] for part in written] == [
+        [("peer:n:p:a", 2, 2), ("peer:n:p:a", 3, 3)], [("party:n:p", 1, 4)], []]
+    assert [r.event for r in recorder.read_stream("peer:n:p:a")] == [left(0), left(1), left(2)]
+    assert list(recorder.read_all()) == recorder.read_stream("peer:n:p:a")[:1] + written[0] + written[1]
+    assert recorder.append_many([]) == []
+
+
+def test_append_many_one_conflict_stores_nothing_and_names_its_stream(
+        recorder: EventStore | InMemoryRecorder) -> None:
+    recorder.append("party:n:p", [left(0)], 0)
+    with pytest.raises(ConcurrencyError, match="'party:n:p' is at position 1, but the append expected 0"):
+        recorder.append_many([("peer:n:p:a", [left(1)], 0), ("party:n:p", [left(2)], 0)])
+    assert recorder.stream_position("peer:n:p:a") == 0
+    assert recorder.last_global_position() == 1
+    # The same stream twice in one call: the second write expects where the first one ends.
+    written = recorder.append_many([("peer:n:p:a", [left(1)], 0), ("peer:n:p:a", [left(2)], 1)])
+    assert [r.stream_position for part in written for r in part] == [1, 2]
+    with pytest.raises(ConcurrencyError, match="'peer:n:p:a'"):
+        recorder.append_many([("peer:n:p:a", [left(3)], 2), ("peer:n:p:a", [left(4)], 2)])
+    assert recorder.stream_position("peer:n:p:a") == 2
+
+
+def test_append_many_is_idempotent_on_the_same_event_ids(recorder: EventStore | InMemoryRecorder) -> None:
+    writes = [("peer:n:p:a", [PendingEvent(left(1)), PendingEvent(left(2))], 0),
+              ("party:n:p", [PendingEvent(left(3))], 0)]
+    first = recorder.append_many(writes)
+    recorder.append("party:n:p", [left(4)], 1)
+    assert recorder.append_many(writes) == first
+    assert recorder.last_global_position() == 4
+    with pytest.raises(ConcurrencyError, match="'peer:n:p:a'"):
+        recorder.append_many([("peer:n:p:a", [PendingEvent(left(1))], 0)])
+
+
+def test_append_many_conflict_in_a_group_commit_fails_only_its_own_request(any_db_url: str) -> None:
+    import threading
+
+    opened = open_store(any_db_url)
+    try:
+        opened.append("party:n:p", [left(0)], 0)
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(8)
+
+        def write(index: int) -> None:
+            barrier.wait()
+            try:
+                if index == 0:
+                    opened.append_many([(f"peer:n:p:{index}", [left(index)], 0), ("party:n:p", [left(9)], 0)])
+                else:
+                    opened.append_many([(f"peer:n:p:{index}", [left(index)], 0),
+                                        (f"relay:n:192.0.2.{index}:3478", [left(index)], 0)])
+            except ConcurrencyError as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=write, args=(index,)) for index in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert [error.stream_id for error in errors] == ["party:n:p"]  # type: ignore[attr-defined]
+        assert opened.stream_position("peer:n:p:0") == 0
+        assert opened.last_global_position() == 1 + 7 * 2
+        positions = [r.global_position for r in opened.read_all()]
+        assert positions == list(range(1, 16))
+    finally:
+        opened.close()
