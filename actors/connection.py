@@ -78,7 +78,7 @@ class PeerConnection:
         self.timers = Timers(self.incarnation, target=init.peer_id)
         self.actor = f"peer-connection/{init.party_id}/{init.peer_id}"
         self.writer = StreamWriter(recorder or open_recorder(init.store),
-                                   peer_stream(init.party_id, init.peer_id), self.incarnation,
+                                   peer_stream(init.node_id, init.party_id, init.peer_id), self.incarnation,
                                    {"node_id": init.node_id, "actor": self.actor})
         self.log = logger.bind(actor=self.actor)
         self.state = ConnectionState()

@@ -162,7 +162,8 @@ class PartyActor(Actor):
         self.relay = init.relay
         self.recorder = open_recorder(init.store)
         self.adapters = build_adapters(init.adapters)
-        self.writer = StreamWriter(self.recorder, party_stream(init.party_id), new_incarnation(),
+        self.writer = StreamWriter(self.recorder, party_stream(init.node_id, init.party_id),
+                                   new_incarnation(),
                                    {"node_id": init.node_id, "actor": f"party/{init.party_id}"})
         self.state = self.writer.replay(apply_party, PartyState())
         if self.state.active:

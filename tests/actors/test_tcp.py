@@ -77,7 +77,7 @@ def test_actors_on_multiproc_tcp_base(tmp_path: Path, hosting: str) -> None:
             return peers["bob"].connection if "bob" in peers else None
 
         def stored() -> list[str]:
-            return [describe(r.event) for r in store.read_stream(peer_stream("p1", "bob"))]
+            return [describe(r.event) for r in store.read_stream(peer_stream("local", "p1", "bob"))]
 
         wait_for(lambda: bob() is not None and bob().state == "connected")
         assert stored()[:6] == JOINED
@@ -90,7 +90,7 @@ def test_actors_on_multiproc_tcp_base(tmp_path: Path, hosting: str) -> None:
 
         # Kill the party actor's process: the node recreates it, it replays, nothing is stored twice.
         before = bob()
-        positions = len(stored()), len(store.read_stream(party_stream("p1")))
+        positions = len(stored()), len(store.read_stream(party_stream("local", "p1")))
         party = dict(system.ask(node, m.ChildrenQuery(), 10).children)["p1"]
         system.tell(party, ActorExitRequest())
         def party_address() -> Any:
@@ -99,8 +99,8 @@ def test_actors_on_multiproc_tcp_base(tmp_path: Path, hosting: str) -> None:
         wait_for(lambda: party_address() not in (None, party))
         wait_for(lambda: bob() is not None)
         assert bob().state in ("connected", "degraded") and bob().endpoint == before.endpoint
-        assert len(store.read_stream(party_stream("p1"))) == positions[1]
-        types = [r.event_type for r in store.read_stream(peer_stream("p1", "bob"))][positions[0]:]
+        assert len(store.read_stream(party_stream("local", "p1"))) == positions[1]
+        types = [r.event_type for r in store.read_stream(peer_stream("local", "p1", "bob"))][positions[0]:]
         assert "WireGuardPeerConfigured" not in types and "ConnectionAttemptStarted" not in types
 
         # A real crash: SIGKILL the newest actor process (the re-created party when inline, its
@@ -112,8 +112,8 @@ def test_actors_on_multiproc_tcp_base(tmp_path: Path, hosting: str) -> None:
                  and set(forks_of_this_process(began)) - alive)  # its replacement
         wait_for(lambda: bob() is not None)
         assert bob().state in ("connected", "degraded") and bob().endpoint == before.endpoint
-        assert len(store.read_stream(party_stream("p1"))) == positions[1]
-        types = [r.event_type for r in store.read_stream(peer_stream("p1", "bob"))][positions[0]:]
+        assert len(store.read_stream(party_stream("local", "p1"))) == positions[1]
+        types = [r.event_type for r in store.read_stream(peer_stream("local", "p1", "bob"))][positions[0]:]
         assert "WireGuardPeerConfigured" not in types and "ConnectionAttemptStarted" not in types
 
         assert system.ask(node, m.LeaveParty("p1"), 10) == m.PartyClosed("p1", "left by the user")
