@@ -529,9 +529,13 @@ def register(app: typer.Typer) -> None:
     app.command("replay")(_guard(replay_command))
     app.command("history")(_guard(history_command))
     app.command("sql")(_guard(sql_command))
-    db_app = typer.Typer(help="The event store's schema (alembic).", no_args_is_help=True)
+    from commands import db as upkeep
+
+    db_app = typer.Typer(help="The event store's schema (alembic), snapshots, retention and size.",
+                         no_args_is_help=True)
     db_app.command("upgrade")(_guard(upgrade_command))
     db_app.command("current")(_guard(current_command))
+    db_app.command("snapshots")(_guard(upkeep.snapshots_command))
     app.add_typer(db_app, name="db")
 
 

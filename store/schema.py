@@ -135,3 +135,16 @@ checkpoints = Table(
     Column("global_position", BigInteger, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
 )
+
+# Per-stream snapshots of a fold's state: a cache, never a source of truth. A row is used
+# only when its ``fold_version`` matches the running code (``events.state_codec``); it can
+# be dropped at any time and is rebuilt from the events.
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("stream_id", String(255), primary_key=True),
+    Column("stream_position", Integer, nullable=False),
+    Column("fold_version", String(128), nullable=False),
+    Column("state", Text, nullable=False),
+    Column("saved_at", UtcDateTime, nullable=False),
+)
