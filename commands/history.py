@@ -536,6 +536,8 @@ def register(app: typer.Typer) -> None:
     db_app.command("upgrade")(_guard(upgrade_command))
     db_app.command("current")(_guard(current_command))
     db_app.command("snapshots")(_guard(upkeep.snapshots_command))
+    db_app.command("prune")(_guard(upkeep.prune_command))
+    db_app.command("stats")(_guard(upkeep.stats_command))
     app.add_typer(db_app, name="db")
 
 

@@ -272,8 +272,13 @@ def apply_world(world: World, stream_id: str, event: Event, global_position: int
     """Fold one event of any stream into ``world`` (mutates the dicts, for speed in replay)."""
     kind = stream_kind(stream_id)
     if kind == METRICS:
-        # A connection's samples have their own stream; they fold into the connection's state.
-        kind, stream_id = PEER, PEER + stream_id[len(METRICS):]
+        # A connection's samples have their own stream; they fold into the connection's state,
+        # once the connection exists (a sample alone says nothing of its party or state).
+        stream_id = PEER + stream_id[len(METRICS):]
+        connection = world.connections.get(stream_id)
+        if connection is not None:
+            world.connections[stream_id] = apply_connection(connection, event)
+        return _evolve(world, position=global_position) if global_position else world
     fold = _FOLDS.get(kind)
     if fold is not None:
         attribute, empty, apply = fold

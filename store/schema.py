@@ -148,3 +148,16 @@ snapshots = Table(
     Column("state", Text, nullable=False),
     Column("saved_at", UtcDateTime, nullable=False),
 )
+
+# Retention's record per stream: every position above ``low_water_position`` is still
+# stored; at or below it only the rows that retention must keep (state transitions, the
+# samples that changed one) remain. Streams never pruned have no row.
+low_water = Table(
+    "stream_low_water",
+    metadata,
+    Column("stream_id", String(255), primary_key=True),
+    Column("low_water_position", Integer, nullable=False),
+    Column("pruned_rows", BigInteger, nullable=False),
+    Column("pruned_before", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)

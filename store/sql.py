@@ -673,6 +673,24 @@ class EventStore:
         if cursor.rowcount == 0:
             cursor.execute(insert, params)
 
+    def time_param(self, moment: datetime) -> Any:
+        """``moment`` as this dialect's DBAPI parameter for ``recorded_at`` (SQLite: UTC text)."""
+        return _sqlite_time(utc(moment)) if self.dialect == "sqlite" else utc(moment)
+
+    @property
+    def mark(self) -> str:
+        """The DBAPI parameter mark of this dialect (``?`` or ``%s``)."""
+        return self._sql.mark
+
+    def write_transaction(self, work: Any) -> None:
+        """Run ``work(cursor, now)`` in one write transaction on the writer connection.
+
+        For upkeep beside the appends (snapshots, retention): the group commit's cached
+        stream positions stay valid as long as ``work`` never removes a stream's newest
+        row nor touches the log head.
+        """
+        self._write_small(work)
+
     def _write_small(self, work: Any) -> None:
         """One short write transaction on the writer connection (checkpoints, snapshots)."""
         if self.readonly:
