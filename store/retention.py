@@ -49,6 +49,8 @@ UPKEEP_INTERVAL_S = 3600.0
 # Rows deleted per transaction: a few ms of write lock each, far under the busy
 # timeout (5 s) that the actors' appends wait for it.
 DELETE_CHUNK = 5000
+# The named checkpoint (event_checkpoints) of the last upkeep's snapshot refresh.
+UPKEEP_CHECKPOINT = "upkeep-snapshots"
 
 # Fields of the fold states that only samples feed: pruning may change them, nothing else.
 SAMPLE_FIELDS: dict[type, frozenset[str]] = {
@@ -296,6 +298,14 @@ class UpkeepReport:
 
 
 def upkeep(store: EventStore, keep: timedelta = DEFAULT_KEEP, *, now: datetime | None = None) -> UpkeepReport:
-    """Prune, then refresh the snapshots: what ``serve`` runs every ``UPKEEP_INTERVAL_S``."""
+    """Prune, then refresh the snapshots: what ``serve`` runs every ``UPKEEP_INTERVAL_S``.
+
+    Only streams written since the last upkeep (checkpoint ``UPKEEP_CHECKPOINT``) are
+    looked at for snapshots: the others have not moved.
+    """
     report = prune(store, keep, now=now)
-    return UpkeepReport(report, refresh_snapshots(store, store.streams()))
+    head = store.last_global_position()
+    streams = store.streams_since(store.load_checkpoint(UPKEEP_CHECKPOINT))
+    saved = refresh_snapshots(store, [s for s in streams if not s.startswith(f"{METRICS}:")])
+    store.save_checkpoint(UPKEEP_CHECKPOINT, head)
+    return UpkeepReport(report, saved)

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -88,6 +88,10 @@ def _sqlite_time(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def _as_utc(value: datetime | str) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
@@ -141,11 +145,15 @@ class EventStore:
 
     def __init__(self, url: str, *, synchronous: Synchronous = "NORMAL", busy_timeout: float = 5.0,
                  metadata: Mapping[str, Any] | None = None, readonly: bool = False,
-                 must_exist: bool = False, page_size: int = 2000) -> None:
+                 must_exist: bool = False, page_size: int = 2000,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.target: Target = parse_url(url)
         self.readonly = readonly
         self.synchronous = synchronous
         self.page_size = page_size
+        # What ``recorded_at`` is taken from (never earlier than the newest row): the wall
+        # clock, or a simulated one (bench/log.py writes a year in minutes).
+        self._clock = clock or _utc_now
         self._default_metadata = {key: value for key, value in (metadata or {}).items() if key != "event_id"}
         encoded = encode_metadata(self._default_metadata)
         self._metadata_prefix = encoded[:-1] + ("," if self._default_metadata else "")
@@ -373,7 +381,7 @@ class EventStore:
             cursor.execute(sql.latest)
             latest = cursor.fetchone()[0]
             self._last_recorded = _as_utc(latest) if latest is not None else datetime.min.replace(tzinfo=UTC)
-        now = max(datetime.now(UTC), self._last_recorded)
+        now = max(self._clock(), self._last_recorded)
         self._last_recorded = now
         stamp = _sqlite_time(now) if self.dialect == "sqlite" else now
         if head != self._known_head or len(self._positions) > 100_000:
@@ -593,6 +601,22 @@ class EventStore:
             return int(connection.execute(
                 select(func.coalesce(func.max(events.c.global_position), 0))
                 .where(events.c.recorded_at <= utc(moment))).scalar_one())
+
+    def streams_since(self, after_global: int) -> list[str]:
+        """The streams that have events after global position ``after_global``."""
+        mark = self._sql.mark
+        rows = self._fetch_plain(f"SELECT DISTINCT stream_id FROM events WHERE global_position > {mark}",
+                                 (after_global,))
+        return sorted(str(row[0]) for row in rows)
+
+    def _fetch_plain(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with translated(self.where), self._reader.connect() as connection:
+            cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, params)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
 
     def streams(self, prefix: str = "") -> list[str]:
         query = select(events.c.stream_id).distinct().order_by(events.c.stream_id)
