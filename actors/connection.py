@@ -173,8 +173,9 @@ class PeerConnectionActor(Actor):
         self.timers = Timers(self.incarnation)
         self.actor = f"peer-connection/{init.party_id}/{init.peer_id}"
         self.log = logger.bind(actor=self.actor)
-        self.writer = StreamWriter(open_recorder(init.store), peer_stream(init.party_id, init.peer_id),
-                                   self.incarnation, {"node_id": init.node_id, "actor": self.actor})
+        stream = peer_stream(init.node_id, init.party_id, init.peer_id)
+        self.writer = StreamWriter(open_recorder(init.store), stream, self.incarnation,
+                                   {"node_id": init.node_id, "actor": self.actor})
         self.state = self.writer.replay(apply_connection, ConnectionState())
         settle: list[Event] = []
         if init.restarted and self.writer.position:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from actors.messages import StoreSpec
 from events.base import Event
 from store.base import InMemoryRecorder, PendingEvent, RecordedEvent, Recorder
+from store.snapshots import replay_stream
 
 S = TypeVar("S")
 
@@ -57,9 +58,14 @@ class StreamWriter:
         self.position = 0
 
     def replay(self, apply: Callable[[S, Event], S], state: S) -> S:
-        for record in self.recorder.read_stream(self.stream_id, self.position + 1):
-            state = apply(state, record.event)
-            self.position = record.stream_position
+        """Fold the stream after the known position into ``state``.
+
+        From the start, a snapshot of a pure fold of ``events.fold`` (``apply_party``...)
+        stands in for the events it covers, and a long fold leaves a new one; any
+        other ``apply`` (a closure that must see every event) folds every event.
+        """
+        state, self.position = replay_stream(self.recorder, self.stream_id, apply, state,
+                                             after=self.position)
         return state
 
     def pending(self, events: Sequence[Event], causation: str) -> list[PendingEvent]:

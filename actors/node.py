@@ -61,12 +61,12 @@ class Gather:
 def last_written(recorder: Recorder, node_id: str, state: NodeState,
                  relays: tuple[str, ...]) -> RecordedEvent | None:
     """The newest event among the streams this node's actors write."""
-    streams = [node_stream(node_id), *(relay_stream(relay) for relay in relays)]
+    streams = [node_stream(node_id), *(relay_stream(node_id, relay) for relay in relays)]
     for party_id in state.parties:
-        streams.append(party_stream(party_id))
-        records = recorder.read_stream(party_stream(party_id))
+        streams.append(party_stream(node_id, party_id))
+        records = recorder.read_stream(party_stream(node_id, party_id))
         party = fold_stream(apply_party, PartyState(), (record.event for record in records))
-        streams.extend(peer_stream(party_id, peer_id)
+        streams.extend(peer_stream(node_id, party_id, peer_id)
                        for peer_id, member in party.members if not member.is_local)
     newest: RecordedEvent | None = None
     for stream in streams:
@@ -310,8 +310,8 @@ class NodeActor(Actor):
         opened: Event = (ev.PartyCreated(**base, host_peer_id=command.local_peer_id)
                          if isinstance(command, m.CreateParty) else
                          ev.PartyJoined(**base, local_peer_id=command.local_peer_id))
-        party_writer = StreamWriter(self.recorder, party_stream(command.party_id), self.timers.incarnation,
-                                    {"node_id": self.start.node_id, "actor": "node"})
+        party_writer = StreamWriter(self.recorder, party_stream(self.start.node_id, command.party_id),
+                                    self.timers.incarnation, {"node_id": self.start.node_id, "actor": "node"})
         party_writer.position = self.recorder.stream_position(party_writer.stream_id)
         party_events: list[Event] = [
             opened,

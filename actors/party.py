@@ -124,7 +124,8 @@ class PartyActor(Actor):
         self.init = init
         self.log = logger.bind(actor=f"party/{init.party_id}")
         self.relay = init.relay
-        self.writer = StreamWriter(open_recorder(init.store), party_stream(init.party_id), new_incarnation(),
+        self.writer = StreamWriter(open_recorder(init.store), party_stream(init.node_id, init.party_id),
+                                   new_incarnation(),
                                    {"node_id": init.node_id, "actor": f"party/{init.party_id}"})
         self.state = self.writer.replay(apply_party, PartyState())
         if init.restarted and self.writer.position:

@@ -136,7 +136,7 @@ class RelayMonitorActor(Actor):
         recorder = open_recorder(init.store)
         last_selected: tuple[int, str] | None = None
         for relay in init.relays:
-            writer = StreamWriter(recorder, relay_stream(relay), self.timers.incarnation,
+            writer = StreamWriter(recorder, relay_stream(init.node_id, relay), self.timers.incarnation,
                                   {"node_id": init.node_id, "actor": "relay-monitor"})
             self.writers[relay] = writer
             self.windows[relay] = Window()

@@ -425,5 +425,5 @@ class Agent:
                 self.bindings[party_id] = url
 
     def _party_state(self, party_id: str) -> PartyState:
-        events = (record.event for record in self.store.read_stream(party_stream(party_id)))
+        events = (record.event for record in self.store.read_stream(party_stream(self.node_id, party_id)))
         return fold_stream(apply_party, PartyState(), events)

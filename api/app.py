@@ -38,7 +38,9 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
     app = FastAPI(title="LANrage node API", version="1",
                   description="Parties, status, metrics and history of one LANrage node. "
                               "POST routes need `Authorization: Bearer <state-dir/api-token>`.")
-    projection = Projection(reader)
+    # This node's streams only: several nodes may share one database.
+    node_id = service.info().get("node_id")
+    projection = Projection(reader, node_id)
     registry, collector = new_registry()
 
     def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
@@ -104,7 +106,7 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
         peer = next((p for p in remote_peers(await projection.refresh()) if p["peer_id"] == peer_id), None)
         if peer is None:
             raise HTTPException(404, f"no peer {peer_id} in an active party")
-        return {"peer": peer, "samples": await reader.samples(peer_id, samples)}
+        return {"peer": peer, "samples": await reader.samples(peer_id, samples, node_id)}
 
     @app.get("/api/events", response_model=models.EventsOut)
     async def list_events(
@@ -124,7 +126,7 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
     async def peer_history(peer_id: PeerId,
                            limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> dict[str, Any]:
         """One row per connection state transition (the `connection_history` view)."""
-        return {"peer_id": peer_id, "transitions": await reader.history(peer_id, limit)}
+        return {"peer_id": peer_id, "transitions": await reader.history(peer_id, limit, node_id)}
 
     @app.get("/metrics", response_class=Response,
              responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}})

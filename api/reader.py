@@ -9,7 +9,7 @@ actors and the replay tool use) on each request.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import types as ev
 from events.fold import ConnectionState, World, apply_world
-from events.streams import peer_stream
+from events.streams import node_of, peer_stream
 from store.base import RecordedEvent
 from store.engine import async_engine, parse_url
 from store.errors import translated
@@ -54,17 +54,22 @@ class StoreReader:
                 rows = (await connection.execute(query)).all()
         return [record for row in rows if (record := reader.record(row)) is not None]
 
-    async def history(self, peer_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+    async def history(self, peer_id: str, limit: int = 1000,
+                      node_id: str | None = None) -> list[dict[str, Any]]:
+        """``node_id``: only that node's view of the peer (the view's ``node_id`` column)."""
         with translated(self.where):
             return await self._query(
-                "SELECT * FROM connection_history WHERE peer_id = :peer "
-                "ORDER BY global_position LIMIT :limit", peer=peer_id, limit=limit)
+                "SELECT * FROM connection_history WHERE peer_id = :peer"
+                + (" AND node_id = :node" if node_id is not None else "")
+                + " ORDER BY global_position LIMIT :limit", peer=peer_id, limit=limit, node=node_id)
 
-    async def samples(self, peer_id: str, limit: int = 60) -> list[dict[str, Any]]:
+    async def samples(self, peer_id: str, limit: int = 60,
+                      node_id: str | None = None) -> list[dict[str, Any]]:
         with translated(self.where):
             rows = await self._query(
-                "SELECT * FROM peer_metrics WHERE peer_id = :peer "
-                "ORDER BY global_position DESC LIMIT :limit", peer=peer_id, limit=limit)
+                "SELECT * FROM peer_metrics WHERE peer_id = :peer"
+                + (" AND node_id = :node" if node_id is not None else "")
+                + " ORDER BY global_position DESC LIMIT :limit", peer=peer_id, limit=limit, node=node_id)
         return rows[::-1]
 
     async def _query(self, sql: str, **parameters: Any) -> list[dict[str, Any]]:
@@ -77,10 +82,15 @@ class StoreReader:
 
 
 class Projection:
-    """The world as of the newest event, folded incrementally."""
+    """The world as of the newest event, folded incrementally.
 
-    def __init__(self, reader: StoreReader) -> None:
+    With ``node_id`` only that node's streams are folded: in a database that several
+    nodes share, a node's API shows its own parties and connections.
+    """
+
+    def __init__(self, reader: StoreReader, node_id: str | None = None) -> None:
         self.reader = reader
+        self.node_id = node_id
         self.world = World()
         self._lock = asyncio.Lock()
 
@@ -89,6 +99,9 @@ class Projection:
             while True:
                 records = await self.reader.events(after=self.world.position, limit=PAGE)
                 for record in records:
+                    if self.node_id is not None and node_of(record.stream_id) != self.node_id:
+                        self.world = replace(self.world, position=record.global_position)
+                        continue
                     self.world = apply_world(self.world, record.stream_id, record.event,
                                              record.global_position)
                 if len(records) < PAGE:
@@ -112,7 +125,7 @@ def _peer(party_id: str, member: Any, connection: ConnectionState | None,
 def status(world: World, include_inactive: bool = False) -> dict[str, Any]:
     node = next(iter(world.nodes.values()), None)
     parties = []
-    for party in world.parties.values():
+    for party_stream_id, party in world.parties.items():
         if not party.active and not include_inactive:
             continue
         members = dict(party.members)
@@ -122,7 +135,8 @@ def status(world: World, include_inactive: bool = False) -> dict[str, Any]:
             "local_peer_id": party.local_peer_id, "host_peer_id": party.host_peer_id,
             "subnet": party.subnet, "virtual_ip": local.virtual_ip if local else None,
             "peers": [_peer(party.party_id, member,
-                            world.connections.get(peer_stream(party.party_id, member.peer_id)),
+                            world.connections.get(peer_stream(node_of(party_stream_id) or "",
+                                                              party.party_id, member.peer_id)),
                             node.nat_type if node else None)
                       for member in members.values()]})
     return {"node": None if node is None else {

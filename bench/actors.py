@@ -124,7 +124,7 @@ def throughput(base: str, hosting: str, batch: int, total: int, to_party: bool =
         reader = open_store(url)
         try:
             open_party(system, node, 1)
-            stream = peer_stream("bench", "peer00")
+            stream = peer_stream("bench", "bench", "peer00")
             deadline = time.monotonic() + 30
             while reader.stream_position(stream) < 6 and time.monotonic() < deadline:
                 time.sleep(0.05)

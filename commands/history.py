@@ -14,7 +14,7 @@ import re
 import signal
 import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
@@ -25,11 +25,15 @@ from rich.table import Table
 
 from commands.common import DEFAULT_STATE_DIR as _DEFAULT_STATE_DIR
 from commands.common import DbOption, JsonOption, StateDirOption, UsageError, database_url
+from events.streams import METRICS, PEER, StreamIdError, parse_stream_id
 
 CONNECTION_TYPES = ("ConnectionAttemptStarted", "PathChosen", "HolePunchAttempted", "HolePunchSucceeded",
                     "HolePunchFailed", "WireGuardPeerConfigured", "WireGuardPeerRemoved",
                     "ConnectionStateChanged", "EndpointChanged", "ReconnectAttempted", "PathSwitched",
                     "DirectPathRetried")
+
+NodeOption = Annotated[str | None, typer.Option(
+    "--node", help="Only this node's streams (its node id), in a database that several nodes share.")]
 
 TABLE_ROWS = 1000
 _SQLITE_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?$")
@@ -158,7 +162,8 @@ def _cell(value: Any, column: str = "") -> str:
 
 def events_command(
     stream: Annotated[str | None,
-                      typer.Option("--stream", help="Stream id or prefix (e.g. peer:PARTY).")] = None,
+                      typer.Option("--stream", help="Stream id or prefix (e.g. peer:NODE:PARTY).")] = None,
+    node: NodeOption = None,
     event_type: Annotated[list[str] | None,
                           typer.Option("--type", help="Event type; repeat for several.")] = None,
     since: Annotated[str | None, typer.Option("--since", help="From this time (ISO, 'now', -5m).")] = None,
@@ -185,11 +190,13 @@ def events_command(
     if follow:
         if end is not None:
             raise UsageError("--until cannot be used with --follow")
-        _follow(database_url(db, state_dir), after, stream, types, start, count, as_json)
+        _follow(database_url(db, state_dir), after, stream, types, start, count, as_json, node)
         return
     with _open_readonly(db, state_dir) as store:
-        records = store.read_all(after, limit, stream=stream, types=types, since=start, until=end,
-                                 on_error=_warn)
+        records = store.read_all(after, None if node else limit, stream=stream, types=types, since=start,
+                                 until=end, on_error=_warn)
+        if node is not None:
+            records = _of_node(records, node, limit)
         if as_json:
             for record in records:
                 print(json.dumps(record_json(record)))
@@ -212,8 +219,24 @@ def events_command(
                           "narrow with --since/--stream/--type, or use --after/--limit or --json")
 
 
+def _of_node(records: Iterable[Any], node: str, limit: int | None) -> Iterator[Any]:
+    """The records of one node's streams, at most ``limit`` of them."""
+    from events.streams import node_of
+
+    if limit is not None and limit <= 0:
+        return
+    kept = 0
+    for record in records:
+        if node_of(record.stream_id) == node:
+            yield record
+            kept += 1
+            if limit is not None and kept >= limit:
+                return
+
+
 def _follow(url: str, after: int, stream: str | None, types: tuple[str, ...], since: datetime | None,
-            count: int | None, as_json: bool) -> None:
+            count: int | None, as_json: bool, node: str | None = None) -> None:
+    from events.streams import node_of
     from store.aio import AsyncEventReader
 
     console = _console()
@@ -229,6 +252,8 @@ def _follow(url: str, after: int, stream: str | None, types: tuple[str, ...], si
             async for record in reader.follow(after, stream=stream, types=types, stop=stop,
                                               on_error=_warn):
                 if since is not None and record.recorded_at < since:
+                    continue
+                if node is not None and node_of(record.stream_id) != node:
                     continue
                 if as_json:
                     print(json.dumps(record_json(record)), flush=True)
@@ -248,20 +273,26 @@ def replay_command(
     at: Annotated[str | None,
                   typer.Option("--at", help="Time: ISO 8601 (local if no offset), 'now', -5m.")] = None,
     position: Annotated[int | None, typer.Option("--position", help="Global position to stop at.")] = None,
+    node: NodeOption = None,
     skip_bad: Annotated[bool, typer.Option(
         "--skip-bad", help="Warn about rows that cannot be decoded and fold the rest.")] = False,
     as_json: JsonOption = False,
     state_dir: StateDirOption = _DEFAULT_STATE_DIR,
     db: DbOption = None,
 ) -> None:
-    """The state of every party, connection, relay and node at a moment (or position)."""
+    """The state of every party, connection, relay and node at a moment (or position).
+
+    In a database that several nodes share, every node's streams are shown unless --node
+    names one.
+    """
     from store.replay import replay
 
     moment = parse_time(at, "--at") if at else None
     if position is not None and position < 0:
         raise UsageError("--position must be >= 0")
     with _open_readonly(db, state_dir) as store:
-        world = replay(store, at=moment, position=position, on_error=_warn if skip_bad else "raise")
+        world = replay(store, at=moment, position=position, node=node,
+                       on_error=_warn if skip_bad else "raise")
     if as_json:
         print(json.dumps(_jsonable({
             "position": world.position,
@@ -292,12 +323,13 @@ def _print_world(world: Any, moment: datetime | None) -> None:
         console.print(table)
     if world.parties:
         table = Table(title="parties", header_style="bold")
-        for column in ("party", "name", "active", "member", "peer name", "virtual IP", "NAT"):
+        for column in ("node", "party", "name", "active", "member", "peer name", "virtual IP", "NAT"):
             table.add_column(column)
-        for party in world.parties.values():
+        for stream_id, party in world.parties.items():
             members = party.members or (("", None),)
             for index, (peer_id, member) in enumerate(members):
-                table.add_row(party.party_id if index == 0 else "", party.name if index == 0 else "",
+                table.add_row(_node_cell(stream_id) if index == 0 else "",
+                              party.party_id if index == 0 else "", party.name if index == 0 else "",
                               ("yes" if party.active else f"no ({party.left_reason})") if index == 0 else "",
                               peer_id or "-", member.name if member else "-",
                               (member.virtual_ip or "-") if member else "-",
@@ -305,47 +337,64 @@ def _print_world(world: Any, moment: datetime | None) -> None:
         console.print(table)
     if world.connections:
         table = Table(title="connections", header_style="bold")
-        for column in ("party", "peer", "state", "path", "endpoint", "relay", "latency ms", "loss",
+        for column in ("node", "party", "peer", "state", "path", "endpoint", "relay", "latency ms", "loss",
                        "reconnects", "reason"):
             table.add_column(column)
-        for connection in world.connections.values():
-            table.add_row(connection.party_id, connection.peer_id, connection.state or "-",
-                          connection.path or "-", connection.endpoint or "-", connection.relay or "-",
+        for stream_id, connection in world.connections.items():
+            table.add_row(_node_cell(stream_id), connection.party_id, connection.peer_id,
+                          connection.state or "-", connection.path or "-", connection.endpoint or "-",
+                          connection.relay or "-",
                           f"{connection.latency_ms:.1f}" if connection.latency_ms is not None else "-",
                           f"{connection.loss:.1%}" if connection.loss is not None else "-",
                           str(connection.reconnects), connection.reason or "-")
         console.print(table)
     if world.relays:
         table = Table(title="relays", header_style="bold")
-        for column in ("relay", "rtt ms", "answered/probes", "degraded", "sessions", "running"):
+        for column in ("node", "relay", "rtt ms", "answered/probes", "degraded", "sessions", "running"):
             table.add_column(column)
-        for relay in world.relays.values():
-            table.add_row(relay.relay, f"{relay.rtt_ms:.1f}" if relay.rtt_ms is not None else "-",
+        for stream_id, relay in world.relays.items():
+            table.add_row(_node_cell(stream_id), relay.relay,
+                          f"{relay.rtt_ms:.1f}" if relay.rtt_ms is not None else "-",
                           f"{relay.answered}/{relay.probes}", "yes" if relay.degraded else "no",
                           str(len(relay.sessions)), "yes" if relay.running else "no")
         console.print(table)
 
 
+def _node_cell(stream_id: str) -> str:
+    from events.streams import node_of
+
+    return node_of(stream_id) or "-"
+
+
 def history_command(
     peer: Annotated[str, typer.Argument(help="Peer id, a prefix of it, or PARTY:PEER.")],
     metrics: Annotated[bool, typer.Option("--metrics", help="Include the metric samples.")] = False,
+    node: NodeOption = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the last N entries.")] = None,
     as_json: JsonOption = False,
     state_dir: StateDirOption = _DEFAULT_STATE_DIR,
     db: DbOption = None,
 ) -> None:
-    """One peer's connection timeline: attempts, punches, state changes, path switches."""
+    """One peer's connection timeline: attempts, punches, state changes, path switches.
+
+    In a database that several nodes share, a peer that more than one node connects to
+    needs --node (whose view of the peer).
+    """
     if not peer.strip():
         raise UsageError("PEER must not be empty")
     with _open_readonly(db, state_dir) as store:
-        streams = resolve_peer(store.streams("peer:"), peer.strip())
-        types = CONNECTION_TYPES + (("MetricsSampled",) if metrics else ())
+        streams = resolve_peer(store.streams("peer:"), peer.strip(), node)
         records = []
         for stream in streams:
             # The type filter runs in SQL (metric samples can be most of a stream); the stream
-            # filter is a prefix there, so keep only this exact stream.
-            records.extend(record for record in store.read_all(stream=stream, types=types, on_error=_warn)
-                           if record.stream_id == stream)
+            # filter is a prefix there, so keep only this exact stream. Samples have their own
+            # stream (metrics:...) since metrics left the connection's stream.
+            sources = [(stream, CONNECTION_TYPES + (("MetricsSampled",) if metrics else ()))]
+            if metrics:
+                sources.append((METRICS + stream[len(PEER):], ("MetricsSampled",)))
+            for source, types in sources:
+                records.extend(record for record in store.read_all(stream=source, types=types, on_error=_warn)
+                               if record.stream_id == source)
     records.sort(key=lambda record: record.global_position)
     if limit is not None:
         records = records[-limit:] if limit > 0 else []
@@ -354,7 +403,8 @@ def history_command(
             print(json.dumps(record_json(record)))
         return
     console = _console()
-    table = Table(title=f"connection history of {', '.join(s.removeprefix('peer:') for s in streams)}",
+    shown = ", ".join(parse_stream_id(stream).rest for stream in streams)
+    table = Table(title=f"connection history of {shown} (node {parse_stream_id(streams[0]).node_id})",
                   header_style="bold")
     for column in ("pos", f"time ({_tz_name()})", "event", "state", "path", "endpoint / relay", "details"):
         table.add_column(column)
@@ -379,25 +429,36 @@ def history_command(
 _SHOWN = ("from_state", "to_state", "path", "endpoint", "relay", "from_path", "to_path", "to_relay")
 
 
-def resolve_peer(streams: list[str], peer: str) -> list[str]:
-    """Streams ``peer:<party>:<peer>`` whose peer id (or ``party:peer``) starts with ``peer``."""
-    matches = []
+def resolve_peer(streams: list[str], peer: str, node: str | None = None) -> list[str]:
+    """Streams ``peer:<node>:<party>:<peer>`` whose peer id (or ``party:peer``) starts with ``peer``.
+
+    All of them belong to one node: ``node`` if given, else the only node that has such
+    a peer (several are a usage error that names them).
+    """
+    candidates: list[tuple[str, str, str]] = []  # (stream, node, party:peer)
     for stream in streams:
-        rest = stream.removeprefix("peer:")
-        _party, _, peer_id = rest.partition(":")
-        if peer_id.startswith(peer) or rest.startswith(peer):
-            matches.append(stream)
+        try:
+            parsed = parse_stream_id(stream)
+        except StreamIdError:
+            continue
+        if parsed.kind != PEER or parsed.node_id is None or (node is not None and parsed.node_id != node):
+            continue
+        candidates.append((stream, parsed.node_id, parsed.rest))
+    matches = [(stream, owner, rest) for stream, owner, rest in candidates
+               if rest.partition(":")[2].startswith(peer) or rest.startswith(peer)]
     if not matches:
-        raise UsageError(f"no peer matches {peer!r}")
-    exact = [stream for stream in matches
-             if stream.rsplit(":", 1)[1] == peer or stream.removeprefix("peer:") == peer]
-    if exact:
-        return exact  # "bob" means bob, even when bob2 exists
-    peers = {stream.rsplit(":", 1)[1] for stream in matches}
+        raise UsageError(f"no peer matches {peer!r}" + (f" on node {node}" if node else ""))
+    exact = [match for match in matches if match[2].partition(":")[2] == peer or match[2] == peer]
+    chosen = exact or matches  # "bob" means bob, even when bob2 exists
+    peers = {rest.partition(":")[2] for _, _, rest in chosen}
     if len(peers) > 1:
         listed = ", ".join(sorted(peers)[:5])
         raise UsageError(f"{peer!r} matches several peers ({listed}); give more of the id")
-    return matches
+    owners = sorted({owner for _, owner, _ in chosen})
+    if len(owners) > 1:
+        raise UsageError(f"peer {peer!r} is known to several nodes ({', '.join(owners[:5])}); "
+                         "choose one with --node")
+    return [stream for stream, _, _ in chosen]
 
 
 def sql_command(
@@ -468,9 +529,15 @@ def register(app: typer.Typer) -> None:
     app.command("replay")(_guard(replay_command))
     app.command("history")(_guard(history_command))
     app.command("sql")(_guard(sql_command))
-    db_app = typer.Typer(help="The event store's schema (alembic).", no_args_is_help=True)
+    from commands import db as upkeep
+
+    db_app = typer.Typer(help="The event store's schema (alembic), snapshots, retention and size.",
+                         no_args_is_help=True)
     db_app.command("upgrade")(_guard(upgrade_command))
     db_app.command("current")(_guard(current_command))
+    db_app.command("snapshots")(_guard(upkeep.snapshots_command))
+    db_app.command("prune")(_guard(upkeep.prune_command))
+    db_app.command("stats")(_guard(upkeep.stats_command))
     app.add_typer(db_app, name="db")
 
 

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         listen: Annotated[str, typer.Option("--listen", help="UDP address to listen on.")] = "0.0.0.0:3478",
         public: Annotated[str | None, typer.Option(
             "--public", help="HOST:PORT peers use to reach this relay; names its event stream "
-                             "relay:<HOST:PORT> [default: --listen].")] = None,
+                             "relay-server:<HOST:PORT> [default: --listen].")] = None,
         secret_file: Annotated[Path | None, typer.Option(
             "--secret-file", help="File holding the secret shared with the control server (hex or raw, "
                                   ">= 16 bytes); or set LANRAGE_RELAY_SECRET.")] = None,

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from events import types as ev
 from events.base import Event
-from events.streams import stream_kind
+from events.streams import METRICS, NODE, PARTY, PEER, RELAY, node_of, node_prefix, node_stream, stream_kind
 
 S = TypeVar("S")
 
@@ -277,6 +277,7 @@ class NodeState:
     rejected_messages: int = 0
     parties: tuple[str, ...] = ()
     pending_requests: tuple[str, ...] = ()  # PartyRequested ids with no outcome yet
+    abrupt_ends: int = 0  # previous runs that ended without a clean stop
 
 
 def apply_node(state: NodeState, event: Event) -> NodeState:
@@ -284,8 +285,12 @@ def apply_node(state: NodeState, event: Event) -> NodeState:
         case ev.NodeStarted():
             return _evolve(state, node_id=event.node_id, public_key=event.public_key,
                            listen_port=event.listen_port, running=True)
-        case ev.NodeStopped() | ev.NodeRunEndedAbruptly():
+        case ev.NodeStopped():
             return _evolve(state, running=False)
+        case ev.NodeRunEndedAbruptly():
+            # Recorded by the next run as it starts, just before its NodeStarted: the downtime
+            # is behind it, and ``apply_abrupt_end`` shows the node down during it.
+            return _evolve(state, running=False, abrupt_ends=state.abrupt_ends + 1)
         case ev.NatDetected():
             endpoint = (f"{event.public_ip}:{event.public_port}"
                         if event.public_ip and event.public_port else None)
@@ -322,29 +327,57 @@ class World:
 
 
 _FOLDS = {
-    "party": ("parties", PartyState, apply_party),
-    "peer": ("connections", ConnectionState, apply_connection),
-    "relay": ("relays", RelayState, apply_relay),
-    "node": ("nodes", NodeState, apply_node),
+    PARTY: ("parties", PartyState, apply_party),
+    PEER: ("connections", ConnectionState, apply_connection),
+    RELAY: ("relays", RelayState, apply_relay),
+    NODE: ("nodes", NodeState, apply_node),
 }
 
 
 def apply_world(world: World, stream_id: str, event: Event, global_position: int = 0) -> World:
     """Fold one event of any stream into ``world`` (mutates the dicts, for speed in replay)."""
-    fold = _FOLDS.get(stream_kind(stream_id))
+    kind = stream_kind(stream_id)
+    if kind == METRICS:
+        # A connection's samples have their own stream; they fold into the connection's state,
+        # once the connection exists (a sample alone says nothing of its party or state).
+        stream_id = PEER + stream_id[len(METRICS):]
+        connection = world.connections.get(stream_id)
+        if connection is not None:
+            world.connections[stream_id] = apply_connection(connection, event)
+        return _evolve(world, position=global_position) if global_position else world
+    fold = _FOLDS.get(kind)
     if fold is not None:
         attribute, empty, apply = fold
         states = getattr(world, attribute)
         states[stream_id] = apply(states.get(stream_id) or empty(), event)
         if isinstance(event, ev.RelaySelected):
-            # The selection lives in the chosen relay's stream; every other relay is unselected.
+            # The selection lives in the chosen relay's stream; every other relay of the same
+            # node is unselected, and that node (only) has a new selected relay.
+            node_id = node_of(stream_id)
             for other, relay in world.relays.items():
-                if other != stream_id and relay.selected:
+                if other != stream_id and relay.selected and node_of(other) == node_id:
                     world.relays[other] = _evolve(relay, selected=False)
-            # One node writes to one database, so its node stream is the only one here.
-            for node_stream_id, node in world.nodes.items():
-                world.nodes[node_stream_id] = _evolve(node, selected_relay=event.relay)
+            node = world.nodes.get(node_stream(node_id)) if node_id is not None else None
+            if node is not None:
+                world.nodes[node_stream(node_id)] = _evolve(node, selected_relay=event.relay)
     return _evolve(world, position=global_position) if global_position else world
+
+
+def apply_abrupt_end(world: World, event: ev.NodeRunEndedAbruptly) -> World:
+    """The world during the downtime that ``event`` (recorded later, at the next start) reports.
+
+    The node is down and each of its connections that was not closed shows as
+    interrupted, from ``event.last_recorded_at`` until the next start. Replay applies
+    it when it stops inside such a downtime (mutates the dicts, like ``apply_world``).
+    """
+    key = node_stream(event.node_id)
+    world.nodes[key] = _evolve(world.nodes.get(key) or NodeState(node_id=event.node_id), running=False)
+    reason = f"node run ended abruptly after {event.last_recorded_at}"
+    prefix = node_prefix(PEER, event.node_id)
+    for stream_id, connection in world.connections.items():
+        if stream_id.startswith(prefix) and connection.state not in (None, ev.CLOSED, ev.FAILED):
+            world.connections[stream_id] = _evolve(connection, state=ev.INTERRUPTED, reason=reason)
+    return world
 
 
 def fold_stream(apply, initial, events: Iterable[Event]):  # type: ignore[no-untyped-def]

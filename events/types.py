@@ -1,6 +1,8 @@
 """Every event LANrage records, grouped by the stream they belong to.
 
-Stream ids: see ``events.streams``.
+Stream ids (see ``streams``): ``node:<node_id>``, ``party:<node_id>:<party_id>``,
+``peer:<node_id>:<party_id>:<peer_id>``, ``metrics:<node_id>:<party_id>:<peer_id>``,
+``relay:<node_id>:<host:port>``, ``relay-server:<name>``, ``control:<server_id>``.
 Fields hold only JSON scalars and tuples; no secret ever goes into an event.
 """
 
@@ -18,6 +20,8 @@ FAILED = "failed"
 CLEANUP = "cleanup"
 CLOSED = "closed"
 CONNECTION_STATES = (CONNECTING, CONNECTED, DEGRADED, FAILED, CLEANUP, CLOSED)
+# Only replay shows it, never an actor: the node's run ended abruptly while the connection was up.
+INTERRUPTED = "interrupted"
 
 # Paths a connection can take.
 DIRECT = "direct"

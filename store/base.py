@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from events.base import Event
 
@@ -94,6 +94,29 @@ class Recorder(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A fold's state of one stream after ``stream_position``, as ``events.state_codec`` wrote it."""
+
+    stream_id: str
+    stream_position: int
+    fold_version: str
+    state: str
+
+
+@runtime_checkable
+class SnapshotKeeper(Protocol):
+    """A recorder that also keeps per-stream snapshots (a cache: losing them loses nothing)."""
+
+    def load_snapshot(self, stream_id: str) -> Snapshot | None: ...
+
+    def save_snapshot(self, snapshot: Snapshot) -> None: ...
+
+    def drop_snapshots(self) -> int:
+        """Forget every snapshot; returns how many there were."""
+        ...
+
+
 def as_pending(item: PendingEvent | Event) -> PendingEvent:
     return item if isinstance(item, PendingEvent) else PendingEvent(item)
 
@@ -105,6 +128,7 @@ class InMemoryRecorder:
         self._lock = threading.Lock()
         self._log: list[RecordedEvent] = []
         self._streams: dict[str, list[RecordedEvent]] = {}
+        self._snapshots: dict[str, Snapshot] = {}
 
     def append(self, stream_id: str, events: Sequence[PendingEvent | Event],
                expected_position: int) -> list[RecordedEvent]:
@@ -164,6 +188,20 @@ class InMemoryRecorder:
     def last_global_position(self) -> int:
         with self._lock:
             return len(self._log)
+
+    def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        with self._lock:
+            return self._snapshots.get(stream_id)
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            self._snapshots[snapshot.stream_id] = snapshot
+
+    def drop_snapshots(self) -> int:
+        with self._lock:
+            count = len(self._snapshots)
+            self._snapshots.clear()
+            return count
 
     def close(self) -> None:
         pass

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from events import types as ev
 from events.base import Event, EventError
-from events.fold import World, apply_world
+from events.fold import World, apply_abrupt_end, apply_world
+from events.streams import node_of
 from store.codec import RowDecoder
 from store.errors import EventDecodeError, translated
 from store.queries import OnError, RowReader
@@ -73,12 +75,17 @@ def iter_events(store: EventStore, after: int = 0, upto: int | None = None,
 
 
 def replay(store: EventStore, at: datetime | None = None, position: int | None = None, *,
-           start: World | None = None, on_error: OnError = "raise") -> World:
+           start: World | None = None, node: str | None = None, on_error: OnError = "raise") -> World:
     """The World after every event up to ``position`` and recorded at or before ``at``.
 
     With neither, the whole log. ``start`` continues from an earlier replay (its
-    ``position``) without modifying it. ``on_error`` as in ``EventStore.read_all``:
+    ``position``) without modifying it. ``node`` keeps only that node's streams (a
+    database that several nodes share). ``on_error`` as in ``EventStore.read_all``:
     by default a row that cannot be decoded stops the replay with an error naming it.
+
+    A node that died records so only when it starts again (``NodeRunEndedAbruptly``,
+    after the downtime). So when the replay stops inside such a downtime, it looks
+    ahead for that record and shows the node down and its connections interrupted.
     """
     upto = position
     if at is not None:
@@ -86,10 +93,51 @@ def replay(store: EventStore, at: datetime | None = None, position: int | None =
         upto = by_time if upto is None else min(upto, by_time)
     world = _copy(start) if start is not None else World()
     last = world.position
+    owners: dict[str, str | None] = {}
     for global_position, stream_id, event in iter_events(store, world.position, upto, on_error):
+        if node is not None:
+            owner = owners.get(stream_id, "")
+            if owner == "":
+                owner = owners[stream_id] = node_of(stream_id)
+            if owner != node:
+                last = global_position
+                continue
         apply_world(world, stream_id, event)
         last = global_position
+    if upto is not None:
+        for crash in abrupt_ends_after(store, upto, at):
+            if node is None or crash.node_id == node:
+                apply_abrupt_end(world, crash)
     return replace(world, position=last)
+
+
+def abrupt_ends_after(store: EventStore, position: int,
+                      at: datetime | None = None) -> list[ev.NodeRunEndedAbruptly]:
+    """Each node's first abrupt-end record after ``position`` whose downtime covers that moment.
+
+    The downtime began after the node's last write (``last_global_position``) and its
+    time (``last_recorded_at``): both must lie before the moment asked about.
+    """
+    first: dict[str, ev.NodeRunEndedAbruptly] = {}
+    for record in store.read_all(position, types=["NodeRunEndedAbruptly"]):
+        event = record.event
+        if isinstance(event, ev.NodeRunEndedAbruptly) and event.node_id not in first:
+            first[event.node_id] = event
+    covering = []
+    for event in first.values():
+        if event.last_global_position > position:
+            continue
+        if at is not None:
+            try:
+                ended = datetime.fromisoformat(event.last_recorded_at)
+            except ValueError:
+                continue  # a hostile or broken time cannot place the downtime
+            if ended.tzinfo is None:
+                ended = ended.replace(tzinfo=UTC)
+            if ended >= at:
+                continue
+        covering.append(event)
+    return covering
 
 
 def _copy(world: World) -> World:

@@ -135,3 +135,29 @@ checkpoints = Table(
     Column("global_position", BigInteger, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
 )
+
+# Per-stream snapshots of a fold's state: a cache, never a source of truth. A row is used
+# only when its ``fold_version`` matches the running code (``events.state_codec``); it can
+# be dropped at any time and is rebuilt from the events.
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("stream_id", String(255), primary_key=True),
+    Column("stream_position", Integer, nullable=False),
+    Column("fold_version", String(128), nullable=False),
+    Column("state", Text, nullable=False),
+    Column("saved_at", UtcDateTime, nullable=False),
+)
+
+# Retention's record per stream: every position above ``low_water_position`` is still
+# stored; at or below it only the rows that retention must keep (state transitions, the
+# samples that changed one) remain. Streams never pruned have no row.
+low_water = Table(
+    "stream_low_water",
+    metadata,
+    Column("stream_id", String(255), primary_key=True),
+    Column("low_water_position", Integer, nullable=False),
+    Column("pruned_rows", BigInteger, nullable=False),
+    Column("pruned_before", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)

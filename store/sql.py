@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,12 +28,12 @@ from typing import Any
 from sqlalchemy import func, select
 
 from events.base import Event
-from store.base import ConcurrencyError, PendingEvent, RecordedEvent, StoreError
+from store.base import ConcurrencyError, PendingEvent, RecordedEvent, Snapshot, StoreError
 from store.codec import encode_flat, encode_metadata, encode_payload, is_plain
 from store.engine import Synchronous, Target, check_sqlite_file, parse_url, sync_engine
 from store.errors import EventDecodeError, translated
 from store.queries import HEAD_QUERY, EventFilter, OnError, RowReader, utc
-from store.schema import checkpoints, events
+from store.schema import checkpoints, events, snapshots
 
 
 class _Sql:
@@ -67,7 +67,14 @@ class _Sql:
                                   f" updated_at = {mark} WHERE name = {mark}")
         self.checkpoint_insert = (f"INSERT INTO event_checkpoints (name, global_position, updated_at)"
                                   f" VALUES ({mark}, {mark}, {mark})")
+        self.snapshot_update = (f"UPDATE snapshots SET stream_position = {mark}, fold_version = {mark},"
+                                f" state = {mark}, saved_at = {mark} WHERE stream_id = {mark}")
+        self.snapshot_insert = (f"INSERT INTO snapshots (stream_position, fold_version, state, saved_at,"
+                                f" stream_id) VALUES ({mark}, {mark}, {mark}, {mark}, {mark})")
 
+
+# A stored state longer than this is not one of ours (a party of 250 members is ~100 kB).
+MAX_SNAPSHOT_CHARS = 8 * 1024 * 1024
 
 _new, _set = object.__new__, object.__setattr__
 # Event classes whose instances encode straight from __dict__ (filled on first sight).
@@ -79,6 +86,10 @@ _FAST_RECORD = is_plain(RecordedEvent)
 def _sqlite_time(moment: datetime) -> str:
     """UTC as SQLAlchemy's SQLite DateTime stores it (and ten times faster than strftime)."""
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _as_utc(value: datetime | str) -> datetime:
@@ -134,11 +145,15 @@ class EventStore:
 
     def __init__(self, url: str, *, synchronous: Synchronous = "NORMAL", busy_timeout: float = 5.0,
                  metadata: Mapping[str, Any] | None = None, readonly: bool = False,
-                 must_exist: bool = False, page_size: int = 2000) -> None:
+                 must_exist: bool = False, page_size: int = 2000,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.target: Target = parse_url(url)
         self.readonly = readonly
         self.synchronous = synchronous
         self.page_size = page_size
+        # What ``recorded_at`` is taken from (never earlier than the newest row): the wall
+        # clock, or a simulated one (bench/log.py writes a year in minutes).
+        self._clock = clock or _utc_now
         self._default_metadata = {key: value for key, value in (metadata or {}).items() if key != "event_id"}
         encoded = encode_metadata(self._default_metadata)
         self._metadata_prefix = encoded[:-1] + ("," if self._default_metadata else "")
@@ -366,7 +381,7 @@ class EventStore:
             cursor.execute(sql.latest)
             latest = cursor.fetchone()[0]
             self._last_recorded = _as_utc(latest) if latest is not None else datetime.min.replace(tzinfo=UTC)
-        now = max(datetime.now(UTC), self._last_recorded)
+        now = max(self._clock(), self._last_recorded)
         self._last_recorded = now
         stamp = _sqlite_time(now) if self.dialect == "sqlite" else now
         if head != self._known_head or len(self._positions) > 100_000:
@@ -587,6 +602,22 @@ class EventStore:
                 select(func.coalesce(func.max(events.c.global_position), 0))
                 .where(events.c.recorded_at <= utc(moment))).scalar_one())
 
+    def streams_since(self, after_global: int) -> list[str]:
+        """The streams that have events after global position ``after_global``."""
+        mark = self._sql.mark
+        rows = self._fetch_plain(f"SELECT DISTINCT stream_id FROM events WHERE global_position > {mark}",
+                                 (after_global,))
+        return sorted(str(row[0]) for row in rows)
+
+    def _fetch_plain(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with translated(self.where), self._reader.connect() as connection:
+            cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, params)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
+
     def streams(self, prefix: str = "") -> list[str]:
         query = select(events.c.stream_id).distinct().order_by(events.c.stream_id)
         if prefix:
@@ -618,6 +649,85 @@ class EventStore:
                 cursor.execute(sql.checkpoint_update, (position, stamp, name))
                 if cursor.rowcount == 0:
                     cursor.execute(sql.checkpoint_insert, (name, position, stamp))
+                connection.commit()
+            except BaseException as error:
+                self._rollback(connection, error)
+                raise
+            finally:
+                _close_quietly(cursor)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        """The stream's snapshot row, or None (also when it is larger than any state of ours)."""
+        with translated(self.where), self._reader.connect() as connection:
+            row = connection.execute(
+                select(snapshots.c.stream_position, snapshots.c.fold_version, snapshots.c.state)
+                .where(snapshots.c.stream_id == stream_id)).first()
+        if row is None or not isinstance(row[2], str) or len(row[2]) > MAX_SNAPSHOT_CHARS:
+            return None
+        return Snapshot(stream_id, int(row[0]), str(row[1]), row[2])
+
+    def list_snapshots(self) -> list[tuple[str, int, str]]:
+        """``(stream_id, stream_position, fold_version)`` of every snapshot, by stream."""
+        with translated(self.where), self._reader.connect() as connection:
+            rows = connection.execute(
+                select(snapshots.c.stream_id, snapshots.c.stream_position, snapshots.c.fold_version)
+                .order_by(snapshots.c.stream_id)).all()
+        return [(str(stream), int(position), str(version)) for stream, position, version in rows]
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        self._write_small(lambda cursor, stamp: self._upsert(
+            cursor, self._sql.snapshot_update, self._sql.snapshot_insert,
+            (snapshot.stream_position, snapshot.fold_version, snapshot.state, stamp, snapshot.stream_id)))
+
+    def drop_snapshots(self) -> int:
+        dropped: list[int] = []
+
+        def drop(cursor: Any, _stamp: Any) -> None:
+            cursor.execute("DELETE FROM snapshots")
+            dropped.append(cursor.rowcount)
+
+        self._write_small(drop)
+        return max(dropped[0], 0) if dropped else 0
+
+    @staticmethod
+    def _upsert(cursor: Any, update: str, insert: str, params: tuple[Any, ...]) -> None:
+        cursor.execute(update, params)
+        if cursor.rowcount == 0:
+            cursor.execute(insert, params)
+
+    def time_param(self, moment: datetime) -> Any:
+        """``moment`` as this dialect's DBAPI parameter for ``recorded_at`` (SQLite: UTC text)."""
+        return _sqlite_time(utc(moment)) if self.dialect == "sqlite" else utc(moment)
+
+    @property
+    def mark(self) -> str:
+        """The DBAPI parameter mark of this dialect (``?`` or ``%s``)."""
+        return self._sql.mark
+
+    def write_transaction(self, work: Any) -> None:
+        """Run ``work(cursor, now)`` in one write transaction on the writer connection.
+
+        For upkeep beside the appends (snapshots, retention): the group commit's cached
+        stream positions stay valid as long as ``work`` never removes a stream's newest
+        row nor touches the log head.
+        """
+        self._write_small(work)
+
+    def _write_small(self, work: Any) -> None:
+        """One short write transaction on the writer connection (checkpoints, snapshots)."""
+        if self.readonly:
+            raise StoreError(f"database {self.where} was opened read-only")
+        sql = self._sql
+        with self._commit_lock, translated(self.where):
+            connection = self._connection()
+            cursor = connection.cursor()
+            try:
+                if sql.begin:
+                    cursor.execute(sql.begin)
+                now = datetime.now(UTC)
+                work(cursor, _sqlite_time(now) if self.dialect == "sqlite" else now)
                 connection.commit()
             except BaseException as error:
                 self._rollback(connection, error)

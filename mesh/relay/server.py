@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from events.base import Event
-from events.streams import relay_stream
+from events.streams import relay_server_stream
 from events.types import (
     RelayCountersSampled,
     RelayServerStarted,
@@ -480,7 +480,7 @@ class RelayServer:
         self._events.put(event)
 
     def _write_loop(self) -> None:
-        stream = relay_stream(self.name)
+        stream = relay_server_stream(self.name)
         position = self._recorder.stream_position(stream) if self._recorder is not None else 0
         while True:
             batch = [self._events.get()]

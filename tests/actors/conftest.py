@@ -141,10 +141,10 @@ class Node:
         return events[start:]
 
     def peer(self, peer_id: str, party: str = "p1") -> str:
-        return peer_stream(party, peer_id)
+        return peer_stream("local", party, peer_id)
 
     def party(self, party: str = "p1") -> str:
-        return party_stream(party)
+        return party_stream("local", party)
 
     @property
     def node_stream(self) -> str:

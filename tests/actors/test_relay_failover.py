@@ -13,6 +13,7 @@ import pytest
 import mesh.sim as sim
 from actors import messages as m
 from actors.config import ActorConfig, ConnectionConfig, RelayMonitorConfig
+from events.streams import relay_stream
 from tests.actors.conftest import RELAY_A, RELAY_B, Node, VirtualClock
 
 MONITOR = RelayMonitorConfig(probe_interval_s=1.0, record_interval_s=30.0, dead_after_misses=2)
@@ -45,7 +46,7 @@ def relayed_carol(node: Node) -> None:
 
 
 def test_probes_every_second_are_recorded_once_per_interval(node: Node) -> None:
-    a, b = f"relay:{RELAY_A}", f"relay:{RELAY_B}"
+    a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
     assert node.new(a) == [probed(RELAY_A, 3, 3, 40.0), f"RelaySelected(relay='{RELAY_A}', rtt_ms=40.0, "
                            "previous_relay=None, reason='lowest round trip (40.0 ms) of 2 relays')"]
     assert node.new(b) == [probed(RELAY_B, 3, 3, 45.0)]
@@ -59,7 +60,7 @@ def test_probes_every_second_are_recorded_once_per_interval(node: Node) -> None:
 
 def test_slow_selected_relay_waits_for_the_record_interval(node: Node) -> None:
     """Latency decisions (and so the hysteresis) stay on the aggregated 30 s window."""
-    a, b = f"relay:{RELAY_A}", f"relay:{RELAY_B}"
+    a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
     node.new(a), node.new(b)
     node.net.set_relay(RELAY_A, 300.0)
     node.net.set_relay(RELAY_B, 100.0)
@@ -75,7 +76,7 @@ def test_slow_selected_relay_waits_for_the_record_interval(node: Node) -> None:
 
 
 def test_dead_selected_relay_fails_over_on_the_next_tick(node: Node) -> None:
-    a, b = f"relay:{RELAY_A}", f"relay:{RELAY_B}"
+    a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
     relayed_carol(node)
     node.advance(9.5, step=0.5)
     assert node.connection("p1", "carol").state == "connected"
@@ -107,7 +108,7 @@ def test_dead_selected_relay_fails_over_on_the_next_tick(node: Node) -> None:
 
 
 def test_dead_relay_with_no_alternative_is_recorded_once_then_per_interval(node: Node) -> None:
-    a, b = f"relay:{RELAY_A}", f"relay:{RELAY_B}"
+    a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
     node.advance(10)
     node.new(a), node.new(b)
     node.net.set_relay(RELAY_A, None)
@@ -136,7 +137,7 @@ def test_dead_relay_with_no_alternative_is_recorded_once_then_per_interval(node:
 
 def test_a_connection_on_a_relay_this_node_did_not_select_moves_when_that_relay_dies(node: Node) -> None:
     """The pair's session can sit on the relay the peer chose: its death must move it too."""
-    a, b = f"relay:{RELAY_A}", f"relay:{RELAY_B}"
+    a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
     relayed_carol(node)
     node.advance(5)
     # As the agent's tickets can do: the pair put on B while this node's monitor keeps A.

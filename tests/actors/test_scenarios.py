@@ -6,6 +6,7 @@ The edge runs effects inline here, so every intent is followed by its outcome at
 from __future__ import annotations
 
 from actors import messages as m
+from events.streams import relay_stream
 from tests.actors.conftest import BOB, RELAY_A, RELAY_B, Node
 
 
@@ -167,7 +168,7 @@ def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node) -> None:
     node.net.set_relay(RELAY_A, 40.0)
     node.net.set_relay(RELAY_B, 45.0)
     node.ask(m.Ping())  # delivers the monitor's first wakeup (due at once)
-    a, b = f"relay:{RELAY_A}", f"relay:{RELAY_B}"
+    a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
     assert node.new(a) == [
         probed(RELAY_A, 40.0),
         f"RelaySelected(relay='{RELAY_A}', rtt_ms=40.0, previous_relay=None, "

@@ -46,11 +46,11 @@ class FakeService:
 
 
 def record_party(url: str) -> None:
-    store = open_store(url)
+    store = open_store(url, metadata={"node_id": "n1"})  # as the node writes it
     try:
         store.append(node_stream("n1"), [ev.NodeStarted(node_id="n1", public_key="K" * 43 + "=",
                                                         listen_port=51820)], 0)
-        store.append(party_stream(PARTY), [
+        store.append(party_stream("n1", PARTY), [
             ev.PartyCreated(party_id=PARTY, name="Friday LAN", host_peer_id="me"),
             ev.PeerJoined(party_id=PARTY, peer_id="me", name="alice", public_key="A" * 43 + "=",
                           is_local=True),
@@ -59,7 +59,7 @@ def record_party(url: str) -> None:
                           nat_type="symmetric"),
             ev.VirtualIpAllocated(party_id=PARTY, peer_id="bob", virtual_ip="10.66.0.2"),
         ], 0)
-        store.append(peer_stream(PARTY, "bob"), [
+        store.append(peer_stream("n1", PARTY, "bob"), [
             ev.ConnectionStateChanged(party_id=PARTY, peer_id="bob", from_state=None, to_state="connecting",
                                       reason="peer joined"),
             ev.ConnectionStateChanged(party_id=PARTY, peer_id="bob", from_state="connecting",

@@ -64,7 +64,7 @@ def test_status_is_the_fold_of_the_log(api_client: Client) -> None:
     # New events show up on the next read (incremental fold).
     store = open_store(url)
     try:
-        store.append(peer_stream(PARTY, "bob"), [ev.PathSwitched(
+        store.append(peer_stream("n1", PARTY, "bob"), [ev.PathSwitched(
             party_id=PARTY, peer_id="bob", from_path="relay", to_path="direct", reason="upgrade",
             endpoint="203.0.113.5:51820")], 3)
     finally:
@@ -95,7 +95,7 @@ def test_events_filters_and_paging(api_client: Client) -> None:
     rest = client.get("/api/events", params={"after": 4}).json()
     assert rest["events"][0]["global_position"] == 5
     peer = client.get("/api/events", params={"stream": "peer:"}).json()["events"]
-    assert {e["stream_id"] for e in peer} == {peer_stream(PARTY, "bob")}
+    assert {e["stream_id"] for e in peer} == {peer_stream("n1", PARTY, "bob")}
     typed = client.get("/api/events", params=[("type", "PeerJoined"), ("type", "NodeStarted")]).json()
     assert [e["event_type"] for e in typed["events"]] == ["NodeStarted", "PeerJoined", "PeerJoined"]
     assert client.get("/api/events", params={"since": "2999-01-01T00:00:00Z"}).json()["events"] == []

@@ -99,7 +99,7 @@ def test_kill_9_and_restart_restore_the_party_and_the_tunnels(three: LabParty) -
     assert {name: p["virtual_ip"] for name, p in peers.items()} == ips
     replayed = json.loads(party.cli("bob", "replay", "--at", "now", "--json", "--state-dir",
                                     party.state("bob")))
-    members = dict(replayed["parties"][f"party:{party_id}"]["members"])
+    members = dict(next(p for p in replayed["parties"].values() if p["party_id"] == party_id)["members"])
     assert {m["name"]: m["virtual_ip"] for m in members.values()} == ips
 
 

@@ -82,7 +82,7 @@ def test_kill_9_and_restart_restores_the_party_matching_replay(tmp_path: Path) -
             n: (p["virtual_ip"], p["public_key"]) for n, p in before.items()}
         replayed = json.loads(run.cli("replay", "--at", "now", "--json", "--state-dir",
                                       str(guest.state)).stdout)
-        party = replayed["parties"][f"party:{party_id}"]
+        party = next(p for p in replayed["parties"].values() if p["party_id"] == party_id)
         assert party["active"] is True
         assert {m["name"]: m["virtual_ip"] for _, m in party["members"]} == {
             n: p["virtual_ip"] for n, p in after.items()}

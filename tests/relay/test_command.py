@@ -78,7 +78,7 @@ def test_relay_server_forwards_and_records_events(tmp_path: Path) -> None:
     rows = sqlite3.connect(db).execute(
         "SELECT stream_id, event_type, payload FROM events ORDER BY global_position").fetchall()
     types = [row[1] for row in rows]
-    assert {row[0] for row in rows} == {f"relay:127.0.0.1:{port}"}
+    assert {row[0] for row in rows} == {f"relay-server:127.0.0.1:{port}"}
     assert types[0] == "RelayServerStarted" and types[-1] == "RelayServerStopped"
     assert "RelaySessionAllocated" in types and "RelayCountersSampled" in types
     assert '"party9"' in next(row[2] for row in rows if row[1] == "RelaySessionAllocated")

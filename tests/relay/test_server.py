@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from events.streams import relay_stream
+from events.streams import relay_server_stream
 from events.types import (
     RelayCountersSampled,
     RelayServerStarted,
@@ -140,7 +140,7 @@ def test_replayed_hello_is_refused_and_does_not_steal_the_binding(relay: RelaySe
     assert attacker.drain() == []
 
     def refused_in_log() -> int:
-        return sum(r.event.hellos_refused for r in recorder.read_stream(relay_stream(relay.name))
+        return sum(r.event.hellos_refused for r in recorder.read_stream(relay_server_stream(relay.name))
                    if isinstance(r.event, RelayCountersSampled))
 
     assert wait_for(lambda: refused_in_log() == 1)
@@ -199,7 +199,7 @@ def test_idle_session_expires_and_then_forwards_nothing(recorder: InMemoryRecord
         assert wait_for(lambda: relay.active_sessions() == 0, 3)
         a.send(wg_packet(1))
         assert b.drain() == []
-    stream = recorder.read_stream(relay_stream(relay.name))
+    stream = recorder.read_stream(relay_server_stream(relay.name))
     expired = [r.event for r in stream if isinstance(r.event, RelaySessionExpired)]
     assert [(e.session_id, e.reason) for e in expired] == [(pair[0].session_id, "idle")]
 
@@ -224,7 +224,7 @@ def test_events_record_lifecycle_and_aggregated_counters(recorder: InMemoryRecor
             b.sock.recv(2048)
             got += 1
         time.sleep(0.5)
-    events = [r.event for r in recorder.read_stream(relay_stream(relay.name))]
+    events = [r.event for r in recorder.read_stream(relay_server_stream(relay.name))]
     kinds = [type(e) for e in events]
     assert kinds[0] is RelayServerStarted and kinds[-1] is RelayServerStopped
     assert kinds.count(RelaySessionAllocated) == 1

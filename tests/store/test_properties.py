@@ -142,9 +142,9 @@ NODE = [ev.NodeStarted, ev.NodeStopped, ev.NatDetected, ev.NatDetectionFailed, e
         ev.MessageRejected]
 
 streamed_event = st.one_of(
-    st.tuples(st.just("party:p1"), st.one_of(*map(_builds, PARTY))),
-    st.tuples(names.map(lambda n: f"peer:p1:{n}"), st.one_of(*map(_builds, PEER))),
-    st.tuples(st.just("relay:203.0.113.9:8668"), st.one_of(*map(_builds, RELAY))),
+    st.tuples(st.just("party:n1:p1"), st.one_of(*map(_builds, PARTY))),
+    st.tuples(names.map(lambda n: f"peer:n1:p1:{n}"), st.one_of(*map(_builds, PEER))),
+    st.tuples(st.just("relay:n1:203.0.113.9:8668"), st.one_of(*map(_builds, RELAY))),
     st.tuples(names.map(lambda n: f"node:{n}"), st.one_of(*map(_builds, NODE))),
 )
 
