@@ -101,7 +101,12 @@ class Probing:
     the aggregated ``MetricsSampled`` and the transitions they caused.
     """
 
-    lost: int = 0  # consecutive lost probes
+    # Consecutive lost probes, each weighted by its interval over ``probe_interval_s``: a
+    # connecting connection probes every ``first_probe_s`` (it answers as soon as the
+    # tunnel does), and thirty lost quick probes weigh what three normal ones do.
+    lost: float = 0.0
+    armed_weight: float = 1.0  # of the probe the armed timer will send
+    sent_weight: float = 1.0  # of the probe in flight
     in_flight: bool = False
     window: list[float] = field(default_factory=list)
     window_lost: int = 0
@@ -208,7 +213,7 @@ class PeerConnectionActor(Actor):
             if self.state.state == ev.FAILED:
                 self._schedule(self.cfg.cleanup_timeout_s, CLEANUP)
         if self.state.state in ACTIVE:
-            self._schedule(self._next_probe_s(), MONITOR)
+            self._arm_monitor()
             self._schedule(self.cfg.metrics_interval_s, METRICS)
             self._arm_direct_retry()
 
@@ -596,9 +601,9 @@ class PeerConnectionActor(Actor):
             item = m.ProbeFailed()
         else:
             item = m.LatencyObserved(float(done.value))
-        self.on_observations([item], "probe")
+        self.on_observations([item], "probe", weight=self.probing.sent_weight)
 
-    def on_observations(self, items: Sequence[Any], causation: str) -> None:
+    def on_observations(self, items: Sequence[Any], causation: str, weight: float = 1.0) -> None:
         events: list[Event] = []
         tentative = self.state
         failover = False
@@ -610,7 +615,7 @@ class PeerConnectionActor(Actor):
                 decided = [ev.MessageRejected(actor=self.actor, message_type=type(item).__name__,
                                               reason=f"malformed observation: {why}")]
             else:
-                decided, wants_failover = self._decide(tentative, item)
+                decided, wants_failover = self._decide(tentative, item, weight)
                 failover = failover or wants_failover
             for event in decided:
                 tentative = apply_connection(tentative, event)
@@ -619,7 +624,7 @@ class PeerConnectionActor(Actor):
         self._commit(events, causation)
         self._after_observations(before, events, failover)
 
-    def _decide(self, state: ConnectionState, item: Any) -> tuple[list[Event], bool]:
+    def _decide(self, state: ConnectionState, item: Any, weight: float = 1.0) -> tuple[list[Event], bool]:
         if state.state not in ACTIVE:
             return [], False
         threshold = self.cfg.degraded_latency_ms
@@ -628,7 +633,7 @@ class PeerConnectionActor(Actor):
             return [], False
         if isinstance(item, m.LatencyObserved):
             latency = float(item.latency_ms)
-            self.probing.lost = 0
+            self.probing.lost = 0.0
             self.probing.window.append(latency)
             high = latency > threshold
             if state.state in (ev.CONNECTING, ev.FAILED):
@@ -644,12 +649,12 @@ class PeerConnectionActor(Actor):
                                          latency, state)], False
             return [], False
         # ProbeFailed
-        self.probing.lost += 1
+        self.probing.lost += weight
         self.probing.window_lost += 1
         needed = self.cfg.lost_probes_before_action
-        if self.probing.lost < needed or state.state == ev.FAILED or self.op is not None:
+        if self.probing.lost < needed - 1e-9 or state.state == ev.FAILED or self.op is not None:
             return [], False  # an operation in flight decides the path for now
-        self.probing.lost = 0
+        self.probing.lost = 0.0
         lost = f"{needed} probes lost"
         if state.state in UP:
             if state.path == ev.DIRECT and self.relay is not None:
@@ -665,6 +670,8 @@ class PeerConnectionActor(Actor):
     def _after_observations(self, before: ConnectionState, events: Sequence[Event], failover: bool) -> None:
         """The actions the persisted batch asks for (each persists its own events first)."""
         state = self.state
+        if before.state in (ev.CONNECTING, ev.FAILED) and state.state in UP:
+            self._arm_monitor()  # up: back to one probe an interval (re-arming drops the quick one)
         if state.state == ev.FAILED and before.state != ev.FAILED:
             self._schedule(self.cfg.cleanup_timeout_s, CLEANUP)
         elif before.state == ev.FAILED and state.state != ev.FAILED:
@@ -685,9 +692,10 @@ class PeerConnectionActor(Actor):
         if timer.kind == MONITOR and self.state.state in ACTIVE:
             if not self.probing.in_flight:
                 self.probing.in_flight = True
+                self.probing.sent_weight = self.probing.armed_weight
                 self._request(fx.Probe(tag="probe", virtual_ip=self.init.virtual_ip,
                                        timeout_s=self.cfg.probe_timeout_s))
-            self._schedule(self.cfg.probe_interval_s, MONITOR)
+            self._arm_monitor()
         elif timer.kind == METRICS and self.state.state in ACTIVE:
             self._request(fx.ReadPeerStats(tag="metrics", public_key=self.init.public_key))
             self._schedule(self.cfg.metrics_interval_s, METRICS)
@@ -748,13 +756,16 @@ class PeerConnectionActor(Actor):
             self._commit(self._reconnect(1, "peer announced again"), "announced")
             self._connect(2)
             if self.state.state in ACTIVE:
-                self._schedule(self._next_probe_s(), MONITOR)
+                self._arm_monitor()
                 self._schedule(self.cfg.metrics_interval_s, METRICS)
 
-    def _next_probe_s(self) -> float:
+    def _arm_monitor(self) -> None:
+        """The next probe: soon while connecting (every ``first_probe_s``), else every interval."""
+        delay = self.cfg.probe_interval_s
         if self.state.state == ev.CONNECTING:
-            return min(self.cfg.first_probe_s, self.cfg.probe_interval_s)
-        return self.cfg.probe_interval_s
+            delay = min(self.cfg.first_probe_s, self.cfg.probe_interval_s)
+        self.probing.armed_weight = delay / self.cfg.probe_interval_s
+        self._schedule(delay, MONITOR)
 
     def on_relay_changed(self, message: m.RelayChanged) -> None:
         self.relay = message.relay

@@ -4,7 +4,7 @@
 ``wakeupAfter`` timers only while it runs, and is not thread-safe. So one thread owns
 it and loops: take the next item from a thread-safe inbox (a tell from the agent, an
 ask, an effect's answer from an I/O worker) and run it, or, when the inbox stays quiet
-for ``TICK_S``, pump the system so that due timers fire.
+until the next timer is due, pump the system so that it fires.
 
 An ask never blocks that thread: a short-lived ``Asker`` actor sends the question and
 resolves a ``concurrent.futures.Future`` when the answer (or its timeout) arrives, so
@@ -23,16 +23,16 @@ from datetime import timedelta
 from typing import Any
 
 from thespian.actors import Actor, ActorAddress, ActorExitRequest, ActorSystem, WakeupMessage
+from thespian.system.timing import timePeriodSeconds
 
 from actors import messages as m
 from actors.edge import IoWorkers, register_workers, unregister_workers
 from actors.node import NodeActor
 from actors.system import NodeStartError, start_system
 
-# The longest a due timer waits to fire when nothing else happens. The shortest timer
-# the actors use is 0.5 s (relay probes, first probe); 20 ms is small beside it, and
-# 50 idle wake-ups a second cost a few hundredths of a percent of a core.
-TICK_S = 0.02
+# The runtime sleeps until the next timer is due, but never longer than this: a safety
+# net should a timer be added outside the runtime's view.
+MAX_IDLE_S = 1.0
 
 _futures: dict[int, Future[Any]] = {}
 _futures_lock = threading.Lock()
@@ -120,9 +120,9 @@ class ActorRuntime:
         self._started.set()
         while True:
             try:
-                item = self._inbox.get(timeout=TICK_S)
+                item = self._inbox.get(timeout=self._until_next_timer())
             except queue.Empty:
-                self.system.tell(self._pump, None)
+                self.system.tell(self._pump, None)  # a tell runs the system: due timers fire
                 continue
             if item is None:
                 if self.node is not None:  # a clean stop: the node records NodeStopped
@@ -138,6 +138,14 @@ class ActorRuntime:
             self.system.shutdown()
         finally:
             self._stopped = True
+
+    def _until_next_timer(self) -> float:
+        # thespian keeps the simple base's timers privately (4.0.1 pinned): read the next one.
+        next_wakeup = getattr(getattr(self.system, "_systemBase", None), "_next_wakeup", None)
+        timer = next_wakeup() if next_wakeup is not None else None
+        if timer is None:
+            return MAX_IDLE_S
+        return min(MAX_IDLE_S, max(0.0, timePeriodSeconds(timer.view().remaining())))
 
     def _call(self, function: Callable[[], None]) -> None:
         if not self._stopped:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import subprocess
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from mesh.nat.punch import UdpHolePuncher
 from mesh.relay.client import ProxyRelayClient
 from mesh.relay.tickets import RelayTicket
 from mesh.wireguard import PeerConfig, PeerController, WireGuardInterface
+from mesh.wireguard.probe import IcmpProber
 
 if TYPE_CHECKING:
     from agent.node import Agent
@@ -145,27 +145,6 @@ class UapiWireGuard:
         return self._peers.peer_stats()
 
 
-_TIME = re.compile(r"time[=<]([0-9.]+) ?ms")
-
-
-class PingProber:
-    """Round trip through the tunnel with the system ``ping`` (one echo, bounded by the timeout)."""
-
-    def __init__(self, interface: str) -> None:
-        self.interface = interface
-
-    def probe(self, virtual_ip: str, timeout_s: float) -> float | None:
-        ipaddress.ip_address(virtual_ip)
-        try:
-            done = subprocess.run(["ping", "-n", "-c", "1", "-W",
-                                   str(max(1, round(timeout_s))), "-I", self.interface, virtual_ip],
-                                  capture_output=True, text=True, timeout=timeout_s + 1)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        match = _TIME.search(done.stdout)
-        return float(match.group(1)) if done.returncode == 0 and match else None
-
-
 class NoNatDetector:
     def detect(self) -> NatInfo | None:
         return None
@@ -213,7 +192,7 @@ TICKET_TIMEOUT_S = 10.0
 @dataclass(frozen=True)
 class RealAdapters:
     wireguard: UapiWireGuard
-    prober: PingProber
+    prober: IcmpProber
     puncher: UdpHolePuncher
     relay_client: ProxyRelayClient
     nat_detector: Any
@@ -246,7 +225,7 @@ def real_adapters(agent: Agent) -> RealAdapters:
     return RealAdapters(
         wireguard=UapiWireGuard(config.interface, agent.identity.public_key, config.listen_port,
                                 str(agent.state_dir)),
-        prober=PingProber(config.interface),
+        prober=IcmpProber(config.interface),
         puncher=puncher(config.listen_port, agent.nat, str(agent.state_dir / "wireguard.key")),
         relay_client=ProxyRelayClient(_ticket_source(agent), wg_port=config.listen_port),
         nat_detector=KnownNatDetector(agent.nat),

@@ -156,7 +156,7 @@ def make_config(**connection: Any) -> ActorConfig:
     defaults: dict[str, Any] = {"probe_interval_s": 5.0, "first_probe_s": 5.0, "metrics_interval_s": 3600.0,
                                 "direct_retry_s": 30.0, "cleanup_timeout_s": 300.0}
     return ActorConfig(connection=ConnectionConfig(**{**defaults, **connection}),
-                       relay_monitor=RelayMonitorConfig(probe_interval_s=30.0),
+                       relay_monitor=RelayMonitorConfig(probe_interval_s=30.0, probes_per_round=3),
                        restart_delay_s=0.0)
 
 

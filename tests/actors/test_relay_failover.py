@@ -16,7 +16,8 @@ from actors.config import ActorConfig, ConnectionConfig, RelayMonitorConfig
 from events.streams import relay_stream
 from tests.actors.conftest import RELAY_A, RELAY_B, Node, VirtualClock
 
-MONITOR = RelayMonitorConfig(probe_interval_s=1.0, record_interval_s=30.0, dead_after_misses=2)
+MONITOR = RelayMonitorConfig(probe_interval_s=1.0, probes_per_round=3, record_interval_s=30.0,
+                             dead_after_misses=2)
 
 
 @pytest.fixture
