@@ -114,7 +114,7 @@ def connected_times(party: LabParty, party_id: str) -> dict[str, datetime]:
         rows = db.execute(
             "SELECT stream_id, MIN(recorded_at) FROM events "
             "WHERE event_type = 'ConnectionStateChanged' AND json_extract(payload, '$.party_id') = ? "
-            "AND json_extract(payload, '$.to_state') = 'connected' GROUP BY stream_id",
+            "AND json_extract(payload, '$.to_state') IN ('connected', 'degraded') GROUP BY stream_id",
             (party_id,)).fetchall()
     return {stream.rsplit(":", 1)[1]: datetime.fromisoformat(at).replace(tzinfo=UTC) for stream, at in rows}
 
@@ -138,7 +138,10 @@ def join_at_once(party: LabParty, guests: list[str]) -> float:
             raise SystemExit(f"not every guest connected within {CONNECT_TIMEOUT_S:.0f} s")
         time.sleep(0.2)
     start = datetime.fromtimestamp(at, UTC)
-    elapsed = max((seen[peer] - start).total_seconds() for peer in peer_ids.values())
+    times = sorted((seen[peer] - start).total_seconds() for peer in peer_ids.values())
+    elapsed = times[-1]
+    if len(times) > 1:
+        print(f"  connected after {', '.join(f'{t:.2f}' for t in times)} s")
     for guest in guests:
         party.leave(guest)
     party.leave(HOST)
@@ -149,6 +152,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--peers", type=int, default=16)
+    parser.add_argument("--keep", type=Path, help="copy the host's event log here before the lab goes")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/node.py builds a network lab: run it as root")
@@ -178,6 +182,10 @@ def main() -> int:
         rows = party.status(HOST)["parties"][0]["peers"]
         connected = sum(1 for row in rows if row.get("state") == "connected")
         busy_memory, busy_cpu = footprint(pid)
+        if args.keep:
+            import shutil
+
+            shutil.copytree(party.state(HOST), args.keep, dirs_exist_ok=True)
         print(f"serve, {args.peers} peers ({connected} connected): PSS {busy_memory:6.1f} MB   "
               f"idle CPU {busy_cpu:.2f} %")
     ratio = statistics.median(many) / statistics.median(one)
