@@ -25,3 +25,13 @@ def control_stream(server_id: str) -> str:
 
 def stream_kind(stream_id: str) -> str:
     return stream_id.split(":", 1)[0]
+
+
+def peer_stream_ids(stream_id: str) -> tuple[str, str] | None:
+    """``(party_id, peer_id)`` of a peer stream (its last two parts), or None for any other stream."""
+    if stream_kind(stream_id) != "peer":
+        return None
+    parts = stream_id.split(":")
+    if len(parts) < 3 or not parts[-1] or not parts[-2]:
+        return None
+    return parts[-2], parts[-1]
