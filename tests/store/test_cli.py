@@ -132,7 +132,7 @@ def test_history_replay_and_sql(db: str, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_missing_database_is_not_created(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    commands = (["events"], ["replay"], ["history", "x"], ["sql", "SELECT 1"],
+    commands = (["events"], ["replay"], ["history", "x"], ["diagnose", "x"], ["sql", "SELECT 1"],
                 ["db", "current"], ["events", "--follow", "--count", "1"])
     for command in commands:
         code, _, err = run([*command, "--state-dir", str(tmp_path / "state")], capsys)
