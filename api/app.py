@@ -23,11 +23,14 @@ from api.reader import Projection, StoreReader, event_json, remote_peers, status
 from api.service import NodeService, ServiceError
 from api.token import token_matches
 from store.errors import StoreError
+from store.peers import AmbiguousPeer, PeerNotFound, resolve_peer
 from store.queries import EventFilter
 
 UNAUTHORIZED = "missing or wrong API token (see <state-dir>/api-token)"
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 PeerId = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+# A peer as people name it: a name, an id prefix or PARTY:NAME (no slash, no control character).
+PeerQuery = Annotated[str, PathParam(min_length=1, max_length=200, pattern=r"^[^/\x00-\x1f\x7f]+$")]
 _bearer = HTTPBearer(auto_error=False, description="The token `serve` writes to <state-dir>/api-token.")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": models.ErrorOut}, 401: {"model": models.ErrorOut}, 404: {"model": models.ErrorOut},
@@ -127,11 +130,24 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
         return {"events": [event_json(r) for r in records],
                 "next_after": records[-1].global_position if records else after}
 
-    @app.get("/api/peers/{peer_id}/history", response_model=models.HistoryOut)
-    async def peer_history(peer_id: PeerId,
+    @app.get("/api/peers/{peer_id}/history", response_model=models.HistoryOut,
+             responses={400: {"model": models.ErrorOut}, 404: {"model": models.ErrorOut}})
+    async def peer_history(peer_id: PeerQuery,
                            limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> dict[str, Any]:
-        """One row per connection state transition (the `connection_history` view)."""
-        return {"peer_id": peer_id, "transitions": await reader.history(peer_id, limit)}
+        """One row per connection state transition (the `connection_history` view).
+
+        `peer_id` is a peer name, an id or id prefix, or `PARTY:NAME`; 404 lists the known
+        peers when nothing matches, 400 the candidates when several do.
+        """
+        try:
+            chosen = resolve_peer(await reader.directory(), peer_id)
+        except PeerNotFound as error:
+            raise HTTPException(404, str(error)) from None
+        except AmbiguousPeer as error:
+            raise HTTPException(400, str(error)) from None
+        streams = sorted({entry.stream_id for entry in chosen if entry.stream_id})
+        return {"peer_id": chosen[0].peer_id, "name": chosen[0].name, "party_id": chosen[0].party_id,
+                "transitions": await reader.history(streams, limit)}
 
     @app.get("/metrics", response_class=Response,
              responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}})

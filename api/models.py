@@ -147,4 +147,6 @@ class EventsOut(BaseModel):
 
 class HistoryOut(BaseModel):
     peer_id: str
+    name: str = ""
+    party_id: str = ""
     transitions: list[dict[str, Any]]

@@ -22,6 +22,7 @@ from events.streams import peer_stream
 from store.base import RecordedEvent
 from store.engine import async_engine, parse_url
 from store.errors import translated
+from store.peers import DIRECTORY_TYPES, PeerRef, build_directory
 from store.queries import EventFilter, RowReader, page_query
 
 PAGE = 2000
@@ -54,11 +55,30 @@ class StoreReader:
                 rows = (await connection.execute(query)).all()
         return [record for row in rows if (record := reader.record(row)) is not None]
 
-    async def history(self, peer_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+    async def history(self, streams: list[str], limit: int = 1000) -> list[dict[str, Any]]:
+        """The connection_history rows of these connection streams (one peer's)."""
+        if not streams:
+            return []
+        marks = ", ".join(f":s{index}" for index in range(len(streams)))
         with translated(self.where):
             return await self._query(
-                "SELECT * FROM connection_history WHERE peer_id = :peer "
-                "ORDER BY global_position LIMIT :limit", peer=peer_id, limit=limit)
+                f"SELECT * FROM connection_history WHERE stream_id IN ({marks}) "
+                "ORDER BY global_position LIMIT :limit", limit=limit,
+                **{f"s{index}": stream for index, stream in enumerate(streams)})
+
+    async def directory(self) -> list[PeerRef]:
+        """Every peer the log knows, for resolving a name, an id prefix or PARTY:NAME."""
+        records: list[RecordedEvent] = []
+        after = 0
+        while True:
+            page = await self.events(after, PAGE, EventFilter(None, DIRECTORY_TYPES))
+            records.extend(page)
+            if len(page) < PAGE:
+                break
+            after = page[-1].global_position
+        with translated(self.where):
+            rows = await self._query("SELECT DISTINCT stream_id FROM events WHERE stream_id LIKE 'peer:%'")
+        return build_directory(records, [row["stream_id"] for row in rows])
 
     async def samples(self, peer_id: str, limit: int = 60) -> list[dict[str, Any]]:
         with translated(self.where):

@@ -108,7 +108,14 @@ def test_peer_history_is_the_connection_history_view(api_client: Client) -> None
     history = client.get("/api/peers/bob/history").json()
     assert [(t["from_state"], t["to_state"], t["path"]) for t in history["transitions"]] == [
         (None, "connecting", None), ("connecting", "connected", "relay")]
-    assert client.get("/api/peers/nobody/history").json()["transitions"] == []
+    for query in ("bob", "friday lan:bob", "<B>BO", "b"):
+        named = client.get(f"/api/peers/{query}/history").json()
+        assert (named["peer_id"], named["name"]) == ("bob", "<b>bob</b>"), query
+        assert named["transitions"] == history["transitions"]
+    assert history["transitions"][-1]["peer_name"] == "<b>bob</b>"
+    missing = client.get("/api/peers/nobody/history")
+    assert missing.status_code == 404 and "no peer matches 'nobody'; known peers: <b>bob</b> (bob)" in \
+        missing.json()["detail"]
 
 
 def test_prometheus_metrics(api_client: Client) -> None:
