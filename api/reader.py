@@ -9,8 +9,9 @@ actors and the replay tool use) on each request.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -35,9 +36,20 @@ def event_json(record: RecordedEvent) -> dict[str, Any]:
             "payload": record.event.to_payload(), "metadata": dict(record.metadata)}
 
 
+_SQLITE_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?$")
+
+
+def _when(key: str, value: Any) -> Any:
+    """Timestamps as ISO 8601 with an offset (SQLite's views give UTC text without one)."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, str) and key.endswith("_at") and _SQLITE_TIME.match(value):
+        return datetime.fromisoformat(value).replace(tzinfo=UTC).isoformat()
+    return value
+
+
 def _row(mapping: Any) -> dict[str, Any]:
-    return {key: (value.isoformat() if isinstance(value, datetime) else value)
-            for key, value in dict(mapping).items()}
+    return {key: _when(key, value) for key, value in dict(mapping).items()}
 
 
 class StoreReader:
