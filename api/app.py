@@ -7,6 +7,7 @@ bearer token that ``serve`` writes to the state directory.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -148,6 +149,34 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
         streams = sorted({entry.stream_id for entry in chosen if entry.stream_id})
         return {"peer_id": chosen[0].peer_id, "name": chosen[0].name, "party_id": chosen[0].party_id,
                 "transitions": await reader.history(streams, limit)}
+
+    @app.get("/api/replay", response_model=models.ReplayOut)
+    async def replay_at(position: Annotated[int, Query(ge=0, le=2**62)]) -> dict[str, Any]:
+        """Every party and connection as they were after global position `position` (the replay tool)."""
+        world = await reader.world_at(position)
+        return {"position": world.position,
+                "parties": [asdict(party) for party in world.parties.values()],
+                "connections": [{"stream_id": stream, **asdict(state)}
+                                for stream, state in world.connections.items()]}
+
+    @app.get("/api/peers/{peer_id}/diagnose", response_model=models.DiagnoseOut,
+             responses={400: {"model": models.ErrorOut}, 404: {"model": models.ErrorOut}})
+    async def peer_diagnose(peer_id: PeerQuery,
+                            position: Annotated[int, Query(ge=0, le=2**62)] = 2**62) -> dict[str, Any]:
+        """Why the peer dropped: its last incident at or before `position`, cause first (`diagnose`)."""
+        directory = await reader.directory()
+        try:
+            chosen = resolve_peer(directory, peer_id)
+        except PeerNotFound as error:
+            raise HTTPException(404, str(error)) from None
+        except AmbiguousPeer as error:
+            raise HTTPException(400, str(error)) from None
+        names = {(e.party_id, e.peer_id): e.name for e in directory if e.name}
+        reports = [report for entry in chosen
+                   if (report := await reader.diagnosis(entry, names, position)) is not None]
+        reports.sort(key=lambda report: report["global_position"])
+        return {"peer_id": chosen[0].peer_id, "name": chosen[0].name,
+                "incident": reports[-1] if reports else None}
 
     @app.get("/metrics", response_class=Response,
              responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}})

@@ -150,3 +150,15 @@ class HistoryOut(BaseModel):
     name: str = ""
     party_id: str = ""
     transitions: list[dict[str, Any]]
+
+
+class ReplayOut(BaseModel):
+    position: int
+    parties: list[dict[str, Any]]
+    connections: list[dict[str, Any]]
+
+
+class DiagnoseOut(BaseModel):
+    peer_id: str
+    name: str = ""
+    incident: dict[str, Any] | None

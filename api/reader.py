@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from events import types as ev
 from events.fold import ConnectionState, World, apply_world
 from events.streams import peer_stream
+from store import diagnosis
 from store.base import RecordedEvent
 from store.engine import async_engine, parse_url
 from store.errors import translated
@@ -78,16 +79,53 @@ class StoreReader:
                 "ORDER BY global_position LIMIT :limit", limit=limit,
                 **{f"s{index}": stream for index, stream in enumerate(streams)})
 
-    async def directory(self) -> list[PeerRef]:
-        """Every peer the log knows, for resolving a name, an id prefix or PARTY:NAME."""
+    async def every(self, selection: EventFilter, upto: int | None = None) -> list[RecordedEvent]:
+        """Every event that matches, page by page (for a bounded selection: a stream, a window)."""
         records: list[RecordedEvent] = []
         after = 0
         while True:
-            page = await self.events(after, PAGE, EventFilter(None, DIRECTORY_TYPES))
+            page = await self.events(after, PAGE, selection, upto)
             records.extend(page)
             if len(page) < PAGE:
-                break
+                return records
             after = page[-1].global_position
+
+    async def world_at(self, position: int) -> World:
+        """Replay: the fold of the log up to ``position``, as the replay tool computes it."""
+        world = World()
+        after = 0
+        while True:
+            page = await self.events(after, PAGE, None, position)
+            for record in page:
+                world = apply_world(world, record.stream_id, record.event, record.global_position)
+            if len(page) < PAGE:
+                return world
+            after = page[-1].global_position
+
+    async def diagnosis(self, entry: PeerRef, names: dict[tuple[str, str], str],
+                        position: int) -> dict[str, Any] | None:
+        """``lanrage diagnose`` of the last incident of one connection at or before ``position``."""
+        if entry.stream_id is None:
+            return None
+        stream = await self.every(EventFilter(entry.stream_id))
+        connection = [r for r in stream if r.stream_id == entry.stream_id]  # the filter is a prefix
+        node_id = diagnosis.node_of(connection)
+        node_events = [r for r in await self.every(EventFilter(None, diagnosis.NODE_TYPES))
+                       if diagnosis.same_node(r, node_id)]
+        chosen = diagnosis.select_incidents(diagnosis.incidents(connection, node_events), position=position)
+        if not chosen:
+            return None
+        incident = chosen[0]
+        when = incident.record.recorded_at
+        around = await self.every(EventFilter(None, (), when - diagnosis.LOOKBACK,
+                                              when + diagnosis.LOOKAHEAD))
+        window = diagnosis.window_for(incident, connection, around, entry.party_id, entry.peer_id,
+                                      entry.name or entry.peer_id, names)
+        return diagnosis.report_json(incident, diagnosis.diagnose(window))
+
+    async def directory(self) -> list[PeerRef]:
+        """Every peer the log knows, for resolving a name, an id prefix or PARTY:NAME."""
+        records = await self.every(EventFilter(None, DIRECTORY_TYPES))
         with translated(self.where):
             rows = await self._query("SELECT DISTINCT stream_id FROM events WHERE stream_id LIKE 'peer:%'")
         return build_directory(records, [row["stream_id"] for row in rows])

@@ -13,12 +13,8 @@ from rich.markup import escape
 
 from commands.common import DEFAULT_STATE_DIR as _DEFAULT_STATE_DIR
 from commands.common import DbOption, JsonOption, StateDirOption
-from commands.history import _console, _open_readonly, _warn, find_peer
+from commands.history import _console, _guard, _open_readonly, _warn, find_peer
 from commands.times import TIME_FORMS, UtcOption, iso, parse_time, shown, zone_name
-
-# Without --at, the latest few incidents: enough to see a pattern, short enough to read.
-LATEST_INCIDENTS = 5
-NODE_TYPES = ("NodeStarted", "NodeStopped", "NodeRunEndedAbruptly")
 
 
 def diagnose_command(
@@ -31,86 +27,58 @@ def diagnose_command(
     db: DbOption = None,
 ) -> None:
     """Why PEER dropped: the cause first, in plain words, then the events that show it."""
-    from store.diagnosis import LOOKAHEAD, LOOKBACK, Window, diagnose, incidents
+    from store.diagnosis import (
+        LOOKAHEAD,
+        LOOKBACK,
+        NODE_TYPES,
+        diagnose,
+        incidents,
+        node_of,
+        same_node,
+        select_incidents,
+        window_for,
+    )
     from store.peers import load_directory
 
     moment = parse_time(at, "--at") if at else None
-    reports: list[dict[str, Any]] = []
+    reports: list[tuple[Any, list[Any]]] = []
     with _open_readonly(db, state_dir) as store:
         chosen = find_peer(store, peer)
-        names = {}
-        for entry in load_directory(store, on_error=_warn):
-            if entry.name:
-                names[(entry.party_id, entry.peer_id)] = entry.name
+        names = {(e.party_id, e.peer_id): e.name for e in load_directory(store, on_error=_warn) if e.name}
         entry = chosen[0]
         label = entry.label()
-        streams = sorted({e.stream_id for e in chosen if e.stream_id})
-        for stream in streams:
+        for stream in sorted({e.stream_id for e in chosen if e.stream_id}):
             connection = store.read_stream(stream, on_error=_warn)
-            node_id = _node_of(connection)
+            node_id = node_of(connection)
             node_events = [r for r in store.read_all(types=NODE_TYPES, on_error=_warn)
-                           if _same_node(r, node_id)]
-            found = incidents(connection, node_events)
-            if moment is not None:
-                found = [i for i in found if i.record.recorded_at <= moment][-1:]
-            else:
-                found = found[-LATEST_INCIDENTS:]
-            for incident in found:
-                start, end = incident.record.recorded_at - LOOKBACK, incident.record.recorded_at + LOOKAHEAD
-                around = tuple(r for r in store.read_all(since=start, until=end, on_error=_warn)
-                               if _same_node(r, node_id))
-                upto = tuple(r for r in connection if r.global_position <= incident.record.global_position)
-                window = Window(incident, entry.party_id, entry.peer_id, entry.name or entry.peer_id,
-                                upto or tuple(connection), around, names)
-                reports.append({"incident": incident, "findings": diagnose(window)})
-    reports.sort(key=lambda report: report["incident"].record.global_position)
+                           if same_node(r, node_id)]
+            for incident in select_incidents(incidents(connection, node_events), at=moment):
+                when = incident.record.recorded_at
+                around = store.read_all(since=when - LOOKBACK, until=when + LOOKAHEAD, on_error=_warn)
+                window = window_for(incident, connection, around, entry.party_id, entry.peer_id,
+                                    entry.name or entry.peer_id, names)
+                reports.append((incident, diagnose(window)))
+    reports.sort(key=lambda report: report[0].record.global_position)
     if as_json:
-        print(json.dumps(_as_json(label, reports, moment)))
+        from store.diagnosis import report_json
+
+        print(json.dumps({"peer": label, "at": iso(moment) if moment else None,
+                          "incidents": [report_json(incident, findings) for incident, findings in reports]}))
         return
     _print(label, reports, moment, utc)
 
 
-def _node_of(connection: list[Any]) -> str | None:
-    for record in connection:
-        node_id = record.metadata.get("node_id") if record.metadata else None
-        if node_id:
-            return str(node_id)
-    return None
-
-
-def _same_node(record: Any, node_id: str | None) -> bool:
-    """In a PostgreSQL shared by many nodes, only this node's events explain its connection."""
-    if node_id is None:
-        return True
-    other = record.metadata.get("node_id") if record.metadata else None
-    return other is None or str(other) == node_id
-
-
-def _as_json(label: str, reports: list[dict[str, Any]], moment: Any) -> dict[str, Any]:
-    from store.diagnosis import finding_json
-
-    return {"peer": label, "at": iso(moment) if moment else None, "incidents": [{
-        "at": iso(report["incident"].record.recorded_at),
-        "global_position": report["incident"].record.global_position,
-        "stream_id": report["incident"].record.stream_id,
-        "kind": report["incident"].kind,
-        "description": report["incident"].description,
-        "cause": report["findings"][0].cause,
-        "findings": [finding_json(finding) for finding in report["findings"]]} for report in reports]}
-
-
-def _print(label: str, reports: list[dict[str, Any]], moment: Any, utc: bool) -> None:
+def _print(label: str, reports: list[tuple[Any, list[Any]]], moment: Any, utc: bool) -> None:
     console = _console()
     zone = zone_name(utc)
     if not reports:
         when = f" at or before {shown(moment, utc)} {zone}" if moment else ""
-        console.print(f"no drop of {escape(label)} recorded{when}", markup=True)
+        console.print(f"no drop of {escape(label)} recorded{when}")
         return
     console.print(f"[bold]{escape(label)}[/bold]: {len(reports)} incident{'s' if len(reports) > 1 else ''} "
                   f"(times in {zone})")
-    for report in reports:
-        incident = report["incident"]
-        first, *more = report["findings"]
+    for incident, findings in reports:
+        first, *more = findings
         console.print()
         console.print(f"[bold]{shown(incident.record.recorded_at, utc)}[/bold]  {incident.kind}: "
                       f"{escape(incident.description)}")
@@ -128,8 +96,4 @@ def _facts(console: Any, facts: Any, utc: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from commands.history import _guard
-
     app.command("diagnose")(_guard(diagnose_command))
-
-

@@ -33,6 +33,9 @@ LOOKAHEAD = timedelta(seconds=120)
 TOGETHER = timedelta(seconds=15)
 # A sample with at least this loss before a drop, after samples below it, is "loss rose".
 LOSS_ROSE = 0.2
+# Without a moment, the latest few incidents: enough to see a pattern, short enough to read.
+LATEST_INCIDENTS = 5
+NODE_TYPES = ("NodeStarted", "NodeStopped", "NodeRunEndedAbruptly")
 UP = (ev.CONNECTED, ev.DEGRADED)
 
 
@@ -118,8 +121,10 @@ def _pct(value: float | None) -> str:
 
 
 def local_restart(window: Window) -> Finding | None:
-    """This node crashed, was killed, or was stopped, and started again."""
-    node_events = [r for r in window.before() if stream_kind(r.stream_id) == "node"
+    """This node crashed, was killed, or was stopped, and started again, while the connection existed."""
+    opened = window.connection[0].global_position if window.connection else 0
+    node_events = [r for r in window.before()
+                   if stream_kind(r.stream_id) == "node" and r.global_position > opened
                    and isinstance(r.event, ev.NodeStarted | ev.NodeStopped | ev.NodeRunEndedAbruptly)]
     if window.incident.kind == "restart":
         node_events.append(window.incident.record)
@@ -361,6 +366,42 @@ def incidents(connection: Sequence[RecordedEvent], node_events: Iterable[Recorde
     return sorted(found, key=lambda incident: incident.record.global_position)
 
 
+def select_incidents(found: Sequence[Incident], at: datetime | None = None, position: int | None = None,
+                     latest: int = LATEST_INCIDENTS) -> list[Incident]:
+    """The last incident at or before ``at`` / ``position``, or else the latest few."""
+    if at is not None:
+        return [i for i in found if i.record.recorded_at <= at][-1:]
+    if position is not None:
+        return [i for i in found if i.record.global_position <= position][-1:]
+    return list(found[-latest:])
+
+
+def window_for(incident: Incident, connection: Sequence[RecordedEvent], around: Iterable[RecordedEvent],
+               party_id: str, peer_id: str, peer_name: str,
+               names: dict[tuple[str, str], str]) -> Window:
+    node_id = node_of(connection)
+    upto = tuple(r for r in connection if r.global_position <= incident.record.global_position)
+    return Window(incident, party_id, peer_id, peer_name, upto or tuple(connection),
+                  tuple(r for r in around if same_node(r, node_id)), names)
+
+
+def node_of(connection: Sequence[RecordedEvent]) -> str | None:
+    """The node that wrote a connection's stream (its events' metadata), if recorded."""
+    for record in connection:
+        node_id = record.metadata.get("node_id") if record.metadata else None
+        if node_id:
+            return str(node_id)
+    return None
+
+
+def same_node(record: RecordedEvent, node_id: str | None) -> bool:
+    """In a PostgreSQL shared by many nodes, only this node's events explain its connection."""
+    if node_id is None:
+        return True
+    other = record.metadata.get("node_id") if record.metadata else None
+    return other is None or str(other) == node_id
+
+
 def diagnose(window: Window, rules: Sequence[Rule] = RULES) -> list[Finding]:
     """Every finding of every rule, in precedence order; an "unknown" finding if none fires."""
     findings = [finding for rule in rules if (finding := rule(window)) is not None]
@@ -374,6 +415,13 @@ def diagnose(window: Window, rules: Sequence[Rule] = RULES) -> list[Finding]:
               and isinstance(r.event, ev.MetricsSampled)][-3:]
     return [Finding("unknown", "the cause cannot be told from this node's log; the facts around the drop "
                     "follow", tuple(sorted(facts, key=lambda fact: fact.global_position)))]
+
+
+def report_json(incident: Incident, findings: Sequence[Finding]) -> dict[str, Any]:
+    return {"at": incident.record.recorded_at.isoformat(), "global_position": incident.record.global_position,
+            "stream_id": incident.record.stream_id, "kind": incident.kind,
+            "description": incident.description, "cause": findings[0].cause,
+            "findings": [finding_json(finding) for finding in findings]}
 
 
 def finding_json(finding: Finding) -> dict[str, Any]:
