@@ -150,6 +150,11 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
         return {"peer_id": chosen[0].peer_id, "name": chosen[0].name, "party_id": chosen[0].party_id,
                 "transitions": await reader.history(streams, limit)}
 
+    @app.get("/api/timeline", response_model=models.TimelineOut)
+    async def timeline(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        """The latest connection state changes and path switches of every peer (`peer_timeline`)."""
+        return {"rows": await reader.timeline(limit)}
+
     @app.get("/api/replay", response_model=models.ReplayOut)
     async def replay_at(position: Annotated[int, Query(ge=0, le=2**62)]) -> dict[str, Any]:
         """Every party and connection as they were after global position `position` (the replay tool)."""

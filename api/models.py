@@ -162,3 +162,7 @@ class DiagnoseOut(BaseModel):
     peer_id: str
     name: str = ""
     incident: dict[str, Any] | None
+
+
+class TimelineOut(BaseModel):
+    rows: list[dict[str, Any]]

@@ -130,6 +130,12 @@ class StoreReader:
             rows = await self._query("SELECT DISTINCT stream_id FROM events WHERE stream_id LIKE 'peer:%'")
         return build_directory(records, [row["stream_id"] for row in rows])
 
+    async def timeline(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest rows of ``peer_timeline`` (every peer's, departed ones too), newest first."""
+        with translated(self.where):
+            return await self._query("SELECT * FROM peer_timeline ORDER BY global_position DESC LIMIT :limit",
+                                     limit=limit)
+
     async def samples(self, peer_id: str, limit: int = 60) -> list[dict[str, Any]]:
         with translated(self.where):
             rows = await self._query(

@@ -208,8 +208,8 @@ def _relay_in_use(window: Window) -> str | None:
             relay = event.relay if event.path == ev.RELAY else None
         elif isinstance(event, ev.PathSwitched):
             relay = event.to_relay if event.to_path == ev.RELAY else None
-        elif isinstance(event, ev.ConnectionStateChanged) and event.path is not None and record is not \
-                window.incident.record:
+        elif isinstance(event, ev.ConnectionStateChanged) and event.path is not None and \
+                record.global_position != window.incident.record.global_position:
             relay = event.relay if event.path == ev.RELAY else None
     return relay
 
@@ -409,7 +409,8 @@ def diagnose(window: Window, rules: Sequence[Rule] = RULES) -> list[Finding]:
         return findings
     facts = [Fact.of(window.incident.record, window.incident.description)]
     facts += [Fact.of(r, _describe(r)) for r in window.before() if r.stream_id == window.connection_stream
-              and r is not window.incident.record and not isinstance(r.event, ev.MetricsSampled)][-6:]
+              and r.global_position != window.incident.record.global_position
+              and not isinstance(r.event, ev.MetricsSampled)][-6:]
     facts += [Fact.of(r, f"loss {_pct(r.event.loss)}, latency {_ms(r.event.latency_ms)}")
               for r in window.before() if r.stream_id == window.connection_stream
               and isinstance(r.event, ev.MetricsSampled)][-3:]

@@ -36,11 +36,15 @@ def check(url: str, screenshot: str) -> dict[str, Any]:
                 "svg.chart", "charts => charts.map(c => ({peer: c.dataset.peer, "
                              "points: c.querySelectorAll('circle').length, "
                              "line: c.querySelector('polyline') !== null}))")
-            row = page.locator("#timeline tr").first
+            # A drop if there is one: its detail also names the cause (`diagnose`).
+            drops = page.locator("#timeline tr:has(td.drop)")
+            row = drops.first if drops.count() else page.locator("#timeline tr").first
             clicked = [cell.strip() for cell in row.locator("td").all_text_contents()]
             row.click()
             page.wait_for_selector("#detail:not([hidden])", timeout=WAIT_MS)
             page.wait_for_selector("#detail-world tr", timeout=WAIT_MS)
+            if drops.count():
+                page.wait_for_selector("#detail-cause .cause", timeout=WAIT_MS)
             detail = page.inner_text("#detail")
             page.screenshot(path=screenshot, full_page=True)
             return {"peers": peers, "charts": charts, "clicked": clicked, "detail": detail,
