@@ -261,7 +261,7 @@ def remote_unreachable(window: Window) -> Finding | None:
     if stayed:
         names = ", ".join(_stream_name(window, s) for s in stayed)
         words.append(f"this node's other connections stayed up ({names})")
-        evidence += [Fact.of(_last_sign_of_life(window, s), f"{_stream_name(window, s)} still up")
+        evidence += [Fact.of(_last_sign_of_life(window, s), f"{_stream_name(window, s)} still answered")
                      for s in stayed if _last_sign_of_life(window, s) is not None]
     if expired:
         words.append(f"the control server stopped hearing from it too ({expired[0].event.reason})")

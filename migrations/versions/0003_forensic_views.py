@@ -54,9 +54,10 @@ def _number(field: str, d: str, alias: str = "", kind: str = "double precision")
 
 
 def _seconds_between(start: str, end: str, d: str) -> str:
+    """Seconds, to the millisecond (julianday arithmetic would show 2.99998 for 3 s)."""
     if d == "postgresql":
-        return f"CAST(EXTRACT(EPOCH FROM ({end} - {start})) AS double precision)"
-    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+        return f"CAST(ROUND(CAST(EXTRACT(EPOCH FROM ({end} - {start})) AS numeric), 3) AS double precision)"
+    return f"round((julianday({end}) - julianday({start})) * 86400.0, 3)"
 
 
 def _hour_utc(column: str, d: str) -> str:
