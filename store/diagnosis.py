@@ -244,9 +244,28 @@ def endpoint_changed(window: Window) -> Finding | None:
                    (Fact.of(record, f"{event.old_endpoint} → {event.new_endpoint}: {event.reason}"),))
 
 
+def direct_path_failed(window: Window) -> Finding | None:
+    """The direct path stopped carrying traffic, and the relay still reaches the peer."""
+    event = window.incident.record.event
+    if not isinstance(event, ev.PathSwitched) or (event.from_path, event.to_path) != (ev.DIRECT, ev.RELAY):
+        return None
+    mine = window.connection_stream
+    later = [r for r in window.after() if r.stream_id == mine]
+    if any(_is_drop(r) for r in later):
+        return None  # the relay did not reach the peer either: that drop is its own incident
+    evidence = [Fact.of(window.incident.record, f"{_describe(window.incident.record)}; now via "
+                                                f"{event.to_relay or event.endpoint or 'a relay'}")]
+    answered = [r for r in later if isinstance(r.event, ev.MetricsSampled) and r.event.loss < 1.0]
+    evidence += [Fact.of(r, f"on the relay: loss {_pct(r.event.loss)}, latency {_ms(r.event.latency_ms)}")
+                 for r in answered[:2]]
+    return Finding("direct_path_failed", f"the direct path to {window.peer_name} stopped carrying traffic "
+                   "(a NAT or firewall between the two), and the connection moved to the relay "
+                   f"{event.to_relay or ''}".rstrip(), tuple(evidence))
+
+
 def remote_unreachable(window: Window) -> Finding | None:
     """Only this peer stopped answering while this node's other connections stayed up."""
-    if window.incident.kind == "restart" or "probes lost" not in _reason(window.incident.record):
+    if window.incident.kind != "drop" or "probes lost" not in _reason(window.incident.record):
         return None
     expired = [r for r in window.after() if isinstance(r.event, ev.PeerLeft) and window.about_this_peer(r)
                and r.event.reason != "left"]
@@ -287,7 +306,7 @@ def loss_rose(window: Window) -> Finding | None:
 
 
 RULES: tuple[Rule, ...] = (local_restart, left_party, relay_died, local_uplink, endpoint_changed,
-                           remote_unreachable, loss_rose)
+                           direct_path_failed, remote_unreachable, loss_rose)
 
 
 # ---------------------------------------------------------------- windows and incidents

@@ -180,3 +180,7 @@ def test_blocked_direct_path_falls_back_to_the_relay_and_upgrades_back(require_r
         switches = [(r["payload"]["from_path"], r["payload"]["to_path"]) for r in records
                     if r["event_type"] == "PathSwitched"]
         assert switches[-2:] == [("direct", "relay"), ("relay", "direct")], lines
+        for host, peer in (("alice", "bob"), ("bob", "alice")):
+            report = json.loads(party.cli(host, "diagnose", peer, "--json", "--state-dir", party.state(host)))
+            fallbacks = [i for i in report["incidents"] if i["description"].startswith("direct → relay")]
+            assert fallbacks and fallbacks[-1]["cause"] == "direct_path_failed", report

@@ -122,6 +122,21 @@ def test_relay_died_and_the_connection_moved() -> None:
                                  f"connection moved to {RELAY_B}")
 
 
+def test_direct_path_failed_and_the_relay_took_over() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    log.at(30, "peer:p:bob", ev.PathSwitched(party_id="p", peer_id="bob", from_path="direct", to_path="relay",
+                                             reason="3 probes lost on the direct path", to_relay=RELAY_A))
+    log.at(60, "peer:p:bob", sample("bob", 0.0, 31.0))
+    log.at(60, "peer:p:carol", sample("carol", 0.0))
+    assert log.findings() == ["direct_path_failed: the direct path to Bob stopped carrying traffic (a NAT "
+                              "or firewall between the two), and the connection moved to the relay "
+                              f"{RELAY_A}"]
+    # If the relay does not reach Bob either, the drop that follows is explained on its own.
+    log.at(80, "peer:p:bob", lost("bob", "relay", RELAY_A))
+    assert log.findings(index=-2)[0].startswith("unknown:")
+    assert log.findings(index=-1)[0].startswith("remote_unreachable:")
+
+
 def test_endpoint_changed_before_the_drop() -> None:
     log = up(Log(), "bob")
     log.at(30, "peer:p:bob", ev.EndpointChanged(party_id="p", peer_id="bob", old_endpoint="203.0.113.7:4000",
