@@ -9,7 +9,7 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from commands.common import DEFAULT_STATE_DIR as _DEFAULT_STATE_DIR
 from commands.common import DbOption, JsonOption, StateDirOption
@@ -73,26 +73,26 @@ def _print(label: str, reports: list[tuple[Any, list[Any]]], moment: Any, utc: b
     zone = zone_name(utc)
     if not reports:
         when = f" at or before {shown(moment, utc)} {zone}" if moment else ""
-        console.print(f"no drop of {escape(label)} recorded{when}")
+        console.print(f"no drop of {label} recorded{when}")
         return
-    console.print(f"[bold]{escape(label)}[/bold]: {len(reports)} incident{'s' if len(reports) > 1 else ''} "
-                  f"(times in {zone})")
+    plural = "s" if len(reports) > 1 else ""
+    console.print(Text.assemble((label, "bold"), f": {len(reports)} incident{plural} (times in {zone})"))
     for incident, findings in reports:
         first, *more = findings
         console.print()
-        console.print(f"[bold]{shown(incident.record.recorded_at, utc)}[/bold]  {incident.kind}: "
-                      f"{escape(incident.description)}")
-        console.print(f"  [bold]cause:[/bold] {escape(first.summary)}")
+        console.print(Text.assemble((shown(incident.record.recorded_at, utc), "bold"),
+                                    f"  {incident.kind}: {incident.description}"))
+        console.print(Text.assemble("  ", ("cause:", "bold"), f" {first.summary}"))
         _facts(console, first.evidence, utc)
         for finding in more:
-            console.print(f"  also: {escape(finding.summary)}")
+            console.print(f"  also: {finding.summary}")
             _facts(console, finding.evidence, utc)
 
 
 def _facts(console: Any, facts: Any, utc: bool) -> None:
     for fact in facts:
-        console.print(f"    {shown(fact.at, utc)}  #{fact.global_position}  {escape(fact.stream_id)}  "
-                      f"{fact.event_type}  {escape(fact.detail)}", highlight=False)
+        console.print(f"    {shown(fact.at, utc)}  #{fact.global_position}  {fact.stream_id}  "
+                      f"{fact.event_type}  {fact.detail}")
 
 
 def register(app: typer.Typer) -> None:

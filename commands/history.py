@@ -83,8 +83,10 @@ def summary(event: Any, width: int = 90, skip: tuple[str, ...] = ()) -> str:
 
 
 def _console() -> Console:
-    # Piped output (less, grep, files) gets wide rows instead of 80 wrapped columns.
-    return Console(soft_wrap=False, highlight=False, width=None if sys.stdout.isatty() else 200)
+    # Piped output (less, grep, files) gets wide rows instead of 80 wrapped columns. No markup:
+    # names and reasons come from other people's machines, and "[/]" in one must print as is.
+    return Console(soft_wrap=False, highlight=False, markup=False,
+                   width=None if sys.stdout.isatty() else 200)
 
 
 def _open_readonly(db: str | None, state: Any):  # type: ignore[no-untyped-def]
@@ -267,7 +269,7 @@ def replay_command(
 def _print_world(world: Any, moment: datetime | None, utc: bool) -> None:
     console = _console()
     when = f" at {shown(moment, utc)} {zone_name(utc)}" if moment else ""
-    console.print(f"[bold]State after global position {world.position}{when}[/bold]")
+    console.print(f"State after global position {world.position}{when}", style="bold")
     if not (world.parties or world.connections or world.relays or world.nodes):
         console.print("nothing recorded yet")
         return

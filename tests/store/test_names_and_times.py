@@ -138,3 +138,20 @@ def test_replay_at_a_clock_time(two_parties: str, capsys: pytest.CaptureFixture[
     assert code == 0 and json.loads(out)["position"] == 0  # a minute ago: before the fixture wrote
     code, out, _ = run(["replay", "--at", "now", "--db", two_parties], capsys)
     assert code == 0 and "Friday LAN" in out
+
+
+def test_names_from_other_machines_print_as_they_are(sqlite_url: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    with open_store(sqlite_url) as store:
+        store.append("party:p", [
+            ev.PartyCreated(party_id="p", name="[/] party", host_peer_id="me"),
+            ev.PeerJoined(party_id="p", peer_id="x1", name="[bold red]x[/]", public_key="K")], 0)
+        store.append("peer:p:x1", [state("x1", "connecting"), state("x1", "connected", "connecting"),
+                                   state("x1", "failed", "connected")], 0)
+    for command in (["history", "x1"], ["replay"], ["diagnose", "x1"],
+                    ["sql", "SELECT peer_name, party_name FROM peer_names"]):
+        code, out, err = run([*command, "--db", sqlite_url], capsys)
+        assert code == 0 and err == "", (command, err)
+        assert "[bold red]x[/]" in out, command
+    code, out, err = run(["events", "--db", sqlite_url], capsys)
+    assert code == 0 and err == "" and "name=[bold red]x[/]" in out.replace("\n", "")
