@@ -2,7 +2,7 @@
 
 Input (``--at``, ``--since``, ``--until``): ``now``; a clock time ``21:03`` or ``21:03:15``
 (the latest such moment that is not in the future); ``today 21:03`` / ``yesterday 21:03``;
-a relative time ``-2h``, ``10m ago``, ``90s ago``, ``1h30m ago``; or ISO 8601 (a date,
+a relative time ``-2h``, ``10m ago``, ``90s ago``, ``1h30m ago`` (or just ``2h``); or ISO 8601 (a date,
 or a date and time; without an offset it is local time). Output: local time with the
 zone's name, or UTC with ``--utc``; JSON is always ISO 8601 with its offset.
 """
@@ -54,7 +54,7 @@ def _parse(value: str, current: datetime) -> datetime | None:
     if clock:
         return _clock(clock, current)
     relative = _RELATIVE.match(value)
-    if relative and (value.startswith("-") or value.endswith("ago")):
+    if relative:  # "-2h", "2h ago", and a bare "2h" (the log has no future, so it means ago too)
         total = 0.0
         for amount, unit in re.findall(_AMOUNT, relative.group(1)):
             if unit not in _UNITS:
