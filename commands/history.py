@@ -348,8 +348,9 @@ def history_command(
     table = Table(title=f"connection history of {'; '.join(sorted({entry.label() for entry in chosen}))}",
                   header_style="bold")
     for column in ("pos", f"time ({zone_name(utc)})", "event", "state", "path", "endpoint / relay",
-                   "details"):
+                   "lasted", "details"):
         table.add_column(column)
+    lasted = _lasted(records)
     for record in records:
         event = record.event
         state, path, where = "", "", ""
@@ -364,8 +365,25 @@ def history_command(
             path = event.path
             where = event.relay or event.endpoint or ""
         table.add_row(str(record.global_position), shown(record.recorded_at, utc), record.event_type, state,
-                      path, where, summary(event, 60, skip=_SHOWN))
+                      path, where, lasted.get(record.global_position, ""), summary(event, 60, skip=_SHOWN))
     console.print(table if records else f"no connection events recorded for {chosen[0].label()}")
+
+
+def _lasted(records: list[Any]) -> dict[int, str]:
+    """How long each state change or path switch held, until the next one of its stream."""
+    durations: dict[int, str] = {}
+    previous: dict[str, Any] = {}
+    for record in records:
+        if record.event_type not in ("ConnectionStateChanged", "PathSwitched"):
+            continue
+        before = previous.get(record.stream_id)
+        if before is not None:
+            seconds = (record.recorded_at - before.recorded_at).total_seconds()
+            durations[before.global_position] = (f"{seconds:.1f} s" if seconds < 90 else
+                                                 f"{seconds / 60:.1f} min" if seconds < 5400 else
+                                                 f"{seconds / 3600:.1f} h")
+        previous[record.stream_id] = record
+    return durations
 
 
 _SHOWN = ("from_state", "to_state", "path", "endpoint", "relay", "from_path", "to_path", "to_relay")
