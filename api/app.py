@@ -7,6 +7,7 @@ bearer token that ``serve`` writes to the state directory.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,11 +24,14 @@ from api.reader import Projection, StoreReader, event_json, remote_peers, status
 from api.service import NodeService, ServiceError
 from api.token import token_matches
 from store.errors import StoreError
+from store.peers import AmbiguousPeer, PeerNotFound, resolve_peer
 from store.queries import EventFilter
 
 UNAUTHORIZED = "missing or wrong API token (see <state-dir>/api-token)"
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 PeerId = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+# A peer as people name it: a name, an id prefix or PARTY:NAME (no slash, no control character).
+PeerQuery = Annotated[str, PathParam(min_length=1, max_length=200, pattern=r"^[^/\x00-\x1f\x7f]+$")]
 _bearer = HTTPBearer(auto_error=False, description="The token `serve` writes to <state-dir>/api-token.")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": models.ErrorOut}, 401: {"model": models.ErrorOut}, 404: {"model": models.ErrorOut},
@@ -122,11 +126,57 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
         return {"events": [event_json(r) for r in records],
                 "next_after": records[-1].global_position if records else after}
 
-    @app.get("/api/peers/{peer_id}/history", response_model=models.HistoryOut)
-    async def peer_history(peer_id: PeerId,
+    @app.get("/api/peers/{peer_id}/history", response_model=models.HistoryOut,
+             responses={400: {"model": models.ErrorOut}, 404: {"model": models.ErrorOut}})
+    async def peer_history(peer_id: PeerQuery,
                            limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> dict[str, Any]:
-        """One row per connection state transition (the `connection_history` view)."""
-        return {"peer_id": peer_id, "transitions": await reader.history(peer_id, limit, node_id)}
+        """One row per connection state transition (the `connection_history` view).
+
+        `peer_id` is a peer name, an id or id prefix, or `PARTY:NAME`; 404 lists the known
+        peers when nothing matches, 400 the candidates when several do.
+        """
+        try:
+            chosen = resolve_peer(await reader.directory(), peer_id)
+        except PeerNotFound as error:
+            raise HTTPException(404, str(error)) from None
+        except AmbiguousPeer as error:
+            raise HTTPException(400, str(error)) from None
+        streams = sorted({entry.stream_id for entry in chosen if entry.stream_id})
+        return {"peer_id": chosen[0].peer_id, "name": chosen[0].name, "party_id": chosen[0].party_id,
+                "transitions": await reader.history(streams, limit)}
+
+    @app.get("/api/timeline", response_model=models.TimelineOut)
+    async def timeline(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        """The latest connection state changes and path switches of every peer (`peer_timeline`)."""
+        return {"rows": await reader.timeline(limit)}
+
+    @app.get("/api/replay", response_model=models.ReplayOut)
+    async def replay_at(position: Annotated[int, Query(ge=0, le=2**62)]) -> dict[str, Any]:
+        """Every party and connection as they were after global position `position` (the replay tool)."""
+        world = await reader.world_at(position)
+        return {"position": world.position,
+                "parties": [asdict(party) for party in world.parties.values()],
+                "connections": [{"stream_id": stream, **asdict(state)}
+                                for stream, state in world.connections.items()]}
+
+    @app.get("/api/peers/{peer_id}/diagnose", response_model=models.DiagnoseOut,
+             responses={400: {"model": models.ErrorOut}, 404: {"model": models.ErrorOut}})
+    async def peer_diagnose(peer_id: PeerQuery,
+                            position: Annotated[int, Query(ge=0, le=2**62)] = 2**62) -> dict[str, Any]:
+        """Why the peer dropped: its last incident at or before `position`, cause first (`diagnose`)."""
+        directory = await reader.directory()
+        try:
+            chosen = resolve_peer(directory, peer_id)
+        except PeerNotFound as error:
+            raise HTTPException(404, str(error)) from None
+        except AmbiguousPeer as error:
+            raise HTTPException(400, str(error)) from None
+        names = {(e.party_id, e.peer_id): e.name for e in directory if e.name}
+        reports = [report for entry in chosen
+                   if (report := await reader.diagnosis(entry, names, position)) is not None]
+        reports.sort(key=lambda report: report["global_position"])
+        return {"peer_id": chosen[0].peer_id, "name": chosen[0].name,
+                "incident": reports[-1] if reports else None}
 
     @app.get("/metrics", response_class=Response,
              responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}})

@@ -141,4 +141,22 @@ class EventsOut(BaseModel):
 
 class HistoryOut(BaseModel):
     peer_id: str
+    name: str = ""
+    party_id: str = ""
     transitions: list[dict[str, Any]]
+
+
+class ReplayOut(BaseModel):
+    position: int
+    parties: list[dict[str, Any]]
+    connections: list[dict[str, Any]]
+
+
+class DiagnoseOut(BaseModel):
+    peer_id: str
+    name: str = ""
+    incident: dict[str, Any] | None
+
+
+class TimelineOut(BaseModel):
+    rows: list[dict[str, Any]]

@@ -9,8 +9,9 @@ actors and the replay tool use) on each request.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import asdict, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -19,9 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from events import types as ev
 from events.fold import ConnectionState, World, apply_world
 from events.streams import node_of, peer_stream
+from store import diagnosis
 from store.base import RecordedEvent
 from store.engine import async_engine, parse_url
 from store.errors import translated
+from store.peers import DIRECTORY_TYPES, PeerRef, build_directory
 from store.queries import EventFilter, RowReader, page_query
 
 PAGE = 2000
@@ -34,9 +37,20 @@ def event_json(record: RecordedEvent) -> dict[str, Any]:
             "payload": record.event.to_payload(), "metadata": dict(record.metadata)}
 
 
+_SQLITE_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?$")
+
+
+def _when(key: str, value: Any) -> Any:
+    """Timestamps as ISO 8601 with an offset (SQLite's views give UTC text without one)."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, str) and key.endswith("_at") and _SQLITE_TIME.match(value):
+        return datetime.fromisoformat(value).replace(tzinfo=UTC).isoformat()
+    return value
+
+
 def _row(mapping: Any) -> dict[str, Any]:
-    return {key: (value.isoformat() if isinstance(value, datetime) else value)
-            for key, value in dict(mapping).items()}
+    return {key: _when(key, value) for key, value in dict(mapping).items()}
 
 
 class StoreReader:
@@ -54,14 +68,73 @@ class StoreReader:
                 rows = (await connection.execute(query)).all()
         return [record for row in rows if (record := reader.record(row)) is not None]
 
-    async def history(self, peer_id: str, limit: int = 1000,
-                      node_id: str | None = None) -> list[dict[str, Any]]:
-        """``node_id``: only that node's view of the peer (the view's ``node_id`` column)."""
+    async def history(self, streams: list[str], limit: int = 1000) -> list[dict[str, Any]]:
+        """The connection_history rows of these connection streams (one peer's)."""
+        if not streams:
+            return []
+        marks = ", ".join(f":s{index}" for index in range(len(streams)))
         with translated(self.where):
             return await self._query(
-                "SELECT * FROM connection_history WHERE peer_id = :peer"
-                + (" AND node_id = :node" if node_id is not None else "")
-                + " ORDER BY global_position LIMIT :limit", peer=peer_id, limit=limit, node=node_id)
+                f"SELECT * FROM connection_history WHERE stream_id IN ({marks}) "
+                "ORDER BY global_position LIMIT :limit", limit=limit,
+                **{f"s{index}": stream for index, stream in enumerate(streams)})
+
+    async def every(self, selection: EventFilter, upto: int | None = None) -> list[RecordedEvent]:
+        """Every event that matches, page by page (for a bounded selection: a stream, a window)."""
+        records: list[RecordedEvent] = []
+        after = 0
+        while True:
+            page = await self.events(after, PAGE, selection, upto)
+            records.extend(page)
+            if len(page) < PAGE:
+                return records
+            after = page[-1].global_position
+
+    async def world_at(self, position: int) -> World:
+        """Replay: the fold of the log up to ``position``, as the replay tool computes it."""
+        world = World()
+        after = 0
+        while True:
+            page = await self.events(after, PAGE, None, position)
+            for record in page:
+                world = apply_world(world, record.stream_id, record.event, record.global_position)
+            if len(page) < PAGE:
+                return world
+            after = page[-1].global_position
+
+    async def diagnosis(self, entry: PeerRef, names: dict[tuple[str, str], str],
+                        position: int) -> dict[str, Any] | None:
+        """``lanrage diagnose`` of the last incident of one connection at or before ``position``."""
+        if entry.stream_id is None:
+            return None
+        stream = await self.every(EventFilter(entry.stream_id))
+        connection = [r for r in stream if r.stream_id == entry.stream_id]  # the filter is a prefix
+        node_id = diagnosis.node_of(connection)
+        node_events = [r for r in await self.every(EventFilter(None, diagnosis.NODE_TYPES))
+                       if diagnosis.same_node(r, node_id)]
+        chosen = diagnosis.select_incidents(diagnosis.incidents(connection, node_events), position=position)
+        if not chosen:
+            return None
+        incident = chosen[0]
+        when = incident.record.recorded_at
+        around = await self.every(EventFilter(None, (), when - diagnosis.LOOKBACK,
+                                              when + diagnosis.LOOKAHEAD))
+        window = diagnosis.window_for(incident, connection, around, entry.party_id, entry.peer_id,
+                                      entry.name or entry.peer_id, names)
+        return diagnosis.report_json(incident, diagnosis.diagnose(window))
+
+    async def directory(self) -> list[PeerRef]:
+        """Every peer the log knows, for resolving a name, an id prefix or PARTY:NAME."""
+        records = await self.every(EventFilter(None, DIRECTORY_TYPES))
+        with translated(self.where):
+            rows = await self._query("SELECT DISTINCT stream_id FROM events WHERE stream_id LIKE 'peer:%'")
+        return build_directory(records, [row["stream_id"] for row in rows])
+
+    async def timeline(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest rows of ``peer_timeline`` (every peer's, departed ones too), newest first."""
+        with translated(self.where):
+            return await self._query("SELECT * FROM peer_timeline ORDER BY global_position DESC LIMIT :limit",
+                                     limit=limit)
 
     async def samples(self, peer_id: str, limit: int = 60,
                       node_id: str | None = None) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ import typer
 
 
 def register_all(app: typer.Typer) -> None:
-    from commands import history, lab, node, relay
+    from commands import diagnose, history, lab, node, relay
 
-    for module in (history, lab, node, relay):
+    for module in (history, diagnose, lab, node, relay):
         module.register(app)

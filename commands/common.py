@@ -35,7 +35,9 @@ def state_dir(path: Path) -> Path:
     return resolved
 
 
-def database_url(db: str | None, state: Path) -> str:
+def database_url(db: str | None, state: Path, *, create: bool = True) -> str:
+    """The store's URL; with ``create=False`` (read-only commands) nothing on disk is made or changed."""
     if db:
         return db
-    return f"sqlite:///{state_dir(state) / 'lanrage.db'}"
+    directory = state_dir(state) if create else state.expanduser()
+    return f"sqlite:///{directory / 'lanrage.db'}"

@@ -15,7 +15,7 @@ import signal
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -25,7 +25,8 @@ from rich.table import Table
 
 from commands.common import DEFAULT_STATE_DIR as _DEFAULT_STATE_DIR
 from commands.common import DbOption, JsonOption, StateDirOption, UsageError, database_url
-from events.streams import METRICS, PEER, StreamIdError, parse_stream_id
+from commands.times import TIME_FORMS, UtcOption, iso, parse_time, shown, zone_name
+from events.streams import METRICS, PEER, node_of
 
 CONNECTION_TYPES = ("ConnectionAttemptStarted", "PathChosen", "HolePunchAttempted", "HolePunchSucceeded",
                     "HolePunchFailed", "WireGuardPeerConfigured", "WireGuardPeerRemoved",
@@ -37,42 +38,14 @@ NodeOption = Annotated[str | None, typer.Option(
 
 TABLE_ROWS = 1000
 _SQLITE_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?$")
-_RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)(?:\s+ago)?$")
-_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def parse_time(text: str, option: str) -> datetime:
-    """'now', a relative '-5m' / '2h ago', or ISO 8601 (without an offset: local time)."""
-    value = text.strip()
-    if value.lower() == "now":
-        return datetime.now(UTC)
-    relative = _RELATIVE.match(value.lower())
-    if relative:
-        return datetime.now(UTC) - timedelta(seconds=float(relative.group(1)) * _UNITS[relative.group(2)])
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"{option}: cannot read {text!r} as a time; use ISO 8601 "
-                         "(2026-11-25T14:03:00), 'now' or a relative time like -5m") from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # the user's local time zone
-    return moment.astimezone(UTC)
-
-
-def local(moment: datetime) -> str:
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
-def _tz_name() -> str:
-    return datetime.now().astimezone().strftime("%Z") or "local"
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat()
+        return iso(value)
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal):
@@ -93,7 +66,7 @@ def record_json(record: Any) -> dict[str, Any]:
         "stream_position": record.stream_position,
         "event_type": record.event_type,
         "event_version": type(record.event).version,
-        "recorded_at": record.recorded_at.isoformat(),
+        "recorded_at": iso(record.recorded_at),
         "payload": _jsonable(record.event.to_payload()),
         "metadata": _jsonable(dict(record.metadata)),
     }
@@ -114,42 +87,57 @@ def summary(event: Any, width: int = 90, skip: tuple[str, ...] = ()) -> str:
 
 
 def _console() -> Console:
-    # Piped output (less, grep, files) gets wide rows instead of 80 wrapped columns.
-    return Console(soft_wrap=False, highlight=False, width=None if sys.stdout.isatty() else 200)
+    # Piped output (less, grep, files) gets wide rows instead of 80 wrapped columns. No markup:
+    # names and reasons come from other people's machines, and "[/]" in one must print as is.
+    return Console(soft_wrap=False, highlight=False, markup=False,
+                   width=None if sys.stdout.isatty() else 200)
 
 
 def _open_readonly(db: str | None, state: Any):  # type: ignore[no-untyped-def]
     from store import open_store
 
-    return open_store(database_url(db, state), readonly=True)
+    return open_store(database_url(db, state, create=False), readonly=True)
 
 
 def _warn(error: Exception) -> None:
     print(f"lanrage: warning: {error}", file=sys.stderr)
 
 
-def _events_table(records: Iterable[Any], title: str | None = None) -> Table:
+def _events_table(records: Iterable[Any], utc: bool, title: str | None = None) -> Table:
     table = Table(title=title, header_style="bold")
     table.add_column("pos", justify="right")
-    table.add_column(f"time ({_tz_name()})")
+    table.add_column(f"time ({zone_name(utc)})")
     table.add_column("stream")
     table.add_column("#", justify="right")
     table.add_column("event")
     table.add_column("details", overflow="fold")
     for record in records:
-        table.add_row(str(record.global_position), local(record.recorded_at), record.stream_id,
+        table.add_row(str(record.global_position), shown(record.recorded_at, utc), record.stream_id,
                       str(record.stream_position), record.event_type, summary(record.event))
     return table
 
 
-def _cell(value: Any, column: str = "") -> str:
+def _sqlite_moment(value: Any, column: str) -> datetime | None:
+    """SQLite keeps timestamps as UTC text without an offset: recognised by an ``_at`` column name."""
+    if isinstance(value, str) and column.endswith("_at") and _SQLITE_TIME.match(value):
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return None
+
+
+def _json_cell(value: Any, column: str) -> Any:
+    """ISO 8601 with an offset for every timestamp, as ``events --json`` prints them."""
+    moment = _sqlite_moment(value, column)
+    return iso(moment) if moment is not None else _jsonable(value)
+
+
+def _cell(value: Any, column: str = "", utc: bool = False) -> str:
     if value is None:
         return "NULL"
-    if isinstance(value, str) and column.endswith("_at") and _SQLITE_TIME.match(value):
-        # SQLite keeps timestamps as UTC text; people read local time.
-        return local(datetime.fromisoformat(value).replace(tzinfo=UTC))
+    moment = _sqlite_moment(value, column)
+    if moment is not None:
+        return shown(moment, utc)
     if isinstance(value, datetime):
-        return local(value) if value.tzinfo else value.isoformat(sep=" ")
+        return shown(value, utc) if value.tzinfo else value.isoformat(sep=" ")
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, dict | list):  # JSONB columns on PostgreSQL
@@ -166,13 +154,14 @@ def events_command(
     node: NodeOption = None,
     event_type: Annotated[list[str] | None,
                           typer.Option("--type", help="Event type; repeat for several.")] = None,
-    since: Annotated[str | None, typer.Option("--since", help="From this time (ISO, 'now', -5m).")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="Up to this time (ISO, 'now', -5m).")] = None,
+    since: Annotated[str | None, typer.Option("--since", help=f"From this time: {TIME_FORMS}.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help=f"Up to this time: {TIME_FORMS}.")] = None,
     after: Annotated[int, typer.Option("--after", help="Only events after this global position.")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", help="At most this many events.")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
     count: Annotated[int | None, typer.Option("--count", help="With --follow: exit after N events.")] = None,
     as_json: JsonOption = False,
+    utc: UtcOption = False,
     state_dir: StateDirOption = _DEFAULT_STATE_DIR,
     db: DbOption = None,
 ) -> None:
@@ -190,7 +179,8 @@ def events_command(
     if follow:
         if end is not None:
             raise UsageError("--until cannot be used with --follow")
-        _follow(database_url(db, state_dir), after, stream, types, start, count, as_json, node)
+        _follow(database_url(db, state_dir, create=False), after, stream, types, start, count, as_json, utc,
+                node)
         return
     with _open_readonly(db, state_dir) as store:
         records = store.read_all(after, None if node else limit, stream=stream, types=types, since=start,
@@ -213,7 +203,7 @@ def events_command(
         if not rows:
             console.print("no events match")
             return
-        console.print(_events_table(rows))
+        console.print(_events_table(rows, utc))
         if seen > len(rows):
             console.print(f"showing the latest {len(rows)} of {seen} matching events; "
                           "narrow with --since/--stream/--type, or use --after/--limit or --json")
@@ -235,8 +225,7 @@ def _of_node(records: Iterable[Any], node: str, limit: int | None) -> Iterator[A
 
 
 def _follow(url: str, after: int, stream: str | None, types: tuple[str, ...], since: datetime | None,
-            count: int | None, as_json: bool, node: str | None = None) -> None:
-    from events.streams import node_of
+            count: int | None, as_json: bool, utc: bool, node: str | None = None) -> None:
     from store.aio import AsyncEventReader
 
     console = _console()
@@ -258,7 +247,8 @@ def _follow(url: str, after: int, stream: str | None, types: tuple[str, ...], si
                 if as_json:
                     print(json.dumps(record_json(record)), flush=True)
                 else:
-                    console.print(f"{record.global_position:>7}  {local(record.recorded_at)}  "
+                    console.print(f"{record.global_position:>7}  {shown(record.recorded_at, utc)} "
+                                  f"{zone_name(utc)}  "
                                   f"{record.stream_id}  {record.event_type}  {summary(record.event)}",
                                   markup=False)
                     sys.stdout.flush()
@@ -271,12 +261,13 @@ def _follow(url: str, after: int, stream: str | None, types: tuple[str, ...], si
 
 def replay_command(
     at: Annotated[str | None,
-                  typer.Option("--at", help="Time: ISO 8601 (local if no offset), 'now', -5m.")] = None,
+                  typer.Option("--at", help=f"The moment: {TIME_FORMS}.")] = None,
     position: Annotated[int | None, typer.Option("--position", help="Global position to stop at.")] = None,
     node: NodeOption = None,
     skip_bad: Annotated[bool, typer.Option(
         "--skip-bad", help="Warn about rows that cannot be decoded and fold the rest.")] = False,
     as_json: JsonOption = False,
+    utc: UtcOption = False,
     state_dir: StateDirOption = _DEFAULT_STATE_DIR,
     db: DbOption = None,
 ) -> None:
@@ -296,20 +287,20 @@ def replay_command(
     if as_json:
         print(json.dumps(_jsonable({
             "position": world.position,
-            "at": moment.isoformat() if moment else None,
+            "at": iso(moment) if moment else None,
             "parties": {key: dataclasses.asdict(value) for key, value in world.parties.items()},
             "connections": {key: dataclasses.asdict(value) for key, value in world.connections.items()},
             "relays": {key: dataclasses.asdict(value) for key, value in world.relays.items()},
             "nodes": {key: dataclasses.asdict(value) for key, value in world.nodes.items()},
         }), indent=2))
         return
-    _print_world(world, moment)
+    _print_world(world, moment, utc)
 
 
-def _print_world(world: Any, moment: datetime | None) -> None:
+def _print_world(world: Any, moment: datetime | None, utc: bool) -> None:
     console = _console()
-    when = f" at {local(moment)} {_tz_name()}" if moment else ""
-    console.print(f"[bold]State after global position {world.position}{when}[/bold]")
+    when = f" at {shown(moment, utc)} {zone_name(utc)}" if moment else ""
+    console.print(f"State after global position {world.position}{when}", style="bold")
     if not (world.parties or world.connections or world.relays or world.nodes):
         console.print("nothing recorded yet")
         return
@@ -367,11 +358,12 @@ def _node_cell(stream_id: str) -> str:
 
 
 def history_command(
-    peer: Annotated[str, typer.Argument(help="Peer id, a prefix of it, or PARTY:PEER.")],
+    peer: Annotated[str, typer.Argument(help="Peer name, id prefix, or PARTY:NAME.")],
     metrics: Annotated[bool, typer.Option("--metrics", help="Include the metric samples.")] = False,
     node: NodeOption = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the last N entries.")] = None,
     as_json: JsonOption = False,
+    utc: UtcOption = False,
     state_dir: StateDirOption = _DEFAULT_STATE_DIR,
     db: DbOption = None,
 ) -> None:
@@ -380,10 +372,15 @@ def history_command(
     In a database that several nodes share, a peer that more than one node connects to
     needs --node (whose view of the peer).
     """
-    if not peer.strip():
-        raise UsageError("PEER must not be empty")
     with _open_readonly(db, state_dir) as store:
-        streams = resolve_peer(store.streams("peer:"), peer.strip(), node)
+        chosen = find_peer(store, peer)
+        streams = sorted({entry.stream_id for entry in chosen if entry.stream_id
+                          and (node is None or node_of(entry.stream_id) == node)})
+        owners = sorted({node_of(stream) or "" for stream in streams})
+        if len(owners) > 1:
+            raise UsageError(f"peer {peer!r} is known to several nodes ({', '.join(owners[:5])}); "
+                             "choose one with --node")
+        types = CONNECTION_TYPES + (("MetricsSampled",) if metrics else ())
         records = []
         for stream in streams:
             # The type filter runs in SQL (metric samples can be most of a stream); the stream
@@ -403,11 +400,12 @@ def history_command(
             print(json.dumps(record_json(record)))
         return
     console = _console()
-    shown = ", ".join(parse_stream_id(stream).rest for stream in streams)
-    table = Table(title=f"connection history of {shown} (node {parse_stream_id(streams[0]).node_id})",
+    table = Table(title=f"connection history of {'; '.join(sorted({entry.label() for entry in chosen}))}",
                   header_style="bold")
-    for column in ("pos", f"time ({_tz_name()})", "event", "state", "path", "endpoint / relay", "details"):
+    for column in ("pos", f"time ({zone_name(utc)})", "event", "state", "path", "endpoint / relay",
+                   "lasted", "details"):
         table.add_column(column)
+    lasted = _lasted(records)
     for record in records:
         event = record.event
         state, path, where = "", "", ""
@@ -421,66 +419,65 @@ def history_command(
         elif record.event_type == "PathChosen":
             path = event.path
             where = event.relay or event.endpoint or ""
-        table.add_row(str(record.global_position), local(record.recorded_at), record.event_type, state, path,
-                      where, summary(event, 60, skip=_SHOWN))
-    console.print(table if records else "no connection events recorded for this peer")
+        table.add_row(str(record.global_position), shown(record.recorded_at, utc), record.event_type, state,
+                      path, where, lasted.get(record.global_position, ""), summary(event, 60, skip=_SHOWN))
+    console.print(table if records else f"no connection events recorded for {chosen[0].label()}")
+
+
+def _lasted(records: list[Any]) -> dict[int, str]:
+    """How long each state change or path switch held, until the next one of its stream."""
+    durations: dict[int, str] = {}
+    previous: dict[str, Any] = {}
+    for record in records:
+        if record.event_type not in ("ConnectionStateChanged", "PathSwitched"):
+            continue
+        before = previous.get(record.stream_id)
+        if before is not None:
+            seconds = (record.recorded_at - before.recorded_at).total_seconds()
+            durations[before.global_position] = (f"{seconds:.1f} s" if seconds < 90 else
+                                                 f"{seconds / 60:.1f} min" if seconds < 5400 else
+                                                 f"{seconds / 3600:.1f} h")
+        previous[record.stream_id] = record
+    return durations
 
 
 _SHOWN = ("from_state", "to_state", "path", "endpoint", "relay", "from_path", "to_path", "to_relay")
 
 
-def resolve_peer(streams: list[str], peer: str, node: str | None = None) -> list[str]:
-    """Streams ``peer:<node>:<party>:<peer>`` whose peer id (or ``party:peer``) starts with ``peer``.
+def find_peer(store: Any, query: str) -> list[Any]:
+    """The directory entries of the one peer ``query`` names (see ``store.peers``); UsageError if none."""
+    from store.peers import AmbiguousPeer, PeerNotFound, load_directory, resolve_peer
 
-    All of them belong to one node: ``node`` if given, else the only node that has such
-    a peer (several are a usage error that names them).
-    """
-    candidates: list[tuple[str, str, str]] = []  # (stream, node, party:peer)
-    for stream in streams:
-        try:
-            parsed = parse_stream_id(stream)
-        except StreamIdError:
-            continue
-        if parsed.kind != PEER or parsed.node_id is None or (node is not None and parsed.node_id != node):
-            continue
-        candidates.append((stream, parsed.node_id, parsed.rest))
-    matches = [(stream, owner, rest) for stream, owner, rest in candidates
-               if rest.partition(":")[2].startswith(peer) or rest.startswith(peer)]
-    if not matches:
-        raise UsageError(f"no peer matches {peer!r}" + (f" on node {node}" if node else ""))
-    exact = [match for match in matches if match[2].partition(":")[2] == peer or match[2] == peer]
-    chosen = exact or matches  # "bob" means bob, even when bob2 exists
-    peers = {rest.partition(":")[2] for _, _, rest in chosen}
-    if len(peers) > 1:
-        listed = ", ".join(sorted(peers)[:5])
-        raise UsageError(f"{peer!r} matches several peers ({listed}); give more of the id")
-    owners = sorted({owner for _, owner, _ in chosen})
-    if len(owners) > 1:
-        raise UsageError(f"peer {peer!r} is known to several nodes ({', '.join(owners[:5])}); "
-                         "choose one with --node")
-    return [stream for stream, _, _ in chosen]
+    try:
+        return resolve_peer(load_directory(store, on_error=_warn), query)
+    except (PeerNotFound, AmbiguousPeer) as error:
+        raise UsageError(str(error)) from None
 
 
 def sql_command(
     statement: Annotated[str, typer.Argument(help="One SELECT (or WITH/VALUES/EXPLAIN) statement.")],
     max_rows: Annotated[int, typer.Option("--max-rows", help="Print at most this many rows.")] = 10_000,
     as_json: JsonOption = False,
+    utc: UtcOption = False,
     state_dir: StateDirOption = _DEFAULT_STATE_DIR,
     db: DbOption = None,
 ) -> None:
     """Read-only SQL over the store (views: connection_history, peer_metrics); writes are refused."""
     from store.readonly import run_query
 
-    result = run_query(database_url(db, state_dir), statement, max_rows=max_rows)
+    result = run_query(database_url(db, state_dir, create=False), statement, max_rows=max_rows)
     if as_json:
         for row in result.rows:
-            print(json.dumps(_jsonable(dict(zip(result.columns, row, strict=True)))))
+            print(json.dumps({column: _json_cell(value, column)
+                              for column, value in zip(result.columns, row, strict=True)}))
     else:
         table = Table(header_style="bold")
         for column in result.columns:
-            table.add_column(column + (f" ({_tz_name()})" if column.endswith("_at") else ""), overflow="fold")
+            table.add_column(column + (f" ({zone_name(utc)})" if column.endswith("_at") else ""),
+                             overflow="fold")
         for row in result.rows:
-            table.add_row(*(_cell(value, column) for value, column in zip(row, result.columns, strict=True)))
+            table.add_row(*(_cell(value, column, utc)
+                            for value, column in zip(row, result.columns, strict=True)))
         console = _console()
         console.print(table)
         console.print(f"{len(result.rows)} row{'s' if len(result.rows) != 1 else ''}"
@@ -506,7 +503,7 @@ def current_command(state_dir: StateDirOption = _DEFAULT_STATE_DIR, db: DbOption
     """Print the schema revision of the database."""
     from store.migrate import current, head_revisions
 
-    url = database_url(db, state_dir)
+    url = database_url(db, state_dir, create=False)
     from store.engine import check_sqlite_file, parse_url
 
     target = parse_url(url)

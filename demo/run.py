@@ -117,11 +117,12 @@ def main() -> int:
         say(f"alice pings carl again after {back:.1f} s; carl is {row['state']} via {row['path']}"
             if back is not None else "carl did not come back within 60 s")
         say()
-        carl_id = row["peer_id"]
-        say(f"alice$ lanrage history {carl_id}     (carl's connection timeline, from alice's event log)")
-        show(party.cli("alice", "history", carl_id, "--state-dir", party.state("alice")))
-        query = ("SELECT from_state, to_state, path, reason FROM connection_history "
-                 f"WHERE peer_id = '{carl_id}' ORDER BY global_position")
+        say("alice$ lanrage history carl     (carl's connection timeline, from alice's event log)")
+        show(party.cli("alice", "history", "carl", "--state-dir", party.state("alice")))
+        say("alice$ lanrage diagnose carl    (why he dropped: the cause first, then the evidence)")
+        show(party.cli("alice", "diagnose", "carl", "--state-dir", party.state("alice")))
+        query = ("SELECT recorded_at, state, path, round(duration_s, 1) AS lasted_s, reason "
+                 "FROM peer_timeline WHERE peer_name = 'carl' ORDER BY global_position")
         say(f'alice$ lanrage sql "{query}"')
         show(party.cli("alice", "sql", query, "--state-dir", party.state("alice")))
         say("Tearing the lab down (processes, namespaces, WireGuard interfaces).")

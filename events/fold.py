@@ -151,6 +151,10 @@ class ConnectionState:
     direct_retries: int = 0
 
 
+_UP = (ev.CONNECTED, ev.DEGRADED)
+_NO_FIGURES: dict[str, Any] = {"jitter_ms": None, "loss": None, "quality": None}
+
+
 def apply_connection(state: ConnectionState, event: Event) -> ConnectionState:
     match event:
         # The most frequent event in a long-lived log comes first.
@@ -206,6 +210,9 @@ def apply_connection(state: ConnectionState, event: Event) -> ConnectionState:
                 return state
             return _evolve(state, session_relay=None, session_id=None, session_endpoint=None)
         case ev.ConnectionStateChanged():
+            # Going down or coming back, the last sample no longer describes the connection:
+            # "connected, 20 ms, loss 100 %" would mix the first probe with the drop's sample.
+            stale = event.to_state not in _UP or state.state not in _UP
             return _evolve(state, party_id=event.party_id, peer_id=event.peer_id,
                            state=event.to_state, reason=event.reason,
                            path=event.path if event.path is not None else state.path,
@@ -213,7 +220,8 @@ def apply_connection(state: ConnectionState, event: Event) -> ConnectionState:
                            relay=event.relay if event.path == ev.RELAY else
                            (None if event.path == ev.DIRECT else state.relay),
                            latency_ms=event.latency_ms if event.latency_ms is not None
-                           else state.latency_ms)
+                           else None if stale else state.latency_ms,
+                           **(_NO_FIGURES if stale else {}))
         case ev.EndpointChanged():
             return _evolve(state, endpoint=event.new_endpoint)
         case ev.ReconnectAttempted():

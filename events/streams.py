@@ -103,3 +103,13 @@ def node_of(stream_id: str) -> str | None:
         return parse_stream_id(stream_id).node_id
     except StreamIdError:
         return None
+
+
+def peer_stream_ids(stream_id: str) -> tuple[str, str] | None:
+    """``(party_id, peer_id)`` of a peer stream (its last two parts), or None for any other stream."""
+    if stream_kind(stream_id) != "peer":
+        return None
+    parts = stream_id.split(":")
+    if len(parts) < 3 or not parts[-1] or not parts[-2]:
+        return None
+    return parts[-2], parts[-1]

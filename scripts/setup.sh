@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SYSTEM_PACKAGES=(wireguard-go wireguard-tools iproute2 iptables conntrack stun-server
-                 iputils-ping iperf3 postgresql python3-venv procps)
+                 iputils-ping iperf3 postgresql python3-venv procps sqlite3 chromium)
 
 missing=()
 for package in "${SYSTEM_PACKAGES[@]}"; do

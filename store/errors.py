@@ -8,6 +8,7 @@ from deep inside SQLAlchemy.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +47,14 @@ class SchemaMissing(StoreError):
     """The database has no ``events`` table: run ``lanrage db upgrade``."""
 
 
+class UnknownRelation(StoreError):
+    """A query names a table or view the database does not have (a typo, most often)."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
 class ReadOnlyStatement(StoreError):
     """A statement that would write was refused by a read-only query path."""
 
@@ -80,12 +89,29 @@ def classify(error: BaseException, where: str) -> StoreError | None:
         return _cannot_open(where)
     if "file is not a database" in text or "malformed" in text:
         return DatabaseUnavailable(f"database {where} is not a valid SQLite database or is corrupt")
+    missing = _missing_relation(str(getattr(error, "orig", None) or error))
+    if missing is not None and missing.lower() not in STORE_TABLES:
+        return UnknownRelation(f"database {where} has no table or view {missing!r}", missing)
     if "no such table" in text or ("relation" in text and "does not exist" in text):
         return SchemaMissing(f"database {where} has no event store schema; run `lanrage db upgrade`")
     if "connection refused" in text or "could not connect" in text or "connection failed" in text:
         return DatabaseUnavailable(f"cannot connect to database {where}: {_first_line(error)}")
     if "database" in text and "does not exist" in text:
         return DatabaseUnavailable(f"database {where} does not exist")
+    return None
+
+
+# The tables the migrations create: without them the schema is missing, not the user's spelling.
+STORE_TABLES = ("events", "event_log_head", "event_checkpoints", "alembic_version")
+_MISSING = (re.compile(r"no such table: (?:\w+\.)?([\w.]+)"),
+            re.compile(r'relation "([^"]+)" does not exist'))
+
+
+def _missing_relation(text: str) -> str | None:
+    for pattern in _MISSING:
+        match = pattern.search(text)
+        if match:
+            return match.group(1)
     return None
 
 

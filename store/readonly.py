@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from store.engine import check_sqlite_file, parse_url, sync_engine
-from store.errors import ReadOnlyStatement, translated
+from store.errors import ReadOnlyStatement, UnknownRelation, translated
 
 ALLOWED = ("SELECT", "WITH", "VALUES", "EXPLAIN")
 _COMMENTS = re.compile(r"^(\s+|--[^\n]*(\n|$)|/\*.*?\*/)+", re.DOTALL)
@@ -50,21 +50,42 @@ def run_query(url: str, statement: str, *, max_rows: int | None = 10_000,
         check_sqlite_file(target, must_exist=True)
     engine = sync_engine(target, role="reader", readonly=True, busy_timeout=busy_timeout, pool_size=1)
     try:
-        with translated(target.where), engine.connect() as connection, connection.begin():
-            cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            try:
-                if target.dialect == "postgresql":
-                    cursor.execute("SET TRANSACTION READ ONLY")
-                cursor.execute(statement.strip().rstrip(";"))
-                if cursor.description is None:
-                    return QueryResult([], [], False)
-                columns = [str(column[0]) for column in cursor.description]
-                if max_rows is None:
-                    rows = [tuple(row) for row in cursor.fetchall()]
-                    return QueryResult(columns, rows, False)
-                rows = [tuple(row) for row in cursor.fetchmany(max_rows + 1)]
-                return QueryResult(columns, rows[:max_rows], len(rows) > max_rows)
-            finally:
-                cursor.close()
+        return _run(engine, target.dialect, target.where, statement, max_rows)
+    except UnknownRelation as error:
+        views = ", ".join(list_views(engine, target.dialect, target.where))
+        views = views or "none (run `lanrage db upgrade`)"
+        raise UnknownRelation(f"{error}; its views are: {views}", error.name) from None
     finally:
         engine.dispose()
+
+
+def list_views(engine: Any, dialect: str, where: str) -> list[str]:
+    """The documented views a user can query (and any they made themselves)."""
+    query = ("SELECT table_name FROM information_schema.views WHERE table_schema = current_schema()"
+             if dialect == "postgresql" else "SELECT name FROM sqlite_master WHERE type = 'view'")
+    with translated(where), engine.connect() as connection:
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(query)
+            return sorted(str(row[0]) for row in cursor.fetchall())
+        finally:
+            cursor.close()
+
+
+def _run(engine: Any, dialect: str, where: str, statement: str, max_rows: int | None) -> QueryResult:
+    with translated(where), engine.connect() as connection, connection.begin():
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if dialect == "postgresql":
+                cursor.execute("SET TRANSACTION READ ONLY")
+            cursor.execute(statement.strip().rstrip(";"))
+            if cursor.description is None:
+                return QueryResult([], [], False)
+            columns = [str(column[0]) for column in cursor.description]
+            if max_rows is None:
+                rows = [tuple(row) for row in cursor.fetchall()]
+                return QueryResult(columns, rows, False)
+            rows = [tuple(row) for row in cursor.fetchmany(max_rows + 1)]
+            return QueryResult(columns, rows[:max_rows], len(rows) > max_rows)
+        finally:
+            cursor.close()

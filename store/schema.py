@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -96,6 +97,8 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 metadata = MetaData()
 
+PEER_MARKS_WHERE = "event_type IN ('ConnectionStateChanged', 'PathChosen', 'PathSwitched')"
+
 # SQLite needs exactly INTEGER (not BIGINT) for a rowid alias.
 GlobalPosition = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -113,6 +116,10 @@ events = Table(
     UniqueConstraint("stream_id", "stream_position", name="uq_events_stream"),
     Index("ix_events_recorded_at", "recorded_at"),
     Index("ix_events_event_type", "event_type"),
+    # Only the events that set a connection's state or path (revision 0003): the views'
+    # "state or path in effect" lookups probe it, and appends of other events never touch it.
+    Index("ix_events_peer_marks", "stream_id", "stream_position",
+          sqlite_where=text(PEER_MARKS_WHERE), postgresql_where=text(PEER_MARKS_WHERE)),
 )
 
 # One row (id = 1): the last global position handed out. Appenders lock this row

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from api.token import TokenError, read_token, token_matches, write_token
 from events import types as ev
-from events.streams import peer_stream
+from events.streams import party_stream, peer_stream
 from store import open_store
 from tests.api.conftest import PARTY, TOKEN, FakeService
 
@@ -108,7 +108,14 @@ def test_peer_history_is_the_connection_history_view(api_client: Client) -> None
     history = client.get("/api/peers/bob/history").json()
     assert [(t["from_state"], t["to_state"], t["path"]) for t in history["transitions"]] == [
         (None, "connecting", None), ("connecting", "connected", "relay")]
-    assert client.get("/api/peers/nobody/history").json()["transitions"] == []
+    for query in ("bob", "friday lan:bob", "<B>BO", "b"):
+        named = client.get(f"/api/peers/{query}/history").json()
+        assert (named["peer_id"], named["name"]) == ("bob", "<b>bob</b>"), query
+        assert named["transitions"] == history["transitions"]
+    assert history["transitions"][-1]["peer_name"] == "<b>bob</b>"
+    missing = client.get("/api/peers/nobody/history")
+    assert missing.status_code == 404 and "no peer matches 'nobody'; known peers: <b>bob</b> (bob)" in \
+        missing.json()["detail"]
 
 
 def test_prometheus_metrics(api_client: Client) -> None:
@@ -158,3 +165,26 @@ def test_token_file_is_private_and_checked_in_constant_time(tmp_path: Path) -> N
     (tmp_path / "api-token").write_text("\n")
     with pytest.raises(TokenError, match="empty"):
         read_token(tmp_path)
+
+
+def test_replay_and_diagnose_routes(api_client: Client) -> None:
+    client, _, url = api_client
+    early = client.get("/api/replay", params={"position": 7}).json()
+    assert early["position"] == 7
+    assert [(c["peer_id"], c["state"]) for c in early["connections"]] == [("bob", "connecting")]
+    now = client.get("/api/replay", params={"position": 9}).json()
+    assert [(c["state"], c["path"], c["latency_ms"]) for c in now["connections"]] == [
+        ("connected", "relay", 30.0)]
+    assert now["parties"][0]["name"] == "Friday LAN"
+    assert client.get("/api/peers/bob/diagnose").json()["incident"] is None
+    with open_store(url) as store:
+        store.append(party_stream("n1", PARTY), [ev.PeerLeft(party_id=PARTY, peer_id="bob", reason="left")], 5)
+        store.append(peer_stream("n1", PARTY, "bob"), [ev.ConnectionStateChanged(
+            party_id=PARTY, peer_id="bob", from_state="connected", to_state="closed", reason="left")], 3)
+    incident = client.get("/api/peers/bob/diagnose").json()["incident"]
+    assert (incident["kind"], incident["cause"]) == ("drop", "remote_left")
+    assert incident["findings"][0]["summary"] == "<b>bob</b> left the party"
+    before = client.get("/api/peers/bob/diagnose", params={"position": 9}).json()
+    assert before["incident"] is None
+    assert client.get("/api/peers/zed/diagnose").status_code == 404
+    assert client.get("/api/replay", params={"position": -1}).status_code == 422

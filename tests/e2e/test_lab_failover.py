@@ -111,6 +111,9 @@ def test_killing_the_active_relay_moves_the_pair_to_the_other_within_3_s(lab: La
         assert [(s["payload"]["from_path"], s["payload"]["to_path"], s["payload"]["from_relay"],
                  s["payload"]["to_relay"]) for s in switches] == [("relay", "relay", active, other)], lines
         assert party.peers(host)[peer]["relay"] == other
+        report = json.loads(party.cli(host, "diagnose", peer, "--json", "--state-dir", party.state(host)))
+        moved = [i for i in report["incidents"] if i["kind"] == "path_switch"]
+        assert [i["cause"] for i in moved] == ["relay_died"], report
         selected = [json.loads(line) for line in party.cli(
             host, "events", "--type", "RelaySelected", "--json", "--state-dir",
             party.state(host)).splitlines()]
@@ -177,3 +180,7 @@ def test_blocked_direct_path_falls_back_to_the_relay_and_upgrades_back(require_r
         switches = [(r["payload"]["from_path"], r["payload"]["to_path"]) for r in records
                     if r["event_type"] == "PathSwitched"]
         assert switches[-2:] == [("direct", "relay"), ("relay", "direct")], lines
+        for host, peer in (("alice", "bob"), ("bob", "alice")):
+            report = json.loads(party.cli(host, "diagnose", peer, "--json", "--state-dir", party.state(host)))
+            fallbacks = [i for i in report["incidents"] if i["description"].startswith("direct → relay")]
+            assert fallbacks and fallbacks[-1]["cause"] == "direct_path_failed", report

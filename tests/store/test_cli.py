@@ -66,7 +66,12 @@ def test_events_table_and_filters(db: str, capsys: pytest.CaptureFixture[str]) -
     (["events", "--since", "yesterday-ish"], "--since: cannot read 'yesterday-ish' as a time"),
     (["events", "--type", "NoSuchEvent"], "--type: unknown event type 'NoSuchEvent'"),
     (["replay", "--at", "25:99"], "--at: cannot read '25:99'"),
-    (["history", "zed"], "no peer matches 'zed'"),
+    (["history", "zed"], "no peer matches 'zed'; known peers: Bob (bob42) in party lan night (p); carol"),
+    (["history", "nowhere:bob"], "no party matches 'nowhere' in 'nowhere:bob'; parties: lan night (p)"),
+    (["history", " "], "PEER must not be empty"),
+    (["replay", "--at", "yesterday at noon"], "--at: cannot read 'yesterday at noon' as a time; use 21:03,"),
+    (["events", "--until", "-5 fortnights"], "--until: cannot read '-5 fortnights'"),
+    (["sql", "SELECT * FROM conection_history"], "has no table or view 'conection_history'"),
     (["sql", "DELETE FROM events"], "refusing DELETE statement: `sql` is read-only"),
     (["sql", "  -- sneaky\n DROP TABLE events"], "refusing DROP statement"),
     (["sql", "SELEC 1"], "refusing SELEC statement"),
@@ -84,7 +89,7 @@ def test_history_is_ambiguous_or_resolved(capsys: pytest.CaptureFixture[str], sq
         store.append("peer:n:p:bob1", [state("bob1", "connecting")], 0)
         store.append("peer:n:p:bob2", [state("bob2", "connecting")], 0)
     code, _, err = run(["history", "bob", "--db", sqlite_url], capsys)
-    assert code != 0 and "matches several peers (bob1, bob2)" in err
+    assert code != 0 and "'bob' matches several peers: bob1 in party p; bob2 in party p" in err
     code, out, _ = run(["history", "bob2", "--db", sqlite_url], capsys)
     assert code == 0 and "∅ → connecting" in out
     with open_store(sqlite_url) as store:
@@ -127,10 +132,19 @@ def test_history_replay_and_sql(db: str, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_missing_database_is_not_created(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for command in (["events"], ["replay"], ["history", "x"], ["sql", "SELECT 1"]):
+    commands = (["events"], ["replay"], ["history", "x"], ["diagnose", "x"], ["sql", "SELECT 1"],
+                ["db", "current"], ["events", "--follow", "--count", "1"])
+    for command in commands:
         code, _, err = run([*command, "--state-dir", str(tmp_path / "state")], capsys)
-        assert code != 0 and f"no database at {tmp_path / 'state' / 'lanrage.db'}" in err
-    assert not (tmp_path / "state" / "lanrage.db").exists()
+        assert code != 0 and f"no database at {tmp_path / 'state' / 'lanrage.db'}" in err, command
+    assert not (tmp_path / "state").exists()  # not even the state directory
+    existing = tmp_path / "shared"
+    existing.mkdir(mode=0o755)
+    existing.chmod(0o755)
+    for command in commands:
+        code, _, err = run([*command, "--state-dir", str(existing)], capsys)
+        assert code != 0 and "no database at" in err, command
+    assert existing.stat().st_mode & 0o777 == 0o755 and list(existing.iterdir()) == []
 
 
 def test_events_follow_prints_new_events_as_they_commit(sqlite_url: str) -> None:

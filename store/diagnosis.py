@@ -1,0 +1,451 @@
+"""Why a peer dropped: small rules over the events around each drop, cause first.
+
+An *incident* is a moment a connection stopped carrying traffic as it did: a change from
+``connected``/``degraded`` to another state, a forced path switch (relay to relay, direct
+to relay), or a restart of this node while the connection was up. For each incident a
+``Window`` holds the connection's own events up to it and every event of this node
+recorded around it. Each rule is a pure function ``Window -> Finding | None``; ``RULES``
+lists them in order of precedence, so adding a cause (a new event, a new rule) is one
+function and one line there. The first finding is the cause; the others are shown as
+further evidence. When no rule fires, the finding says the cause cannot be told and
+lists the facts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from events import types as ev
+from events.streams import peer_stream_ids, stream_kind
+from store.base import RecordedEvent
+
+# How far before an incident its causes are looked for: a lost peer is declared after
+# three lost probes plus reconnect attempts (tens of seconds), and metric samples come
+# every 30 s, so two minutes hold the probes, the attempts and a few samples.
+LOOKBACK = timedelta(seconds=120)
+# How far after it: the control server expires a silent member after its TTL and expiry
+# (about a minute by default), and a clean leave is recorded within a second or two.
+LOOKAHEAD = timedelta(seconds=120)
+# Connections of one node that drop within this of each other dropped for one reason.
+TOGETHER = timedelta(seconds=15)
+# A sample with at least this loss before a drop, after samples below it, is "loss rose".
+LOSS_ROSE = 0.2
+# Without a moment, the latest few incidents: enough to see a pattern, short enough to read.
+LATEST_INCIDENTS = 5
+NODE_TYPES = ("NodeStarted", "NodeStopped", "NodeRunEndedAbruptly")
+UP = (ev.CONNECTED, ev.DEGRADED)
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One event shown as evidence: when, where, what, and the values that matter."""
+
+    at: datetime
+    global_position: int
+    stream_id: str
+    event_type: str
+    detail: str
+
+    @classmethod
+    def of(cls, record: RecordedEvent, detail: str) -> Fact:
+        return cls(record.recorded_at, record.global_position, record.stream_id, record.event_type, detail)
+
+
+@dataclass(frozen=True)
+class Finding:
+    cause: str  # a stable code, e.g. "remote_left"
+    summary: str  # plain words, the first thing a person reads
+    evidence: tuple[Fact, ...]
+
+
+@dataclass(frozen=True)
+class Incident:
+    record: RecordedEvent  # the drop, the forced switch, or this node's NodeStarted
+    kind: str  # "drop", "path_switch", "restart"
+    description: str
+
+
+@dataclass(frozen=True)
+class Window:
+    """What a rule sees: the incident, the connection up to it, and this node's events around it."""
+
+    incident: Incident
+    party_id: str
+    peer_id: str
+    peer_name: str
+    connection: tuple[RecordedEvent, ...]  # this connection's stream, up to and including the incident
+    around: tuple[RecordedEvent, ...]  # every event of this node within LOOKBACK/LOOKAHEAD
+    names: dict[tuple[str, str], str] = field(default_factory=dict)  # (party, peer) -> name
+
+    @property
+    def at(self) -> datetime:
+        return self.incident.record.recorded_at
+
+    def before(self, span: timedelta = LOOKBACK) -> list[RecordedEvent]:
+        return [r for r in self.around if self.at - span <= r.recorded_at
+                and r.global_position <= self.incident.record.global_position]
+
+    def after(self, span: timedelta = LOOKAHEAD) -> list[RecordedEvent]:
+        return [r for r in self.around if r.global_position > self.incident.record.global_position
+                and r.recorded_at <= self.at + span]
+
+    def about_this_peer(self, record: RecordedEvent) -> bool:
+        payload = record.event
+        return (getattr(payload, "party_id", None) == self.party_id
+                and getattr(payload, "peer_id", None) == self.peer_id)
+
+    def who(self, party_id: str, peer_id: str) -> str:
+        return self.names.get((party_id, peer_id)) or peer_id
+
+    @property
+    def connection_stream(self) -> str:
+        return self.incident.record.stream_id if self.incident.kind != "restart" else (
+            self.connection[-1].stream_id if self.connection else "")
+
+
+Rule = Callable[[Window], Finding | None]
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f} %"
+
+
+# ---------------------------------------------------------------- the rules
+
+
+def local_restart(window: Window) -> Finding | None:
+    """This node crashed, was killed, or was stopped, and started again, while the connection existed."""
+    opened = window.connection[0].global_position if window.connection else 0
+    node_events = [r for r in window.before()
+                   if stream_kind(r.stream_id) == "node" and r.global_position > opened
+                   and isinstance(r.event, ev.NodeStarted | ev.NodeStopped | ev.NodeRunEndedAbruptly)]
+    if window.incident.kind == "restart":
+        node_events.append(window.incident.record)
+    if not any(isinstance(r.event, ev.NodeStarted) for r in node_events):
+        return None
+    abrupt = [r for r in node_events if isinstance(r.event, ev.NodeRunEndedAbruptly)]
+    stopped = [r for r in node_events if isinstance(r.event, ev.NodeStopped)]
+    evidence = []
+    unique = {r.global_position: r for r in node_events}
+    for record in sorted(unique.values(), key=lambda r: r.global_position):
+        event = record.event
+        if isinstance(event, ev.NodeRunEndedAbruptly):
+            evidence.append(Fact.of(record, f"last event of the previous run at {event.last_recorded_at} "
+                                            f"(position {event.last_global_position})"))
+        elif isinstance(event, ev.NodeStopped):
+            evidence.append(Fact.of(record, f"stopped: {event.reason}"))
+        else:
+            evidence.append(Fact.of(record, "this node started"))
+    if stopped and not abrupt:
+        summary = f"this node was stopped ({stopped[-1].event.reason}) and started again"
+        return Finding("local_stopped", summary, tuple(evidence))
+    if not abrupt and window.incident.kind == "restart":
+        previous = _last_before(window, window.incident.record)
+        if previous is not None:
+            evidence.insert(0, Fact.of(previous, "the last event written before the start"))
+    return Finding("local_crashed", "this node crashed or was killed (its previous run ended without "
+                   "a clean stop) and restarted", tuple(evidence))
+
+
+def _last_before(window: Window, record: RecordedEvent) -> RecordedEvent | None:
+    earlier = [r for r in window.around if r.global_position < record.global_position]
+    return earlier[-1] if earlier else None
+
+
+def left_party(window: Window) -> Finding | None:
+    """The peer left the party cleanly, or this node did."""
+    span = [*window.before(), *window.after()]
+    left = [r for r in span if isinstance(r.event, ev.PeerLeft) and window.about_this_peer(r)]
+    local = [r for r in span if isinstance(r.event, ev.PartyLeft) and r.event.party_id == window.party_id]
+    if local:
+        record = local[0]
+        return Finding("local_left", f"this node left the party ({record.event.reason})",
+                       (Fact.of(record, f"reason: {record.event.reason}"),))
+    clean = [r for r in left if r.event.reason == "left"]
+    if clean:
+        record = clean[0]
+        return Finding("remote_left", f"{window.peer_name} left the party",
+                       (Fact.of(record, "reason: left"),))
+    return None
+
+
+def relay_died(window: Window) -> Finding | None:
+    """The relay carrying this connection stopped answering, and the connection moved."""
+    relay = _relay_in_use(window)
+    if relay is None:
+        return None
+    span = [*window.before(), *window.after(timedelta(seconds=30))]
+    degraded = [r for r in span if isinstance(r.event, ev.RelayDegraded) and r.event.relay == relay]
+    if not degraded:
+        return None
+    evidence = [Fact.of(degraded[0], f"relay {relay} degraded: {degraded[0].event.reason}")]
+    moved = [r for r in span if isinstance(r.event, ev.PathSwitched) and window.about_this_peer(r)
+             and r.event.from_relay == relay]
+    selected = [r for r in span if isinstance(r.event, ev.RelaySelected) and r.event.previous_relay == relay]
+    evidence += [Fact.of(r, f"selected {r.event.relay} ({r.event.reason})") for r in selected[:1]]
+    evidence += [Fact.of(r, f"{r.event.from_path} {r.event.from_relay} → {r.event.to_path} "
+                            f"{r.event.to_relay or r.event.endpoint or ''}".rstrip()) for r in moved[:1]]
+    target = moved[0].event.to_relay or moved[0].event.to_path if moved else ""
+    where = f" and the connection moved to {target}" if moved else ""
+    return Finding("relay_died", f"the relay in use ({relay}) stopped answering{where}", tuple(evidence))
+
+
+def _relay_in_use(window: Window) -> str | None:
+    incident = window.incident.record.event
+    if isinstance(incident, ev.PathSwitched) and incident.from_path == ev.RELAY:
+        return incident.from_relay
+    relay: str | None = None
+    for record in window.connection:
+        event = record.event
+        if isinstance(event, ev.PathChosen):
+            relay = event.relay if event.path == ev.RELAY else None
+        elif isinstance(event, ev.PathSwitched):
+            relay = event.to_relay if event.to_path == ev.RELAY else None
+        elif isinstance(event, ev.ConnectionStateChanged) and event.path is not None and \
+                record.global_position != window.incident.record.global_position:
+            relay = event.relay if event.path == ev.RELAY else None
+    return relay
+
+
+def local_uplink(window: Window) -> Finding | None:
+    """Every connection of this node dropped at once: this node lost its uplink."""
+    if window.incident.kind == "restart":
+        return None
+    others = _other_connections(window)
+    if not others:
+        return None
+    dropped = {stream: r for stream, r in others.items() if r is not None}
+    if len(dropped) < len(others):
+        return None
+    evidence = [Fact.of(window.incident.record, _describe(window.incident.record))]
+    evidence += [Fact.of(r, f"{_stream_name(window, s)}: {_describe(r)}") for s, r in sorted(dropped.items())]
+    names = ", ".join(_stream_name(window, s) for s in sorted(dropped))
+    return Finding("local_uplink", f"this node's uplink went down: every connection dropped within "
+                   f"{TOGETHER.total_seconds():.0f} s ({window.peer_name}, {names})", tuple(evidence))
+
+
+def endpoint_changed(window: Window) -> Finding | None:
+    """The peer's address changed (NAT rebinding, a new network) just before the drop."""
+    changed = [r for r in window.before()
+               if isinstance(r.event, ev.EndpointChanged) and window.about_this_peer(r)]
+    if not changed:
+        return None
+    record = changed[-1]
+    event = record.event
+    return Finding("endpoint_changed", f"{window.peer_name}'s endpoint changed from "
+                   f"{event.old_endpoint or '-'} to {event.new_endpoint or '-'} ({event.reason})",
+                   (Fact.of(record, f"{event.old_endpoint} → {event.new_endpoint}: {event.reason}"),))
+
+
+def direct_path_failed(window: Window) -> Finding | None:
+    """The direct path stopped carrying traffic, and the relay still reaches the peer."""
+    event = window.incident.record.event
+    if not isinstance(event, ev.PathSwitched) or (event.from_path, event.to_path) != (ev.DIRECT, ev.RELAY):
+        return None
+    mine = window.connection_stream
+    later = [r for r in window.after() if r.stream_id == mine]
+    if any(_is_drop(r) for r in later):
+        return None  # the relay did not reach the peer either: that drop is its own incident
+    evidence = [Fact.of(window.incident.record, f"{_describe(window.incident.record)}; now via "
+                                                f"{event.to_relay or event.endpoint or 'a relay'}")]
+    answered = [r for r in later if isinstance(r.event, ev.MetricsSampled) and r.event.loss < 1.0]
+    evidence += [Fact.of(r, f"on the relay: loss {_pct(r.event.loss)}, latency {_ms(r.event.latency_ms)}")
+                 for r in answered[:2]]
+    return Finding("direct_path_failed", f"the direct path to {window.peer_name} stopped carrying traffic "
+                   "(a NAT or firewall between the two), and the connection moved to the relay "
+                   f"{event.to_relay or ''}".rstrip(), tuple(evidence))
+
+
+def remote_unreachable(window: Window) -> Finding | None:
+    """Only this peer stopped answering while this node's other connections stayed up."""
+    if window.incident.kind != "drop" or "probes lost" not in _reason(window.incident.record):
+        return None
+    expired = [r for r in window.after() if isinstance(r.event, ev.PeerLeft) and window.about_this_peer(r)
+               and r.event.reason != "left"]
+    others = _other_connections(window)
+    stayed = sorted(stream for stream, dropped in others.items() if dropped is None)
+    if not expired and not stayed:
+        return None
+    evidence = [Fact.of(window.incident.record, _describe(window.incident.record))]
+    evidence += [Fact.of(r, f"the control server removed {window.peer_name}: {r.event.reason}")
+                 for r in expired]
+    words = []
+    if stayed:
+        names = ", ".join(_stream_name(window, s) for s in stayed)
+        words.append(f"this node's other connections stayed up ({names})")
+        evidence += [Fact.of(_last_sign_of_life(window, s), f"{_stream_name(window, s)} still answered")
+                     for s in stayed if _last_sign_of_life(window, s) is not None]
+    if expired:
+        words.append(f"the control server stopped hearing from it too ({expired[0].event.reason})")
+    return Finding("remote_unreachable", f"{window.peer_name}'s node became unreachable (its uplink or its "
+                   f"machine): it stopped answering probes, and {' and '.join(words)}", tuple(evidence))
+
+
+def loss_rose(window: Window) -> Finding | None:
+    """The samples before the drop show loss rising."""
+    samples = [r for r in window.connection if isinstance(r.event, ev.MetricsSampled)
+               and window.at - LOOKBACK <= r.recorded_at <= window.at]
+    if not samples:
+        return None
+    lossy = [r for r in samples if r.event.loss >= LOSS_ROSE]
+    if not lossy:
+        return None
+    worst = _pct(max(r.event.loss for r in lossy))
+    rose = samples[0].event.loss < LOSS_ROSE
+    evidence = tuple(Fact.of(r, f"loss {_pct(r.event.loss)}, latency {_ms(r.event.latency_ms)}")
+                     for r in samples)
+    summary = f"loss rose before the drop, to {worst}" if rose else f"loss was {worst} before the drop"
+    return Finding("loss_rose", summary, evidence)
+
+
+RULES: tuple[Rule, ...] = (local_restart, left_party, relay_died, local_uplink, endpoint_changed,
+                           direct_path_failed, remote_unreachable, loss_rose)
+
+
+# ---------------------------------------------------------------- windows and incidents
+
+
+def _reason(record: RecordedEvent) -> str:
+    return str(getattr(record.event, "reason", ""))
+
+
+def _describe(record: RecordedEvent) -> str:
+    event = record.event
+    if isinstance(event, ev.ConnectionStateChanged):
+        return f"{event.from_state or '∅'} → {event.to_state}: {event.reason}"
+    if isinstance(event, ev.PathSwitched):
+        return f"{event.from_path} → {event.to_path}: {event.reason}"
+    return _reason(record) or event.__class__.__name__
+
+
+def _is_drop(record: RecordedEvent) -> bool:
+    event = record.event
+    return (isinstance(event, ev.ConnectionStateChanged) and event.from_state in UP
+            and event.to_state not in UP)
+
+
+def _stream_name(window: Window, stream_id: str) -> str:
+    ids = peer_stream_ids(stream_id)
+    return window.who(*ids) if ids else stream_id
+
+
+def _other_connections(window: Window) -> dict[str, RecordedEvent | None]:
+    """Other connections of this node that were up: stream -> their drop near the incident, or None."""
+    mine = window.connection_stream
+    near: dict[str, RecordedEvent | None] = {}
+    up: dict[str, bool] = {}
+    for record in window.around:
+        if stream_kind(record.stream_id) != "peer" or record.stream_id == mine:
+            continue
+        event = record.event
+        if record.recorded_at <= window.at and isinstance(event, ev.ConnectionStateChanged):
+            up[record.stream_id] = event.to_state in UP
+        if _is_drop(record) and abs(record.recorded_at - window.at) <= TOGETHER:
+            near.setdefault(record.stream_id, record)
+        elif isinstance(event, ev.MetricsSampled) and event.loss < 1.0:
+            up.setdefault(record.stream_id, True)
+    return {stream: near.get(stream) for stream, is_up in up.items() if is_up or stream in near}
+
+
+def _last_sign_of_life(window: Window, stream_id: str) -> RecordedEvent | None:
+    alive = [r for r in window.around if r.stream_id == stream_id and (
+        (isinstance(r.event, ev.MetricsSampled) and r.event.loss < 1.0)
+        or (isinstance(r.event, ev.ConnectionStateChanged) and r.event.to_state in UP))]
+    return alive[-1] if alive else None
+
+
+def incidents(connection: Sequence[RecordedEvent], node_events: Iterable[RecordedEvent]) -> list[Incident]:
+    """Drops, forced path switches and restarts of this node while the connection was up."""
+    found = []
+    for record in connection:
+        event = record.event
+        if _is_drop(record):
+            found.append(Incident(record, "drop", _describe(record)))
+        elif isinstance(event, ev.PathSwitched) and event.to_path == ev.RELAY:
+            # relay to relay, or direct to relay: the path in use failed and the connection moved
+            found.append(Incident(record, "path_switch", _describe(record)))
+    for start in node_events:
+        if not isinstance(start.event, ev.NodeStarted):
+            continue
+        state = None
+        for record in connection:
+            if record.global_position > start.global_position:
+                break
+            if isinstance(record.event, ev.ConnectionStateChanged):
+                state = record.event.to_state
+        if state in UP:
+            found.append(Incident(start, "restart", "this node started while the connection was up"))
+    return sorted(found, key=lambda incident: incident.record.global_position)
+
+
+def select_incidents(found: Sequence[Incident], at: datetime | None = None, position: int | None = None,
+                     latest: int = LATEST_INCIDENTS) -> list[Incident]:
+    """The last incident at or before ``at`` / ``position``, or else the latest few."""
+    if at is not None:
+        return [i for i in found if i.record.recorded_at <= at][-1:]
+    if position is not None:
+        return [i for i in found if i.record.global_position <= position][-1:]
+    return list(found[-latest:])
+
+
+def window_for(incident: Incident, connection: Sequence[RecordedEvent], around: Iterable[RecordedEvent],
+               party_id: str, peer_id: str, peer_name: str,
+               names: dict[tuple[str, str], str]) -> Window:
+    node_id = node_of(connection)
+    upto = tuple(r for r in connection if r.global_position <= incident.record.global_position)
+    return Window(incident, party_id, peer_id, peer_name, upto or tuple(connection),
+                  tuple(r for r in around if same_node(r, node_id)), names)
+
+
+def node_of(connection: Sequence[RecordedEvent]) -> str | None:
+    """The node that wrote a connection's stream (its events' metadata), if recorded."""
+    for record in connection:
+        node_id = record.metadata.get("node_id") if record.metadata else None
+        if node_id:
+            return str(node_id)
+    return None
+
+
+def same_node(record: RecordedEvent, node_id: str | None) -> bool:
+    """In a PostgreSQL shared by many nodes, only this node's events explain its connection."""
+    if node_id is None:
+        return True
+    other = record.metadata.get("node_id") if record.metadata else None
+    return other is None or str(other) == node_id
+
+
+def diagnose(window: Window, rules: Sequence[Rule] = RULES) -> list[Finding]:
+    """Every finding of every rule, in precedence order; an "unknown" finding if none fires."""
+    findings = [finding for rule in rules if (finding := rule(window)) is not None]
+    if findings:
+        return findings
+    facts = [Fact.of(window.incident.record, window.incident.description)]
+    facts += [Fact.of(r, _describe(r)) for r in window.before() if r.stream_id == window.connection_stream
+              and r.global_position != window.incident.record.global_position
+              and not isinstance(r.event, ev.MetricsSampled)][-6:]
+    facts += [Fact.of(r, f"loss {_pct(r.event.loss)}, latency {_ms(r.event.latency_ms)}")
+              for r in window.before() if r.stream_id == window.connection_stream
+              and isinstance(r.event, ev.MetricsSampled)][-3:]
+    return [Finding("unknown", "the cause cannot be told from this node's log; the facts around the drop "
+                    "follow", tuple(sorted(facts, key=lambda fact: fact.global_position)))]
+
+
+def report_json(incident: Incident, findings: Sequence[Finding]) -> dict[str, Any]:
+    return {"at": incident.record.recorded_at.isoformat(), "global_position": incident.record.global_position,
+            "stream_id": incident.record.stream_id, "kind": incident.kind,
+            "description": incident.description, "cause": findings[0].cause,
+            "findings": [finding_json(finding) for finding in findings]}
+
+
+def finding_json(finding: Finding) -> dict[str, Any]:
+    return {"cause": finding.cause, "summary": finding.summary,
+            "evidence": [{"at": fact.at.isoformat(), "global_position": fact.global_position,
+                          "stream_id": fact.stream_id, "event_type": fact.event_type, "detail": fact.detail}
+                         for fact in finding.evidence]}

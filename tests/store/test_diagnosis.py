@@ -1,0 +1,233 @@
+"""The diagnosis rules, each on a hand-built event sequence, and ``lanrage diagnose`` on a store."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import cli
+import store.sql
+from events import types as ev
+from events.base import Event
+from store import open_store
+from store.base import RecordedEvent
+from store.diagnosis import Window, diagnose, incidents
+
+T0 = datetime(2026, 11, 25, 21, 0, tzinfo=UTC)
+RELAY_A, RELAY_B = "203.0.113.20:3478", "203.0.113.21:3478"
+NAMES = {("p", "bob"): "Bob", ("p", "carol"): "Carol"}
+
+
+class Log:
+    """Events with chosen times: what a node would have written, minus the store."""
+
+    def __init__(self) -> None:
+        self.records: list[RecordedEvent] = []
+        self.positions: dict[str, int] = {}
+
+    def at(self, seconds: float, stream: str, *events: Event) -> Log:
+        for event in events:
+            self.positions[stream] = self.positions.get(stream, 0) + 1
+            self.records.append(RecordedEvent(len(self.records) + 1, stream, self.positions[stream],
+                                              T0 + timedelta(seconds=seconds), event, {"node_id": "me"}))
+        return self
+
+    def stream(self, stream: str) -> list[RecordedEvent]:
+        return [r for r in self.records if r.stream_id == stream]
+
+    def findings(self, peer: str = "bob", index: int = -1) -> list[str]:
+        connection = self.stream(f"peer:p:{peer}")
+        found = incidents(connection, [r for r in self.records if r.stream_id == "node:me"])
+        incident = found[index]
+        upto = tuple(r for r in connection if r.global_position <= incident.record.global_position)
+        window = Window(incident, "p", peer, NAMES[("p", peer)], upto or tuple(connection),
+                        tuple(self.records), NAMES)
+        return [f"{finding.cause}: {finding.summary}" for finding in diagnose(window)]
+
+
+def state(peer: str, frm: str | None, to: str, reason: str, path: str | None = "direct",
+          relay: str | None = None) -> ev.ConnectionStateChanged:
+    return ev.ConnectionStateChanged(party_id="p", peer_id=peer, from_state=frm, to_state=to, reason=reason,
+                                     path=path, relay=relay)
+
+
+def sample(peer: str, loss: float, latency: float | None = 20.0) -> ev.MetricsSampled:
+    return ev.MetricsSampled(party_id="p", peer_id=peer, window_s=30.0, probes=30, latency_ms=latency,
+                             jitter_ms=1.0, loss=loss, rx_bytes=0, tx_bytes=0, quality=50.0)
+
+
+def up(log: Log, peer: str, seconds: float = 0, path: str = "direct", relay: str | None = None) -> Log:
+    return log.at(seconds, f"peer:p:{peer}", state(peer, None, "connecting", "peer joined the party", None),
+                  state(peer, "connecting", "connected", "first probe answered", path, relay))
+
+
+def lost(peer: str, path: str = "direct", relay: str | None = None) -> ev.ConnectionStateChanged:
+    return state(peer, "connected", "connecting", "reconnect attempt 1/3: 3 probes lost", path, relay)
+
+
+def test_remote_left_cleanly() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    log.at(60, "party:p", ev.PeerLeft(party_id="p", peer_id="bob", reason="left"))
+    log.at(60.1, "peer:p:bob", state("bob", "connected", "closed", "left"))
+    assert log.findings()[0] == "remote_left: Bob left the party"
+
+
+def test_this_node_left() -> None:
+    log = up(Log(), "bob")
+    log.at(60, "party:p", ev.PeerLeft(party_id="p", peer_id="bob", reason="the local node left the party"),
+           ev.PartyLeft(party_id="p", reason="user asked"))
+    log.at(60.1, "peer:p:bob", state("bob", "connected", "closed", "the local node left the party"))
+    assert log.findings()[0] == "local_left: this node left the party (user asked)"
+
+
+def test_remote_unreachable_while_the_others_stay_up() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    log.at(30, "peer:p:carol", sample("carol", 0.0))
+    log.at(40, "peer:p:bob", ev.ReconnectAttempted(party_id="p", peer_id="bob", attempt=1, max_attempts=3,
+                                                   reason="3 probes lost"), lost("bob"))
+    log.at(60, "peer:p:carol", sample("carol", 0.0))
+    first = log.findings()[0]
+    assert first.startswith("remote_unreachable: Bob's node became unreachable (its uplink or its machine)")
+    assert "other connections stayed up (Carol)" in first
+
+
+def test_remote_unreachable_when_the_control_server_expires_it() -> None:
+    log = up(Log(), "bob")
+    log.at(40, "peer:p:bob", lost("bob"))
+    log.at(100, "party:p", ev.PeerLeft(party_id="p", peer_id="bob", reason="expired"))
+    first = log.findings()[0]
+    assert first.startswith("remote_unreachable:")
+    assert "the control server stopped hearing from it too (expired)" in first
+
+
+def test_local_uplink_when_every_connection_drops_together() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    log.at(40, "peer:p:bob", lost("bob"))
+    log.at(43, "peer:p:carol", lost("carol"))
+    assert log.findings()[0] == ("local_uplink: this node's uplink went down: every connection dropped "
+                                 "within 15 s (Bob, Carol)")
+
+
+def test_relay_died_and_the_connection_moved() -> None:
+    log = up(Log(), "bob", path="relay", relay=RELAY_A)
+    log.at(20, f"relay:{RELAY_A}", ev.RelayDegraded(relay=RELAY_A, rtt_ms=None, reason="3 probes unanswered"))
+    log.at(20.1, f"relay:{RELAY_B}", ev.RelaySelected(relay=RELAY_B, rtt_ms=3.0, previous_relay=RELAY_A,
+                                                      reason="the selected relay degraded"))
+    log.at(20.2, "peer:p:bob", ev.PathSwitched(party_id="p", peer_id="bob", from_path="relay",
+                                               to_path="relay", reason=f"relay monitor selected {RELAY_B}",
+                                               from_relay=RELAY_A, to_relay=RELAY_B))
+    assert log.findings()[0] == (f"relay_died: the relay in use ({RELAY_A}) stopped answering and the "
+                                 f"connection moved to {RELAY_B}")
+
+
+def test_direct_path_failed_and_the_relay_took_over() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    log.at(30, "peer:p:bob", ev.PathSwitched(party_id="p", peer_id="bob", from_path="direct", to_path="relay",
+                                             reason="3 probes lost on the direct path", to_relay=RELAY_A))
+    log.at(60, "peer:p:bob", sample("bob", 0.0, 31.0))
+    log.at(60, "peer:p:carol", sample("carol", 0.0))
+    assert log.findings() == ["direct_path_failed: the direct path to Bob stopped carrying traffic (a NAT "
+                              "or firewall between the two), and the connection moved to the relay "
+                              f"{RELAY_A}"]
+    # If the relay does not reach Bob either, the drop that follows is explained on its own.
+    log.at(80, "peer:p:bob", lost("bob", "relay", RELAY_A))
+    assert log.findings(index=-2)[0].startswith("unknown:")
+    assert log.findings(index=-1)[0].startswith("remote_unreachable:")
+
+
+def test_endpoint_changed_before_the_drop() -> None:
+    log = up(Log(), "bob")
+    log.at(30, "peer:p:bob", ev.EndpointChanged(party_id="p", peer_id="bob", old_endpoint="203.0.113.7:4000",
+                                                new_endpoint="203.0.113.7:4711", reason="NAT rebinding"))
+    log.at(40, "peer:p:bob", lost("bob"))
+    assert log.findings()[0] == ("endpoint_changed: Bob's endpoint changed from 203.0.113.7:4000 to "
+                                 "203.0.113.7:4711 (NAT rebinding)")
+
+
+def test_loss_rose_before_the_drop() -> None:
+    log = up(Log(), "bob")
+    log.at(30, "peer:p:bob", sample("bob", 0.0))
+    log.at(60, "peer:p:bob", sample("bob", 0.4))
+    log.at(70, "peer:p:bob", lost("bob"))
+    assert log.findings() == ["loss_rose: loss rose before the drop, to 40 %"]
+
+
+def test_this_node_crashed_and_restarted() -> None:
+    log = Log().at(0, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
+    up(log, "bob", 1)
+    log.at(50, "peer:p:bob", sample("bob", 0.0))
+    log.at(90, "node:me", ev.NodeRunEndedAbruptly(node_id="me", last_global_position=4,
+                                                   last_recorded_at=(T0 + timedelta(seconds=50)).isoformat()),
+           ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
+    assert log.findings()[0].startswith("local_crashed: this node crashed or was killed")
+    # Without the NodeRunEndedAbruptly fact (older logs): a start with no stop before it says the same.
+    log = Log().at(0, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
+    up(log, "bob", 1)
+    log.at(90, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
+    assert log.findings()[0].startswith("local_crashed:")
+
+
+def test_this_node_was_stopped_and_started() -> None:
+    log = up(Log(), "bob")
+    log.at(50, "node:me", ev.NodeStopped(node_id="me", reason="SIGTERM"))
+    log.at(55, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
+    assert log.findings()[0] == "local_stopped: this node was stopped (SIGTERM) and started again"
+
+
+def test_an_unexplained_drop_says_so_and_shows_the_facts() -> None:
+    log = up(Log(), "bob")
+    log.at(40, "peer:p:bob", lost("bob"))
+    connection = log.stream("peer:p:bob")
+    (incident,) = incidents(connection, [])
+    findings = diagnose(Window(incident, "p", "bob", "Bob", tuple(connection), tuple(log.records), NAMES))
+    assert [f.cause for f in findings] == ["unknown"]
+    assert findings[0].summary.startswith("the cause cannot be told")
+    assert [fact.event_type for fact in findings[0].evidence] == ["ConnectionStateChanged"] * 3
+
+
+def test_no_drop_no_incident() -> None:
+    log = up(Log(), "bob")
+    log.at(30, "peer:p:bob", state("bob", "connected", "degraded", "latency 300 ms above 250 ms"))
+    assert incidents(log.stream("peer:p:bob"), []) == []
+
+
+class _Clock(datetime):
+    moment = T0
+
+    @classmethod
+    def now(cls, tz=None):  # type: ignore[no-untyped-def,override]
+        return cls.moment
+
+
+def test_diagnose_command(sqlite_url: str, monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(store.sql, "datetime", _Clock)
+    log = up(up(Log(), "bob"), "carol")
+    log.at(0, "party:p", ev.PartyCreated(party_id="p", name="LAN", host_peer_id="me"),
+           ev.PeerJoined(party_id="p", peer_id="bob", name="Bob", public_key="K1"),
+           ev.PeerJoined(party_id="p", peer_id="carol", name="Carol", public_key="K2"))
+    log.at(30, "peer:p:carol", sample("carol", 0.0))
+    log.at(40, "peer:p:bob", lost("bob"))
+    log.at(60, "peer:p:carol", sample("carol", 0.0))
+    log.at(3600, "party:p", ev.PeerLeft(party_id="p", peer_id="bob", reason="left"))
+    log.at(3600, "peer:p:bob", state("bob", "connected", "closed", "left"))
+    with open_store(sqlite_url) as opened:
+        for record in sorted(log.records, key=lambda r: r.global_position):
+            _Clock.moment = record.recorded_at
+            opened.append(record.stream_id, [record.event], record.stream_position - 1)
+    monkeypatch.undo()
+    assert cli.main(["diagnose", "bob", "--db", sqlite_url, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [i["cause"] for i in report["incidents"]] == ["remote_unreachable", "remote_left"]
+    assert report["incidents"][0]["at"] == (T0 + timedelta(seconds=40)).isoformat()
+    evidence = report["incidents"][0]["findings"][0]["evidence"]
+    assert evidence[0]["detail"] == "connected → connecting: reconnect attempt 1/3: 3 probes lost"
+    at = (T0 + timedelta(seconds=50)).isoformat()
+    assert cli.main(["diagnose", "Bob", "--db", sqlite_url, "--at", at, "--utc"]) == 0
+    out = capsys.readouterr().out
+    assert "cause: Bob's node became unreachable" in out and "2026-11-25 21:00:40.000" in out
+    assert "left the party" not in out  # only the drop at or before --at
+    assert cli.main(["diagnose", "carol", "--db", sqlite_url]) == 0
+    assert "no drop of Carol (carol) in party LAN (p) recorded" in capsys.readouterr().out
