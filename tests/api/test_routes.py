@@ -178,7 +178,8 @@ def test_replay_and_diagnose_routes(api_client: Client) -> None:
     assert now["parties"][0]["name"] == "Friday LAN"
     assert client.get("/api/peers/bob/diagnose").json()["incident"] is None
     with open_store(url) as store:
-        store.append(party_stream("n1", PARTY), [ev.PeerLeft(party_id=PARTY, peer_id="bob", reason="left")], 5)
+        store.append(party_stream("n1", PARTY),
+                     [ev.PeerLeft(party_id=PARTY, peer_id="bob", reason="left")], 5)
         store.append(peer_stream("n1", PARTY, "bob"), [ev.ConnectionStateChanged(
             party_id=PARTY, peer_id="bob", from_state="connected", to_state="closed", reason="left")], 3)
     incident = client.get("/api/peers/bob/diagnose").json()["incident"]
