@@ -97,14 +97,32 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
+def by_program(pids: list[int]) -> dict[str, tuple[int, float]]:
+    """program name -> (CPU ticks, PSS MB), to say where the footprint goes."""
+    found: dict[str, tuple[int, float]] = {}
+    for pid in pids:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        ticks, memory = found.get(name, (0, 0.0))
+        found[name] = (ticks + cpu_ticks([pid]), memory + pss_mb([pid]))
+    return found
+
+
 def footprint(pid: int) -> tuple[float, float]:
-    """(PSS in MB, idle CPU in % of one core) of ``pid``'s tree."""
+    """(PSS in MB, idle CPU in % of one core) of ``pid``'s tree; prints the share of each program."""
     pids = tree(pid)
     memory = pss_mb(pids)
-    before, started = cpu_ticks(tree(pid)), time.monotonic()
+    before, started = by_program(pids), time.monotonic()
     time.sleep(IDLE_WINDOW_S)
-    used = (cpu_ticks(tree(pid)) - before) / os.sysconf("SC_CLK_TCK")
-    return memory, 100 * used / (time.monotonic() - started)
+    after, elapsed = by_program(tree(pid)), time.monotonic() - started
+    hertz = os.sysconf("SC_CLK_TCK")
+    shares = {name: 100 * (ticks - before.get(name, (0, 0.0))[0]) / hertz / elapsed
+              for name, (ticks, _) in after.items()}
+    print("  " + ", ".join(f"{name}: {after[name][1]:.1f} MB, {share:.2f} % CPU"
+                           for name, share in sorted(shares.items())))
+    return memory, sum(shares.values())
 
 
 def connected_times(party: LabParty, party_id: str) -> dict[str, datetime]:
