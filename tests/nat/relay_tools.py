@@ -11,13 +11,13 @@ Every loop is bounded in count and time.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import struct
 import sys
 import time
 
 from mesh.relay import RelayTicket, wire
+from mesh.relay.client import hello_exchange
 
 
 def sniff(relay_ip: str, port: int, seconds: float) -> str:
@@ -71,10 +71,7 @@ def junk(relay_ip: str, port: int, count: int) -> str:
 
 def _bind(sock: socket.socket, ticket: RelayTicket) -> bool:
     sock.settimeout(1.0)
-    sock.send(wire.encode_hello(wire.HELLO, ticket.key, ticket.side, ticket.expiry_s, int(time.time() * 1000),
-                                os.urandom(16), ticket.session_id, ticket.party_id, ticket.peer_a,
-                                ticket.peer_b))
-    return wire.parse_hello_ok(sock.recv(2048)) is not None
+    return wire.parse_hello_ok(hello_exchange(sock, ticket, sock.getpeername())) is not None
 
 
 def flood(relay_ip: str, port: int, tickets_json: str, pps: int, seconds: float) -> str:
