@@ -213,6 +213,13 @@ class RelayServer:
         with self._lock:
             return len(self._sessions)
 
+    def state_size(self) -> dict[str, int]:
+        """How much per-source and per-session state the relay holds (what the caps bound)."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        return {"sessions": len(sessions), "nonces": sum(len(s.nonces) for s in sessions),
+                "revoked": len(self._revoked), "reply_sources": len(self._replies_by_source)}
+
     # ------------------------------------------------------------ the forwarding loop
 
     def _tune_buffers(self) -> None:
