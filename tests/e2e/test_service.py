@@ -152,10 +152,11 @@ def test_security_of_joins_and_the_api(tmp_path: Path) -> None:
 
         # Another node claiming the host's public key is refused; the host stays connected.
         import asyncio
+        from urllib.parse import urlsplit
 
         from websockets.asyncio.client import connect
 
-        from mesh.control.identity import Identity
+        from mesh.control.identity import Identity, ServerBinding
 
         claimed = host.status()["agent"]["public_key"]
 
@@ -163,8 +164,10 @@ def test_security_of_joins_and_the_api(tmp_path: Path) -> None:
             async with connect(url, proxy=None) as ws:
                 await ws.send(json.dumps({"type": "hello", "v": 1, "public_key": claimed}))
                 challenge = json.loads(await ws.recv())
-                forged = Identity.generate().prove(challenge["ephemeral"], challenge["nonce"])
-                await ws.send(json.dumps({"type": "auth", "v": 1, "proof": forged}))
+                binding = ServerBinding(challenge["server_key"], "", urlsplit(url).netloc)
+                forged = Identity.generate().prove(challenge["ephemeral"], challenge["nonce"], binding)
+                await ws.send(json.dumps({"type": "auth", "v": 1, "proof": forged,
+                                          "server_key": binding.server_key, "authority": binding.authority}))
                 return json.loads(await ws.recv())
 
         assert asyncio.run(impersonate())["code"] == "auth_failed"
