@@ -11,10 +11,11 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse, urlsplit
 
 from mesh.control import AsyncControlClient, Backoff, ControlError, Identity
 from mesh.control.filemode import FileDiscovery
+from mesh.control.invite import check_control_url
 
 Message = dict[str, Any]
 Callback = Callable[[str, Message], None]  # (control url, message)
@@ -22,6 +23,10 @@ Callback = Callable[[str, Message], None]  # (control url, message)
 
 class Session:
     url: str
+
+    @property
+    def invite_url(self) -> str:
+        return self.url
 
     @property
     def connected(self) -> bool: ...
@@ -52,6 +57,11 @@ class WebSocketSession(Session):
         return self.client.connected
 
     @property
+    def invite_url(self) -> str:
+        """The URL with the server key and certificate this session verified: what invites carry."""
+        return self.client.pinned_url
+
+    @property
     def last_error(self) -> str | None:
         return self.client.last_error
 
@@ -78,7 +88,7 @@ class FileSession(Session):
     def __init__(self, url: str, identity: Identity, name: str, on_push: Callback, on_welcome: Callback,
                  poll_s: float = 0.5) -> None:
         self.url = url
-        self.discovery = FileDiscovery(Path(urlparse(url).path), identity, name=name)
+        self.discovery = FileDiscovery(Path(unquote(urlparse(url).path)), identity, name=name)
         self._on_push = on_push
         self._on_welcome = on_welcome
         self._poll_s = poll_s
@@ -132,9 +142,29 @@ class FileSession(Session):
                 await self._task
 
 
+def confined_directory(url: str, root_url: str | None) -> Path:
+    """The directory of a ``file://`` control plane, if it lies inside the one the user named.
+
+    Invites come from anyone: without this, an invite could make the agent create or
+    read directories anywhere it can write. The user names the discovery directory
+    with ``serve --control file:///DIR``; every file:// plane must be inside it.
+    """
+    check_control_url(url)
+    if not root_url or not root_url.startswith("file://"):
+        raise ValueError("this node uses file discovery only inside the directory named by "
+                         "--control file:///DIR, and none is configured")
+    root = Path(unquote(urlsplit(root_url).path)).resolve()
+    path = Path(unquote(urlsplit(url).path)).resolve()
+    if path != root and root not in path.parents:
+        raise ValueError(f"the discovery directory {str(path)[:200]} is outside {root}, the one this "
+                         "node is configured with")
+    return path
+
+
 def open_session(url: str, identity: Identity, name: str, on_push: Callback,
-                 on_welcome: Callback) -> Session:
+                 on_welcome: Callback, discovery_root: str | None = None) -> Session:
     if url.startswith("file://"):
+        confined_directory(url, discovery_root)
         return FileSession(url, identity, name, on_push, on_welcome)
     if url.startswith(("ws://", "wss://")):
         return WebSocketSession(url, identity, name, on_push, on_welcome)

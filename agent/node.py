@@ -169,7 +169,7 @@ class Agent:
             self._loop.add_signal_handler(signum, self._stopping.set)
         token = write_token(self.state_dir)
         reader = StoreReader(self.config.db_url)
-        app = create_app(self, reader, token)
+        app = create_app(self, reader, token, listen_host=self.config.api_host)
         server = _Server(uvicorn.Config(app, host=self.config.api_host, port=self.config.api_port,
                                         log_config=None, access_log=False, lifespan="off"))
         for url in sorted(set(self.bindings.values())):
@@ -233,7 +233,7 @@ class Agent:
             with contextlib.suppress(ControlError):
                 await session.request("leave_party", party_id=party["party_id"])
             raise
-        invite = Invite(url, party["party_id"], name, answer["secret"]).encode()
+        invite = Invite(session.invite_url, party["party_id"], name, answer["secret"]).encode()
         logger.info("created party {} ({})", party["party_id"], name)
         return {"party_id": party["party_id"], "name": name, "invite": invite,
                 "virtual_ip": opened.virtual_ip, "local_peer_id": self.peer_id}
@@ -290,7 +290,8 @@ class Agent:
         session = self.sessions.get(url)
         if session is None:
             try:
-                session = open_session(url, self.identity, self.config.name, self._on_push, self._on_welcome)
+                session = open_session(url, self.identity, self.config.name, self._on_push, self._on_welcome,
+                                       discovery_root=self.config.control)
             except ValueError as error:
                 raise ServiceError(400, str(error)) from None
             self.sessions[url] = session

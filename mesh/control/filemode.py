@@ -34,7 +34,8 @@ from mesh.control.identity import Identity
 from mesh.control.secrets_hash import check_secret, hash_secret, new_secret
 
 Message = dict[str, Any]
-_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A party or peer id names a directory or a file: never "." or "..", never hidden.
+_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 
 
 def _write(path: Path, body: Message) -> None:

@@ -641,7 +641,11 @@ def load_secret(path: str | None, env: str = "LANRAGE_RELAY_SECRET") -> bytes:
     """The shared relay secret, from a file (hex or raw) or the environment."""
     if path:
         with open(path, "rb") as handle:
-            raw = handle.read().strip()
+            mode = os.fstat(handle.fileno()).st_mode
+            if mode & 0o077:
+                raise ValueError(f"the relay secret file {path} is readable or writable by other users "
+                                 f"(mode {mode & 0o777:o}): chmod 600 {path}")
+            raw = handle.read(4096).strip()
     else:
         raw = os.environ.get(env, "").encode()
     if not raw:

@@ -200,7 +200,7 @@ def test_toml_config_sets_flags_and_the_command_line_wins(tmp_path: Path) -> Non
             f'[serve]\napi-listen = "127.0.0.1:{port}"\ncontrol = "{url}"\nname = "from-file"\n'
             f'adapters = "sim"\nactor-port = {actor_port}\nlog-format = "json"\n')
         run.start("cfg", "serve", "--state-dir", str(state), "--name", "from-flag")
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/status").status_code == 200, 30, "the API")
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/openapi.json").status_code == 200, 30, "the API")
         status = json.loads(run.cli("status", "--json", "--state-dir", str(state)).stdout)  # api from file
         assert status["agent"]["name"] == "from-flag" and status["agent"]["default_control"] == url
         records = []
