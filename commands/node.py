@@ -109,6 +109,9 @@ def serve_command(
     broadcast_ports: Annotated[str, typer.Option(
         "--broadcast-ports", help="Game discovery UDP ports whose LAN broadcasts are carried to the "
                                   "party, e.g. 4445,27015 (docs/broadcast.md) \\[default: off].")] = "",
+    user: Annotated[str, typer.Option(
+        "--user", help="Started as root, serve sets up, then runs as this unprivileged user with only "
+                       "CAP_NET_ADMIN and CAP_NET_RAW (created if missing).")] = "lanrage",
     state_dir_: StateDirOption = DEFAULT_STATE_DIR,
     db: DbOption = None,
     config: ConfigOption = None,
@@ -155,8 +158,13 @@ def serve_command(
     if s["name"]:
         settings["name"] = s["name"]
     settings["broadcast_ports"] = _broadcast_ports(str(s["broadcast_ports"] or ""))
+    from agent.privileges import PrivilegeError, drop_for_serve
     from mesh.interfaces import MeshError
 
+    try:
+        drop_for_serve(s["user"], state, [s["log_file"]] if s["log_file"] else [])
+    except (PrivilegeError, OSError) as error:
+        raise UsageError(f"cannot drop root privileges: {error}") from None
     try:
         agent = Agent(AgentConfig(**settings))
         status = agent.run()
