@@ -124,7 +124,7 @@ def test_security_of_joins_and_the_api(tmp_path: Path) -> None:
         from mesh.control.invite import Invite
 
         real = Invite.decode(invite)
-        for secret, message in ((real.secret[:-2] + "xx", "wrong party secret"),
+        for secret, message in ((real.secret[:-2] + "xx", "no party with this id and secret"),
                                 ("", None)):
             forged = Invite(real.control_url, real.party_id, real.party_name, secret or "-").encode()
             refused = guest.cli("party", "join", forged, check=False)
