@@ -48,7 +48,7 @@ print(json.dumps(report))
 """
 
 
-def test_the_drop_leaves_only_net_admin_and_net_raw_also_to_children() -> None:
+def test_the_drop_leaves_only_net_admin_and_net_raw_also_to_children(require_root: None) -> None:
     assert os.geteuid() == 0, "this test checks the drop from root"
     owner = account(DEFAULT_USER)
     done = subprocess.run([PYTHON, "-c", DROP_AND_REPORT, DEFAULT_USER], capture_output=True, text=True,
@@ -64,7 +64,7 @@ def test_the_drop_leaves_only_net_admin_and_net_raw_also_to_children() -> None:
     assert report["shadow"] is False and report["back_to_root"] is False
 
 
-def test_serve_started_as_root_drops_or_names_why_it_cannot() -> None:
+def test_serve_started_as_root_drops_or_names_why_it_cannot(require_root: None) -> None:
     owner = account(DEFAULT_USER)
     base = Path(tempfile.mkdtemp(prefix="lanrage-priv-", dir="/tmp"))
     os.chmod(base, 0o711)  # the account may pass through, not list

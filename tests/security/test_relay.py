@@ -67,7 +67,7 @@ def received(sock: socket.socket, quiet_s: float = 0.5) -> list[bytes]:
         return got
 
 
-def test_a_hello_with_a_forged_source_never_binds_the_victim(relay: RelayServer) -> None:
+def test_a_hello_with_a_forged_source_never_binds_the_victim(relay: RelayServer, require_root: None) -> None:
     """The attacker holds both tickets of a session (a party member) and floods a victim through it."""
     ours, other = pair_on(relay)
     victim = victim_socket("127.0.0.2")
@@ -203,7 +203,7 @@ def test_a_hello_flood_from_a_ticket_holder_keeps_bounded_nonce_state(recorder: 
         relay.stop()
 
 
-def test_ping_never_answers_more_than_it_got_and_is_rate_limited(recorder: InMemoryRecorder) -> None:
+def test_ping_never_answers_more_than_it_got_and_is_rate_limited(recorder: InMemoryRecorder, require_root: None) -> None:
     relay = start_relay(recorder, replies_per_source_per_s=10)
     victim = victim_socket("127.0.0.3")
     try:
