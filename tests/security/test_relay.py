@@ -203,7 +203,8 @@ def test_a_hello_flood_from_a_ticket_holder_keeps_bounded_nonce_state(recorder: 
         relay.stop()
 
 
-def test_ping_never_answers_more_than_it_got_and_is_rate_limited(recorder: InMemoryRecorder, require_root: None) -> None:
+def test_ping_never_answers_more_than_it_got_and_is_rate_limited(recorder: InMemoryRecorder,
+                                                                 require_root: None) -> None:
     relay = start_relay(recorder, replies_per_source_per_s=10)
     victim = victim_socket("127.0.0.3")
     try:
