@@ -7,13 +7,27 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
+import stat
 import subprocess
+import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
-from agent.privileges import CAP_NET_ADMIN, CAP_NET_RAW, DEFAULT_USER, account, blocker, capabilities
-from tests.e2e.harness import PYTHON, ROOT, Node, Run, wait_for
+import httpx
+
+from agent.privileges import (
+    CAP_NET_ADMIN,
+    CAP_NET_RAW,
+    DEFAULT_USER,
+    Account,
+    account,
+    blocker,
+    capabilities,
+    unreachable,
+)
+from lab.ports import free_port
+from tests.e2e.harness import CLI, PYTHON, ROOT, Run, wait_for
 
 KEPT_MASK = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW)
 
@@ -64,29 +78,73 @@ def test_the_drop_leaves_only_net_admin_and_net_raw_also_to_children(require_roo
     assert report["shadow"] is False and report["back_to_root"] is False
 
 
-def test_serve_started_as_root_drops_or_names_why_it_cannot(require_root: None) -> None:
+def reachable_python(owner: Account) -> tuple[str, dict[str, str]]:
+    """An interpreter the service account can run this code with, and its environment.
+
+    The venv's own interpreter when the account may reach it; else the system's Python
+    of the same version, on the venv's packages (a Python installed under /root is
+    unreachable for any other user).
+    """
+    env = {"PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    if unreachable(Path(os.path.realpath(PYTHON)).parent, owner) is None and \
+            unreachable(Path(sys.base_prefix), owner) is None:
+        return PYTHON, {}
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    assert Path(system).exists(), f"no interpreter the account {owner.name} can run ({PYTHON} is unreachable)"
+    return system, env
+
+
+def serve(run: Run, name: str, state: Path, python: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    port, actor_port = free_port(), free_port()
+    log = open(run.log(name), "ab")  # noqa: SIM115 (lives as long as the process)
+    process = subprocess.Popen([python, CLI, "serve", "--adapters", "sim", "--state-dir", str(state),
+                                "--api-listen", f"127.0.0.1:{port}", "--actor-port", str(actor_port)],
+                               stdout=log, stderr=subprocess.STDOUT, env={**run.env, **env}, cwd=ROOT)
+    run.processes[name] = process
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=2).status_code == 200, 60,
+             f"{name}'s API")
+    token = (state / "api-token").read_text().strip()
+    status = httpx.get(f"http://127.0.0.1:{port}/status", headers={"Authorization": f"Bearer {token}"},
+                       timeout=10)
+    assert status.status_code == 200 and status.json()["node"]["running"]  # the actors work after the drop
+    return process
+
+
+def uid_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+
+
+def test_serve_started_as_root_runs_as_the_service_account(require_root: None) -> None:
     owner = account(DEFAULT_USER)
+    python, env = reachable_python(owner)
     base = Path(tempfile.mkdtemp(prefix="lanrage-priv-", dir="/tmp"))
     os.chmod(base, 0o711)  # the account may pass through, not list
     try:
         with Run(base) as run:
-            node = Node(run, "solo", None, adapters="sim").start()
-            pid = run.processes["solo"].pid
-            reason = blocker(owner, node.state)
-            status = Path(f"/proc/{pid}/status").read_text()
-            uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
-            if reason is None:
-                assert uid == owner.uid
+            process = serve(run, "solo", base / "state", python, env)
+            family = [process.pid, *run.ours()]
+            assert len(family) >= 2  # the agent and its actor processes
+            for pid in set(family):
+                assert uid_of(pid) == owner.uid, pid
                 caps = capabilities(pid)
-                assert caps["CapEff"] == caps["CapBnd"] == KEPT_MASK
-                for path in (node.state, node.state / "api-token", node.state / "wireguard.key"):
-                    assert path.stat().st_uid == owner.uid, path
-                assert pwd.getpwuid(node.state.stat().st_uid).pw_name == DEFAULT_USER
-            else:
-                # This machine's interpreter lies where the account cannot read it: said, not hidden.
-                assert uid == 0
-                log = run.log("solo").read_text()
-                assert wait_for(lambda: "staying root" in run.log("solo").read_text(), 10, "the warning")
-                assert reason.split(" is behind ")[0] in log or reason in log
+                assert caps["CapEff"] == caps["CapPrm"] == caps["CapBnd"] == KEPT_MASK, (pid, caps)
+            for path in (base / "state", base / "state" / "api-token", base / "state" / "wireguard.key"):
+                assert path.stat().st_uid == owner.uid, path
+            assert stat.S_IMODE((base / "state").stat().st_mode) == 0o700
+            assert "running as lanrage" in run.log("solo").read_text()
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_serve_that_cannot_drop_says_why_in_one_warning(require_root: None, tmp_path: Path) -> None:
+    owner = account(DEFAULT_USER)
+    python, env = reachable_python(owner)
+    hidden = tmp_path / "private"
+    hidden.mkdir(mode=0o700)  # the account cannot reach a state directory in here
+    with Run(tmp_path) as run:
+        process = serve(run, "boxed", hidden / "state", python, env)
+        assert blocker(owner, hidden / "state") is not None
+        assert uid_of(process.pid) == 0
+        warnings = [line for line in run.log("boxed").read_text().splitlines() if "staying root" in line]
+        assert len(warnings) == 1 and str(hidden) in warnings[0], warnings
