@@ -148,3 +148,49 @@ def test_serve_that_cannot_drop_says_why_in_one_warning(require_root: None, tmp_
         assert uid_of(process.pid) == 0
         warnings = [line for line in run.log("boxed").read_text().splitlines() if "staying root" in line]
         assert len(warnings) == 1 and str(hidden) in warnings[0], warnings
+
+
+WIREGUARD_AS_ACCOUNT = """
+import json, subprocess, sys, time
+from agent.privileges import account, drop, open_wireguard_to
+name = sys.argv[1]
+owner = account("lanrage")
+open_wireguard_to(owner)
+drop(owner)
+foreground = {"WG_PROCESS_FOREGROUND": "1", "PATH": "/usr/bin:/bin"}
+wireguard = subprocess.Popen(["wireguard-go", name], env=foreground)
+try:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if subprocess.run(["wg", "show", name], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.1)
+    shown = subprocess.run(["wg", "show", name], capture_output=True, text=True)
+    address = subprocess.run(["ip", "address", "add", "10.66.250.1/32", "dev", name], capture_output=True,
+                             text=True)
+    owner_uid = __import__("os").stat(f"/var/run/wireguard/{name}.sock").st_uid
+    print(json.dumps({"alive": wireguard.poll() is None, "wg": shown.returncode,
+                      "address": address.returncode, "owner": owner_uid}))
+finally:
+    wireguard.terminate()
+    wireguard.wait(5)
+"""
+
+
+def test_wireguard_go_runs_as_the_account_with_the_kept_capabilities(require_root: None) -> None:
+    """What the agent does after the drop: start wireguard-go, configure it, address it (in a netns)."""
+    owner = account(DEFAULT_USER)
+    python, env = reachable_python(owner)
+    suffix = os.urandom(3).hex()
+    namespace, interface = f"lrpriv-{suffix}", f"lrp{suffix}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        done = subprocess.run(["ip", "netns", "exec", namespace, "env", *(f"{k}={v}" for k, v in env.items()),
+                               python, "-c", WIREGUARD_AS_ACCOUNT, interface], capture_output=True, text=True,
+                              cwd=ROOT, timeout=60)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        assert report == {"alive": True, "wg": 0, "address": 0, "owner": owner.uid}, report
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
+        subprocess.run(["rm", "-f", f"/var/run/wireguard/{interface}.sock"], check=False)
