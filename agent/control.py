@@ -11,10 +11,12 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse, urlsplit
 
-from mesh.control import AsyncControlClient, Backoff, ControlError, Identity
+from mesh.control import AsyncControlClient, Backoff, ControlError, ControlUnavailable, Identity
 from mesh.control.filemode import FileDiscovery
+from mesh.control.invite import check_control_url
+from mesh.control.target import ControlTarget
 
 Message = dict[str, Any]
 Callback = Callable[[str, Message], None]  # (control url, message)
@@ -22,6 +24,10 @@ Callback = Callable[[str, Message], None]  # (control url, message)
 
 class Session:
     url: str
+
+    @property
+    def invite_url(self) -> str:
+        return self.url
 
     @property
     def connected(self) -> bool: ...
@@ -38,38 +44,114 @@ class Session:
     async def stop(self) -> None: ...
 
 
+class _SharedConnection:
+    """One WebSocket per control server and node key, whatever URLs name it.
+
+    The server keeps one connection per node key (a newer one supersedes the older), so
+    two sessions of one node towards one server must share it: a node that created a
+    party through ``--control ws://host:port`` and joined another through an invite's
+    ``ws://host:port/?key=...`` (the same server, pinned) would otherwise take turns
+    superseding itself. The connection pins only the TLS certificate it was opened with
+    (needed to connect); each session checks its own pins against what the server
+    proved. Pushes and welcomes go to every session, each with its own URL.
+    """
+
+    def __init__(self, identity: Identity, name: str, backoff: Backoff | None) -> None:
+        self.identity, self.name, self.backoff = identity, name, backoff
+        self.listeners: dict[int, tuple[str, Callback, Callback]] = {}
+        self.client: AsyncControlClient | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def open(self, target: ControlTarget) -> None:
+        """A client for ``target``'s address and certificate pin (not its key pin: sessions check that)."""
+        self.client = AsyncControlClient(target.pinned(None, target.fingerprint), self.identity,
+                                         name=self.name, backoff=self.backoff,
+                                         on_push=lambda body: self._fan_out(1, body),
+                                         on_welcome=lambda body: self._fan_out(2, body))
+        self.task = asyncio.create_task(self.client.run())
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.stop()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        self.client, self.task = None, None
+
+    def _fan_out(self, which: int, body: Message) -> None:
+        for url, on_push, on_welcome in list(self.listeners.values()):
+            (on_push if which == 1 else on_welcome)(url, body)
+
+
+_SHARED: dict[tuple[str, str], _SharedConnection] = {}
+
+
 class WebSocketSession(Session):
     def __init__(self, url: str, identity: Identity, name: str, on_push: Callback, on_welcome: Callback,
                  backoff: Backoff | None = None) -> None:
         self.url = url
-        self.client = AsyncControlClient(url, identity, name=name, backoff=backoff,
-                                         on_push=lambda body: on_push(url, body),
-                                         on_welcome=lambda body: on_welcome(url, body))
-        self._task: asyncio.Task[None] | None = None
+        self.target = ControlTarget.parse(url)  # a TargetError is a ValueError: the agent answers 400
+        self._key = (self.target.url, identity.public_key)
+        shared = _SHARED.get(self._key)
+        if shared is None:
+            shared = _SHARED[self._key] = _SharedConnection(identity, name, backoff)
+        self._shared = shared
+        shared.listeners[id(self)] = (url, on_push, on_welcome)
+
+    @property
+    def client(self) -> AsyncControlClient:
+        assert self._shared.client is not None, "start() the session first"
+        return self._shared.client
+
+    @property
+    def pins_match(self) -> bool:
+        """The server this connection verified is the one this session's URL pins (if it pins one)."""
+        client = self.client
+        return (self.target.server_key in (None, client.server_key)
+                and self.target.fingerprint in (None, client.fingerprint))
 
     @property
     def connected(self) -> bool:
-        return self.client.connected
+        return self._shared.client is not None and self.client.connected and self.pins_match
+
+    @property
+    def invite_url(self) -> str:
+        """The URL with the server key and certificate this session verified: what invites carry."""
+        return self.client.pinned_url
 
     @property
     def last_error(self) -> str | None:
+        if self._shared.client is None:
+            return None
+        if self.client.connected and not self.pins_match:
+            return (f"the server at {self.target.authority} is not the one this URL pins "
+                    "(another key or certificate)")
         return self.client.last_error
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self.client.run())
+        shared = self._shared
+        wanted = self.target.fingerprint
+        if shared.client is not None and not shared.client.connected and wanted and \
+                shared.client.target.fingerprint != wanted:
+            await shared.close()  # it cannot connect with the certificate it pinned: try this one
+        if shared.client is None:
+            shared.open(self.target)
 
     async def wait_connected(self, timeout_s: float) -> bool:
-        return await self.client.wait_connected(timeout_s)
+        return await self.client.wait_connected(timeout_s) and self.pins_match
 
     async def request(self, kind: str, **fields: Any) -> Message:
+        if self.client.connected and not self.pins_match:
+            raise ControlUnavailable(self.last_error or "another server")
         return await self.client.request(kind, **fields)
 
     async def stop(self) -> None:
-        await self.client.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        shared = self._shared
+        shared.listeners.pop(id(self), None)
+        if not shared.listeners:
+            _SHARED.pop(self._key, None)
+            await shared.close()
 
 
 class FileSession(Session):
@@ -78,7 +160,7 @@ class FileSession(Session):
     def __init__(self, url: str, identity: Identity, name: str, on_push: Callback, on_welcome: Callback,
                  poll_s: float = 0.5) -> None:
         self.url = url
-        self.discovery = FileDiscovery(Path(urlparse(url).path), identity, name=name)
+        self.discovery = FileDiscovery(Path(unquote(urlparse(url).path)), identity, name=name)
         self._on_push = on_push
         self._on_welcome = on_welcome
         self._poll_s = poll_s
@@ -132,9 +214,29 @@ class FileSession(Session):
                 await self._task
 
 
+def confined_directory(url: str, root_url: str | None) -> Path:
+    """The directory of a ``file://`` control plane, if it lies inside the one the user named.
+
+    Invites come from anyone: without this, an invite could make the agent create or
+    read directories anywhere it can write. The user names the discovery directory
+    with ``serve --control file:///DIR``; every file:// plane must be inside it.
+    """
+    check_control_url(url)
+    if not root_url or not root_url.startswith("file://"):
+        raise ValueError("this node uses file discovery only inside the directory named by "
+                         "--control file:///DIR, and none is configured")
+    root = Path(unquote(urlsplit(root_url).path)).resolve()
+    path = Path(unquote(urlsplit(url).path)).resolve()
+    if path != root and root not in path.parents:
+        raise ValueError(f"the discovery directory {str(path)[:200]} is outside {root}, the one this "
+                         "node is configured with")
+    return path
+
+
 def open_session(url: str, identity: Identity, name: str, on_push: Callback,
-                 on_welcome: Callback) -> Session:
+                 on_welcome: Callback, discovery_root: str | None = None) -> Session:
     if url.startswith("file://"):
+        confined_directory(url, discovery_root)
         return FileSession(url, identity, name, on_push, on_welcome)
     if url.startswith(("ws://", "wss://")):
         return WebSocketSession(url, identity, name, on_push, on_welcome)

@@ -151,7 +151,7 @@ class Agent:
         await self._start_node()
         token = write_token(self.state_dir)
         reader = StoreReader(self.config.db_url)
-        app = create_app(self, reader, token)
+        app = create_app(self, reader, token, listen_host=self.config.api_host)
         server = _Server(uvicorn.Config(app, host=self.config.api_host, port=self.config.api_port,
                                         log_config=None, access_log=False, lifespan="off"))
         for url in sorted(set(self.bindings.values())):
@@ -215,7 +215,7 @@ class Agent:
             raise
         party = answer["party"]
         opened = await self._open(m.CreateParty, url, party, request_id, session)
-        invite = Invite(url, party["party_id"], name, answer["secret"]).encode()
+        invite = Invite(session.invite_url, party["party_id"], name, answer["secret"]).encode()
         logger.info("created party {} ({})", party["party_id"], name)
         return {"party_id": party["party_id"], "name": name, "invite": invite,
                 "virtual_ip": opened.virtual_ip, "local_peer_id": self.peer_id}
@@ -271,7 +271,8 @@ class Agent:
         session = self.sessions.get(url)
         if session is None:
             try:
-                session = open_session(url, self.identity, self.config.name, self._on_push, self._on_welcome)
+                session = open_session(url, self.identity, self.config.name, self._on_push, self._on_welcome,
+                                       discovery_root=self.config.control)
             except ValueError as error:
                 raise ServiceError(400, str(error)) from None
             self.sessions[url] = session

@@ -1,12 +1,23 @@
 """The node's HTTP API (FastAPI): party commands, status, metrics, history, dashboard.
 
 ``GET`` routes read the event store (async engine) through an incrementally folded
-projection; ``POST`` routes go to the node agent (``NodeService``) and need the
-bearer token that ``serve`` writes to the state directory.
+projection; ``POST`` routes go to the node agent (``NodeService``).
+
+Any web page the user opens can send requests to 127.0.0.1, and a DNS-rebinding page
+can even read the answers of its own origin. So: a request whose ``Host`` is not this
+API's own name (127.0.0.1, localhost, [::1], the configured listen address) gets a
+400 before any route runs; every route that tells anything about peers or parties
+needs the bearer token ``serve`` writes to the state directory. The dashboard page
+itself holds no data: serving it sets a view cookie (HttpOnly, SameSite=Strict,
+derived from the token, valid for reads only) that the page's same-origin fetches
+carry, and that no other site's page is sent.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +28,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from api import models
 from api.metrics import new_registry
@@ -28,6 +40,11 @@ from store.peers import AmbiguousPeer, PeerNotFound, resolve_peer
 from store.queries import EventFilter
 
 UNAUTHORIZED = "missing or wrong API token (see <state-dir>/api-token)"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+VIEW_COOKIE = "lanrage_view"
+# Routes that say nothing about peers or parties: the dashboard shell and the API schema.
+PUBLIC_PATHS = frozenset({"/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+READ_METHODS = frozenset({"GET", "HEAD"})
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 PeerId = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 # A peer as people name it: a name, an id prefix or PARTY:NAME (no slash, no control character).
@@ -38,10 +55,26 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"model": models.ErrorOut}, 503: {"model": models.ErrorOut}}
 
 
-def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI:
+def view_cookie(token: str) -> str:
+    """The dashboard's read-only credential: not the token, and useless for POST routes."""
+    return hmac.new(token.encode(), b"lanrage-dashboard-view-v1", hashlib.sha256).hexdigest()
+
+
+def allowed_hosts(listen_host: str | None) -> list[str]:
+    hosts = list(LOCAL_HOSTS)
+    if listen_host and listen_host not in ("0.0.0.0", "::", ""):
+        hosts.append(f"[{listen_host}]" if ":" in listen_host else listen_host)
+    return hosts
+
+
+def create_app(service: NodeService, reader: StoreReader, token: str, listen_host: str | None = None,
+               hosts: Sequence[str] | None = None) -> FastAPI:
+    """The API; it answers to the Host names ``hosts`` (default: loopback and ``listen_host``)."""
     app = FastAPI(title="LANrage node API", version="1",
                   description="Parties, status, metrics and history of one LANrage node. "
-                              "POST routes need `Authorization: Bearer <state-dir/api-token>`.")
+                              "Every route but the dashboard shell and this schema needs "
+                              "`Authorization: Bearer <state-dir/api-token>`.")
+    view = view_cookie(token)
     # This node's streams only: several nodes may share one database.
     node_id = service.info().get("node_id")
     projection = Projection(reader, node_id)
@@ -54,13 +87,19 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
 
     @app.middleware("http")
     async def _token_first(request: Request, call_next: Any) -> Response:
-        # Checked before the body is parsed: without the token, every mutation is a 401.
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
+        # Checked before the body is parsed: without the token, every route but the shell is a 401.
+        if request.url.path not in PUBLIC_PATHS:
             scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not token_matches(token, presented.strip() or None):
+            bearer = scheme.lower() == "bearer" and token_matches(token, presented.strip() or None)
+            viewer = request.method in READ_METHODS and token_matches(view, request.cookies.get(VIEW_COOKIE))
+            if not (bearer or viewer):
                 return JSONResponse({"detail": UNAUTHORIZED}, status_code=401,
                                     headers={"WWW-Authenticate": "Bearer"})
         return await call_next(request)
+
+    # Added last, so it runs first: a foreign Host never reaches a route.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts or allowed_hosts(listen_host)),
+                       www_redirect=False)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, error: ServiceError) -> JSONResponse:
@@ -73,6 +112,7 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
     # ------------------------------------------------------------ commands
 
     mutating: dict[str, Any] = {"dependencies": [Depends(authorized)], "responses": _ERRORS}
+    reading: dict[str, Any] = {"dependencies": [Depends(_bearer)]}  # documents the token in the schema
 
     @app.post("/party/create", response_model=models.PartyCreatedOut, **mutating)
     async def create_party(body: models.CreatePartyIn) -> dict[str, Any]:
@@ -90,21 +130,21 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
 
     # ------------------------------------------------------------ reads
 
-    @app.get("/status", response_model=models.StatusOut)
+    @app.get("/status", response_model=models.StatusOut, **reading)
     async def get_status(all: Annotated[bool, Query(description="Include parties already left.")] = False
                          ) -> dict[str, Any]:
         return {**status(await projection.refresh(), include_inactive=all), "agent": service.info()}
 
-    @app.get("/api/metrics/summary", response_model=models.SummaryOut)
+    @app.get("/api/metrics/summary", response_model=models.SummaryOut, **reading)
     async def metrics_summary() -> dict[str, Any]:
         return summary(await projection.refresh())
 
-    @app.get("/api/metrics/peers", response_model=list[models.PeerMetricsOut])
+    @app.get("/api/metrics/peers", response_model=list[models.PeerMetricsOut], **reading)
     async def metrics_peers() -> list[dict[str, Any]]:
         return remote_peers(await projection.refresh())
 
     @app.get("/api/metrics/peers/{peer_id}", response_model=models.PeerDetailOut,
-             responses={404: {"model": models.ErrorOut}})
+             responses={404: {"model": models.ErrorOut}}, **reading)
     async def metrics_peer(peer_id: PeerId,
                            samples: Annotated[int, Query(ge=1, le=1000)] = 60) -> dict[str, Any]:
         peer = next((p for p in remote_peers(await projection.refresh()) if p["peer_id"] == peer_id), None)
@@ -112,7 +152,7 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
             raise HTTPException(404, f"no peer {peer_id} in an active party")
         return {"peer": peer, "samples": await reader.samples(peer_id, samples, node_id)}
 
-    @app.get("/api/events", response_model=models.EventsOut)
+    @app.get("/api/events", response_model=models.EventsOut, **reading)
     async def list_events(
             stream: Annotated[str | None, Query(max_length=200, description="Stream id or prefix.")] = None,
             type: Annotated[list[str], Query(max_length=20)] = [],  # noqa: B006 (FastAPI copies it)
@@ -127,7 +167,7 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
                 "next_after": records[-1].global_position if records else after}
 
     @app.get("/api/peers/{peer_id}/history", response_model=models.HistoryOut,
-             responses={400: {"model": models.ErrorOut}, 404: {"model": models.ErrorOut}})
+             responses={400: {"model": models.ErrorOut}, 404: {"model": models.ErrorOut}}, **reading)
     async def peer_history(peer_id: PeerQuery,
                            limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> dict[str, Any]:
         """One row per connection state transition (the `connection_history` view).
@@ -145,12 +185,12 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
         return {"peer_id": chosen[0].peer_id, "name": chosen[0].name, "party_id": chosen[0].party_id,
                 "transitions": await reader.history(streams, limit)}
 
-    @app.get("/api/timeline", response_model=models.TimelineOut)
+    @app.get("/api/timeline", response_model=models.TimelineOut, **reading)
     async def timeline(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         """The latest connection state changes and path switches of every peer (`peer_timeline`)."""
         return {"rows": await reader.timeline(limit)}
 
-    @app.get("/api/replay", response_model=models.ReplayOut)
+    @app.get("/api/replay", response_model=models.ReplayOut, **reading)
     async def replay_at(position: Annotated[int, Query(ge=0, le=2**62)]) -> dict[str, Any]:
         """Every party and connection as they were after global position `position` (the replay tool)."""
         world = await reader.world_at(position)
@@ -160,7 +200,7 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
                                 for stream, state in world.connections.items()]}
 
     @app.get("/api/peers/{peer_id}/diagnose", response_model=models.DiagnoseOut,
-             responses={400: {"model": models.ErrorOut}, 404: {"model": models.ErrorOut}})
+             responses={400: {"model": models.ErrorOut}, 404: {"model": models.ErrorOut}}, **reading)
     async def peer_diagnose(peer_id: PeerQuery,
                             position: Annotated[int, Query(ge=0, le=2**62)] = 2**62) -> dict[str, Any]:
         """Why the peer dropped: its last incident at or before `position`, cause first (`diagnose`)."""
@@ -179,13 +219,17 @@ def create_app(service: NodeService, reader: StoreReader, token: str) -> FastAPI
                 "incident": reports[-1] if reports else None}
 
     @app.get("/metrics", response_class=Response,
-             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}})
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+             **reading)
     async def prometheus() -> Response:
         collector.world = await projection.refresh()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> HTMLResponse:
-        return HTMLResponse(DASHBOARD)
+        page = HTMLResponse(DASHBOARD)
+        # Only pages served from this API's own Host get here (the Host check ran first).
+        page.set_cookie(VIEW_COOKIE, view, httponly=True, samesite="strict", path="/")
+        return page
 
     return app

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 from mesh.relay import RelayConfig, RelayServer, issue_tickets, wire
+from mesh.relay.client import hello_exchange
 
 SECRET = os.urandom(32)
 LOOPBACK = "127.0.0.1"
@@ -67,12 +68,7 @@ def bound_socket(relay_port: int, ticket: object) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     sock.bind((LOOPBACK, 0))
     sock.settimeout(2)
-    nonce = os.urandom(16)
-    t = ticket
-    sock.sendto(wire.encode_hello(wire.HELLO, t.key, t.side, t.expiry_s, int(time.time() * 1000), nonce,  # type: ignore[attr-defined]
-                                  t.session_id, t.party_id, t.peer_a, t.peer_b),  # type: ignore[attr-defined]
-                (LOOPBACK, relay_port))
-    if wire.parse_hello_ok(sock.recv(2048)) is None:
+    if wire.parse_hello_ok(hello_exchange(sock, ticket, (LOOPBACK, relay_port))) is None:  # type: ignore[arg-type]
         raise SystemExit("relay refused the bench session")
     return sock
 

@@ -107,6 +107,9 @@ def serve_command(
     broadcast_ports: Annotated[str, typer.Option(
         "--broadcast-ports", help="Game discovery UDP ports whose LAN broadcasts are carried to the "
                                   "party, e.g. 4445,27015 (docs/broadcast.md) \\[default: off].")] = "",
+    user: Annotated[str, typer.Option(
+        "--user", help="Started as root, serve sets up, then runs as this unprivileged user with only "
+                       "CAP_NET_ADMIN and CAP_NET_RAW (created if missing).")] = "lanrage",
     state_dir_: StateDirOption = DEFAULT_STATE_DIR,
     db: DbOption = None,
     config: ConfigOption = None,
@@ -153,8 +156,13 @@ def serve_command(
     if s["name"]:
         settings["name"] = s["name"]
     settings["broadcast_ports"] = _broadcast_ports(str(s["broadcast_ports"] or ""))
+    from agent.privileges import PrivilegeError, drop_for_serve
     from mesh.interfaces import MeshError
 
+    try:
+        drop_for_serve(s["user"], state, [s["log_file"]] if s["log_file"] else [])
+    except (PrivilegeError, OSError) as error:
+        raise UsageError(f"cannot drop root privileges: {error}") from None
     try:
         agent = Agent(AgentConfig(**settings))
         status = agent.run()
@@ -178,6 +186,16 @@ def control_server_command(
                                                      "offline.")] = 30.0,
     member_expiry: Annotated[float, typer.Option("--member-expiry", help="Seconds offline before a member "
                                                                          "is removed.")] = 86400.0,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", help="PEM certificate: serve wss:// (invites pin its fingerprint).")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert.")] = None,
+    tls_self_signed: Annotated[bool, typer.Option(
+        "--tls-self-signed", help="Serve wss:// with a self-signed certificate kept in the state directory "
+                                  "(invites pin it; no CA needed).")] = False,
+    public_url: Annotated[list[str] | None, typer.Option(
+        "--public-url", help="ws(s)://HOST:PORT nodes dial when that is not this host's own address and "
+                             "port (a DNS name, a port forward); logins made for any other are refused "
+                             "(repeatable).")] = None,
     log_level: LogLevelOption = "INFO",
     log_format: LogFormatOption = "human",
     state_dir_: StateDirOption = DEFAULT_STATE_DIR,
@@ -206,12 +224,40 @@ def control_server_command(
         except (OSError, ValueError) as error:
             raise UsageError(str(error)) from None
     from mesh.control import ControlServer, ServerConfig
+    from mesh.control.identity import Identity
+    from mesh.control.target import ControlTarget, TargetError, self_signed, server_tls
+    from mesh.keys import KeyFileError, load_or_create_private_key
     from store import open_store
 
-    store = open_store(database_url(s["db"], state_dir(s["state_dir_"])))
+    directory = state_dir(s["state_dir_"])
+    for url in s["public_url"] or []:
+        try:
+            ControlTarget.parse(url)
+        except TargetError as error:
+            raise UsageError(f"--public-url: {error}") from None
+    try:
+        identity = Identity.from_private_key(
+            load_or_create_private_key(directory / "control.key").secret_base64())
+    except KeyFileError as error:
+        raise UsageError(str(error)) from None
+    tls, fingerprint = None, ""
+    cert, key = s["tls_cert"], s["tls_key"]
+    if s["tls_self_signed"] and cert is None:
+        cert, key = directory / "control-cert.pem", directory / "control-cert.key"
+        if not cert.exists() or not key.exists():
+            self_signed(cert, key, [host] if host not in ("0.0.0.0", "") else ["localhost"])
+    if (cert is None) != (key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if cert is not None and key is not None:
+        try:
+            tls, fingerprint = server_tls(cert, key)
+        except TargetError as error:
+            raise UsageError(str(error)) from None
+    store = open_store(database_url(s["db"], directory))
     server = ControlServer(store, ServerConfig(
         server_id=s["server_id"], heartbeat_s=s["heartbeat"], ttl_s=s["ttl"],
-        member_expiry_s=s["member_expiry"], relays=tuple(s["relay"] or ()), relay_key=relay_key))
+        member_expiry_s=s["member_expiry"], relays=tuple(s["relay"] or ()), relay_key=relay_key,
+        identity=identity, tls=tls, fingerprint=fingerprint, public_urls=tuple(s["public_url"] or ())))
 
     async def run() -> None:
         stopped = asyncio.Event()
@@ -222,7 +268,10 @@ def control_server_command(
             bound = await server.start(host, port)
         except OSError as error:
             raise UsageError(f"cannot listen on {s['listen']}: {error.strerror or error}") from None
-        print(f"control server listening on ws://{host}:{bound}", file=sys.stderr, flush=True)
+        scheme = "wss" if tls is not None else "ws"
+        print(f"control server listening on {scheme}://{host}:{bound}", file=sys.stderr, flush=True)
+        shown = host if host not in ("0.0.0.0", "") else "HOST"
+        print(f"nodes use: --control '{server.url(shown)}'", file=sys.stderr, flush=True)
         await stopped.wait()
         await server.stop()
 
@@ -253,12 +302,10 @@ def _call(method: str, path: str, api: str | None, state: Path, config: Path | N
     from api.token import TokenError, read_token
 
     base = _api(api, state.expanduser(), config)
-    headers = {}
-    if method == "POST":
-        try:
-            headers["Authorization"] = f"Bearer {read_token(state.expanduser())}"
-        except TokenError as error:
-            raise UsageError(str(error)) from None
+    try:  # every route that tells anything about peers needs it, reads included
+        headers = {"Authorization": f"Bearer {read_token(state.expanduser())}"}
+    except TokenError as error:
+        raise UsageError(str(error)) from None
     try:
         answer = httpx.request(method, base + path, json=body, headers=headers, timeout=30.0)
     except httpx.HTTPError as error:

@@ -26,7 +26,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from mesh.control import protocol as p
-from mesh.control.identity import Identity
+from mesh.control.identity import Identity, IdentityError, ServerBinding
+from mesh.control.target import ControlTarget, TargetError, peer_fingerprint
 
 Message = dict[str, Any]
 Callback = Callable[[Message], None]
@@ -70,8 +71,16 @@ class AsyncControlClient:
                  backoff: Backoff | None = None, open_timeout_s: float = 5.0,
                  request_timeout_s: float = 5.0) -> None:
         self.url = url
+        try:
+            self.target = ControlTarget.parse(url)
+            self._target_error: str | None = None
+        except TargetError as error:  # reported by run(), like an unreachable server
+            self.target = ControlTarget(url, "", False)
+            self._target_error = str(error)
         self.identity = identity
         self.name = name
+        self.server_key: str | None = None  # what the server proved it holds, once connected
+        self.fingerprint: str | None = None  # the TLS certificate it presented (wss:// only)
         self.on_push = on_push
         self.on_welcome = on_welcome
         self.backoff = backoff or Backoff()
@@ -95,6 +104,12 @@ class AsyncControlClient:
     def peer_id(self) -> str:
         return self.identity.peer_id
 
+    @property
+    def pinned_url(self) -> str:
+        """The URL with the server key and certificate this client verified: what invites carry."""
+        return self.target.pinned(self.server_key or self.target.server_key,
+                                  self.fingerprint or self.target.fingerprint)
+
     async def wait_connected(self, timeout_s: float) -> bool:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout_s)
@@ -104,12 +119,17 @@ class AsyncControlClient:
 
     async def run(self) -> None:
         """Stay connected until ``stop``: connect, authenticate, serve, back off, again."""
+        if self._target_error is not None:
+            self.last_error = self._target_error
+            logger.error("control URL is not usable: {}", self._target_error)
+            return
         delays = self.backoff.delays()
         while not self._stopping:
             try:
-                async with connect(self.url, open_timeout=self.open_timeout_s, max_size=p.MAX_FRAME_BYTES,
-                                   compression=None, ping_interval=None, proxy=None,
-                                   user_agent_header="lanrage") as ws:
+                async with connect(self.target.url, open_timeout=self.open_timeout_s,
+                                   max_size=p.MAX_FRAME_BYTES, compression=None, ping_interval=None,
+                                   proxy=None, user_agent_header="lanrage",
+                                   ssl=self.target.client_tls()) as ws:
                     heartbeat_s = await self._authenticate(ws)
                     delays = self.backoff.delays()
                     await self._serve(ws, heartbeat_s)
@@ -157,12 +177,29 @@ class AsyncControlClient:
     # ------------------------------------------------------------ internals
 
     async def _authenticate(self, ws: ClientConnection) -> float:
+        seen = peer_fingerprint(ws.transport)
+        if self.target.fingerprint and seen != self.target.fingerprint:
+            raise ControlError("wrong_server", f"{self.target.authority} presented a TLS certificate other "
+                                               "than the one this URL pins")
         await ws.send(json.dumps({"type": "hello", "v": p.VERSION, "public_key": self.identity.public_key,
                                   "name": self.name}))
         challenge = await self._expect(ws, "challenge")
-        proof = self.identity.prove(challenge["ephemeral"], challenge["nonce"])
-        await ws.send(json.dumps({"type": "auth", "v": p.VERSION, "proof": proof}))
+        server_key = challenge.get("server_key")
+        pinned = self.target.server_key
+        if not isinstance(server_key, str) or (pinned and server_key != pinned):
+            raise ControlError("wrong_server", f"{self.target.authority} is not the control server this URL "
+                                               "names (another server key)")
+        binding = ServerBinding(server_key, seen, self.target.authority)
+        try:
+            proof = self.identity.prove(str(challenge.get("ephemeral")), str(challenge.get("nonce")), binding)
+        except IdentityError as error:
+            raise ControlError(p.BAD_MESSAGE, f"unusable challenge: {error}") from None
+        await ws.send(json.dumps({"type": "auth", "v": p.VERSION, "proof": proof, "server_key": server_key,
+                                  "authority": binding.authority, "fingerprint": seen}))
         welcome = await self._expect(ws, "welcome")
+        if not self.identity.check_server_proof(server_key, proof, str(welcome.get("server_proof", ""))):
+            raise ControlError("wrong_server", f"{self.target.authority} did not prove it holds its key")
+        self.server_key, self.fingerprint = server_key, seen or None
         self.welcome = welcome
         self._ws = ws
         self.connects += 1
@@ -177,7 +214,12 @@ class AsyncControlClient:
 
     async def _expect(self, ws: ClientConnection, kind: str) -> Message:
         frame = await asyncio.wait_for(ws.recv(), self.open_timeout_s)
-        answer = json.loads(frame)
+        try:
+            answer = json.loads(frame)
+        except (ValueError, RecursionError):
+            raise ControlError(p.BAD_JSON, f"the server answered {kind} with no JSON") from None
+        if not isinstance(answer, dict):
+            raise ControlError(p.BAD_MESSAGE, f"expected {kind}, got a JSON {type(answer).__name__}")
         if answer.get("type") == "error":
             raise ControlError(answer.get("code", "error"), answer.get("message", ""))
         if answer.get("type") != kind:

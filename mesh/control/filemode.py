@@ -34,7 +34,10 @@ from mesh.control.identity import Identity
 from mesh.control.secrets_hash import check_secret, hash_secret, new_secret
 
 Message = dict[str, Any]
-_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A party or peer id names a directory or a file: never "." or "..", never hidden.
+_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+MAX_FILE_BYTES = 64 * 1024  # a member or party file is a few hundred bytes
+MAX_MEMBERS = 1024  # member files read per poll: a LAN party is far smaller
 
 
 def _write(path: Path, body: Message) -> None:
@@ -47,10 +50,26 @@ def _write(path: Path, body: Message) -> None:
 
 def _read(path: Path) -> Message | None:
     try:
-        body = json.loads(path.read_text())
-    except (OSError, ValueError):
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            return None
+        body = json.loads(raw)
+    except (OSError, ValueError, RecursionError):
         return None
     return body if isinstance(body, dict) else None
+
+
+def _member_ok(member: Message) -> bool:
+    """A member file that the pushes can carry as is: the right types, bounded sizes."""
+    seen = member.get("seen", 0)
+    candidates = member.get("candidates", [])
+    return (isinstance(member.get("peer_id"), str) and bool(_ID.match(member["peer_id"]))
+            and all(isinstance(member.get(key, ""), str) and len(member.get(key, "")) <= 256
+                    for key in ("name", "public_key", "virtual_ip", "nat_type"))
+            and isinstance(seen, int | float) and not isinstance(seen, bool) and seen == seen
+            and isinstance(candidates, list) and len(candidates) <= 16
+            and all(isinstance(c, str) and len(c) <= 64 for c in candidates))
 
 
 class FileDiscovery:
@@ -206,10 +225,10 @@ class FileDiscovery:
 
     def _members(self, party_id: str, online_only: bool = False) -> list[Message]:
         members = []
-        for path in sorted((self._party_dir(party_id) / "members").glob("*.json")):
+        for path in sorted((self._party_dir(party_id) / "members").glob("*.json"))[:MAX_MEMBERS]:
             member = _read(path)
-            if member is None or not isinstance(member.get("peer_id"), str):
-                continue
+            if member is None or not _member_ok(member):
+                continue  # anyone who can write the directory can write junk: skip it, never fail
             online = time.time() - float(member.get("seen", 0)) < self.ttl_s
             if online_only and not online:
                 continue
@@ -222,6 +241,8 @@ class FileDiscovery:
 
     def _snapshot(self, party_id: str) -> Message:
         party = self._party(party_id)
+        if not all(isinstance(party.get(key), str) for key in ("name", "host_peer_id", "subnet")):
+            raise ControlError("bad_message", f"the party file of {party_id} in {self.directory} is damaged")
         return {"party_id": party_id, "name": party["name"], "host_peer_id": party["host_peer_id"],
                 "subnet": party["subnet"], "members": self._members(party_id)}
 

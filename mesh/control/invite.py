@@ -2,9 +2,15 @@
 
 Format: ``lanrage1-`` followed by the unpadded base64url of a small JSON object
 ``{"c": control_url, "p": party_id, "n": party_name, "s": secret}``. The control URL
-is ``ws://host:port`` (or ``wss://``) for a control server, or ``file:///dir`` for
-the local file-based discovery mode. The secret is only ever in the invite and in
-the join request; the server stores a salted hash of it.
+is ``ws://host:port`` (or ``wss://``) for a control server, with the server's key and
+certificate fingerprint pinned in its query (``?key=...&fp=...``, see
+``mesh.control.target``), or ``file:///dir`` for the local file-based discovery mode.
+The secret is only ever in the invite and in the join request; the server stores a
+salted hash of it.
+
+Anyone can mint an invite, so decoding trusts nothing: the text is bounded, the JSON
+must be one flat object of short strings, the URL must parse, and a ``file://`` path
+must be absolute without ``..``. Every failure is an ``InviteError``.
 """
 
 from __future__ import annotations
@@ -12,10 +18,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+from mesh.control.target import ControlTarget, TargetError
 
 PREFIX = "lanrage1-"
 MAX_INVITE_CHARS = 2048
+MAX_FIELD_CHARS = 1024
+_PARTY_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 
 
 class InviteError(ValueError):
@@ -42,12 +54,32 @@ class Invite:
         body = text[len(PREFIX):]
         try:
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            if not raw.lstrip().startswith(b"{"):
+                raise ValueError("an invite is one JSON object")
             data = json.loads(raw)
-        except (binascii.Error, ValueError):
+        except (binascii.Error, ValueError, RecursionError):
             raise InviteError("the invite is damaged: copy it again, in full") from None
         if not isinstance(data, dict) or not all(isinstance(data.get(k), str) and data.get(k)
+                                                  and len(data[k]) <= MAX_FIELD_CHARS
                                                   for k in ("c", "p", "n", "s")):
             raise InviteError("the invite is damaged: copy it again, in full")
-        if not data["c"].startswith(("ws://", "wss://", "file://")):
-            raise InviteError("the invite names no usable control server")
+        if not _PARTY_ID.match(data["p"]):
+            raise InviteError("the invite names no usable party id")
+        check_control_url(data["c"])
         return cls(control_url=data["c"], party_id=data["p"], party_name=data["n"], secret=data["s"])
+
+
+def check_control_url(url: str) -> None:
+    """Raise InviteError unless ``url`` is a usable ws://, wss:// or file:// control plane."""
+    if url.startswith("file://"):
+        path = unquote(urlsplit(url).path)
+        if urlsplit(url).netloc not in ("", "localhost") or not path.startswith("/") or \
+                ".." in path.split("/") or "\0" in path:
+            raise InviteError("the invite's discovery directory must be an absolute path without ..")
+        return
+    if not url.startswith(("ws://", "wss://")):
+        raise InviteError("the invite names no usable control server")
+    try:
+        ControlTarget.parse(url)
+    except TargetError as error:
+        raise InviteError(f"the invite names no usable control server: {error}") from None

@@ -28,6 +28,7 @@ UNSUPPORTED_VERSION = "unsupported_version"
 NOT_AUTHENTICATED = "not_authenticated"
 AUTH_FAILED = "auth_failed"
 FORBIDDEN = "forbidden"
+QUOTA = "quota"
 NOT_FOUND = "not_found"
 NOT_MEMBER = "not_member"
 PEER_OFFLINE = "peer_offline"
@@ -41,6 +42,7 @@ CLOSE_AUTH_FAILED = 4001
 CLOSE_AUTH_TIMEOUT = 4002
 CLOSE_SUPERSEDED = 4003
 CLOSE_TOO_MANY_ERRORS = 4004
+CLOSE_TOO_SLOW = 4005  # the node did not read what the server sent it
 CLOSE_SERVER_STOPPING = 1001
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -68,6 +70,10 @@ class Hello(_Request):
 class Auth(_Request):
     type: Literal["auth"]
     proof: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    # The server the node made its proof for (see mesh.control.identity.ServerBinding).
+    server_key: Key
+    authority: Annotated[str, StringConstraints(min_length=3, max_length=300)]
+    fingerprint: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{64})?$")] = ""
 
 
 class CreateParty(_Request):

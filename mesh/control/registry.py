@@ -2,8 +2,9 @@
 
 The server appends events to its own stream and applies them with ``apply``; a
 restart reads the stream and folds it back, so the registry survives crashes and
-can be replayed. Presence (who is online, their candidates) is deliberately not
-here: it is soft state that a reconnecting node re-announces.
+can be replayed, in time linear in the number of events. Presence (who is online,
+their candidates) is deliberately not here: it is soft state that a reconnecting
+node re-announces.
 """
 
 from __future__ import annotations
@@ -39,60 +40,83 @@ class Party:
         return next((m for m in self.members if m.peer_id == peer_id), None)
 
 
-@dataclass(frozen=True)
 class Registry:
-    parties: tuple[tuple[str, Party], ...] = ()
-    relays: tuple[str, ...] = ()
-    refused_joins: int = 0
+    """Parties by id, and the parties of each peer, indexed: every lookup is constant time.
+
+    ``apply`` updates a registry in place (one fold owns it: the server's, or a replay's),
+    so replaying the stream costs one step per event, however many parties there are.
+    """
+
+    def __init__(self) -> None:
+        self._parties: dict[str, Party] = {}
+        self._member_of: dict[str, dict[str, None]] = {}  # peer id -> its party ids, in join order
+        self.relays: tuple[str, ...] = ()
+        self.refused_joins = 0
+
+    @property
+    def parties(self) -> tuple[tuple[str, Party], ...]:
+        return tuple(self._parties.items())
 
     @property
     def by_id(self) -> dict[str, Party]:
-        return dict(self.parties)
+        return dict(self._parties)
+
+    def __len__(self) -> int:
+        return len(self._parties)
 
     def party(self, party_id: str) -> Party | None:
-        return self.by_id.get(party_id)
+        return self._parties.get(party_id)
 
     def parties_of(self, peer_id: str) -> list[Party]:
-        return [p for _, p in self.parties if p.member(peer_id) is not None]
+        return [self._parties[party_id] for party_id in self._member_of.get(peer_id, ())]
 
+    def memberships(self, peer_id: str) -> int:
+        return len(self._member_of.get(peer_id, ()))
 
-def _put(registry: Registry, party: Party) -> Registry:
-    parties = dict(registry.parties)
-    parties[party.party_id] = party
-    return replace(registry, parties=tuple(parties.items()))
+    def _put(self, party: Party) -> None:
+        self._parties[party.party_id] = party
+
+    def _admit(self, party_id: str, peer_id: str) -> None:
+        self._member_of.setdefault(peer_id, {})[party_id] = None
+
+    def _discharge(self, party_id: str, peer_id: str) -> None:
+        parties = self._member_of.get(peer_id)
+        if parties is not None:
+            parties.pop(party_id, None)
+            if not parties:
+                del self._member_of[peer_id]
 
 
 def apply(registry: Registry, event: Event) -> Registry:
     match event:
         case ev.ControlPartyRegistered():
-            return _put(registry, Party(party_id=event.party_id, name=event.name,
-                                        host_peer_id=event.host_peer_id, secret_hash=event.secret_hash,
-                                        subnet=event.subnet))
+            registry._put(Party(party_id=event.party_id, name=event.name, host_peer_id=event.host_peer_id,
+                                secret_hash=event.secret_hash, subnet=event.subnet))
         case ev.ControlMemberAdmitted():
             party = registry.party(event.party_id)
-            if party is None:
-                return registry
-            members = tuple(m for m in party.members if m.peer_id != event.peer_id)
-            member = Member(peer_id=event.peer_id, public_key=event.public_key,
-                            virtual_ip=event.virtual_ip, name=event.name)
-            return _put(registry, replace(party, members=(*members, member)))
+            if party is not None:
+                members = tuple(m for m in party.members if m.peer_id != event.peer_id)
+                member = Member(peer_id=event.peer_id, public_key=event.public_key,
+                                virtual_ip=event.virtual_ip, name=event.name)
+                registry._put(replace(party, members=(*members, member)))
+                registry._admit(event.party_id, event.peer_id)
         case ev.ControlMemberRemoved():
             party = registry.party(event.party_id)
-            if party is None:
-                return registry
-            return _put(registry, replace(party, members=tuple(
-                m for m in party.members if m.peer_id != event.peer_id)))
+            if party is not None:
+                registry._put(replace(party, members=tuple(
+                    m for m in party.members if m.peer_id != event.peer_id)))
+                registry._discharge(event.party_id, event.peer_id)
         case ev.ControlJoinRefused():
-            return replace(registry, refused_joins=registry.refused_joins + 1)
+            registry.refused_joins += 1
         case ev.ControlRelayRegistered():
-            if event.relay in registry.relays:
-                return registry
-            return replace(registry, relays=(*registry.relays, event.relay))
+            if event.relay not in registry.relays:
+                registry.relays = (*registry.relays, event.relay)
     return registry
 
 
 def fold(events: Iterable[Event], registry: Registry | None = None) -> Registry:
-    state = registry or Registry()
+    """Apply ``events`` to ``registry`` (in place) or to a new one."""
+    state = registry if registry is not None else Registry()
     for event in events:
         state = apply(state, event)
     return state

@@ -4,33 +4,49 @@ One asyncio process. The registry is a fold of the server's own event stream
 (``control:<server_id>``); every change is appended first and applied after the
 store acknowledged it. Presence (who is connected, their NAT type and candidates)
 is soft state in memory. Each connection gets an outbox and a writer task, so a
-slow node never blocks pushes to the others.
+slow node never blocks pushes to the others; the outbox is bounded in bytes and every
+write in time, so a node that stops reading is dropped and its memory freed.
+
+Nothing a stranger sends makes the server keep unbounded state: connections are
+capped per source address, parties per key and per source address, members per
+party, and the registry is indexed (constant-time lookups, linear replay).
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
+import ssl
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from http import HTTPStatus
 from typing import Any, Protocol
 
 from loguru import logger
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from events import types as ev
 from events.base import Event
 from events.streams import control_stream
 from mesh.control import protocol as p
 from mesh.control import registry as reg
-from mesh.control.identity import Challenge, IdentityError, decode_key, peer_id_for
+from mesh.control.identity import Challenge, Identity, IdentityError, ServerBinding, decode_key, peer_id_for
 from mesh.control.secrets_hash import check_secret, hash_secret, new_secret
-from mesh.relay.tickets import RelayTicket, issue_tickets
+from mesh.control.target import ControlTarget
+from mesh.relay import wire
+from mesh.relay.tickets import RelayTicket, issue_tickets, revoke_key
 
 RELAY_TICKET_MARGIN_S = 600  # a pair's session is reused until this close to its expiry
 RELAY_AFFINITY_S = 30.0  # within this, both ends of a pair get the first session, whatever relay they ask
+REVOKE_RESENDS_S = (0.0, 0.5, 2.0)  # a REVOKE is one UDP datagram: send it three times
+# The one answer to a join of a party that does not exist, or with a wrong or missing
+# secret: a stranger learns nothing about which party ids exist.
+JOIN_REFUSED = "no party with this id and secret on this server"
 
 
 class EventLog(Protocol):
@@ -55,8 +71,23 @@ class ServerConfig:
     max_errors: int = 50
     max_refused_joins: int = 5
     outbox_limit: int = 512
+    # A welcome of a node in many full parties is well under 1 MiB; 2 MiB queued means the
+    # node stopped reading. Dropped then, instead of holding ~32 MB per stuck session.
+    outbox_max_bytes: int = 2 * 1024 * 1024
+    write_timeout_s: float = 10.0  # one frame (or the close) not taken by the node in this time: dropped
+    keepalive_s: float = 20.0  # WebSocket ping interval, and the time allowed for the pong
+    max_connections_per_address: int = 64  # a LAN of nodes behind one NAT, with room to spare
+    max_parties_per_key: int = 32  # memberships (created or joined) of one node key
+    max_parties_per_address_per_hour: int = 60  # creations from one source address
+    max_parties: int = 100_000  # in the whole registry (~1 KiB each in memory)
+    # next_virtual_ip and member lookups are linear in the members: a LAN party is far smaller.
+    max_members_per_party: int = 256
     relays: tuple[str, ...] = ()
     relay_key: bytes | None = field(default=None, repr=False)
+    identity: Identity | None = field(default=None, repr=False)  # static key; invites pin its public half
+    tls: ssl.SSLContext | None = field(default=None, repr=False)
+    fingerprint: str = ""  # SHA-256 hex of the TLS certificate (mesh.control.target.server_tls)
+    public_urls: tuple[str, ...] = ()  # URLs nodes dial when that is not a local address and port
 
 
 @dataclass(eq=False)
@@ -66,6 +97,9 @@ class Session:
     last_seen: float
     outbox: asyncio.Queue[tuple[str, Any]]
     outbox_limit: int
+    outbox_max_bytes: int = 2 * 1024 * 1024
+    address: str = ""
+    queued_bytes: int = 0
     peer_id: str | None = None
     public_key: str | None = None
     name: str = "node"
@@ -81,10 +115,24 @@ class Session:
     def send(self, frame: str) -> None:
         if self.closing:
             return
-        if self.outbox.qsize() >= self.outbox_limit:
-            self.close(1008, "outbox full: reading too slowly")
+        if self.outbox.qsize() >= self.outbox_limit or self.queued_bytes + len(frame) > self.outbox_max_bytes:
+            logger.warning("dropping a node at {} that does not read: {} bytes queued", self.address,
+                           self.queued_bytes)
+            self.abort()
             return
+        self.queued_bytes += len(frame)
         self.outbox.put_nowait(("send", frame))
+
+    def abort(self) -> None:
+        """Drop the connection now, without a close handshake the node would not read either."""
+        self.closing = True
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.queued_bytes = 0
+        self.outbox.put_nowait(("stop", None))
+        transport = self.ws.transport
+        if transport is not None:
+            transport.abort()
 
     def close(self, code: int, reason: str) -> None:
         if self.closing:
@@ -117,6 +165,12 @@ class ControlServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._relay_key = self.config.relay_key or secrets.token_bytes(32)
         self._relay_sessions: dict[tuple[str, str, str], tuple[float, tuple[RelayTicket, RelayTicket]]] = {}
+        self.identity = self.config.identity or Identity.generate()
+        self._authorities: frozenset[str] = frozenset()
+        self._per_address: dict[str, int] = {}  # open connections per source address
+        self._created_by_address: dict[str, deque[float]] = {}  # party creations in the last hour
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp.setblocking(False)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -142,11 +196,48 @@ class ControlServer:
                 self._offline_since.setdefault(member.peer_id, now)
         self._server = await serve(
             self._handle, host, port, max_size=p.MAX_FRAME_BYTES, compression=None,
-            ping_interval=None, max_queue=64, logger=None, server_header="lanrage-control")
+            ping_interval=self.config.keepalive_s, ping_timeout=self.config.keepalive_s,
+            close_timeout=self.config.write_timeout_s, max_queue=64, logger=None,
+            server_header="lanrage-control", ssl=self.config.tls, process_request=self._admit_connection)
+        self._authorities = self._own_authorities(host, self.port)
         self._sweeper = asyncio.create_task(self._sweep())
         logger.info("control server {} listening on {}:{} with {} parties", self.config.server_id, host,
-                    self.port, len(self._registry.parties))
+                    self.port, len(self._registry))
         return self.port
+
+    @property
+    def server_key(self) -> str:
+        return self.identity.public_key
+
+    def url(self, host: str) -> str:
+        """The URL nodes should use for ``host``, with this server's key and certificate pinned."""
+        scheme = "wss" if self.config.tls is not None else "ws"
+        shown = f"[{host}]" if ":" in host else host
+        return ControlTarget.parse(f"{scheme}://{shown}:{self.port}/").pinned(
+            self.server_key, self.config.fingerprint or None)
+
+    def _own_authorities(self, host: str, port: int) -> frozenset[str]:
+        """The host:port a login proof may name: the addresses this server is reachable on."""
+        from mesh.nat.punch import local_ipv4_addresses
+
+        names = {"127.0.0.1", "localhost", "[::1]"}
+        if host in ("", "0.0.0.0", "::"):
+            names.update(local_ipv4_addresses())
+        else:
+            names.add(f"[{host}]" if ":" in host else host)
+        own = {f"{name.lower()}:{port}" for name in names}
+        own.update(ControlTarget.parse(url).authority for url in self.config.public_urls)
+        return frozenset(own)
+
+    def _admit_connection(self, connection: ServerConnection, request: Request) -> Response | None:
+        address = _source(connection)
+        if self._per_address.get(address, 0) >= self.config.max_connections_per_address:
+            return connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
+                                      "too many connections from your address\n")
+        return None
+
+    def session_count(self) -> int:
+        return len(self._sessions)
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -156,14 +247,18 @@ class ControlServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        self._udp.close()
         logger.info("control server {} stopped", self.config.server_id)
 
     # ------------------------------------------------------------ connections
 
     async def _handle(self, ws: ServerConnection) -> None:
         now = time.monotonic()
+        address = _source(ws)
+        self._per_address[address] = self._per_address.get(address, 0) + 1
         session = Session(ws=ws, opened=now, last_seen=now, outbox=asyncio.Queue(),
                           outbox_limit=self.config.outbox_limit,
+                          outbox_max_bytes=self.config.outbox_max_bytes, address=address,
                           tokens=self.config.rate_burst, token_time=now)
         self._sessions.add(session)
         writer = asyncio.create_task(self._write(session))
@@ -175,14 +270,21 @@ class ControlServer:
         except ConnectionClosed:
             pass
         finally:
+            left = self._per_address.get(address, 1) - 1
+            if left > 0:
+                self._per_address[address] = left
+            else:
+                self._per_address.pop(address, None)
             await self._gone(session)
             session.outbox.put_nowait(("stop", None))
             try:
-                await asyncio.wait_for(writer, timeout=2.0)
+                await asyncio.wait_for(writer, timeout=self.config.write_timeout_s + 1)
             except (TimeoutError, asyncio.CancelledError):
                 writer.cancel()
+                session.abort()
 
     async def _write(self, session: Session) -> None:
+        timeout = self.config.write_timeout_s
         try:
             while True:
                 action, value = await session.outbox.get()
@@ -190,11 +292,15 @@ class ControlServer:
                     return
                 if action == "close":
                     code, reason = value
-                    await session.ws.close(code, reason)
+                    await asyncio.wait_for(session.ws.close(code, reason), timeout)
                     return
-                await session.ws.send(value)
+                session.queued_bytes -= len(value)
+                await asyncio.wait_for(session.ws.send(value), timeout)
         except ConnectionClosed:
             return
+        except TimeoutError:
+            logger.warning("dropping a node at {}: a write took longer than {}s", session.address, timeout)
+            session.abort()
 
     async def _receive(self, session: Session, frame: str | bytes) -> None:
         now = time.monotonic()
@@ -267,7 +373,7 @@ class ControlServer:
         session.name = request.name
         session.challenge = Challenge.new()
         session.send(p.message("challenge", re=request.id, server_id=self.config.server_id,
-                               ephemeral=session.challenge.ephemeral_public,
+                               server_key=self.server_key, ephemeral=session.challenge.ephemeral_public,
                                nonce=session.challenge.nonce_text))
 
     def _auth(self, session: Session, request: p.Auth) -> None:
@@ -277,9 +383,20 @@ class ControlServer:
         if challenge is None or public_key is None:
             raise p.ProtocolError(p.NOT_AUTHENTICATED, "send hello before auth", request.id)
         session.challenge = None  # one proof per challenge
-        if not challenge.verify(public_key, request.proof):
-            logger.warning("refused a node that could not prove its key {}", public_key)
-            session.send(p.error(p.AUTH_FAILED, "the proof does not match the public key", request.id))
+        refusal = None
+        if request.server_key != self.server_key:
+            refusal = "this login was made for another control server's key"
+        elif request.fingerprint != self.config.fingerprint:
+            refusal = "this login was made over another TLS certificate than this server's"
+        elif request.authority.lower() not in self._authorities:
+            refusal = f"this login was made for {request.authority[:100]}, which is not this server"
+        elif not challenge.verify(public_key, request.proof, self.identity,
+                                  ServerBinding(self.server_key, self.config.fingerprint,
+                                                request.authority.lower())):
+            refusal = "the proof does not match the public key"
+        if refusal is not None:
+            logger.warning("refused a login of key {} from {}: {}", public_key, session.address, refusal)
+            session.send(p.error(p.AUTH_FAILED, refusal, request.id))
             session.close(p.CLOSE_AUTH_FAILED, "authentication failed")
             return
         peer_id = peer_id_for(public_key)
@@ -295,6 +412,7 @@ class ControlServer:
         logger.info("peer {} ({}) authenticated", peer_id, session.name)
         session.send(p.message(
             "welcome", re=request.id, peer_id=peer_id, server_id=self.config.server_id,
+            server_proof=self.identity.server_proof(public_key, request.proof),
             heartbeat_s=self.config.heartbeat_s, ttl_s=self.config.ttl_s,
             parties=[self._snapshot(party) for party in self._registry.parties_of(peer_id)],
             relays=list(self._registry.relays)))
@@ -302,6 +420,7 @@ class ControlServer:
 
     async def _create(self, session: Session, request: p.CreateParty) -> None:
         assert session.peer_id is not None and session.public_key is not None
+        self._check_quota(session, request.id, creating=True)
         secret = new_secret()
         party_id = secrets.token_hex(8)
         async with self._lock:
@@ -324,22 +443,25 @@ class ControlServer:
         peer_id = session.peer_id
         async with self._lock:
             party = self._registry.party(request.party_id)
-            if party is None:
-                raise p.ProtocolError(p.NOT_FOUND, f"no party {request.party_id} on this server",
-                                      request.id)
-            if not request.secret or not check_secret(request.secret, party.secret_hash):
-                reason = "missing party secret" if not request.secret else "wrong party secret"
-                await self._append([ev.ControlJoinRefused(party_id=party.party_id, reason=reason,
+            if party is None or not request.secret or not check_secret(request.secret, party.secret_hash):
+                # One answer, and one recorded refusal, whether or not the party exists.
+                reason = ("unknown party" if party is None else
+                          "missing party secret" if not request.secret else "wrong party secret")
+                await self._append([ev.ControlJoinRefused(party_id=request.party_id, reason=reason,
                                                           public_key=session.public_key)])
                 session.refused += 1
-                logger.warning("refused {} joining party {}: {}", peer_id, party.party_id, reason)
+                logger.warning("refused {} joining party {}: {}", peer_id, request.party_id, reason)
                 if session.refused >= self.config.max_refused_joins:
-                    session.send(p.error(p.FORBIDDEN, reason, request.id))
+                    session.send(p.error(p.FORBIDDEN, JOIN_REFUSED, request.id))
                     session.close(p.CLOSE_TOO_MANY_ERRORS, "too many refused joins")
                     return
-                raise p.ProtocolError(p.FORBIDDEN, reason, request.id)
+                raise p.ProtocolError(p.FORBIDDEN, JOIN_REFUSED, request.id)
             joined = party.member(peer_id) is None
             if joined:
+                self._check_quota(session, request.id, creating=False)
+                if len(party.members) >= self.config.max_members_per_party:
+                    raise p.ProtocolError(p.QUOTA, f"this party is full ({len(party.members)} members)",
+                                          request.id)
                 await self._append([ev.ControlMemberAdmitted(
                     party_id=party.party_id, peer_id=peer_id, public_key=session.public_key,
                     virtual_ip=reg.next_virtual_ip(party), name=session.name)])
@@ -362,6 +484,7 @@ class ControlServer:
         await self._append([ev.ControlMemberRemoved(party_id=party.party_id, peer_id=peer_id,
                                                     reason=reason)])
         logger.info("peer {} removed from party {}: {}", peer_id, party.party_id, reason)
+        self._revoke_relay_sessions(party.party_id, peer_id)
         remaining = self._registry.party(party.party_id)
         if remaining is not None:
             self._broadcast(remaining, p.message("peer_left", party_id=party.party_id, peer_id=peer_id,
@@ -383,6 +506,8 @@ class ControlServer:
 
     def _relay(self, session: Session, request: p.RelayRequest) -> None:
         assert session.peer_id is not None
+        if request.to == session.peer_id:
+            raise p.ProtocolError(p.BAD_MESSAGE, "a relay session joins two different peers", request.id)
         party = self._member_party(request.party_id, session.peer_id, request.id)
         if party.member(request.to) is None:
             raise p.ProtocolError(p.NOT_MEMBER, f"{request.to} is not a member of party {party.party_id}",
@@ -423,6 +548,50 @@ class ControlServer:
             self._relay_sessions[key] = entry
         pair = entry[1]
         return (pair[0], pair[1]) if pair[0].local_peer == me else (pair[1], pair[0])
+
+    def _revoke_relay_sessions(self, party_id: str, peer_id: str) -> None:
+        """A member left: end every relay session it holds in that party, on its relay."""
+        gone = [key for key in self._relay_sessions if key[0] == party_id and peer_id in key[1:]]
+        key = revoke_key(self._relay_key)
+        loop = asyncio.get_running_loop()
+        for pair_key in gone:
+            ticket = self._relay_sessions.pop(pair_key)[1][0]
+            try:
+                relay = ControlTarget.parse(f"ws://{ticket.relay}").authority.rpartition(":")
+                address = (socket.gethostbyname(relay[0].strip("[]")), int(relay[2]))
+            except (ValueError, OSError) as error:
+                logger.warning("cannot revoke relay session {} on {}: {}", ticket.session_id, ticket.relay,
+                               error)
+                continue
+            for delay in REVOKE_RESENDS_S:
+                loop.call_later(delay, self._send_revoke, key, ticket, address)
+            logger.info("revoked relay session {} on {}", ticket.session_id, ticket.relay)
+
+    def _send_revoke(self, key: bytes, ticket: RelayTicket, address: tuple[str, int]) -> None:
+        datagram = wire.encode_revoke(key, ticket.session_id, ticket.expiry_s, int(time.time() * 1000),
+                                      secrets.token_bytes(wire.NONCE_LEN))
+        try:
+            self._udp.sendto(datagram, address)
+        except OSError as error:
+            logger.warning("could not send a revocation to relay {}: {}", ticket.relay, error)
+
+    def _check_quota(self, session: Session, request_id: str | None, creating: bool) -> None:
+        assert session.peer_id is not None
+        if self._registry.memberships(session.peer_id) >= self.config.max_parties_per_key:
+            raise p.ProtocolError(p.QUOTA, f"this node is already in {self.config.max_parties_per_key} "
+                                           "parties: leave one first", request_id)
+        if not creating:
+            return
+        if len(self._registry) >= self.config.max_parties:
+            raise p.ProtocolError(p.QUOTA, "this server holds as many parties as it will", request_id)
+        now = time.monotonic()
+        recent = self._created_by_address.setdefault(session.address, deque())
+        while recent and now - recent[0] > 3600:
+            recent.popleft()
+        if len(recent) >= self.config.max_parties_per_address_per_hour:
+            raise p.ProtocolError(p.QUOTA, "too many parties created from your address in the last hour",
+                                  request_id)
+        recent.append(now)
 
     # ------------------------------------------------------------ helpers
 
@@ -477,6 +646,9 @@ class ControlServer:
             elif session.peer_id is not None and now - session.last_seen > config.ttl_s:
                 logger.info("peer {} missed its heartbeats for {}s", session.peer_id, config.ttl_s)
                 session.close(p.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+        idle = [a for a, times in self._created_by_address.items() if not times or now - times[-1] > 3600]
+        for address in idle:
+            del self._created_by_address[address]
         expired = [pid for pid, since in self._offline_since.items()
                    if now - since > config.member_expiry_s]
         for peer_id in expired:
@@ -484,3 +656,11 @@ class ControlServer:
             async with self._lock:
                 for party in self._registry.parties_of(peer_id):
                     await self._remove(party, peer_id, "expired")
+
+
+def _source(connection: ServerConnection) -> str:
+    """The source IP address of a connection ("" when the transport does not say)."""
+    try:
+        return str(connection.remote_address[0])
+    except (TypeError, IndexError, AttributeError):
+        return ""

@@ -17,6 +17,13 @@ confirm a path and the session secret never travels)::
 
 Packets leave from WireGuard's listen port (``rawudp``): the NAT mapping they open
 is the one WireGuard's handshake will use a moment later.
+
+A MAC'd message can still be captured and replayed, from any source address. So an
+ACK confirms a path only when it comes from the very address its echoed sequence
+number was sent to; a PUNCH whose (sender, seq) was already seen, or is older than a
+window, is dropped unanswered; and a session learns at most a few peer-reflexive
+targets. A replayed PUNCH thus gets no answer, and never turns the puncher into a
+sender towards an address the attacker chose.
 """
 
 from __future__ import annotations
@@ -46,6 +53,11 @@ ACK = 2
 CONFIRMED = 1
 _BODY = struct.Struct("!3sBB8sII")
 MESSAGE_LEN = _BODY.size + 16
+REPLAY_WINDOW = 256  # a PUNCH more than this many sequence numbers behind the newest is a replay
+MAX_SENDERS = 4  # sender ids one session keeps a replay window for (the peer, and its restarts)
+# Peer-reflexive targets one session may learn: a symmetric NAT shows one or two mappings;
+# more can only be replays from addresses an attacker chose.
+MAX_LEARNED_TARGETS = 4
 TUNNEL_NET = ipaddress.ip_network("10.66.0.0/16")
 
 Address = tuple[str, int]
@@ -137,6 +149,7 @@ class UdpHolePuncher:
         self.linger_s = linger_s
         self.sent = 0
         self.dropped = 0
+        self.replays = 0  # PUNCH messages refused by the replay window
 
     def candidates(self) -> tuple[str, ...]:
         found: list[str] = []
@@ -175,7 +188,9 @@ class UdpHolePuncher:
     def _run(self, port: UdpPort, key: bytes, targets: list[Address], started: float, deadline: float,
              begin: float) -> PunchResult:
         me = os.urandom(8)
-        sent_at: dict[int, float] = {}
+        sent_at: dict[int, tuple[float, Address]] = {}  # our seq -> when and where it went
+        seen: dict[bytes, _ReplayWindow] = {}  # their sender id -> the PUNCH seqs seen
+        learned = 0
         seq = 0
         confirmed: Address | None = None
         rtt_ms: float | None = None
@@ -195,7 +210,7 @@ class UdpHolePuncher:
                 flags = CONFIRMED if confirmed else 0
                 for target in [confirmed] if confirmed else targets:
                     seq += 1
-                    sent_at[seq] = now
+                    sent_at[seq] = (now, target)
                     try:
                         port.sendto(encode(key, PUNCH, flags, me, seq, 0), target)
                         self.sent += 1
@@ -214,20 +229,59 @@ class UdpHolePuncher:
             if message is None or message[2] == me:
                 self.dropped += 1
                 continue
-            kind, flags, _, their_seq, echo = message
-            peer_confirmed = peer_confirmed or bool(flags & CONFIRMED)
+            kind, flags, sender, their_seq, echo = message
             if kind == PUNCH:
+                window = seen.get(sender)
+                if window is None:
+                    if len(seen) >= MAX_SENDERS:
+                        self.dropped += 1
+                        continue
+                    window = seen[sender] = _ReplayWindow()
+                if not window.accept(their_seq):
+                    self.replays += 1
+                    continue
+                peer_confirmed = peer_confirmed or bool(flags & CONFIRMED)
                 if addr not in targets:
+                    if learned >= MAX_LEARNED_TARGETS:
+                        self.dropped += 1
+                        continue
+                    learned += 1
                     targets.append(addr)  # peer-reflexive: the mapping a symmetric NAT chose for us
                 with contextlib.suppress(OSError):
                     port.sendto(encode(key, ACK, CONFIRMED if confirmed else 0, me, 0, their_seq), addr)
-            elif kind == ACK and confirmed is None and echo in sent_at:
-                confirmed = addr
-                confirmed_at = time.monotonic()
-                rtt_ms = (confirmed_at - sent_at[echo]) * 1000
+            elif kind == ACK:
+                sent = sent_at.get(echo)
+                if sent is None or sent[1] != addr:
+                    self.dropped += 1  # an ACK counts only from where its PUNCH went
+                    continue
+                peer_confirmed = peer_confirmed or bool(flags & CONFIRMED)
+                if confirmed is None:
+                    confirmed = addr
+                    confirmed_at = time.monotonic()
+                    rtt_ms = (confirmed_at - sent[0]) * 1000
         elapsed_ms = (time.monotonic() - begin) * 1000
         if confirmed is None:
             return PunchResult(False, None, None, elapsed_ms,
                                f"no punch ACK from {len(targets)} candidate(s) in {deadline - started:.1f} s")
         return PunchResult(True, f"{confirmed[0]}:{confirmed[1]}", rtt_ms, elapsed_ms,
                            "confirmed by punch ACK" + ("" if peer_confirmed else " (peer unconfirmed)"))
+
+
+class _ReplayWindow:
+    """The PUNCH sequence numbers one sender used: each is accepted once, and only if recent."""
+
+    __slots__ = ("newest", "seen")
+
+    def __init__(self) -> None:
+        self.newest = 0
+        self.seen: set[int] = set()
+
+    def accept(self, seq: int) -> bool:
+        if seq <= self.newest - REPLAY_WINDOW or seq in self.seen:
+            return False
+        self.seen.add(seq)
+        if seq > self.newest:
+            self.newest = seq
+            if len(self.seen) > 2 * REPLAY_WINDOW:
+                self.seen = {s for s in self.seen if s > seq - REPLAY_WINDOW}
+        return True

@@ -4,7 +4,8 @@ WireGuard's peer endpoint is set to the proxy's loopback address. The proxy's up
 socket is its own (not WireGuard's listen port), so the relay path never competes with
 direct punching for the WireGuard port, and it works behind any NAT including
 symmetric ones: it is outbound-only towards a public relay. The proxy authenticates
-with a HELLO (fresh nonce and timestamp, MAC'd with its side key), repeats it on an
+with a HELLO (fresh nonce and timestamp, MAC'd with its side key, echoing the cookie the
+relay sent to this socket's address: return routability), repeats it on an
 interval so that a restarted relay or a rebound NAT mapping heals, and then moves raw
 WireGuard packets both ways without any extra header.
 """
@@ -64,6 +65,7 @@ class RelayProxy:
         self.packets_up = 0
         self.packets_down = 0
         self._pending: dict[bytes, float] = {}
+        self._cookie = wire.NO_COOKIE  # the relay's return-routability cookie for our address
         self._refused: str | None = None
         self._ok = threading.Event()
         self._stop = threading.Event()
@@ -103,8 +105,11 @@ class RelayProxy:
         nonce = os.urandom(wire.NONCE_LEN)
         ticket = self.ticket
         data = wire.encode_hello(kind, ticket.key, ticket.side, ticket.expiry_s, int(time.time() * 1000),
-                                 nonce, ticket.session_id, ticket.party_id, ticket.peer_a, ticket.peer_b)
-        self._pending[nonce] = time.monotonic()
+                                 nonce, ticket.session_id, ticket.party_id, ticket.peer_a, ticket.peer_b,
+                                 self._cookie)
+        now = time.monotonic()
+        self._pending = {n: sent for n, sent in self._pending.items() if now - sent < 60.0}
+        self._pending[nonce] = now
         with contextlib.suppress(OSError):
             self._upstream.send(data)
 
@@ -144,6 +149,11 @@ class RelayProxy:
                 next_hello = time.monotonic() + self._rehello_s
 
     def _on_control(self, data: bytes) -> None:
+        cookie = wire.parse_cookie(data)
+        if cookie is not None and self._pending.pop(cookie[0], None) is not None:
+            self._cookie = cookie[1]  # our address changed or the cookie aged: say HELLO again with it
+            self._hello(wire.HELLO)
+            return
         ok = wire.parse_hello_ok(data)
         if ok is not None and self._pending.pop(ok[0], None) is not None:
             self.peer_bound = ok[2]
@@ -153,6 +163,24 @@ class RelayProxy:
         refused = wire.parse_refused(data)
         if refused is not None and self._pending.pop(refused[0], None) is not None and not self._ok.is_set():
             self._refused = wire.REFUSAL_NAMES[refused[1]]
+
+
+def hello_exchange(sock: socket.socket, ticket: RelayTicket, relay: Address, kind: int = wire.HELLO) -> bytes:
+    """One HELLO (or BYE) from a plain UDP socket and the relay's answer, cookie round included.
+
+    For tools and benchmarks that speak to a relay without a proxy; ``sock`` needs a timeout.
+    """
+    cookie = wire.NO_COOKIE
+    for _ in range(2):
+        sock.sendto(wire.encode_hello(kind, ticket.key, ticket.side, ticket.expiry_s, int(time.time() * 1000),
+                                      os.urandom(wire.NONCE_LEN), ticket.session_id, ticket.party_id,
+                                      ticket.peer_a, ticket.peer_b, cookie), relay)
+        answer = sock.recv(2048)
+        echoed = wire.parse_cookie(answer)
+        if echoed is None:
+            return answer
+        cookie = echoed[1]
+    return answer
 
 
 def probe_relay(relay: str, timeout_s: float = 1.0) -> float | None:

@@ -8,14 +8,18 @@ or when the socket is idle. Events go to a writer thread through a queue, so a s
 store never stalls forwarding.
 
 Never an open relay: a datagram is forwarded only when its source address was bound
-to one side of a session by a valid HELLO, only if it is shaped like a WireGuard
-message, and only to the address bound to the other side of that same session.
+to one side of a session by a valid HELLO that echoed the cookie the relay sent to that
+address (return routability), only if it is shaped like a WireGuard message, and only
+to the address bound to the other side of that same session. Sessions end at their
+ticket's expiry and when the control server revokes them; every piece of state a
+stranger or a ticket holder can make the relay keep is capped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import hmac
 import os
 import queue
 import socket
@@ -23,6 +27,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from hashlib import sha256
 from typing import Any, Protocol
 
 from events.base import Event
@@ -35,7 +40,7 @@ from events.types import (
     RelaySessionExpired,
 )
 from mesh.relay import batch, wire
-from mesh.relay.tickets import side_key
+from mesh.relay.tickets import revoke_key, side_key
 
 Address = tuple[str, int]
 
@@ -58,6 +63,19 @@ class RelayConfig:
     housekeeping_s: float = 0.1
     socket_buffer: int = 8 * 1024 * 1024
     batched: bool = True  # recvmmsg/sendmmsg through ctypes where available (mesh/relay/batch.py)
+    # A peer relays at most to every other member of its parties; 64 covers a full LAN party
+    # many times over, and stops one ticket holder from filling the relay.
+    max_sessions_per_peer: int = 64
+    max_sessions: int = 50_000  # ~200 bytes of state each: about 10 MB, whatever the traffic
+    # The proxy says HELLO every 10 s from two sides, plus the cookie round: 12 a minute.
+    # 64 per session per nonce window bounds the nonce memory at max_sessions * 64 entries.
+    max_hellos_per_session: int = 64
+    # Answers (PONG, COOKIE, REFUSED) to sources that may be forged: never more than this
+    # many a second in total, nor per source address, so the relay is no reflector.
+    reply_pps: float = 5_000.0
+    replies_per_source_per_s: int = 100
+    cookie_window_s: float = 60.0  # a cookie is valid in its window and the next one
+    max_revoked: int = 100_000  # revoked session ids kept until their ticket expiry
 
 
 @dataclass
@@ -71,14 +89,17 @@ class Counters:
     hellos_accepted: int = 0
     hellos_refused: dict[str, int] = field(default_factory=dict)
     probes: int = 0
+    cookies_sent: int = 0
+    replies_suppressed: int = 0  # answers not sent because of the reply rate limit
+    revocations: int = 0
 
     def copy(self) -> Counters:
         return Counters(**{**self.__dict__, "hellos_refused": dict(self.hellos_refused)})
 
 
 class _Session:
-    __slots__ = ("addrs", "bytes", "expiry_s", "last_active", "packets", "party_id", "peer_a", "peer_b",
-                 "raw", "seen_packets", "session_id", "stamp", "tokens")
+    __slots__ = ("addrs", "bytes", "expiry_s", "last_active", "nonces", "packets", "party_id", "peer_a",
+                 "peer_b", "raw", "seen_packets", "session_id", "stamp", "tokens")
 
     def __init__(self, hello: wire.Hello, burst: float, now: float) -> None:
         self.session_id = hello.session_id
@@ -94,6 +115,7 @@ class _Session:
         self.packets = 0
         self.seen_packets = 0
         self.bytes = 0
+        self.nonces: dict[bytes, float] = {}  # accepted HELLO nonces -> when (monotonic), one window
 
 
 class RelayServer:
@@ -122,7 +144,14 @@ class RelayServer:
         self._raw_routes: dict[bytes, tuple[_Session, int]] = {}  # the same, keyed for the batched path
         use_batch = self.config.batched and batch.available()
         self._batch = batch.BatchIO(self._sock.fileno()) if use_batch else None
-        self._nonces: dict[bytes, float] = {}  # nonce -> when seen (monotonic), kept one window
+        self._revoke_nonces: dict[bytes, float] = {}  # only the secret's holders can add one
+        self._revoked: dict[str, int] = {}  # session id -> its ticket expiry (unix s)
+        self._peer_sessions: dict[str, int] = {}  # peer id -> live sessions naming it
+        self._cookie_secret = os.urandom(32)  # per run: a restart asks every proxy for a new cookie
+        self._revoke_key = revoke_key(secret)
+        self._reply_tokens = self.config.reply_pps
+        self._reply_stamp = time.monotonic()
+        self._replies_by_source: dict[str, int] = {}  # this second's answers per source IP
         self._counters = Counters()  # flushed from the loop's locals; read with counters()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -183,6 +212,13 @@ class RelayServer:
     def active_sessions(self) -> int:
         with self._lock:
             return len(self._sessions)
+
+    def state_size(self) -> dict[str, int]:
+        """How much per-source and per-session state the relay holds (what the caps bound)."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        return {"sessions": len(sessions), "nonces": sum(len(s.nonces) for s in sessions),
+                "revoked": len(self._revoked), "reply_sources": len(self._replies_by_source)}
 
     # ------------------------------------------------------------ the forwarding loop
 
@@ -346,7 +382,10 @@ class RelayServer:
                 local.dropped_malformed += 1
                 return
             local.probes += 1
-            self._send(wire.pong_for(data), addr)
+            self._reply(wire.pong_for(data), addr, local)
+            return
+        if kind == wire.REVOKE:
+            self._revoke(data, local)
             return
         if kind not in (wire.HELLO, wire.BYE):
             local.dropped_malformed += 1  # replies are never sent to a relay
@@ -355,22 +394,68 @@ class RelayServer:
         if hello is None:
             local.dropped_malformed += 1
             return
-        reason = self._check(hello)
+        reason = self._check(hello, addr)
         if reason is not None:
             name = wire.REFUSAL_NAMES[reason]
             local.hellos_refused[name] = local.hellos_refused.get(name, 0) + 1
-            self._send(wire.encode_refused(hello.nonce, reason), addr)
+            self._reply(wire.encode_refused(hello.nonce, reason), addr, local)
             return
-        self._nonces[hello.nonce] = time.monotonic()
         if hello.kind == wire.HELLO:
+            cookie = self._cookie(addr, hello, 0)
+            if not (hmac.compare_digest(hello.cookie, cookie)
+                    or hmac.compare_digest(hello.cookie, self._cookie(addr, hello, -1))):
+                # Return routability: only the owner of ``addr`` sees this answer.
+                local.cookies_sent += 1
+                self._reply(wire.encode_cookie(hello.nonce, cookie), addr, local)
+                return
             session = self._bind(hello, addr)
+            if session is None:
+                local.hellos_refused["limited"] = local.hellos_refused.get("limited", 0) + 1
+                self._reply(wire.encode_refused(hello.nonce, wire.LIMITED), addr, local)
+                return
+            session.nonces[hello.nonce] = time.monotonic()
             local.hellos_accepted += 1
             peer_bound = session.addrs[1 - hello.side] is not None
             self._send(wire.encode_hello_ok(hello.nonce, hello.side, peer_bound), addr)
         else:
+            session = self._sessions.get(hello.session_id)
+            if session is not None:
+                session.nonces[hello.nonce] = time.monotonic()
             self._unbind(hello, addr)
 
-    def _check(self, hello: wire.Hello) -> int | None:
+    def _cookie(self, addr: Address, hello: wire.Hello, window_offset: int) -> bytes:
+        window = int(time.monotonic() // self.config.cookie_window_s) + window_offset
+        message = f"{addr[0]}|{addr[1]}|{hello.session_id}|{hello.side}|{window}".encode()
+        return hmac.new(self._cookie_secret, message, sha256).digest()[:wire.COOKIE_LEN]
+
+    def _reply(self, data: bytes, addr: Address, local: Counters) -> None:
+        """An answer to a source that may be forged: rate-limited in total and per source address."""
+        sent = self._replies_by_source.get(addr[0], 0)
+        if self._reply_tokens < 1.0 or sent >= self.config.replies_per_source_per_s:
+            local.replies_suppressed += 1
+            return
+        self._reply_tokens -= 1.0
+        self._replies_by_source[addr[0]] = sent + 1
+        self._send(data, addr)
+
+    def _revoke(self, data: bytes, local: Counters) -> None:
+        revoke = wire.parse_revoke(data)
+        if revoke is None or not wire.revoke_mac_ok(revoke, self._revoke_key):
+            local.dropped_malformed += 1
+            return
+        now = time.time()
+        if abs(revoke.timestamp_ms / 1000 - now) > self.config.hello_window_s or \
+                revoke.nonce in self._revoke_nonces:
+            return  # stale, or a copy of one already applied (the control server sends a few)
+        self._revoke_nonces[revoke.nonce] = time.monotonic()
+        if revoke.expiry_s > now and len(self._revoked) < self.config.max_revoked:
+            self._revoked[revoke.session_id] = revoke.expiry_s
+        local.revocations += 1
+        session = self._sessions.get(revoke.session_id)
+        if session is not None:
+            self._expire(session, "revoked")
+
+    def _check(self, hello: wire.Hello, addr: Address) -> int | None:
         key = side_key(self._secret, hello.session_id, hello.party_id, hello.peer_a, hello.peer_b,
                        hello.expiry_s, hello.side)
         if not wire.hello_mac_ok(hello, key):
@@ -380,18 +465,36 @@ class RelayServer:
             return wire.EXPIRED
         if abs(hello.timestamp_ms / 1000 - now) > self.config.hello_window_s:
             return wire.STALE
-        if hello.nonce in self._nonces:
-            return wire.REPLAYED
+        if hello.peer_a == hello.peer_b:
+            return wire.SELF_PAIRED
+        if hello.session_id in self._revoked:
+            return wire.REVOKED
         existing = self._sessions.get(hello.session_id)
-        if existing is not None and (existing.party_id, existing.peer_a, existing.peer_b) != (
-                hello.party_id, hello.peer_a, hello.peer_b):
+        if existing is None:
+            return None
+        named = (hello.party_id, hello.peer_a, hello.peer_b)
+        if (existing.party_id, existing.peer_a, existing.peer_b) != named:
             return wire.BAD_MAC
+        if hello.nonce in existing.nonces:
+            return wire.REPLAYED
+        if len(existing.nonces) >= self.config.max_hellos_per_session:
+            return wire.LIMITED
+        if hello.kind == wire.HELLO and existing.addrs[1 - hello.side] == addr:
+            return wire.SELF_PAIRED  # one address on both sides would loop packets back to itself
         return None
 
-    def _bind(self, hello: wire.Hello, addr: Address) -> _Session:
+    def _bind(self, hello: wire.Hello, addr: Address) -> _Session | None:
+        """Bind ``addr`` to the HELLO's side; None when a session cap refuses a new session."""
         now = time.monotonic()
         session = self._sessions.get(hello.session_id)
         if session is None:
+            cap = self.config.max_sessions_per_peer
+            if len(self._sessions) >= self.config.max_sessions or \
+                    self._peer_sessions.get(hello.peer_a, 0) >= cap or \
+                    self._peer_sessions.get(hello.peer_b, 0) >= cap:
+                return None
+            for peer in (hello.peer_a, hello.peer_b):
+                self._peer_sessions[peer] = self._peer_sessions.get(peer, 0) + 1
             session = _Session(hello, self.config.session_burst, now)
             with self._lock:
                 self._sessions[hello.session_id] = session
@@ -431,7 +534,14 @@ class RelayServer:
             if addr is not None:
                 self._drop_route(addr)
         with self._lock:
-            self._sessions.pop(session.session_id, None)
+            if self._sessions.pop(session.session_id, None) is None:
+                return
+        for peer in (session.peer_a, session.peer_b):
+            left = self._peer_sessions.get(peer, 0) - 1
+            if left > 0:
+                self._peer_sessions[peer] = left
+            else:
+                self._peer_sessions.pop(peer, None)
         self._retired_packets += session.packets
         self._retired_bytes += session.bytes
         self._emit(RelaySessionExpired(relay=self.name, session_id=session.session_id, reason=reason,
@@ -455,10 +565,24 @@ class RelayServer:
         idle = self.config.idle_timeout_s
         for session in [s for s in self._sessions.values() if now - s.last_active > idle]:
             self._expire(session, "idle")
-        window = self.config.hello_window_s * 2
-        if self._nonces:
-            for nonce in [n for n, seen in self._nonces.items() if now - seen > window]:
-                del self._nonces[nonce]
+        self._reply_tokens = min(self.config.reply_pps,
+                                 self._reply_tokens + (now - self._reply_stamp) * self.config.reply_pps)
+        second_passed = int(now) != int(self._reply_stamp)
+        self._reply_stamp = now
+        if second_passed:  # the O(state) sweeps, once a second
+            self._replies_by_source.clear()
+            wall = time.time()
+            for session in [s for s in self._sessions.values() if s.expiry_s <= wall]:
+                self._expire(session, "ticket expired")
+            window = self.config.hello_window_s * 2
+            for session in self._sessions.values():
+                if session.nonces:
+                    session.nonces = {n: seen for n, seen in session.nonces.items() if now - seen <= window}
+            if self._revoke_nonces:
+                self._revoke_nonces = {n: seen for n, seen in self._revoke_nonces.items()
+                                       if now - seen <= window}
+            if self._revoked:
+                self._revoked = {sid: expiry for sid, expiry in self._revoked.items() if expiry > wall}
 
     def _sample(self, local: Counters, before: Counters, window_s: float) -> None:
         delta = {name: getattr(local, name) - getattr(before, name)
@@ -517,7 +641,11 @@ def load_secret(path: str | None, env: str = "LANRAGE_RELAY_SECRET") -> bytes:
     """The shared relay secret, from a file (hex or raw) or the environment."""
     if path:
         with open(path, "rb") as handle:
-            raw = handle.read().strip()
+            mode = os.fstat(handle.fileno()).st_mode
+            if mode & 0o077:
+                raise ValueError(f"the relay secret file {path} is readable or writable by other users "
+                                 f"(mode {mode & 0o777:o}): chmod 600 {path}")
+            raw = handle.read(4096).strip()
     else:
         raw = os.environ.get(env, "").encode()
     if not raw:

@@ -24,6 +24,7 @@ from hashlib import sha256
 
 DEFAULT_TTL_S = 24 * 3600
 _LABEL = b"lanrage-relay-v1"
+_REVOKE_LABEL = b"lanrage-relay-revoke-v1"
 
 
 def side_key(secret: bytes, session_id: str, party_id: str, peer_a: str, peer_b: str, expiry_s: int,
@@ -32,6 +33,11 @@ def side_key(secret: bytes, session_id: str, party_id: str, peer_a: str, peer_b:
               str(expiry_s).encode(), str(side).encode()]
     message = b"".join(len(field).to_bytes(2, "big") + field for field in fields)
     return hmac.new(secret, message, sha256).digest()
+
+
+def revoke_key(secret: bytes) -> bytes:
+    """The key of REVOKE datagrams: only the control server and the relays (the secret's holders) have it."""
+    return hmac.new(secret, _REVOKE_LABEL, sha256).digest()
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,20 @@ Control messages (big-endian)::
 
     MAGIC(3) type(1) body
 
-    HELLO / BYE   side(1) expiry_s(8) timestamp_ms(8) nonce(16)
+    HELLO / BYE   side(1) expiry_s(8) timestamp_ms(8) nonce(16) cookie(16)
                   session_id party_id peer_a peer_b   (each: len(1) + ASCII)
                   mac(32) = HMAC-SHA256(side key, every byte before it)
     HELLO_OK      nonce(16) side(1) peer_bound(1)
     REFUSED       nonce(16) reason(1)
+    COOKIE        nonce(16) cookie(16)
+    REVOKE        timestamp_ms(8) nonce(16) expiry_s(8) session_id (len(1) + ASCII)
+                  mac(32) = HMAC-SHA256(revocation key, every byte before it)
     PING / PONG   probe id(8) padding(any)
+
+Return routability: a HELLO binds its source address only when it echoes the cookie
+the relay sent to that very address (a ``COOKIE`` answer to a HELLO without one, or
+with a stale one). A forged source address never sees its cookie, so it cannot be
+bound. Every answer is smaller than the datagram it answers.
 
 The side key is derived from the relay secret (see ``tickets``) and travels only over
 the control plane; the relay recomputes it, so it holds no per-session state before a
@@ -35,19 +43,27 @@ REFUSED = 3
 PING = 4
 PONG = 5
 BYE = 6
-CONTROL_TYPES = (HELLO, HELLO_OK, REFUSED, PING, PONG, BYE)
+COOKIE = 7
+REVOKE = 8
+CONTROL_TYPES = (HELLO, HELLO_OK, REFUSED, PING, PONG, BYE, COOKIE, REVOKE)
 
 # Refusal reasons.
 BAD_MAC = 1
 EXPIRED = 2
 REPLAYED = 3
 STALE = 4
-REFUSAL_NAMES = {BAD_MAC: "bad_mac", EXPIRED: "expired", REPLAYED: "replayed", STALE: "stale"}
+SELF_PAIRED = 5  # a session whose two sides are one peer, or one address
+LIMITED = 6  # a session or HELLO cap of this peer, this session or the relay is reached
+REVOKED = 7  # the control server ended this session (a member left the party)
+REFUSAL_NAMES = {BAD_MAC: "bad_mac", EXPIRED: "expired", REPLAYED: "replayed", STALE: "stale",
+                 SELF_PAIRED: "self_paired", LIMITED: "limited", REVOKED: "revoked"}
 
 MAX_ID = 64
 MAC_LEN = 32
 NONCE_LEN = 16
-_HELLO_FIXED = struct.Struct("!BQQ16s")
+COOKIE_LEN = 16
+NO_COOKIE = bytes(COOKIE_LEN)
+_HELLO_FIXED = struct.Struct("!BQQ16s16s")
 
 # WireGuard message types and their exact sizes (transport data: 32 + 16n bytes).
 WG_INITIATION, WG_RESPONSE, WG_COOKIE, WG_TRANSPORT = 1, 2, 3, 4
@@ -65,6 +81,7 @@ class Hello:
     expiry_s: int
     timestamp_ms: int
     nonce: bytes
+    cookie: bytes
     session_id: str
     party_id: str
     peer_a: str
@@ -101,10 +118,11 @@ def _ident(value: str) -> bytes:
 
 
 def encode_hello(kind: int, key: bytes, side: int, expiry_s: int, timestamp_ms: int, nonce: bytes,
-                 session_id: str, party_id: str, peer_a: str, peer_b: str) -> bytes:
-    if kind not in (HELLO, BYE) or side not in (0, 1) or len(nonce) != NONCE_LEN:
+                 session_id: str, party_id: str, peer_a: str, peer_b: str,
+                 cookie: bytes = NO_COOKIE) -> bytes:
+    if kind not in (HELLO, BYE) or side not in (0, 1) or len(nonce) != NONCE_LEN or len(cookie) != COOKIE_LEN:
         raise ValueError("bad hello fields")
-    body = (MAGIC + bytes([kind]) + _HELLO_FIXED.pack(side, expiry_s, timestamp_ms, nonce)
+    body = (MAGIC + bytes([kind]) + _HELLO_FIXED.pack(side, expiry_s, timestamp_ms, nonce, cookie)
             + _ident(session_id) + _ident(party_id) + _ident(peer_a) + _ident(peer_b))
     return body + hmac.new(key, body, sha256).digest()
 
@@ -116,7 +134,7 @@ def parse_hello(data: bytes) -> Hello | None:
         kind = data[3]
         if kind not in (HELLO, BYE):
             return None
-        side, expiry_s, timestamp_ms, nonce = _HELLO_FIXED.unpack_from(data, 4)
+        side, expiry_s, timestamp_ms, nonce, cookie = _HELLO_FIXED.unpack_from(data, 4)
         if side not in (0, 1):
             return None
         offset = 4 + _HELLO_FIXED.size
@@ -130,7 +148,7 @@ def parse_hello(data: bytes) -> Hello | None:
             offset += 1 + length
         if len(data) != offset + MAC_LEN:
             return None
-        return Hello(kind, side, expiry_s, timestamp_ms, nonce, idents[0], idents[1], idents[2],
+        return Hello(kind, side, expiry_s, timestamp_ms, nonce, cookie, idents[0], idents[1], idents[2],
                      idents[3], data[offset:], data[:offset])
     except (IndexError, struct.error):
         return None
@@ -163,6 +181,61 @@ def parse_refused(data: bytes) -> tuple[bytes, int] | None:
     if data[20] not in REFUSAL_NAMES:
         return None
     return data[4:20], data[20]
+
+
+_REVOKE_FIXED = struct.Struct("!Q16sQ")
+
+
+@dataclass(frozen=True)
+class Revoke:
+    """The control server's order to end a session (a member left); MAC'd with the relay secret."""
+
+    timestamp_ms: int
+    nonce: bytes
+    expiry_s: int
+    session_id: str
+    mac: bytes
+    signed: bytes
+
+
+def encode_revoke(key: bytes, session_id: str, expiry_s: int, timestamp_ms: int, nonce: bytes) -> bytes:
+    if len(nonce) != NONCE_LEN:
+        raise ValueError("bad revoke fields")
+    body = MAGIC + bytes([REVOKE]) + _REVOKE_FIXED.pack(timestamp_ms, nonce, expiry_s) + _ident(session_id)
+    return body + hmac.new(key, body, sha256).digest()
+
+
+def parse_revoke(data: bytes) -> Revoke | None:
+    try:
+        if len(data) < 4 + _REVOKE_FIXED.size + 2 + MAC_LEN or data[:4] != MAGIC + bytes([REVOKE]):
+            return None
+        timestamp_ms, nonce, expiry_s = _REVOKE_FIXED.unpack_from(data, 4)
+        offset = 4 + _REVOKE_FIXED.size
+        length = data[offset]
+        raw = data[offset + 1:offset + 1 + length]
+        if not 0 < length <= MAX_ID or len(raw) != length or not all(33 <= c < 127 for c in raw):
+            return None
+        offset += 1 + length
+        if len(data) != offset + MAC_LEN:
+            return None
+        return Revoke(timestamp_ms, nonce, expiry_s, raw.decode("ascii"), data[offset:], data[:offset])
+    except (IndexError, struct.error):
+        return None
+
+
+def revoke_mac_ok(revoke: Revoke, key: bytes) -> bool:
+    return hmac.compare_digest(hmac.new(key, revoke.signed, sha256).digest(), revoke.mac)
+
+
+def encode_cookie(nonce: bytes, cookie: bytes) -> bytes:
+    return MAGIC + bytes([COOKIE]) + nonce + cookie
+
+
+def parse_cookie(data: bytes) -> tuple[bytes, bytes] | None:
+    """(nonce, cookie) of a COOKIE answer, None if malformed."""
+    if len(data) != 4 + NONCE_LEN + COOKIE_LEN or data[:4] != MAGIC + bytes([COOKIE]):
+        return None
+    return data[4:4 + NONCE_LEN], data[4 + NONCE_LEN:]
 
 
 def encode_ping(probe_id: int, size: int = 12) -> bytes:

@@ -78,5 +78,6 @@ def api_client(tmp_path: Path) -> Iterator[tuple[TestClient, FakeService, str]]:
     record_party(url)
     service = FakeService()
     app = create_app(service, StoreReader(url), TOKEN)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1:8666") as client:
+        assert client.get("/").status_code == 200  # the dashboard's view cookie: reads work like its page's
         yield client, service, url

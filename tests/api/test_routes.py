@@ -140,7 +140,7 @@ def test_dashboard_and_openapi(api_client: Client) -> None:
                  "/api/peers/{peer_id}/history", "/metrics"):
         assert path in spec["paths"], path
     assert spec["paths"]["/party/create"]["post"]["security"]
-    assert "security" not in spec["paths"]["/status"]["get"]
+    assert spec["paths"]["/status"]["get"]["security"]  # reads about peers need the token too
 
 
 def test_a_missing_database_is_a_503_not_a_crash(tmp_path: Path) -> None:
@@ -148,8 +148,8 @@ def test_a_missing_database_is_a_503_not_a_crash(tmp_path: Path) -> None:
     from api.reader import StoreReader
 
     app = create_app(FakeService(), StoreReader(f"sqlite:///{tmp_path / 'missing.db'}"), TOKEN)
-    with TestClient(app) as client:
-        answer = client.get("/status")
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        answer = client.get("/status", headers=AUTH)
         assert answer.status_code == 503 and "database" in answer.json()["detail"]
 
 

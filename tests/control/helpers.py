@@ -12,16 +12,17 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from mesh.control import ControlServer, ServerConfig
-from mesh.control.identity import Identity
+from mesh.control.identity import Identity, ServerBinding
 from store.base import InMemoryRecorder
 
 _ids = itertools.count(1)
 
 
 class RawPeer:
-    def __init__(self, ws: ClientConnection, identity: Identity) -> None:
+    def __init__(self, ws: ClientConnection, identity: Identity, authority: str = "") -> None:
         self.ws = ws
         self.identity = identity
+        self.authority = authority
         self.inbox: list[dict[str, Any]] = []
 
     @property
@@ -55,17 +56,27 @@ class RawPeer:
                 return body
             self.inbox.append(body)
 
+    def binding(self, challenge: dict[str, Any]) -> ServerBinding:
+        return ServerBinding(challenge["server_key"], "", self.authority)
+
+    async def auth(self, challenge: dict[str, Any], identity: Identity | None = None,
+                   binding: ServerBinding | None = None) -> dict[str, Any]:
+        """Answer ``challenge`` with the proof of ``identity`` (ours by default) for ``binding``."""
+        binding = binding or self.binding(challenge)
+        proof = (identity or self.identity).prove(challenge["ephemeral"], challenge["nonce"], binding)
+        return await self.call(type="auth", proof=proof, server_key=binding.server_key,
+                               authority=binding.authority, fingerprint=binding.fingerprint)
+
     async def login(self, name: str = "node") -> dict[str, Any]:
         challenge = await self.call(type="hello", public_key=self.identity.public_key, name=name)
         assert challenge["type"] == "challenge", challenge
-        return await self.call(type="auth", proof=self.identity.prove(challenge["ephemeral"],
-                                                                      challenge["nonce"]))
+        return await self.auth(challenge)
 
 
 async def open_peer(port: int, identity: Identity | None = None) -> RawPeer:
     ws = await connect(f"ws://127.0.0.1:{port}", proxy=None, compression=None, ping_interval=None,
                        max_size=None)
-    return RawPeer(ws, identity or Identity.generate())
+    return RawPeer(ws, identity or Identity.generate(), f"127.0.0.1:{port}")
 
 
 async def logged_in(port: int, name: str = "node", identity: Identity | None = None) -> RawPeer:

@@ -9,35 +9,56 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.control.identity import Challenge, Identity, IdentityError, decode_key, encode_key, peer_id_for
+from mesh.control.identity import (
+    Challenge,
+    Identity,
+    IdentityError,
+    ServerBinding,
+    decode_key,
+    encode_key,
+    peer_id_for,
+)
 from mesh.control.invite import Invite, InviteError
 from mesh.control.secrets_hash import check_secret, hash_secret, new_secret
+
+SERVER = Identity.generate()
+BINDING = ServerBinding(SERVER.public_key, "", "203.0.113.10:8667")
 
 
 def test_a_node_proves_its_key_and_nobody_else_can() -> None:
     node, impostor = Identity.generate(), Identity.generate()
     challenge = Challenge.new()
-    proof = node.prove(challenge.ephemeral_public, challenge.nonce_text)
-    assert challenge.verify(node.public_key, proof)
+    proof = node.prove(challenge.ephemeral_public, challenge.nonce_text, BINDING)
+    assert challenge.verify(node.public_key, proof, SERVER, BINDING)
     # Claiming the node's key with the impostor's proof fails.
-    assert not challenge.verify(node.public_key, impostor.prove(challenge.ephemeral_public,
-                                                                challenge.nonce_text))
+    forged = impostor.prove(challenge.ephemeral_public, challenge.nonce_text, BINDING)
+    assert not challenge.verify(node.public_key, forged, SERVER, BINDING)
     # A proof for one challenge is worthless on another connection.
-    assert not Challenge.new().verify(node.public_key, proof)
+    assert not Challenge.new().verify(node.public_key, proof, SERVER, BINDING)
+    # A proof made for another server (key, address or certificate) is worthless here.
+    other = Identity.generate()
+    for elsewhere in (ServerBinding(other.public_key, "", BINDING.authority),
+                      ServerBinding(SERVER.public_key, "", "198.51.100.66:8667"),
+                      ServerBinding(SERVER.public_key, "ab" * 32, BINDING.authority)):
+        made = node.prove(challenge.ephemeral_public, challenge.nonce_text, elsewhere)
+        assert not challenge.verify(node.public_key, made, SERVER, BINDING)
+    # The server proves it holds its key.
+    assert node.check_server_proof(SERVER.public_key, proof, SERVER.server_proof(node.public_key, proof))
+    assert not node.check_server_proof(SERVER.public_key, proof, other.server_proof(node.public_key, proof))
 
 
 def test_low_order_points_and_junk_never_verify() -> None:
     challenge = Challenge.new()
     node = Identity.generate()
-    proof = node.prove(challenge.ephemeral_public, challenge.nonce_text)
-    assert not challenge.verify(encode_key(bytes(32)), proof)
-    assert not challenge.verify("not a key", proof)
-    assert not challenge.verify(node.public_key, "")
-    assert not challenge.verify(node.public_key, "\udcff" * 3)
+    proof = node.prove(challenge.ephemeral_public, challenge.nonce_text, BINDING)
+    assert not challenge.verify(encode_key(bytes(32)), proof, SERVER, BINDING)
+    assert not challenge.verify("not a key", proof, SERVER, BINDING)
+    assert not challenge.verify(node.public_key, "", SERVER, BINDING)
+    assert not challenge.verify(node.public_key, "\udcff" * 3, SERVER, BINDING)
     with pytest.raises(IdentityError):
-        node.prove(encode_key(bytes(32)), challenge.nonce_text)
+        node.prove(encode_key(bytes(32)), challenge.nonce_text, BINDING)
     with pytest.raises(IdentityError):
-        node.prove(challenge.ephemeral_public, base64.b64encode(b"short").decode())
+        node.prove(challenge.ephemeral_public, base64.b64encode(b"short").decode(), BINDING)
 
 
 def test_keys_match_wireguard_format_and_private_key_is_hidden() -> None:

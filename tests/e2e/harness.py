@@ -139,7 +139,7 @@ class Node:
         if self.control:
             args += ["--control", self.control]
         self.run.start(self.name, *args, prefix=self.prefix)
-        wait_for(lambda: httpx.get(f"http://{self.api}/status", timeout=2).status_code == 200, 30,
+        wait_for(lambda: httpx.get(f"http://{self.api}/openapi.json", timeout=2).status_code == 200, 30,
                  f"{self.name}'s API")
         return self
 
@@ -147,9 +147,13 @@ class Node:
         return self.run.cli(*args, "--api", self.api, "--state-dir", str(self.state), check=check,
                             prefix=self.prefix)
 
+    def auth(self) -> dict[str, str]:
+        """The bearer header every route about peers needs (the token `serve` wrote)."""
+        return {"Authorization": f"Bearer {(self.state / 'api-token').read_text().strip()}"}
+
     def status(self) -> dict[str, Any]:
         """Through the API (polled often; the CLI's `status --json` prints the same document)."""
-        answer = httpx.get(f"http://{self.api}/status", timeout=10)
+        answer = httpx.get(f"http://{self.api}/status", timeout=10, headers=self.auth())
         answer.raise_for_status()
         return dict(answer.json())
 

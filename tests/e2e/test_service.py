@@ -124,7 +124,7 @@ def test_security_of_joins_and_the_api(tmp_path: Path) -> None:
         from mesh.control.invite import Invite
 
         real = Invite.decode(invite)
-        for secret, message in ((real.secret[:-2] + "xx", "wrong party secret"),
+        for secret, message in ((real.secret[:-2] + "xx", "no party with this id and secret"),
                                 ("", None)):
             forged = Invite(real.control_url, real.party_id, real.party_name, secret or "-").encode()
             refused = guest.cli("party", "join", forged, check=False)
@@ -152,10 +152,11 @@ def test_security_of_joins_and_the_api(tmp_path: Path) -> None:
 
         # Another node claiming the host's public key is refused; the host stays connected.
         import asyncio
+        from urllib.parse import urlsplit
 
         from websockets.asyncio.client import connect
 
-        from mesh.control.identity import Identity
+        from mesh.control.identity import Identity, ServerBinding
 
         claimed = host.status()["agent"]["public_key"]
 
@@ -163,8 +164,10 @@ def test_security_of_joins_and_the_api(tmp_path: Path) -> None:
             async with connect(url, proxy=None) as ws:
                 await ws.send(json.dumps({"type": "hello", "v": 1, "public_key": claimed}))
                 challenge = json.loads(await ws.recv())
-                forged = Identity.generate().prove(challenge["ephemeral"], challenge["nonce"])
-                await ws.send(json.dumps({"type": "auth", "v": 1, "proof": forged}))
+                binding = ServerBinding(challenge["server_key"], "", urlsplit(url).netloc)
+                forged = Identity.generate().prove(challenge["ephemeral"], challenge["nonce"], binding)
+                await ws.send(json.dumps({"type": "auth", "v": 1, "proof": forged,
+                                          "server_key": binding.server_key, "authority": binding.authority}))
                 return json.loads(await ws.recv())
 
         assert asyncio.run(impersonate())["code"] == "auth_failed"
@@ -197,7 +200,7 @@ def test_toml_config_sets_flags_and_the_command_line_wins(tmp_path: Path) -> Non
             f'[serve]\napi-listen = "127.0.0.1:{port}"\ncontrol = "{url}"\nname = "from-file"\n'
             f'adapters = "sim"\nlog-format = "json"\n')
         run.start("cfg", "serve", "--state-dir", str(state), "--name", "from-flag")
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/status").status_code == 200, 30, "the API")
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/openapi.json").status_code == 200, 30, "the API")
         status = json.loads(run.cli("status", "--json", "--state-dir", str(state)).stdout)  # api from file
         assert status["agent"]["name"] == "from-flag" and status["agent"]["default_control"] == url
         records = []

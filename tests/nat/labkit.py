@@ -117,6 +117,7 @@ def relay_lab(hosts: list[HostSpec], relays: int = 2) -> Iterator[RelayLab]:
         secret = os.urandom(32)
         secret_file = lab.workdir / "relay.secret"
         secret_file.write_text(secret.hex())
+        os.chmod(secret_file, 0o600)
         procs = {f"relay{n}": start_relay(lab, f"relay{n}", str(secret_file)) for n in range(1, relays + 1)}
         yield RelayLab(lab, secret, procs)
 

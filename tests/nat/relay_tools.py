@@ -1,7 +1,7 @@
 """Attacker and load tools for the relay lab tests, run inside lab namespaces.
 
-    relay_tools.py sniff RELAY_IP PORT SECONDS      -> hex of the first session HELLO seen
-    relay_tools.py replay RELAY_IP PORT HEX         -> "refused:<reason>" / "accepted" / "silent"
+    relay_tools.py sniff RELAY_IP PORT SECONDS      -> hex of the first binding session HELLO seen
+    relay_tools.py replay RELAY_IP PORT HEX         -> "refused:<reason>" / "cookie" / "accepted" / "silent"
     relay_tools.py junk RELAY_IP PORT COUNT         -> "nothing" / "got data"
     relay_tools.py flood RELAY_IP PORT TICKETS PPS SECONDS -> packets sent (TICKETS: two JSON lines)
 
@@ -11,13 +11,13 @@ Every loop is bounded in count and time.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import struct
 import sys
 import time
 
 from mesh.relay import RelayTicket, wire
+from mesh.relay.client import hello_exchange
 
 
 def sniff(relay_ip: str, port: int, seconds: float) -> str:
@@ -38,8 +38,9 @@ def sniff(relay_ip: str, port: int, seconds: float) -> str:
             continue
         dport = struct.unpack_from("!H", ip, header + 2)[0]
         payload = ip[header + 8:]
-        if dport == port and wire.control_type(payload) == wire.HELLO:
-            return payload.hex()
+        hello = wire.parse_hello(payload) if dport == port else None
+        if hello is not None and hello.kind == wire.HELLO and hello.cookie != wire.NO_COOKIE:
+            return payload.hex()  # a HELLO that binds: it echoes the cookie for its sender's address
     return ""
 
 
@@ -54,6 +55,8 @@ def replay(relay_ip: str, port: int, hello_hex: str) -> str:
         refused = wire.parse_refused(answer)
         if refused is not None:
             return f"refused:{wire.REFUSAL_NAMES[refused[1]]}"
+        if wire.parse_cookie(answer) is not None:
+            return "cookie"
         return "accepted" if wire.parse_hello_ok(answer) else "other"
 
 
@@ -71,10 +74,7 @@ def junk(relay_ip: str, port: int, count: int) -> str:
 
 def _bind(sock: socket.socket, ticket: RelayTicket) -> bool:
     sock.settimeout(1.0)
-    sock.send(wire.encode_hello(wire.HELLO, ticket.key, ticket.side, ticket.expiry_s, int(time.time() * 1000),
-                                os.urandom(16), ticket.session_id, ticket.party_id, ticket.peer_a,
-                                ticket.peer_b))
-    return wire.parse_hello_ok(sock.recv(2048)) is not None
+    return wire.parse_hello_ok(hello_exchange(sock, ticket, sock.getpeername())) is not None
 
 
 def flood(relay_ip: str, port: int, tickets_json: str, pps: int, seconds: float) -> str:

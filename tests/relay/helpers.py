@@ -21,11 +21,12 @@ def wg_packet(seq: int, size: int = 96) -> bytes:
 
 
 def hello_bytes(ticket: RelayTicket, kind: int = wire.HELLO, nonce: bytes | None = None,
-                timestamp_ms: int | None = None, key: bytes | None = None) -> bytes:
+                timestamp_ms: int | None = None, key: bytes | None = None,
+                cookie: bytes = wire.NO_COOKIE) -> bytes:
     return wire.encode_hello(kind, key or ticket.key, ticket.side, ticket.expiry_s,
                              int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
                              nonce or os.urandom(16), ticket.session_id, ticket.party_id, ticket.peer_a,
-                             ticket.peer_b)
+                             ticket.peer_b, cookie)
 
 
 class Peer:
@@ -37,12 +38,21 @@ class Peer:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(1.0)
         self.relay = ("127.0.0.1", relay.address[1])
+        self.cookie = wire.NO_COOKIE
 
     def send(self, data: bytes) -> None:
         self.sock.sendto(data, self.relay)
 
     def hello(self, ticket: RelayTicket, **kwargs: object) -> bytes:
+        """A HELLO and its answer; a COOKIE answer is echoed once in a fresh HELLO, as the proxy does."""
         self.send(hello_bytes(ticket, **kwargs))  # type: ignore[arg-type]
+        answer = self.recv_control()
+        cookie = wire.parse_cookie(answer)
+        if cookie is None:
+            return answer
+        self.cookie = cookie[1]
+        kwargs.pop("nonce", None)
+        self.send(hello_bytes(ticket, cookie=cookie[1], **kwargs))  # type: ignore[arg-type]
         return self.recv_control()
 
     def recv_control(self) -> bytes:

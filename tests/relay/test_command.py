@@ -39,6 +39,7 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path: Path) -> None:
 def test_relay_server_forwards_and_records_events(tmp_path: Path) -> None:
     secret = os.urandom(32)
     (tmp_path / "secret").write_text(secret.hex())
+    os.chmod(tmp_path / "secret", 0o600)
     port = free_port(socket.SOCK_DGRAM)
     db = tmp_path / "relay.db"
     process = subprocess.Popen(

@@ -128,7 +128,7 @@ def test_expired_ticket_and_stale_hello_are_refused(relay: RelayServer) -> None:
 def test_replayed_hello_is_refused_and_does_not_steal_the_binding(relay: RelayServer,
                                                                    recorder: InMemoryRecorder) -> None:
     a, b, pair = bound_pair(relay)
-    captured = hello_bytes(pair[0])
+    captured = hello_bytes(pair[0], cookie=a.cookie)
     a.send(captured)
     assert wire.parse_hello_ok(a.recv_control()) is not None
     attacker = Peer(relay)
