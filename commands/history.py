@@ -6,7 +6,6 @@ created) and print tables with local times, or JSON records with ``--json``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -17,11 +16,13 @@ from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
+
+if TYPE_CHECKING:  # rich and asyncio load only in the commands that print tables or follow
+    from rich.console import Console
+    from rich.table import Table
 
 from commands.common import DEFAULT_STATE_DIR as _DEFAULT_STATE_DIR
 from commands.common import DbOption, JsonOption, StateDirOption, UsageError, database_url
@@ -110,8 +111,16 @@ def summary(event: Any, width: int = 90, skip: tuple[str, ...] = ()) -> str:
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     # Piped output (less, grep, files) gets wide rows instead of 80 wrapped columns.
     return Console(soft_wrap=False, highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _table(**options: Any) -> Table:
+    from rich.table import Table
+
+    return Table(**options)
 
 
 def _open_readonly(db: str | None, state: Any):  # type: ignore[no-untyped-def]
@@ -125,7 +134,7 @@ def _warn(error: Exception) -> None:
 
 
 def _events_table(records: Iterable[Any], title: str | None = None) -> Table:
-    table = Table(title=title, header_style="bold")
+    table = _table(title=title, header_style="bold")
     table.add_column("pos", justify="right")
     table.add_column(f"time ({_tz_name()})")
     table.add_column("stream")
@@ -214,6 +223,8 @@ def events_command(
 
 def _follow(url: str, after: int, stream: str | None, types: tuple[str, ...], since: datetime | None,
             count: int | None, as_json: bool) -> None:
+    import asyncio
+
     from store.aio import AsyncEventReader
 
     console = _console()
@@ -283,7 +294,7 @@ def _print_world(world: Any, moment: datetime | None) -> None:
         console.print("nothing recorded yet")
         return
     if world.nodes:
-        table = Table(title="nodes", header_style="bold")
+        table = _table(title="nodes", header_style="bold")
         for column in ("node", "running", "NAT", "public endpoint", "relay"):
             table.add_column(column)
         for node in world.nodes.values():
@@ -291,7 +302,7 @@ def _print_world(world: Any, moment: datetime | None) -> None:
                           node.public_endpoint or "-", node.selected_relay or "-")
         console.print(table)
     if world.parties:
-        table = Table(title="parties", header_style="bold")
+        table = _table(title="parties", header_style="bold")
         for column in ("party", "name", "active", "member", "peer name", "virtual IP", "NAT"):
             table.add_column(column)
         for party in world.parties.values():
@@ -304,7 +315,7 @@ def _print_world(world: Any, moment: datetime | None) -> None:
                               member.nat_type if member else "-")
         console.print(table)
     if world.connections:
-        table = Table(title="connections", header_style="bold")
+        table = _table(title="connections", header_style="bold")
         for column in ("party", "peer", "state", "path", "endpoint", "relay", "latency ms", "loss",
                        "reconnects", "reason"):
             table.add_column(column)
@@ -316,7 +327,7 @@ def _print_world(world: Any, moment: datetime | None) -> None:
                           str(connection.reconnects), connection.reason or "-")
         console.print(table)
     if world.relays:
-        table = Table(title="relays", header_style="bold")
+        table = _table(title="relays", header_style="bold")
         for column in ("relay", "rtt ms", "answered/probes", "degraded", "sessions", "running"):
             table.add_column(column)
         for relay in world.relays.values():
@@ -354,7 +365,7 @@ def history_command(
             print(json.dumps(record_json(record)))
         return
     console = _console()
-    table = Table(title=f"connection history of {', '.join(s.removeprefix('peer:') for s in streams)}",
+    table = _table(title=f"connection history of {', '.join(s.removeprefix('peer:') for s in streams)}",
                   header_style="bold")
     for column in ("pos", f"time ({_tz_name()})", "event", "state", "path", "endpoint / relay", "details"):
         table.add_column(column)
@@ -415,7 +426,7 @@ def sql_command(
         for row in result.rows:
             print(json.dumps(_jsonable(dict(zip(result.columns, row, strict=True)))))
     else:
-        table = Table(header_style="bold")
+        table = _table(header_style="bold")
         for column in result.columns:
             table.add_column(column + (f" ({_tz_name()})" if column.endswith("_at") else ""), overflow="fold")
         for row in result.rows:
