@@ -27,8 +27,15 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
+    # A callback keeps the root a group even when only one command is registered
+    # (typer would otherwise run that command as the root and read its name as an argument).
+    app.callback()(_root)
     register_all(app, argv)
     return app
+
+
+def _root() -> None:
+    pass
 
 
 def main(argv: list[str] | None = None) -> int:

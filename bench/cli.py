@@ -37,7 +37,8 @@ RUN_TIMEOUT_S = 30.0  # a command that takes this long is hung, not slow
 def sample_status() -> dict[str, object]:
     def peer(name: str, index: int, local: bool = False) -> dict[str, object]:
         return {"name": name, "peer_id": f"{index:032x}", "is_local": local, "virtual_ip": f"10.66.0.{index}",
-                "nat_type": "symmetric" if index % 2 else "port_restricted", "state": None if local else "connected",
+                "nat_type": "symmetric" if index % 2 else "port_restricted",
+                "state": None if local else "connected",
                 "path": None if local else ("relay" if index % 3 == 0 else "direct"),
                 "endpoint": f"198.51.100.{index}:51820", "relay": "203.0.113.20:3478",
                 "latency_ms": None if local else 12.5 + index, "loss": None if local else 0.0}
@@ -54,7 +55,7 @@ def sample_status() -> dict[str, object]:
 class StandInAgent(BaseHTTPRequestHandler):
     body = json.dumps(sample_status()).encode()
 
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(self.body)))
@@ -85,7 +86,8 @@ def wall_time(args: list[str], env: dict[str, str]) -> tuple[float, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=21)
     parser.add_argument("--lanrage", help="the command to time [default: lanrage beside this python]")
     options = parser.parse_args()

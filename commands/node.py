@@ -51,7 +51,21 @@ def _settings(ctx: click.Context, config: Path | None, section: str) -> dict[str
 
     values = dict(ctx.params)
     path = find_config(config, Path(values.get("state_dir_") or DEFAULT_STATE_DIR))
-    return apply_file(ctx, values, path, section)
+    return _as_paths(ctx, apply_file(ctx, values, path, section))
+
+
+def _as_paths(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """Values of ``Path`` parameters as ``Path``: click's context (and the file) hold them as text."""
+    import inspect
+    import typing
+
+    function = inspect.unwrap(ctx.command.callback) if ctx.command.callback else None
+    hints = typing.get_type_hints(function) if function else {}
+    for name, value in values.items():
+        hint = hints.get(name)
+        if isinstance(value, str) and hint is not None and Path in (typing.get_args(hint) or (hint,)):
+            values[name] = Path(value)
+    return values
 
 
 def _logging(level: str, fmt: str, file: Path | None = None) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything LANrage needs on a fresh Debian machine (run as root):
-# the system packages, a Python venv in .venv with requirements.txt, and
-# a running PostgreSQL 15 cluster with a `lanrage` role and database.
+# the system packages, a Python venv in .venv with requirements.txt and this
+# checkout installed in it (editable: `.venv/bin/lanrage` runs this checkout's code),
+# and a running PostgreSQL 15 cluster with a `lanrage` role and database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,5 +23,6 @@ if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+.venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
 
 bash scripts/postgres.sh
