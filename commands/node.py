@@ -126,6 +126,12 @@ def serve_command(
     broadcast_ports: Annotated[str, typer.Option(
         "--broadcast-ports", help="Game discovery UDP ports whose LAN broadcasts are carried to the "
                                   "party, e.g. 4445,27015 (docs/broadcast.md) [default: off].")] = "",
+    broadcast_groups: Annotated[str, typer.Option(
+        "--broadcast-groups", help="Multicast GROUP:PORT pairs carried to the party, e.g. "
+                                   "239.255.255.250:1900,224.0.0.251:5353 [default: off].")] = "",
+    games: Annotated[str, typer.Option(
+        "--games", help="Discovery presets by name: minecraft, terraria, source, blizzard, directplay, "
+                        "ssdp, mdns, or all (docs/broadcast.md) [default: off].")] = "",
     state_dir_: StateDirOption = DEFAULT_STATE_DIR,
     db: DbOption = None,
     config: ConfigOption = None,
@@ -171,7 +177,11 @@ def serve_command(
             direct_retry_s=s["direct_retry"]))}
     if s["name"]:
         settings["name"] = s["name"]
-    settings["broadcast_ports"] = _broadcast_ports(str(s["broadcast_ports"] or ""))
+    from commands.discovery import discovery
+
+    settings["broadcast_ports"], settings["broadcast_groups"] = discovery(
+        _broadcast_ports(str(s["broadcast_ports"] or "")), str(s["broadcast_groups"] or ""),
+        str(s["games"] or ""))
     from mesh.interfaces import MeshError
 
     try:
@@ -367,6 +377,7 @@ def print_status(status: dict[str, Any]) -> None:
     nat = agent.get("nat_type") or node.get("nat_type") or "unknown"
     print(f"node {agent.get('name', '')} {node.get('node_id', '')}  NAT {nat}"
           f"  relay {node.get('relay') or '-'}  control {controls}")
+    print_discovery(agent.get("broadcast"))
     if not status["parties"]:
         print("no party: `lanrage party create NAME` or `lanrage party join INVITE`")
     for party in status["parties"]:
@@ -383,6 +394,21 @@ def print_status(status: dict[str, Any]) -> None:
         headers = ("peer", "virtual IP", "NAT", "state", "path", "endpoint / relay", "latency", "loss")
         print(render(headers, rows, title=f"party {party['name']} ({party['party_id']}), "
                                             f"you are {party['virtual_ip']}"))
+
+
+def print_discovery(broadcast: dict[str, Any] | None) -> None:
+    """The game discovery line, and per-port counters since the agent started."""
+    from commands.table import render
+
+    if not broadcast:
+        return
+    carried = ", ".join([*(str(port) for port in broadcast["ports"]), *broadcast["groups"]])
+    print(f"game discovery: {carried} ({'running' if broadcast['running'] else 'waiting for a party'})")
+    if broadcast["by_port"]:
+        columns = ("captured", "forwarded", "received", "reemitted", "dropped")
+        rows = [(row["destination"], row["port"], *(row[name] for name in columns))
+                for row in broadcast["by_port"]]
+        print(render(("destination", "port", *columns), rows))
 
 
 def register(app: typer.Typer) -> None:
