@@ -1,4 +1,4 @@
-"""Stream id conventions of DESIGN.md."""
+"""Stream id conventions (docs/architecture.md, "The `events` table")."""
 
 from __future__ import annotations
 
