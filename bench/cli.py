@@ -4,7 +4,9 @@
 
 Each case is a fresh process, run ``--runs`` times in turn with the others (so that a
 burst of load elsewhere hits every case alike); the figure is the median wall time from
-spawn to exit. The baseline is ``python -c pass`` with the same interpreter. ``status``
+spawn to exit (the target), with the child's CPU time beside it (user + system, which
+moves much less than wall time when other work shares the machine). The baseline is
+``python -c pass`` with the same interpreter. ``status``
 talks to a stand-in agent in this process (a loopback HTTP server answering ``/status``
 with a two-party document), so its figure is the whole command: start-up, the request
 and the printed table. ``status (no agent)`` is the error path. The command is the
@@ -71,18 +73,21 @@ def command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, str(ROOT / "cli.py")]
 
 
-def wall_time(args: list[str], env: dict[str, str]) -> tuple[float, int]:
+def timed_run(args: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """Wall time, CPU time (user + system, from the kernel's accounting of the child) and status."""
     start = time.perf_counter()
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd="/")
     # wait(timeout=...) polls in steps of up to 50 ms, which would quantise every figure: block
-    # in waitpid instead, with a timer that kills a hung command.
+    # in wait4 instead (it also gives the child's CPU time), with a timer that kills a hung command.
     killer = threading.Timer(RUN_TIMEOUT_S, process.kill)
     killer.start()
     try:
-        status = process.wait()
+        _, raw_status, usage = os.wait4(process.pid, 0)
     finally:
         killer.cancel()
-    return time.perf_counter() - start, status
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(raw_status)
+    return wall, usage.ru_utime + usage.ru_stime, process.returncode
 
 
 def main() -> int:
@@ -108,25 +113,29 @@ def main() -> int:
         "lanrage sql --help": ([*lanrage, "sql", "--help"], 0),
     }
     times: dict[str, list[float]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
     try:
         for _ in range(options.runs):
             for name, (args, expected) in cases.items():
-                elapsed, status = wall_time(args, env)
+                elapsed, used, status = timed_run(args, env)
                 if status != expected:
                     print(f"{name}: exit status {status}, expected {expected}", file=sys.stderr)
                     return 1
                 times[name].append(elapsed)
+                cpu[name].append(used)
     finally:
         server.shutdown()
 
     baseline = statistics.median(times["python -c pass"])
-    print(f"command: {' '.join(lanrage)}; {options.runs} runs each, interleaved; median wall time")
-    print(f"{'case':28} {'median':>9} {'p90':>9} {'vs python -c pass':>18}")
+    print(f"command: {' '.join(lanrage)}; {options.runs} runs each, interleaved; medians; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"{'case':28} {'wall':>9} {'p90':>9} {'vs python -c pass':>18} {'CPU':>9}")
     missed = []
     for name, samples in times.items():
         median = statistics.median(samples)
         p90 = sorted(samples)[int(0.9 * (len(samples) - 1))]
-        print(f"{name:28} {1000 * median:7.1f}ms {1000 * p90:7.1f}ms {median / baseline:17.2f}x")
+        print(f"{name:28} {1000 * median:7.1f}ms {1000 * p90:7.1f}ms {median / baseline:17.2f}x "
+              f"{1000 * statistics.median(cpu[name]):7.1f}ms")
         if name.startswith("lanrage") and median > TARGET_S:
             missed.append(name)
     print(f"target: every lanrage median <= {1000 * TARGET_S:.0f} ms")
