@@ -23,6 +23,11 @@ if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
-.venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+# The checkout itself, editable; skipped when .venv's `lanrage` already runs this checkout.
+root="$(pwd)"
+if [[ ! -x .venv/bin/lanrage ]] || ! (cd / && "$root/.venv/bin/python" -c \
+        "import cli, sys; sys.exit(cli.__file__ != '$root/cli.py')" 2>/dev/null); then
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+fi
 
 bash scripts/postgres.sh
