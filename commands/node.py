@@ -280,13 +280,14 @@ def _api(api: str | None, state: Path, config: Path | None) -> str:
 
 def _call(method: str, path: str, api: str | None, state: Path, config: Path | None,
           body: dict[str, Any] | None = None) -> Any:
-    from api.token import TokenError, read_token
     from commands.local_api import LocalApiError, request
 
     base = _api(api, state.expanduser(), config)
     host, port = hostport(base.removeprefix("http://"), "--api")
     headers = {"Content-Type": "application/json"}
     if method == "POST":
+        from api.token import TokenError, read_token
+
         try:
             headers["Authorization"] = f"Bearer {read_token(state.expanduser())}"
         except TokenError as error:
