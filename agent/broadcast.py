@@ -101,9 +101,9 @@ class BroadcastWiring:
             if any(delta.values()):
                 events.append(BroadcastCountersSampled(node_id=self.agent.node_id, destination=destination,
                                                        port=port, window_s=window_s, **delta))
-        self._sampled, self._sampled_at = totals, now
         if events:
-            await self.agent._append(events)
+            await self.agent._append(events)  # on failure the growth is kept for the next interval
+        self._sampled, self._sampled_at = totals, now
 
     async def _refresh_forever(self) -> None:
         loop = asyncio.get_running_loop()

@@ -99,3 +99,26 @@ def test_counters_enter_the_log_once_per_interval_and_port_with_traffic() -> Non
     shown = wire.status()
     assert shown["groups"] == ["239.255.255.250:1900"] and shown["ports"] == [27015]
     assert {"destination": "broadcast", "port": 27015, **counts(captured=4, forwarded=8)} in shown["by_port"]
+
+
+def test_a_failed_write_keeps_the_growth_for_the_next_interval() -> None:
+    import asyncio
+
+    appended: list[list[Any]] = []
+    failing = [True]
+
+    async def append(events: list[Any]) -> None:
+        if failing[0]:
+            raise OSError("disk full")
+        appended.append(events)
+
+    agent = SimpleNamespace(config=SimpleNamespace(interface="lr0"), node_id="n1", _append=append)
+    wire = wiring.BroadcastWiring(agent, (27015,))  # type: ignore[arg-type]
+    grown = {"captured": 2, "forwarded": 2, "received": 0, "reemitted": 0, "dropped": 0}
+    wire.emulator = SimpleNamespace(  # type: ignore[assignment]
+        port_counters=lambda: {("broadcast", 27015): dict(grown)})
+    with pytest.raises(OSError):
+        asyncio.run(wire._sample())
+    failing[0] = False
+    asyncio.run(wire._sample())
+    assert [(e.captured, e.forwarded) for e in appended[0]] == [(2, 2)]
