@@ -27,7 +27,7 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
     Preset("terraria", (7777,), (), "Terraria (default port 7777), and other games that broadcast on 7777"),
     Preset("source", (27015, 27016), (), "Source and GoldSrc LAN server browsers: Counter-Strike, "
                                          "Half-Life, Team Fortress, Left 4 Dead"),
-    Preset("blizzard", (6112,), (), "Warcraft III, StarCraft, Diablo II LAN games (port 6112)"),
+    Preset("blizzard", (6112,), (), "Warcraft III and StarCraft LAN games (port 6112)"),
     Preset("directplay", (6073,), (), "DirectPlay 8 session enumeration (Age of Empires II and other "
                                       "DirectX-era games)"),
     Preset("ssdp", (), (SSDP,), "SSDP / UPnP discovery (M-SEARCH), used by consoles and media apps"),
