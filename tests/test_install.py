@@ -50,10 +50,12 @@ def test_pip_install_gives_the_lanrage_command(tmp_path: Path) -> None:
         return subprocess.run([str(lanrage), *args], cwd=elsewhere, env=env, capture_output=True, text=True,
                               timeout=60, check=False)
 
-    # The command runs the installed copy, not the checkout's.
-    where = subprocess.run([str(python), "-c", "import cli, store; print(cli.__file__, store.__file__)"],
+    # The command runs the installed copy, not the checkout's, and the package ships its data files.
+    where = subprocess.run([str(python), "-c", "import cli, store, api, pathlib; print(cli.__file__, "
+                            "store.__file__, (pathlib.Path(api.__file__).parent / 'dashboard.html').is_file())"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60, check=True)
     assert str(ROOT) not in where.stdout and str(environment) in where.stdout
+    assert where.stdout.split()[-1] == "True"
 
     helped = run("--help")
     assert helped.returncode == 0, helped.stderr
