@@ -51,9 +51,10 @@ def test_pip_install_gives_the_lanrage_command(tmp_path: Path) -> None:
                               timeout=60, check=False)
 
     # The command runs the installed copy, not the checkout's, and the package ships its data files.
-    where = subprocess.run([str(python), "-c", "import cli, store, api, pathlib; print(cli.__file__, "
-                            "store.__file__, (pathlib.Path(api.__file__).parent / 'dashboard.html').is_file())"],
-                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60, check=True)
+    probe = ("import cli, store, api, pathlib; print(cli.__file__, store.__file__, "
+             "(pathlib.Path(api.__file__).parent / 'dashboard.html').is_file())")
+    where = subprocess.run([str(python), "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True,
+                           timeout=60, check=True)
     assert str(ROOT) not in where.stdout and str(environment) in where.stdout
     assert where.stdout.split()[-1] == "True"
 
