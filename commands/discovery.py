@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from commands.common import UsageError
 
-TUNNEL_PORT = 8668  # the emulator's own port inside the tunnel (mesh.broadcast.DEFAULT_PORT)
-MAX_PORTS = 64  # ports plus group:port pairs (mesh.broadcast.emulator.MAX_DISCOVERY_PORTS)
-
 
 def discovery(ports: tuple[int, ...], groups_text: str, games_text: str
               ) -> tuple[tuple[int, ...], tuple[tuple[str, int], ...]]:
     """The broadcast ports and group:port pairs to carry, from the three options."""
+    from mesh.broadcast.emulator import DEFAULT_PORT, MAX_DISCOVERY_PORTS
     from mesh.broadcast.games import parse_groups, resolve
 
     try:
@@ -20,8 +18,8 @@ def discovery(ports: tuple[int, ...], groups_text: str, games_text: str
         raise UsageError(str(error)) from None
     all_ports = tuple(sorted({*ports, *preset_ports}))
     all_groups = tuple(sorted({*groups, *preset_groups}))
-    if any(port == TUNNEL_PORT for _, port in all_groups):
-        raise UsageError(f"--broadcast-groups: port {TUNNEL_PORT} is the broadcast tunnel port")
-    if len(all_ports) + len(all_groups) > MAX_PORTS:
-        raise UsageError(f"game discovery: at most {MAX_PORTS} ports and group:port pairs in all")
+    if any(port == DEFAULT_PORT for _, port in all_groups):
+        raise UsageError(f"--broadcast-groups: port {DEFAULT_PORT} is the broadcast tunnel port")
+    if len(all_ports) + len(all_groups) > MAX_DISCOVERY_PORTS:
+        raise UsageError(f"game discovery: at most {MAX_DISCOVERY_PORTS} ports and group:port pairs in all")
     return all_ports, all_groups
