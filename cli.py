@@ -1,4 +1,4 @@
-"""LANrage: the one entry point (``python cli.py --help``)."""
+"""LANrage: the one entry point, installed as the ``lanrage`` command (``python cli.py`` in a checkout)."""
 
 from __future__ import annotations
 
@@ -13,19 +13,35 @@ import typer
 from commands import register_all
 from commands.common import UsageError
 
-app = typer.Typer(
-    name="lanrage",
-    help="LANrage: friends' machines anywhere on the internet as one virtual LAN, over WireGuard.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-register_all(app)
+HELP = "LANrage: friends' machines anywhere on the internet as one virtual LAN, over WireGuard."
+
+
+def build_app(argv: list[str] | None = None) -> typer.Typer:
+    """The command tree; with ``argv``, only the part that ``argv``'s command needs."""
+    app = typer.Typer(
+        name="lanrage",
+        help=HELP,
+        no_args_is_help=True,
+        # Plain help: rich's renderer costs more start-up time than a client command's own work.
+        rich_markup_mode=None,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    # A callback keeps the root a group even when only one command is registered
+    # (typer would otherwise run that command as the root and read its name as an argument).
+    app.callback()(_root)
+    register_all(app, argv)
+    return app
+
+
+def _root() -> None:
+    pass
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
     try:
-        app(args=argv, standalone_mode=False)
+        build_app(args)(args=args, prog_name="lanrage", standalone_mode=False)
     except UsageError as error:
         print(f"lanrage: {error}", file=sys.stderr)
         return 2
@@ -37,13 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.exit_code
     except typer.Abort:
         return 1
-    except typer.TyperException as error:
-        # Click's usage errors (missing argument, unknown command): its message and status 2.
-        print(f"lanrage: {error}", file=sys.stderr)
-        return int(getattr(error, "exit_code", 2))
     except Exception as error:  # the user gets one line, never a traceback
+        # Click's usage errors (missing argument, unknown command) carry their own status, 2.
+        status = getattr(error, "exit_code", 1)
         print(f"lanrage: {error}", file=sys.stderr)
-        return 1
+        return status if isinstance(status, int) else 1
     return 0
 
 

@@ -1,9 +1,10 @@
-"""Broadcast emulation for the node agent (``serve --broadcast-ports``): see docs/broadcast.md.
+"""Broadcast emulation for the node agent (``serve --broadcast-ports/--broadcast-groups/--games``).
 
 The emulator starts once the WireGuard interface exists (the first party opened) and
 its peers follow the store, every second: every other member's virtual IP in every
 active party, each with this node's own address in that party, which is the source
-that member's WireGuard accepts from us (docs/broadcast.md).
+that member's WireGuard accepts from us (docs/broadcast.md). Its per-port counters
+enter the log as one ``BroadcastCountersSampled`` per port with traffic per interval.
 """
 
 from __future__ import annotations
@@ -11,16 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from events.types import BroadcastCountersSampled
 from mesh.broadcast import BroadcastConfig, BroadcastEmulator
+from mesh.broadcast.emulator import PORT_COUNTERS
 
 if TYPE_CHECKING:
     from agent.node import Agent
 
 REFRESH_S = 1.0
+SAMPLE_INTERVAL_S = 30.0  # one row per port with traffic per interval, like the relay monitor's samples
 
 
 def desired(agent: Agent) -> tuple[str | None, str, dict[str, str]]:
@@ -44,10 +49,14 @@ def desired(agent: Agent) -> tuple[str | None, str, dict[str, str]]:
 
 
 class BroadcastWiring:
-    def __init__(self, agent: Agent, ports: tuple[int, ...]) -> None:
+    def __init__(self, agent: Agent, ports: tuple[int, ...],
+                 groups: tuple[tuple[str, int], ...] = ()) -> None:
         self.agent = agent
         self.ports = ports
+        self.groups = groups
         self.emulator: BroadcastEmulator | None = None
+        self._sampled: dict[tuple[str, int], dict[str, int]] = {}  # totals at the last sample
+        self._sampled_at = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._last: dict[str, str] = {}
         self._ifindex: int | None = None
@@ -62,10 +71,39 @@ class BroadcastWiring:
                 await self._task
         if self.emulator is not None:
             await asyncio.to_thread(self.emulator.stop)
+            with contextlib.suppress(Exception):  # the last partial interval; a failed write is logged
+                await self._sample()
             self.emulator = None
 
     def counters(self) -> dict[str, int]:
         return self.emulator.counters() if self.emulator is not None else {}
+
+    def status(self) -> dict[str, Any]:
+        """For ``GET /status`` (the ``agent`` part) and ``lanrage status``: totals since start."""
+        totals = self.emulator.port_counters() if self.emulator is not None else {}
+        return {"running": self.emulator is not None, "ports": list(self.ports),
+                "groups": [f"{group}:{port}" for group, port in self.groups],
+                "by_port": [{"destination": destination, "port": port, **values}
+                            for (destination, port), values in sorted(totals.items())],
+                "counters": self.counters()}
+
+    async def _sample(self) -> None:
+        """Append the counters' growth since the last sample, one event per port that saw traffic."""
+        if self.emulator is None:
+            return
+        now = time.monotonic()
+        totals = self.emulator.port_counters()
+        window_s = round(now - self._sampled_at, 3)
+        events = []
+        for (destination, port), values in sorted(totals.items()):
+            before = self._sampled.get((destination, port), dict.fromkeys(PORT_COUNTERS, 0))
+            delta = {name: values[name] - before[name] for name in PORT_COUNTERS}
+            if any(delta.values()):
+                events.append(BroadcastCountersSampled(node_id=self.agent.node_id, destination=destination,
+                                                       port=port, window_s=window_s, **delta))
+        if events:
+            await self.agent._append(events)  # on failure the growth is kept for the next interval
+        self._sampled, self._sampled_at = totals, now
 
     async def _refresh_forever(self) -> None:
         last_error = ""
@@ -74,6 +112,8 @@ class BroadcastWiring:
                 address, subnet, peers = await asyncio.to_thread(desired, self.agent)
                 self._apply(address, subnet, peers)
                 last_error = ""
+                if time.monotonic() - self._sampled_at >= SAMPLE_INTERVAL_S:
+                    await self._sample()
             except Exception as error:  # keep trying: a bad read or a missing interface must not end it
                 if str(error) != last_error:
                     logger.warning("broadcast emulation: {}", error)
@@ -91,7 +131,7 @@ class BroadcastWiring:
         if self.emulator is not None and self._interface_replaced():
             logger.warning("{} was re-created: restarting broadcast emulation", self.agent.config.interface)
             self.emulator.stop()
-            self.emulator, self._last = None, {}
+            self.emulator, self._last, self._sampled = None, {}, {}  # a new emulator counts from 0
         if address is None or not subnet:
             if self.emulator is not None and self._last:
                 self.emulator.set_peers(())  # every party was left
@@ -99,13 +139,14 @@ class BroadcastWiring:
             return
         if self.emulator is None:
             config = BroadcastConfig(interface=self.agent.config.interface, virtual_ip=address,
-                                     ports=self.ports, subnet=subnet)
+                                     ports=self.ports, group_ports=self.groups, subnet=subnet)
             emulator = BroadcastEmulator(config)
             emulator.start()
             self.emulator = emulator
             self._ifindex = socket.if_nametoindex(config.interface)
-            logger.info("broadcast emulation on {} ports {} from {}", config.interface,
-                        ",".join(map(str, self.ports)), address)
+            logger.info("broadcast emulation on {} ports {} groups {} from {}", config.interface,
+                        ",".join(map(str, self.ports)) or "-",
+                        ",".join(f"{group}:{port}" for group, port in self.groups) or "-", address)
         if peers != self._last:
             self.emulator.set_peers(peers)
             self._last = dict(peers)

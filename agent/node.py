@@ -72,6 +72,7 @@ class AgentConfig:
     log_file: Path | None = None
     actor_config: ActorConfig = field(default_factory=ActorConfig)
     broadcast_ports: tuple[int, ...] = ()  # game discovery ports for broadcast emulation (none: off)
+    broadcast_groups: tuple[tuple[str, int], ...] = ()  # multicast group:port pairs, e.g. SSDP's
 
 
 def agent_stream(node_id: str) -> str:
@@ -165,10 +166,12 @@ class Agent:
         logger.info("node {} ({}) serving the API on http://{}:{}", self.node_id, self.peer_id,
                     self.config.api_host, self.config.api_port)
         broadcast = None
-        if self.config.broadcast_ports and self.config.adapters == "agent.adapters:real":
+        if (self.config.broadcast_ports or self.config.broadcast_groups) \
+                and self.config.adapters == "agent.adapters:real":
             from agent.broadcast import BroadcastWiring
 
-            broadcast = BroadcastWiring(self, self.config.broadcast_ports)
+            broadcast = self.broadcast = BroadcastWiring(self, self.config.broadcast_ports,
+                                                         self.config.broadcast_groups)
             broadcast.start()
         await self._stopping.wait()
         logger.info("node {} shutting down", self.node_id)
@@ -199,7 +202,8 @@ class Agent:
                 "name": self.config.name, "default_control": self.config.control,
                 "nat_type": self.nat.nat_type if self.nat else None, "candidates": list(self.candidates),
                 "control": [{"url": url, "connected": s.connected, "last_error": s.last_error}
-                            for url, s in sorted(self.sessions.items())]}
+                            for url, s in sorted(self.sessions.items())],
+                "broadcast": broadcast.status() if (broadcast := getattr(self, "broadcast", None)) else None}
 
     async def create_party(self, name: str) -> dict[str, Any]:
         url = self.config.control

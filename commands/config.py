@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
-
-import click
+from typing import TYPE_CHECKING, Any
 
 from commands.common import UsageError
+
+if TYPE_CHECKING:
+    import click
+
 
 CONFIG_NAME = "lanrage.toml"
 _NOT_SETTABLE = {"config", "help"}

@@ -6,8 +6,6 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from commands.common import DEFAULT_STATE_DIR, DbOption, JsonOption, StateDirOption, UsageError, database_url
 
@@ -86,6 +84,8 @@ def stats_command(
             "database_bytes": stats.database_bytes, "pruned_rows": stats.pruned_rows,
             "pruned_streams": stats.pruned_streams}))
         return
+    from rich.table import Table
+
     table = Table(header_style="bold")
     for column, justify in (("stream kind", "left"), ("rows", "right"), ("bytes", "right"),
                             ("oldest kept (local)", "left")):
@@ -95,6 +95,8 @@ def stats_command(
                       kind.oldest.astimezone().strftime("%Y-%m-%d %H:%M:%S") if kind.oldest else "-")
     table.add_row("all", f"{sum(k.rows for k in stats.kinds):,}", f"{sum(k.bytes for k in stats.kinds):,}",
                   stats.oldest.astimezone().strftime("%Y-%m-%d %H:%M:%S") if stats.oldest else "-")
+    from rich.console import Console
+
     console = Console(soft_wrap=False, highlight=False)
     console.print(table)
     console.print(f"database size {stats.database_bytes:,} bytes; retention removed "

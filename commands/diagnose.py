@@ -9,7 +9,6 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.text import Text
 
 from commands.common import DEFAULT_STATE_DIR as _DEFAULT_STATE_DIR
 from commands.common import DbOption, JsonOption, StateDirOption
@@ -69,6 +68,8 @@ def diagnose_command(
 
 
 def _print(label: str, reports: list[tuple[Any, list[Any]]], moment: Any, utc: bool) -> None:
+    from rich.text import Text
+
     console = _console()
     zone = zone_name(utc)
     if not reports:

@@ -6,7 +6,6 @@ created) and print tables with local times, or JSON records with ``--json``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -17,11 +16,13 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
+
+if TYPE_CHECKING:  # rich and asyncio load only in the commands that print tables or follow
+    from rich.console import Console
+    from rich.table import Table
 
 from commands.common import DEFAULT_STATE_DIR as _DEFAULT_STATE_DIR
 from commands.common import DbOption, JsonOption, StateDirOption, UsageError, database_url
@@ -87,10 +88,18 @@ def summary(event: Any, width: int = 90, skip: tuple[str, ...] = ()) -> str:
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     # Piped output (less, grep, files) gets wide rows instead of 80 wrapped columns. No markup:
     # names and reasons come from other people's machines, and "[/]" in one must print as is.
     return Console(soft_wrap=False, highlight=False, markup=False,
                    width=None if sys.stdout.isatty() else 200)
+
+
+def _table(**options: Any) -> Table:
+    from rich.table import Table
+
+    return Table(**options)
 
 
 def _open_readonly(db: str | None, state: Any):  # type: ignore[no-untyped-def]
@@ -104,7 +113,7 @@ def _warn(error: Exception) -> None:
 
 
 def _events_table(records: Iterable[Any], utc: bool, title: str | None = None) -> Table:
-    table = Table(title=title, header_style="bold")
+    table = _table(title=title, header_style="bold")
     table.add_column("pos", justify="right")
     table.add_column(f"time ({zone_name(utc)})")
     table.add_column("stream")
@@ -226,6 +235,8 @@ def _of_node(records: Iterable[Any], node: str, limit: int | None) -> Iterator[A
 
 def _follow(url: str, after: int, stream: str | None, types: tuple[str, ...], since: datetime | None,
             count: int | None, as_json: bool, utc: bool, node: str | None = None) -> None:
+    import asyncio
+
     from store.aio import AsyncEventReader
 
     console = _console()
@@ -305,7 +316,7 @@ def _print_world(world: Any, moment: datetime | None, utc: bool) -> None:
         console.print("nothing recorded yet")
         return
     if world.nodes:
-        table = Table(title="nodes", header_style="bold")
+        table = _table(title="nodes", header_style="bold")
         for column in ("node", "running", "NAT", "public endpoint", "relay"):
             table.add_column(column)
         for node in world.nodes.values():
@@ -313,7 +324,7 @@ def _print_world(world: Any, moment: datetime | None, utc: bool) -> None:
                           node.public_endpoint or "-", node.selected_relay or "-")
         console.print(table)
     if world.parties:
-        table = Table(title="parties", header_style="bold")
+        table = _table(title="parties", header_style="bold")
         for column in ("node", "party", "name", "active", "member", "peer name", "virtual IP", "NAT"):
             table.add_column(column)
         for stream_id, party in world.parties.items():
@@ -327,7 +338,7 @@ def _print_world(world: Any, moment: datetime | None, utc: bool) -> None:
                               member.nat_type if member else "-")
         console.print(table)
     if world.connections:
-        table = Table(title="connections", header_style="bold")
+        table = _table(title="connections", header_style="bold")
         for column in ("node", "party", "peer", "state", "path", "endpoint", "relay", "latency ms", "loss",
                        "reconnects", "reason"):
             table.add_column(column)
@@ -340,7 +351,7 @@ def _print_world(world: Any, moment: datetime | None, utc: bool) -> None:
                           str(connection.reconnects), connection.reason or "-")
         console.print(table)
     if world.relays:
-        table = Table(title="relays", header_style="bold")
+        table = _table(title="relays", header_style="bold")
         for column in ("node", "relay", "rtt ms", "answered/probes", "degraded", "sessions", "running"):
             table.add_column(column)
         for stream_id, relay in world.relays.items():
@@ -400,7 +411,7 @@ def history_command(
             print(json.dumps(record_json(record)))
         return
     console = _console()
-    table = Table(title=f"connection history of {'; '.join(sorted({entry.label() for entry in chosen}))}",
+    table = _table(title=f"connection history of {'; '.join(sorted({entry.label() for entry in chosen}))}",
                   header_style="bold")
     for column in ("pos", f"time ({zone_name(utc)})", "event", "state", "path", "endpoint / relay",
                    "lasted", "details"):
@@ -471,7 +482,7 @@ def sql_command(
             print(json.dumps({column: _json_cell(value, column)
                               for column, value in zip(result.columns, row, strict=True)}))
     else:
-        table = Table(header_style="bold")
+        table = _table(header_style="bold")
         for column in result.columns:
             table.add_column(column + (f" ({zone_name(utc)})" if column.endswith("_at") else ""),
                              overflow="fold")

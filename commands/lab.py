@@ -44,8 +44,8 @@ def up(hosts: HostsOption = None,
     except LabError as error:
         raise UsageError(str(error)) from None
     print(lab.describe())
-    print(f"run `python cli.py lab exec {lab.run_id} HOST -- CMD` to use it, "
-          f"`python cli.py lab down {lab.run_id}` to remove it")
+    print(f"run `lanrage lab exec {lab.run_id} HOST -- CMD` to use it, "
+          f"`lanrage lab down {lab.run_id}` to remove it")
 
 
 @lab_app.command("down")

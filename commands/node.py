@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 
 from commands.common import (
@@ -26,13 +25,17 @@ from commands.common import (
     state_dir,
 )
 
+if TYPE_CHECKING:
+    import click
+
+
 ConfigOption = Annotated[Path | None, typer.Option(
-    "--config", help="TOML file with any of these options \\[default: <state-dir>/lanrage.toml if present].",
+    "--config", help="TOML file with any of these options [default: <state-dir>/lanrage.toml if present].",
     envvar="LANRAGE_CONFIG")]
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
 LogFormatOption = Annotated[str, typer.Option("--log-format", help="human or json.")]
 ApiOption = Annotated[str | None, typer.Option(
-    "--api", help="HOST:PORT of the local agent's API \\[default: api-listen of the serve table in the "
+    "--api", help="HOST:PORT of the local agent's API [default: api-listen of the serve table in the "
                   "config file, else 127.0.0.1:8666].", envvar="LANRAGE_API")]
 
 
@@ -48,7 +51,21 @@ def _settings(ctx: click.Context, config: Path | None, section: str) -> dict[str
 
     values = dict(ctx.params)
     path = find_config(config, Path(values.get("state_dir_") or DEFAULT_STATE_DIR))
-    return apply_file(ctx, values, path, section)
+    return _as_paths(ctx, apply_file(ctx, values, path, section))
+
+
+def _as_paths(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """Values of ``Path`` parameters as ``Path``: click's context (and the file) hold them as text."""
+    import inspect
+    import typing
+
+    function = inspect.unwrap(ctx.command.callback) if ctx.command.callback else None
+    hints = typing.get_type_hints(function) if function else {}
+    for name, value in values.items():
+        hint = hints.get(name)
+        if isinstance(value, str) and hint is not None and Path in (typing.get_args(hint) or (hint,)):
+            values[name] = Path(value)
+    return values
 
 
 def _logging(level: str, fmt: str, file: Path | None = None) -> None:
@@ -81,7 +98,7 @@ def serve_command(
     control: Annotated[str | None, typer.Option(
         "--control", help="Control plane for `party create`: ws://HOST:8667, or file:///dir for file "
                           "discovery.")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="This node's name in parties \\[default: "
+    name: Annotated[str | None, typer.Option("--name", help="This node's name in parties [default: "
                                                             "hostname].")] = None,
     relay: Annotated[list[str] | None, typer.Option("--relay", help="Relay HOST:PORT to monitor "
                                                                     "(repeatable).")] = None,
@@ -106,10 +123,16 @@ def serve_command(
                                                                      "stderr.")] = None,
     broadcast_ports: Annotated[str, typer.Option(
         "--broadcast-ports", help="Game discovery UDP ports whose LAN broadcasts are carried to the "
-                                  "party, e.g. 4445,27015 (docs/broadcast.md) \\[default: off].")] = "",
+                                  "party, e.g. 4445,27015 (docs/broadcast.md) [default: off].")] = "",
     user: Annotated[str, typer.Option(
         "--user", help="Started as root, serve sets up, then runs as this unprivileged user with only "
                        "CAP_NET_ADMIN and CAP_NET_RAW (created if missing).")] = "lanrage",
+    broadcast_groups: Annotated[str, typer.Option(
+        "--broadcast-groups", help="Multicast GROUP:PORT pairs carried to the party, e.g. "
+                                   "239.255.255.250:1900,224.0.0.251:5353 [default: off].")] = "",
+    games: Annotated[str, typer.Option(
+        "--games", help="Discovery presets by name: minecraft, terraria, source, blizzard, directplay, "
+                        "ssdp, mdns, or all (docs/broadcast.md) [default: off].")] = "",
     state_dir_: StateDirOption = DEFAULT_STATE_DIR,
     db: DbOption = None,
     config: ConfigOption = None,
@@ -155,7 +178,11 @@ def serve_command(
             direct_retry_s=s["direct_retry"]))}
     if s["name"]:
         settings["name"] = s["name"]
-    settings["broadcast_ports"] = _broadcast_ports(str(s["broadcast_ports"] or ""))
+    from commands.discovery import discovery
+
+    settings["broadcast_ports"], settings["broadcast_groups"] = discovery(
+        _broadcast_ports(str(s["broadcast_ports"] or "")), str(s["broadcast_groups"] or ""),
+        str(s["games"] or ""))
     from agent.privileges import PrivilegeError, drop_for_serve
     from mesh.interfaces import MeshError
 
@@ -284,6 +311,9 @@ def control_server_command(
 # ---------------------------------------------------------------- clients of the local API
 
 
+API_TIMEOUT_S = 30.0  # party join waits for the control server's answer; status answers at once
+
+
 def _api(api: str | None, state: Path, config: Path | None) -> str:
     if api is None:
         from commands.config import find_config, load_table
@@ -297,30 +327,37 @@ def _api(api: str | None, state: Path, config: Path | None) -> str:
 
 def _call(method: str, path: str, api: str | None, state: Path, config: Path | None,
           body: dict[str, Any] | None = None) -> Any:
-    import httpx
-
-    from api.token import TokenError, read_token
+    from commands.local_api import LocalApiError, request
 
     base = _api(api, state.expanduser(), config)
+    host, port = hostport(base.removeprefix("http://"), "--api")
+    headers = {"Content-Type": "application/json"}
+    from api.token import TokenError, read_token
+
     try:  # every route that tells anything about peers needs it, reads included
-        headers = {"Authorization": f"Bearer {read_token(state.expanduser())}"}
+        headers["Authorization"] = f"Bearer {read_token(state.expanduser())}"
     except TokenError as error:
-        raise UsageError(str(error)) from None
+        if method == "POST":
+            raise UsageError(str(error)) from None  # (a read without it: the agent says 401, or is not there)
+    data = json.dumps(body if body is not None else {}).encode() if method == "POST" else None
     try:
-        answer = httpx.request(method, base + path, json=body, headers=headers, timeout=30.0)
-    except httpx.HTTPError as error:
-        raise UsageError(f"cannot reach the node agent at {base}: is `lanrage serve` running? ({error})") \
-            from None
-    if answer.status_code >= 400:
-        try:
-            detail = answer.json().get("detail")
-        except ValueError:
-            detail = answer.text[:200]
+        status, text = request(host, port, method, path, headers, data, API_TIMEOUT_S)
+    except LocalApiError as error:
+        raise UsageError(f"no agent running at {base} ({error}): start one with `lanrage serve`") from None
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if status >= 400:
+        detail = (document.get("detail") if isinstance(document, dict)
+                  else text[:200].decode("utf-8", "replace"))
         if isinstance(detail, list):  # a validation error: name the first field
             first = detail[0] if detail else {}
             detail = f"{'.'.join(map(str, first.get('loc', [])[1:]))}: {first.get('msg')}"
-        raise UsageError(f"{detail} (HTTP {answer.status_code})")
-    return answer.json()
+        raise UsageError(f"{detail} (HTTP {status})")
+    if document is None:
+        raise UsageError(f"the agent at {base} answered {path} with something that is not JSON")
+    return document
 
 
 def party_create(
@@ -353,7 +390,7 @@ def party_join(
 
 
 def party_leave(
-    party_id: Annotated[str | None, typer.Argument(help="The party to leave \\[default: the only "
+    party_id: Annotated[str | None, typer.Argument(help="The party to leave [default: the only "
                                                         "one].")] = None,
     json_: JsonOption = False, api: ApiOption = None, state_dir_: StateDirOption = DEFAULT_STATE_DIR,
     config: ConfigOption = None,
@@ -379,33 +416,47 @@ def status_command(
 
 
 def print_status(status: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from commands.table import render
 
-    console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 150)
     node = status.get("node") or {}
     agent = status.get("agent") or {}
     controls = ", ".join(f"{c['url']} ({'connected' if c['connected'] else 'unreachable'})"
                          for c in agent.get("control", [])) or "none"
     nat = agent.get("nat_type") or node.get("nat_type") or "unknown"
-    console.print(f"node {agent.get('name', '')} {node.get('node_id', '')}  NAT {nat}"
-                  f"  relay {node.get('relay') or '-'}  control {controls}", markup=False)
+    print(f"node {agent.get('name', '')} {node.get('node_id', '')}  NAT {nat}"
+          f"  relay {node.get('relay') or '-'}  control {controls}")
+    print_discovery(agent.get("broadcast"))
     if not status["parties"]:
-        console.print("no party: `lanrage party create NAME` or `lanrage party join INVITE`")
+        print("no party: `lanrage party create NAME` or `lanrage party join INVITE`")
     for party in status["parties"]:
-        table = Table(title=f"party {party['name']} ({party['party_id']}), you are {party['virtual_ip']}",
-                      title_justify="left")
-        for column in ("peer", "virtual IP", "NAT", "state", "path", "endpoint / relay", "latency", "loss"):
-            table.add_column(column)
+        rows = []
         for peer in party["peers"]:
+            local = peer["is_local"]
             latency = f"{peer['latency_ms']:.1f} ms" if peer["latency_ms"] is not None else "-"
             loss = f"{100 * peer['loss']:.0f} %" if peer["loss"] is not None else "-"
             where = peer["relay"] if peer["path"] == "relay" else peer["endpoint"]
-            table.add_row(peer["name"] + (" (you)" if peer["is_local"] else ""), peer["virtual_ip"] or "-",
-                          peer["nat_type"], "" if peer["is_local"] else (peer["state"] or "-"),
-                          peer["path"] or "-", where or "-", "" if peer["is_local"] else latency,
-                          "" if peer["is_local"] else loss)
-        console.print(table)
+            rows.append((peer["name"] + (" (you)" if local else ""), peer["virtual_ip"], peer["nat_type"],
+                         "" if local else peer["state"], peer["path"], where,
+                         "" if local else latency, "" if local else loss))
+        print()
+        headers = ("peer", "virtual IP", "NAT", "state", "path", "endpoint / relay", "latency", "loss")
+        print(render(headers, rows, title=f"party {party['name']} ({party['party_id']}), "
+                                            f"you are {party['virtual_ip']}"))
+
+
+def print_discovery(broadcast: dict[str, Any] | None) -> None:
+    """The game discovery line, and per-port counters since the agent started."""
+    from commands.table import render
+
+    if not broadcast:
+        return
+    carried = ", ".join([*(str(port) for port in broadcast["ports"]), *broadcast["groups"]])
+    print(f"game discovery: {carried} ({'running' if broadcast['running'] else 'waiting for a party'})")
+    if broadcast["by_port"]:
+        columns = ("captured", "forwarded", "received", "reemitted", "dropped")
+        rows = [(row["destination"], row["port"], *(row[name] for name in columns))
+                for row in broadcast["by_port"]]
+        print(render(("destination", "port", *columns), rows))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,8 +1,9 @@
 """A LANrage deployment inside a lab: control server, relays, one agent per peer.
 
-Everything is driven the way a user would: ``cli.py control-server``, ``relay-server``,
+Everything is driven the way a user would: ``lanrage control-server``, ``relay-server``,
 ``serve``, ``party create|join|leave``, ``status --json``, ``history``, ``sql``, each run
-inside its host's namespace. Used by the demo, the lab tests and bench/connect.py.
+inside its host's namespace. Used by the demo (with the installed ``lanrage`` command),
+the lab tests and bench/connect.py (with this checkout's ``cli.py``).
 """
 
 from __future__ import annotations
@@ -19,11 +20,19 @@ from lab import Lab, LabProcess
 CONTROL_PORT = 8667
 RELAY_PORT = 3479
 API = "127.0.0.1:8666"
+CHECKOUT_CLI = [sys.executable, str(Path(__file__).resolve().parent.parent / "cli.py")]
+
+
+def installed_command() -> list[str]:
+    """The ``lanrage`` command installed beside this interpreter (scripts/setup.sh puts it there)."""
+    script = Path(sys.executable).parent / "lanrage"
+    return [str(script)] if script.is_file() else CHECKOUT_CLI
 
 
 class LabParty:
-    def __init__(self, lab: Lab, directory: Path | None = None) -> None:
+    def __init__(self, lab: Lab, directory: Path | None = None, command: list[str] | None = None) -> None:
         self.lab = lab
+        self.command = command or CHECKOUT_CLI
         self.dir = directory or lab.workdir
         self.secret_file = self.dir / "relay.secret"
         self.secret_file.write_text(os.urandom(32).hex())
@@ -35,7 +44,7 @@ class LabParty:
         self.control: LabProcess | None = None
 
     def cli(self, host: str, *args: str, timeout: float = 60.0, check: bool = True) -> str:
-        return self.lab.run(host, [sys.executable, "cli.py", *args], timeout=timeout, check=check).stdout
+        return self.lab.run(host, [*self.command, *args], timeout=timeout, check=check).stdout
 
     def state(self, host: str) -> str:
         return str(self.dir / host)
@@ -44,7 +53,7 @@ class LabParty:
 
     def start_services(self) -> None:
         for relay, host in zip(self.relays, self.lab.relays, strict=True):
-            self.lab.popen(host.name, [sys.executable, "cli.py", "relay-server", "--listen",
+            self.lab.popen(host.name, [*self.command, "relay-server", "--listen",
                                        f"0.0.0.0:{RELAY_PORT}", "--public", relay, "--secret-file",
                                        str(self.secret_file), "--state-dir", self.state(host.name)])
         self.start_control()
@@ -52,7 +61,7 @@ class LabParty:
             self.lab.wait_udp_listening(host.name, RELAY_PORT, 20)
 
     def start_control(self) -> None:
-        args = [sys.executable, "cli.py", "control-server", "--listen", f"0.0.0.0:{CONTROL_PORT}",
+        args = [*self.command, "control-server", "--listen", f"0.0.0.0:{CONTROL_PORT}",
                 "--relay-secret-file", str(self.secret_file), "--state-dir", self.state("control"),
                 "--heartbeat", "2", "--ttl", "6"]
         for relay in self.relays:
@@ -74,7 +83,7 @@ class LabParty:
 
     def start_agent(self, host: str, wait: bool = True) -> None:
         node = self.lab.host(host)
-        args = [sys.executable, "cli.py", "serve", "--name", host, "--control", self.control_url,
+        args = [*self.command, "serve", "--name", host, "--control", self.control_url,
                 "--interface", node.wg_name, "--listen-port", "51820", "--state-dir", self.state(host)]
         for relay in self.relays:
             args += ["--relay", relay]

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from demo.party import LabParty
+from demo.party import LabParty, installed_command
 from lab import HostSpec, Lab
 
 PEERS = (("alice", "port_restricted", "a home router (port-restricted cone NAT)"),
@@ -60,11 +60,11 @@ def main() -> int:
             say(f"  {name:6} LAN {host.lan_ip:15} seen on the internet as {host.public_ip:15} - {what}")
         say(f"  control server {lab.control.public_ip}:8667, relays "
             f"{', '.join(r.public_ip + ':3479' for r in lab.relays)}")
-        party = LabParty(lab)
+        party = LabParty(lab, command=installed_command())
         party.start_services()
-        say("Started `cli.py control-server` and two `cli.py relay-server` (they share a ticket secret).")
+        say("Started `lanrage control-server` and two `lanrage relay-server` (they share a ticket secret).")
         party.start_agents([name for name, _, _ in PEERS])
-        say("Started `cli.py serve` on each friend's machine: actors, WireGuard, STUN, the API.")
+        say("Started `lanrage serve` on each friend's machine: actors, WireGuard, STUN, the API.")
         say()
         created = party.create("alice", "Friday LAN")
         say(f"alice$ lanrage party create 'Friday LAN'   -> she is {created['virtual_ip']}; the invite:")

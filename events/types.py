@@ -700,3 +700,25 @@ class PartyControlUnbound(Event):
     node_id: str
     party_id: str
     reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class BroadcastCountersSampled(Event):
+    """LAN discovery traffic on one port over ``window_s`` seconds (one row an interval, never a packet).
+
+    ``destination`` is ``broadcast`` (limited, virtual-subnet or LAN broadcast) or the multicast
+    group. ``captured``: local datagrams taken; ``forwarded``: wrapped copies sent to peers;
+    ``received``: valid copies from peers; ``reemitted``: delivered to local games; ``dropped``:
+    refused after the port was known (rate limit, duplicate, too large, no peers, errors).
+    """
+
+    node_id: str
+    destination: str
+    port: int
+    window_s: float
+    captured: int
+    forwarded: int
+    received: int
+    reemitted: int
+    dropped: int

@@ -1,8 +1,8 @@
 """The network lab: a small internet in Linux network namespaces.
 
-Tests, benchmarks and the demo share it; ``python cli.py lab up/down/list/exec`` is
+Tests, benchmarks and the demo share it; ``lanrage lab up/down/list/exec`` is
 the same thing for people. Needs root. Every name carries a random run id, so labs
-of several engineers coexist; a lab's namespaces, links, processes and stale
+of several people coexist; a lab's namespaces, links, processes and stale
 WireGuard sockets all go at teardown, also on an exception, KeyboardInterrupt,
 SIGTERM/SIGHUP (turned into SystemExit) and interpreter exit (atexit). Each build
 first removes leftovers of dead runs (never those of a live process).

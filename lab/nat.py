@@ -1,4 +1,4 @@
-"""The router rules of each NAT type (DESIGN.md, "The network lab")."""
+"""The router rules of each NAT type (docs/architecture.md, "The network lab")."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Each lab writes ``<state dir>/<run id>.json`` *before* it creates its first
 namespace; namespaces are named ``lrl-<run id>-<role>``. A run is a leftover when
 its owning process is dead (same PID and start time) and it is not persistent
 (``lab up``), or when its record is missing. Labs still owned by a live process —
-other engineers' labs — are never touched.
+other people's labs — are never touched.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything LANrage needs on a fresh Debian machine (run as root):
-# the system packages, a Python venv in .venv with requirements.txt, and
-# a running PostgreSQL 15 cluster with a `lanrage` role and database.
+# the system packages, a Python venv in .venv with requirements.txt and this
+# checkout installed in it (editable: `.venv/bin/lanrage` runs this checkout's code),
+# and a running PostgreSQL 15 cluster with a `lanrage` role and database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,5 +23,11 @@ if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+# The checkout itself, editable; skipped when .venv's `lanrage` already runs this checkout.
+root="$(pwd)"
+if [[ ! -x .venv/bin/lanrage ]] || ! (cd / && "$root/.venv/bin/python" -c \
+        "import cli, sys; sys.exit(cli.__file__ != '$root/cli.py')" 2>/dev/null); then
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+fi
 
 bash scripts/postgres.sh

@@ -1,4 +1,4 @@
-"""The SQLAlchemy Core schema of the event store (DESIGN.md's SQL contract).
+"""The SQLAlchemy Core schema of the event store (the SQL contract of docs/architecture.md).
 
 Alembic owns the real DDL (``migrations/versions``); this module describes the
 same tables so that the store can build statements, and so that

@@ -43,6 +43,9 @@ DEFAULT_PORT = 8668
 SO_BINDTODEVICE = 25
 IP_PKTINFO = 8  # linux/in.h (not in the socket module of Python 3.11)
 LIMITED_BROADCAST = "255.255.255.255"
+BROADCAST = "broadcast"  # the destination kind of a limited, subnet or LAN broadcast, in per-port counters
+PORT_COUNTERS = ("captured", "forwarded", "received", "reemitted", "dropped")
+MAX_DISCOVERY_PORTS = 64  # ports plus group:port pairs: the BPF program stays small
 DROP_REASONS = ("not_local", "rate_limited", "too_large", "no_peers", "send_error", "not_peer", "malformed",
                 "spoofed", "not_allowed", "duplicate", "emit_error", "internal_error")
 
@@ -55,9 +58,11 @@ class BroadcastError(MeshError):
 class BroadcastConfig:
     interface: str  # the WireGuard interface
     virtual_ip: str  # this node's address on it
-    ports: tuple[int, ...]  # game discovery ports
+    ports: tuple[int, ...]  # game discovery ports for broadcasts (and for every group in ``groups``)
     subnet: str = "10.66.0.0/16"
-    groups: tuple[str, ...] = ()  # multicast groups, e.g. ("239.255.255.250",)
+    groups: tuple[str, ...] = ()  # multicast groups carried on any of ``ports``
+    # Multicast groups each carried on its own port only, e.g. (("239.255.255.250", 1900),) for SSDP.
+    group_ports: tuple[tuple[str, int], ...] = ()
     tunnel_port: int = DEFAULT_PORT
     max_payload: int = 1400
     rate_per_s: float = 50.0  # per local source (ip, port) and per remote origin
@@ -69,11 +74,13 @@ class BroadcastConfig:
     lan_broadcasts: bool = True
 
     def __post_init__(self) -> None:
-        if not self.ports or len(self.ports) > 64 or any(not 0 < p < 65536 for p in self.ports):
-            raise ValueError("broadcast ports: 1 to 64 ports in 1-65535")
-        if self.tunnel_port in self.ports:
+        pairs = len(self.ports) + len(self.group_ports)
+        if not 0 < pairs <= MAX_DISCOVERY_PORTS or any(not 0 < p < 65536 for p in self.capture_ports):
+            raise ValueError(f"broadcast ports and group ports: 1 to {MAX_DISCOVERY_PORTS} in all, "
+                             "each in 1-65535")
+        if self.tunnel_port in self.capture_ports:
             raise ValueError("the broadcast tunnel port cannot be a game port")
-        for group in self.groups:
+        for group in (*self.groups, *(group for group, _ in self.group_ports)):
             if not ipaddress.IPv4Address(group).is_multicast:
                 raise ValueError(f"{group} is not a multicast group")
         if ipaddress.IPv4Address(self.virtual_ip) not in ipaddress.IPv4Network(self.subnet):
@@ -86,8 +93,27 @@ class BroadcastConfig:
         return str(ipaddress.IPv4Network(self.subnet).broadcast_address)
 
     @property
+    def all_groups(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.groups, *(group for group, _ in self.group_ports))))
+
+    @property
     def destinations(self) -> tuple[str, ...]:
-        return (LIMITED_BROADCAST, self.subnet_broadcast, *self.groups)
+        return (LIMITED_BROADCAST, self.subnet_broadcast, *self.all_groups)
+
+    @property
+    def capture_ports(self) -> tuple[int, ...]:
+        return tuple(sorted({*self.ports, *(port for _, port in self.group_ports)}))
+
+    def carries(self, destination: str, port: int) -> bool:
+        """Whether a datagram to ``destination:port`` is carried (a LAN broadcast counts as limited)."""
+        if (destination, port) in self.group_ports:
+            return True
+        return port in self.ports and destination in (LIMITED_BROADCAST, self.subnet_broadcast, *self.groups)
+
+
+def counter_key(destination: str) -> str:
+    """Per-port counters are kept by destination kind: the group, or ``broadcast``."""
+    return destination if ipaddress.IPv4Address(destination).is_multicast else BROADCAST
 
 
 @dataclass
@@ -143,6 +169,8 @@ class BroadcastEmulator:
         self._counters: dict[str, int] = dict.fromkeys(
             ("captured", "forwarded", "received", "reemitted"), 0)
         self._dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        # (destination kind, port) -> counters; the keys are the configured ones, so this is bounded.
+        self._by_port: dict[tuple[str, int], dict[str, int]] = {}
         self._dedup = _Lru(config.dedup_size)
         self._local: dict[str, tuple[bool, float]] = {}
         self._out_limit = _Limiter(config.rate_per_s, config.burst, config.max_sources)
@@ -182,6 +210,11 @@ class BroadcastEmulator:
         with self._lock:
             return {**self._counters, **{f"dropped_{k}": v for k, v in self._dropped.items()}}
 
+    def port_counters(self) -> dict[tuple[str, int], dict[str, int]]:
+        """Totals since start per (``broadcast`` or group, port), for the ones that saw traffic."""
+        with self._lock:
+            return {key: dict(values) for key, values in self._by_port.items()}
+
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("already started")
@@ -203,7 +236,7 @@ class BroadcastEmulator:
             directed = directed_broadcasts(exclude=cfg.interface)[:32]  # the BPF program stays small
             self._directed = frozenset(directed) - set(cfg.destinations)
         packet.attach_filter(capture, packet.capture_filter((*cfg.destinations, *sorted(self._directed)),
-                                                            cfg.ports))
+                                                            cfg.capture_ports))
         capture.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         tunnel = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sockets.append(tunnel)
@@ -212,11 +245,11 @@ class BroadcastEmulator:
         tunnel.bind(("0.0.0.0", cfg.tunnel_port))
         self._tunnel = tunnel
         self._emit = self._raw_emitter(cfg.interface)
-        if cfg.groups:
+        if cfg.all_groups:
             # A locally sent multicast is looped into local delivery (and so to the capture
             # socket) only if the host is a member of the group: join on every interface.
             for _index, name in socket.if_nameindex():
-                for group in cfg.groups:
+                for group in cfg.all_groups:
                     mreq = socket.inet_aton(group) + struct_mreqn_ifindex(name)
                     try:
                         tunnel.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
@@ -275,13 +308,23 @@ class BroadcastEmulator:
         finally:
             selector.close()
 
-    def _count(self, name: str, n: int = 1) -> None:
+    def _count(self, name: str, n: int = 1, port: tuple[str, int] | None = None) -> None:
         with self._lock:
             self._counters[name] += n
+            if port is not None:
+                self._port_count(port, name, n)
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: str, port: tuple[str, int] | None = None) -> None:
         with self._lock:
             self._dropped[reason] += 1
+            if port is not None:
+                self._port_count(port, "dropped", 1)
+
+    def _port_count(self, port: tuple[str, int], name: str, n: int) -> None:
+        values = self._by_port.get(port)
+        if values is None:
+            values = self._by_port[port] = dict.fromkeys(PORT_COUNTERS, 0)
+        values[name] += n
 
     def _is_local(self, address: str, now: float) -> bool:
         cached = self._local.get(address)
@@ -303,27 +346,28 @@ class BroadcastEmulator:
     def _on_capture(self, data: bytes, _addr: object) -> None:
         cfg = self.config
         dgram = packet.parse_ipv4_udp(data)
-        if dgram is None or dgram.dst_port not in cfg.ports:
+        if dgram is None:
             return  # the BPF filter already keeps these out
         dst = dgram.dst
         if dst in self._directed:
             dst = LIMITED_BROADCAST  # the peers' LANs have other subnets: deliver as a LAN-wide broadcast
-        elif dst not in cfg.destinations:
-            return
+        if not cfg.carries(dst, dgram.dst_port):
+            return  # another group's port (the filter takes every configured group on every port)
         now = self._clock()
         if dgram.src in self._peers or not self._is_local(dgram.src, now):
             self._drop("not_local")
             return
-        self._count("captured")
+        port = (counter_key(dst), dgram.dst_port)
+        self._count("captured", port=port)
         if len(dgram.payload) > cfg.max_payload:
-            self._drop("too_large")
+            self._drop("too_large", port)
             return
         if not self._out_limit.allow((dgram.src, dgram.src_port), now):
-            self._drop("rate_limited")
+            self._drop("rate_limited", port)
             return
         peers = self._peers
         if not peers:
-            self._drop("no_peers")
+            self._drop("no_peers", port)
             return
         self._msg_seq = (self._msg_seq + 1) & 0xFFFFFFFF
         msg_id = self._msg_prefix | self._msg_seq
@@ -339,9 +383,9 @@ class BroadcastEmulator:
             try:
                 sock.sendmsg([wrapped[ours]], [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)], 0,
                              (peer, cfg.tunnel_port))
-                self._count("forwarded")
+                self._count("forwarded", port=port)
             except OSError:
-                self._drop("send_error")
+                self._drop("send_error", port)
 
     def _on_tunnel(self, data: bytes, addr: tuple[str, int]) -> None:
         cfg = self.config
@@ -357,22 +401,23 @@ class BroadcastEmulator:
         if msg.origin != source:
             self._drop("spoofed")
             return
-        if msg.dst_port not in cfg.ports or msg.dst not in cfg.destinations:
+        if not cfg.carries(msg.dst, msg.dst_port):
             self._drop("not_allowed")
             return
-        self._count("received")
+        port = (counter_key(msg.dst), msg.dst_port)
+        self._count("received", port=port)
         now = self._clock()
         if self._dedup.seen((msg.origin, msg.msg_id), now):
-            self._drop("duplicate")
+            self._drop("duplicate", port)
             return
         if not self._in_limit.allow(msg.origin, now):
-            self._drop("rate_limited")
+            self._drop("rate_limited", port)
             return
         try:
             self._reemit(msg)
-            self._count("reemitted")
+            self._count("reemitted", port=port)
         except OSError:
-            self._drop("emit_error")
+            self._drop("emit_error", port)
 
     def _reemit(self, msg: wire.Wrapped) -> None:
         # Multicast with TTL 0 is looped back into this host and then dropped before the wire

@@ -1,4 +1,4 @@
-"""The events table (DESIGN.md's SQL contract), the log head and subscriber checkpoints.
+"""The events table (the SQL contract of docs/architecture.md), the log head and subscriber checkpoints.
 
 Revision ID: 0001_events
 Revises:

@@ -19,7 +19,7 @@ PORT = 4445
 
 
 def test_a_party_of_agents_carries_broadcasts_both_ways_over_a_relay() -> None:
-    """A port-restricted and a symmetric NAT cannot go direct (DESIGN.md): this pair runs over
+    """A port-restricted and a symmetric NAT cannot go direct (docs/architecture.md): this pair runs over
     a relay. (Direct tunnels are test_lab_broadcast's; the relayed-or-direct choice is below
     the tunnel, so a direct variant here only cost 15 s more; it passed too.)"""
     hosts = [HostSpec("alice", "port_restricted"), HostSpec("bob", "symmetric")]

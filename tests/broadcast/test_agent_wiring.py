@@ -61,3 +61,64 @@ def test_starts_once_follows_peers_and_restarts_on_a_new_interface(monkeypatch: 
     del index["lr0"]  # gone
     wire._apply(None, "", {})
     assert not second.running and wire.emulator is None
+
+
+def test_counters_enter_the_log_once_per_interval_and_port_with_traffic() -> None:
+    import asyncio
+
+    from events.types import BroadcastCountersSampled
+
+    totals: dict[tuple[str, int], dict[str, int]] = {}
+    appended: list[list[Any]] = []
+
+    async def append(events: list[Any]) -> None:
+        appended.append(events)
+
+    agent = SimpleNamespace(config=SimpleNamespace(interface="lr0"), node_id="n1", _append=append)
+    wire = wiring.BroadcastWiring(agent, (27015,), (("239.255.255.250", 1900),))  # type: ignore[arg-type]
+    wire.emulator = SimpleNamespace(port_counters=lambda: {k: dict(v) for k, v in totals.items()},
+                                    counters=lambda: {"captured": 7})  # type: ignore[assignment]
+
+    def counts(**values: int) -> dict[str, int]:
+        return {"captured": 0, "forwarded": 0, "received": 0, "reemitted": 0, "dropped": 0, **values}
+
+    totals[("broadcast", 27015)] = counts(captured=3, forwarded=6)
+    totals[("239.255.255.250", 1900)] = counts(received=2, reemitted=1, dropped=1)
+    asyncio.run(wire._sample())
+    [first] = appended
+    assert [(e.destination, e.port, e.captured, e.forwarded, e.received, e.reemitted, e.dropped)
+            for e in first] == [("239.255.255.250", 1900, 0, 0, 2, 1, 1), ("broadcast", 27015, 3, 6, 0, 0, 0)]
+    assert all(isinstance(e, BroadcastCountersSampled) and e.node_id == "n1" for e in first)
+
+    asyncio.run(wire._sample())  # nothing new: nothing written
+    assert len(appended) == 1
+    totals[("broadcast", 27015)] = counts(captured=4, forwarded=8)  # one more datagram, two peers
+    asyncio.run(wire._sample())
+    assert [(e.port, e.captured, e.forwarded) for e in appended[-1]] == [(27015, 1, 2)]
+
+    shown = wire.status()
+    assert shown["groups"] == ["239.255.255.250:1900"] and shown["ports"] == [27015]
+    assert {"destination": "broadcast", "port": 27015, **counts(captured=4, forwarded=8)} in shown["by_port"]
+
+
+def test_a_failed_write_keeps_the_growth_for_the_next_interval() -> None:
+    import asyncio
+
+    appended: list[list[Any]] = []
+    failing = [True]
+
+    async def append(events: list[Any]) -> None:
+        if failing[0]:
+            raise OSError("disk full")
+        appended.append(events)
+
+    agent = SimpleNamespace(config=SimpleNamespace(interface="lr0"), node_id="n1", _append=append)
+    wire = wiring.BroadcastWiring(agent, (27015,))  # type: ignore[arg-type]
+    grown = {"captured": 2, "forwarded": 2, "received": 0, "reemitted": 0, "dropped": 0}
+    wire.emulator = SimpleNamespace(  # type: ignore[assignment]
+        port_counters=lambda: {("broadcast", 27015): dict(grown)})
+    with pytest.raises(OSError):
+        asyncio.run(wire._sample())
+    failing[0] = False
+    asyncio.run(wire._sample())
+    assert [(e.captured, e.forwarded) for e in appended[0]] == [(2, 2)]

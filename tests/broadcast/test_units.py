@@ -294,3 +294,21 @@ def test_the_loop_survives_a_failing_handler_and_stops_at_once() -> None:
     finally:
         for sock in (capture, capture_peer, tunnel, tunnel_peer):
             sock.close()
+
+
+def test_group_ports_are_carried_only_on_their_own_port() -> None:
+    config = BroadcastConfig(interface="lr0", virtual_ip="10.66.0.1", ports=(27015,),
+                             group_ports=(("239.255.255.250", 1900), ("224.0.0.251", 5353)))
+    assert config.capture_ports == (1900, 5353, 27015)
+    assert config.carries("239.255.255.250", 1900) and config.carries("224.0.0.251", 5353)
+    assert config.carries("255.255.255.255", 27015) and config.carries("10.66.255.255", 27015)
+    assert not config.carries("239.255.255.250", 5353)  # another group's port
+    assert not config.carries("239.255.255.250", 27015)  # a broadcast port is not a group port
+    assert not config.carries("255.255.255.255", 1900)  # a group port is not a broadcast port
+    only_groups = BroadcastConfig(interface="lr0", virtual_ip="10.66.0.1", ports=(),
+                                  group_ports=(("224.0.2.60", 4445),))
+    assert only_groups.all_groups == ("224.0.2.60",)
+    with pytest.raises(ValueError, match="1 to 64"):
+        BroadcastConfig(interface="lr0", virtual_ip="10.66.0.1", ports=())
+    with pytest.raises(ValueError, match="not a multicast group"):
+        BroadcastConfig(interface="lr0", virtual_ip="10.66.0.1", ports=(), group_ports=(("192.0.2.1", 9),))

@@ -82,7 +82,7 @@ def handle(command: dict[str, Any], wg: WireGuardInterface, relays: ProxyRelayCl
         return {"ok": True}
     if kind == "probe":
         return {"rtt_ms": probe_relay(command["relay"], command.get("timeout", 0.5))}
-    if kind == "control":  # connect to the control server (issue 6): the real signalling channel
+    if kind == "control":  # connect to the control server: the real signalling channel
         from mesh.control.client import ControlClient
         from mesh.control.identity import Identity
 

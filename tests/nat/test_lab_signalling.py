@@ -1,4 +1,4 @@
-"""In the lab, end to end through the control server (issue 6's signalling channel).
+"""In the lab, end to end through the control server (the real signalling channel).
 
 The two nodes meet in a party on the real ``control-server``; candidates, the punch
 session secret and the agreed moment travel as ``signal`` messages over its WebSocket;
