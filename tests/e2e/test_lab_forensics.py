@@ -87,7 +87,7 @@ def test_dashboard_shows_peers_chart_and_a_clicked_event(party: LabParty, tmp_pa
     assert screenshot.stat().st_size > 10_000
 
 
-def test_diagnose_names_a_cut_uplink_a_leaver_and_a_crash(party: LabParty) -> None:
+def test_diagnose_names_a_cut_uplink_a_leaver_a_crash_and_a_stop(party: LabParty) -> None:
     ips: dict[str, str] = party.ips  # type: ignore[attr-defined]
     party.lab.cut_uplink("bob")
     drop = wait_for_incident(party, "alice", "bob", "drop")
@@ -116,3 +116,16 @@ def test_diagnose_names_a_cut_uplink_a_leaver_and_a_crash(party: LabParty) -> No
     assert restart["cause"] == "local_crashed", restart
     text = party.cli("bob", "diagnose", "alice", "--state-dir", party.state("bob"))
     assert "cause: this node crashed or was killed" in text
+
+    # And a clean stop (SIGTERM) and start: the connection stays up in the log across it.
+    wait_all_connected(party, ["alice", "bob"], 120)
+    party.kill_agent("bob", signal.SIGTERM)
+    party.start_agent("bob")
+    deadline = time.monotonic() + DROP_SEEN_S
+    restarts: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and len(restarts) < 2:
+        restarts = [i for i in diagnosis(party, "bob", "alice")["incidents"] if i["kind"] == "restart"]
+        time.sleep(2)
+    assert [i["cause"] for i in restarts] == ["local_crashed", "local_stopped"], restarts
+    assert restarts[-1]["findings"][0]["summary"] == ("this node was stopped (actor system shut down) and "
+                                                      "started again")

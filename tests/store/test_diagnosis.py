@@ -13,7 +13,7 @@ from events import types as ev
 from events.base import Event
 from store import open_store
 from store.base import RecordedEvent
-from store.diagnosis import Window, diagnose, incidents
+from store.diagnosis import Finding, Window, diagnose, incidents
 
 T0 = datetime(2026, 11, 25, 21, 0, tzinfo=UTC)
 RELAY_A, RELAY_B = "203.0.113.20:3478", "203.0.113.21:3478"
@@ -37,14 +37,17 @@ class Log:
     def stream(self, stream: str) -> list[RecordedEvent]:
         return [r for r in self.records if r.stream_id == stream]
 
-    def findings(self, peer: str = "bob", index: int = -1) -> list[str]:
+    def report(self, peer: str = "bob", index: int = -1) -> list[Finding]:
         connection = self.stream(f"peer:p:{peer}")
         found = incidents(connection, [r for r in self.records if r.stream_id == "node:me"])
         incident = found[index]
         upto = tuple(r for r in connection if r.global_position <= incident.record.global_position)
         window = Window(incident, "p", peer, NAMES[("p", peer)], upto or tuple(connection),
-                        tuple(self.records), NAMES)
-        return [f"{finding.cause}: {finding.summary}" for finding in diagnose(window)]
+                        tuple(self.records), NAMES, tuple(self.stream("node:me")))
+        return diagnose(window)
+
+    def findings(self, peer: str = "bob", index: int = -1) -> list[str]:
+        return [f"{finding.cause}: {finding.summary}" for finding in self.report(peer, index)]
 
 
 def state(peer: str, frm: str | None, to: str, reason: str, path: str | None = "direct",
@@ -170,10 +173,21 @@ def test_this_node_crashed_and_restarted() -> None:
 
 
 def test_this_node_was_stopped_and_started() -> None:
-    log = up(Log(), "bob")
+    log = Log().at(0, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
+    up(log, "bob", 1)
     log.at(50, "node:me", ev.NodeStopped(node_id="me", reason="SIGTERM"))
-    log.at(55, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
+    # Down for an hour: the stop is far outside the window around the start, and still found.
+    log.at(3650, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
     assert log.findings()[0] == "local_stopped: this node was stopped (SIGTERM) and started again"
+    # A crash after that clean run is a crash, although a clean stop is in the node's past.
+    log.at(3700, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
+    assert log.findings()[0].startswith("local_crashed:")
+    log.at(3800, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820),
+           ev.NodeRunEndedAbruptly(node_id="me", last_global_position=9,
+                                   last_recorded_at=(T0 + timedelta(seconds=3790)).isoformat()))
+    crashed = log.report()[0]
+    assert crashed.cause == "local_crashed"
+    assert [fact.event_type for fact in crashed.evidence] == ["NodeRunEndedAbruptly", "NodeStarted"]
 
 
 def test_an_unexplained_drop_says_so_and_shows_the_facts() -> None:
