@@ -215,7 +215,7 @@ class _Clock(datetime):
         return cls.moment
 
 
-def test_diagnose_command(sqlite_url: str, monkeypatch: pytest.MonkeyPatch,
+def test_diagnose_command(any_db_url: str, monkeypatch: pytest.MonkeyPatch,
                           capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(store.sql, "datetime", _Clock)
     log = up(up(Log(), "bob"), "carol")
@@ -227,21 +227,21 @@ def test_diagnose_command(sqlite_url: str, monkeypatch: pytest.MonkeyPatch,
     log.at(60, "peer:p:carol", sample("carol", 0.0))
     log.at(3600, "party:p", ev.PeerLeft(party_id="p", peer_id="bob", reason="left"))
     log.at(3600, "peer:p:bob", state("bob", "connected", "closed", "left"))
-    with open_store(sqlite_url) as opened:
+    with open_store(any_db_url) as opened:
         for record in sorted(log.records, key=lambda r: r.global_position):
             _Clock.moment = record.recorded_at
             opened.append(record.stream_id, [record.event], record.stream_position - 1)
     monkeypatch.undo()
-    assert cli.main(["diagnose", "bob", "--db", sqlite_url, "--json"]) == 0
+    assert cli.main(["diagnose", "bob", "--db", any_db_url, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [i["cause"] for i in report["incidents"]] == ["remote_unreachable", "remote_left"]
     assert report["incidents"][0]["at"] == (T0 + timedelta(seconds=40)).isoformat()
     evidence = report["incidents"][0]["findings"][0]["evidence"]
     assert evidence[0]["detail"] == "connected → connecting: reconnect attempt 1/3: 3 probes lost"
     at = (T0 + timedelta(seconds=50)).isoformat()
-    assert cli.main(["diagnose", "Bob", "--db", sqlite_url, "--at", at, "--utc"]) == 0
+    assert cli.main(["diagnose", "Bob", "--db", any_db_url, "--at", at, "--utc"]) == 0
     out = capsys.readouterr().out
     assert "cause: Bob's node became unreachable" in out and "2026-11-25 21:00:40.000" in out
     assert "left the party" not in out  # only the drop at or before --at
-    assert cli.main(["diagnose", "carol", "--db", sqlite_url]) == 0
+    assert cli.main(["diagnose", "carol", "--db", any_db_url]) == 0
     assert "no drop of Carol (carol) in party LAN (p) recorded" in capsys.readouterr().out
