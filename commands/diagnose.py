@@ -55,7 +55,7 @@ def diagnose_command(
                 when = incident.record.recorded_at
                 around = store.read_all(since=when - LOOKBACK, until=when + LOOKAHEAD, on_error=_warn)
                 window = window_for(incident, connection, around, entry.party_id, entry.peer_id,
-                                    entry.name or entry.peer_id, names)
+                                    entry.name or entry.peer_id, names, node_events)
                 reports.append((incident, diagnose(window)))
     reports.sort(key=lambda report: report[0].record.global_position)
     if as_json:

@@ -31,6 +31,8 @@ LOOKBACK = timedelta(seconds=120)
 LOOKAHEAD = timedelta(seconds=120)
 # Connections of one node that drop within this of each other dropped for one reason.
 TOGETHER = timedelta(seconds=15)
+# A NodeRunEndedAbruptly is written as the node starts; within this of a start it is about that start.
+START_RECORDS = timedelta(seconds=10)
 # A sample with at least this loss before a drop, after samples below it, is "loss rose".
 LOSS_ROSE = 0.2
 # Without a moment, the latest few incidents: enough to see a pattern, short enough to read.
@@ -79,6 +81,7 @@ class Window:
     connection: tuple[RecordedEvent, ...]  # this connection's stream, up to and including the incident
     around: tuple[RecordedEvent, ...]  # every event of this node within LOOKBACK/LOOKAHEAD
     names: dict[tuple[str, str], str] = field(default_factory=dict)  # (party, peer) -> name
+    node: tuple[RecordedEvent, ...] = ()  # this node's whole lifecycle: NodeStarted/Stopped/RunEndedAbruptly
 
     @property
     def at(self) -> datetime:
@@ -121,35 +124,41 @@ def _pct(value: float | None) -> str:
 
 
 def local_restart(window: Window) -> Finding | None:
-    """This node crashed, was killed, or was stopped, and started again, while the connection existed."""
+    """This node crashed, was killed, or was stopped, and started again while the connection existed.
+
+    The start is the last ``NodeStarted`` in the window (or the incident itself); how the run
+    before it ended comes from the node's whole lifecycle, since a node can be down for hours.
+    """
     opened = window.connection[0].global_position if window.connection else 0
-    node_events = [r for r in window.before()
-                   if stream_kind(r.stream_id) == "node" and r.global_position > opened
-                   and isinstance(r.event, ev.NodeStarted | ev.NodeStopped | ev.NodeRunEndedAbruptly)]
     if window.incident.kind == "restart":
-        node_events.append(window.incident.record)
-    if not any(isinstance(r.event, ev.NodeStarted) for r in node_events):
+        start: RecordedEvent | None = window.incident.record
+    else:
+        starts = [r for r in window.before() if isinstance(r.event, ev.NodeStarted)
+                  and stream_kind(r.stream_id) == "node" and r.global_position > opened]
+        start = starts[-1] if starts else None
+    if start is None:
         return None
-    abrupt = [r for r in node_events if isinstance(r.event, ev.NodeRunEndedAbruptly)]
-    stopped = [r for r in node_events if isinstance(r.event, ev.NodeStopped)]
-    evidence = []
-    unique = {r.global_position: r for r in node_events}
-    for record in sorted(unique.values(), key=lambda r: r.global_position):
-        event = record.event
-        if isinstance(event, ev.NodeRunEndedAbruptly):
-            evidence.append(Fact.of(record, f"last event of the previous run at {event.last_recorded_at} "
-                                            f"(position {event.last_global_position})"))
-        elif isinstance(event, ev.NodeStopped):
-            evidence.append(Fact.of(record, f"stopped: {event.reason}"))
-        else:
-            evidence.append(Fact.of(record, "this node started"))
+    lifecycle = sorted({r.global_position: r for r in (*window.node, start)}.values(),
+                       key=lambda r: r.global_position)
+    earlier_starts = [r for r in lifecycle if isinstance(r.event, ev.NodeStarted)
+                      and r.global_position < start.global_position]
+    run_began = earlier_starts[-1].global_position if earlier_starts else 0
+    stopped = [r for r in lifecycle if isinstance(r.event, ev.NodeStopped)
+               and run_began < r.global_position < start.global_position]
+    abrupt = [r for r in lifecycle if isinstance(r.event, ev.NodeRunEndedAbruptly)
+              and abs(r.recorded_at - start.recorded_at) <= START_RECORDS]
+    evidence = [Fact.of(r, f"stopped: {r.event.reason}") for r in stopped[-1:]]
+    evidence += [Fact.of(r, f"the previous run's last event was at {r.event.last_recorded_at} "
+                            f"(position {r.event.last_global_position})") for r in abrupt[:1]]
     if stopped and not abrupt:
-        summary = f"this node was stopped ({stopped[-1].event.reason}) and started again"
-        return Finding("local_stopped", summary, tuple(evidence))
-    if not abrupt and window.incident.kind == "restart":
-        previous = _last_before(window, window.incident.record)
+        evidence.append(Fact.of(start, "this node started again"))
+        return Finding("local_stopped", f"this node was stopped ({stopped[-1].event.reason}) and started "
+                       "again", tuple(evidence))
+    if not abrupt:
+        previous = _last_before(window, start)
         if previous is not None:
-            evidence.insert(0, Fact.of(previous, "the last event written before the start"))
+            evidence.append(Fact.of(previous, "the last event written before the start (no clean stop)"))
+    evidence.append(Fact.of(start, "this node started again"))
     return Finding("local_crashed", "this node crashed or was killed (its previous run ended without "
                    "a clean stop) and restarted", tuple(evidence))
 
@@ -396,12 +405,13 @@ def select_incidents(found: Sequence[Incident], at: datetime | None = None, posi
 
 
 def window_for(incident: Incident, connection: Sequence[RecordedEvent], around: Iterable[RecordedEvent],
-               party_id: str, peer_id: str, peer_name: str,
-               names: dict[tuple[str, str], str]) -> Window:
+               party_id: str, peer_id: str, peer_name: str, names: dict[tuple[str, str], str],
+               node_events: Sequence[RecordedEvent] = ()) -> Window:
     node_id = node_of(connection)
     upto = tuple(r for r in connection if r.global_position <= incident.record.global_position)
     return Window(incident, party_id, peer_id, peer_name, upto or tuple(connection),
-                  tuple(r for r in around if same_node(r, node_id)), names)
+                  tuple(r for r in around if same_node(r, node_id)), names,
+                  tuple(r for r in node_events if same_node(r, node_id)))
 
 
 def node_of(connection: Sequence[RecordedEvent]) -> str | None:

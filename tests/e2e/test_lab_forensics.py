@@ -69,11 +69,16 @@ def wait_for_incident(party: LabParty, host: str, peer: str, kind: str) -> dict[
                          f"{party.cli(host, 'history', peer, '--state-dir', party.state(host))}")
 
 
+def browse(party: LabParty, host: str, screenshot: Path) -> dict[str, Any]:
+    """What headless Chromium in ``host``'s namespace sees on its dashboard (see browser_check.py)."""
+    done = party.lab.run(host, [sys.executable, str(ROOT / "tests" / "e2e" / "browser_check.py"),
+                                "http://127.0.0.1:8666/", str(screenshot)], timeout=120, cwd=ROOT)
+    return dict(json.loads(done.stdout))
+
+
 def test_dashboard_shows_peers_chart_and_a_clicked_event(party: LabParty, tmp_path: Path) -> None:
     screenshot = tmp_path / "dashboard.png"
-    done = party.lab.run("alice", [sys.executable, str(ROOT / "tests" / "e2e" / "browser_check.py"),
-                                   "http://127.0.0.1:8666/", str(screenshot)], timeout=120, cwd=ROOT)
-    seen = json.loads(done.stdout)
+    seen = browse(party, "alice", screenshot)
     assert seen["page_errors"] == [] and seen["error_banner"] == ""
     rows = {row[0]: row for row in seen["peers"]}
     assert set(rows) == {"alice (this node)", "bob", "carl"}
@@ -87,7 +92,7 @@ def test_dashboard_shows_peers_chart_and_a_clicked_event(party: LabParty, tmp_pa
     assert screenshot.stat().st_size > 10_000
 
 
-def test_diagnose_names_a_cut_uplink_a_leaver_and_a_crash(party: LabParty) -> None:
+def test_diagnose_names_a_cut_uplink_a_leaver_a_crash_and_a_stop(party: LabParty, tmp_path: Path) -> None:
     ips: dict[str, str] = party.ips  # type: ignore[attr-defined]
     party.lab.cut_uplink("bob")
     drop = wait_for_incident(party, "alice", "bob", "drop")
@@ -95,6 +100,10 @@ def test_diagnose_names_a_cut_uplink_a_leaver_and_a_crash(party: LabParty) -> No
     summary = drop["findings"][0]["summary"]
     assert summary.startswith("bob's node became unreachable (its uplink or its machine)")
     assert "other connections stayed up (carl)" in summary
+    # The dashboard: a click on the drop shows the same finding.
+    seen = browse(party, "alice", tmp_path / "drop.png")
+    assert seen["page_errors"] == [] and seen["clicked"][1:3] == ["bob", "connected → connecting"], seen
+    assert "Cause: bob's node became unreachable (its uplink or its machine)" in seen["detail"]
     # Bob's side, once both of his connections have dropped: they dropped together.
     wait_for_incident(party, "bob", "carl", "drop")
     own = wait_for_incident(party, "bob", "alice", "drop")
@@ -116,3 +125,16 @@ def test_diagnose_names_a_cut_uplink_a_leaver_and_a_crash(party: LabParty) -> No
     assert restart["cause"] == "local_crashed", restart
     text = party.cli("bob", "diagnose", "alice", "--state-dir", party.state("bob"))
     assert "cause: this node crashed or was killed" in text
+
+    # And a clean stop (SIGTERM) and start: the connection stays up in the log across it.
+    wait_all_connected(party, ["alice", "bob"], 120)
+    party.kill_agent("bob", signal.SIGTERM)
+    party.start_agent("bob")
+    deadline = time.monotonic() + DROP_SEEN_S
+    restarts: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and len(restarts) < 2:
+        restarts = [i for i in diagnosis(party, "bob", "alice")["incidents"] if i["kind"] == "restart"]
+        time.sleep(2)
+    assert [i["cause"] for i in restarts] == ["local_crashed", "local_stopped"], restarts
+    assert restarts[-1]["findings"][0]["summary"] == ("this node was stopped (actor system shut down) and "
+                                                      "started again")

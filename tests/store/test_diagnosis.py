@@ -13,7 +13,7 @@ from events import types as ev
 from events.base import Event
 from store import open_store
 from store.base import RecordedEvent
-from store.diagnosis import Window, diagnose, incidents
+from store.diagnosis import Finding, Window, diagnose, incidents
 
 T0 = datetime(2026, 11, 25, 21, 0, tzinfo=UTC)
 RELAY_A, RELAY_B = "203.0.113.20:3478", "203.0.113.21:3478"
@@ -37,14 +37,17 @@ class Log:
     def stream(self, stream: str) -> list[RecordedEvent]:
         return [r for r in self.records if r.stream_id == stream]
 
-    def findings(self, peer: str = "bob", index: int = -1) -> list[str]:
+    def report(self, peer: str = "bob", index: int = -1) -> list[Finding]:
         connection = self.stream(f"peer:p:{peer}")
         found = incidents(connection, [r for r in self.records if r.stream_id == "node:me"])
         incident = found[index]
         upto = tuple(r for r in connection if r.global_position <= incident.record.global_position)
         window = Window(incident, "p", peer, NAMES[("p", peer)], upto or tuple(connection),
-                        tuple(self.records), NAMES)
-        return [f"{finding.cause}: {finding.summary}" for finding in diagnose(window)]
+                        tuple(self.records), NAMES, tuple(self.stream("node:me")))
+        return diagnose(window)
+
+    def findings(self, peer: str = "bob", index: int = -1) -> list[str]:
+        return [f"{finding.cause}: {finding.summary}" for finding in self.report(peer, index)]
 
 
 def state(peer: str, frm: str | None, to: str, reason: str, path: str | None = "direct",
@@ -170,10 +173,21 @@ def test_this_node_crashed_and_restarted() -> None:
 
 
 def test_this_node_was_stopped_and_started() -> None:
-    log = up(Log(), "bob")
+    log = Log().at(0, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
+    up(log, "bob", 1)
     log.at(50, "node:me", ev.NodeStopped(node_id="me", reason="SIGTERM"))
-    log.at(55, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
+    # Down for an hour: the stop is far outside the window around the start, and still found.
+    log.at(3650, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
     assert log.findings()[0] == "local_stopped: this node was stopped (SIGTERM) and started again"
+    # A crash after that clean run is a crash, although a clean stop is in the node's past.
+    log.at(3700, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
+    assert log.findings()[0].startswith("local_crashed:")
+    log.at(3800, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820),
+           ev.NodeRunEndedAbruptly(node_id="me", last_global_position=9,
+                                   last_recorded_at=(T0 + timedelta(seconds=3790)).isoformat()))
+    crashed = log.report()[0]
+    assert crashed.cause == "local_crashed"
+    assert [fact.event_type for fact in crashed.evidence] == ["NodeRunEndedAbruptly", "NodeStarted"]
 
 
 def test_an_unexplained_drop_says_so_and_shows_the_facts() -> None:
@@ -201,7 +215,7 @@ class _Clock(datetime):
         return cls.moment
 
 
-def test_diagnose_command(sqlite_url: str, monkeypatch: pytest.MonkeyPatch,
+def test_diagnose_command(any_db_url: str, monkeypatch: pytest.MonkeyPatch,
                           capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(store.sql, "datetime", _Clock)
     log = up(up(Log(), "bob"), "carol")
@@ -213,21 +227,21 @@ def test_diagnose_command(sqlite_url: str, monkeypatch: pytest.MonkeyPatch,
     log.at(60, "peer:p:carol", sample("carol", 0.0))
     log.at(3600, "party:p", ev.PeerLeft(party_id="p", peer_id="bob", reason="left"))
     log.at(3600, "peer:p:bob", state("bob", "connected", "closed", "left"))
-    with open_store(sqlite_url) as opened:
+    with open_store(any_db_url) as opened:
         for record in sorted(log.records, key=lambda r: r.global_position):
             _Clock.moment = record.recorded_at
             opened.append(record.stream_id, [record.event], record.stream_position - 1)
     monkeypatch.undo()
-    assert cli.main(["diagnose", "bob", "--db", sqlite_url, "--json"]) == 0
+    assert cli.main(["diagnose", "bob", "--db", any_db_url, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [i["cause"] for i in report["incidents"]] == ["remote_unreachable", "remote_left"]
     assert report["incidents"][0]["at"] == (T0 + timedelta(seconds=40)).isoformat()
     evidence = report["incidents"][0]["findings"][0]["evidence"]
     assert evidence[0]["detail"] == "connected → connecting: reconnect attempt 1/3: 3 probes lost"
     at = (T0 + timedelta(seconds=50)).isoformat()
-    assert cli.main(["diagnose", "Bob", "--db", sqlite_url, "--at", at, "--utc"]) == 0
+    assert cli.main(["diagnose", "Bob", "--db", any_db_url, "--at", at, "--utc"]) == 0
     out = capsys.readouterr().out
     assert "cause: Bob's node became unreachable" in out and "2026-11-25 21:00:40.000" in out
     assert "left the party" not in out  # only the drop at or before --at
-    assert cli.main(["diagnose", "carol", "--db", sqlite_url]) == 0
+    assert cli.main(["diagnose", "carol", "--db", any_db_url]) == 0
     assert "no drop of Carol (carol) in party LAN (p) recorded" in capsys.readouterr().out
