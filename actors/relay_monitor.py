@@ -196,10 +196,11 @@ class RelayMonitorActor(Actor):
                 if window.misses >= config.dead_after_misses}
         if self.selected not in dead:
             self.death_recorded = False
+        selected = self.selected  # a dead selected relay's death is recorded by record()
         if self.ticks * config.probe_interval_s >= config.record_interval_s or self._urgent(dead):
             self.record(dead)
         newly, self.dead = dead - self.dead, dead
-        for relay in sorted(newly - {self.selected}):
+        for relay in sorted(newly - {selected, self.selected}):
             self._left(relay)
 
     def _left(self, relay: str) -> None:
@@ -207,6 +208,12 @@ class RelayMonitorActor(Actor):
 
         (The two ends of a pair share one relay session, on the relay of whoever asked
         first, so a connection can sit on a relay this node did not select.)"""
+        assert self.init is not None
+        misses = self.init.config.relay_monitor.dead_after_misses
+        # Its death is a fact (once, when it happens): a connection the peer's side put there
+        # moves because of it, and `diagnose` names it.
+        self._commit(relay, [ev.RelayDegraded(relay=relay, rtt_ms=None,
+                                              reason=f"no answer to {misses} probes in a row")])
         if self.selected is None or self.selected in self.dead:
             return
         self.log.info("relay {} stopped answering; connections on it move to {}", relay, self.selected)

@@ -409,6 +409,14 @@ class Agent:
     def _tell(self, message: Any) -> None:
         self.runtime.tell(self.node, message)
 
+    async def _append(self, events: list[Any]) -> None:
+        """The agent's own facts (its stream ``agent:<node_id>``, one writer), off the event loop."""
+        def append() -> None:
+            stream = agent_stream(self.node_id)
+            self.store.append(stream, events, self.store.stream_position(stream))
+
+        await asyncio.to_thread(append)
+
     def _open_parties(self) -> tuple[str, ...]:
         records = self.store.read_stream(node_stream(self.node_id))
         return fold_stream(apply_node, NodeState(), (record.event for record in records)).parties

@@ -31,8 +31,6 @@ LOOKBACK = timedelta(seconds=120)
 LOOKAHEAD = timedelta(seconds=120)
 # Connections of one node that drop within this of each other dropped for one reason.
 TOGETHER = timedelta(seconds=15)
-# A NodeRunEndedAbruptly is written as the node starts; within this of a start it is about that start.
-START_RECORDS = timedelta(seconds=10)
 # A sample with at least this loss before a drop, after samples below it, is "loss rose".
 LOSS_ROSE = 0.2
 # Without a moment, the latest few incidents: enough to see a pattern, short enough to read.
@@ -145,8 +143,9 @@ def local_restart(window: Window) -> Finding | None:
     run_began = earlier_starts[-1].global_position if earlier_starts else 0
     stopped = [r for r in lifecycle if isinstance(r.event, ev.NodeStopped)
                and run_began < r.global_position < start.global_position]
+    # The next run records the abrupt end just before its own NodeStarted, in one append.
     abrupt = [r for r in lifecycle if isinstance(r.event, ev.NodeRunEndedAbruptly)
-              and abs(r.recorded_at - start.recorded_at) <= START_RECORDS]
+              and run_began < r.global_position < start.global_position]
     evidence = [Fact.of(r, f"stopped: {r.event.reason}") for r in stopped[-1:]]
     evidence += [Fact.of(r, f"the previous run's last event was at {r.event.last_recorded_at} "
                             f"(position {r.event.last_global_position})") for r in abrupt[:1]]

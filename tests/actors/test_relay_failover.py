@@ -117,7 +117,8 @@ def test_dead_relay_with_no_alternative_is_recorded_once_then_per_interval(node:
     node.advance(1)
     assert node.new(a) == [probed(RELAY_A, 33, 30, 40.0), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
                            "reason='no answer to 2 probes in a row')"]
-    assert node.new(b) == [probed(RELAY_B, 33, 30, 45.0)]
+    assert node.new(b) == [probed(RELAY_B, 33, 30, 45.0), f"RelayDegraded(relay='{RELAY_B}', rtt_ms=None, "
+                           "reason='no answer to 2 probes in a row')"]  # not selected, but dead: a fact
     node.advance(29)
     assert node.new(a) == node.new(b) == []  # no row per tick while nothing changes
     node.advance(1)
@@ -153,7 +154,10 @@ def test_a_connection_on_a_relay_this_node_did_not_select_moves_when_that_relay_
     node.net.set_relay(RELAY_B, None)
     node.advance(1)
     assert node.status().relay == RELAY_A  # (the ask also lets the monitor's notice through)
-    assert node.new(a) == node.new(b) == []  # B was not selected: nothing to record before the window ends
+    # B was not selected: its death is recorded once, its probes only with the window.
+    assert node.new(a) == []
+    assert node.new(b) == [f"RelayDegraded(relay='{RELAY_B}', rtt_ms=None, "
+                           "reason='no answer to 2 probes in a row')"]
     assert node.new(node.peer("carol")) == [
         f"RelayAllocationRequested(relay='{RELAY_A}', purpose='relay-move')",
         f"RelaySessionOpened(relay='{RELAY_A}', session_id='p1/carol', endpoint='{RELAY_A}')",

@@ -182,9 +182,11 @@ def test_this_node_was_stopped_and_started() -> None:
     # A crash after that clean run is a crash, although a clean stop is in the node's past.
     log.at(3700, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
     assert log.findings()[0].startswith("local_crashed:")
-    log.at(3800, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820),
-           ev.NodeRunEndedAbruptly(node_id="me", last_global_position=9,
-                                   last_recorded_at=(T0 + timedelta(seconds=3790)).isoformat()))
+    # As the node writes it: the abrupt end first, then its NodeStarted, in one append.
+    ended_at = (T0 + timedelta(seconds=3790)).isoformat()
+    log.at(3800, "node:me", ev.NodeRunEndedAbruptly(node_id="me", last_global_position=9,
+                                                   last_recorded_at=ended_at),
+           ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
     crashed = log.report()[0]
     assert crashed.cause == "local_crashed"
     assert [fact.event_type for fact in crashed.evidence] == ["NodeRunEndedAbruptly", "NodeStarted"]
