@@ -145,7 +145,8 @@ def build(name: str) -> Callable[[bytes], None]:
         from mesh.control.filemode import FileDiscovery
         from mesh.control.identity import Identity
 
-        directory = Path(tempfile.mkdtemp(prefix="lanrage-fuzz-"))
+        # Inside the run's temporary directory, which the parent removes after the worker.
+        directory = Path(tempfile.mkdtemp(prefix="discovery-", dir=os.environ.get("LANRAGE_FUZZ_TMP")))
         discovery = FileDiscovery(directory, Identity.generate())
         party = directory / "p1"
         (party / "members").mkdir(parents=True)
@@ -243,7 +244,8 @@ def main() -> int:
                        "-print_final_stats=1", found, str(CORPUS / name)]
             start = time.monotonic()
             done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                                  env={**os.environ, "THESPIAN_BASE_IPADDR": "127.0.0.1"})
+                                  env={**os.environ, "THESPIAN_BASE_IPADDR": "127.0.0.1",
+                                       "LANRAGE_FUZZ_TMP": found})
             elapsed = time.monotonic() - start
         match = re.search(r"Done (\d+) runs", done.stderr)
         runs = int(match.group(1)) if match else 0

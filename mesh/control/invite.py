@@ -72,8 +72,12 @@ class Invite:
 def check_control_url(url: str) -> None:
     """Raise InviteError unless ``url`` is a usable ws://, wss:// or file:// control plane."""
     if url.startswith("file://"):
-        path = unquote(urlsplit(url).path)
-        if urlsplit(url).netloc not in ("", "localhost") or not path.startswith("/") or \
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            raise InviteError("the invite's discovery directory is not a file:// URL") from None
+        path = unquote(parts.path)
+        if parts.netloc not in ("", "localhost") or not path.startswith("/") or \
                 ".." in path.split("/") or "\0" in path:
             raise InviteError("the invite's discovery directory must be an absolute path without ..")
         return

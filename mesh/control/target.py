@@ -49,7 +49,10 @@ class ControlTarget:
             raise TargetError(f"control URL {url[:80]!r} is not a URL: {error}") from None
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise TargetError(f"control URL {url[:80]!r} must be ws://HOST:PORT or wss://HOST:PORT")
-        query = parse_qs(parts.query, keep_blank_values=True, max_num_fields=8)
+        try:
+            query = parse_qs(parts.query, keep_blank_values=True, max_num_fields=8)
+        except ValueError:  # found by bench/fuzz.py: too many fields is a ValueError of its own
+            raise TargetError("the control URL's query has too many fields") from None
         key = _single(query, "key")
         fingerprint = _single(query, "fp")
         if key is not None:

@@ -32,6 +32,8 @@ ESCAPING = [
     Invite("file:///tmp/../etc/lanrage-pwned", "p1", "x", "s").encode(),
     invite_of(json.dumps({"c": "ws://127.0.0.1:1", "p": "..", "n": "x", "s": "s"}).encode()),
     invite_of(json.dumps({"c": "ws://127.0.0.1:1/?key=notakey", "p": "p1", "n": "x", "s": "s"}).encode()),
+    invite_of(json.dumps({"c": "ws://127.0.0.1:1/?k=A" + "&" * 100, "p": "p1", "n": "x", "s": "s"}).encode()),
+    invite_of(json.dumps({"c": "file://[/x", "p": "p1", "n": "x", "s": "s"}).encode()),
 ]
 
 

@@ -85,7 +85,8 @@ def reachable_python(owner: Account) -> tuple[str, dict[str, str]]:
     of the same version, on the venv's packages (a Python installed under /root is
     unreachable for any other user).
     """
-    env = {"PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"),
+                                                       sysconfig.get_paths()["purelib"]]))}
     if unreachable(Path(os.path.realpath(PYTHON)).parent, owner) is None and \
             unreachable(Path(sys.base_prefix), owner) is None:
         return PYTHON, {}
