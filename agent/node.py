@@ -26,7 +26,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,11 @@ class Agent:
                 "control": [{"url": url, "connected": s.connected, "last_error": s.last_error}
                             for url, s in sorted(self.sessions.items())],
                 "broadcast": broadcast.status() if (broadcast := getattr(self, "broadcast", None)) else None}
+
+    async def live_connections(self) -> list[dict[str, Any]]:
+        status = await self._ask(m.StatusQuery())
+        return [{**asdict(peer.connection), "name": peer.name} for party in status.parties
+                for peer in party.peers if peer.connection is not None]
 
     async def create_party(self, name: str) -> dict[str, Any]:
         url = self.config.control

@@ -185,6 +185,12 @@ def create_app(service: NodeService, reader: StoreReader, token: str, listen_hos
         return {"peer_id": chosen[0].peer_id, "name": chosen[0].name, "party_id": chosen[0].party_id,
                 "transitions": await reader.history(streams, limit)}
 
+    @app.get("/api/actors", response_model=models.LiveOut, **reading)
+    async def live_connections() -> dict[str, Any]:
+        """The peer connections as the actors hold them now, not as the log is projected: with
+        `replay --at now`, a way to check that live state and the log agree."""
+        return {"connections": await service.live_connections()}
+
     @app.get("/api/timeline", response_model=models.TimelineOut, **reading)
     async def timeline(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         """The latest connection state changes and path switches of every peer (`peer_timeline`)."""

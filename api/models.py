@@ -139,6 +139,10 @@ class EventsOut(BaseModel):
     next_after: int
 
 
+class LiveOut(BaseModel):
+    connections: list[dict[str, Any]]
+
+
 class HistoryOut(BaseModel):
     peer_id: str
     name: str = ""

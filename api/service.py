@@ -30,3 +30,7 @@ class NodeService(Protocol):
     def info(self) -> dict[str, Any]:
         """Cheap facts about the agent: node_id, control (url, connected), version."""
         ...
+
+    async def live_connections(self) -> list[dict[str, Any]]:
+        """Every peer connection as its actor holds it now (``events.fold.ConnectionState`` fields)."""
+        ...

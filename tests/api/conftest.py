@@ -44,6 +44,9 @@ class FakeService:
     def info(self) -> dict[str, Any]:
         return {"node_id": "n1", "control": {"url": "ws://198.51.100.1:8667", "connected": True}}
 
+    async def live_connections(self) -> list[dict[str, Any]]:
+        return [{"party_id": PARTY, "peer_id": "bob", "name": "Bob", "state": "connected", "path": "direct"}]
+
 
 def record_party(url: str) -> None:
     store = open_store(url, metadata={"node_id": "n1"})  # as the node writes it
