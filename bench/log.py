@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -333,10 +334,11 @@ class Simulation:
     pruned: int = 0
 
 
-def database_bytes(store: EventStore) -> int:
-    stats = log_stats(store)
-    assert stats.database_bytes is not None
-    return stats.database_bytes
+def database_bytes(path: Path) -> int:
+    """The SQLite database's size in pages (what its file holds once the WAL is checkpointed)."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        return int(connection.execute("SELECT page_count * page_size FROM pragma_page_count(), "
+                                      "pragma_page_size()").fetchone()[0])
 
 
 def simulate(directory: Path, name: str, relayed: bool, peers: int, hours: int, keep: timedelta,
@@ -356,10 +358,10 @@ def simulate(directory: Path, name: str, relayed: bool, peers: int, hours: int, 
                 day = (index + 1) // 24
                 if upkeep_daily:
                     simulation.pruned += upkeep(store, keep, now=clock[0]).pruned.rows
-                simulation.day_sizes[day] = database_bytes(store)
+                simulation.day_sizes[day] = database_bytes(path)
                 if day % 30 == 0:
                     print(f"  {name}: day {day}, {simulation.events:,} events, "
-                          f"{database_bytes(store) / MB:.1f} MB, {time.perf_counter() - started:.0f} s",
+                          f"{simulation.day_sizes[day] / MB:.1f} MB, {time.perf_counter() - started:.0f} s",
                           file=sys.stderr, flush=True)
         if hours % 24:
             upkeep(store, keep, now=clock[0])
