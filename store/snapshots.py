@@ -13,9 +13,18 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from events.base import Event
-from events.fold import ConnectionState, NodeState, PartyState, apply_connection, apply_node, apply_party
+from events.fold import (
+    ConnectionState,
+    NodeState,
+    PartyState,
+    RelayState,
+    apply_connection,
+    apply_node,
+    apply_party,
+    apply_relay,
+)
 from events.state_codec import StateDecodeError, decode_state, encode_state, fold_version
-from events.streams import NODE, PARTY, PEER, StreamIdError, parse_stream_id
+from events.streams import NODE, PARTY, PEER, RELAY, StreamIdError, parse_stream_id
 from store.base import Recorder, Snapshot, SnapshotKeeper, StoreError
 
 S = TypeVar("S")
@@ -27,12 +36,13 @@ S = TypeVar("S")
 # this often costs one small UPDATE per 50 events.
 SNAPSHOT_EVERY = 50
 
-# The folds that actors start from their default state, by stream kind: what
-# ``refresh_snapshots`` may prepare for them ahead of a restart.
-DEFAULT_FOLDS: dict[str, tuple[Callable[[Any, Event], Any], Any]] = {
-    PARTY: (apply_party, PartyState()),
-    PEER: (apply_connection, ConnectionState()),
-    NODE: (apply_node, NodeState()),
+# The folds that actors start their streams with, by stream kind, and their initial state
+# from the stream id's rest: what ``refresh_snapshots`` prepares ahead of a restart.
+DEFAULT_FOLDS: dict[str, tuple[Callable[[Any, Event], Any], Callable[[str], Any]]] = {
+    PARTY: (apply_party, lambda _rest: PartyState()),
+    PEER: (apply_connection, lambda _rest: ConnectionState()),
+    NODE: (apply_node, lambda _rest: NodeState()),
+    RELAY: (apply_relay, lambda relay: RelayState(relay=relay)),  # the relay monitor's start
 }
 
 
@@ -105,13 +115,14 @@ def refresh_snapshots(recorder: Recorder, streams: list[str], *, every: int = SN
     saved = 0
     for stream_id in streams:
         try:
-            kind = parse_stream_id(stream_id).kind
+            parsed = parse_stream_id(stream_id)
         except StreamIdError:
             continue
-        fold = DEFAULT_FOLDS.get(kind)
+        fold = DEFAULT_FOLDS.get(parsed.kind)
         if fold is None:
             continue
-        apply, initial = fold
+        apply, start = fold
+        initial = start(parsed.rest)
         state, position = load_state(recorder, stream_id, apply, initial)
         if recorder.stream_position(stream_id) - position < every:
             continue

@@ -153,3 +153,16 @@ def test_db_snapshots_drop(sqlite_url: str, capsys: pytest.CaptureFixture[str]) 
     assert "dropped 1 snapshot" in capsys.readouterr().out
     with open_store(sqlite_url) as store:
         assert store.load_snapshot("party:n1:p1") is None
+
+
+def test_refresh_prepares_the_relay_monitors_start(recorder: EventStore | InMemoryRecorder) -> None:
+    from events import types as ev
+    from events.fold import RelayState, apply_relay
+
+    stream, relay = "relay:n1:203.0.113.9:8668", "203.0.113.9:8668"
+    events = [ev.RelayProbed(relay=relay, probes=3, answered=3, rtt_ms=float(n)) for n in range(12)]
+    recorder.append(stream, events, 0)
+    assert refresh_snapshots(recorder, [stream], every=10) == 1
+    state, position = load_state(recorder, stream, apply_relay, RelayState(relay=relay))
+    assert position == 12 and state == _fold(apply_relay, RelayState(relay=relay), events)
+    assert load_state(recorder, stream, apply_relay, RelayState())[1] == 0  # another start: not used
