@@ -443,6 +443,14 @@ def main() -> None:
         for kind in stats.kinds:
             print(f"    {kind.kind:<10} {kind.rows:>10,} rows {kind.bytes / MB:8.1f} MB of row text, "
                   f"oldest {kind.oldest.date() if kind.oldest else '-'}")
+        daily_events = year.events / max(args.days, 1)
+        row_bytes = result["per_day"] / daily_events
+        samples = args.peers * 86400 / ConnectionConfig().metrics_interval_s
+        budget = DIRECT_DAY_TARGET / row_bytes - (daily_events - samples)
+        interval = 86400 * args.peers / budget if budget > 0 else float("inf")
+        print(f"  about {row_bytes:.0f} bytes a row on disk: 5 MB a day holds "
+              f"{DIRECT_DAY_TARGET / row_bytes:,.0f} rows, i.e. one metric sample per peer every "
+              f"{interval:.0f} s beside the rest")
         ratio = times["year"] / times["fresh"]
         print(f"  restart with the year's log {times['year'] * 1000:8.1f} ms; "
               f"fresh {times['fresh'] * 1000:.1f} ms; ratio {ratio:.2f}")
