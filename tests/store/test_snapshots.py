@@ -35,12 +35,12 @@ FOLDS = {"party": (apply_party, PartyState(), PARTY), "peer": (apply_connection,
 STREAMS = {"party": "party:n1:p1", "peer": "peer:n1:p1:a", "node": "node:n1"}
 
 
-@pytest.fixture(params=["sql", "memory"])
-def recorder(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[EventStore | InMemoryRecorder]:
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
+def recorder(request: pytest.FixtureRequest) -> Iterator[EventStore | InMemoryRecorder]:
     if request.param == "memory":
         yield InMemoryRecorder()
         return
-    opened = open_store(sqlite_url)
+    opened = open_store(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
     try:
         yield opened
     finally:
