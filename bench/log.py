@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -333,10 +334,11 @@ class Simulation:
     pruned: int = 0
 
 
-def database_bytes(store: EventStore) -> int:
-    stats = log_stats(store)
-    assert stats.database_bytes is not None
-    return stats.database_bytes
+def database_bytes(path: Path) -> int:
+    """The SQLite database's size in pages (what its file holds once the WAL is checkpointed)."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        return int(connection.execute("SELECT page_count * page_size FROM pragma_page_count(), "
+                                      "pragma_page_size()").fetchone()[0])
 
 
 def simulate(directory: Path, name: str, relayed: bool, peers: int, hours: int, keep: timedelta,
@@ -356,10 +358,10 @@ def simulate(directory: Path, name: str, relayed: bool, peers: int, hours: int, 
                 day = (index + 1) // 24
                 if upkeep_daily:
                     simulation.pruned += upkeep(store, keep, now=clock[0]).pruned.rows
-                simulation.day_sizes[day] = database_bytes(store)
+                simulation.day_sizes[day] = database_bytes(path)
                 if day % 30 == 0:
                     print(f"  {name}: day {day}, {simulation.events:,} events, "
-                          f"{database_bytes(store) / MB:.1f} MB, {time.perf_counter() - started:.0f} s",
+                          f"{simulation.day_sizes[day] / MB:.1f} MB, {time.perf_counter() - started:.0f} s",
                           file=sys.stderr, flush=True)
         if hours % 24:
             upkeep(store, keep, now=clock[0])
@@ -441,6 +443,14 @@ def main() -> None:
         for kind in stats.kinds:
             print(f"    {kind.kind:<10} {kind.rows:>10,} rows {kind.bytes / MB:8.1f} MB of row text, "
                   f"oldest {kind.oldest.date() if kind.oldest else '-'}")
+        daily_events = year.events / max(args.days, 1)
+        row_bytes = result["per_day"] / daily_events
+        samples = args.peers * 86400 / ConnectionConfig().metrics_interval_s
+        budget = DIRECT_DAY_TARGET / row_bytes - (daily_events - samples)
+        interval = 86400 * args.peers / budget if budget > 0 else float("inf")
+        print(f"  about {row_bytes:.0f} bytes a row on disk: 5 MB a day holds "
+              f"{DIRECT_DAY_TARGET / row_bytes:,.0f} rows, i.e. one metric sample per peer every "
+              f"{interval:.0f} s beside the rest")
         ratio = times["year"] / times["fresh"]
         print(f"  restart with the year's log {times['year'] * 1000:8.1f} ms; "
               f"fresh {times['fresh'] * 1000:.1f} ms; ratio {ratio:.2f}")

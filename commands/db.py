@@ -33,8 +33,10 @@ def snapshots_command(
         return
     with open_store(url, readonly=True) as store:
         listed = store.list_snapshots()
-    current = {fold_version(apply, initial) for apply, initial in DEFAULT_FOLDS.values()}
-    fresh = sum(1 for _, _, version in listed if version in current)
+    # A version ends with the hash of its initial state; the code part must be this program's.
+    current = {(fold_version(apply, start("")) or "").rsplit(":", 1)[0]
+               for apply, start in DEFAULT_FOLDS.values()}
+    fresh = sum(1 for _, _, version in listed if version.rsplit(":", 1)[0] in current)
     print(f"{len(listed)} snapshot{'s' if len(listed) != 1 else ''}, {fresh} written by this "
           f"version's folds (the rest are ignored until rebuilt)")
 
@@ -48,7 +50,7 @@ def prune_command(
     """Delete metric samples and probe records older than --keep; transitions are never touched.
 
     Positions stay: each pruned stream records a low-water mark above which it is gapless.
-    A running node does the same every hour with the default window.
+    store.retention.upkeep does the same (and refreshes snapshots) for a running node.
     """
     from store import open_store
     from store.retention import parse_keep, prune

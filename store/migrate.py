@@ -20,6 +20,9 @@ from store.errors import translated
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _lock = threading.Lock()
+# Processes that start together on a fresh database queue behind the first one's migration,
+# which holds SQLite's write lock for all of its revisions: wait for it, not the usual 5 s.
+MIGRATION_WAIT_S = 60.0
 _heads: tuple[str, ...] | None = None
 
 
@@ -108,7 +111,7 @@ def _run(target: Target, direction: str, revision: str) -> str | None:
     # One migration at a time in this process; alembic's own transaction (and, on
     # SQLite, BEGIN IMMEDIATE) keeps other processes out.
     with _lock:
-        engine = sync_engine(target, role="writer")
+        engine = sync_engine(target, role="writer", busy_timeout=MIGRATION_WAIT_S)
         try:
             with translated(target.where), engine.connect() as connection:
                 from alembic import command

@@ -75,7 +75,8 @@ def iter_events(store: EventStore, after: int = 0, upto: int | None = None,
 
 
 def replay(store: EventStore, at: datetime | None = None, position: int | None = None, *,
-           start: World | None = None, node: str | None = None, on_error: OnError = "raise") -> World:
+           start: World | None = None, node: str | None = None, show_downtime: bool = True,
+           on_error: OnError = "raise") -> World:
     """The World after every event up to ``position`` and recorded at or before ``at``.
 
     With neither, the whole log. ``start`` continues from an earlier replay (its
@@ -86,6 +87,8 @@ def replay(store: EventStore, at: datetime | None = None, position: int | None =
     A node that died records so only when it starts again (``NodeRunEndedAbruptly``,
     after the downtime). So when the replay stops inside such a downtime, it looks
     ahead for that record and shows the node down and its connections interrupted.
+    Those marks are for showing a moment; a World meant to be continued with ``start``
+    comes from ``show_downtime=False``.
     """
     upto = position
     if at is not None:
@@ -104,7 +107,7 @@ def replay(store: EventStore, at: datetime | None = None, position: int | None =
                 continue
         apply_world(world, stream_id, event)
         last = global_position
-    if upto is not None:
+    if upto is not None and show_downtime:
         for crash in abrupt_ends_after(store, upto, at):
             if node is None or crash.node_id == node:
                 apply_abrupt_end(world, crash)

@@ -13,26 +13,36 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from events.base import Event
-from events.fold import ConnectionState, NodeState, PartyState, apply_connection, apply_node, apply_party
+from events.fold import (
+    ConnectionState,
+    NodeState,
+    PartyState,
+    RelayState,
+    apply_connection,
+    apply_node,
+    apply_party,
+    apply_relay,
+)
 from events.state_codec import StateDecodeError, decode_state, encode_state, fold_version
-from events.streams import NODE, PARTY, PEER, StreamIdError, parse_stream_id
+from events.streams import NODE, PARTY, PEER, RELAY, StreamIdError, parse_stream_id
 from store.base import Recorder, Snapshot, SnapshotKeeper, StoreError
 
 S = TypeVar("S")
 
 # Save a new snapshot once a fold has read this many events past the last one. A
 # restart then folds at most about this many events a stream, about what a new
-# connection's stream holds after its first hour, so a node restarts as fast after a
-# year as when fresh; a snapshot is one row per stream rewritten in place, so saving
-# this often costs one small UPDATE per 50 events.
-SNAPSHOT_EVERY = 50
+# connection's stream holds after its first hour (8 to 20), so a node restarts about
+# as fast after a year as when fresh; a snapshot is one row per stream rewritten in
+# place, so saving this often costs one small UPDATE per 20 events.
+SNAPSHOT_EVERY = 20
 
-# The folds that actors start from their default state, by stream kind: what
-# ``refresh_snapshots`` may prepare for them ahead of a restart.
-DEFAULT_FOLDS: dict[str, tuple[Callable[[Any, Event], Any], Any]] = {
-    PARTY: (apply_party, PartyState()),
-    PEER: (apply_connection, ConnectionState()),
-    NODE: (apply_node, NodeState()),
+# The folds that actors start their streams with, by stream kind, and their initial state
+# from the stream id's rest: what ``refresh_snapshots`` prepares ahead of a restart.
+DEFAULT_FOLDS: dict[str, tuple[Callable[[Any, Event], Any], Callable[[str], Any]]] = {
+    PARTY: (apply_party, lambda _rest: PartyState()),
+    PEER: (apply_connection, lambda _rest: ConnectionState()),
+    NODE: (apply_node, lambda _rest: NodeState()),
+    RELAY: (apply_relay, lambda relay: RelayState(relay=relay)),  # the relay monitor's start
 }
 
 
@@ -41,8 +51,13 @@ def _keeper(recorder: Recorder) -> SnapshotKeeper | None:
 
 
 def load_state(recorder: Recorder, stream_id: str, apply: Callable[[S, Event], S],
-               initial: S) -> tuple[S, int]:
-    """The state and position of the stream's usable snapshot, else ``(initial, 0)``."""
+               initial: S, *, check_head: bool = True) -> tuple[S, int]:
+    """The state and position of the stream's usable snapshot, else ``(initial, 0)``.
+
+    ``check_head=False`` leaves out the check that the snapshot is not beyond the
+    stream's head, for a caller that reads the events after it anyway and checks the
+    head only when there are none.
+    """
     keeper = _keeper(recorder)
     version = fold_version(apply, initial)
     if keeper is None or version is None:
@@ -57,7 +72,7 @@ def load_state(recorder: Recorder, stream_id: str, apply: Callable[[S, Event], S
         state = decode_state(type(initial), snapshot.state)
     except StateDecodeError:
         return initial, 0
-    if snapshot.stream_position > recorder.stream_position(stream_id):
+    if check_head and snapshot.stream_position > recorder.stream_position(stream_id):
         return initial, 0  # from another copy of the log: not about these events
     return state, snapshot.stream_position
 
@@ -85,9 +100,14 @@ def replay_stream(recorder: Recorder, stream_id: str, apply: Callable[[S, Event]
     """
     state, position = (initial, after)
     if after == 0:
-        state, position = load_state(recorder, stream_id, apply, initial)
+        state, position = load_state(recorder, stream_id, apply, initial, check_head=False)
+    records = recorder.read_stream(stream_id, position + 1)
+    if after == 0 and position and not records and recorder.stream_position(stream_id) < position:
+        # A snapshot beyond the stream's head is from another copy of the log: not ours.
+        state, position = initial, 0
+        records = recorder.read_stream(stream_id, 1)
     folded = 0
-    for record in recorder.read_stream(stream_id, position + 1):
+    for record in records:
         state = apply(state, record.event)
         position = record.stream_position
         folded += 1
@@ -105,13 +125,14 @@ def refresh_snapshots(recorder: Recorder, streams: list[str], *, every: int = SN
     saved = 0
     for stream_id in streams:
         try:
-            kind = parse_stream_id(stream_id).kind
+            parsed = parse_stream_id(stream_id)
         except StreamIdError:
             continue
-        fold = DEFAULT_FOLDS.get(kind)
+        fold = DEFAULT_FOLDS.get(parsed.kind)
         if fold is None:
             continue
-        apply, initial = fold
+        apply, start = fold
+        initial = start(parsed.rest)
         state, position = load_state(recorder, stream_id, apply, initial)
         if recorder.stream_position(stream_id) - position < every:
             continue

@@ -286,6 +286,11 @@ def test_replay_inside_a_downtime_shows_the_node_down_and_its_connections_interr
     world = json.loads(out)
     assert world["nodes"]["node:n1"]["running"] is True and world["nodes"]["node:n1"]["abrupt_ends"] == 1
     assert world["connections"]["peer:n1:p:bob"]["state"] == "connected"
+    from store.replay import replay
+
+    with open_store(any_db_url, readonly=True) as store:
+        assert replay(store, at=during).nodes["node:n1"].running is False
+        assert replay(store, at=during, show_downtime=False).nodes["node:n1"].running is True
     code, out, _ = run(["replay", "--at", during.isoformat(), "--node", "n2", "--db", any_db_url], capsys)
     assert code == 0 and "interrupted" not in out
     code, out, _ = run(["replay", "--at", during.isoformat(), "--db", any_db_url], capsys)

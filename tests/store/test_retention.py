@@ -155,3 +155,15 @@ def test_db_prune_and_stats(sqlite_url: str, capsys: pytest.CaptureFixture[str])
     assert cli.main(["db", "stats", "--db", sqlite_url]) == 0
     out = capsys.readouterr().out
     assert "metrics" in out and "retention removed 4 rows from 1 streams" in out
+
+
+def test_stats_on_both_databases(store: EventStore) -> None:
+    from store.retention import log_stats
+
+    store.append("metrics:n1:p:bob", [metrics("bob", n) for n in range(3)], 0)
+    store.append("relay-server:198.51.100.7:8668", [ev.RelayServerStarted(relay="198.51.100.7:8668")], 0)
+    prune(store, now=LATER)
+    stats = log_stats(store)
+    assert [(k.kind, k.rows) for k in stats.kinds] == [("metrics", 1), ("relay-server", 1)]
+    assert all(k.bytes > 50 and k.oldest is not None for k in stats.kinds)
+    assert (stats.pruned_rows, stats.pruned_streams) == (2, 1) and (stats.database_bytes or 0) > 0

@@ -35,12 +35,12 @@ FOLDS = {"party": (apply_party, PartyState(), PARTY), "peer": (apply_connection,
 STREAMS = {"party": "party:n1:p1", "peer": "peer:n1:p1:a", "node": "node:n1"}
 
 
-@pytest.fixture(params=["sql", "memory"])
-def recorder(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[EventStore | InMemoryRecorder]:
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
+def recorder(request: pytest.FixtureRequest) -> Iterator[EventStore | InMemoryRecorder]:
     if request.param == "memory":
         yield InMemoryRecorder()
         return
-    opened = open_store(sqlite_url)
+    opened = open_store(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
     try:
         yield opened
     finally:
@@ -153,3 +153,16 @@ def test_db_snapshots_drop(sqlite_url: str, capsys: pytest.CaptureFixture[str]) 
     assert "dropped 1 snapshot" in capsys.readouterr().out
     with open_store(sqlite_url) as store:
         assert store.load_snapshot("party:n1:p1") is None
+
+
+def test_refresh_prepares_the_relay_monitors_start(recorder: EventStore | InMemoryRecorder) -> None:
+    from events import types as ev
+    from events.fold import RelayState, apply_relay
+
+    stream, relay = "relay:n1:203.0.113.9:8668", "203.0.113.9:8668"
+    events = [ev.RelayProbed(relay=relay, probes=3, answered=3, rtt_ms=float(n)) for n in range(12)]
+    recorder.append(stream, events, 0)
+    assert refresh_snapshots(recorder, [stream], every=10) == 1
+    state, position = load_state(recorder, stream, apply_relay, RelayState(relay=relay))
+    assert position == 12 and state == _fold(apply_relay, RelayState(relay=relay), events)
+    assert load_state(recorder, stream, apply_relay, RelayState())[1] == 0  # another start: not used
