@@ -173,7 +173,9 @@ class Agent:
             broadcast = self.broadcast = BroadcastWiring(self, self.config.broadcast_ports,
                                                          self.config.broadcast_groups)
             broadcast.start()
+        upkeep = asyncio.create_task(self._upkeep_forever())
         await self._stopping.wait()
+        upkeep.cancel()
         logger.info("node {} shutting down", self.node_id)
         if broadcast is not None:
             await broadcast.stop()
@@ -184,6 +186,19 @@ class Agent:
             await asyncio.wait_for(serving, 5)
         await reader.close()
         return 0
+
+    async def _upkeep_forever(self) -> None:
+        """Retention and snapshots of the log (``store.retention.upkeep``), once an interval."""
+        from store.retention import UPKEEP_INTERVAL_S, upkeep
+
+        while True:
+            await asyncio.sleep(UPKEEP_INTERVAL_S)
+            try:
+                report = await asyncio.to_thread(upkeep, self.store)
+            except Exception as error:  # the log stays as it is; the next interval tries again
+                logger.warning("log upkeep failed: {}", error)
+            else:
+                logger.info("log upkeep: {}", report)
 
     def _detect_nat(self) -> None:
         from agent.adapters import REAL, nat_detector, puncher

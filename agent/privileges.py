@@ -11,7 +11,7 @@ before the actors fork and before anything reads the network:
   permissions do not already allow it);
 - every capability but the two kept leaves the bounding set, the process switches to
   the account's uid and gid with no supplementary groups, and the two kept become
-  effective and ambient, so the actor processes and wireguard-go inherit exactly them.
+  effective and ambient, so wireguard-go inherits exactly them.
 
 CAP_NET_ADMIN configures the WireGuard interface, its addresses and routes;
 CAP_NET_RAW sends the hole punch from WireGuard's own port (``mesh/nat/rawudp.py``).

@@ -1,6 +1,6 @@
 """``PeerController``: configure peers of an interface another process owns.
 
-The agent owns the interface (``WireGuardInterface``); actor processes only add,
+The agent owns the interface (``WireGuardInterface``); the actors' edge only adds,
 update and remove peers and read their counters. They go through the UAPI socket
 (wireguard-go) like ``wg`` does, and record each peer as ours in the owner's record
 (when it has a ``state_dir``), so that the owner's ``reconcile`` after a crash can

@@ -335,7 +335,7 @@ class WireGuardInterface:
     def _save(self, managed: Callable[[set[str]], set[str]] | None = None) -> None:
         """Store the record; ``managed`` maps the stored set of our peers to the new one.
 
-        The stored set wins over ours: actor processes add peers to it (``PeerController``).
+        The stored set wins over ours: the edge adds peers to it (``PeerController``).
         """
         def change(old: records.InterfaceRecord | None) -> records.InterfaceRecord:
             current = set(old.managed_peers) if old and old.public_key == self.public_key else self._managed

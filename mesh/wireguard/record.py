@@ -2,7 +2,7 @@
 
 No secrets: the public key, the wireguard-go PID (and start time, against PID reuse),
 and the peers that are ours. Every change is a locked read-modify-write, so the agent
-and the actor processes that configure peers through the UAPI socket
+and the edge's I/O workers that configure peers through the UAPI socket
 (``PeerController``) can share it.
 """
 

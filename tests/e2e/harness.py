@@ -1,8 +1,8 @@
 """Runs LANrage services as real processes through the CLI, and cleans up after them.
 
 Every process a test starts carries ``LANRAGE_E2E_RUN=<run id>`` in its environment;
-thespian's actor processes inherit it. Teardown kills exactly those PIDs (found by
-that marker in /proc), so actors orphaned by a ``kill -9`` never outlive the test.
+its children (wireguard-go) inherit it. Teardown kills exactly those PIDs (found by
+that marker in /proc), so a wireguard-go orphaned by a ``kill -9`` never outlives the test.
 """
 
 from __future__ import annotations
