@@ -10,14 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+from mesh.checksum import internet_checksum as _checksum
 
 
 def udp_from(source: tuple[str, int], destination: tuple[str, int], payload: bytes) -> None:
