@@ -47,6 +47,7 @@ from events.streams import node_stream, party_stream
 from mesh.control import ControlError, ControlUnavailable, Identity, Invite, InviteError
 from mesh.keys import load_or_create_private_key
 from store import open_store
+from store.migrate import migrate_apart
 
 SOFT_TIMEOUT_S = 10.0
 # Thespian's own logging (actors log through loguru): warnings and worse, to stderr.
@@ -102,6 +103,8 @@ class Agent:
         self.identity = Identity.from_private_key(key.secret_base64())
         self.private_key = key
         self.peer_id = self.identity.peer_id
+        # The schema is brought up to date in a child process: alembic (~11 MB) never loads here.
+        migrate_apart(config.db_url)
         self.store = open_store(config.db_url, metadata={"node_id": self.node_id, "actor": "agent"})
         self.bindings: dict[str, str] = {}  # party id -> control url
         self.sessions: dict[str, Session] = {}

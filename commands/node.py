@@ -190,10 +190,12 @@ def serve_command(
         drop_for_serve(s["user"], state, [s["log_file"]] if s["log_file"] else [])
     except (PrivilegeError, OSError) as error:
         raise UsageError(f"cannot drop root privileges: {error}") from None
+    from store.base import StoreError
+
     try:
         agent = Agent(AgentConfig(**settings))
         status = agent.run()
-    except (MeshError, OSError) as error:
+    except (MeshError, OSError, StoreError) as error:
         raise UsageError(str(error)) from None
     raise typer.Exit(status)
 

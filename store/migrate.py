@@ -131,3 +131,32 @@ def _run(target: Target, direction: str, revision: str) -> str | None:
         finally:
             engine.dispose()
     return revisions[0] if revisions else None
+
+
+def migrate_apart(url: str, timeout_s: float = 300.0) -> None:
+    """``migrate(url)`` in a child process, so that alembic never loads into a long-running one.
+
+    A StoreError carries the child's last line (the error ``migrate`` raised there).
+    """
+    import subprocess
+    import sys
+
+    if is_current(url):
+        return
+    try:
+        done = subprocess.run([sys.executable, "-m", "store.migrate", url], capture_output=True, text=True,
+                              timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise StoreError(f"migrating {_target(url).where} took longer than {timeout_s:.0f} s") from None
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise StoreError(lines[-1] if lines else f"migrating {_target(url).where} failed")
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        migrate(sys.argv[1])
+    except StoreError as error:
+        sys.exit(str(error))
