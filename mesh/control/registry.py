@@ -9,12 +9,13 @@ node re-announces.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from events import types as ev
 from events.base import Event
+from events.fold import MemberState, PartyState
+from mesh import ipam
 
 DEFAULT_SUBNET = "10.66.0.0/16"
 
@@ -123,10 +124,17 @@ def fold(events: Iterable[Event], registry: Registry | None = None) -> Registry:
 
 
 def next_virtual_ip(party: Party) -> str:
-    """The lowest free host address of the party's subnet (the server is the one allocator)."""
-    taken = {m.virtual_ip for m in party.members}
-    for address in ipaddress.ip_network(party.subnet).hosts():
-        text = str(address)
-        if text not in taken:
-            return text
-    raise ValueError(f"party {party.party_id} has no free address left in {party.subnet}")
+    """The lowest free address of the party's subnet, as ``mesh.ipam`` decides it: one allocator
+    for the control server and the nodes (the server records it in ``ControlMemberAdmitted``)."""
+    state = PartyState(party_id=party.party_id, subnet=party.subnet, members=tuple(
+        (m.peer_id, MemberState(m.peer_id, m.name, m.public_key, virtual_ip=m.virtual_ip))
+        for m in party.members))
+    try:
+        decided = ipam.allocate(state, NEW_MEMBER)
+    except ipam.IpamError as error:
+        raise ValueError(f"party {party.party_id}: {error}") from None
+    assert decided is not None  # NEW_MEMBER holds no address yet
+    return decided.virtual_ip
+
+
+NEW_MEMBER = "\x00new-member"  # no peer id can be this: the member being admitted

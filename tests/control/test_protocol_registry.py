@@ -107,5 +107,5 @@ def test_registry_folds_parties_members_and_relays() -> None:
 def test_a_full_subnet_is_an_error() -> None:
     party = reg.Party("p", "n", "a", subnet="10.66.0.0/30",
                       members=(reg.Member("a", "k", "10.66.0.1"), reg.Member("b", "k", "10.66.0.2")))
-    with pytest.raises(ValueError, match="no free address"):
+    with pytest.raises(ValueError, match=r"no free virtual IP left in 10\.66\.0\.0/30"):
         reg.next_virtual_ip(party)
