@@ -26,6 +26,7 @@ from thespian.actors import Actor, ActorAddress, ActorExitRequest, ActorSystem, 
 from thespian.system.timing import timePeriodSeconds
 
 from actors import messages as m
+from actors.logs import logger
 from actors.edge import IoWorkers, register_workers, unregister_workers
 from actors.node import NodeActor
 from actors.system import NodeStartError, start_system
@@ -131,8 +132,6 @@ class ActorRuntime:
             try:
                 item()
             except Exception as error:  # one bad call must not stop the actors
-                from loguru import logger
-
                 logger.exception("actor runtime: {} failed: {}", item, error)
         try:
             self.system.shutdown()
