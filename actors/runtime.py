@@ -26,8 +26,8 @@ from thespian.actors import Actor, ActorAddress, ActorExitRequest, ActorSystem, 
 from thespian.system.timing import timePeriodSeconds
 
 from actors import messages as m
-from actors.logs import logger
 from actors.edge import IoWorkers, register_workers, unregister_workers
+from actors.logs import logger
 from actors.node import NodeActor
 from actors.system import NodeStartError, start_system
 
