@@ -110,6 +110,7 @@ class Probing:
     in_flight: bool = False
     window: list[float] = field(default_factory=list)
     window_lost: int = 0
+    last_error: str = ""  # of the window's last lost probe, when the prober gave one
     traffic: tuple[int, int] = (0, 0)
 
 
@@ -651,6 +652,8 @@ class PeerConnectionActor(Actor):
         # ProbeFailed
         self.probing.lost += weight
         self.probing.window_lost += 1
+        if item.reason != m.ProbeFailed().reason:
+            self.probing.last_error = item.reason
         needed = self.cfg.lost_probes_before_action
         if self.probing.lost < needed - 1e-9 or state.state == ev.FAILED or self.op is not None:
             return [], False  # an operation in flight decides the path for now
@@ -720,8 +723,9 @@ class PeerConnectionActor(Actor):
         quality = max(0.0, min(100.0, 100.0 - (latency or 0.0) / 10 - (jitter or 0.0) / 5 - loss * 100))
         self._commit([ev.MetricsSampled(**self._base(), window_s=self.cfg.metrics_interval_s,
                                         probes=probes, latency_ms=latency, jitter_ms=jitter, loss=loss,
-                                        rx_bytes=rx, tx_bytes=tx, quality=round(quality, 1))], "metrics")
-        probing.window, probing.window_lost = [], 0
+                                        rx_bytes=rx, tx_bytes=tx, quality=round(quality, 1),
+                                        probe_error=probing.last_error)], "metrics")
+        probing.window, probing.window_lost, probing.last_error = [], 0, ""
 
     def _arm_direct_retry(self) -> None:
         if self.state.path == ev.RELAY and self._direct_ruled_out() is None:

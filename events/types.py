@@ -536,7 +536,11 @@ class DirectPathRetried(Event):
 @register
 @dataclass(frozen=True, kw_only=True)
 class MetricsSampled(Event):
-    """One aggregated sample over ``window_s`` seconds (never one row a probe)."""
+    """One aggregated sample over ``window_s`` seconds (never one row a probe).
+
+    ``probe_error``: why the window's last lost probe was lost, when the prober said
+    (empty when none was lost, or a probe simply went unanswered).
+    """
 
     party_id: str
     peer_id: str
@@ -548,6 +552,7 @@ class MetricsSampled(Event):
     rx_bytes: int
     tx_bytes: int
     quality: float
+    probe_error: str = ""
 
 
 # ---------------------------------------------------------------- relay streams

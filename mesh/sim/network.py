@@ -40,6 +40,7 @@ class SimNetwork:
     probe_count: int = 0
     wireguard_error: str | None = None  # every WireGuard change fails with this while set
     interface_error: str | None = None  # assigning a virtual IP fails with this while set
+    probe_error: str | None = None  # every probe fails with this while set
     addresses: dict[str, list[str]] = field(default_factory=dict)  # node -> virtual IPs assigned
 
     # ------------------------------------------------------------ test controls
@@ -146,6 +147,8 @@ class SimProber:
 
     def probe(self, virtual_ip: str, timeout_s: float) -> float | None:
         self._net.probe_count += 1
+        if self._net.probe_error is not None:
+            raise MeshError(self._net.probe_error)
         latency = self._net.path_latency(self._node, virtual_ip)
         return latency if latency is not None and latency <= timeout_s * 1000 else None
 

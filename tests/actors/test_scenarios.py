@@ -299,7 +299,7 @@ def test_metrics_enter_the_log_as_one_sample_per_window(make_node) -> None:
     # one of 11 lost; quality 100 - 24/10 - 4.44/5 - 9.09.
     assert samples == [
         "MetricsSampled(window_s=60.0, probes=11, latency_ms=24.0, jitter_ms=4.444444444444445, "
-        "loss=0.09090909090909091, rx_bytes=0, tx_bytes=0, quality=87.6)"]
+        "loss=0.09090909090909091, rx_bytes=0, tx_bytes=0, quality=87.6, probe_error='')"]
     node.advance(60)
     assert len([e for e in node.new(node.peer("bob")) if e.startswith("MetricsSampled")]) == 1
 
@@ -345,3 +345,18 @@ def test_a_new_connection_is_probed_at_once_then_every_interval(make_node) -> No
     assert node.new(node.peer("bob")) == []  # connected: back to one probe every 5 s
     node.advance(1)
     assert [line.split("(")[0] for line in node.new(node.peer("bob"))] == ["ConnectionStateChanged"]
+
+
+def test_a_probe_error_enters_the_log_with_its_window(make_node) -> None:
+    node = make_node(metrics_interval_s=60.0)
+    join_bob(node)
+    node.net.probe_error = "probe of 10.66.0.2 on wg0: Network is unreachable"
+    node.advance(10)
+    node.net.probe_error = None
+    node.advance(50)
+    samples = [e for e in node.events(node.peer("bob")) if e.event_type == "MetricsSampled"]
+    assert [(s.probes, s.loss > 0, s.probe_error) for s in samples] == [
+        (11, True, "probe of 10.66.0.2 on wg0: Network is unreachable")]
+    node.advance(60)
+    samples = [e for e in node.events(node.peer("bob")) if e.event_type == "MetricsSampled"]
+    assert samples[-1].probe_error == ""  # the next window lost nothing
