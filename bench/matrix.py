@@ -30,27 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
 
+from bench.connect import first_reply, p95
 from demo.party import LabParty
 from lab import NAT_TYPES, HostSpec, Lab
 
 TARGET_MEDIAN_S = 2.0  # the relayed `party join` target; direct pairs are expected well under it
 REPLY_TIMEOUT_S = 30.0
 SETTLE_S = 5.0  # long enough for a relay-first pair's punch to succeed and switch to direct
-
-
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered) + 0.5) - 1))]
-
-
-def first_reply(party: LabParty, host: str, ip: str, timeout_s: float) -> float | None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        done = party.lab.run(host, ["ping", "-n", "-c", "1", "-W", "0.2", ip], check=False, timeout=5)
-        if done.returncode == 0:
-            return time.monotonic()
-        time.sleep(0.05)
-    return None
 
 
 def path_to(party: LabParty, guest: str) -> str:

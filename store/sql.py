@@ -635,26 +635,14 @@ class EventStore:
         return int(value or 0)
 
     def save_checkpoint(self, name: str, position: int) -> None:
-        if self.readonly:
-            raise StoreError(f"database {self.where} was opened read-only")
         sql = self._sql
-        with self._commit_lock, translated(self.where):
-            connection = self._connection()
-            cursor = connection.cursor()
-            try:
-                if sql.begin:
-                    cursor.execute(sql.begin)
-                now = datetime.now(UTC)
-                stamp = _sqlite_time(now) if self.dialect == "sqlite" else now
-                cursor.execute(sql.checkpoint_update, (position, stamp, name))
-                if cursor.rowcount == 0:
-                    cursor.execute(sql.checkpoint_insert, (name, position, stamp))
-                connection.commit()
-            except BaseException as error:
-                self._rollback(connection, error)
-                raise
-            finally:
-                _close_quietly(cursor)
+
+        def save(cursor: Any, stamp: Any) -> None:
+            cursor.execute(sql.checkpoint_update, (position, stamp, name))
+            if cursor.rowcount == 0:
+                cursor.execute(sql.checkpoint_insert, (name, position, stamp))
+
+        self._write_small(save)
 
     # ------------------------------------------------------------------ snapshots
 
