@@ -207,9 +207,7 @@ class PeerConnectionActor(Actor):
             self._request(fx.ReadPeerStats(tag="reconcile", public_key=init.public_key))
             if self.state.state == ev.CONNECTING and not self.state.wireguard_configured:
                 self._connect(max(self.state.attempt, 1))
-            elif self.state.path == ev.RELAY and self.state.state != ev.FAILED and self.state.session_id:
-                held = RelayAllocation(self.state.session_relay or "", self.state.session_id,
-                                       self.state.session_endpoint or "")
+            elif self.state.path == ev.RELAY and self.state.state != ev.FAILED and (held := self._held()):
                 self._request(fx.CheckRelaySession(tag="check-session", allocation=held))
             if self.state.state == ev.FAILED:
                 self._schedule(self.cfg.cleanup_timeout_s, CLEANUP)
@@ -388,13 +386,24 @@ class PeerConnectionActor(Actor):
         if self.op is op:
             self.op = None
 
-    def _release(self, reason_tag: str) -> None:
-        """Give back the session this connection holds (the log says which)."""
+    def _held(self) -> RelayAllocation | None:
+        """The relay session this connection holds, as its log says."""
         if self.state.session_id is None or self.state.session_relay is None:
-            return
-        allocation = RelayAllocation(self.state.session_relay, self.state.session_id,
-                                     self.state.session_endpoint or "")
-        self._request(fx.ReleaseRelay(tag=f"release/{reason_tag}", allocation=allocation))
+            return None
+        return RelayAllocation(self.state.session_relay, self.state.session_id,
+                               self.state.session_endpoint or "")
+
+    def _release(self, tag: str, allocation: RelayAllocation | None = None) -> None:
+        """Give back ``allocation``, by default the session this connection holds."""
+        allocation = allocation or self._held()
+        if allocation is not None:
+            self._request(fx.ReleaseRelay(tag=f"release/{tag}", allocation=allocation))
+
+    def _release_if_replaced(self, previous: RelayAllocation | None, tag: str) -> None:
+        held = self._held()
+        if previous is not None and (held is None or (previous.relay, previous.session_id)
+                                     != (held.relay, held.session_id)):
+            self._release(tag, previous)
 
     # ------------------------------------------------------------ effect outcomes
 
@@ -464,7 +473,7 @@ class PeerConnectionActor(Actor):
                 self._after_allocation_failed(done.error or "")
             return
         allocation: RelayAllocation = done.value
-        previous = (self.state.session_relay, self.state.session_id, self.state.session_endpoint)
+        previous = self._held()
         opened = ev.RelaySessionOpened(**self._base(), relay=allocation.relay,
                                        session_id=allocation.session_id, endpoint=allocation.endpoint)
         if not self._current(done):
@@ -480,7 +489,7 @@ class PeerConnectionActor(Actor):
                                         reason="relay first while the hole punch runs",
                                         endpoint=allocation.endpoint, relay=allocation.relay),
                           self._configure(allocation.endpoint)], op.tag)
-            self._release_previous(previous, op.tag)
+            self._release_if_replaced(previous, op.tag)
             self._punch(op)
             return
         if op.kind == CONNECT:
@@ -501,15 +510,9 @@ class PeerConnectionActor(Actor):
                                           from_relay=self.state.relay, to_relay=allocation.relay,
                                           from_latency_ms=self.state.latency_ms, to_latency_ms=op.rtt_ms),
                           self._configure(allocation.endpoint)], op.tag)
-        self._release_previous(previous, op.tag)
+        self._release_if_replaced(previous, op.tag)
         self._finish(op)
         self._arm_direct_retry()
-
-    def _release_previous(self, previous: tuple[str | None, str | None, str | None], tag: str) -> None:
-        relay, session_id, endpoint = previous
-        if relay and session_id and (relay, session_id) != (self.state.session_relay, self.state.session_id):
-            self._request(fx.ReleaseRelay(tag=f"release/{tag}",
-                                          allocation=RelayAllocation(relay, session_id, endpoint or "")))
 
     def _after_allocation_failed(self, error: str) -> None:
         op = self.op
