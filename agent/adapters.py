@@ -11,16 +11,19 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loguru import logger
+
 from actors.adapters import register_adapters
 from actors.messages import AdapterSpec
 from mesh.interfaces import MeshError, NatInfo, PeerStats
-from mesh.keys import load_private_key
+from mesh.keys import load_private_key, validate_public_key
 from mesh.nat.punch import UdpHolePuncher
 from mesh.relay.client import ProxyRelayClient
 from mesh.relay.tickets import RelayTicket
@@ -90,18 +93,28 @@ class InterfaceOwner:
 # ---------------------------------------------------------------- actor-side adapters
 
 
-STAGGER_S = 0.1
+# WireGuard's rekey interval: a handshake younger than this means the session is alive.
+SESSION_FRESH_S = 120.0
 
 
 class UapiWireGuard:
     """``mesh.interfaces.WireGuard`` over the UAPI socket of the agent's interface.
 
-    Both sides configure each other at about the same moment (both dial). If their
-    handshake initiations cross, each side discards the other's and nothing moves until
-    WireGuard's 5 s retry (docs/nat-relay.md measured it). So on a new endpoint the side
-    with the smaller public key waits ``STAGGER_S`` (more than a round trip in the lab):
-    the first initiation then meets a configured peer and completes.
+    Both sides of a pair configure each other at about the same moment (both dial).
+    Two things then cost WireGuard's 5 s retry: initiations that cross (each side
+    answers the other's and drops the answer to its own), and an initiation lost
+    because the other side was not ready (its relay session or its peer entry did not
+    exist yet). A side cannot simply initiate again: WireGuard sends at most one
+    initiation per 5 s. So the side with the smaller public key configures a new
+    endpoint ``STAGGER_S`` later (crossings become rare), and if no handshake happened
+    ``KICK_AFTER_S`` later it removes and re-adds the peer, which clears that limit and
+    sends a fresh initiation at once (a few times at most; the other side never does,
+    so two kicks cannot cross). A peer with a live session is never kicked.
     """
+
+    STAGGER_S = 0.1  # more than a round trip in a LAN, well below a human's notice
+    KICK_AFTER_S = 1.0  # many round trips (a relay adds one), far below the 5 s retry
+    KICKS = 3
 
     def __init__(self, name: str, public_key: str, listen_port: int, state_dir: str = "") -> None:
         self._name = name
@@ -109,7 +122,8 @@ class UapiWireGuard:
         self._controller: PeerController | None = None
         self._public_key = public_key
         self._listen_port = listen_port
-        self._endpoints: dict[str, str | None] = {}
+        self._configs: dict[str, PeerConfig] = {}
+        self._lock = threading.Lock()  # a kick must not re-add a peer just removed or changed
 
     @property
     def public_key(self) -> str:
@@ -131,15 +145,43 @@ class UapiWireGuard:
     def configure_peer(self, public_key: str, endpoint: str | None, allowed_ips: Sequence[str],
                        keepalive_s: int = 25) -> None:
         config = PeerConfig.make(public_key, endpoint, allowed_ips, keepalive_s)
-        if config.endpoint is not None and self._endpoints.get(public_key) != config.endpoint \
-                and self._public_key < public_key:
-            time.sleep(STAGGER_S)
-        self._peers.configure_peer(public_key, endpoint, allowed_ips, keepalive_s)
-        self._endpoints[public_key] = config.endpoint
+        previous = self._configs.get(config.public_key)
+        kicks = (config.endpoint is not None and self._public_key < config.public_key
+                 and (previous is None or previous.endpoint != config.endpoint))
+        if kicks:
+            time.sleep(self.STAGGER_S)
+        with self._lock:
+            self._peers.configure_peer(public_key, endpoint, allowed_ips, keepalive_s)
+            self._configs[config.public_key] = config
+        if kicks:
+            self._kick_later(config, time.time(), self.KICKS)
+
+    def _kick_later(self, config: PeerConfig, since: float, left: int) -> None:
+        timer = threading.Timer(self.KICK_AFTER_S, self._kick_if_silent, (config, since, left))
+        timer.daemon = True
+        timer.start()
+
+    def _kick_if_silent(self, config: PeerConfig, since: float, left: int) -> None:
+        with self._lock:
+            if self._configs.get(config.public_key) != config:
+                return  # removed or changed meanwhile: that change rules
+            try:
+                stats = self._peers.peer_stats().get(config.public_key)
+                if stats is None or (stats.last_handshake or 0.0) > since - SESSION_FRESH_S:
+                    return
+                self._peers.remove_peer(config.public_key)
+                self._peers.configure_peer(config.public_key, config.endpoint, config.allowed_ips,
+                                           config.keepalive_s)
+            except MeshError as error:
+                logger.warning("WireGuard peer {}: a fresh handshake failed: {}", config.public_key, error)
+                return
+        if left > 1:
+            self._kick_later(config, since, left - 1)
 
     def remove_peer(self, public_key: str) -> None:
-        self._peers.remove_peer(public_key)
-        self._endpoints.pop(public_key, None)
+        with self._lock:
+            self._peers.remove_peer(public_key)
+            self._configs.pop(validate_public_key(public_key), None)
 
     def peer_stats(self) -> dict[str, PeerStats]:
         return self._peers.peer_stats()
