@@ -157,6 +157,8 @@ class UapiWireGuard:
             self._kick_later(config, time.time(), self.KICKS)
 
     def _kick_later(self, config: PeerConfig, since: float, left: int) -> None:
+        if left <= 0:
+            return
         timer = threading.Timer(self.KICK_AFTER_S, self._kick_if_silent, (config, since, left))
         timer.daemon = True
         timer.start()
@@ -175,8 +177,7 @@ class UapiWireGuard:
             except MeshError as error:
                 logger.warning("WireGuard peer {}: a fresh handshake failed: {}", config.public_key, error)
                 return
-        if left > 1:
-            self._kick_later(config, since, left - 1)
+        self._kick_later(config, since, left - 1)
 
     def remove_peer(self, public_key: str) -> None:
         with self._lock:
