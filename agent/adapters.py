@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from agent.node import Agent
 
 SIM = "mesh.sim:adapters"
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 REAL = "agent.adapters:real"
 
 
@@ -81,6 +82,17 @@ class InterfaceOwner:
             raise MeshError(f"cannot add {virtual_ip} to {config.interface}: {done.stderr.strip()}")
         self.addresses.add(virtual_ip)
 
+    def enable_forwarding(self) -> None:
+        """``mesh.interfaces.LocalInterface``: IPv4 forwarding on, in this node's network namespace
+        (the host's, outside a namespace), so a static device reaches the other members."""
+        try:
+            with open(IP_FORWARD, "r+") as switch:
+                if switch.read().strip() != "1":
+                    switch.seek(0)
+                    switch.write("1\n")
+        except OSError as error:
+            raise MeshError(f"cannot turn IPv4 forwarding on ({IP_FORWARD}): {error.strerror}") from None
+
     def close(self) -> None:
         if self.interface is not None:
             self.interface.close(remove=True)
@@ -110,6 +122,8 @@ class UapiWireGuard:
         self._public_key = public_key
         self._listen_port = listen_port
         self._endpoints: dict[str, str | None] = {}
+        self._configured: dict[str, tuple[str | None, tuple[str, ...], int]] = {}  # as last asked
+        self._routes: dict[str, tuple[str, ...]] = {}  # static devices' /32s behind a peer
 
     @property
     def public_key(self) -> str:
@@ -134,12 +148,27 @@ class UapiWireGuard:
         if config.endpoint is not None and self._endpoints.get(public_key) != config.endpoint \
                 and self._public_key < public_key:
             time.sleep(STAGGER_S)
-        self._peers.configure_peer(public_key, endpoint, allowed_ips, keepalive_s)
+        self._peers.configure_peer(public_key, endpoint, self._with_routes(public_key, allowed_ips),
+                                   keepalive_s)
         self._endpoints[public_key] = config.endpoint
+        self._configured[public_key] = (endpoint, tuple(allowed_ips), keepalive_s)
 
     def remove_peer(self, public_key: str) -> None:
         self._peers.remove_peer(public_key)
         self._endpoints.pop(public_key, None)
+        self._configured.pop(public_key, None)
+
+    def set_routes(self, public_key: str, routes: Sequence[str]) -> None:
+        self._routes[public_key] = tuple(routes)
+        configured = self._configured.get(public_key)
+        if configured is not None:
+            endpoint, allowed_ips, keepalive_s = configured
+            self._peers.configure_peer(public_key, endpoint, self._with_routes(public_key, allowed_ips),
+                                       keepalive_s)
+
+    def _with_routes(self, public_key: str, allowed_ips: Sequence[str]) -> list[str]:
+        own = list(allowed_ips)
+        return own + [route for route in self._routes.get(public_key, ()) if route not in own]
 
     def peer_stats(self) -> dict[str, PeerStats]:
         return self._peers.peer_stats()
