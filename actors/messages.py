@@ -134,6 +134,9 @@ class ExportDevice:
     endpoint: str
 
 
+MAX_ANNOUNCED_DEVICES = 16  # per member: the control protocol's bound
+
+
 @dataclass(frozen=True)
 class StaticDeviceInfo:
     """A static device as its routing member announces it through the control plane."""

@@ -44,7 +44,6 @@ from mesh.interfaces import MeshError, PeerStats
 RESTART = "restart"
 DEVICE_POLL = "device-poll"
 DEVICE_NAME_LIMIT = 64  # the control protocol's limit on names
-MAX_ANNOUNCED_DEVICES = 16  # per member and party, as the control protocol bounds them
 
 
 def device_name_error(name: str) -> str | None:
@@ -464,7 +463,7 @@ class PartyActor(Actor):
         current = {d: s for d, s in self.state.devices if s.via_peer_id == message.peer_id}
         events: list[Event] = []
         said: set[str] = set()
-        for info in message.devices[:MAX_ANNOUNCED_DEVICES]:
+        for info in message.devices[:m.MAX_ANNOUNCED_DEVICES]:
             problem = self._announced_device_error(info, message.peer_id)
             if problem is not None:
                 self.reject("PeerAnnounced", f"static device {info.device_id!r} of {member.name}: {problem}")
