@@ -61,6 +61,10 @@ def test_a_host_with_only_wg_quick_joins_through_the_member_that_exported_it(req
         assert (taken.returncode, taken.stdout) == (2, "")
         assert taken.stderr.strip().endswith("the name 'Switch' is taken in party "
                                              f"{created['party_id']} (HTTP 409)"), taken.stderr
+        refused = lab.run("alice", [*party.command, "party", "export", "tv", "--endpoint", "console:51820",
+                                    "--state-dir", party.state("alice")], check=False)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "invalid endpoint 'console:51820'" in refused.stderr
 
         lab.run("switch", ["wg-quick", "up", str(config)], env=WG_QUICK_ENV, timeout=30)
         device_ip = exported["virtual_ip"]
@@ -97,4 +101,7 @@ def test_a_host_with_only_wg_quick_joins_through_the_member_that_exported_it(req
                                                      check=False).stdout, 10, "alice drops the device's peer")
         wait_until(lambda: "switch" not in devices(party, "bob"), 30, "bob forgets the device")
         assert not lab.ping("switch", ips["bob"], count=1, timeout_s=1.0)
+        alone = lab.run("alice", [*party.command, "party", "export", "tv", "--state-dir",
+                                  party.state("alice")], check=False)
+        assert (alone.returncode, alone.stderr.strip()) == (2, "lanrage: this node is in no party (HTTP 404)")
         lab.run("switch", ["wg-quick", "down", str(config)], env=WG_QUICK_ENV, timeout=30, check=False)
