@@ -221,13 +221,14 @@ class PartyActor(Actor):
             events.append(ev.PeerLeft(party_id=self.state.party_id, peer_id=peer_id,
                                       reason="the local node left the party"))
         devices = self.state.devices
+        keys = {peer_id: member.public_key for peer_id, member in self.state.members}
         events[:0] = [ev.StaticDeviceRemoved(party_id=self.state.party_id, device_id=device_id,
                                              reason="the local node left the party")
                       for device_id, _ in devices]
         events.append(ev.PartyLeft(party_id=self.state.party_id, reason=command.reason))
         orphans = self._orphans()
         self._commit(events, "LeaveParty")
-        self._devices_gone(devices, "the local node left the party")
+        self._devices_gone(devices, "the local node left the party", keys)
         self.closing = (set(self.children) | set(orphans), reply_to, command.reason)
         for address in self.children.values():
             self.send(address, m.ClosePeer("the local node left the party"))
@@ -307,7 +308,8 @@ class PartyActor(Actor):
                       for device_id, _ in routed]
         orphan = self._orphans().get(member.peer_id)
         self._commit(events, "PeerDeparted")
-        self._devices_gone(routed, f"its routing member left: {message.reason}")
+        self._devices_gone(routed, f"its routing member left: {message.reason}",
+                           {member.peer_id: member.public_key})
         if orphan is not None:
             self._host(member.peer_id, orphan, close_reason=message.reason)
         elif member.peer_id in self.children:
@@ -545,8 +547,13 @@ class PartyActor(Actor):
                 self._device_transition(device.device_id, ev.FAILED,
                                         f"cannot route it through member {name}: {done.error}")
 
-    def _devices_gone(self, devices: tuple[tuple[str, DeviceState], ...], reason: str) -> None:
-        """After their removal is recorded: WireGuard forgets them, their streams say closed."""
+    def _devices_gone(self, devices: tuple[tuple[str, DeviceState], ...], reason: str,
+                      gone_members: dict[str, str] | None = None) -> None:
+        """After their removal is recorded: WireGuard forgets them, their streams say closed.
+
+        ``gone_members`` (peer id -> public key): routing members no longer in the party,
+        whose WireGuard peer must not keep the routes should it come back.
+        """
         assert self.init is not None
         vias: set[str] = set()
         for device_id, device in devices:
@@ -557,7 +564,11 @@ class PartyActor(Actor):
                 vias.add(device.via_peer_id)
             self._device_transition(device_id, ev.CLOSED, reason)
         for via in vias:
-            self._route_through(via)
+            if via in self.state.members_by_id:
+                self._route_through(via)
+            elif gone_members and via in gone_members:
+                self.send(self.init.edge, fx.RouteThroughPeer(tag=via, public_key=gone_members[via],
+                                                              routes=()))
 
     def _restore_devices(self) -> None:
         """After a restart: WireGuard is told again what the log says about the devices."""

@@ -148,6 +148,7 @@ def test_a_device_of_another_member_is_routed_through_it(make_node) -> None:
     node.tell(m.PeerDeparted("p1", "bob", "left the party"))
     node.advance(1)
     assert party_state(node).devices == ()
+    assert node.net.routes["local"]["key-bob"] == ()  # should Bob come back, his peer carries no device
     assert node.events(node.peer(device_id))[-1].to_state == ev.CLOSED
 
 
