@@ -175,7 +175,7 @@ class ControlServer:
         # Static devices each member routes for, per (party, member): soft state like presence
         # (the member announces them again after a restart of either side), kept while the
         # member is offline so their addresses stay reserved; bounded by p.MAX_DEVICES a member.
-        self._devices: dict[tuple[str, str], tuple[p.AnnouncedDevice, ...]] = {}
+        self._devices: dict[str, dict[str, tuple[p.AnnouncedDevice, ...]]] = {}  # party -> member -> devices
 
     # ------------------------------------------------------------ lifecycle
 
@@ -491,7 +491,7 @@ class ControlServer:
     async def _remove(self, party: reg.Party, peer_id: str, reason: str) -> None:
         await self._append([ev.ControlMemberRemoved(party_id=party.party_id, peer_id=peer_id,
                                                     reason=reason)])
-        self._devices.pop((party.party_id, peer_id), None)
+        self._forget_devices(party.party_id, peer_id)
         logger.info("peer {} removed from party {}: {}", peer_id, party.party_id, reason)
         self._revoke_relay_sessions(party.party_id, peer_id)
         remaining = self._registry.party(party.party_id)
@@ -508,8 +508,8 @@ class ControlServer:
         for device in request.devices:
             party = self._member_party(device.party_id, peer_id, request.id)
             taken = {m.virtual_ip: m.peer_id for m in party.members}
-            for (party_id, holder), devices in self._devices.items():
-                if party_id == party.party_id and holder != peer_id:
+            for holder, devices in self._devices.get(party.party_id, {}).items():
+                if holder != peer_id:
                     taken.update((d.virtual_ip, d.device_id) for d in devices)
             problem = None
             try:
@@ -529,15 +529,22 @@ class ControlServer:
                                       request.id)
             seen.add(device.device_id)
             by_party.setdefault(party.party_id, []).append(device)
-        for key in [key for key in self._devices if key[1] == peer_id]:
-            del self._devices[key]
+        for party in self._registry.parties_of(peer_id):
+            self._forget_devices(party.party_id, peer_id)
         for party_id, devices in by_party.items():
-            self._devices[(party_id, peer_id)] = tuple(devices)
+            self._devices.setdefault(party_id, {})[peer_id] = tuple(devices)
+
+    def _forget_devices(self, party_id: str, peer_id: str) -> None:
+        routed = self._devices.get(party_id)
+        if routed is not None:
+            routed.pop(peer_id, None)
+            if not routed:
+                del self._devices[party_id]
 
     def _reserved(self, party_id: str) -> tuple[str, ...]:
         """The addresses of the party's static devices: the allocator must skip them."""
-        return tuple(device.virtual_ip for (party, _), devices in self._devices.items()
-                     if party == party_id for device in devices)
+        return tuple(device.virtual_ip for devices in self._devices.get(party_id, {}).values()
+                     for device in devices)
 
     def _signal(self, session: Session, request: p.Signal) -> None:
         assert session.peer_id is not None
@@ -658,7 +665,7 @@ class ControlServer:
     def _member(self, member: reg.Member | None, party_id: str) -> dict[str, Any]:
         assert member is not None
         online = self._online.get(member.peer_id)
-        devices = self._devices.get((party_id, member.peer_id), ())
+        devices = self._devices.get(party_id, {}).get(member.peer_id, ())
         return {"peer_id": member.peer_id, "name": member.name, "public_key": member.public_key,
                 "virtual_ip": member.virtual_ip, "online": online is not None,
                 "nat_type": online.nat_type if online else ev.NAT_UNKNOWN,
