@@ -51,9 +51,21 @@ class RelayMonitorConfig:
 
 
 @dataclass(frozen=True)
+class StaticDeviceConfig:
+    # The router reads the device's last handshake this often: status and the log see a
+    # device come up within seconds, at the cost of one UAPI read per device and poll.
+    poll_s: float = 5.0
+    # WireGuard re-handshakes every 120 s while packets flow (the device's keepalive keeps
+    # them flowing) and drops a session after 180 s without one (REJECT_AFTER_TIME): a
+    # handshake older than that means the device is off or out of reach.
+    silent_after_s: float = 180.0
+
+
+@dataclass(frozen=True)
 class ActorConfig:
     connection: ConnectionConfig = field(default_factory=ConnectionConfig)
     relay_monitor: RelayMonitorConfig = field(default_factory=RelayMonitorConfig)
+    static_device: StaticDeviceConfig = field(default_factory=StaticDeviceConfig)
     status_timeout_s: float = 2.0
     # A crashed child is recreated after this delay, unless its parent is told to exit
     # meanwhile (thespian's shutdown ends children before parents).

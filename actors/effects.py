@@ -113,6 +113,37 @@ class AssignLocalAddress(Effect):
     virtual_ip: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class ServeStaticDevice(Effect):
+    """The routing member takes a static device: IP forwarding on, and the device as a
+    WireGuard peer with its /32 (no endpoint and no keepalive: the device dials in)."""
+
+    public_key: str
+    virtual_ip: str
+
+    @property
+    def serial_key(self) -> str | None:
+        return f"wireguard/{self.public_key}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteThroughPeer(Effect):
+    """The static devices' /32s that go through the member with ``public_key`` (all of them:
+    an empty tuple removes the routes), beside that member's own allowed IPs."""
+
+    public_key: str
+    routes: tuple[str, ...]
+
+    @property
+    def serial_key(self) -> str | None:
+        return f"wireguard/{self.public_key}"
+
+
+def _serve_static_device(adapters: Any, effect: ServeStaticDevice) -> None:
+    adapters.interface.enable_forwarding()
+    adapters.wireguard.configure_peer(effect.public_key, None, (f"{effect.virtual_ip}/32",), 0)
+
+
 @dataclass(frozen=True)
 class EffectDone:
     effect: Effect
@@ -158,4 +189,6 @@ _RUNNERS: dict[type[Effect], Callable[[Any, Any], Any]] = {
     ProbeRelay: lambda a, e: a.relay_client.probe(e.relay, e.timeout_s),
     DetectNat: lambda a, e: (a.nat_detector.detect(), tuple(a.puncher.candidates())),
     AssignLocalAddress: lambda a, e: a.interface.assign(e.virtual_ip),
+    ServeStaticDevice: _serve_static_device,
+    RouteThroughPeer: lambda a, e: a.wireguard.set_routes(e.public_key, e.routes),
 }

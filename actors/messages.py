@@ -123,8 +123,37 @@ class LeaveParty:
 
 
 @dataclass(frozen=True)
+class ExportDevice:
+    """Make a device without LANrage a static peer of this node in the party (reply:
+    DeviceExported, or CommandRejected). Only its public key: the private key stays with
+    whoever renders the device's config. ``endpoint``: where that config dials this node."""
+
+    party_id: str
+    name: str
+    public_key: str
+    endpoint: str
+
+
+MAX_ANNOUNCED_DEVICES = 16  # per member: the control protocol's bound
+
+
+@dataclass(frozen=True)
+class StaticDeviceInfo:
+    """A static device as its routing member announces it through the control plane."""
+
+    device_id: str
+    name: str
+    public_key: str
+    virtual_ip: str
+
+
+@dataclass(frozen=True)
 class PeerAnnounced:
-    """The control plane says a remote peer is (still) in the party. No reply."""
+    """The control plane says a remote peer is (still) in the party. No reply.
+
+    ``devices``: the static devices that peer routes for (None: the control plane did not
+    say, e.g. file discovery; the devices known through it stay).
+    """
 
     party_id: str
     peer_id: str
@@ -133,6 +162,7 @@ class PeerAnnounced:
     nat_type: str = "unknown"
     virtual_ip: str | None = None  # as assigned by the control server; None: allocate locally
     candidates: tuple[str, ...] = ()
+    devices: tuple[StaticDeviceInfo, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +236,18 @@ class PartyOpened:
     party_id: str
     local_peer_id: str
     virtual_ip: str
+
+
+@dataclass(frozen=True)
+class DeviceExported:
+    party_id: str
+    device_id: str
+    name: str
+    virtual_ip: str
+    subnet: str
+    router_public_key: str  # this node's: the device's one WireGuard peer
+    router_name: str
+    endpoint: str
 
 
 @dataclass(frozen=True)

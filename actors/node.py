@@ -131,7 +131,7 @@ class NodeActor(Actor):
                 self.send(sender, m.Recorded())
             case m.CreateParty() | m.JoinParty():
                 self._open(message, sender)
-            case m.LeaveParty():
+            case m.LeaveParty() | m.ExportDevice():
                 if self._party(message, sender):
                     self.send(self.parties[message.party_id], m.Forwarded(message, sender))
             case m.PeerAnnounced() | m.PeerDeparted() | m.RemoteCandidates() | m.Observations():

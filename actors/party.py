@@ -12,6 +12,7 @@ its stream if it exits unexpectedly.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -34,12 +35,22 @@ from actors.logs import logger
 from actors.timers import Timers, new_incarnation
 from events import types as ev
 from events.base import Event
-from events.fold import ConnectionState, PartyState, apply_party
-from events.streams import party_stream
+from events.fold import ConnectionState, DeviceState, PartyState, apply_connection, apply_party
+from events.streams import party_stream, peer_stream
 from mesh import ipam
-from mesh.interfaces import MeshError
+from mesh.control.identity import IdentityError, peer_id_for
+from mesh.interfaces import MeshError, PeerStats
 
 RESTART = "restart"
+DEVICE_POLL = "device-poll"
+DEVICE_NAME_LIMIT = 64  # the control protocol's limit on names
+
+
+def device_name_error(name: str) -> str | None:
+    """Why ``name`` cannot name a static device, or None."""
+    if not name or len(name) > DEVICE_NAME_LIMIT or not name.isprintable() or name != name.strip():
+        return f"a device name is 1 to {DEVICE_NAME_LIMIT} printable characters, without outer spaces"
+    return None
 
 
 class PartyActor(Actor):
@@ -57,6 +68,11 @@ class PartyActor(Actor):
         self.parent: ActorAddress | None = None
         self.stopping = False
         self.timers = Timers(new_incarnation())
+        # Static devices: one writer of each device's connection stream, and its state there.
+        self.device_writers: dict[str, StreamWriter] = {}
+        self.device_connections: dict[str, ConnectionState] = {}
+        self.exporting: dict[str, Any] = {}  # device id -> who waits for its ServeStaticDevice outcome
+        self.polling = False
 
     # ------------------------------------------------------------ dispatch
 
@@ -77,6 +93,20 @@ class PartyActor(Actor):
                 self._await_open(message.reply_to)
             case m.Forwarded(command=m.LeaveParty() as command):
                 self._leave(command, message.reply_to)
+            case m.Forwarded(command=m.ExportDevice() as command):
+                self._export(command, message.reply_to)
+            case fx.EffectDone(effect=fx.ServeStaticDevice()):
+                self._served(message)
+            case fx.EffectDone(effect=fx.RouteThroughPeer()):
+                self._routed(message)
+            case fx.EffectDone(effect=fx.ReadPeerStats()):
+                self._device_stats(message)
+            case fx.EffectDone(effect=fx.RemovePeer()):
+                if not message.ok:
+                    self.log.warning("could not remove a static device from WireGuard: {}", message.error)
+            case WakeupMessage(payload=m.Timer(kind="device-poll") as timer):
+                if self.timers.is_current(timer):
+                    self._poll_devices()
             case fx.EffectDone(effect=fx.AssignLocalAddress()):
                 self._address_assigned(message)
             case m.PeerAnnounced():
@@ -138,6 +168,7 @@ class PartyActor(Actor):
                 self.send(init.edge, fx.AssignLocalAddress(tag="open", virtual_ip=local_ip))
             for peer_id in self.state.members_by_id:
                 self._spawn(peer_id)
+            self._restore_devices()
 
     def _commit(self, events: list[Event], causation: str) -> None:
         assert self.writer is not None
@@ -189,9 +220,15 @@ class PartyActor(Actor):
                                                    virtual_ip=member.virtual_ip))
             events.append(ev.PeerLeft(party_id=self.state.party_id, peer_id=peer_id,
                                       reason="the local node left the party"))
+        devices = self.state.devices
+        keys = {peer_id: member.public_key for peer_id, member in self.state.members}
+        events[:0] = [ev.StaticDeviceRemoved(party_id=self.state.party_id, device_id=device_id,
+                                             reason="the local node left the party")
+                      for device_id, _ in devices]
         events.append(ev.PartyLeft(party_id=self.state.party_id, reason=command.reason))
         orphans = self._orphans()
         self._commit(events, "LeaveParty")
+        self._devices_gone(devices, "the local node left the party", keys)
         self.closing = (set(self.children) | set(orphans), reply_to, command.reason)
         for address in self.children.values():
             self.send(address, m.ClosePeer("the local node left the party"))
@@ -226,6 +263,7 @@ class PartyActor(Actor):
                 self._commit([ev.PeerUpdated(party_id=self.state.party_id, peer_id=message.peer_id,
                                              name=said[0], nat_type=said[1], candidates=said[2])], name)
             self._to_peer(message.peer_id, message)
+            self._reconcile_devices(message)
             return
         try:
             virtual_ip = ipam.choose(self.state, message.peer_id, message.virtual_ip)
@@ -238,6 +276,7 @@ class PartyActor(Actor):
             ev.VirtualIpAllocated(party_id=self.state.party_id, peer_id=message.peer_id,
                                   virtual_ip=virtual_ip)], name)
         self._spawn(message.peer_id)
+        self._reconcile_devices(message)
 
     def _candidates(self, message: m.RemoteCandidates) -> None:
         member = self.state.members_by_id.get(message.peer_id)
@@ -262,8 +301,15 @@ class PartyActor(Actor):
                                                virtual_ip=member.virtual_ip))
         events.append(ev.PeerLeft(party_id=self.state.party_id, peer_id=member.peer_id,
                                   reason=message.reason))
+        routed = tuple((d, s) for d, s in self.state.devices if s.via_peer_id == member.peer_id)
+        events[:0] = [ev.StaticDeviceRemoved(party_id=self.state.party_id, device_id=device_id,
+                                             reason=f"its routing member {member.name or member.peer_id} "
+                                                    f"left: {message.reason}")
+                      for device_id, _ in routed]
         orphan = self._orphans().get(member.peer_id)
         self._commit(events, "PeerDeparted")
+        self._devices_gone(routed, f"its routing member left: {message.reason}",
+                           {member.peer_id: member.public_key})
         if orphan is not None:
             self._host(member.peer_id, orphan, close_reason=message.reason)
         elif member.peer_id in self.children:
@@ -329,6 +375,271 @@ class PartyActor(Actor):
         if self.state.active and peer_id in self.state.members_by_id and peer_id not in self.children:
             self.log.warning("peer connection {} exited; restarting it from its stream", peer_id)
             self._spawn(peer_id, restarted="the actor exited unexpectedly")
+
+    # ------------------------------------------------------------ static devices
+
+    def _export(self, command: m.ExportDevice, reply_to: Any) -> None:
+        """This node becomes the routing member of a device without LANrage (intent, then effect)."""
+        assert self.init is not None
+        kind = type(command).__name__
+        refusal = device_name_error(command.name) if self.state.active else \
+            f"party {command.party_id} is not open"
+        device_id = ""
+        if refusal is None:
+            taken = {member.name.casefold() for _, member in self.state.members}
+            taken.update(device.name.casefold() for _, device in self.state.devices)
+            if command.name.casefold() in taken:
+                refusal = f"the name {command.name!r} is taken in party {self.state.party_id}"
+        if refusal is None:
+            try:
+                device_id = peer_id_for(command.public_key)
+            except IdentityError as error:
+                refusal = f"invalid device public key: {error}"
+        if refusal is None and device_id in self.state.address_owners:
+            refusal = "this public key is already in the party"
+        virtual_ip = ""
+        if refusal is None:
+            try:
+                decided = ipam.allocate(self.state, device_id)
+                assert decided is not None  # a new device holds no address
+                virtual_ip = decided.virtual_ip
+            except MeshError as error:
+                refusal = str(error)
+        if refusal is not None:
+            self.reject(kind, refusal)
+            self.send(reply_to, m.CommandRejected(kind, refusal))
+            return
+        self._commit([ev.StaticDeviceExported(
+            party_id=self.state.party_id, device_id=device_id, name=command.name,
+            public_key=command.public_key, virtual_ip=virtual_ip, via_peer_id=self.state.local_peer_id,
+            endpoint=command.endpoint)], kind)
+        self._device_transition(device_id, ev.CONNECTING,
+                                "exported as a static WireGuard peer; waiting for its first handshake")
+        self.exporting[device_id] = reply_to
+        self.send(self.init.edge, fx.ServeStaticDevice(tag=device_id, public_key=command.public_key,
+                                                       virtual_ip=virtual_ip))
+        self._arm_poll()
+
+    def _served(self, done: fx.EffectDone) -> None:
+        effect = done.effect
+        assert isinstance(effect, fx.ServeStaticDevice)
+        device = self.state.devices_by_id.get(effect.tag)
+        reply_to = self.exporting.pop(effect.tag, None)
+        if device is None or device.public_key != effect.public_key:
+            return  # removed meanwhile
+        if done.ok:
+            if not device.applied:
+                self._commit([ev.StaticDeviceApplied(
+                    party_id=self.state.party_id, device_id=device.device_id,
+                    detail="a WireGuard peer of this node, with IPv4 forwarding on")], "ServeStaticDevice")
+            if reply_to is not None:
+                local = self.state.members_by_id.get(self.state.local_peer_id)
+                self.send(reply_to, m.DeviceExported(
+                    party_id=self.state.party_id, device_id=device.device_id, name=device.name,
+                    virtual_ip=device.virtual_ip, subnet=self.state.subnet,
+                    router_public_key=local.public_key if local else "",
+                    router_name=local.name if local else "", endpoint=device.endpoint))
+            return
+        self.log.error("cannot serve static device {}: {}", device.name, done.error)
+        if reply_to is None:
+            if device.error != done.error:
+                self._commit([ev.StaticDeviceFailed(party_id=self.state.party_id, device_id=device.device_id,
+                                                    error=done.error or "")], "ServeStaticDevice")
+            return
+        # A new export that cannot be served is taken back: the user gets the error, not a config.
+        self._commit([ev.StaticDeviceFailed(party_id=self.state.party_id, device_id=device.device_id,
+                                            error=done.error or ""),
+                      ev.StaticDeviceRemoved(party_id=self.state.party_id, device_id=device.device_id,
+                                             reason="could not be set up")], "ServeStaticDevice")
+        self._devices_gone(((device.device_id, device),), f"could not be set up: {done.error}")
+        self.send(reply_to, m.CommandRejected("ExportDevice", f"cannot serve the device: {done.error}"))
+
+    def _reconcile_devices(self, message: m.PeerAnnounced) -> None:
+        """The devices a member routes for, as it announced them: routed here through it."""
+        assert self.init is not None
+        if message.devices is None or message.peer_id == self.state.local_peer_id:
+            return
+        member = self.state.members_by_id.get(message.peer_id)
+        if member is None:
+            return
+        current = {d: s for d, s in self.state.devices if s.via_peer_id == message.peer_id}
+        events: list[Event] = []
+        said: set[str] = set()
+        for info in message.devices[:m.MAX_ANNOUNCED_DEVICES]:
+            problem = self._announced_device_error(info, message.peer_id)
+            if problem is not None:
+                self.reject("PeerAnnounced", f"static device {info.device_id!r} of {member.name}: {problem}")
+                continue
+            said.add(info.device_id)
+            old = current.get(info.device_id)
+            if old is None or (old.name, old.public_key, old.virtual_ip) != (info.name, info.public_key,
+                                                                            info.virtual_ip):
+                events.append(ev.StaticDeviceRouted(
+                    party_id=self.state.party_id, device_id=info.device_id, name=info.name,
+                    public_key=info.public_key, virtual_ip=info.virtual_ip, via_peer_id=message.peer_id))
+        gone = tuple((d, s) for d, s in current.items() if d not in said)
+        events.extend(ev.StaticDeviceRemoved(party_id=self.state.party_id, device_id=device_id,
+                                             reason=f"{member.name or member.peer_id} no longer routes it")
+                      for device_id, _ in gone)
+        if not events:
+            return
+        self._commit(events, "PeerAnnounced")
+        self._devices_gone(gone, f"{member.name or member.peer_id} no longer routes it")
+        for event in events:
+            if isinstance(event, ev.StaticDeviceRouted):
+                self._device_transition(event.device_id, ev.CONNECTING,
+                                        f"routed through member {member.name or member.peer_id}")
+        self._route_through(message.peer_id)
+
+    def _announced_device_error(self, info: Any, via_peer_id: str) -> str | None:
+        if not isinstance(info, m.StaticDeviceInfo):
+            return "not a device"
+        if device_name_error(info.name) is not None:
+            return device_name_error(info.name)
+        try:
+            if peer_id_for(info.public_key) != info.device_id:
+                return "its id is not its public key's"
+        except IdentityError as error:
+            return f"invalid public key: {error}"
+        holder = self.state.devices_by_id.get(info.device_id)
+        if info.device_id in self.state.members_by_id or (holder and holder.via_peer_id != via_peer_id):
+            return "already in the party through another member"
+        try:
+            ipam.choose(self.state, info.device_id, info.virtual_ip)
+        except MeshError as error:
+            return str(error)
+        return None
+
+    def _route_through(self, via_peer_id: str) -> None:
+        """Tell WireGuard which devices' /32s the member's peer carries now (all of them)."""
+        assert self.init is not None
+        member = self.state.members_by_id.get(via_peer_id)
+        if member is None or member.is_local:
+            return
+        routes = tuple(sorted(f"{device.virtual_ip}/32" for _, device in self.state.devices
+                              if device.via_peer_id == via_peer_id))
+        self.send(self.init.edge, fx.RouteThroughPeer(tag=via_peer_id, public_key=member.public_key,
+                                                      routes=routes))
+
+    def _routed(self, done: fx.EffectDone) -> None:
+        effect = done.effect
+        assert isinstance(effect, fx.RouteThroughPeer)
+        via = self.state.members_by_id.get(effect.tag)
+        name = via.name if via and via.name else effect.tag
+        carried = [s for _, s in self.state.devices
+                   if s.via_peer_id == effect.tag and f"{s.virtual_ip}/32" in effect.routes]
+        if done.ok:
+            events: list[Event] = [
+                ev.StaticDeviceApplied(party_id=self.state.party_id, device_id=device.device_id,
+                                       detail=f"{device.virtual_ip}/32 goes through member {name}")
+                for device in carried if not device.applied]
+        else:
+            self.log.error("cannot route static devices through {}: {}", name, done.error)
+            events = [ev.StaticDeviceFailed(party_id=self.state.party_id, device_id=device.device_id,
+                                            error=done.error or "")
+                      for device in carried if device.error != done.error]
+        self._commit(events, "RouteThroughPeer")
+        for device in carried:
+            if done.ok:
+                self._device_transition(device.device_id, ev.CONNECTED,
+                                        f"static device; routed through member {name}")
+            else:
+                self._device_transition(device.device_id, ev.FAILED,
+                                        f"cannot route it through member {name}: {done.error}")
+
+    def _devices_gone(self, devices: tuple[tuple[str, DeviceState], ...], reason: str,
+                      gone_members: dict[str, str] | None = None) -> None:
+        """After their removal is recorded: WireGuard forgets them, their streams say closed.
+
+        ``gone_members`` (peer id -> public key): routing members no longer in the party,
+        whose WireGuard peer must not keep the routes should it come back.
+        """
+        assert self.init is not None
+        vias: set[str] = set()
+        for device_id, device in devices:
+            self.exporting.pop(device_id, None)
+            if device.via_peer_id == self.state.local_peer_id:
+                self.send(self.init.edge, fx.RemovePeer(tag=device_id, public_key=device.public_key))
+            else:
+                vias.add(device.via_peer_id)
+            self._device_transition(device_id, ev.CLOSED, reason)
+        for via in vias:
+            if via in self.state.members_by_id:
+                self._route_through(via)
+            elif gone_members and via in gone_members:
+                self.send(self.init.edge, fx.RouteThroughPeer(tag=via, public_key=gone_members[via],
+                                                              routes=()))
+
+    def _restore_devices(self) -> None:
+        """After a restart: WireGuard is told again what the log says about the devices."""
+        assert self.init is not None
+        vias: set[str] = set()
+        for device_id, device in self.state.devices:
+            if device.via_peer_id == self.state.local_peer_id:
+                self.send(self.init.edge, fx.ServeStaticDevice(tag=device_id, public_key=device.public_key,
+                                                               virtual_ip=device.virtual_ip))
+                self._arm_poll()
+            else:
+                vias.add(device.via_peer_id)
+        for via in vias:
+            self._route_through(via)
+
+    def _arm_poll(self) -> None:
+        assert self.init is not None
+        if not self.polling:
+            self.polling = True
+            self.wakeupAfter(timedelta(seconds=self.init.config.static_device.poll_s),
+                             self.timers.arm(DEVICE_POLL))
+
+    def _poll_devices(self) -> None:
+        assert self.init is not None
+        self.polling = False
+        local = [(d, s) for d, s in self.state.devices if s.via_peer_id == self.state.local_peer_id]
+        if not local or self.stopping or not self.state.active:
+            return
+        for device_id, device in local:
+            self.send(self.init.edge, fx.ReadPeerStats(tag=device_id, public_key=device.public_key))
+        self._arm_poll()
+
+    def _device_stats(self, done: fx.EffectDone) -> None:
+        """A device's last handshake: connected while it is recent, failed once it is not."""
+        assert self.init is not None
+        effect = done.effect
+        assert isinstance(effect, fx.ReadPeerStats)
+        device = self.state.devices_by_id.get(effect.tag)
+        if device is None or device.public_key != effect.public_key or not done.ok:
+            return
+        stats = done.value if isinstance(done.value, PeerStats) else None
+        handshake = stats.last_handshake if stats else None
+        silent_after = self.init.config.static_device.silent_after_s
+        if handshake and time.time() - handshake < silent_after:
+            self._device_transition(device.device_id, ev.CONNECTED, "handshake from the device",
+                                    endpoint=stats.endpoint if stats else None)
+        elif self.device_connections.get(device.device_id, ConnectionState()).state == ev.CONNECTED:
+            self._device_transition(device.device_id, ev.FAILED,
+                                    f"no handshake from the device for {silent_after:.0f} s: it is off, "
+                                    f"or cannot reach {device.endpoint or 'this node'}")
+
+    def _device_transition(self, device_id: str, to_state: str, reason: str,
+                           endpoint: str | None = None) -> None:
+        """One ``ConnectionStateChanged`` in the device's own stream, when its state changes."""
+        assert self.init is not None
+        writer = self.device_writers.get(device_id)
+        if writer is None:
+            writer = StreamWriter(self.writer.recorder if self.writer else open_recorder(self.init.store),
+                                  peer_stream(self.init.node_id, self.state.party_id, device_id),
+                                  self.timers.incarnation,
+                                  {"node_id": self.init.node_id, "actor": f"party/{self.init.party_id}"})
+            self.device_connections[device_id] = writer.replay(apply_connection, ConnectionState())
+            self.device_writers[device_id] = writer
+        current = self.device_connections[device_id]
+        if current.state == to_state and (endpoint is None or current.endpoint == endpoint):
+            return
+        event = ev.ConnectionStateChanged(party_id=self.state.party_id, peer_id=device_id,
+                                          from_state=current.state, to_state=to_state, reason=reason,
+                                          path=ev.DIRECT if endpoint else None, endpoint=endpoint)
+        for record in writer.append([event], "static-device"):
+            self.device_connections[device_id] = apply_connection(current, record.event)
 
     # ------------------------------------------------------------ status
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from agent.node import Agent
 
 SIM = "mesh.sim:adapters"
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 REAL = "agent.adapters:real"
 
 
@@ -84,6 +85,17 @@ class InterfaceOwner:
             raise MeshError(f"cannot add {virtual_ip} to {config.interface}: {done.stderr.strip()}")
         self.addresses.add(virtual_ip)
 
+    def enable_forwarding(self) -> None:
+        """``mesh.interfaces.LocalInterface``: IPv4 forwarding on, in this node's network namespace
+        (the host's, outside a namespace), so a static device reaches the other members."""
+        try:
+            with open(IP_FORWARD, "r+") as switch:
+                if switch.read().strip() != "1":
+                    switch.seek(0)
+                    switch.write("1\n")
+        except OSError as error:
+            raise MeshError(f"cannot turn IPv4 forwarding on ({IP_FORWARD}): {error.strerror}") from None
+
     def close(self) -> None:
         if self.interface is not None:
             self.interface.close(remove=True)
@@ -122,7 +134,8 @@ class UapiWireGuard:
         self._controller: PeerController | None = None
         self._public_key = public_key
         self._listen_port = listen_port
-        self._configs: dict[str, PeerConfig] = {}
+        self._configs: dict[str, PeerConfig] = {}  # as last asked
+        self._routes: dict[str, tuple[str, ...]] = {}  # static devices' /32s behind a peer
         self._lock = threading.Lock()  # a kick must not re-add a peer just removed or changed
 
     @property
@@ -151,10 +164,14 @@ class UapiWireGuard:
         if kicks:
             time.sleep(self.STAGGER_S)
         with self._lock:
-            self._peers.configure_peer(public_key, endpoint, allowed_ips, keepalive_s)
+            self._apply(config)
             self._configs[config.public_key] = config
         if kicks:
             self._kick_later(config, time.time(), self.KICKS)
+
+    def _apply(self, config: PeerConfig) -> None:
+        allowed_ips = self._with_routes(config.public_key, config.allowed_ips)
+        self._peers.configure_peer(config.public_key, config.endpoint, allowed_ips, config.keepalive_s)
 
     def _kick_later(self, config: PeerConfig, since: float, left: int) -> None:
         if left <= 0:
@@ -172,8 +189,7 @@ class UapiWireGuard:
                 if stats is None or (stats.last_handshake or 0.0) > since - SESSION_FRESH_S:
                     return
                 self._peers.remove_peer(config.public_key)
-                self._peers.configure_peer(config.public_key, config.endpoint, config.allowed_ips,
-                                           config.keepalive_s)
+                self._apply(config)
             except MeshError as error:
                 logger.warning("WireGuard peer {}: a fresh handshake failed: {}", config.public_key, error)
                 return
@@ -183,6 +199,18 @@ class UapiWireGuard:
         with self._lock:
             self._peers.remove_peer(public_key)
             self._configs.pop(validate_public_key(public_key), None)
+
+    def set_routes(self, public_key: str, routes: Sequence[str]) -> None:
+        key = validate_public_key(public_key)
+        with self._lock:
+            self._routes[key] = tuple(routes)
+            config = self._configs.get(key)
+            if config is not None:
+                self._apply(config)
+
+    def _with_routes(self, public_key: str, allowed_ips: Sequence[str]) -> list[str]:
+        own = list(allowed_ips)
+        return own + [route for route in self._routes.get(public_key, ()) if route not in own]
 
     def peer_stats(self) -> dict[str, PeerStats]:
         return self._peers.peer_stats()

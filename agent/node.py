@@ -296,7 +296,8 @@ class Agent:
         return {"party_id": party["party_id"], "name": party["name"], "virtual_ip": opened.virtual_ip,
                 "local_peer_id": self.peer_id}
 
-    async def leave_party(self, party_id: str | None) -> dict[str, Any]:
+    def _active_party(self, party_id: str | None) -> str:
+        """``party_id``, or the only active party when it is None; a ServiceError otherwise."""
         active = [p for p in self.bindings if self._party_state(p).active]
         if party_id is None:
             if not active:
@@ -307,6 +308,67 @@ class Agent:
             party_id = active[0]
         if party_id not in active:
             raise ServiceError(404, f"this node is not in party {party_id}")
+        return party_id
+
+    async def export_device(self, name: str, party_id: str | None, endpoint: str | None) -> dict[str, Any]:
+        """A device without LANrage joins through this node: its wg-quick config.
+
+        Its key pair is made here; the actors get the public half only, and the private
+        half exists nowhere but in the returned config (never in the log or a log line).
+        """
+        from mesh.endpoints import format_endpoint, parse_endpoint
+        from mesh.interfaces import MeshError
+        from mesh.keys import PrivateKey
+        from mesh.wireguard.quick import QuickDevice, QuickRouter, render_quick_config
+
+        party_id = self._active_party(party_id)
+        if endpoint is not None:
+            try:
+                endpoint = format_endpoint(*parse_endpoint(endpoint))
+            except ValueError as error:
+                raise ServiceError(400, str(error)) from None
+        else:
+            endpoint = self._reachable_endpoint()
+        key = PrivateKey.generate()
+        exported = await self._ask(m.ExportDevice(party_id, name, key.public_key, endpoint))
+        try:
+            config = render_quick_config(
+                QuickDevice(key, f"{exported.virtual_ip}/32", name=exported.name),
+                QuickRouter(exported.router_public_key, exported.endpoint, allowed_ips=(exported.subnet,),
+                            name=exported.router_name),
+                party=self._party_state(party_id).name)
+        except (ValueError, MeshError) as error:
+            raise ServiceError(400, f"cannot write the device's config: {error}") from None
+        url = self.bindings.get(party_id)
+        if url in self.sessions:
+            await self._announce(self.sessions[url], self.nat.nat_type if self.nat else "unknown")
+        logger.info("exported device {} ({}) in party {} through this node, dialing {}", exported.name,
+                    exported.virtual_ip, party_id, exported.endpoint)
+        return {"party_id": party_id, "device_id": exported.device_id, "name": exported.name,
+                "virtual_ip": exported.virtual_ip, "endpoint": exported.endpoint, "config": config}
+
+    def _reachable_endpoint(self) -> str:
+        """Where a device can dial this node: its public address as STUN saw it, else a candidate."""
+        if self.nat is not None and self.nat.public_ip and self.nat.public_port:
+            return f"{self.nat.public_ip}:{self.nat.public_port}"
+        if self.candidates:
+            return self.candidates[0]
+        raise ServiceError(400, "no address of this node is known that a device could reach: give "
+                                "--endpoint IP:PORT (a LAN address, or a public one with a port forward)")
+
+    def device_handshakes(self) -> dict[str, float | None]:
+        """Public key -> last handshake (unix time) of this node's WireGuard peers, read now."""
+        interface = getattr(self.interface, "interface", None)
+        if interface is None:
+            return {}
+        try:
+            return {key: stats.last_handshake for key, stats in interface.peer_stats().items()}
+        except Exception as error:  # the status still answers, without handshakes
+            logger.warning("cannot read the WireGuard peers: {}", error)
+            return {}
+
+    async def leave_party(self, party_id: str | None) -> dict[str, Any]:
+        party_id = self._active_party(party_id)
         closed = await self._ask(m.LeaveParty(party_id, reason="left by the user"))
         session = self.sessions.get(self.bindings.pop(party_id))
         if session is not None:
@@ -380,7 +442,7 @@ class Agent:
             self._tell(m.PeerDeparted(party_id, body["peer_id"], str(body.get("reason", "left"))))
 
     def _on_welcome(self, url: str, body: dict[str, Any]) -> None:
-        if self.candidates and self.loop is not None and url in self.sessions:
+        if (self.candidates or self._routed_devices(url)) and self.loop is not None and url in self.sessions:
             nat_type = self.nat.nat_type if self.nat else "unknown"
             self.loop.create_task(self._announce(self.sessions[url], nat_type))
         listed = {p["party_id"]: p for p in body.get("parties", []) if isinstance(p, dict)}
@@ -400,9 +462,22 @@ class Agent:
 
     async def _announce(self, session: Session, nat_type: str) -> None:
         try:
-            await session.request("announce", nat_type=nat_type, candidates=list(self.candidates))
+            await session.request("announce", nat_type=nat_type, candidates=list(self.candidates),
+                                  devices=self._routed_devices(session.url))
         except ControlError as error:
-            logger.warning("could not announce this node's candidates: {}", error)
+            logger.warning("could not announce this node's candidates and devices: {}", error)
+
+    def _routed_devices(self, url: str) -> list[dict[str, str]]:
+        """The static devices this node routes for in the parties it reaches through ``url``."""
+        devices = []
+        for party_id, bound in self.bindings.items():
+            if bound != url:
+                continue
+            party = self._party_state(party_id)
+            devices.extend({"party_id": party_id, "device_id": device_id, "name": device.name,
+                            "public_key": device.public_key, "virtual_ip": device.virtual_ip}
+                           for device_id, device in party.devices if device.via_peer_id == self.peer_id)
+        return devices
 
     def _announce_members(self, party: dict[str, Any]) -> None:
         for member in party["members"]:
@@ -411,10 +486,16 @@ class Agent:
 
     @staticmethod
     def _announcement(party_id: str, member: dict[str, Any]) -> m.PeerAnnounced:
+        said = member.get("devices")
+        devices = None if not isinstance(said, list) else tuple(
+            m.StaticDeviceInfo(device_id=str(d.get("device_id", "")), name=str(d.get("name", "")),
+                               public_key=str(d.get("public_key", "")),
+                               virtual_ip=str(d.get("virtual_ip", "")))
+            for d in said[:m.MAX_ANNOUNCED_DEVICES] if isinstance(d, dict))
         return m.PeerAnnounced(party_id=party_id, peer_id=member["peer_id"], name=member.get("name", ""),
                                public_key=member["public_key"], nat_type=member.get("nat_type", "unknown"),
                                virtual_ip=member.get("virtual_ip"),
-                               candidates=tuple(member.get("candidates", ())))
+                               candidates=tuple(member.get("candidates", ())), devices=devices)
 
     # ------------------------------------------------------------ actors and store
 

@@ -128,12 +128,24 @@ def create_app(service: NodeService, reader: StoreReader, token: str, listen_hos
         """Leave `party_id`, or the only active party when it is omitted."""
         return await service.leave_party(body.party_id if body else None)
 
+    @app.post("/party/export", response_model=models.ExportDeviceOut, **mutating)
+    async def export_device(body: models.ExportDeviceIn) -> dict[str, Any]:
+        """A device without LANrage joins through this node: the answer's `config` is its
+        wg-quick file (it holds the device's private key, which is kept nowhere else)."""
+        return await service.export_device(body.name, body.party_id, body.endpoint)
+
     # ------------------------------------------------------------ reads
 
     @app.get("/status", response_model=models.StatusOut, **reading)
     async def get_status(all: Annotated[bool, Query(description="Include parties already left.")] = False
                          ) -> dict[str, Any]:
-        return {**status(await projection.refresh(), include_inactive=all), "agent": service.info()}
+        shown = status(await projection.refresh(), include_inactive=all)
+        handshakes = getattr(service, "device_handshakes", dict)()
+        for party in shown["parties"]:
+            for device in party["devices"]:
+                if device["routed_here"]:
+                    device["last_handshake"] = handshakes.get(device["public_key"])
+        return {**shown, "agent": service.info()}
 
     @app.get("/api/metrics/summary", response_model=models.SummaryOut, **reading)
     async def metrics_summary() -> dict[str, Any]:

@@ -70,6 +70,38 @@ class PeerOut(BaseModel):
     reconnects: int
 
 
+class DeviceOut(BaseModel):
+    device_id: str
+    name: str
+    public_key: str
+    virtual_ip: str
+    via_peer_id: str
+    via_name: str
+    routed_here: bool
+    applied: bool
+    error: str | None
+    state: str | None
+    endpoint: str | None
+    last_handshake: float | None  # unix time; only on the member that routes it
+
+
+class ExportDeviceIn(_Body):
+    name: PartyName
+    party_id: Ident | None = None  # omitted: the only party this node is in
+    # IP:PORT where the device reaches this node (a LAN address, or a public one with a port
+    # forward); omitted: this node's public address as STUN saw it.
+    endpoint: Annotated[str, StringConstraints(min_length=3, max_length=64)] | None = None
+
+
+class ExportDeviceOut(BaseModel):
+    party_id: str
+    device_id: str
+    name: str
+    virtual_ip: str
+    endpoint: str
+    config: str  # the device's wg-quick file; it holds the device's private key
+
+
 class PartyOut(BaseModel):
     party_id: str
     name: str
@@ -79,6 +111,7 @@ class PartyOut(BaseModel):
     subnet: str
     virtual_ip: str | None
     peers: list[PeerOut]
+    devices: list[DeviceOut] = []
 
 
 class NodeOut(BaseModel):

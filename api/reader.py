@@ -195,6 +195,18 @@ def _peer(party_id: str, member: Any, connection: ConnectionState | None,
             "rx_bytes": state.rx_bytes, "tx_bytes": state.tx_bytes, "reconnects": state.reconnects}
 
 
+def _device(party: Any, device: Any, members: dict[str, Any],
+            connection: ConnectionState | None) -> dict[str, Any]:
+    """A static device as ``status`` shows it: which member routes it, and its state here."""
+    via = members.get(device.via_peer_id)
+    state = connection or ConnectionState()
+    return {"device_id": device.device_id, "name": device.name, "public_key": device.public_key,
+            "virtual_ip": device.virtual_ip, "via_peer_id": device.via_peer_id,
+            "via_name": via.name if via else "", "routed_here": device.via_peer_id == party.local_peer_id,
+            "applied": device.applied, "error": device.error, "state": state.state,
+            "endpoint": state.endpoint, "last_handshake": None}
+
+
 def status(world: World, include_inactive: bool = False) -> dict[str, Any]:
     node = next(iter(world.nodes.values()), None)
     parties = []
@@ -211,7 +223,11 @@ def status(world: World, include_inactive: bool = False) -> dict[str, Any]:
                             world.connections.get(peer_stream(node_of(party_stream_id) or "",
                                                               party.party_id, member.peer_id)),
                             node.nat_type if node else None)
-                      for member in members.values()]})
+                      for member in members.values()],
+            "devices": [_device(party, device, members,
+                                world.connections.get(peer_stream(node_of(party_stream_id) or "",
+                                                                  party.party_id, device.device_id)))
+                        for _, device in party.devices]})
     return {"node": None if node is None else {
                 "node_id": node.node_id, "public_key": node.public_key, "running": node.running,
                 "listen_port": node.listen_port, "nat_type": node.nat_type,

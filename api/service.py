@@ -27,6 +27,10 @@ class NodeService(Protocol):
         """Returns party_id and reason. ``None``: the only active party."""
         ...
 
+    async def export_device(self, name: str, party_id: str | None, endpoint: str | None) -> dict[str, Any]:
+        """Returns party_id, device_id, name, virtual_ip, endpoint and config (the wg-quick file)."""
+        ...
+
     def info(self) -> dict[str, Any]:
         """Cheap facts about the agent: node_id, control (url, connected), version."""
         ...

@@ -1,4 +1,4 @@
-"""``serve``, ``control-server``, ``party create|join|leave`` and ``status``.
+"""``serve``, ``control-server``, ``party create|join|leave|export`` and ``status``.
 
 ``serve`` and ``control-server`` are long-running services; the other commands talk
 to the local agent's HTTP API with the token ``serve`` wrote to the state directory.
@@ -405,6 +405,57 @@ def party_leave(
     print(f"left party {left['party_id']}.")
 
 
+def party_export(
+    name: Annotated[str, typer.Argument(help="The device's name in the party, e.g. switch.")],
+    party: Annotated[str | None, typer.Option("--party", help="The party [default: the only one].")] = None,
+    endpoint: Annotated[str | None, typer.Option(
+        "--endpoint", help="IP:PORT where the device reaches this node: a LAN address, or a public one "
+                           "with a port forward [default: this node's public address as STUN saw it]."
+    )] = None,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Write the config to this file (mode 0600) [default: print it].")] = None,
+    json_: JsonOption = False, api: ApiOption = None, state_dir_: StateDirOption = DEFAULT_STATE_DIR,
+    config: ConfigOption = None,
+) -> None:
+    """A device without LANrage (console, phone, old PC) joins through this node: its wg-quick config.
+
+    The device dials this node, which forwards between it and the other members. The config
+    holds the device's private key, which is kept nowhere else: export again under a new
+    name if it is lost.
+    """
+    body: dict[str, Any] = {"name": name}
+    if party is not None:
+        body["party_id"] = party
+    if endpoint is not None:
+        body["endpoint"] = endpoint
+    if output is not None:
+        import os
+
+        # Checked before asking: a file that cannot be written must not cost an exported device.
+        if output.is_dir() or not os.access(output.parent if str(output.parent) else Path("."), os.W_OK):
+            raise UsageError(f"cannot write {output}: not a writable file path")
+    exported = _call("POST", "/party/export", api, state_dir_, config, body)
+    if output is not None:
+        try:
+            descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                os.fchmod(handle.fileno(), 0o600)
+                handle.write(exported["config"])
+        except OSError as error:
+            raise UsageError(f"cannot write {output}: {error.strerror}; the device "
+                             f"{exported['name']} is exported: export again under another name") from None
+    if json_:
+        print(json.dumps({k: v for k, v in exported.items() if k != "config" or output is None}))
+        return
+    print(f"device {exported['name']} is {exported['virtual_ip']} in party {exported['party_id']}, through "
+          f"this node; it must reach {exported['endpoint']} (UDP).", file=sys.stderr)
+    if output is None:
+        print(exported["config"], end="")
+    else:
+        print(f"wrote its config to {output} (it holds the device's private key); on the device: "
+              f"`wg-quick up {output}` or import it in a WireGuard app.", file=sys.stderr)
+
+
 def status_command(
     json_: JsonOption = False, api: ApiOption = None, state_dir_: StateDirOption = DEFAULT_STATE_DIR,
     config: ConfigOption = None,
@@ -444,6 +495,22 @@ def print_status(status: dict[str, Any]) -> None:
         headers = ("peer", "virtual IP", "NAT", "state", "path", "endpoint / relay", "latency", "loss")
         print(render(headers, rows, title=f"party {party['name']} ({party['party_id']}), "
                                             f"you are {party['virtual_ip']}"))
+        if party.get("devices"):
+            print()
+            print(render(("device", "virtual IP", "state", "via", "endpoint", "last handshake"),
+                         [_device_row(device) for device in party["devices"]],
+                         title="devices without LANrage (static WireGuard peers)"))
+
+
+def _device_row(device: dict[str, Any]) -> tuple[Any, ...]:
+    import time
+
+    via = "this node" if device["routed_here"] else (device["via_name"] or device["via_peer_id"])
+    handshake = device["last_handshake"]
+    ago = f"{max(0, time.time() - handshake):.0f} s ago" if handshake else ("never" if device["routed_here"]
+                                                                            else "-")
+    state = f"static, {device['state'] or 'pending'}" + (f" ({device['error']})" if device["error"] else "")
+    return (device["name"], device["virtual_ip"], state, via, device["endpoint"] or "", ago)
 
 
 def print_discovery(broadcast: dict[str, Any] | None) -> None:
@@ -464,10 +531,12 @@ def print_discovery(broadcast: dict[str, Any] | None) -> None:
 def register(app: typer.Typer) -> None:
     app.command("serve", context_settings={"auto_envvar_prefix": None})(serve_command)
     app.command("control-server")(control_server_command)
-    party_app = typer.Typer(help="Create, join or leave a party (through the local agent).",
+    party_app = typer.Typer(help="Create, join or leave a party, or export a device without LANrage "
+                                 "(through the local agent).",
                             no_args_is_help=True)
     party_app.command("create")(party_create)
     party_app.command("join")(party_join)
     party_app.command("leave")(party_leave)
+    party_app.command("export")(party_export)
     app.add_typer(party_app, name="party")
     app.command("status")(status_command)

@@ -43,6 +43,20 @@ class MemberState:
 
 
 @dataclass(frozen=True)
+class DeviceState:
+    """A static device of the party: a plain WireGuard peer of member ``via_peer_id``."""
+
+    device_id: str
+    name: str
+    public_key: str
+    virtual_ip: str
+    via_peer_id: str
+    endpoint: str = ""  # on the router: where the device's config dials it
+    applied: bool = False  # the last outcome of its WireGuard change
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class PartyState:
     party_id: str = ""
     name: str = ""
@@ -55,10 +69,22 @@ class PartyState:
     control_url: str = ""
     local_address: str | None = None  # the local virtual IP once it is on the interface
     local_address_error: str | None = None
+    devices: tuple[tuple[str, DeviceState], ...] = ()
 
     @property
     def members_by_id(self) -> dict[str, MemberState]:
         return dict(self.members)
+
+    @property
+    def devices_by_id(self) -> dict[str, DeviceState]:
+        return dict(self.devices)
+
+    @property
+    def address_owners(self) -> dict[str, str]:
+        """peer or device id -> virtual IP: every address of the party that is taken."""
+        owners = self.allocations
+        owners.update((device_id, device.virtual_ip) for device_id, device in self.devices)
+        return owners
 
     @property
     def allocations(self) -> dict[str, str]:
@@ -70,6 +96,13 @@ def _set_member(state: PartyState, member: MemberState) -> PartyState:
     members = dict(state.members)
     members[member.peer_id] = member
     return _evolve(state, members=tuple(members.items()))
+
+
+def _set_device(state: PartyState, device_id: str, **changes: Any) -> PartyState:
+    if device_id not in state.devices_by_id:
+        return state
+    return _evolve(state, devices=tuple((d, _evolve(s, **changes) if d == device_id else s)
+                                        for d, s in state.devices))
 
 
 def apply_party(state: PartyState, event: Event) -> PartyState:
@@ -112,7 +145,20 @@ def apply_party(state: PartyState, event: Event) -> PartyState:
             return _evolve(state, members=tuple(
                 (pid, m) for pid, m in state.members if pid != event.peer_id))
         case ev.PartyLeft():
-            return _evolve(state, active=False, left_reason=event.reason)
+            return _evolve(state, active=False, left_reason=event.reason, devices=())
+        case ev.StaticDeviceExported() | ev.StaticDeviceRouted():
+            endpoint = event.endpoint if isinstance(event, ev.StaticDeviceExported) else ""
+            device = DeviceState(device_id=event.device_id, name=event.name, public_key=event.public_key,
+                                 virtual_ip=event.virtual_ip, via_peer_id=event.via_peer_id,
+                                 endpoint=endpoint)
+            return _evolve(state, devices=(*((d, s) for d, s in state.devices if d != event.device_id),
+                                           (event.device_id, device)))
+        case ev.StaticDeviceApplied():
+            return _set_device(state, event.device_id, applied=True, error=None)
+        case ev.StaticDeviceFailed():
+            return _set_device(state, event.device_id, applied=False, error=event.error)
+        case ev.StaticDeviceRemoved():
+            return _evolve(state, devices=tuple((d, s) for d, s in state.devices if d != event.device_id))
     return state
 
 

@@ -277,6 +277,71 @@ class PartyLeft(Event):
     reason: str
 
 
+# Static devices: a console, phone or old PC without LANrage, a stock WireGuard peer of one
+# member (its router) that forwards between it and the party. Its connection transitions go
+# to a peer stream of its own (``peer:<node>:<party>:<device_id>``), like a member's.
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class StaticDeviceExported(Event):
+    """Decision on the routing member (``via_peer_id``, this node): the device becomes its
+    WireGuard peer with ``virtual_ip``/32. The device's private key exists only in the
+    config the user received; ``endpoint`` is where that config tells the device to dial."""
+
+    party_id: str
+    device_id: str
+    name: str
+    public_key: str
+    virtual_ip: str
+    via_peer_id: str
+    endpoint: str = ""
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class StaticDeviceRouted(Event):
+    """Decision on another member: the device's /32 goes through member ``via_peer_id``,
+    as that member announced it through the control plane."""
+
+    party_id: str
+    device_id: str
+    name: str
+    public_key: str
+    virtual_ip: str
+    via_peer_id: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class StaticDeviceApplied(Event):
+    """Outcome: WireGuard carries the device (the router's peer, or the route on another member)."""
+
+    party_id: str
+    device_id: str
+    detail: str = ""
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class StaticDeviceFailed(Event):
+    """Outcome: the WireGuard change for the device did not happen."""
+
+    party_id: str
+    device_id: str
+    error: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class StaticDeviceRemoved(Event):
+    """The device is no longer part of the party here (the party was left, or its router left)."""
+
+    party_id: str
+    device_id: str
+    reason: str
+
+
 # ---------------------------------------------------------------- peer connection stream
 
 

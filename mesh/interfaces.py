@@ -45,12 +45,21 @@ class WireGuard(Protocol):
 
     def peer_stats(self) -> dict[str, PeerStats]: ...
 
+    def set_routes(self, public_key: str, routes: Sequence[str]) -> None:
+        """Extra allowed IPs of the peer (static devices it routes for), kept beside the ones
+        ``configure_peer`` gives, now and in every later ``configure_peer`` of that peer."""
+        ...
+
 
 class LocalInterface(Protocol):
     """This node's WireGuard interface as the place its virtual IPs live."""
 
     def assign(self, virtual_ip: str) -> str:
         """Put ``virtual_ip`` on the interface (creating it on first use); its name."""
+        ...
+
+    def enable_forwarding(self) -> None:
+        """Forward IPv4 between WireGuard peers (this node routes for a static device)."""
         ...
 
 

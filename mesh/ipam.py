@@ -60,7 +60,7 @@ def usable_count(subnet: str) -> int:
 def taken(party: PartyState, reserved: Iterable[str] = ()) -> set[ipaddress.IPv4Address]:
     """Every address that must not be handed out."""
     used = set()
-    for text in [*party.allocations.values(), *reserved]:
+    for text in [*party.address_owners.values(), *reserved]:
         try:
             address = ipaddress.ip_address(text)
         except ValueError:
@@ -150,7 +150,7 @@ def choose(party: PartyState, peer_id: str, assigned: str | None) -> str:
         raise IpamError(f"virtual IP {assigned!r} is not an address") from None
     if address not in network or address in (network.network_address, network.broadcast_address):
         raise IpamError(f"virtual IP {assigned} is outside {party.subnet}")
-    owners = {ip: pid for pid, ip in party.allocations.items() if pid != peer_id}
+    owners = {ip: pid for pid, ip in party.address_owners.items() if pid != peer_id}
     if assigned in owners:
         raise IpamError(f"virtual IP {assigned} already belongs to {owners[assigned]}")
     return assigned

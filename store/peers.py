@@ -1,8 +1,9 @@
 """Which peer a person means: a name, an id prefix, or ``PARTY:NAME``.
 
 The directory comes from the log (``PartyCreated``/``PartyJoined`` name the parties,
-``PeerJoined`` names the peers) and from the peer streams themselves, so a peer that
-left, or one whose join was never recorded here, can still be found by its id.
+``PeerJoined`` names the peers, ``StaticDeviceExported``/``StaticDeviceRouted`` the devices
+without LANrage) and from the peer streams themselves, so a peer that left, or one whose
+join was never recorded here, can still be found by its id.
 The CLI (``history``, ``diagnose``) and the API share these rules.
 """
 
@@ -17,7 +18,7 @@ from store.base import RecordedEvent, StoreError
 from store.queries import OnError
 from store.sql import EventStore
 
-DIRECTORY_TYPES = ("PartyCreated", "PartyJoined", "PeerJoined")
+DIRECTORY_TYPES = ("PartyCreated", "PartyJoined", "PeerJoined", "StaticDeviceExported", "StaticDeviceRouted")
 # An error lists at most this many candidates: enough to pick from, short enough to read.
 LISTED_CANDIDATES = 8
 
@@ -57,6 +58,8 @@ def build_directory(records: Iterable[RecordedEvent], peer_streams: Iterable[str
             names[(event.party_id, event.peer_id)] = event.name
             if event.is_local:
                 local.add((event.party_id, event.peer_id))
+        elif isinstance(event, ev.StaticDeviceExported | ev.StaticDeviceRouted):
+            names[(event.party_id, event.device_id)] = event.name  # a device without LANrage
     streams: dict[tuple[str, str], list[str]] = {}
     for stream_id in peer_streams:
         ids = peer_stream_ids(stream_id)

@@ -86,3 +86,25 @@ def test_every_forensics_example_of_the_readme_runs(state: Path) -> None:
         assert done.stdout.strip(), command
         if "bob" in command or "peer_timeline" in command or "peer_metrics" in command:
             assert "Bob" in done.stdout or "bob" in done.stdout.lower(), (command, done.stdout)
+
+
+def test_every_command_of_the_device_section_parses(tmp_path: Path) -> None:
+    """The "A device without LANrage" commands need a running party (the lab test runs them);
+    here each one's arguments and options must be ones the installed command knows."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## A device without LANrage")
+    block = text[text.index("```sh\n", start) + 6:]
+    commands = [shlex.split(line, comments=True) for line in block[:block.index("```")].splitlines()]
+    assert [argv[:2] for argv in commands] == [["lanrage", "party"], ["lanrage", "party"],
+                                               ["lanrage", "status"], ["lanrage", "history"]]
+    for argv in commands:
+        done = subprocess.run([sys.executable, str(ROOT / "cli.py"), *argv[1:], "--state-dir", str(tmp_path),
+                               "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                              env={"PATH": "/usr/bin:/bin", "THESPIAN_BASE_IPADDR": "127.0.0.1",
+                                   "HOME": str(tmp_path)})
+        assert done.returncode == 0 and "Usage: " in done.stdout, (argv, done.stderr)
+    bad = subprocess.run([sys.executable, str(ROOT / "cli.py"), "party", "export", "x", "--nope", "--help"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env={"PATH": "/usr/bin:/bin", "THESPIAN_BASE_IPADDR": "127.0.0.1",
+                              "HOME": str(tmp_path)})
+    assert bad.returncode != 0  # an unknown option is refused even beside --help: the check can fail

@@ -96,10 +96,27 @@ class Heartbeat(_Request):
     type: Literal["heartbeat"]
 
 
+MAX_DEVICES = 16  # static devices one member routes for, in all its parties together
+
+
+class AnnouncedDevice(BaseModel):
+    """A device without LANrage that the announcing member routes for (see ``party export``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    party_id: Ident
+    device_id: Ident
+    name: Name
+    public_key: Key
+    virtual_ip: Annotated[str, StringConstraints(min_length=7, max_length=15,
+                                                 pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$")]
+
+
 class Announce(_Request):
     type: Literal["announce"]
     nat_type: NatType = "unknown"
     candidates: Annotated[list[str], Field(max_length=16)] = []
+    devices: Annotated[list[AnnouncedDevice], Field(max_length=MAX_DEVICES)] = []
 
     @field_validator("candidates")
     @classmethod

@@ -123,14 +123,15 @@ def fold(events: Iterable[Event], registry: Registry | None = None) -> Registry:
     return state
 
 
-def next_virtual_ip(party: Party) -> str:
+def next_virtual_ip(party: Party, reserved: tuple[str, ...] = ()) -> str:
     """The lowest free address of the party's subnet, as ``mesh.ipam`` decides it: one allocator
-    for the control server and the nodes (the server records it in ``ControlMemberAdmitted``)."""
+    for the control server and the nodes (the server records it in ``ControlMemberAdmitted``).
+    ``reserved``: addresses held outside the members (the static devices members route for)."""
     state = PartyState(party_id=party.party_id, subnet=party.subnet, members=tuple(
         (m.peer_id, MemberState(m.peer_id, m.name, m.public_key, virtual_ip=m.virtual_ip))
         for m in party.members))
     try:
-        decided = ipam.allocate(state, NEW_MEMBER)
+        decided = ipam.allocate(state, NEW_MEMBER, reserved=reserved)
     except ipam.IpamError as error:
         raise ValueError(f"party {party.party_id}: {error}") from None
     assert decided is not None  # NEW_MEMBER holds no address yet

@@ -15,6 +15,7 @@ party, and the registry is indexed (constant-time lookups, linear replay).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import secrets
 import socket
 import ssl
@@ -171,6 +172,10 @@ class ControlServer:
         self._created_by_address: dict[str, deque[float]] = {}  # party creations in the last hour
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._udp.setblocking(False)
+        # Static devices each member routes for, per (party, member): soft state like presence
+        # (the member announces them again after a restart of either side), kept while the
+        # member is offline so their addresses stay reserved; bounded by p.MAX_DEVICES a member.
+        self._devices: dict[str, dict[str, tuple[p.AnnouncedDevice, ...]]] = {}  # party -> member -> devices
 
     # ------------------------------------------------------------ lifecycle
 
@@ -351,6 +356,7 @@ class ControlServer:
             case p.Heartbeat():
                 session.send(p.message("heartbeat_ack", re=request.id, ttl_s=self.config.ttl_s))
             case p.Announce():
+                self._devices_announced(session, request)
                 session.nat_type = request.nat_type
                 session.candidates = tuple(request.candidates)
                 session.send(p.message("announced", re=request.id))
@@ -464,14 +470,16 @@ class ControlServer:
                                           request.id)
                 await self._append([ev.ControlMemberAdmitted(
                     party_id=party.party_id, peer_id=peer_id, public_key=session.public_key,
-                    virtual_ip=reg.next_virtual_ip(party), name=session.name)])
+                    virtual_ip=reg.next_virtual_ip(party, self._reserved(party.party_id)),
+                    name=session.name)])
         party = self._registry.party(request.party_id)
         assert party is not None
         session.send(p.message("party_joined", re=request.id, party=self._snapshot(party)))
         if joined:
             logger.info("peer {} joined party {}", peer_id, party.party_id)
             self._broadcast(party, p.message("peer_joined", party_id=party.party_id,
-                                             member=self._member(party.member(peer_id))), peer_id)
+                                             member=self._member(party.member(peer_id), party.party_id)),
+                            peer_id)
 
     async def _leave(self, session: Session, request: p.LeaveParty) -> None:
         assert session.peer_id is not None
@@ -483,12 +491,60 @@ class ControlServer:
     async def _remove(self, party: reg.Party, peer_id: str, reason: str) -> None:
         await self._append([ev.ControlMemberRemoved(party_id=party.party_id, peer_id=peer_id,
                                                     reason=reason)])
+        self._forget_devices(party.party_id, peer_id)
         logger.info("peer {} removed from party {}: {}", peer_id, party.party_id, reason)
         self._revoke_relay_sessions(party.party_id, peer_id)
         remaining = self._registry.party(party.party_id)
         if remaining is not None:
             self._broadcast(remaining, p.message("peer_left", party_id=party.party_id, peer_id=peer_id,
                                                  reason=reason), peer_id)
+
+    def _devices_announced(self, session: Session, request: p.Announce) -> None:
+        """Check every device a member says it routes for, then keep them (all or none)."""
+        assert session.peer_id is not None
+        peer_id = session.peer_id
+        by_party: dict[str, list[p.AnnouncedDevice]] = {}
+        seen: set[str] = set()
+        for device in request.devices:
+            party = self._member_party(device.party_id, peer_id, request.id)
+            taken = {m.virtual_ip: m.peer_id for m in party.members}
+            for holder, devices in self._devices.get(party.party_id, {}).items():
+                if holder != peer_id:
+                    taken.update((d.virtual_ip, d.device_id) for d in devices)
+            problem = None
+            try:
+                inside = ipaddress.ip_address(device.virtual_ip) in ipaddress.ip_network(party.subnet)
+            except ValueError:
+                inside = False
+            if not inside:
+                problem = f"its virtual IP {device.virtual_ip} is not in {party.subnet}"
+            elif device.virtual_ip in taken:
+                problem = f"its virtual IP {device.virtual_ip} belongs to {taken[device.virtual_ip]}"
+            elif device.device_id in seen or party.member(device.device_id) is not None:
+                problem = "its id is already in the party"
+            elif peer_id_for(device.public_key) != device.device_id:
+                problem = "its id is not its public key's"
+            if problem is not None:
+                raise p.ProtocolError(p.BAD_MESSAGE, f"static device {device.device_id}: {problem}",
+                                      request.id)
+            seen.add(device.device_id)
+            by_party.setdefault(party.party_id, []).append(device)
+        for party in self._registry.parties_of(peer_id):
+            self._forget_devices(party.party_id, peer_id)
+        for party_id, devices in by_party.items():
+            self._devices.setdefault(party_id, {})[peer_id] = tuple(devices)
+
+    def _forget_devices(self, party_id: str, peer_id: str) -> None:
+        routed = self._devices.get(party_id)
+        if routed is not None:
+            routed.pop(peer_id, None)
+            if not routed:
+                del self._devices[party_id]
+
+    def _reserved(self, party_id: str) -> tuple[str, ...]:
+        """The addresses of the party's static devices: the allocator must skip them."""
+        return tuple(device.virtual_ip for devices in self._devices.get(party_id, {}).values()
+                     for device in devices)
 
     def _signal(self, session: Session, request: p.Signal) -> None:
         assert session.peer_id is not None
@@ -606,17 +662,19 @@ class ControlServer:
         self._position += len(events)
         self._registry = reg.fold(events, self._registry)
 
-    def _member(self, member: reg.Member | None) -> dict[str, Any]:
+    def _member(self, member: reg.Member | None, party_id: str) -> dict[str, Any]:
         assert member is not None
         online = self._online.get(member.peer_id)
+        devices = self._devices.get(party_id, {}).get(member.peer_id, ())
         return {"peer_id": member.peer_id, "name": member.name, "public_key": member.public_key,
                 "virtual_ip": member.virtual_ip, "online": online is not None,
                 "nat_type": online.nat_type if online else ev.NAT_UNKNOWN,
-                "candidates": list(online.candidates) if online else []}
+                "candidates": list(online.candidates) if online else [],
+                "devices": [device.model_dump(exclude={"party_id"}) for device in devices]}
 
     def _snapshot(self, party: reg.Party) -> dict[str, Any]:
         return {"party_id": party.party_id, "name": party.name, "host_peer_id": party.host_peer_id,
-                "subnet": party.subnet, "members": [self._member(m) for m in party.members]}
+                "subnet": party.subnet, "members": [self._member(m, party.party_id) for m in party.members]}
 
     def _broadcast(self, party: reg.Party, frame: str, exclude: str | None = None) -> None:
         for member in party.members:
@@ -626,7 +684,8 @@ class ControlServer:
     def _push_update(self, peer_id: str) -> None:
         for party in self._registry.parties_of(peer_id):
             self._broadcast(party, p.message("peer_updated", party_id=party.party_id,
-                                             member=self._member(party.member(peer_id))), peer_id)
+                                             member=self._member(party.member(peer_id), party.party_id)),
+                            peer_id)
 
     async def _sweep(self) -> None:
         config = self.config

@@ -42,6 +42,9 @@ class SimNetwork:
     interface_error: str | None = None  # assigning a virtual IP fails with this while set
     probe_error: str | None = None  # every probe fails with this while set
     addresses: dict[str, list[str]] = field(default_factory=dict)  # node -> virtual IPs assigned
+    routes: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)  # node -> key -> extra IPs
+    forwarding: set[str] = field(default_factory=set)  # nodes that forward between their peers
+    handshakes: dict[str, float] = field(default_factory=dict)  # public key -> last handshake (unix)
 
     # ------------------------------------------------------------ test controls
 
@@ -111,9 +114,22 @@ class SimWireGuard:
             raise MeshError(self._net.wireguard_error)
         peers = self._net.wireguard_peers[self._node]
         old = peers.get(public_key)
-        peers[public_key] = SimPeer(endpoint, tuple(allowed_ips), keepalive_s,
-                                    old.rx_bytes if old else 0, old.tx_bytes if old else 0)
+        extra = self._net.routes.get(self._node, {}).get(public_key, ())
+        peers[public_key] = SimPeer(endpoint, (*allowed_ips, *(r for r in extra if r not in allowed_ips)),
+                                    keepalive_s, old.rx_bytes if old else 0, old.tx_bytes if old else 0)
         self._net.wireguard_log.append((self._node, "configure", public_key, endpoint))
+
+    def set_routes(self, public_key: str, routes: Sequence[str]) -> None:
+        if self._net.wireguard_error is not None:
+            raise MeshError(self._net.wireguard_error)
+        table = self._net.routes.setdefault(self._node, {})
+        before = table.get(public_key, ())
+        table[public_key] = tuple(routes)
+        peer = self._net.wireguard_peers[self._node].get(public_key)
+        if peer is not None:
+            own = tuple(ip for ip in peer.allowed_ips if ip not in before)
+            peer.allowed_ips = (*own, *(r for r in routes if r not in own))
+        self._net.wireguard_log.append((self._node, "routes", public_key, None))
 
     def remove_peer(self, public_key: str) -> None:
         if self._net.wireguard_error is not None:
@@ -122,7 +138,7 @@ class SimWireGuard:
         self._net.wireguard_log.append((self._node, "remove", public_key, None))
 
     def peer_stats(self) -> dict[str, PeerStats]:
-        return {key: PeerStats(key, p.endpoint, None, p.rx_bytes, p.tx_bytes)
+        return {key: PeerStats(key, p.endpoint, self._net.handshakes.get(key), p.rx_bytes, p.tx_bytes)
                 for key, p in self._net.wireguard_peers[self._node].items()}
 
 
@@ -138,6 +154,11 @@ class SimInterface:
         if virtual_ip not in assigned:
             assigned.append(virtual_ip)
         return f"sim-{self._node}"
+
+    def enable_forwarding(self) -> None:
+        if self._net.interface_error is not None:
+            raise MeshError(self._net.interface_error)
+        self._net.forwarding.add(self._node)
 
 
 class SimProber:

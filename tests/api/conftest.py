@@ -41,6 +41,13 @@ class FakeService:
             raise ServiceError(404, f"not in party {party_id}")
         return {"party_id": PARTY, "reason": "left by the user"}
 
+    async def export_device(self, name: str, party_id: str | None, endpoint: str | None) -> dict[str, Any]:
+        self.calls.append(("export", (name, party_id, endpoint)))
+        if name.casefold() == "bob":
+            raise ServiceError(409, "the name 'bob' is taken in party p1")
+        return {"party_id": PARTY, "device_id": "d1", "name": name, "virtual_ip": "10.66.0.9",
+                "endpoint": endpoint or "203.0.113.1:51820", "config": "[Interface]\n"}
+
     def info(self) -> dict[str, Any]:
         return {"node_id": "n1", "control": {"url": "ws://198.51.100.1:8667", "connected": True}}
 

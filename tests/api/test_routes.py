@@ -20,7 +20,8 @@ Client = tuple[TestClient, FakeService, str]
 
 
 @pytest.mark.parametrize(("path", "body"), [
-    ("/party/create", {"name": "LAN"}), ("/party/join", {"invite": "lanrage1-abc"}), ("/party/leave", {})])
+    ("/party/create", {"name": "LAN"}), ("/party/join", {"invite": "lanrage1-abc"}), ("/party/leave", {}),
+    ("/party/export", {"name": "switch"})])
 def test_mutations_without_the_token_get_401_and_do_nothing(api_client: Client, path: str,
                                                            body: dict) -> None:
     client, service, _ = api_client
@@ -33,6 +34,20 @@ def test_mutations_without_the_token_get_401_and_do_nothing(api_client: Client, 
     assert service.calls == []
     assert client.post(path, json=body, headers=AUTH).status_code == 200
     assert len(service.calls) == 1
+
+
+def test_export_reaches_the_agent_and_its_refusals_keep_their_status(api_client: Client) -> None:
+    client, service, _ = api_client
+    answer = client.post("/party/export", json={"name": "switch", "endpoint": "192.0.2.5:51820"},
+                         headers=AUTH)
+    assert answer.json() == {"party_id": PARTY, "device_id": "d1", "name": "switch",
+                             "virtual_ip": "10.66.0.9", "endpoint": "192.0.2.5:51820",
+                             "config": "[Interface]\n"}
+    taken = client.post("/party/export", json={"name": "Bob"}, headers=AUTH)
+    assert (taken.status_code, taken.json()) == (409, {"detail": "the name 'bob' is taken in party p1"})
+    for body in ({"name": ""}, {"name": "a\nb"}, {"name": "x", "party_id": "a/b"}, {"name": "x", "key": "k"}):
+        assert client.post("/party/export", json=body, headers=AUTH).status_code == 422
+    assert service.calls == [("export", ("switch", None, "192.0.2.5:51820")), ("export", ("Bob", None, None))]
 
 
 def test_party_commands_reach_the_agent_and_its_refusals_keep_their_status(api_client: Client) -> None:

@@ -11,8 +11,9 @@ from websockets.exceptions import ConnectionClosed
 from events import types as ev
 from events.streams import control_stream
 from mesh.control import protocol as p
-from mesh.control.identity import Identity
+from mesh.control.identity import Identity, peer_id_for
 from mesh.control.server import JOIN_REFUSED
+from mesh.keys import PrivateKey
 from mesh.relay.tickets import side_key
 from store.base import InMemoryRecorder
 from tests.control.helpers import logged_in, open_peer, running
@@ -268,6 +269,42 @@ def test_announce_pushes_candidates_to_the_party() -> None:
             members = {m["peer_id"]: m for m in welcome["parties"][0]["members"]}
             assert members[guest.peer_id]["candidates"] == ["203.0.113.9:40000"]
             assert members[guest.peer_id]["nat_type"] == "symmetric"
+    run(scenario())
+
+
+def test_announced_static_devices_reach_the_party_and_keep_their_addresses() -> None:
+    async def scenario() -> None:
+        async with running() as server:
+            (host, guest), party, secret = await _party(server.port, 2)
+            key = PrivateKey.generate().public_key
+            device = {"party_id": party["party_id"], "device_id": peer_id_for(key), "name": "switch",
+                      "public_key": key, "virtual_ip": "10.66.0.3"}
+            answer = await guest.call(type="announce", nat_type="open", candidates=[], devices=[device])
+            assert answer["type"] == "announced", answer
+            update = await host.push("peer_updated")
+            while not update["member"]["devices"]:
+                update = await host.push("peer_updated")
+            assert update["member"]["devices"] == [{k: v for k, v in device.items() if k != "party_id"}]
+            # The allocator skips the device's address: the next member gets .4, not .3.
+            third = await logged_in(server.port, "third")
+            joined = await third.call(type="join_party", party_id=party["party_id"], secret=secret)
+            mine = next(m for m in joined["party"]["members"] if m["peer_id"] == third.peer_id)
+            assert mine["virtual_ip"] == "10.66.0.4"
+            # Refused: a member's address, another party, a forged id. The old devices stay.
+            refused = [
+                ({**device, "virtual_ip": "10.66.0.1"}, f"belongs to {host.peer_id}"),
+                ({**device, "party_id": "0123456789abcdef"}, "you are not a member"),
+                ({**device, "device_id": "forged"}, "its id is not its public key's"),
+                ({**device, "virtual_ip": "192.0.2.1"}, "is not in 10.66.0.0/16")]
+            for bad, reason in refused:
+                answer = await guest.call(type="announce", devices=[bad])
+                assert answer["type"] == "error" and reason in answer["message"], answer
+            welcome = await (await open_peer(server.port, host.identity)).login()
+            members = {m["peer_id"]: m for m in welcome["parties"][0]["members"]}
+            assert [d["name"] for d in members[guest.peer_id]["devices"]] == ["switch"]
+            # Leaving takes the member's devices with it.
+            await guest.call(type="leave_party", party_id=party["party_id"])
+            assert server._reserved(party["party_id"]) == ()
     run(scenario())
 
 
