@@ -9,8 +9,22 @@ from dataclasses import dataclass, field
 class ConnectionConfig:
     degraded_latency_ms: float = 200.0  # above this a connection is degraded
     lost_probes_before_action: int = 3  # consecutive lost probes before failover or reconnect
-    max_reconnect_attempts: int = 3  # then failed
-    cleanup_timeout_s: float = 300.0  # failed for this long -> cleanup
+    # Reconnect attempts before the connection is marked failed, which means "unreachable
+    # now", never "given up": while both nodes are in the party it keeps retrying, and the
+    # WireGuard peer is removed only when the member leaves or the control server expires it.
+    attempts_before_failed: int = 3
+    # A failed connection retries every path it has (a probe through the tunnel, a punch of
+    # the direct candidates, a relay session if it holds none) after this, doubling to the
+    # cap: the first retries come quickly (most outages are seconds), and a friend who is
+    # gone for an hour costs one retry per half minute. Each delay is jittered by +/- this
+    # fraction so that the peers of a node that lost its uplink do not retry in lockstep.
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 30.0
+    retry_jitter: float = 0.2
+    # While failed, the tunnel is probed this often: a path that works again is seen within
+    # a second (and WireGuard, having data to send, keeps initiating handshakes). A failed
+    # connection's probe is one ping a second, no event unless it is answered.
+    failed_probe_s: float = 1.0
     direct_retry_s: float = 30.0  # while on a relay, retry the direct path this often
     probe_interval_s: float = 5.0
     # A connecting connection is probed this soon, so status says "connected" as soon as

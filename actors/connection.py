@@ -1,8 +1,12 @@
 """The peer-connection actor: one thespian actor per remote peer of a party.
 
 States: connecting -> connected <-> degraded; lost probes -> failover to a relay
-(direct path) or reconnect attempts (at most ``max_reconnect_attempts``) -> failed
--> cleanup after ``cleanup_timeout_s``; closed when the peer leaves. The path is
+(direct path) or reconnect attempts (``attempts_before_failed``) -> failed, which
+means "unreachable now": a failed connection keeps retrying every path it has with
+capped, jittered exponential backoff for as long as the member is in the party, and
+is up again as soon as a probe is answered. The WireGuard peer is removed only when
+the member leaves or the control server expires it (closed); a ``cleanup`` state in
+an old log is undone at start, since its member is still in the party. The path is
 direct (hole punched) or relay, with a periodic retry of the direct path that
 upgrades back to direct.
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -55,11 +60,12 @@ from mesh.nat.punch import should_try_direct
 ACTIVE = (ev.CONNECTING, ev.CONNECTED, ev.DEGRADED, ev.FAILED)
 UP = (ev.CONNECTED, ev.DEGRADED)
 
-MONITOR, METRICS, DIRECT_RETRY, CLEANUP, WIREGUARD_RETRY = (
-    "monitor", "metrics", "direct-retry", "cleanup", "wireguard-retry")
+MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY = (
+    "monitor", "metrics", "direct-retry", "retry", "wireguard-retry")
 
 # Operation kinds (one at a time) and the purposes of relay allocations.
 CONNECT, FAILOVER, RELAY_MOVE, RETRY_DIRECT = "connect", "failover", "relay-move", "direct-retry"
+RETRY_UNREACHABLE = "retry-unreachable"  # a failed connection's retry of every path
 RELAY_FIRST, FALLBACK = "relay first", "fallback"
 
 
@@ -91,6 +97,9 @@ class Operation:
     relay_first: bool = False  # connect: on the relay while the punch runs
     purpose: str = ""
     rtt_ms: float | None = None  # relay move: the new relay's round trip, as the monitor measured
+    # A failed connection's retry writes its intent and outcome only when it is not a repeat
+    # (retries 1, 2, 4, 8 ...: the attempt number on the next recorded row counts the rest).
+    recorded: bool = True
 
 
 @dataclass
@@ -128,6 +137,7 @@ class PeerConnectionActor(Actor):
         self.finished = False
         self.pending: set[str] = set()  # tags of effects not answered yet
         self.wireguard_retry_s = 0.0
+        self.retries = 0  # of this failed spell (memory: a restart starts counting again)
         self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
 
@@ -202,6 +212,10 @@ class PeerConnectionActor(Actor):
         if self.state.state in (None, ev.CLOSED):  # a new peer, or one that left and came back
             self._commit([self._transition(ev.CONNECTING, "peer joined the party")], "start")
             self._connect(1)
+        elif self.state.state == ev.CLEANUP:  # an old log's cleanup, of a member still in the party
+            self._commit([self._transition(ev.CONNECTING, "the member is still in the party: "
+                                                          "its WireGuard peer is added again")], "start")
+            self._connect(1)
         elif self.state.state in ACTIVE:
             self.log.info("recovered {} from {} events", self.state.state, self.writer.position)
             self._request(fx.ReadPeerStats(tag="reconcile", public_key=init.public_key))
@@ -210,7 +224,7 @@ class PeerConnectionActor(Actor):
             elif self.state.path == ev.RELAY and self.state.state != ev.FAILED and (held := self._held()):
                 self._request(fx.CheckRelaySession(tag="check-session", allocation=held))
             if self.state.state == ev.FAILED:
-                self._schedule(self.cfg.cleanup_timeout_s, CLEANUP)
+                self._schedule_retry()
         if self.state.state in ACTIVE:
             self._arm_monitor()
             self._schedule(self.cfg.metrics_interval_s, METRICS)
@@ -301,7 +315,7 @@ class PeerConnectionActor(Actor):
                                                keepalive_s=self.cfg.keepalive_s)
 
     def _reconnect(self, attempt: int, reason: str, state: ConnectionState | None = None) -> list[Event]:
-        max_attempts = self.cfg.max_reconnect_attempts
+        max_attempts = self.cfg.attempts_before_failed
         return [ev.ReconnectAttempted(**self._base(), attempt=attempt, max_attempts=max_attempts,
                                       reason=reason),
                 self._transition(ev.CONNECTING, f"reconnect attempt {attempt}/{max_attempts}: {reason}",
@@ -358,8 +372,9 @@ class PeerConnectionActor(Actor):
 
     def _punch(self, op: Operation) -> None:
         assert self.init is not None
-        self._commit([ev.HolePunchAttempted(**self._base(), local_candidates=self.init.local_candidates,
-                                            remote_candidates=self.state.candidates)], op.tag)
+        if op.recorded:
+            self._commit([ev.HolePunchAttempted(**self._base(), local_candidates=self.init.local_candidates,
+                                                remote_candidates=self.state.candidates)], op.tag)
         ends = sorted((self.init.local_peer_id, self.init.peer_id))
         number = op.attempt if op.kind == CONNECT else self.state.direct_retries + 1000
         self._request(fx.Punch(tag=op.tag, session=f"{self.init.party_id}:{ends[0]}:{ends[1]}:{number}",
@@ -372,7 +387,8 @@ class PeerConnectionActor(Actor):
             self._no_path(op, "no relay is known")
             return
         op.purpose = op.purpose or purpose
-        self._commit([ev.RelayAllocationRequested(**self._base(), relay=relay, purpose=purpose)], op.tag)
+        if op.recorded:
+            self._commit([ev.RelayAllocationRequested(**self._base(), relay=relay, purpose=purpose)], op.tag)
         self._request(fx.AllocateRelay(tag=op.tag, party_id=self._base()["party_id"],
                                        peer_id=self._base()["peer_id"], relay=relay))
 
@@ -467,8 +483,9 @@ class PeerConnectionActor(Actor):
         assert isinstance(effect, fx.AllocateRelay)
         if not done.ok:
             self.log.warning("relay {} allocation failed: {}", effect.relay, done.error)
-            self._commit([ev.RelayAllocationFailed(**self._base(), relay=effect.relay,
-                                                   error=done.error or "")], effect.tag)
+            if self.op is None or self.op.recorded or not self._current(done):
+                self._commit([ev.RelayAllocationFailed(**self._base(), relay=effect.relay,
+                                                       error=done.error or "")], effect.tag)
             if self._current(done):
                 self._after_allocation_failed(done.error or "")
             return
@@ -492,7 +509,7 @@ class PeerConnectionActor(Actor):
             self._release_if_replaced(previous, op.tag)
             self._punch(op)
             return
-        if op.kind == CONNECT:
+        if op.kind in (CONNECT, RETRY_UNREACHABLE):
             self._commit([opened,
                           ev.PathChosen(**self._base(), path=ev.RELAY, reason=op.purpose,
                                         endpoint=allocation.endpoint, relay=allocation.relay),
@@ -526,7 +543,7 @@ class PeerConnectionActor(Actor):
             self._finish(op)
             self._commit(self._reconnect(1, f"{op.purpose}; relay allocation failed: {error}"), "failover")
             self._connect(2)
-        else:
+        else:  # a relay move, or a failed connection's retry: the next retry tries again
             self._finish(op)
 
     def _on_punched(self, done: fx.EffectDone) -> None:
@@ -536,6 +553,9 @@ class PeerConnectionActor(Actor):
         succeeded = bool(result.succeeded and result.endpoint)
         if op is not None and op.kind == RETRY_DIRECT and current:
             self._on_retried(op, result, succeeded)
+            return
+        if op is not None and op.kind == RETRY_UNREACHABLE and current:
+            self._on_unreachable_punched(op, result, succeeded)
             return
         if not succeeded:
             self._commit([ev.HolePunchFailed(**self._base(), reason=result.reason,
@@ -568,6 +588,36 @@ class PeerConnectionActor(Actor):
         self._commit([punched, chosen, self._configure(result.endpoint)], op.tag)
         self._release(op.tag)
         self._finish(op)
+
+    def _on_unreachable_punched(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
+        if not succeeded:
+            if op.recorded:
+                self._commit([ev.HolePunchFailed(**self._base(), reason=result.reason,
+                                                 elapsed_ms=result.elapsed_ms)], op.tag)
+            if self._held() is None and self.relay is not None:
+                op.purpose = f"{op.purpose}: hole punch failed: {result.reason}"
+                self._allocate(op, FALLBACK)
+            else:
+                self._finish(op)
+            return
+        assert result.endpoint is not None
+        punched = ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint,
+                                        rtt_ms=result.rtt_ms or 0.0, elapsed_ms=result.elapsed_ms)
+        self._finish(op)
+        if self.state.path == ev.DIRECT and self.state.endpoint == result.endpoint \
+                and self.state.wireguard_configured:
+            self._commit([punched], op.tag)  # the same path answers: the probes will say it is up
+            return
+        if self.state.path == ev.RELAY:
+            chosen: Event = ev.PathSwitched(
+                **self._base(), from_path=ev.RELAY, to_path=ev.DIRECT, reason="hole punch succeeded",
+                endpoint=result.endpoint, from_relay=self.state.relay,
+                from_latency_ms=self.state.latency_ms, to_latency_ms=result.rtt_ms)
+        else:
+            chosen = ev.PathChosen(**self._base(), path=ev.DIRECT, reason="hole punch succeeded",
+                                   endpoint=result.endpoint)
+        self._commit([punched, chosen, self._configure(result.endpoint)], op.tag)
+        self._release(op.tag)
 
     def _on_retried(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
         self._finish(op)
@@ -641,7 +691,9 @@ class PeerConnectionActor(Actor):
             self.probing.window.append(latency)
             high = latency > threshold
             if state.state in (ev.CONNECTING, ev.FAILED):
-                lead = "peer answered again" if state.state == ev.FAILED else "first probe answered"
+                lead = "first probe answered"
+                if state.state == ev.FAILED:
+                    lead = "peer answered again" + (f" (retry {self.retries})" if self.retries else "")
                 tail = f" (above {threshold:.0f} ms)" if high else ""
                 return [self._transition(ev.DEGRADED if high else ev.CONNECTED,
                                          f"{lead} in {latency:.1f} ms{tail}", latency, state)], False
@@ -668,10 +720,11 @@ class PeerConnectionActor(Actor):
             return self._reconnect(1, lost, state), False
         # The budget counts the reconnects since the last time the peer was up or (re)joined.
         attempt = state.reconnects + 1 if state.reason.startswith("reconnect attempt") else 1
-        if attempt <= self.cfg.max_reconnect_attempts:
+        if attempt <= self.cfg.attempts_before_failed:
             return self._reconnect(attempt, lost, state), False
-        gave_up = f"{lost} after {self.cfg.max_reconnect_attempts} reconnect attempts"
-        return [self._transition(ev.FAILED, gave_up, state=state)], False
+        unreachable = (f"{lost} after {self.cfg.attempts_before_failed} reconnect attempts; "
+                       "retrying every path")
+        return [self._transition(ev.FAILED, unreachable, state=state)], False
 
     def _after_observations(self, before: ConnectionState, events: Sequence[Event], failover: bool) -> None:
         """The actions the persisted batch asks for (each persists its own events first)."""
@@ -679,9 +732,12 @@ class PeerConnectionActor(Actor):
         if before.state in (ev.CONNECTING, ev.FAILED) and state.state in UP:
             self._arm_monitor()  # up: back to one probe an interval (re-arming drops the quick one)
         if state.state == ev.FAILED and before.state != ev.FAILED:
-            self._schedule(self.cfg.cleanup_timeout_s, CLEANUP)
+            self.retries = 0
+            self._arm_monitor()  # unreachable: probe every ``failed_probe_s`` to see it come back
+            self._schedule_retry()
         elif before.state == ev.FAILED and state.state != ev.FAILED:
-            self.timers.cancel(CLEANUP)
+            self.timers.cancel(RETRY)
+            self.retries = 0
         if state.state == ev.CONNECTING and any(isinstance(e, ev.ReconnectAttempted) for e in events):
             self._connect(state.reconnects + 1)
         if failover and state.state in UP and state.path == ev.DIRECT and self.op is None:
@@ -707,8 +763,8 @@ class PeerConnectionActor(Actor):
             self._schedule(self.cfg.metrics_interval_s, METRICS)
         elif timer.kind == DIRECT_RETRY:
             self._retry_direct()
-        elif timer.kind == CLEANUP and self.state.state == ev.FAILED:
-            self._cleanup()
+        elif timer.kind == RETRY and self.state.state == ev.FAILED:
+            self._retry_unreachable()
         elif timer.kind == WIREGUARD_RETRY and not self.state.wireguard_applied:
             self._apply_wireguard()
 
@@ -742,15 +798,46 @@ class PeerConnectionActor(Actor):
             return
         self._punch(self._begin(RETRY_DIRECT))
 
-    def _cleanup(self) -> None:
+    def _retry_delay(self, retry: int) -> float:
+        """Capped exponential backoff, jittered per peer and retry (deterministic for replays and tests)."""
+        cfg = self.cfg
+        base = min(cfg.retry_backoff_s * 2 ** min(retry, 30), cfg.retry_backoff_max_s)
+        spread = random.Random(f"{self.actor}/{retry}").uniform(-cfg.retry_jitter, cfg.retry_jitter)
+        return min(base * (1 + spread), cfg.retry_backoff_max_s)
+
+    def _schedule_retry(self) -> None:
+        self._schedule(self._retry_delay(self.retries), RETRY)
+
+    def _retry_unreachable(self) -> None:
+        """A failed connection tries every path again: the tunnel (a probe), the direct
+        candidates (a punch), and the relay (a session, if it holds none)."""
         assert self.init is not None
-        events: list[Event] = []
-        if self.state.wireguard_configured:
-            events.append(ev.WireGuardPeerRemovalRequested(**self._base(), public_key=self.init.public_key,
-                                                           reason="cleanup of a failed connection"))
-        events.append(self._transition(ev.CLEANUP, f"no recovery within {self.cfg.cleanup_timeout_s:.0f} s"))
-        self._commit(events, "cleanup")
-        self._release("cleanup")
+        if self.op is not None:  # a retry or a reconnect still runs: try again after it
+            self._schedule_retry()
+            return
+        self.retries += 1
+        retry = self.retries
+        recorded = retry & (retry - 1) == 0
+        op = self._begin(RETRY_UNREACHABLE, attempt=retry, recorded=recorded,
+                         purpose=f"unreachable: retry {retry}")
+        if recorded:
+            self._commit([ev.ReconnectAttempted(
+                **self._base(), attempt=self.cfg.attempts_before_failed + retry,
+                max_attempts=self.cfg.attempts_before_failed,
+                reason=f"unreachable: retry {retry} of every path (repeats in between are not written)")],
+                op.tag)
+        if not self.probing.in_flight:
+            self.probing.in_flight = True
+            self.probing.sent_weight = 0.0
+            self._request(fx.Probe(tag="probe", virtual_ip=self.init.virtual_ip,
+                                   timeout_s=self.cfg.probe_timeout_s))
+        if self._direct_ruled_out() is None:
+            self._punch(op)
+        elif self._held() is None:
+            self._allocate(op, FALLBACK)
+        else:
+            self._finish(op)
+        self._schedule_retry()
 
     # ------------------------------------------------------------ control plane
 
@@ -759,7 +846,8 @@ class PeerConnectionActor(Actor):
         if remote is not None:
             self._commit([remote], "announced")
         if announced and self.state.state in (ev.FAILED, ev.CLEANUP) and self.op is None:
-            self.timers.cancel(CLEANUP)
+            self.timers.cancel(RETRY)
+            self.retries = 0
             self._commit(self._reconnect(1, "peer announced again"), "announced")
             self._connect(2)
             if self.state.state in ACTIVE:
@@ -771,6 +859,8 @@ class PeerConnectionActor(Actor):
         delay = self.cfg.probe_interval_s
         if self.state.state == ev.CONNECTING:
             delay = min(self.cfg.first_probe_s, self.cfg.probe_interval_s)
+        elif self.state.state == ev.FAILED:
+            delay = min(self.cfg.failed_probe_s, self.cfg.probe_interval_s)
         self.probing.armed_weight = delay / self.cfg.probe_interval_s
         self._schedule(delay, MONITOR)
 
@@ -801,7 +891,7 @@ class PeerConnectionActor(Actor):
             self._release("close")
         self.op = None
         self.closing = True
-        for kind in (MONITOR, METRICS, DIRECT_RETRY, CLEANUP, WIREGUARD_RETRY):
+        for kind in (MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY):
             self.timers.cancel(kind)
         if not self.pending:
             self._finished()
