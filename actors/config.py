@@ -32,6 +32,40 @@ class ConnectionConfig:
     first_probe_s: float = 0.5
     probe_timeout_s: float = 1.0
     punch_timeout_s: float = 5.0
+    # Fast detection from WireGuard's own counters (``ReadPeerStats``): while the tunnel
+    # sends, read them every ``watch_interval_s``; when it is idle, only once a probe
+    # interval (an idle peer costs one read and one probe per 5 s, as before). A tunnel
+    # that sent but received nothing for ``silent_rx_s`` (a game at 20+ packets a second
+    # gets its replies within a few tens of ms; WireGuard's own passive keepalive answers
+    # one-way traffic within 10 s, so silence alone is only a suspicion) or whose last
+    # handshake is older than ``handshake_stale_s`` (WireGuard rekeys every 120 s and gives
+    # up on a key after 180 s) is checked with ``confirm_probes`` probes at once, of
+    # ``confirm_timeout_s`` each: only if all are lost is the path dead, and it fails over
+    # (or reconnects) at once. With these, a dead direct path moves to the relay in about
+    # 1.5 s; random loss of 20 % loses all three probes of a check 5 % of the time, and a
+    # check only happens after a silence that such loss does not make on a busy tunnel.
+    watch_interval_s: float = 0.25
+    silent_rx_s: float = 0.75
+    handshake_stale_s: float = 150.0
+    confirm_probes: int = 3
+    confirm_timeout_s: float = 0.5
+    # On a lossy path a check sends more probes, enough that the loss the window measured
+    # loses them all less than ``check_false_alarm`` of the time (at 75 % round-trip loss,
+    # 24), up to ``confirm_probes_max``: a dead path loses them all the same.
+    check_false_alarm: float = 0.001
+    confirm_probes_max: int = 24
+    # Loss over the last ``loss_window_probes`` probes (round trips: 20 % loss each way
+    # loses 36 % of them, 50 % each way 75 %): degraded at or above ``degraded_loss``, up
+    # again at or below ``recovered_loss``, decided only on at least half a window. The gap
+    # is the hysteresis: at 20 % each way a 20-probe window reaches 60 % about once in 250.
+    # A degraded direct path moves to the relay only when the relay's own last window (the
+    # relay monitor's) lost at least ``switch_loss_margin`` less, and no switch for quality
+    # (nor the upgrade back to direct) follows another within ``min_switch_interval_s``.
+    loss_window_probes: int = 20
+    degraded_loss: float = 0.6
+    recovered_loss: float = 0.4
+    switch_loss_margin: float = 0.2
+    min_switch_interval_s: float = 60.0
     # With a relay at hand, put a new connection on it at once and punch behind it (the
     # DERP way): a relayed pair is up within a relay round trip instead of after a failed
     # punch. Skipped when one side is open or port-forwarded: direct is then near certain.

@@ -30,11 +30,13 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
+import thespian.system.timing as thespian_timing
 from thespian.actors import (
     Actor,
     ActorAddress,
@@ -60,8 +62,9 @@ from mesh.nat.punch import should_try_direct
 ACTIVE = (ev.CONNECTING, ev.CONNECTED, ev.DEGRADED, ev.FAILED)
 UP = (ev.CONNECTED, ev.DEGRADED)
 
-MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY = (
-    "monitor", "metrics", "direct-retry", "retry", "wireguard-retry")
+MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, WATCH = (
+    "monitor", "metrics", "direct-retry", "retry", "wireguard-retry", "watch")
+CONFIRM = "confirm"  # the tag of a check's probes
 
 # Operation kinds (one at a time) and the purposes of relay allocations.
 CONNECT, FAILOVER, RELAY_MOVE, RETRY_DIRECT = "connect", "failover", "relay-move", "direct-retry"
@@ -121,6 +124,18 @@ class Probing:
     window_lost: int = 0
     last_error: str = ""  # of the window's last lost probe, when the prober gave one
     traffic: tuple[int, int] = (0, 0)
+    # WireGuard's counters at the last watch reading, and when rx last grew (thespian time).
+    counters: tuple[int, int] | None = None
+    rx_grew_at: float | None = None
+    silent_since: float = 0.0  # rx unchanged since (the first reading counts as a change)
+    # A check of a suspect path: its probes still out, how many were lost, and why it runs.
+    checking: int = 0
+    check_lost: int = 0
+    check_reason: str = ""
+    checking_answered: bool = False
+    # The loss window of each path (True for a lost probe): a path switched back to keeps
+    # what it showed, so a lossy direct path is not taken for a clean one on its return.
+    outcomes: dict[str | None, list[bool]] = field(default_factory=dict)
 
 
 class PeerConnectionActor(Actor):
@@ -138,6 +153,9 @@ class PeerConnectionActor(Actor):
         self.pending: set[str] = set()  # tags of effects not answered yet
         self.wireguard_retry_s = 0.0
         self.retries = 0  # of this failed spell (memory: a restart starts counting again)
+        self.watching = False  # a watch reading (or its wakeup) is outstanding
+        self.relay_quality: m.RelayQuality | None = None  # the selected relay's, from the monitor
+        self.quality_switch_at: float | None = None  # the last path switch for quality (thespian time)
         self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
 
@@ -165,6 +183,7 @@ class PeerConnectionActor(Actor):
         (the message's events may be stored already)."""
         try:
             call()
+            self._watch()
         except Exception as error:
             self.log.exception("peer connection crashed; rebuilding it from its stream")
             self._rebuild(f"{type(error).__name__}: {error}")
@@ -187,6 +206,7 @@ class PeerConnectionActor(Actor):
         self.relay = init.relay
         self.incarnation = new_incarnation()
         self.timers = Timers(self.incarnation)
+        self.watching = False
         self.actor = f"peer-connection/{init.party_id}/{init.peer_id}"
         self.log = logger.bind(actor=self.actor)
         stream = peer_stream(init.node_id, init.party_id, init.peer_id)
@@ -248,6 +268,8 @@ class PeerConnectionActor(Actor):
                 self.on_announced(message.candidates, self.state.remote_nat_type, announced=False)
             case m.RelayChanged():
                 self.on_relay_changed(message)
+            case m.RelayQuality():
+                self.relay_quality = message
             case m.ClosePeer():
                 self.close(message.reason)
             case _:
@@ -436,6 +458,8 @@ class PeerConnectionActor(Actor):
                 self._commit([ev.RelaySessionReleased(**self._base(), relay=allocation.relay,
                                                       session_id=allocation.session_id,
                                                       error=done.error or "")], done.effect.tag)
+            case fx.Probe(tag=tag) if tag.startswith(CONFIRM):
+                self._on_checked(done)
             case fx.Probe():
                 self.probing.in_flight = False
                 if not self.closing:
@@ -449,6 +473,8 @@ class PeerConnectionActor(Actor):
                 self._reconcile(done.value if done.ok else None)
             case fx.ReadPeerStats(tag="metrics"):
                 self._sample_metrics(done.value if done.ok else None)
+            case fx.ReadPeerStats(tag="watch"):
+                self._on_watched(done.value if done.ok else None)
         if self.closing and not self.pending:
             self._finished()
 
@@ -627,6 +653,8 @@ class PeerConnectionActor(Actor):
             self._arm_direct_retry()
             return
         assert result.endpoint is not None
+        if self.quality_switch_at is not None:
+            self.quality_switch_at = thespian_timing.currentTime()  # back to direct: a switch too
         self._commit([
             ev.DirectPathRetried(**self._base(), succeeded=True, reason="hole punch succeeded"),
             ev.PathSwitched(**self._base(), from_path=ev.RELAY, to_path=ev.DIRECT,
@@ -689,6 +717,7 @@ class PeerConnectionActor(Actor):
             latency = float(item.latency_ms)
             self.probing.lost = 0.0
             self.probing.window.append(latency)
+            self._count_probe(lost=False)
             high = latency > threshold
             if state.state in (ev.CONNECTING, ev.FAILED):
                 lead = "first probe answered"
@@ -700,24 +729,31 @@ class PeerConnectionActor(Actor):
             if state.state == ev.CONNECTED and high:
                 return [self._transition(ev.DEGRADED, f"latency {latency:.1f} ms above {threshold:.0f} ms",
                                          latency, state)], False
-            if state.state == ev.DEGRADED and not high:
-                return [self._transition(ev.CONNECTED, f"latency improved to {latency:.1f} ms",
-                                         latency, state)], False
+            lossy = self._lossy(state)
+            if lossy is not None:
+                return [self._transition(ev.DEGRADED, lossy, latency, state)], False
+            loss = self._window_loss()
+            if state.state == ev.DEGRADED and not high and (loss is None or loss <= self.cfg.recovered_loss):
+                better = (f"loss down to {loss:.0%}" if state.reason.startswith("loss") and loss is not None
+                          else f"latency improved to {latency:.1f} ms")
+                return [self._transition(ev.CONNECTED, better, latency, state)], False
             return [], False
         # ProbeFailed
         self.probing.lost += weight
         self.probing.window_lost += 1
+        self._count_probe(lost=True)
         if item.reason != m.ProbeFailed().reason:
             self.probing.last_error = item.reason
+        lossy = self._lossy(state)
+        if lossy is not None:
+            return [self._transition(ev.DEGRADED, lossy, state=state)], False
         needed = self.cfg.lost_probes_before_action
         if self.probing.lost < needed - 1e-9 or state.state == ev.FAILED or self.op is not None:
             return [], False  # an operation in flight decides the path for now
         self.probing.lost = 0.0
         lost = f"{needed} probes lost"
         if state.state in UP:
-            if state.path == ev.DIRECT and self.relay is not None:
-                return [], True  # after the batch: it needs a relay allocation first
-            return self._reconnect(1, lost, state), False
+            return [], True  # after the batch: check the path, then fail over or reconnect
         # The budget counts the reconnects since the last time the peer was up or (re)joined.
         attempt = state.reconnects + 1 if state.reason.startswith("reconnect attempt") else 1
         if attempt <= self.cfg.attempts_before_failed:
@@ -740,10 +776,9 @@ class PeerConnectionActor(Actor):
             self.retries = 0
         if state.state == ev.CONNECTING and any(isinstance(e, ev.ReconnectAttempted) for e in events):
             self._connect(state.reconnects + 1)
-        if failover and state.state in UP and state.path == ev.DIRECT and self.op is None:
-            op = self._begin(FAILOVER,
-                             purpose=f"{self.cfg.lost_probes_before_action} probes lost on the direct path")
-            self._allocate(op, FAILOVER)
+        if failover and state.state in UP:
+            self._suspect(f"{self.cfg.lost_probes_before_action} probes lost", idle=True)
+        self._leave_lossy_path()
 
     # ------------------------------------------------------------ timers
 
@@ -761,12 +796,136 @@ class PeerConnectionActor(Actor):
         elif timer.kind == METRICS and self.state.state in ACTIVE:
             self._request(fx.ReadPeerStats(tag="metrics", public_key=self.init.public_key))
             self._schedule(self.cfg.metrics_interval_s, METRICS)
+        elif timer.kind == WATCH:
+            if self.state.state in UP:
+                self._request(fx.ReadPeerStats(tag="watch", public_key=self.init.public_key))
+            else:
+                self.watching = False
         elif timer.kind == DIRECT_RETRY:
             self._retry_direct()
         elif timer.kind == RETRY and self.state.state == ev.FAILED:
             self._retry_unreachable()
         elif timer.kind == WIREGUARD_RETRY and not self.state.wireguard_applied:
             self._apply_wireguard()
+
+    # ------------------------------------------------------------ loss
+
+    def _count_probe(self, lost: bool) -> None:
+        outcomes = self.probing.outcomes.setdefault(self.state.path, [])
+        outcomes.append(lost)
+        del outcomes[:-self.cfg.loss_window_probes]
+
+    def _window_loss(self) -> float | None:
+        """Loss over the window, once it holds at least half a window of probes."""
+        outcomes = self.probing.outcomes.get(self.state.path, [])
+        if len(outcomes) < max(1, self.cfg.loss_window_probes // 2):
+            return None
+        return sum(outcomes) / len(outcomes)
+
+    def _lossy(self, state: ConnectionState) -> str | None:
+        """Why a connected connection is now degraded by loss, or None."""
+        loss = self._window_loss()
+        if state.state != ev.CONNECTED or loss is None or loss < self.cfg.degraded_loss:
+            return None
+        return f"loss {loss:.0%} over the last {len(self.probing.outcomes[state.path])} probes"
+
+    def _may_switch(self) -> bool:
+        """No switch for quality within ``min_switch_interval_s`` of the last one."""
+        at = self.quality_switch_at
+        return at is None or thespian_timing.currentTime() - at >= self.cfg.min_switch_interval_s
+
+    def _leave_lossy_path(self) -> None:
+        """A lossy direct path moves to the relay if the relay loses clearly less."""
+        state, cfg, quality = self.state, self.cfg, self.relay_quality
+        loss = self._window_loss()
+        if (state.state != ev.DEGRADED or state.path != ev.DIRECT or self.op is not None
+                or self.relay is None or loss is None or loss < cfg.degraded_loss or quality is None
+                or quality.relay != self.relay or quality.probes < cfg.loss_window_probes // 2
+                or quality.loss > loss - cfg.switch_loss_margin
+                or not self._may_switch()):
+            return
+        self.quality_switch_at = thespian_timing.currentTime()
+        purpose = (f"loss {loss:.0%} on the direct path; relay {quality.relay} lost {quality.loss:.0%} "
+                   "of its probes")
+        self._allocate(self._begin(FAILOVER, purpose=purpose), FAILOVER)
+
+    # ------------------------------------------------------------ fast detection
+
+    def _watch(self) -> None:
+        """Keep one watch of WireGuard's counters going while the connection is up."""
+        if not self.watching and not self.closing and self.init is not None and self.state.state in UP:
+            self.watching = True
+            self._schedule(self.cfg.watch_interval_s, WATCH)
+
+    def _on_watched(self, stats: PeerStats | None) -> None:
+        self.watching = False
+        probing, cfg = self.probing, self.cfg
+        if self.closing or self.state.state not in UP or stats is None:
+            probing.counters = None
+            return
+        now = thespian_timing.currentTime()
+        previous, probing.counters = probing.counters, (stats.rx_bytes, stats.tx_bytes)
+        if previous is None or stats.rx_bytes != previous[0]:
+            probing.silent_since = now
+            if previous is not None:
+                probing.rx_grew_at = now
+                probing.lost = 0.0  # the tunnel receives: lost probes were loss, not a dead path
+        busy = previous is not None and stats.tx_bytes > previous[1]
+        if busy:
+            silence = now - probing.silent_since
+            handshake_age = time.time() - stats.last_handshake if stats.last_handshake else 0.0
+            if silence >= cfg.silent_rx_s:
+                self._suspect(f"nothing received for {silence:.1f} s while sending")
+            elif handshake_age > cfg.handshake_stale_s:
+                self._suspect(f"last handshake {handshake_age:.0f} s ago while sending")
+        self.watching = True
+        self._schedule(cfg.watch_interval_s if busy else cfg.probe_interval_s, WATCH)
+
+    def _suspect(self, reason: str, idle: bool = False) -> None:
+        """Check a path that looks dead with a few probes at once; act only if all are lost."""
+        assert self.init is not None
+        probing, cfg = self.probing, self.cfg
+        if probing.checking or self.op is not None or self.state.state not in UP:
+            return
+        if idle and probing.rx_grew_at is not None and \
+                thespian_timing.currentTime() - probing.rx_grew_at < cfg.keepalive_s + cfg.probe_interval_s:
+            return  # the peer's packets (its keepalives at least) still arrive: the probes met loss
+        probes = cfg.confirm_probes
+        loss = self._window_loss()
+        if loss is not None and 0 < loss < 1:
+            probes = max(probes, min(cfg.confirm_probes_max,
+                                     math.ceil(math.log(cfg.check_false_alarm) / math.log(loss))))
+        probing.checking, probing.check_lost, probing.check_reason = probes, 0, reason
+        probing.checking_answered = False
+        for number in range(probes):
+            self._request(fx.Probe(tag=f"{CONFIRM}/{number}", virtual_ip=self.init.virtual_ip,
+                                   timeout_s=cfg.confirm_timeout_s))
+
+    def _on_checked(self, done: fx.EffectDone) -> None:
+        probing = self.probing
+        probing.checking = max(0, probing.checking - 1)
+        if not (done.ok and done.value is not None):
+            probing.check_lost += 1
+        else:
+            probing.checking_answered = True
+            probing.silent_since = thespian_timing.currentTime()
+        if probing.checking or self.closing:
+            return
+        if probing.check_lost and not probing.checking_answered:
+            self._path_dead(probing.check_reason)
+
+    def _path_dead(self, reason: str) -> None:
+        """The path is dead: the direct path fails over to the relay, anything else reconnects."""
+        state = self.state
+        if state.state not in UP or self.op is not None:
+            return
+        self.probing.lost = 0.0
+        if state.path == ev.DIRECT and self.relay is not None:
+            self._allocate(self._begin(FAILOVER, purpose=f"{reason} on the direct path"), FAILOVER)
+            return
+        self._commit(self._reconnect(1, reason), "path dead")
+        self._arm_monitor()
+        self._connect(self.state.reconnects + 1)
 
     def _sample_metrics(self, stats: PeerStats | None) -> None:
         probing = self.probing
@@ -793,7 +952,7 @@ class PeerConnectionActor(Actor):
     def _retry_direct(self) -> None:
         if not (self.state.path == ev.RELAY and self.state.state in UP and self._direct_ruled_out() is None):
             return
-        if self.op is not None:
+        if self.op is not None or not self._may_switch():
             self._arm_direct_retry()
             return
         self._punch(self._begin(RETRY_DIRECT))

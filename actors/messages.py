@@ -332,6 +332,17 @@ class RelayChanged:
 
 
 @dataclass(frozen=True)
+class RelayQuality:
+    """The selected relay's last record window, as this node's monitor measured it: what a
+    lossy direct path compares itself with before it moves to the relay."""
+
+    relay: str
+    rtt_ms: float | None
+    loss: float
+    probes: int  # in the window: a handful says little
+
+
+@dataclass(frozen=True)
 class ConnectionUpdate:
     """A peer connection's state after each persisted batch, for its party's status cache."""
 

@@ -143,6 +143,9 @@ class NodeActor(Actor):
                 self._status(sender)
             case m.PartyStatusReply():
                 self._status_reply(message)
+            case m.RelayQuality():
+                for address in self.parties.values():
+                    self.send(address, message)
             case m.RelayChanged():
                 # The same rule as the replay's world fold: the node's relay is the last selected.
                 self.state = replace(self.state, selected_relay=message.relay)

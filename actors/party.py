@@ -91,6 +91,9 @@ class PartyActor(Actor):
                 self.connections[message.peer_id] = message.state
             case m.PeerClosed():
                 self._peer_closed(message.peer_id)
+            case m.RelayQuality():
+                for address in self.children.values():
+                    self.send(address, message)
             case m.RelayChanged():
                 self.relay = message.relay
                 for address in self.children.values():

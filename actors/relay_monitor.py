@@ -230,6 +230,7 @@ class RelayMonitorActor(Actor):
         assert self.init is not None
         config = self.init.config.relay_monitor
         rtts: dict[str, float | None] = {}
+        windows = dict(self.windows)
         for relay in self.init.relays:
             window = self.windows[relay]
             rtts[relay] = None if relay in dead else window.median()
@@ -237,6 +238,10 @@ class RelayMonitorActor(Actor):
                                                 answered=len(window.rtts), rtt_ms=window.median())])
             self.windows[relay] = Window(misses=window.misses)
         self.ticks = 0
+        if self.selected is not None and self.selected not in dead:
+            window = windows[self.selected]
+            loss = 1 - len(window.rtts) / window.probes if window.probes else 1.0
+            self.send(self.parent, m.RelayQuality(self.selected, rtts[self.selected], loss, window.probes))
         degraded, choice = choose_relay(self.selected, rtts, config)
         previous = self.selected
         if degraded and previous is not None:

@@ -9,6 +9,7 @@ and nothing is random: time is the caller's business.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +43,12 @@ class SimNetwork:
     interface_error: str | None = None  # assigning a virtual IP fails with this while set
     probe_error: str | None = None  # every probe fails with this while set
     addresses: dict[str, list[str]] = field(default_factory=dict)  # node -> virtual IPs assigned
+    # Random loss of every packet on every path, each direction on its own (a probe or a
+    # reply is lost with 1 - (1 - loss)^2), from a seeded generator: runs repeat exactly.
+    loss: float = 0.0
+    relay_loss: float = 0.0  # the same on relay paths and relay probes
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    packet_bytes: int = 148  # one small game packet inside WireGuard
 
     # ------------------------------------------------------------ test controls
 
@@ -58,6 +65,28 @@ class SimNetwork:
 
     def unblock(self, *candidates: str) -> None:
         self.unreachable.difference_update(candidates)
+
+    def round_trip_lost(self, loss: float) -> bool:
+        return loss > 0 and (self.rng.random() < loss or self.rng.random() < loss)
+
+    def path_loss(self, node: str, virtual_ip: str) -> float:
+        peer = next((p for p in self.wireguard_peers.get(node, {}).values()
+                     if f"{virtual_ip}/32" in p.allowed_ips), None)
+        return self.relay_loss if peer is not None and peer.endpoint in self.relay_latency else self.loss
+
+    def carry(self, node: str, virtual_ip: str, packets: int) -> None:
+        """``node`` sends ``packets`` to ``virtual_ip`` and the peer answers each one: WireGuard's
+        tx grows by every packet, rx by every answer that makes it back over the current path."""
+        peer = next((p for p in self.wireguard_peers.get(node, {}).values()
+                     if f"{virtual_ip}/32" in p.allowed_ips), None)
+        if peer is None:
+            return
+        alive = self.path_latency(node, virtual_ip) is not None
+        loss = self.path_loss(node, virtual_ip)
+        for _ in range(packets):
+            peer.tx_bytes += self.packet_bytes
+            if alive and not self.round_trip_lost(loss):
+                peer.rx_bytes += self.packet_bytes
 
     def wireguard_changes(self, node: str) -> list[tuple[str, str, str | None]]:
         return [(op, key, endpoint) for n, op, key, endpoint in self.wireguard_log if n == node]
@@ -150,6 +179,8 @@ class SimProber:
         if self._net.probe_error is not None:
             raise MeshError(self._net.probe_error)
         latency = self._net.path_latency(self._node, virtual_ip)
+        if latency is not None and self._net.round_trip_lost(self._net.path_loss(self._node, virtual_ip)):
+            return None
         return latency if latency is not None and latency <= timeout_s * 1000 else None
 
 
@@ -193,6 +224,8 @@ class SimRelayClient:
 
     def probe(self, relay: str, timeout_s: float) -> float | None:
         latency = self._net.relay_latency.get(relay, DEFAULT_RELAY_MS)
+        if latency is not None and self._net.round_trip_lost(self._net.relay_loss):
+            return None
         return latency if latency is not None and latency <= timeout_s * 1000 else None
 
 
