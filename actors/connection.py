@@ -100,6 +100,7 @@ class Operation:
     relay_first: bool = False  # connect: on the relay while the punch runs
     purpose: str = ""
     rtt_ms: float | None = None  # relay move: the new relay's round trip, as the monitor measured
+    failed_session: str | None = None  # relay move: the session left behind, never to be handed back
     # A failed connection's retry writes its intent and outcome only when it is not a repeat
     # (retries 1, 2, 4, 8 ...: the attempt number on the next recorded row counts the rest).
     recorded: bool = True
@@ -412,7 +413,8 @@ class PeerConnectionActor(Actor):
         if op.recorded:
             self._commit([ev.RelayAllocationRequested(**self._base(), relay=relay, purpose=purpose)], op.tag)
         self._request(fx.AllocateRelay(tag=op.tag, party_id=self._base()["party_id"],
-                                       peer_id=self._base()["peer_id"], relay=relay))
+                                       peer_id=self._base()["peer_id"], relay=relay,
+                                       failed_session=op.failed_session))
 
     def _no_path(self, op: Operation, why_no_relay: str) -> None:
         reason = f"{op.purpose}; {why_no_relay}" if op.purpose else why_no_relay
@@ -1031,12 +1033,18 @@ class PeerConnectionActor(Actor):
         if not (message.relay and state.path == ev.RELAY and state.relay != message.relay
                 and message.previous in (None, state.relay) and state.state in (ev.CONNECTING, *UP)):
             return
-        self._move_relay(message.relay, f"relay monitor selected {message.relay}", message.rtt_ms)
+        # The session on the relay being left failed this pair: the control server must not
+        # hand it back (its relay affinity would otherwise, within ``RELAY_AFFINITY_S``).
+        held = self._held()
+        failed = held.session_id if held is not None and held.relay == state.relay else None
+        self._move_relay(message.relay, f"relay monitor selected {message.relay}", message.rtt_ms, failed)
 
-    def _move_relay(self, relay: str | None, reason: str, rtt_ms: float | None = None) -> None:
+    def _move_relay(self, relay: str | None, reason: str, rtt_ms: float | None = None,
+                    failed_session: str | None = None) -> None:
         if relay is None or self.op is not None:
             return
-        self._allocate(self._begin(RELAY_MOVE, purpose=reason, rtt_ms=rtt_ms), RELAY_MOVE, relay)
+        self._allocate(self._begin(RELAY_MOVE, purpose=reason, rtt_ms=rtt_ms, failed_session=failed_session),
+                       RELAY_MOVE, relay)
 
     def close(self, reason: str) -> None:
         assert self.init is not None

@@ -168,11 +168,12 @@ class KnownNatDetector:
 def _ticket_source(agent: Agent) -> Any:
     """Relay tickets from the agent's own control session (its asyncio loop), for I/O workers."""
 
-    def tickets(party_id: str, peer_id: str, relay: str) -> RelayTicket:
+    def tickets(party_id: str, peer_id: str, relay: str, failed_session: str | None = None) -> RelayTicket:
         loop = agent.loop
         if loop is None:
             raise MeshError("no relay ticket: the agent is not serving yet")
-        future = asyncio.run_coroutine_threadsafe(agent.relay_ticket(party_id, peer_id, relay), loop)
+        future = asyncio.run_coroutine_threadsafe(
+            agent.relay_ticket(party_id, peer_id, relay, failed_session), loop)
         try:
             return RelayTicket(**future.result(timeout=TICKET_TIMEOUT_S))
         except TimeoutError:

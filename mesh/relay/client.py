@@ -208,7 +208,7 @@ def probe_relay(relay: str, timeout_s: float = 1.0) -> float | None:
                 return (time.perf_counter() - start) * 1000
 
 
-TicketSource = Callable[[str, str, str], RelayTicket]
+TicketSource = Callable[[str, str, str, str | None], RelayTicket]
 
 
 class ProxyRelayClient:
@@ -221,8 +221,9 @@ class ProxyRelayClient:
         self._proxies: dict[str, RelayProxy] = {}
         self._lock = threading.Lock()
 
-    def allocate(self, party_id: str, peer_id: str, relay: str) -> RelayAllocation:
-        return self.allocate_ticket(self._tickets(party_id, peer_id, relay))
+    def allocate(self, party_id: str, peer_id: str, relay: str,
+                 failed_session: str | None = None) -> RelayAllocation:
+        return self.allocate_ticket(self._tickets(party_id, peer_id, relay, failed_session))
 
     def allocate_ticket(self, ticket: RelayTicket) -> RelayAllocation:
         proxy = RelayProxy(ticket, wg_port=self._wg_port, rehello_s=self._rehello_s).open()

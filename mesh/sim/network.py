@@ -37,6 +37,7 @@ class SimNetwork:
     wireguard_peers: dict[str, dict[str, SimPeer]] = field(default_factory=dict)  # node -> key -> peer
     wireguard_log: list[tuple[str, str, str, str | None]] = field(default_factory=list)
     relay_log: list[tuple[str, str, str]] = field(default_factory=list)  # (op, relay, session)
+    failed_sessions: list[str] = field(default_factory=list)  # reported by allocations, in order
     punch_log: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     probe_count: int = 0
     wireguard_error: str | None = None  # every WireGuard change fails with this while set
@@ -207,10 +208,14 @@ class SimRelayClient:
         self._net = net
         self._held: set[tuple[str, str]] = set()
 
-    def allocate(self, party_id: str, peer_id: str, relay: str) -> RelayAllocation:
+    def allocate(self, party_id: str, peer_id: str, relay: str,
+                 failed_session: str | None = None) -> RelayAllocation:
         if self._net.relay_latency.get(relay, DEFAULT_RELAY_MS) is None:
             raise MeshError(f"relay {relay} did not answer")
         session = f"{party_id}/{peer_id}"
+        if failed_session is not None:
+            self._net.failed_sessions.append(failed_session)
+            session = f"{session}/{len(self._net.failed_sessions)}"  # a new session, as the control server
         self._net.relay_log.append(("allocate", relay, session))
         self._held.add((relay, session))
         return RelayAllocation(relay, session, relay)

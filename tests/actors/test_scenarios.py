@@ -288,7 +288,7 @@ def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node) -> None:
     moved = carol.replace(RELAY_A, RELAY_B)
     assert node.new(node.peer("carol")) == [
         f"RelayAllocationRequested(relay='{RELAY_B}', purpose='relay-move')",
-        f"RelaySessionOpened(relay='{RELAY_B}', session_id='p1/carol', endpoint='{RELAY_B}')",
+        f"RelaySessionOpened(relay='{RELAY_B}', session_id='p1/carol/1', endpoint='{RELAY_B}')",
         f"PathSwitched(from_path='relay', to_path='relay', reason='relay monitor selected {RELAY_B}', "
         f"endpoint='{RELAY_B}', from_relay='{RELAY_A}', to_relay='{RELAY_B}', from_latency_ms=40.0, "
         "to_latency_ms=100.0)",
