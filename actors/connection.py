@@ -265,6 +265,9 @@ class PeerConnectionActor(Actor):
                 self.reject("Observations", "items must be a sequence of observations")
             case m.PeerAnnounced():
                 self.on_announced(message.candidates, message.nat_type, announced=True)
+            case m.PeerAskedForRelay():
+                if self.state.path == ev.DIRECT:
+                    self._suspect("the peer asked for a relay session")
             case m.RemoteCandidates():
                 self.on_announced(message.candidates, self.state.remote_nat_type, announced=False)
             case m.RelayChanged():

@@ -143,6 +143,16 @@ class PeerDeparted:
 
 
 @dataclass(frozen=True)
+class PeerAskedForRelay:
+    """The peer asked the control plane for a relay session with this node (its relay offer
+    arrived): its side of the path broke. This side checks its own path at once instead of
+    waiting for its probes, so that both ends meet on the relay within seconds."""
+
+    party_id: str
+    peer_id: str
+
+
+@dataclass(frozen=True)
 class RemoteCandidates:
     """New endpoint candidates ("ip:port") of a remote peer, from signalling."""
 

@@ -134,7 +134,8 @@ class NodeActor(Actor):
             case m.LeaveParty():
                 if self._party(message, sender):
                     self.send(self.parties[message.party_id], m.Forwarded(message, sender))
-            case m.PeerAnnounced() | m.PeerDeparted() | m.RemoteCandidates() | m.Observations():
+            case (m.PeerAnnounced() | m.PeerDeparted() | m.RemoteCandidates() | m.Observations()
+                  | m.PeerAskedForRelay()):
                 if self._party(message, None):
                     self.send(self.parties[message.party_id], message)
             case m.Forwarded(command=m.PartyClosed() as closed):

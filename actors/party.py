@@ -85,7 +85,7 @@ class PartyActor(Actor):
                 self._candidates(message)
             case m.PeerDeparted():
                 self._departed(message)
-            case m.Observations():
+            case m.Observations() | m.PeerAskedForRelay():
                 self._to_peer(message.peer_id, message)
             case m.ConnectionUpdate():
                 self.connections[message.peer_id] = message.state

@@ -348,6 +348,8 @@ class Agent:
             ticket = body["ticket"]
             key = (str(ticket.get("party_id")), str(body.get("from")), str(ticket.get("relay")))
             self.offers[key] = ticket
+            if key[0] in self.bindings:
+                self._tell(m.PeerAskedForRelay(key[0], key[1]))
             return
         party_id = body.get("party_id")
         if not isinstance(party_id, str) or self.bindings.get(party_id) != url:

@@ -107,3 +107,19 @@ def test_half_the_packets_lost_on_the_direct_path_moves_to_the_relay_at_most_onc
     times = [at for at, _ in switched]
     assert all(b - a >= 60 for a, b in itertools.pairwise(times)), switched
     assert len(times) <= 900 / 60
+
+
+def test_the_peer_asking_for_a_relay_makes_this_side_check_its_path_at_once(make_node) -> None:
+    """The peer's side broke first (it sends, this side may be idle): its relay offer makes
+    this side check the direct path now, and move only if the check is lost too."""
+    node = joined(make_node)
+    node.tell(m.PeerAskedForRelay("p1", "bob"))
+    node.ask(m.Ping())
+    assert node.new(node.peer("bob")) == []  # the direct path answers: stay
+    node.net.block(BOB)
+    node.tell(m.PeerAskedForRelay("p1", "bob"))
+    node.ask(m.Ping())
+    written = node.new(node.peer("bob"))
+    assert written[2].startswith("PathSwitched(from_path='direct', to_path='relay', "
+                                 "reason='the peer asked for a relay session on the direct path'"), written
+    assert node.connection("p1", "bob").path == "relay"
