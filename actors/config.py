@@ -45,6 +45,11 @@ class ConnectionConfig:
     # 1.5 s; random loss of 20 % loses all three probes of a check 5 % of the time, and a
     # check only happens after a silence that such loss does not make on a busy tunnel.
     watch_interval_s: float = 0.25
+    # Idle, the counters are read this often: traffic that starts is seen within a second, so
+    # a path that dies soon after is still caught in about 2 s. The edge's reads of one
+    # interface within ``agent.adapters.STATS_SHARED_S`` share one UAPI call, so a node pays
+    # one read a second, not one per peer.
+    idle_watch_interval_s: float = 1.0
     silent_rx_s: float = 0.75
     handshake_stale_s: float = 150.0
     confirm_probes: int = 3

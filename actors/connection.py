@@ -293,6 +293,8 @@ class PeerConnectionActor(Actor):
         for event in events:
             if isinstance(event, ev.WireGuardPeerConfigRequested | ev.WireGuardPeerRemovalRequested):
                 self._apply_wireguard()
+                # A new endpoint starts with a clean slate: the old path's silence is not its own.
+                self.probing.silent_since = thespian_timing.currentTime()
 
     def _request(self, effect: fx.Effect) -> None:
         self.pending.add(effect.tag)
@@ -884,7 +886,7 @@ class PeerConnectionActor(Actor):
             elif handshake_age > cfg.handshake_stale_s:
                 self._suspect(f"last handshake {handshake_age:.0f} s ago while sending")
         self.watching = True
-        self._schedule(cfg.watch_interval_s if busy else cfg.probe_interval_s, WATCH)
+        self._schedule(cfg.watch_interval_s if busy else cfg.idle_watch_interval_s, WATCH)
 
     def _suspect(self, reason: str, idle: bool = False) -> None:
         """Check a path that looks dead with a few probes at once; act only if all are lost."""

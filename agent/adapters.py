@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,6 +92,9 @@ class InterfaceOwner:
 
 
 STAGGER_S = 0.1
+# The connections read WireGuard's counters on their own timers (once a second when idle):
+# reads within this of each other share one UAPI call.
+STATS_SHARED_S = 0.2
 
 
 class UapiWireGuard:
@@ -110,6 +114,8 @@ class UapiWireGuard:
         self._public_key = public_key
         self._listen_port = listen_port
         self._endpoints: dict[str, str | None] = {}
+        self._stats: tuple[float, dict[str, PeerStats]] | None = None
+        self._stats_lock = threading.Lock()
 
     @property
     def public_key(self) -> str:
@@ -136,13 +142,19 @@ class UapiWireGuard:
             time.sleep(STAGGER_S)
         self._peers.configure_peer(public_key, endpoint, allowed_ips, keepalive_s)
         self._endpoints[public_key] = config.endpoint
+        self._stats = None
 
     def remove_peer(self, public_key: str) -> None:
         self._peers.remove_peer(public_key)
         self._endpoints.pop(public_key, None)
+        self._stats = None
 
     def peer_stats(self) -> dict[str, PeerStats]:
-        return self._peers.peer_stats()
+        with self._stats_lock:
+            now = time.monotonic()
+            if self._stats is None or now - self._stats[0] > STATS_SHARED_S:
+                self._stats = (now, self._peers.peer_stats())
+            return self._stats[1]
 
 
 class NoNatDetector:
