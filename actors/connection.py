@@ -69,6 +69,7 @@ CONFIRM = "confirm"  # the tag of a check's probes
 # Operation kinds (one at a time) and the purposes of relay allocations.
 CONNECT, FAILOVER, RELAY_MOVE, RETRY_DIRECT = "connect", "failover", "relay-move", "direct-retry"
 RETRY_UNREACHABLE = "retry-unreachable"  # a failed connection's retry of every path
+NEW_CANDIDATES = "new-candidates"  # the peer announced candidates without the endpoint in use
 RELAY_FIRST, FALLBACK = "relay first", "fallback"
 
 
@@ -590,6 +591,9 @@ class PeerConnectionActor(Actor):
         if op is not None and op.kind == RETRY_UNREACHABLE and current:
             self._on_unreachable_punched(op, result, succeeded)
             return
+        if op is not None and op.kind == NEW_CANDIDATES and current:
+            self._on_new_candidates_punched(op, result, succeeded)
+            return
         if not succeeded:
             self._commit([ev.HolePunchFailed(**self._base(), reason=result.reason,
                                              elapsed_ms=result.elapsed_ms)], done.effect.tag)
@@ -621,6 +625,23 @@ class PeerConnectionActor(Actor):
         self._commit([punched, chosen, self._configure(result.endpoint)], op.tag)
         self._release(op.tag)
         self._finish(op)
+
+    def _on_new_candidates_punched(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
+        self._finish(op)
+        if not succeeded:  # the endpoint in use may still work: the watch and the probes will say
+            self._commit([ev.HolePunchFailed(**self._base(), reason=result.reason,
+                                             elapsed_ms=result.elapsed_ms)], op.tag)
+            return
+        assert result.endpoint is not None
+        punched = ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint,
+                                        rtt_ms=result.rtt_ms or 0.0, elapsed_ms=result.elapsed_ms)
+        if result.endpoint == self.state.endpoint or self.state.path != ev.DIRECT:
+            self._commit([punched], op.tag)
+            return
+        self._commit([punched,
+                      ev.EndpointChanged(**self._base(), old_endpoint=self.state.endpoint,
+                                         new_endpoint=result.endpoint, reason=op.purpose),
+                      self._configure(result.endpoint)], op.tag)
 
     def _on_unreachable_punched(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
         if not succeeded:
@@ -1011,6 +1032,7 @@ class PeerConnectionActor(Actor):
         remote = self._remote_update(candidates, nat_type)
         if remote is not None:
             self._commit([remote], "announced")
+            self._follow_new_candidates()
         if announced and self.state.state in (ev.FAILED, ev.CLEANUP) and self.op is None:
             self.timers.cancel(RETRY)
             self.retries = 0
@@ -1019,6 +1041,20 @@ class PeerConnectionActor(Actor):
             if self.state.state in ACTIVE:
                 self._arm_monitor()
                 self._schedule(self.cfg.metrics_interval_s, METRICS)
+
+    def _follow_new_candidates(self) -> None:
+        """The peer's public address or port changed (a router reboot, a NAT rebinding, a new
+        network) and the control plane says so: punch its new candidates now, on the direct
+        path when the endpoint in use is no longer among them, and from the relay at once
+        instead of at the next periodic retry."""
+        state = self.state
+        if state.state not in UP or self.op is not None or not state.candidates \
+                or self._direct_ruled_out() is not None:
+            return
+        if state.path == ev.DIRECT and state.endpoint not in state.candidates:
+            self._punch(self._begin(NEW_CANDIDATES, purpose="the peer announced new candidates"))
+        elif state.path == ev.RELAY:
+            self._retry_direct()
 
     def _arm_monitor(self) -> None:
         """The next probe: soon while connecting (every ``first_probe_s``), else every interval."""

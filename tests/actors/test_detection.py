@@ -123,3 +123,26 @@ def test_the_peer_asking_for_a_relay_makes_this_side_check_its_path_at_once(make
     assert written[2].startswith("PathSwitched(from_path='direct', to_path='relay', "
                                  "reason='the peer asked for a relay session on the direct path'"), written
     assert node.connection("p1", "bob").path == "relay"
+
+
+def test_a_peer_announcing_a_new_address_is_found_again_at_once(make_node) -> None:
+    """Its router rebooted and gave it a new public port: the control plane's re-announce
+    makes this side punch the new candidate at once, and WireGuard follows."""
+    moved = "203.0.113.2:40001"
+    node = joined(make_node)
+    node.net.block(BOB)
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(moved,)))
+    node.ask(m.Ping())
+    assert node.new(node.peer("bob")) == [
+        f"RemotePeerUpdated(candidates=('{moved}',), nat_type='unknown')",
+        f"HolePunchAttempted(local_candidates=('203.0.113.1:51820',), remote_candidates=('{moved}',))",
+        f"HolePunchSucceeded(endpoint='{moved}', rtt_ms=20.0, elapsed_ms=40.0)",
+        f"EndpointChanged(old_endpoint='{BOB}', new_endpoint='{moved}', "
+        "reason='the peer announced new candidates')",
+        f"WireGuardPeerConfigRequested(public_key='key-bob', endpoint='{moved}', "
+        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)",
+        f"WireGuardPeerConfigured(public_key='key-bob', endpoint='{moved}', "
+        "allowed_ips=('10.66.0.2/32',), keepalive_s=25, decided_here=False)"]
+    assert kinds(run(node, 30), "PathSwitched") == []  # the new endpoint carries the traffic
+    state = node.connection("p1", "bob")
+    assert (state.state, state.path, state.endpoint) == ("connected", "direct", moved)
