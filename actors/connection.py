@@ -275,6 +275,10 @@ class PeerConnectionActor(Actor):
                 self.on_relay_changed(message)
             case m.RelayQuality():
                 self.relay_quality = message
+            case m.RelaysReachable():
+                if self.state.state == ev.FAILED and not self.closing:
+                    self.retries = 0  # the network changed: the backoff starts again, from now
+                    self._retry_unreachable()
             case m.ClosePeer():
                 self.close(message.reason)
             case _:
@@ -543,7 +547,18 @@ class PeerConnectionActor(Actor):
             self._release_if_replaced(previous, op.tag)
             self._punch(op)
             return
-        if op.kind in (CONNECT, RETRY_UNREACHABLE):
+        if op.kind == RETRY_UNREACHABLE:
+            self._commit([opened,
+                          ev.PathChosen(**self._base(), path=ev.RELAY, reason=op.purpose,
+                                        endpoint=allocation.endpoint, relay=allocation.relay),
+                          self._configure(allocation.endpoint)], op.tag)
+            self._release_if_replaced(previous, op.tag)
+            if self._direct_ruled_out() is None:
+                self._punch(op)  # behind the relay, as a connection's first attempt does
+            else:
+                self._finish(op)
+            return
+        if op.kind == CONNECT:
             self._commit([opened,
                           ev.PathChosen(**self._base(), path=ev.RELAY, reason=op.purpose,
                                         endpoint=allocation.endpoint, relay=allocation.relay),
@@ -577,7 +592,9 @@ class PeerConnectionActor(Actor):
             self._finish(op)
             self._commit(self._reconnect(1, f"{op.purpose}; relay allocation failed: {error}"), "failover")
             self._connect(2)
-        else:  # a relay move, or a failed connection's retry: the next retry tries again
+        elif op.kind == RETRY_UNREACHABLE and self._direct_ruled_out() is None:
+            self._punch(op)
+        else:  # a relay move, or a failed connection's retry with no direct path: the next one
             self._finish(op)
 
     def _on_punched(self, done: fx.EffectDone) -> None:
@@ -648,11 +665,7 @@ class PeerConnectionActor(Actor):
             if op.recorded:
                 self._commit([ev.HolePunchFailed(**self._base(), reason=result.reason,
                                                  elapsed_ms=result.elapsed_ms)], op.tag)
-            if self._held() is None and self.relay is not None:
-                op.purpose = f"{op.purpose}: hole punch failed: {result.reason}"
-                self._allocate(op, FALLBACK)
-            else:
-                self._finish(op)
+            self._finish(op)
             return
         assert result.endpoint is not None
         punched = ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint,
@@ -1018,10 +1031,10 @@ class PeerConnectionActor(Actor):
             self.probing.sent_weight = 0.0
             self._request(fx.Probe(tag="probe", virtual_ip=self.init.virtual_ip,
                                    timeout_s=self.cfg.probe_timeout_s))
-        if self._direct_ruled_out() is None:
+        if self._held() is None and self.relay is not None:
+            self._allocate(op, FALLBACK)  # the relay first (it needs no luck), then the punch
+        elif self._direct_ruled_out() is None:
             self._punch(op)
-        elif self._held() is None:
-            self._allocate(op, FALLBACK)
         else:
             self._finish(op)
         self._schedule_retry()

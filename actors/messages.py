@@ -342,6 +342,11 @@ class RelayChanged:
 
 
 @dataclass(frozen=True)
+class RelaysReachable:
+    """Every relay was silent and one answers again (this node's uplink is back, most likely)."""
+
+
+@dataclass(frozen=True)
 class RelayQuality:
     """The selected relay's last record window, as this node's monitor measured it: what a
     lossy direct path compares itself with before it moves to the relay."""

@@ -144,7 +144,7 @@ class NodeActor(Actor):
                 self._status(sender)
             case m.PartyStatusReply():
                 self._status_reply(message)
-            case m.RelayQuality():
+            case m.RelayQuality() | m.RelaysReachable():
                 for address in self.parties.values():
                     self.send(address, message)
             case m.RelayChanged():

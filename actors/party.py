@@ -91,7 +91,7 @@ class PartyActor(Actor):
                 self.connections[message.peer_id] = message.state
             case m.PeerClosed():
                 self._peer_closed(message.peer_id)
-            case m.RelayQuality():
+            case m.RelayQuality() | m.RelaysReachable():
                 for address in self.children.values():
                     self.send(address, message)
             case m.RelayChanged():

@@ -199,6 +199,11 @@ class RelayMonitorActor(Actor):
         selected = self.selected  # a dead selected relay's death is recorded by record()
         if self.ticks * config.probe_interval_s >= config.record_interval_s or self._urgent(dead):
             self.record(dead)
+        every = set(self.init.relays)
+        if self.dead == every and dead != every:
+            # Every relay was silent and one answers again: most likely this node's uplink is
+            # back. Connections that could not reach their peers retry now, not at their backoff.
+            self.send(self.parent, m.RelaysReachable())
         newly, self.dead = dead - self.dead, dead
         for relay in sorted(newly - {selected, self.selected}):
             self._left(relay)

@@ -146,3 +146,22 @@ def test_a_peer_announcing_a_new_address_is_found_again_at_once(make_node) -> No
     assert kinds(run(node, 30), "PathSwitched") == []  # the new endpoint carries the traffic
     state = node.connection("p1", "bob")
     assert (state.state, state.path, state.endpoint) == ("connected", "direct", moved)
+
+
+def test_relays_answering_again_make_a_failed_connection_retry_at_once(make_node) -> None:
+    """This node's uplink was cut for five minutes: everything failed, the retries backed off
+    to 30 s. The relays answering again is the sign it is back: the retry comes at once."""
+    node = joined(make_node)
+    node.net.block(BOB)
+    node.net.set_relay(RELAY_A, None)
+    run(node, 300, busy=False)
+    assert node.connection("p1", "bob").state == "failed"
+    node.net.unblock(BOB)
+    node.net.set_relay(RELAY_A, 40.0)
+    written = run(node, 2, busy=False)
+    assert node.connection("p1", "bob").state == "connected", written
+    # Retry 1 again (the network changed): written; a probe, the relay, the punch behind it.
+    names = [line.split("(")[0] for _, line in written]
+    assert names[:2] == ["ReconnectAttempted", "RelayAllocationRequested"] and "RelaySessionOpened" in names
+    assert written[0][1].startswith(
+        "ReconnectAttempted(attempt=4, max_attempts=3, reason='unreachable: retry 1 ")
