@@ -53,7 +53,11 @@ class ConnectionConfig:
     silent_rx_s: float = 0.75
     handshake_stale_s: float = 150.0
     confirm_probes: int = 3
+    # A check's probes wait three of the path's last round trips, at least
+    # ``confirm_timeout_min_s`` and at most ``confirm_timeout_s``: on a LAN or a nearby peer
+    # the check takes a quarter second, on a 150 ms path half a second.
     confirm_timeout_s: float = 0.5
+    confirm_timeout_min_s: float = 0.25
     # On a lossy path a check sends more probes, enough that the loss the window measured
     # loses them all less than ``check_false_alarm`` of the time (at 75 % round-trip loss,
     # 24), up to ``confirm_probes_max``: a dead path loses them all the same.

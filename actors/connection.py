@@ -938,9 +938,12 @@ class PeerConnectionActor(Actor):
                                      math.ceil(math.log(cfg.check_false_alarm) / math.log(loss))))
         probing.checking, probing.check_lost, probing.check_reason = probes, 0, reason
         probing.checking_answered = False
+        recent = max(probing.window[-3:], default=self.state.latency_ms)
+        timeout = cfg.confirm_timeout_s if recent is None else \
+            min(cfg.confirm_timeout_s, max(cfg.confirm_timeout_min_s, 3 * recent / 1000))
         for number in range(probes):
             self._request(fx.Probe(tag=f"{CONFIRM}/{number}", virtual_ip=self.init.virtual_ip,
-                                   timeout_s=cfg.confirm_timeout_s))
+                                   timeout_s=timeout))
 
     def _on_checked(self, done: fx.EffectDone) -> None:
         probing = self.probing
