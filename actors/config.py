@@ -9,8 +9,22 @@ from dataclasses import dataclass, field
 class ConnectionConfig:
     degraded_latency_ms: float = 200.0  # above this a connection is degraded
     lost_probes_before_action: int = 3  # consecutive lost probes before failover or reconnect
-    max_reconnect_attempts: int = 3  # then failed
-    cleanup_timeout_s: float = 300.0  # failed for this long -> cleanup
+    # Reconnect attempts before the connection is marked failed, which means "unreachable
+    # now", never "given up": while both nodes are in the party it keeps retrying, and the
+    # WireGuard peer is removed only when the member leaves or the control server expires it.
+    attempts_before_failed: int = 3
+    # A failed connection retries every path it has (a probe through the tunnel, a punch of
+    # the direct candidates, a relay session if it holds none) after this, doubling to the
+    # cap: the first retries come quickly (most outages are seconds), and a friend who is
+    # gone for an hour costs one retry per half minute. Each delay is jittered by +/- this
+    # fraction so that the peers of a node that lost its uplink do not retry in lockstep.
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 30.0
+    retry_jitter: float = 0.2
+    # While failed, the tunnel is probed this often: a path that works again is seen within
+    # a second (and WireGuard, having data to send, keeps initiating handshakes). A failed
+    # connection's probe is one ping a second, no event unless it is answered.
+    failed_probe_s: float = 1.0
     direct_retry_s: float = 30.0  # while on a relay, retry the direct path this often
     probe_interval_s: float = 5.0
     # A connecting connection is probed this soon, so status says "connected" as soon as
@@ -18,6 +32,49 @@ class ConnectionConfig:
     first_probe_s: float = 0.5
     probe_timeout_s: float = 1.0
     punch_timeout_s: float = 5.0
+    # Fast detection from WireGuard's own counters (``ReadPeerStats``): while the tunnel
+    # sends, read them every ``watch_interval_s``; when it is idle, only once a probe
+    # interval (an idle peer costs one read and one probe per 5 s, as before). A tunnel
+    # that sent but received nothing for ``silent_rx_s`` (a game at 20+ packets a second
+    # gets its replies within a few tens of ms; WireGuard's own passive keepalive answers
+    # one-way traffic within 10 s, so silence alone is only a suspicion) or whose last
+    # handshake is older than ``handshake_stale_s`` (WireGuard rekeys every 120 s and gives
+    # up on a key after 180 s) is checked with ``confirm_probes`` probes at once, of
+    # ``confirm_timeout_s`` each: only if all are lost is the path dead, and it fails over
+    # (or reconnects) at once. With these, a dead direct path moves to the relay in about
+    # 1.5 s; random loss of 20 % loses all three probes of a check 5 % of the time, and a
+    # check only happens after a silence that such loss does not make on a busy tunnel.
+    watch_interval_s: float = 0.25
+    # Idle, the counters are read this often: traffic that starts is seen within a second, so
+    # a path that dies soon after is still caught in about 2 s. The edge's reads of one
+    # interface within ``agent.adapters.STATS_SHARED_S`` share one UAPI call, so a node pays
+    # one read a second, not one per peer.
+    idle_watch_interval_s: float = 1.0
+    silent_rx_s: float = 0.75
+    handshake_stale_s: float = 150.0
+    confirm_probes: int = 3
+    # A check's probes wait three of the path's last round trips, at least
+    # ``confirm_timeout_min_s`` and at most ``confirm_timeout_s``: on a LAN or a nearby peer
+    # the check takes a quarter second, on a 150 ms path half a second.
+    confirm_timeout_s: float = 0.5
+    confirm_timeout_min_s: float = 0.25
+    # On a lossy path a check sends more probes, enough that the loss the window measured
+    # loses them all less than ``check_false_alarm`` of the time (at 75 % round-trip loss,
+    # 24), up to ``confirm_probes_max``: a dead path loses them all the same.
+    check_false_alarm: float = 0.001
+    confirm_probes_max: int = 24
+    # Loss over the last ``loss_window_probes`` probes (round trips: 20 % loss each way
+    # loses 36 % of them, 50 % each way 75 %): degraded at or above ``degraded_loss``, up
+    # again at or below ``recovered_loss``, decided only on at least half a window. The gap
+    # is the hysteresis: at 20 % each way a 20-probe window reaches 60 % about once in 250.
+    # A degraded direct path moves to the relay only when the relay's own last window (the
+    # relay monitor's) lost at least ``switch_loss_margin`` less, and no switch for quality
+    # (nor the upgrade back to direct) follows another within ``min_switch_interval_s``.
+    loss_window_probes: int = 20
+    degraded_loss: float = 0.6
+    recovered_loss: float = 0.4
+    switch_loss_margin: float = 0.2
+    min_switch_interval_s: float = 60.0
     # With a relay at hand, put a new connection on it at once and punch behind it (the
     # DERP way): a relayed pair is up within a relay round trip instead of after a failed
     # punch. Skipped when one side is open or port-forwarded: direct is then near certain.

@@ -1,8 +1,12 @@
 """The peer-connection actor: one thespian actor per remote peer of a party.
 
 States: connecting -> connected <-> degraded; lost probes -> failover to a relay
-(direct path) or reconnect attempts (at most ``max_reconnect_attempts``) -> failed
--> cleanup after ``cleanup_timeout_s``; closed when the peer leaves. The path is
+(direct path) or reconnect attempts (``attempts_before_failed``) -> failed, which
+means "unreachable now": a failed connection keeps retrying every path it has with
+capped, jittered exponential backoff for as long as the member is in the party, and
+is up again as soon as a probe is answered. The WireGuard peer is removed only when
+the member leaves or the control server expires it (closed); a ``cleanup`` state in
+an old log is undone at start, since its member is still in the party. The path is
 direct (hole punched) or relay, with a periodic retry of the direct path that
 upgrades back to direct.
 
@@ -25,11 +29,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
+import thespian.system.timing as thespian_timing
 from thespian.actors import (
     Actor,
     ActorAddress,
@@ -55,11 +62,14 @@ from mesh.nat.punch import should_try_direct
 ACTIVE = (ev.CONNECTING, ev.CONNECTED, ev.DEGRADED, ev.FAILED)
 UP = (ev.CONNECTED, ev.DEGRADED)
 
-MONITOR, METRICS, DIRECT_RETRY, CLEANUP, WIREGUARD_RETRY = (
-    "monitor", "metrics", "direct-retry", "cleanup", "wireguard-retry")
+MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, WATCH = (
+    "monitor", "metrics", "direct-retry", "retry", "wireguard-retry", "watch")
+CONFIRM = "confirm"  # the tag of a check's probes
 
 # Operation kinds (one at a time) and the purposes of relay allocations.
 CONNECT, FAILOVER, RELAY_MOVE, RETRY_DIRECT = "connect", "failover", "relay-move", "direct-retry"
+RETRY_UNREACHABLE = "retry-unreachable"  # a failed connection's retry of every path
+NEW_CANDIDATES = "new-candidates"  # the peer announced candidates without the endpoint in use
 RELAY_FIRST, FALLBACK = "relay first", "fallback"
 
 
@@ -91,6 +101,10 @@ class Operation:
     relay_first: bool = False  # connect: on the relay while the punch runs
     purpose: str = ""
     rtt_ms: float | None = None  # relay move: the new relay's round trip, as the monitor measured
+    failed_session: str | None = None  # relay move: the session left behind, never to be handed back
+    # A failed connection's retry writes its intent and outcome only when it is not a repeat
+    # (retries 1, 2, 4, 8 ...: the attempt number on the next recorded row counts the rest).
+    recorded: bool = True
 
 
 @dataclass
@@ -112,6 +126,18 @@ class Probing:
     window_lost: int = 0
     last_error: str = ""  # of the window's last lost probe, when the prober gave one
     traffic: tuple[int, int] = (0, 0)
+    # WireGuard's counters at the last watch reading, and when rx last grew (thespian time).
+    counters: tuple[int, int] | None = None
+    rx_grew_at: float | None = None
+    silent_since: float = 0.0  # rx unchanged since (the first reading counts as a change)
+    # A check of a suspect path: its probes still out, how many were lost, and why it runs.
+    checking: int = 0
+    check_lost: int = 0
+    check_reason: str = ""
+    checking_answered: bool = False
+    # The loss window of each path (True for a lost probe): a path switched back to keeps
+    # what it showed, so a lossy direct path is not taken for a clean one on its return.
+    outcomes: dict[str | None, list[bool]] = field(default_factory=dict)
 
 
 class PeerConnectionActor(Actor):
@@ -128,6 +154,10 @@ class PeerConnectionActor(Actor):
         self.finished = False
         self.pending: set[str] = set()  # tags of effects not answered yet
         self.wireguard_retry_s = 0.0
+        self.retries = 0  # of this failed spell (memory: a restart starts counting again)
+        self.watching = False  # a watch reading (or its wakeup) is outstanding
+        self.relay_quality: m.RelayQuality | None = None  # the selected relay's, from the monitor
+        self.quality_switch_at: float | None = None  # the last path switch for quality (thespian time)
         self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
 
@@ -155,6 +185,7 @@ class PeerConnectionActor(Actor):
         (the message's events may be stored already)."""
         try:
             call()
+            self._watch()
         except Exception as error:
             self.log.exception("peer connection crashed; rebuilding it from its stream")
             self._rebuild(f"{type(error).__name__}: {error}")
@@ -177,6 +208,7 @@ class PeerConnectionActor(Actor):
         self.relay = init.relay
         self.incarnation = new_incarnation()
         self.timers = Timers(self.incarnation)
+        self.watching = False
         self.actor = f"peer-connection/{init.party_id}/{init.peer_id}"
         self.log = logger.bind(actor=self.actor)
         stream = peer_stream(init.node_id, init.party_id, init.peer_id)
@@ -202,6 +234,10 @@ class PeerConnectionActor(Actor):
         if self.state.state in (None, ev.CLOSED):  # a new peer, or one that left and came back
             self._commit([self._transition(ev.CONNECTING, "peer joined the party")], "start")
             self._connect(1)
+        elif self.state.state == ev.CLEANUP:  # an old log's cleanup, of a member still in the party
+            self._commit([self._transition(ev.CONNECTING, "the member is still in the party: "
+                                                          "its WireGuard peer is added again")], "start")
+            self._connect(1)
         elif self.state.state in ACTIVE:
             self.log.info("recovered {} from {} events", self.state.state, self.writer.position)
             self._request(fx.ReadPeerStats(tag="reconcile", public_key=init.public_key))
@@ -210,7 +246,7 @@ class PeerConnectionActor(Actor):
             elif self.state.path == ev.RELAY and self.state.state != ev.FAILED and (held := self._held()):
                 self._request(fx.CheckRelaySession(tag="check-session", allocation=held))
             if self.state.state == ev.FAILED:
-                self._schedule(self.cfg.cleanup_timeout_s, CLEANUP)
+                self._schedule_retry()
         if self.state.state in ACTIVE:
             self._arm_monitor()
             self._schedule(self.cfg.metrics_interval_s, METRICS)
@@ -230,10 +266,19 @@ class PeerConnectionActor(Actor):
                 self.reject("Observations", "items must be a sequence of observations")
             case m.PeerAnnounced():
                 self.on_announced(message.candidates, message.nat_type, announced=True)
+            case m.PeerAskedForRelay():
+                if self.state.path == ev.DIRECT:
+                    self._suspect("the peer asked for a relay session")
             case m.RemoteCandidates():
                 self.on_announced(message.candidates, self.state.remote_nat_type, announced=False)
             case m.RelayChanged():
                 self.on_relay_changed(message)
+            case m.RelayQuality():
+                self.relay_quality = message
+            case m.RelaysReachable():
+                if self.state.state == ev.FAILED and not self.closing:
+                    self.retries = 0  # the network changed: the backoff starts again, from now
+                    self._retry_unreachable()
             case m.ClosePeer():
                 self.close(message.reason)
             case _:
@@ -253,6 +298,8 @@ class PeerConnectionActor(Actor):
         for event in events:
             if isinstance(event, ev.WireGuardPeerConfigRequested | ev.WireGuardPeerRemovalRequested):
                 self._apply_wireguard()
+                # A new endpoint starts with a clean slate: the old path's silence is not its own.
+                self.probing.silent_since = thespian_timing.currentTime()
 
     def _request(self, effect: fx.Effect) -> None:
         self.pending.add(effect.tag)
@@ -301,7 +348,7 @@ class PeerConnectionActor(Actor):
                                                keepalive_s=self.cfg.keepalive_s)
 
     def _reconnect(self, attempt: int, reason: str, state: ConnectionState | None = None) -> list[Event]:
-        max_attempts = self.cfg.max_reconnect_attempts
+        max_attempts = self.cfg.attempts_before_failed
         return [ev.ReconnectAttempted(**self._base(), attempt=attempt, max_attempts=max_attempts,
                                       reason=reason),
                 self._transition(ev.CONNECTING, f"reconnect attempt {attempt}/{max_attempts}: {reason}",
@@ -358,8 +405,9 @@ class PeerConnectionActor(Actor):
 
     def _punch(self, op: Operation) -> None:
         assert self.init is not None
-        self._commit([ev.HolePunchAttempted(**self._base(), local_candidates=self.init.local_candidates,
-                                            remote_candidates=self.state.candidates)], op.tag)
+        if op.recorded:
+            self._commit([ev.HolePunchAttempted(**self._base(), local_candidates=self.init.local_candidates,
+                                                remote_candidates=self.state.candidates)], op.tag)
         ends = sorted((self.init.local_peer_id, self.init.peer_id))
         number = op.attempt if op.kind == CONNECT else self.state.direct_retries + 1000
         self._request(fx.Punch(tag=op.tag, session=f"{self.init.party_id}:{ends[0]}:{ends[1]}:{number}",
@@ -372,9 +420,11 @@ class PeerConnectionActor(Actor):
             self._no_path(op, "no relay is known")
             return
         op.purpose = op.purpose or purpose
-        self._commit([ev.RelayAllocationRequested(**self._base(), relay=relay, purpose=purpose)], op.tag)
+        if op.recorded:
+            self._commit([ev.RelayAllocationRequested(**self._base(), relay=relay, purpose=purpose)], op.tag)
         self._request(fx.AllocateRelay(tag=op.tag, party_id=self._base()["party_id"],
-                                       peer_id=self._base()["peer_id"], relay=relay))
+                                       peer_id=self._base()["peer_id"], relay=relay,
+                                       failed_session=op.failed_session))
 
     def _no_path(self, op: Operation, why_no_relay: str) -> None:
         reason = f"{op.purpose}; {why_no_relay}" if op.purpose else why_no_relay
@@ -420,6 +470,8 @@ class PeerConnectionActor(Actor):
                 self._commit([ev.RelaySessionReleased(**self._base(), relay=allocation.relay,
                                                       session_id=allocation.session_id,
                                                       error=done.error or "")], done.effect.tag)
+            case fx.Probe(tag=tag) if tag.startswith(CONFIRM):
+                self._on_checked(done)
             case fx.Probe():
                 self.probing.in_flight = False
                 if not self.closing:
@@ -433,6 +485,8 @@ class PeerConnectionActor(Actor):
                 self._reconcile(done.value if done.ok else None)
             case fx.ReadPeerStats(tag="metrics"):
                 self._sample_metrics(done.value if done.ok else None)
+            case fx.ReadPeerStats(tag="watch"):
+                self._on_watched(done.value if done.ok else None)
         if self.closing and not self.pending:
             self._finished()
 
@@ -467,8 +521,9 @@ class PeerConnectionActor(Actor):
         assert isinstance(effect, fx.AllocateRelay)
         if not done.ok:
             self.log.warning("relay {} allocation failed: {}", effect.relay, done.error)
-            self._commit([ev.RelayAllocationFailed(**self._base(), relay=effect.relay,
-                                                   error=done.error or "")], effect.tag)
+            if self.op is None or self.op.recorded or not self._current(done):
+                self._commit([ev.RelayAllocationFailed(**self._base(), relay=effect.relay,
+                                                       error=done.error or "")], effect.tag)
             if self._current(done):
                 self._after_allocation_failed(done.error or "")
             return
@@ -491,6 +546,17 @@ class PeerConnectionActor(Actor):
                           self._configure(allocation.endpoint)], op.tag)
             self._release_if_replaced(previous, op.tag)
             self._punch(op)
+            return
+        if op.kind == RETRY_UNREACHABLE:
+            self._commit([opened,
+                          ev.PathChosen(**self._base(), path=ev.RELAY, reason=op.purpose,
+                                        endpoint=allocation.endpoint, relay=allocation.relay),
+                          self._configure(allocation.endpoint)], op.tag)
+            self._release_if_replaced(previous, op.tag)
+            if self._direct_ruled_out() is None:
+                self._punch(op)  # behind the relay, as a connection's first attempt does
+            else:
+                self._finish(op)
             return
         if op.kind == CONNECT:
             self._commit([opened,
@@ -526,7 +592,9 @@ class PeerConnectionActor(Actor):
             self._finish(op)
             self._commit(self._reconnect(1, f"{op.purpose}; relay allocation failed: {error}"), "failover")
             self._connect(2)
-        else:
+        elif op.kind == RETRY_UNREACHABLE and self._direct_ruled_out() is None:
+            self._punch(op)
+        else:  # a relay move, or a failed connection's retry with no direct path: the next one
             self._finish(op)
 
     def _on_punched(self, done: fx.EffectDone) -> None:
@@ -536,6 +604,12 @@ class PeerConnectionActor(Actor):
         succeeded = bool(result.succeeded and result.endpoint)
         if op is not None and op.kind == RETRY_DIRECT and current:
             self._on_retried(op, result, succeeded)
+            return
+        if op is not None and op.kind == RETRY_UNREACHABLE and current:
+            self._on_unreachable_punched(op, result, succeeded)
+            return
+        if op is not None and op.kind == NEW_CANDIDATES and current:
+            self._on_new_candidates_punched(op, result, succeeded)
             return
         if not succeeded:
             self._commit([ev.HolePunchFailed(**self._base(), reason=result.reason,
@@ -569,6 +643,49 @@ class PeerConnectionActor(Actor):
         self._release(op.tag)
         self._finish(op)
 
+    def _on_new_candidates_punched(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
+        self._finish(op)
+        if not succeeded:  # the endpoint in use may still work: the watch and the probes will say
+            self._commit([ev.HolePunchFailed(**self._base(), reason=result.reason,
+                                             elapsed_ms=result.elapsed_ms)], op.tag)
+            return
+        assert result.endpoint is not None
+        punched = ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint,
+                                        rtt_ms=result.rtt_ms or 0.0, elapsed_ms=result.elapsed_ms)
+        if result.endpoint == self.state.endpoint or self.state.path != ev.DIRECT:
+            self._commit([punched], op.tag)
+            return
+        self._commit([punched,
+                      ev.EndpointChanged(**self._base(), old_endpoint=self.state.endpoint,
+                                         new_endpoint=result.endpoint, reason=op.purpose),
+                      self._configure(result.endpoint)], op.tag)
+
+    def _on_unreachable_punched(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
+        if not succeeded:
+            if op.recorded:
+                self._commit([ev.HolePunchFailed(**self._base(), reason=result.reason,
+                                                 elapsed_ms=result.elapsed_ms)], op.tag)
+            self._finish(op)
+            return
+        assert result.endpoint is not None
+        punched = ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint,
+                                        rtt_ms=result.rtt_ms or 0.0, elapsed_ms=result.elapsed_ms)
+        self._finish(op)
+        if self.state.path == ev.DIRECT and self.state.endpoint == result.endpoint \
+                and self.state.wireguard_configured:
+            self._commit([punched], op.tag)  # the same path answers: the probes will say it is up
+            return
+        if self.state.path == ev.RELAY:
+            chosen: Event = ev.PathSwitched(
+                **self._base(), from_path=ev.RELAY, to_path=ev.DIRECT, reason="hole punch succeeded",
+                endpoint=result.endpoint, from_relay=self.state.relay,
+                from_latency_ms=self.state.latency_ms, to_latency_ms=result.rtt_ms)
+        else:
+            chosen = ev.PathChosen(**self._base(), path=ev.DIRECT, reason="hole punch succeeded",
+                                   endpoint=result.endpoint)
+        self._commit([punched, chosen, self._configure(result.endpoint)], op.tag)
+        self._release(op.tag)
+
     def _on_retried(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
         self._finish(op)
         if not succeeded:
@@ -577,6 +694,8 @@ class PeerConnectionActor(Actor):
             self._arm_direct_retry()
             return
         assert result.endpoint is not None
+        if self.quality_switch_at is not None:
+            self.quality_switch_at = thespian_timing.currentTime()  # back to direct: a switch too
         self._commit([
             ev.DirectPathRetried(**self._base(), succeeded=True, reason="hole punch succeeded"),
             ev.PathSwitched(**self._base(), from_path=ev.RELAY, to_path=ev.DIRECT,
@@ -639,39 +758,50 @@ class PeerConnectionActor(Actor):
             latency = float(item.latency_ms)
             self.probing.lost = 0.0
             self.probing.window.append(latency)
+            self._count_probe(lost=False)
             high = latency > threshold
             if state.state in (ev.CONNECTING, ev.FAILED):
-                lead = "peer answered again" if state.state == ev.FAILED else "first probe answered"
+                lead = "first probe answered"
+                if state.state == ev.FAILED:
+                    lead = "peer answered again" + (f" (retry {self.retries})" if self.retries else "")
                 tail = f" (above {threshold:.0f} ms)" if high else ""
                 return [self._transition(ev.DEGRADED if high else ev.CONNECTED,
                                          f"{lead} in {latency:.1f} ms{tail}", latency, state)], False
             if state.state == ev.CONNECTED and high:
                 return [self._transition(ev.DEGRADED, f"latency {latency:.1f} ms above {threshold:.0f} ms",
                                          latency, state)], False
-            if state.state == ev.DEGRADED and not high:
-                return [self._transition(ev.CONNECTED, f"latency improved to {latency:.1f} ms",
-                                         latency, state)], False
+            lossy = self._lossy(state)
+            if lossy is not None:
+                return [self._transition(ev.DEGRADED, lossy, latency, state)], False
+            loss = self._window_loss()
+            if state.state == ev.DEGRADED and not high and (loss is None or loss <= self.cfg.recovered_loss):
+                better = (f"loss down to {loss:.0%}" if state.reason.startswith("loss") and loss is not None
+                          else f"latency improved to {latency:.1f} ms")
+                return [self._transition(ev.CONNECTED, better, latency, state)], False
             return [], False
         # ProbeFailed
         self.probing.lost += weight
         self.probing.window_lost += 1
+        self._count_probe(lost=True)
         if item.reason != m.ProbeFailed().reason:
             self.probing.last_error = item.reason
+        lossy = self._lossy(state)
+        if lossy is not None:
+            return [self._transition(ev.DEGRADED, lossy, state=state)], False
         needed = self.cfg.lost_probes_before_action
         if self.probing.lost < needed - 1e-9 or state.state == ev.FAILED or self.op is not None:
             return [], False  # an operation in flight decides the path for now
         self.probing.lost = 0.0
         lost = f"{needed} probes lost"
         if state.state in UP:
-            if state.path == ev.DIRECT and self.relay is not None:
-                return [], True  # after the batch: it needs a relay allocation first
-            return self._reconnect(1, lost, state), False
+            return [], True  # after the batch: check the path, then fail over or reconnect
         # The budget counts the reconnects since the last time the peer was up or (re)joined.
         attempt = state.reconnects + 1 if state.reason.startswith("reconnect attempt") else 1
-        if attempt <= self.cfg.max_reconnect_attempts:
+        if attempt <= self.cfg.attempts_before_failed:
             return self._reconnect(attempt, lost, state), False
-        gave_up = f"{lost} after {self.cfg.max_reconnect_attempts} reconnect attempts"
-        return [self._transition(ev.FAILED, gave_up, state=state)], False
+        unreachable = (f"{lost} after {self.cfg.attempts_before_failed} reconnect attempts; "
+                       "retrying every path")
+        return [self._transition(ev.FAILED, unreachable, state=state)], False
 
     def _after_observations(self, before: ConnectionState, events: Sequence[Event], failover: bool) -> None:
         """The actions the persisted batch asks for (each persists its own events first)."""
@@ -679,15 +809,17 @@ class PeerConnectionActor(Actor):
         if before.state in (ev.CONNECTING, ev.FAILED) and state.state in UP:
             self._arm_monitor()  # up: back to one probe an interval (re-arming drops the quick one)
         if state.state == ev.FAILED and before.state != ev.FAILED:
-            self._schedule(self.cfg.cleanup_timeout_s, CLEANUP)
+            self.retries = 0
+            self._arm_monitor()  # unreachable: probe every ``failed_probe_s`` to see it come back
+            self._schedule_retry()
         elif before.state == ev.FAILED and state.state != ev.FAILED:
-            self.timers.cancel(CLEANUP)
+            self.timers.cancel(RETRY)
+            self.retries = 0
         if state.state == ev.CONNECTING and any(isinstance(e, ev.ReconnectAttempted) for e in events):
             self._connect(state.reconnects + 1)
-        if failover and state.state in UP and state.path == ev.DIRECT and self.op is None:
-            op = self._begin(FAILOVER,
-                             purpose=f"{self.cfg.lost_probes_before_action} probes lost on the direct path")
-            self._allocate(op, FAILOVER)
+        if failover and state.state in UP:
+            self._suspect(f"{self.cfg.lost_probes_before_action} probes lost", idle=True)
+        self._leave_lossy_path()
 
     # ------------------------------------------------------------ timers
 
@@ -705,12 +837,139 @@ class PeerConnectionActor(Actor):
         elif timer.kind == METRICS and self.state.state in ACTIVE:
             self._request(fx.ReadPeerStats(tag="metrics", public_key=self.init.public_key))
             self._schedule(self.cfg.metrics_interval_s, METRICS)
+        elif timer.kind == WATCH:
+            if self.state.state in UP:
+                self._request(fx.ReadPeerStats(tag="watch", public_key=self.init.public_key))
+            else:
+                self.watching = False
         elif timer.kind == DIRECT_RETRY:
             self._retry_direct()
-        elif timer.kind == CLEANUP and self.state.state == ev.FAILED:
-            self._cleanup()
+        elif timer.kind == RETRY and self.state.state == ev.FAILED:
+            self._retry_unreachable()
         elif timer.kind == WIREGUARD_RETRY and not self.state.wireguard_applied:
             self._apply_wireguard()
+
+    # ------------------------------------------------------------ loss
+
+    def _count_probe(self, lost: bool) -> None:
+        outcomes = self.probing.outcomes.setdefault(self.state.path, [])
+        outcomes.append(lost)
+        del outcomes[:-self.cfg.loss_window_probes]
+
+    def _window_loss(self) -> float | None:
+        """Loss over the window, once it holds at least half a window of probes."""
+        outcomes = self.probing.outcomes.get(self.state.path, [])
+        if len(outcomes) < max(1, self.cfg.loss_window_probes // 2):
+            return None
+        return sum(outcomes) / len(outcomes)
+
+    def _lossy(self, state: ConnectionState) -> str | None:
+        """Why a connected connection is now degraded by loss, or None."""
+        loss = self._window_loss()
+        if state.state != ev.CONNECTED or loss is None or loss < self.cfg.degraded_loss:
+            return None
+        return f"loss {loss:.0%} over the last {len(self.probing.outcomes[state.path])} probes"
+
+    def _may_switch(self) -> bool:
+        """No switch for quality within ``min_switch_interval_s`` of the last one."""
+        at = self.quality_switch_at
+        return at is None or thespian_timing.currentTime() - at >= self.cfg.min_switch_interval_s
+
+    def _leave_lossy_path(self) -> None:
+        """A lossy direct path moves to the relay if the relay loses clearly less."""
+        state, cfg, quality = self.state, self.cfg, self.relay_quality
+        loss = self._window_loss()
+        if (state.state != ev.DEGRADED or state.path != ev.DIRECT or self.op is not None
+                or self.relay is None or loss is None or loss < cfg.degraded_loss or quality is None
+                or quality.relay != self.relay or quality.probes < cfg.loss_window_probes // 2
+                or quality.loss > loss - cfg.switch_loss_margin
+                or not self._may_switch()):
+            return
+        self.quality_switch_at = thespian_timing.currentTime()
+        purpose = (f"loss {loss:.0%} on the direct path; relay {quality.relay} lost {quality.loss:.0%} "
+                   "of its probes")
+        self._allocate(self._begin(FAILOVER, purpose=purpose), FAILOVER)
+
+    # ------------------------------------------------------------ fast detection
+
+    def _watch(self) -> None:
+        """Keep one watch of WireGuard's counters going while the connection is up."""
+        if not self.watching and not self.closing and self.init is not None and self.state.state in UP:
+            self.watching = True
+            self._schedule(self.cfg.watch_interval_s, WATCH)
+
+    def _on_watched(self, stats: PeerStats | None) -> None:
+        self.watching = False
+        probing, cfg = self.probing, self.cfg
+        if self.closing or self.state.state not in UP or stats is None:
+            probing.counters = None
+            return
+        now = thespian_timing.currentTime()
+        previous, probing.counters = probing.counters, (stats.rx_bytes, stats.tx_bytes)
+        if previous is None or stats.rx_bytes != previous[0]:
+            probing.silent_since = now
+            if previous is not None:
+                probing.rx_grew_at = now
+                probing.lost = 0.0  # the tunnel receives: lost probes were loss, not a dead path
+        busy = previous is not None and stats.tx_bytes > previous[1]
+        if busy:
+            silence = now - probing.silent_since
+            handshake_age = time.time() - stats.last_handshake if stats.last_handshake else 0.0
+            if silence >= cfg.silent_rx_s:
+                self._suspect(f"nothing received for {silence:.1f} s while sending")
+            elif handshake_age > cfg.handshake_stale_s:
+                self._suspect(f"last handshake {handshake_age:.0f} s ago while sending")
+        self.watching = True
+        self._schedule(cfg.watch_interval_s if busy else cfg.idle_watch_interval_s, WATCH)
+
+    def _suspect(self, reason: str, idle: bool = False) -> None:
+        """Check a path that looks dead with a few probes at once; act only if all are lost."""
+        assert self.init is not None
+        probing, cfg = self.probing, self.cfg
+        if probing.checking or self.op is not None or self.state.state not in UP:
+            return
+        if idle and probing.rx_grew_at is not None and \
+                thespian_timing.currentTime() - probing.rx_grew_at < cfg.keepalive_s + cfg.probe_interval_s:
+            return  # the peer's packets (its keepalives at least) still arrive: the probes met loss
+        probes = cfg.confirm_probes
+        loss = self._window_loss()
+        if loss is not None and 0 < loss < 1:
+            probes = max(probes, min(cfg.confirm_probes_max,
+                                     math.ceil(math.log(cfg.check_false_alarm) / math.log(loss))))
+        probing.checking, probing.check_lost, probing.check_reason = probes, 0, reason
+        probing.checking_answered = False
+        recent = max(probing.window[-3:], default=self.state.latency_ms)
+        timeout = cfg.confirm_timeout_s if recent is None else \
+            min(cfg.confirm_timeout_s, max(cfg.confirm_timeout_min_s, 3 * recent / 1000))
+        for number in range(probes):
+            self._request(fx.Probe(tag=f"{CONFIRM}/{number}", virtual_ip=self.init.virtual_ip,
+                                   timeout_s=timeout))
+
+    def _on_checked(self, done: fx.EffectDone) -> None:
+        probing = self.probing
+        probing.checking = max(0, probing.checking - 1)
+        if not (done.ok and done.value is not None):
+            probing.check_lost += 1
+        else:
+            probing.checking_answered = True
+            probing.silent_since = thespian_timing.currentTime()
+        if probing.checking or self.closing:
+            return
+        if probing.check_lost and not probing.checking_answered:
+            self._path_dead(probing.check_reason)
+
+    def _path_dead(self, reason: str) -> None:
+        """The path is dead: the direct path fails over to the relay, anything else reconnects."""
+        state = self.state
+        if state.state not in UP or self.op is not None:
+            return
+        self.probing.lost = 0.0
+        if state.path == ev.DIRECT and self.relay is not None:
+            self._allocate(self._begin(FAILOVER, purpose=f"{reason} on the direct path"), FAILOVER)
+            return
+        self._commit(self._reconnect(1, reason), "path dead")
+        self._arm_monitor()
+        self._connect(self.state.reconnects + 1)
 
     def _sample_metrics(self, stats: PeerStats | None) -> None:
         probing = self.probing
@@ -737,20 +996,51 @@ class PeerConnectionActor(Actor):
     def _retry_direct(self) -> None:
         if not (self.state.path == ev.RELAY and self.state.state in UP and self._direct_ruled_out() is None):
             return
-        if self.op is not None:
+        if self.op is not None or not self._may_switch():
             self._arm_direct_retry()
             return
         self._punch(self._begin(RETRY_DIRECT))
 
-    def _cleanup(self) -> None:
+    def _retry_delay(self, retry: int) -> float:
+        """Capped exponential backoff, jittered per peer and retry (deterministic for replays and tests)."""
+        cfg = self.cfg
+        base = min(cfg.retry_backoff_s * 2 ** min(retry, 30), cfg.retry_backoff_max_s)
+        spread = random.Random(f"{self.actor}/{retry}").uniform(-cfg.retry_jitter, cfg.retry_jitter)
+        return min(base * (1 + spread), cfg.retry_backoff_max_s)
+
+    def _schedule_retry(self) -> None:
+        self._schedule(self._retry_delay(self.retries), RETRY)
+
+    def _retry_unreachable(self) -> None:
+        """A failed connection tries every path again: the tunnel (a probe), the direct
+        candidates (a punch), and the relay (a session, if it holds none)."""
         assert self.init is not None
-        events: list[Event] = []
-        if self.state.wireguard_configured:
-            events.append(ev.WireGuardPeerRemovalRequested(**self._base(), public_key=self.init.public_key,
-                                                           reason="cleanup of a failed connection"))
-        events.append(self._transition(ev.CLEANUP, f"no recovery within {self.cfg.cleanup_timeout_s:.0f} s"))
-        self._commit(events, "cleanup")
-        self._release("cleanup")
+        if self.op is not None:  # a retry or a reconnect still runs: try again after it
+            self._schedule_retry()
+            return
+        self.retries += 1
+        retry = self.retries
+        recorded = retry & (retry - 1) == 0
+        op = self._begin(RETRY_UNREACHABLE, attempt=retry, recorded=recorded,
+                         purpose=f"unreachable: retry {retry}")
+        if recorded:
+            self._commit([ev.ReconnectAttempted(
+                **self._base(), attempt=self.cfg.attempts_before_failed + retry,
+                max_attempts=self.cfg.attempts_before_failed,
+                reason=f"unreachable: retry {retry} of every path (repeats in between are not written)")],
+                op.tag)
+        if not self.probing.in_flight:
+            self.probing.in_flight = True
+            self.probing.sent_weight = 0.0
+            self._request(fx.Probe(tag="probe", virtual_ip=self.init.virtual_ip,
+                                   timeout_s=self.cfg.probe_timeout_s))
+        if self._held() is None and self.relay is not None:
+            self._allocate(op, FALLBACK)  # the relay first (it needs no luck), then the punch
+        elif self._direct_ruled_out() is None:
+            self._punch(op)
+        else:
+            self._finish(op)
+        self._schedule_retry()
 
     # ------------------------------------------------------------ control plane
 
@@ -758,19 +1048,37 @@ class PeerConnectionActor(Actor):
         remote = self._remote_update(candidates, nat_type)
         if remote is not None:
             self._commit([remote], "announced")
+            self._follow_new_candidates()
         if announced and self.state.state in (ev.FAILED, ev.CLEANUP) and self.op is None:
-            self.timers.cancel(CLEANUP)
+            self.timers.cancel(RETRY)
+            self.retries = 0
             self._commit(self._reconnect(1, "peer announced again"), "announced")
             self._connect(2)
             if self.state.state in ACTIVE:
                 self._arm_monitor()
                 self._schedule(self.cfg.metrics_interval_s, METRICS)
 
+    def _follow_new_candidates(self) -> None:
+        """The peer's public address or port changed (a router reboot, a NAT rebinding, a new
+        network) and the control plane says so: punch its new candidates now, on the direct
+        path when the endpoint in use is no longer among them, and from the relay at once
+        instead of at the next periodic retry."""
+        state = self.state
+        if state.state not in UP or self.op is not None or not state.candidates \
+                or self._direct_ruled_out() is not None:
+            return
+        if state.path == ev.DIRECT and state.endpoint not in state.candidates:
+            self._punch(self._begin(NEW_CANDIDATES, purpose="the peer announced new candidates"))
+        elif state.path == ev.RELAY:
+            self._retry_direct()
+
     def _arm_monitor(self) -> None:
         """The next probe: soon while connecting (every ``first_probe_s``), else every interval."""
         delay = self.cfg.probe_interval_s
         if self.state.state == ev.CONNECTING:
             delay = min(self.cfg.first_probe_s, self.cfg.probe_interval_s)
+        elif self.state.state == ev.FAILED:
+            delay = min(self.cfg.failed_probe_s, self.cfg.probe_interval_s)
         self.probing.armed_weight = delay / self.cfg.probe_interval_s
         self._schedule(delay, MONITOR)
 
@@ -782,12 +1090,18 @@ class PeerConnectionActor(Actor):
         if not (message.relay and state.path == ev.RELAY and state.relay != message.relay
                 and message.previous in (None, state.relay) and state.state in (ev.CONNECTING, *UP)):
             return
-        self._move_relay(message.relay, f"relay monitor selected {message.relay}", message.rtt_ms)
+        # The session on the relay being left failed this pair: the control server must not
+        # hand it back (its relay affinity would otherwise, within ``RELAY_AFFINITY_S``).
+        held = self._held()
+        failed = held.session_id if held is not None and held.relay == state.relay else None
+        self._move_relay(message.relay, f"relay monitor selected {message.relay}", message.rtt_ms, failed)
 
-    def _move_relay(self, relay: str | None, reason: str, rtt_ms: float | None = None) -> None:
+    def _move_relay(self, relay: str | None, reason: str, rtt_ms: float | None = None,
+                    failed_session: str | None = None) -> None:
         if relay is None or self.op is not None:
             return
-        self._allocate(self._begin(RELAY_MOVE, purpose=reason, rtt_ms=rtt_ms), RELAY_MOVE, relay)
+        self._allocate(self._begin(RELAY_MOVE, purpose=reason, rtt_ms=rtt_ms, failed_session=failed_session),
+                       RELAY_MOVE, relay)
 
     def close(self, reason: str) -> None:
         assert self.init is not None
@@ -801,7 +1115,7 @@ class PeerConnectionActor(Actor):
             self._release("close")
         self.op = None
         self.closing = True
-        for kind in (MONITOR, METRICS, DIRECT_RETRY, CLEANUP, WIREGUARD_RETRY):
+        for kind in (MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY):
             self.timers.cancel(kind)
         if not self.pending:
             self._finished()

@@ -79,6 +79,7 @@ class AllocateRelay(Effect):
     party_id: str
     peer_id: str
     relay: str
+    failed_session: str | None = None  # the session this side saw fail: the new one must differ
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,7 +184,8 @@ _RUNNERS: dict[type[Effect], Callable[[Any, Any], Any]] = {
     ReadPeerStats: lambda a, e: a.wireguard.peer_stats().get(e.public_key),
     Punch: _punch,
     Probe: lambda a, e: a.prober.probe(e.virtual_ip, e.timeout_s),
-    AllocateRelay: lambda a, e: a.relay_client.allocate(e.party_id, e.peer_id, e.relay),
+    AllocateRelay: lambda a, e: a.relay_client.allocate(e.party_id, e.peer_id, e.relay,
+                                                        failed_session=e.failed_session),
     ReleaseRelay: lambda a, e: a.relay_client.release(e.allocation),
     CheckRelaySession: lambda a, e: a.relay_client.holds(e.allocation),
     ProbeRelay: lambda a, e: a.relay_client.probe(e.relay, e.timeout_s),

@@ -173,6 +173,16 @@ class PeerDeparted:
 
 
 @dataclass(frozen=True)
+class PeerAskedForRelay:
+    """The peer asked the control plane for a relay session with this node (its relay offer
+    arrived): its side of the path broke. This side checks its own path at once instead of
+    waiting for its probes, so that both ends meet on the relay within seconds."""
+
+    party_id: str
+    peer_id: str
+
+
+@dataclass(frozen=True)
 class RemoteCandidates:
     """New endpoint candidates ("ip:port") of a remote peer, from signalling."""
 
@@ -371,6 +381,22 @@ class RelayChanged:
     relay: str | None
     rtt_ms: float | None
     previous: str | None
+
+
+@dataclass(frozen=True)
+class RelaysReachable:
+    """Every relay was silent and one answers again (this node's uplink is back, most likely)."""
+
+
+@dataclass(frozen=True)
+class RelayQuality:
+    """The selected relay's last record window, as this node's monitor measured it: what a
+    lossy direct path compares itself with before it moves to the relay."""
+
+    relay: str
+    rtt_ms: float | None
+    loss: float
+    probes: int  # in the window: a handful says little
 
 
 @dataclass(frozen=True)

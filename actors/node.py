@@ -134,7 +134,8 @@ class NodeActor(Actor):
             case m.LeaveParty() | m.ExportDevice():
                 if self._party(message, sender):
                     self.send(self.parties[message.party_id], m.Forwarded(message, sender))
-            case m.PeerAnnounced() | m.PeerDeparted() | m.RemoteCandidates() | m.Observations():
+            case (m.PeerAnnounced() | m.PeerDeparted() | m.RemoteCandidates() | m.Observations()
+                  | m.PeerAskedForRelay()):
                 if self._party(message, None):
                     self.send(self.parties[message.party_id], message)
             case m.Forwarded(command=m.PartyClosed() as closed):
@@ -143,6 +144,9 @@ class NodeActor(Actor):
                 self._status(sender)
             case m.PartyStatusReply():
                 self._status_reply(message)
+            case m.RelayQuality() | m.RelaysReachable():
+                for address in self.parties.values():
+                    self.send(address, message)
             case m.RelayChanged():
                 # The same rule as the replay's world fold: the node's relay is the last selected.
                 self.state = replace(self.state, selected_relay=message.relay)

@@ -115,12 +115,15 @@ class PartyActor(Actor):
                 self._candidates(message)
             case m.PeerDeparted():
                 self._departed(message)
-            case m.Observations():
+            case m.Observations() | m.PeerAskedForRelay():
                 self._to_peer(message.peer_id, message)
             case m.ConnectionUpdate():
                 self.connections[message.peer_id] = message.state
             case m.PeerClosed():
                 self._peer_closed(message.peer_id)
+            case m.RelayQuality() | m.RelaysReachable():
+                for address in self.children.values():
+                    self.send(address, message)
             case m.RelayChanged():
                 self.relay = message.relay
                 for address in self.children.values():

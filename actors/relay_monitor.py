@@ -199,6 +199,11 @@ class RelayMonitorActor(Actor):
         selected = self.selected  # a dead selected relay's death is recorded by record()
         if self.ticks * config.probe_interval_s >= config.record_interval_s or self._urgent(dead):
             self.record(dead)
+        every = set(self.init.relays)
+        if self.dead == every and dead != every:
+            # Every relay was silent and one answers again: most likely this node's uplink is
+            # back. Connections that could not reach their peers retry now, not at their backoff.
+            self.send(self.parent, m.RelaysReachable())
         newly, self.dead = dead - self.dead, dead
         for relay in sorted(newly - {selected, self.selected}):
             self._left(relay)
@@ -230,6 +235,7 @@ class RelayMonitorActor(Actor):
         assert self.init is not None
         config = self.init.config.relay_monitor
         rtts: dict[str, float | None] = {}
+        windows = dict(self.windows)
         for relay in self.init.relays:
             window = self.windows[relay]
             rtts[relay] = None if relay in dead else window.median()
@@ -237,6 +243,10 @@ class RelayMonitorActor(Actor):
                                                 answered=len(window.rtts), rtt_ms=window.median())])
             self.windows[relay] = Window(misses=window.misses)
         self.ticks = 0
+        if self.selected is not None and self.selected not in dead:
+            window = windows[self.selected]
+            loss = 1 - len(window.rtts) / window.probes if window.probes else 1.0
+            self.send(self.parent, m.RelayQuality(self.selected, rtts[self.selected], loss, window.probes))
         degraded, choice = choose_relay(self.selected, rtts, config)
         previous = self.selected
         if degraded and previous is not None:

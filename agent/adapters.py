@@ -107,6 +107,9 @@ class InterfaceOwner:
 
 # WireGuard's rekey interval: a handshake younger than this means the session is alive.
 SESSION_FRESH_S = 120.0
+# The connections read WireGuard's counters on their own timers (once a second when idle):
+# reads within this of each other share one UAPI call.
+STATS_SHARED_S = 0.2
 
 
 class UapiWireGuard:
@@ -137,6 +140,8 @@ class UapiWireGuard:
         self._configs: dict[str, PeerConfig] = {}  # as last asked
         self._routes: dict[str, tuple[str, ...]] = {}  # static devices' /32s behind a peer
         self._lock = threading.Lock()  # a kick must not re-add a peer just removed or changed
+        self._stats: tuple[float, dict[str, PeerStats]] | None = None
+        self._stats_lock = threading.Lock()
 
     @property
     def public_key(self) -> str:
@@ -172,6 +177,7 @@ class UapiWireGuard:
     def _apply(self, config: PeerConfig) -> None:
         allowed_ips = self._with_routes(config.public_key, config.allowed_ips)
         self._peers.configure_peer(config.public_key, config.endpoint, allowed_ips, config.keepalive_s)
+        self._stats = None
 
     def _kick_later(self, config: PeerConfig, since: float, left: int) -> None:
         if left <= 0:
@@ -199,6 +205,7 @@ class UapiWireGuard:
         with self._lock:
             self._peers.remove_peer(public_key)
             self._configs.pop(validate_public_key(public_key), None)
+            self._stats = None
 
     def set_routes(self, public_key: str, routes: Sequence[str]) -> None:
         key = validate_public_key(public_key)
@@ -213,7 +220,11 @@ class UapiWireGuard:
         return own + [route for route in self._routes.get(public_key, ()) if route not in own]
 
     def peer_stats(self) -> dict[str, PeerStats]:
-        return self._peers.peer_stats()
+        with self._stats_lock:
+            now = time.monotonic()
+            if self._stats is None or now - self._stats[0] > STATS_SHARED_S:
+                self._stats = (now, self._peers.peer_stats())
+            return self._stats[1]
 
 
 class NoNatDetector:
@@ -239,11 +250,12 @@ class KnownNatDetector:
 def _ticket_source(agent: Agent) -> Any:
     """Relay tickets from the agent's own control session (its asyncio loop), for I/O workers."""
 
-    def tickets(party_id: str, peer_id: str, relay: str) -> RelayTicket:
+    def tickets(party_id: str, peer_id: str, relay: str, failed_session: str | None = None) -> RelayTicket:
         loop = agent.loop
         if loop is None:
             raise MeshError("no relay ticket: the agent is not serving yet")
-        future = asyncio.run_coroutine_threadsafe(agent.relay_ticket(party_id, peer_id, relay), loop)
+        future = asyncio.run_coroutine_threadsafe(
+            agent.relay_ticket(party_id, peer_id, relay, failed_session), loop)
         try:
             return RelayTicket(**future.result(timeout=TICKET_TIMEOUT_S))
         except TimeoutError:

@@ -410,20 +410,25 @@ class Agent:
             status = {"forbidden": 403, "not_found": 404, "not_member": 404}.get(error.code, 400)
             raise ServiceError(status, error.message) from None
 
-    async def relay_ticket(self, party_id: str, peer_id: str, relay: str) -> dict[str, Any]:
+    async def relay_ticket(self, party_id: str, peer_id: str, relay: str,
+                           failed_session: str | None = None) -> dict[str, Any]:
         """A relay ticket for the session with ``peer_id``.
 
         The control server gives both ends of a pair the same session, whoever asks first,
-        so both sides can ask independently; a ticket it already pushed to us is used first.
+        so both sides can ask independently; a ticket it already pushed to us is used first,
+        unless it is for the session this side saw fail (``failed_session``, which the
+        control server then never hands back).
         """
         offer = self.offers.pop((party_id, peer_id, relay), None)
-        if offer is not None and float(offer.get("expiry_s", 0)) - time.time() > 60:
+        if offer is not None and float(offer.get("expiry_s", 0)) - time.time() > 60 \
+                and offer.get("session_id") != failed_session:
             return offer
         url = self.bindings.get(party_id)
         if url is None:
             raise ServiceError(404, f"this node is not in party {party_id}")
+        fields: dict[str, Any] = {"failed_session": failed_session} if failed_session else {}
         answer = await self._control(await self._session(url), "relay_request", party_id=party_id,
-                                     to=peer_id, relay=relay)
+                                     to=peer_id, relay=relay, **fields)
         return dict(answer["ticket"])
 
     def _on_push(self, url: str, body: dict[str, Any]) -> None:
@@ -431,6 +436,8 @@ class Agent:
             ticket = body["ticket"]
             key = (str(ticket.get("party_id")), str(body.get("from")), str(ticket.get("relay")))
             self.offers[key] = ticket
+            if key[0] in self.bindings:
+                self._tell(m.PeerAskedForRelay(key[0], key[1]))
             return
         party_id = body.get("party_id")
         if not isinstance(party_id, str) or self.bindings.get(party_id) != url:

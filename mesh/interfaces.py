@@ -117,7 +117,10 @@ class RelayAllocation:
 
 
 class RelayClient(Protocol):
-    def allocate(self, party_id: str, peer_id: str, relay: str) -> RelayAllocation: ...
+    def allocate(self, party_id: str, peer_id: str, relay: str,
+                 failed_session: str | None = None) -> RelayAllocation:
+        """A session with ``peer_id`` on ``relay``; never ``failed_session``, which this side saw fail."""
+        ...
 
     def release(self, allocation: RelayAllocation) -> None: ...
 

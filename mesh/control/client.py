@@ -347,8 +347,10 @@ class ControlClient:
     def signal(self, party_id: str, to: str, payload: dict[str, Any]) -> Message:
         return self.request("signal", party_id=party_id, to=to, payload=payload)
 
-    def request_relay(self, party_id: str, to: str, relay: str | None = None) -> Message:
-        return self.request("relay_request", party_id=party_id, to=to, relay=relay)
+    def request_relay(self, party_id: str, to: str, relay: str | None = None,
+                      failed_session: str | None = None) -> Message:
+        return self.request("relay_request", party_id=party_id, to=to, relay=relay,
+                            failed_session=failed_session)
 
     def list_relays(self) -> list[str]:
         return list(self.request("list_relays")["relays"])

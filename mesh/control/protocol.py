@@ -138,6 +138,8 @@ class RelayRequest(_Request):
     party_id: Ident
     to: Ident
     relay: str | None = None
+    # The session this side saw fail (its relay died or refused it): never handed back.
+    failed_session: Ident | None = None
 
 
 class ListRelays(_Request):

@@ -44,6 +44,9 @@ from mesh.relay.tickets import RelayTicket, issue_tickets, revoke_key
 
 RELAY_TICKET_MARGIN_S = 600  # a pair's session is reused until this close to its expiry
 RELAY_AFFINITY_S = 30.0  # within this, both ends of a pair get the first session, whatever relay they ask
+# Sessions a side reported failed, remembered per pair so that none is handed back (the
+# newest few: a new session id is random, so an old one can only come back from the map).
+DEAD_SESSIONS_PER_PAIR = 8
 REVOKE_RESENDS_S = (0.0, 0.5, 2.0)  # a REVOKE is one UDP datagram: send it three times
 # The one answer to a join of a party that does not exist, or with a wrong or missing
 # secret: a stranger learns nothing about which party ids exist.
@@ -166,6 +169,7 @@ class ControlServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._relay_key = self.config.relay_key or secrets.token_bytes(32)
         self._relay_sessions: dict[tuple[str, str, str], tuple[float, tuple[RelayTicket, RelayTicket]]] = {}
+        self._dead_sessions: dict[tuple[str, str, str], deque[str]] = {}
         self.identity = self.config.identity or Identity.generate()
         self._authorities: frozenset[str] = frozenset()
         self._per_address: dict[str, int] = {}  # open connections per source address
@@ -574,30 +578,39 @@ class ControlServer:
         relay = request.relay or relays[0]
         if relay not in relays:
             raise p.ProtocolError(p.NOT_FOUND, f"relay {relay[:64]} is not registered here", request.id)
-        mine, theirs = self._tickets_for(party.party_id, session.peer_id, request.to, relay)
+        mine, theirs = self._tickets_for(party.party_id, session.peer_id, request.to, relay,
+                                         request.failed_session)
         target = self._online.get(request.to)
         if target is not None:
             target.send(p.message("relay_offer", ticket=asdict(theirs), **{"from": session.peer_id}))
         session.send(p.message("relay_offer", re=request.id, ticket=asdict(mine),
                                delivered=target is not None))
 
-    def _tickets_for(self, party_id: str, me: str, other: str, relay: str) -> tuple[RelayTicket, RelayTicket]:
+    def _tickets_for(self, party_id: str, me: str, other: str, relay: str,
+                     failed_session: str | None = None) -> tuple[RelayTicket, RelayTicket]:
         """(mine, theirs). Both ends of a pair must meet on one session of one relay.
 
         Each side's relay monitor may prefer a different relay, and both ask at about the
         same time: a pair's session is reused whoever asks, on the relay it was issued
         on, unless it is near its expiry, or older than ``RELAY_AFFINITY_S`` and the asker
-        now wants another relay (a deliberate switch away from a degraded one).
+        now wants another relay (a deliberate switch away from a degraded one), or a side
+        reported it failed: such a session is never handed back, whatever the affinity.
+        The other side, reporting the same failure later, gets the new session.
         """
         first, second = sorted((me, other))
         key = (party_id, first, second)
         now = time.time()
+        if failed_session is not None:
+            dead = self._dead_sessions.setdefault(key, deque(maxlen=DEAD_SESSIONS_PER_PAIR))
+            if failed_session not in dead:
+                dead.append(failed_session)
         entry = self._relay_sessions.get(key)
         if entry is not None:
             issued, pair = entry
             stale = pair[0].expiry_s - now < RELAY_TICKET_MARGIN_S
             switching = pair[0].relay != relay and now - issued > RELAY_AFFINITY_S
-            if stale or switching:
+            reported = pair[0].session_id in self._dead_sessions.get(key, ())
+            if stale or switching or reported:
                 entry = None
         if entry is None:
             entry = (now, issue_tickets(self._relay_key, relay, party_id, first, second))
@@ -607,6 +620,8 @@ class ControlServer:
 
     def _revoke_relay_sessions(self, party_id: str, peer_id: str) -> None:
         """A member left: end every relay session it holds in that party, on its relay."""
+        for pair_key in [key for key in self._dead_sessions if key[0] == party_id and peer_id in key[1:]]:
+            del self._dead_sessions[pair_key]
         gone = [key for key in self._relay_sessions if key[0] == party_id and peer_id in key[1:]]
         key = revoke_key(self._relay_key)
         loop = asyncio.get_running_loop()

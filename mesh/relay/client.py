@@ -7,7 +7,10 @@ symmetric ones: it is outbound-only towards a public relay. The proxy authentica
 with a HELLO (fresh nonce and timestamp, MAC'd with its side key, echoing the cookie the
 relay sent to this socket's address: return routability), repeats it on an
 interval so that a restarted relay or a rebound NAT mapping heals, and then moves raw
-WireGuard packets both ways without any extra header.
+WireGuard packets both ways without any extra header. When WireGuard sends and no
+WireGuard packet comes back for ``STALL_S`` (an uplink that was cut, a NAT that gave this
+socket a new public port), the HELLO is repeated every ``STALL_S`` instead of every
+interval: the relay learns the new address within seconds.
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ from mesh.relay import wire
 from mesh.relay.tickets import RelayTicket
 
 Address = tuple[str, int]
+
+# WireGuard sent through the session and nothing came back for this long: say HELLO again
+# (and again each STALL_S while it lasts, the interval's HELLO included). One side then
+# sends at most 30 a minute, inside the relay's 64 per session and nonce window even with
+# both sides stalled, and a side whose uplink or NAT mapping came back is heard within 2 s.
+STALL_S = 2.0
 
 
 def parse_hostport(value: str) -> Address:
@@ -64,6 +73,7 @@ class RelayProxy:
         self.last_hello_ok: float | None = None
         self.packets_up = 0
         self.packets_down = 0
+        self.stall_hellos = 0  # HELLOs sent because WireGuard's packets went unanswered
         self._pending: dict[bytes, float] = {}
         self._cookie = wire.NO_COOKIE  # the relay's return-routability cookie for our address
         self._refused: str | None = None
@@ -116,8 +126,13 @@ class RelayProxy:
     def _run(self) -> None:
         local, upstream = self._local, self._upstream
         next_hello = time.monotonic() + self._rehello_s
+        unanswered_since: float | None = None  # WireGuard's first packet up with none down since
+        last_stall_hello = 0.0
         while not self._stop.is_set():
-            wait_s = max(0.0, next_hello - time.monotonic()) if self._ok.is_set() else 0.25
+            deadline = next_hello
+            if unanswered_since is not None:
+                deadline = min(deadline, max(unanswered_since, last_stall_hello) + STALL_S)
+            wait_s = max(0.0, deadline - time.monotonic()) if self._ok.is_set() else 0.25
             try:
                 readable, _, _ = select.select([local, upstream, self._wake_read], [], [], wait_s)
             except (OSError, ValueError):
@@ -136,17 +151,28 @@ class RelayProxy:
                     self._wg_addr = addr
                     if wire.is_wireguard(data):
                         self.packets_up += 1
+                        if unanswered_since is None:
+                            unanswered_since = time.monotonic()
                         with contextlib.suppress(OSError):
                             upstream.send(data)
                 elif wire.is_control(data):
                     self._on_control(data)
                 elif self._wg_addr is not None and wire.is_wireguard(data):
                     self.packets_down += 1
+                    unanswered_since = None
                     with contextlib.suppress(OSError):
                         local.sendto(data, self._wg_addr)
-            if time.monotonic() >= next_hello and self._ok.is_set():
+            if not self._ok.is_set():
+                continue
+            now = time.monotonic()
+            stalled = (unanswered_since is not None
+                       and now >= max(unanswered_since, last_stall_hello) + STALL_S)
+            if stalled or now >= next_hello:
                 self._hello(wire.HELLO)
-                next_hello = time.monotonic() + self._rehello_s
+                next_hello = now + self._rehello_s
+                if stalled:
+                    last_stall_hello = now
+                    self.stall_hellos += 1
 
     def _on_control(self, data: bytes) -> None:
         cookie = wire.parse_cookie(data)
@@ -208,7 +234,7 @@ def probe_relay(relay: str, timeout_s: float = 1.0) -> float | None:
                 return (time.perf_counter() - start) * 1000
 
 
-TicketSource = Callable[[str, str, str], RelayTicket]
+TicketSource = Callable[[str, str, str, str | None], RelayTicket]
 
 
 class ProxyRelayClient:
@@ -221,8 +247,9 @@ class ProxyRelayClient:
         self._proxies: dict[str, RelayProxy] = {}
         self._lock = threading.Lock()
 
-    def allocate(self, party_id: str, peer_id: str, relay: str) -> RelayAllocation:
-        return self.allocate_ticket(self._tickets(party_id, peer_id, relay))
+    def allocate(self, party_id: str, peer_id: str, relay: str,
+                 failed_session: str | None = None) -> RelayAllocation:
+        return self.allocate_ticket(self._tickets(party_id, peer_id, relay, failed_session))
 
     def allocate_ticket(self, ticket: RelayTicket) -> RelayAllocation:
         proxy = RelayProxy(ticket, wg_port=self._wg_port, rehello_s=self._rehello_s).open()

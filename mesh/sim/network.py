@@ -9,6 +9,7 @@ and nothing is random: time is the caller's business.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ class SimNetwork:
     wireguard_peers: dict[str, dict[str, SimPeer]] = field(default_factory=dict)  # node -> key -> peer
     wireguard_log: list[tuple[str, str, str, str | None]] = field(default_factory=list)
     relay_log: list[tuple[str, str, str]] = field(default_factory=list)  # (op, relay, session)
+    failed_sessions: list[str] = field(default_factory=list)  # reported by allocations, in order
     punch_log: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     probe_count: int = 0
     wireguard_error: str | None = None  # every WireGuard change fails with this while set
@@ -45,6 +47,12 @@ class SimNetwork:
     routes: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)  # node -> key -> extra IPs
     forwarding: set[str] = field(default_factory=set)  # nodes that forward between their peers
     handshakes: dict[str, float] = field(default_factory=dict)  # public key -> last handshake (unix)
+    # Random loss of every packet on every path, each direction on its own (a probe or a
+    # reply is lost with 1 - (1 - loss)^2), from a seeded generator: runs repeat exactly.
+    loss: float = 0.0
+    relay_loss: float = 0.0  # the same on relay paths and relay probes
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    packet_bytes: int = 148  # one small game packet inside WireGuard
 
     # ------------------------------------------------------------ test controls
 
@@ -61,6 +69,28 @@ class SimNetwork:
 
     def unblock(self, *candidates: str) -> None:
         self.unreachable.difference_update(candidates)
+
+    def round_trip_lost(self, loss: float) -> bool:
+        return loss > 0 and (self.rng.random() < loss or self.rng.random() < loss)
+
+    def path_loss(self, node: str, virtual_ip: str) -> float:
+        peer = next((p for p in self.wireguard_peers.get(node, {}).values()
+                     if f"{virtual_ip}/32" in p.allowed_ips), None)
+        return self.relay_loss if peer is not None and peer.endpoint in self.relay_latency else self.loss
+
+    def carry(self, node: str, virtual_ip: str, packets: int) -> None:
+        """``node`` sends ``packets`` to ``virtual_ip`` and the peer answers each one: WireGuard's
+        tx grows by every packet, rx by every answer that makes it back over the current path."""
+        peer = next((p for p in self.wireguard_peers.get(node, {}).values()
+                     if f"{virtual_ip}/32" in p.allowed_ips), None)
+        if peer is None:
+            return
+        alive = self.path_latency(node, virtual_ip) is not None
+        loss = self.path_loss(node, virtual_ip)
+        for _ in range(packets):
+            peer.tx_bytes += self.packet_bytes
+            if alive and not self.round_trip_lost(loss):
+                peer.rx_bytes += self.packet_bytes
 
     def wireguard_changes(self, node: str) -> list[tuple[str, str, str | None]]:
         return [(op, key, endpoint) for n, op, key, endpoint in self.wireguard_log if n == node]
@@ -171,6 +201,8 @@ class SimProber:
         if self._net.probe_error is not None:
             raise MeshError(self._net.probe_error)
         latency = self._net.path_latency(self._node, virtual_ip)
+        if latency is not None and self._net.round_trip_lost(self._net.path_loss(self._node, virtual_ip)):
+            return None
         return latency if latency is not None and latency <= timeout_s * 1000 else None
 
 
@@ -197,10 +229,14 @@ class SimRelayClient:
         self._net = net
         self._held: set[tuple[str, str]] = set()
 
-    def allocate(self, party_id: str, peer_id: str, relay: str) -> RelayAllocation:
+    def allocate(self, party_id: str, peer_id: str, relay: str,
+                 failed_session: str | None = None) -> RelayAllocation:
         if self._net.relay_latency.get(relay, DEFAULT_RELAY_MS) is None:
             raise MeshError(f"relay {relay} did not answer")
         session = f"{party_id}/{peer_id}"
+        if failed_session is not None:
+            self._net.failed_sessions.append(failed_session)
+            session = f"{session}/{len(self._net.failed_sessions)}"  # a new session, as the control server
         self._net.relay_log.append(("allocate", relay, session))
         self._held.add((relay, session))
         return RelayAllocation(relay, session, relay)
@@ -214,6 +250,8 @@ class SimRelayClient:
 
     def probe(self, relay: str, timeout_s: float) -> float | None:
         latency = self._net.relay_latency.get(relay, DEFAULT_RELAY_MS)
+        if latency is not None and self._net.round_trip_lost(self._net.relay_loss):
+            return None
         return latency if latency is not None and latency <= timeout_s * 1000 else None
 
 

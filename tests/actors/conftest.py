@@ -154,7 +154,7 @@ class Node:
 def make_config(**connection: Any) -> ActorConfig:
     # The scenarios were written around whole probe intervals: the first probe too.
     defaults: dict[str, Any] = {"probe_interval_s": 5.0, "first_probe_s": 5.0, "metrics_interval_s": 3600.0,
-                                "direct_retry_s": 30.0, "cleanup_timeout_s": 300.0}
+                                "direct_retry_s": 30.0}
     return ActorConfig(connection=ConnectionConfig(**{**defaults, **connection}),
                        relay_monitor=RelayMonitorConfig(probe_interval_s=30.0, probes_per_round=3),
                        restart_delay_s=0.0)

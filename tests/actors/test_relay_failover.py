@@ -92,7 +92,7 @@ def test_dead_selected_relay_fails_over_on_the_next_tick(node: Node) -> None:
     assert node.status().relay == RELAY_B
     assert node.new(node.peer("carol")) == [
         f"RelayAllocationRequested(relay='{RELAY_B}', purpose='relay-move')",
-        f"RelaySessionOpened(relay='{RELAY_B}', session_id='p1/carol', endpoint='{RELAY_B}')",
+        f"RelaySessionOpened(relay='{RELAY_B}', session_id='p1/carol/1', endpoint='{RELAY_B}')",
         f"PathSwitched(from_path='relay', to_path='relay', reason='relay monitor selected {RELAY_B}', "
         f"endpoint='{RELAY_B}', from_relay='{RELAY_A}', to_relay='{RELAY_B}', from_latency_ms=40.0, "
         "to_latency_ms=45.0)",
@@ -101,6 +101,8 @@ def test_dead_selected_relay_fails_over_on_the_next_tick(node: Node) -> None:
         f"WireGuardPeerConfigured(public_key='key-carol', endpoint='{RELAY_B}', "
         "allowed_ips=('10.66.0.2/32',), keepalive_s=25, decided_here=False)",
         f"RelaySessionReleased(relay='{RELAY_A}', session_id='p1/carol', error='')"]
+    # The new session was asked for as a replacement of the one on the dead relay.
+    assert node.net.failed_sessions == ["p1/carol"]
     # The old relay comes back and is faster: B is healthy, so no flap back.
     node.net.set_relay(RELAY_A, 10.0)
     node.advance(60)
@@ -160,7 +162,7 @@ def test_a_connection_on_a_relay_this_node_did_not_select_moves_when_that_relay_
                            "reason='no answer to 2 probes in a row')"]
     assert node.new(node.peer("carol")) == [
         f"RelayAllocationRequested(relay='{RELAY_A}', purpose='relay-move')",
-        f"RelaySessionOpened(relay='{RELAY_A}', session_id='p1/carol', endpoint='{RELAY_A}')",
+        f"RelaySessionOpened(relay='{RELAY_A}', session_id='p1/carol/2', endpoint='{RELAY_A}')",
         f"PathSwitched(from_path='relay', to_path='relay', reason='relay monitor selected {RELAY_A}', "
         f"endpoint='{RELAY_A}', from_relay='{RELAY_B}', to_relay='{RELAY_A}', from_latency_ms=40.0, "
         "to_latency_ms=40.0)",
@@ -168,4 +170,5 @@ def test_a_connection_on_a_relay_this_node_did_not_select_moves_when_that_relay_
         "allowed_ips=('10.66.0.2/32',), keepalive_s=25)",
         f"WireGuardPeerConfigured(public_key='key-carol', endpoint='{RELAY_A}', "
         "allowed_ips=('10.66.0.2/32',), keepalive_s=25, decided_here=False)",
-        f"RelaySessionReleased(relay='{RELAY_B}', session_id='p1/carol', error='')"]
+        f"RelaySessionReleased(relay='{RELAY_B}', session_id='p1/carol/1', error='')"]
+    assert node.net.failed_sessions == ["p1/carol", "p1/carol/1"]

@@ -6,6 +6,7 @@ The edge runs effects inline here, so every intent is followed by its outcome at
 from __future__ import annotations
 
 from actors import messages as m
+from events import types as ev
 from events.streams import relay_stream
 from tests.actors.conftest import BOB, RELAY_A, RELAY_B, Node
 
@@ -95,7 +96,7 @@ def reconnect(attempt: int, from_state: str) -> list[str]:
     ]
 
 
-def test_lost_probes_reconnects_then_failed_and_cleanup(make_node) -> None:
+def test_lost_probes_reconnect_then_failed_and_it_never_gives_up(make_node) -> None:
     node = make_node()  # no relay: nothing to fail over to
     join_bob(node)
     node.net.block(BOB)
@@ -108,20 +109,85 @@ def test_lost_probes_reconnects_then_failed_and_cleanup(make_node) -> None:
     node.advance(15)
     assert node.new(node.peer("bob")) == [
         "ConnectionStateChanged(from_state='connecting', to_state='failed', "
-        "reason='3 probes lost after 3 reconnect attempts', path='direct', endpoint='203.0.113.2:51820', "
-        "relay=None, latency_ms=None)"]
-    node.advance(299)
-    assert node.new(node.peer("bob")) == []
+        "reason='3 probes lost after 3 reconnect attempts; retrying every path', path='direct', "
+        "endpoint='203.0.113.2:51820', relay=None, latency_ms=None)"]
+    # Failed is "unreachable now": an hour of retries with capped, jittered backoff, every
+    # gap at most 30 s, and the WireGuard peer stays.
+    punches, gaps, last = len(node.net.punch_log), [], node.clock.now
+    for _ in range(3600):
+        node.advance(1)
+        if len(node.net.punch_log) > punches:
+            punches, gaps, last = len(node.net.punch_log), [*gaps, node.clock.now - last], node.clock.now
+    assert node.connection("p1", "bob").state == "failed"
+    assert len(gaps) >= 120 and max(gaps) <= 30 and len(set(gaps[-20:])) > 1, gaps  # jittered
+    assert gaps[:4] == sorted(gaps[:4]) and gaps[0] <= 2  # quick first, then doubling
+    assert node.net.wireguard_changes("local") == [("configure", "key-bob", BOB)]
+    # Repeats are not written again: the retries 1, 2, 4 ... 128 are, the others are not.
+    written = [line for line in node.new(node.peer("bob")) if not line.startswith("MetricsSampled")]
+    retries = [line for line in written if line.startswith("ReconnectAttempted")]
+    assert [line.split(",")[0] for line in retries] == [
+        f"ReconnectAttempted(attempt={3 + n}" for n in (1, 2, 4, 8, 16, 32, 64, 128)]
+    assert len(written) == 3 * len(retries)  # each: intent, punch, punch failed
+    assert written[:3] == [
+        "ReconnectAttempted(attempt=4, max_attempts=3, reason='unreachable: retry 1 of every path "
+        "(repeats in between are not written)')", PUNCH,
+        "HolePunchFailed(reason='no candidate answered', elapsed_ms=5000.0)"]
+    # Back after an hour: up at the next probe (one a second while failed).
+    node.net.unblock(BOB)
     node.advance(1)
-    cleanup = removed("cleanup of a failed connection")
-    assert node.new(node.peer("bob")) == [
-        cleanup[0],
-        "ConnectionStateChanged(from_state='failed', to_state='cleanup', reason='no recovery within 300 s', "
-        "path='direct', endpoint='203.0.113.2:51820', relay=None, latency_ms=None)", cleanup[1]]
+    recovered = node.new(node.peer("bob"))
+    assert recovered[-1].startswith(
+        "ConnectionStateChanged(from_state='failed', to_state='connected', reason='peer answered again "
+        "(retry "), recovered
+    assert node.connection("p1", "bob").state == "connected"
+    assert node.net.wireguard_changes("local") == [("configure", "key-bob", BOB)]
+
+
+def test_an_old_logs_cleanup_is_undone_while_the_member_is_in_the_party(make_node) -> None:
+    """Old versions removed a failed peer after 300 s (``cleanup``); the member is still in the
+    party, so at start its WireGuard peer is added again and it connects."""
+    node = make_node()
+    join_bob(node)
+    stream = node.peer("bob")
+    position = node.recorder.stream_position(stream)
+    node.stop()
+    node.recorder.append(stream, [
+        ev.WireGuardPeerRemovalRequested(party_id="p1", peer_id="bob", public_key="key-bob",
+                                         reason="cleanup of a failed connection"),
+        ev.ConnectionStateChanged(party_id="p1", peer_id="bob", from_state="failed", to_state="cleanup",
+                                  reason="no recovery within 300 s", path="direct", endpoint=BOB),
+        ev.WireGuardPeerRemoved(party_id="p1", peer_id="bob", public_key="key-bob", reason="as decided")],
+        position)
+    node.new(stream)
+    node.start()
+    node.advance(10)
+    assert node.new(stream)[:2] == [
+        "ConnectionStateChanged(from_state='cleanup', to_state='connecting', reason='the member is still "
+        "in the party: its WireGuard peer is added again', path='direct', endpoint='203.0.113.2:51820', "
+        "relay=None, latency_ms=None)", "ConnectionAttemptStarted(attempt=1, path='direct')"]
+    assert node.connection("p1", "bob").state == "connected"
+
+
+def test_an_expired_member_is_removed_and_added_again_when_it_returns(make_node) -> None:
+    node = make_node()
+    join_bob(node)
+    node.net.block(BOB)
     node.advance(60)
-    assert node.new(node.peer("bob")) == []  # cleaned up: no more probes, no more events
-    assert node.net.wireguard_changes("local") == [("configure", "key-bob", BOB), ("remove", "key-bob", None)]
-    assert node.connection("p1", "bob").state == "cleanup"
+    assert node.connection("p1", "bob").state == "failed"
+    node.tell(m.PeerDeparted("p1", "bob", "expired"))  # the control server's member expiry
+    gone = removed("expired")
+    assert node.new(node.peer("bob"))[-3:] == [
+        gone[0],
+        "ConnectionStateChanged(from_state='failed', to_state='closed', reason='expired', path='direct', "
+        "endpoint='203.0.113.2:51820', relay=None, latency_ms=None)", gone[1]]
+    node.advance(600)
+    assert node.new(node.peer("bob")) == []  # closed: no more retries
+    node.net.unblock(BOB)
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
+    node.advance(5)
+    assert node.connection("p1", "bob").state == "connected"
+    assert node.net.wireguard_changes("local") == [
+        ("configure", "key-bob", BOB), ("remove", "key-bob", None), ("configure", "key-bob", BOB)]
 
 
 def test_direct_path_fails_over_to_relay_and_upgrades_back(make_node) -> None:
@@ -222,7 +288,7 @@ def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node) -> None:
     moved = carol.replace(RELAY_A, RELAY_B)
     assert node.new(node.peer("carol")) == [
         f"RelayAllocationRequested(relay='{RELAY_B}', purpose='relay-move')",
-        f"RelaySessionOpened(relay='{RELAY_B}', session_id='p1/carol', endpoint='{RELAY_B}')",
+        f"RelaySessionOpened(relay='{RELAY_B}', session_id='p1/carol/1', endpoint='{RELAY_B}')",
         f"PathSwitched(from_path='relay', to_path='relay', reason='relay monitor selected {RELAY_B}', "
         f"endpoint='{RELAY_B}', from_relay='{RELAY_A}', to_relay='{RELAY_B}', from_latency_ms=40.0, "
         "to_latency_ms=100.0)",

@@ -396,3 +396,42 @@ def test_relay_offer_gives_each_side_its_own_ticket() -> None:
             none = await host.call(type="relay_request", party_id=party["party_id"], to=guest.peer_id)
             assert none["code"] == p.NO_RELAY
     run(scenario())
+
+
+def test_a_session_a_side_reported_failed_is_never_handed_back() -> None:
+    """Relay affinity gives both ends the pair's first session for 30 s, whatever relay they
+    ask: but not one that a side saw fail. The other side, reporting it too, meets the new one."""
+    async def scenario() -> None:
+        relays = ("203.0.113.20:3479", "203.0.113.22:3479")
+        async with running(relays=relays, relay_key=b"k" * 32) as server:
+            (host, guest), party, _ = await _party(server.port, 2)
+            ask = {"type": "relay_request", "party_id": party["party_id"]}
+            first = (await host.call(**ask, to=guest.peer_id))["ticket"]
+            await guest.push("relay_offer")
+            # Within the affinity window, on the same relay: a fresh session all the same.
+            renewed = (await host.call(**ask, to=guest.peer_id, failed_session=first["session_id"]))["ticket"]
+            assert renewed["session_id"] != first["session_id"]
+            assert renewed["relay"] == first["relay"]
+            offered = (await guest.push("relay_offer"))["ticket"]
+            assert offered["session_id"] == renewed["session_id"]
+            # The other side saw the same failure: it gets the new session, not a third one.
+            late = (await guest.call(**ask, to=host.peer_id, failed_session=first["session_id"]))["ticket"]
+            assert late["session_id"] == renewed["session_id"]
+            await host.push("relay_offer")
+            # Asking for the other relay, within the affinity: the live session still wins ...
+            other = (await guest.call(**ask, to=host.peer_id, relay=relays[1]))["ticket"]
+            assert other["session_id"] == renewed["session_id"]
+            await host.push("relay_offer")
+            # ... until it is reported: then a new one on the relay asked for, never an old one.
+            moved = (await guest.call(**ask, to=host.peer_id, relay=relays[1],
+                                      failed_session=renewed["session_id"]))["ticket"]
+            await host.push("relay_offer")
+            assert moved["relay"] == relays[1]
+            assert moved["session_id"] not in (first["session_id"], renewed["session_id"])
+            for _ in range(3):
+                again = (await host.call(**ask, to=guest.peer_id, relay=relays[0]))["ticket"]
+                await guest.push("relay_offer")
+                assert again["session_id"] == moved["session_id"]
+            bad = await host.call(**ask, to=guest.peer_id, failed_session="not a session id!")
+            assert bad["code"] == p.BAD_MESSAGE
+    run(scenario())

@@ -317,3 +317,45 @@ def test_proxy_ignores_local_senders_other_than_wireguard(relay: RelayServer) ->
         client_b.close()
         for sock in (wg_a, wg_b, other):
             sock.close()
+
+
+def test_a_proxy_whose_packets_go_unanswered_says_hello_again_every_stall_interval(
+        relay: RelayServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cut uplink or a new NAT mapping: the relay hears the new address within STALL_S of
+    WireGuard sending, and while nothing answers the HELLOs stay one per STALL_S."""
+    import mesh.relay.client as relay_client
+
+    monkeypatch.setattr(relay_client, "STALL_S", 0.3)
+    wg_a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    wg_b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for sock in (wg_a, wg_b):
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(2)
+    first, second = tickets(relay)
+    client_a = ProxyRelayClient(lambda *_: first, wg_port=wg_a.getsockname()[1])
+    client_b = ProxyRelayClient(lambda *_: second, wg_port=wg_b.getsockname()[1])
+    try:
+        alloc_a = client_a.allocate("party1", "bob", first.relay)
+        proxy_a = client_a.proxy(alloc_a)
+        assert proxy_a is not None
+        target = tuple_of(alloc_a.endpoint)
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:  # bob is not there: nothing comes back
+            wg_a.sendto(wg_packet(1), target)
+            time.sleep(0.1)
+        assert 3 <= proxy_a.stall_hellos <= 5, proxy_a.stall_hellos
+        alloc_b = client_b.allocate("party1", "alice", second.relay)
+        wg_a.sendto(wg_packet(2), target)
+        data, source = wg_b.recvfrom(2048)
+        assert data == wg_packet(2)
+        wg_b.sendto(wg_packet(3), source)
+        assert wg_a.recvfrom(2048)[0] == wg_packet(3)
+        answered = proxy_a.stall_hellos
+        time.sleep(1.0)  # answered, and quiet: no more HELLOs than the interval's
+        assert proxy_a.stall_hellos == answered
+        client_b.release(alloc_b)
+    finally:
+        client_a.close()
+        client_b.close()
+        wg_a.close()
+        wg_b.close()

@@ -1,0 +1,167 @@
+"""Fast detection without flapping, on the simulated network with seeded random loss.
+
+A busy tunnel is watched through WireGuard's counters (rx not growing while tx grows):
+a dead direct path moves to the relay within 2 s. Random loss of 5 % and 20 % each way
+moves nothing; 50 % degrades, and moves to the relay only when the relay does better,
+at most once a minute.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from actors import messages as m
+from actors.config import RelayMonitorConfig
+from tests.actors.conftest import BOB, RELAY_A, Node
+
+BOB_IP = "10.66.0.2"
+STEP_S = 0.25
+PACKETS_PER_STEP = 5  # 20 packets a second, each answered: a game's chatter
+
+
+def joined(make_node: Any, **config: Any) -> Node:
+    node = make_node(relays=(RELAY_A,), first_probe_s=0.5, **config)
+    # The production relay monitor's window (this harness's default probes thrice a record):
+    # the relay's loss is measured on 60 probes, as the connection's own on 20.
+    node.stop()
+    node.config = replace(node.config, relay_monitor=RelayMonitorConfig())
+    node.start()
+    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
+    node.advance(1)
+    assert node.connection("p1", "bob").state == "connected"
+    node.new(node.peer("bob"))
+    return node
+
+
+def run(node: Node, seconds: float, busy: bool = True) -> list[tuple[float, str]]:
+    """Advance with (or without) traffic; every event written, with the virtual time it appeared."""
+    start, written = node.clock.now, []
+    for _ in range(round(seconds / STEP_S)):
+        if busy:
+            node.net.carry("local", BOB_IP, PACKETS_PER_STEP)
+        node.advance(STEP_S, step=STEP_S)
+        written += [(node.clock.now - start, line) for line in node.new(node.peer("bob"))]
+    return written
+
+
+def kinds(written: list[tuple[float, str]], kind: str) -> list[tuple[float, str]]:
+    return [(at, line) for at, line in written if line.startswith(kind)]
+
+
+def test_a_dead_direct_path_under_traffic_moves_to_the_relay_within_2_s(make_node) -> None:
+    node = joined(make_node)
+    assert run(node, 10) == []  # a busy, healthy tunnel writes nothing
+    node.net.block(BOB)
+    written = run(node, 3)
+    switched = kinds(written, "PathSwitched")
+    assert len(switched) == 1 and switched[0][0] <= 2.0, written
+    assert switched[0][1].startswith(
+        "PathSwitched(from_path='direct', to_path='relay', reason='nothing received for ")
+    assert " s while sending on the direct path'" in switched[0][1]
+    assert node.connection("p1", "bob").path == "relay"
+    # On the relay the counters grow again: nothing more happens.
+    assert kinds(run(node, 20), "PathSwitched") == []
+
+
+def test_an_idle_tunnel_is_not_watched_more_than_once_a_probe_interval(make_node) -> None:
+    node = joined(make_node)
+    probes = node.net.probe_count
+    run(node, 60, busy=False)
+    assert node.net.probe_count - probes == 12  # one probe each 5 s, nothing more
+
+
+@pytest.mark.parametrize("loss", [0.05, 0.20])
+def test_random_loss_of_5_and_20_percent_moves_nothing(make_node, loss: float) -> None:
+    node = joined(make_node)
+    node.net.loss = loss
+    written = run(node, 600) + run(node, 600, busy=False)
+    assert kinds(written, "PathSwitched") == [], written
+    assert kinds(written, "ReconnectAttempted") == [], written
+    assert kinds(written, "ConnectionStateChanged") == [], written  # not even degraded
+    assert node.connection("p1", "bob").path == "direct"
+
+
+def test_half_the_packets_lost_degrades_and_stays_when_the_relay_is_no_better(make_node) -> None:
+    node = joined(make_node)
+    node.net.loss = node.net.relay_loss = 0.5  # the uplink itself: every path loses
+    written = run(node, 600)
+    states = kinds(written, "ConnectionStateChanged")
+    assert states and "to_state='degraded', reason='loss " in states[0][1], written
+    assert kinds(written, "PathSwitched") == []
+
+
+def test_half_the_packets_lost_on_the_direct_path_moves_to_the_relay_at_most_once_a_minute(
+        make_node) -> None:
+    node = joined(make_node)
+    node.net.loss = 0.5  # the direct path only: the relay is clean
+    written = run(node, 900)
+    switched = kinds(written, "PathSwitched")
+    assert switched, written
+    assert "to_path='relay', reason='loss " in switched[0][1]
+    assert "on the direct path; relay 198.51.100.1:3478 lost 0% of its probes" in switched[0][1]
+    times = [at for at, _ in switched]
+    assert all(b - a >= 60 for a, b in itertools.pairwise(times)), switched
+    assert len(times) <= 900 / 60
+
+
+def test_the_peer_asking_for_a_relay_makes_this_side_check_its_path_at_once(make_node) -> None:
+    """The peer's side broke first (it sends, this side may be idle): its relay offer makes
+    this side check the direct path now, and move only if the check is lost too."""
+    node = joined(make_node)
+    node.tell(m.PeerAskedForRelay("p1", "bob"))
+    node.ask(m.Ping())
+    assert node.new(node.peer("bob")) == []  # the direct path answers: stay
+    node.net.block(BOB)
+    node.tell(m.PeerAskedForRelay("p1", "bob"))
+    node.ask(m.Ping())
+    written = node.new(node.peer("bob"))
+    assert written[2].startswith("PathSwitched(from_path='direct', to_path='relay', "
+                                 "reason='the peer asked for a relay session on the direct path'"), written
+    assert node.connection("p1", "bob").path == "relay"
+
+
+def test_a_peer_announcing_a_new_address_is_found_again_at_once(make_node) -> None:
+    """Its router rebooted and gave it a new public port: the control plane's re-announce
+    makes this side punch the new candidate at once, and WireGuard follows."""
+    moved = "203.0.113.2:40001"
+    node = joined(make_node)
+    node.net.block(BOB)
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(moved,)))
+    node.ask(m.Ping())
+    assert node.new(node.peer("bob")) == [
+        f"RemotePeerUpdated(candidates=('{moved}',), nat_type='unknown')",
+        f"HolePunchAttempted(local_candidates=('203.0.113.1:51820',), remote_candidates=('{moved}',))",
+        f"HolePunchSucceeded(endpoint='{moved}', rtt_ms=20.0, elapsed_ms=40.0)",
+        f"EndpointChanged(old_endpoint='{BOB}', new_endpoint='{moved}', "
+        "reason='the peer announced new candidates')",
+        f"WireGuardPeerConfigRequested(public_key='key-bob', endpoint='{moved}', "
+        "allowed_ips=('10.66.0.2/32',), keepalive_s=25)",
+        f"WireGuardPeerConfigured(public_key='key-bob', endpoint='{moved}', "
+        "allowed_ips=('10.66.0.2/32',), keepalive_s=25, decided_here=False)"]
+    assert kinds(run(node, 30), "PathSwitched") == []  # the new endpoint carries the traffic
+    state = node.connection("p1", "bob")
+    assert (state.state, state.path, state.endpoint) == ("connected", "direct", moved)
+
+
+def test_relays_answering_again_make_a_failed_connection_retry_at_once(make_node) -> None:
+    """This node's uplink was cut for five minutes: everything failed, the retries backed off
+    to 30 s. The relays answering again is the sign it is back: the retry comes at once."""
+    node = joined(make_node)
+    node.net.block(BOB)
+    node.net.set_relay(RELAY_A, None)
+    run(node, 300, busy=False)
+    assert node.connection("p1", "bob").state == "failed"
+    node.net.unblock(BOB)
+    node.net.set_relay(RELAY_A, 40.0)
+    written = run(node, 2, busy=False)
+    assert node.connection("p1", "bob").state == "connected", written
+    # Retry 1 again (the network changed): written; a probe, the relay, the punch behind it.
+    names = [line.split("(")[0] for _, line in written]
+    assert names[:2] == ["ReconnectAttempted", "RelayAllocationRequested"] and "RelaySessionOpened" in names
+    assert written[0][1].startswith(
+        "ReconnectAttempted(attempt=4, max_attempts=3, reason='unreachable: retry 1 ")
