@@ -187,3 +187,30 @@ def test_a_connection_on_a_relay_this_node_did_not_select_moves_when_that_relay_
         f"WireGuardPeerConfigured(public_key='key-carol', endpoint='{RELAY_A}', "
         "allowed_ips=('10.66.0.2/32',), keepalive_s=25, decided_here=False)",
         f"RelaySessionReleased(relay='{RELAY_B}', session_id='p1/carol', error='')"]
+
+
+def test_the_monitor_restarts_from_its_snapshots(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
+    for round_ in range(24):  # B's round trip jumps every interval: a record each, no switch
+        node.net.set_relay(RELAY_B, 45.0 if round_ % 2 else 90.0)
+        node.advance(30)
+    assert len(node.events(b)) > 20
+    node.stop()
+    node.start()  # folds every event, and leaves a snapshot of each long stream
+    node.ask(m.Ping())
+    node.stop()
+    reads: list[tuple[str, int]] = []
+    recorder = type(node.recorder)
+    read_stream = recorder.read_stream
+
+    def spy(self: object, stream_id: str, from_position: int = 1) -> list[object]:
+        reads.append((stream_id, from_position))
+        return read_stream(self, stream_id, from_position)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(recorder, "read_stream", spy)
+    node.start()
+    node.ask(m.Ping())
+    assert node.status().relay == RELAY_A  # its selection is read back from its stream's end
+    # B's stream from its snapshot on, never from its start.
+    assert min(position for stream, position in reads if stream == b) > 20
+    assert any(stream == a for stream, _ in reads)
