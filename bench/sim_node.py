@@ -153,8 +153,10 @@ class SimNode:
         return batch
 
 
-def capture(relayed: bool, peers: int) -> Capture:
-    logger.remove()  # the actors' log lines are not what is measured
+def capture(relayed: bool, peers: int, quiet: bool = True) -> Capture:
+    """``quiet``: drop loguru's handlers (the actors' log lines are not what is measured)."""
+    if quiet:
+        logger.remove()
     node = SimNode(relayed, peers)
     result = Capture(relayed, peers)
     try:
