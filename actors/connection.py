@@ -381,7 +381,9 @@ class PeerConnectionActor(Actor):
             self._commit([ev.HolePunchAttempted(**self._base(), local_candidates=self.init.local_candidates,
                                                 remote_candidates=self.state.candidates)], op.tag)
         ends = sorted((self.init.local_peer_id, self.init.peer_id))
-        number = op.attempt if op.kind == CONNECT else self.state.direct_retries + 1000
+        # Retries counted by an open run are retries too: the session numbering goes on as before.
+        counted = self.retry_run.count if self.retry_run is not None else 0
+        number = op.attempt if op.kind == CONNECT else self.state.direct_retries + counted + 1000
         self._request(fx.Punch(tag=op.tag, session=f"{self.init.party_id}:{ends[0]}:{ends[1]}:{number}",
                                candidates=self.state.candidates, timeout_s=self.cfg.punch_timeout_s,
                                peer_public_key=self.init.public_key))
