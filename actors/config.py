@@ -79,7 +79,26 @@ class ConnectionConfig:
     # DERP way): a relayed pair is up within a relay round trip instead of after a failed
     # punch. Skipped when one side is open or port-forwarded: direct is then near certain.
     relay_first: bool = True
-    metrics_interval_s: float = 60.0  # one aggregated MetricsSampled per window
+    metrics_interval_s: float = 60.0  # one aggregated metrics window (probes, counters) each
+    # A metric window whose figures match the last recorded sample is counted, not written:
+    # the same when its mean latency and its jitter are within metrics_same_ms or
+    # metrics_same_ratio of the recorded ones (the larger), its loss within metrics_same_loss,
+    # and its probe error the same. 5 ms / 25 %: a steady path's window means move by a few
+    # ms (probe noise, queueing); a route change or a saturated uplink moves them by tens.
+    # 0.1: one lost probe in a window of twelve (8 %) is noise; two (17 %) are written, as
+    # they near the 20 % that `diagnose` calls rising loss.
+    metrics_same_ms: float = 5.0
+    metrics_same_ratio: float = 0.25
+    metrics_same_loss: float = 0.1
+    # A run of same windows is written at least this often: the chart gets a point every
+    # quarter hour on a steady path (96 samples a peer-day instead of 1,440), and a crash
+    # loses at most a quarter hour of the count.
+    metrics_record_max_s: float = 900.0
+    # A run of direct-path retries failing for the same reason (every direct_retry_s on a
+    # relayed peer) is written as one counted record at its end, or at least this often:
+    # those records are kept for good (they are not samples), so an hour keeps a relayed
+    # peer's year at ~8,800 rows instead of ~1 million.
+    repeats_record_max_s: float = 3600.0
     keepalive_s: int = 25
     # A WireGuard change that failed is tried again after this, doubling up to the cap:
     # quick enough that a transient failure heals in seconds, bounded so a broken
@@ -100,7 +119,14 @@ class RelayMonitorConfig:
     # cost CPU (each is a socket, a worker task and a message).
     probes_per_round: int = 1
     probe_timeout_s: float = 0.5
-    record_interval_s: float = 30.0  # one RelayProbed per relay per interval; latency decisions here too
+    record_interval_s: float = 30.0  # latency decisions on each interval's aggregate
+    # An interval that changes nothing (every probe answered, or none, the median round trip
+    # within same_rtt_ms or same_rtt_ratio of the last record, and the relay not degraded) is
+    # counted into a run, not written; the run is one RelayProbed when something changes or
+    # after record_max_s: a steady relay writes one record an hour instead of 120.
+    same_rtt_ms: float = 5.0
+    same_rtt_ratio: float = 0.25
+    record_max_s: float = 3600.0
     dead_after_misses: int = 2  # consecutive lost probes: the relay is gone, fail over at once
     degraded_rtt_ms: float = 150.0  # the selected relay is degraded above this (or when silent)
     min_improvement_ms: float = 10.0  # a switch needs at least this much better ...

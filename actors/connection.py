@@ -49,17 +49,23 @@ from thespian.actors import (
 from actors import effects as fx
 from actors import logs
 from actors import messages as m
-from actors.journal import StreamWriter, open_recorder
+from actors.journal import StreamWriter, open_recorder, read_tail
 from actors.logs import logger
+from actors.repeats import RetryRun, SampleRuns, Window, sample_of
 from actors.timers import Timers, new_incarnation
 from events import types as ev
 from events.base import Event
 from events.fold import ConnectionState, apply_connection
-from events.streams import peer_stream
+from events.streams import metrics_stream, peer_stream
 from mesh.interfaces import PeerStats, PunchResult, RelayAllocation
 from mesh.nat.punch import should_try_direct
+from store.base import RecordedEvent
 
 ACTIVE = (ev.CONNECTING, ev.CONNECTED, ev.DEGRADED, ev.FAILED)
+# The state fields only metric samples set (besides a transition's reset of them).
+FIGURES = ("latency_ms", "jitter_ms", "loss", "quality", "rx_bytes", "tx_bytes")
+# Events that end every run of repeats: what follows is another situation.
+RUN_ENDS = (ev.ConnectionStateChanged, ev.PathSwitched, ev.PathChosen)
 UP = (ev.CONNECTED, ev.DEGRADED)
 
 MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, WATCH = (
@@ -158,12 +164,17 @@ class PeerConnectionActor(Actor):
         self.watching = False  # a watch reading (or its wakeup) is outstanding
         self.relay_quality: m.RelayQuality | None = None  # the selected relay's, from the monitor
         self.quality_switch_at: float | None = None  # the last path switch for quality (thespian time)
+        self.sample_runs = SampleRuns()
+        self.retry_run: RetryRun | None = None  # open after a failed retry of the direct path
         self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
 
     # ------------------------------------------------------------ thespian
 
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
+        if isinstance(message, ActorExitRequest) and self.init is not None and not self.finished:
+            self._guard(self._write_runs)  # a clean stop keeps what the runs counted
+            return
         if isinstance(message, ActorExitRequest | ChildActorExited):
             return
         if isinstance(message, m.PeerInit):
@@ -215,6 +226,11 @@ class PeerConnectionActor(Actor):
         self.writer = StreamWriter(open_recorder(init.store), stream, self.incarnation,
                                    {"node_id": init.node_id, "actor": self.actor})
         self.state = self.writer.replay(apply_connection, ConnectionState())
+        self.samples = StreamWriter(self.writer.recorder,
+                                    metrics_stream(init.node_id, init.party_id, init.peer_id),
+                                    self.incarnation, {"node_id": init.node_id, "actor": self.actor})
+        self.sample_runs, self.retry_run = SampleRuns(), None
+        self._restore_figures()
         settle: list[Event] = []
         if init.restarted and self.writer.position:
             settle.append(ev.ActorRestarted(actor=self.actor, reason=init.restarted))
@@ -293,6 +309,8 @@ class PeerConnectionActor(Actor):
 
     def _commit(self, events: Sequence[Event], causation: str) -> None:
         """Persist, then fold the stored records; every effect follows from ``self.state``."""
+        if any(isinstance(event, RUN_ENDS) for event in events):
+            self._end_runs()
         for record in self.writer.append(events, causation):
             self.state = apply_connection(self.state, record.event)
         for event in events:
@@ -403,13 +421,16 @@ class PeerConnectionActor(Actor):
         self._commit([started], op.tag)
         self._punch(op)
 
-    def _punch(self, op: Operation) -> None:
+    def _punch(self, op: Operation, record: bool = True) -> None:
+        """``record=False``: a retry inside a run of failed retries, counted by the run."""
         assert self.init is not None
-        if op.recorded:
+        if record and op.recorded:
             self._commit([ev.HolePunchAttempted(**self._base(), local_candidates=self.init.local_candidates,
                                                 remote_candidates=self.state.candidates)], op.tag)
         ends = sorted((self.init.local_peer_id, self.init.peer_id))
-        number = op.attempt if op.kind == CONNECT else self.state.direct_retries + 1000
+        # Retries counted by an open run are retries too: the session numbering goes on as before.
+        counted = self.retry_run.count if self.retry_run is not None else 0
+        number = op.attempt if op.kind == CONNECT else self.state.direct_retries + counted + 1000
         self._request(fx.Punch(tag=op.tag, session=f"{self.init.party_id}:{ends[0]}:{ends[1]}:{number}",
                                candidates=self.state.candidates, timeout_s=self.cfg.punch_timeout_s,
                                peer_public_key=self.init.public_key))
@@ -689,8 +710,16 @@ class PeerConnectionActor(Actor):
     def _on_retried(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
         self._finish(op)
         if not succeeded:
-            self._commit([ev.DirectPathRetried(**self._base(), succeeded=False, reason=result.reason)],
-                         op.tag)
+            run = self.retry_run
+            if run is not None and run.reason == result.reason:
+                run.add()  # the same failure again: counted
+                if run.count * self.cfg.direct_retry_s >= self.cfg.repeats_record_max_s - 1e-9:
+                    self._write_retry_run()
+            else:
+                self._write_retry_run()
+                self._commit([ev.DirectPathRetried(**self._base(), succeeded=False, reason=result.reason)],
+                             op.tag)
+                self.retry_run = RetryRun(result.reason)
             self._arm_direct_retry()
             return
         assert result.endpoint is not None
@@ -973,21 +1002,61 @@ class PeerConnectionActor(Actor):
 
     def _sample_metrics(self, stats: PeerStats | None) -> None:
         probing = self.probing
-        probes = len(probing.window) + probing.window_lost
-        if probes == 0:
+        if not probing.window and not probing.window_lost:
             return
-        window = probing.window
-        latency = sum(window) / len(window) if window else None
-        jitter = (sum(abs(a - b) for a, b in itertools.pairwise(window))
-                  / (len(window) - 1) if len(window) > 1 else None)
-        loss = probing.window_lost / probes
         rx, tx = (stats.rx_bytes, stats.tx_bytes) if stats else probing.traffic
-        quality = max(0.0, min(100.0, 100.0 - (latency or 0.0) / 10 - (jitter or 0.0) / 5 - loss * 100))
-        self._commit([ev.MetricsSampled(**self._base(), window_s=self.cfg.metrics_interval_s,
-                                        probes=probes, latency_ms=latency, jitter_ms=jitter, loss=loss,
-                                        rx_bytes=rx, tx_bytes=tx, quality=round(quality, 1),
-                                        probe_error=probing.last_error)], "metrics")
+        window = Window.measure(probing.window, probing.window_lost, rx, tx, probing.last_error,
+                                self.cfg.metrics_interval_s)
         probing.window, probing.window_lost, probing.last_error = [], 0, ""
+        for windows, counted in self.sample_runs.add(window, self.cfg):
+            self._write_samples(windows, counted)
+
+    def _write_samples(self, windows: list[Window], counted: bool) -> None:
+        """Metric samples go to their own stream (retention prunes it; transitions stay)."""
+        if not windows:
+            return
+        sample = sample_of(windows, self._base()["party_id"], self._base()["peer_id"],
+                           self.cfg.metrics_interval_s, counted)
+        for record in self.samples.append([sample], "metrics"):
+            self.state = apply_connection(self.state, record.event)
+
+    def _write_retry_run(self) -> None:
+        counted = self.retry_run.take(**self._base()) if self.retry_run is not None else None
+        if counted is not None:
+            for record in self.writer.append([counted], "direct-retry"):
+                self.state = apply_connection(self.state, record.event)
+
+    def _write_runs(self) -> None:
+        self._write_samples(self.sample_runs.take(), True)
+        self._write_retry_run()
+
+    def _end_runs(self) -> None:
+        """Before a transition or a path change: write what the runs counted, and close them."""
+        self._write_runs()
+        self.sample_runs.recorded = None
+        self.retry_run = None
+
+    def _restore_figures(self) -> None:
+        """After a restart: the figures as the replay folds them, the newest sample and the
+        transitions after it (a sample sets every figure; a transition may reset some)."""
+        recorder = self.samples.recorder
+        position = recorder.stream_position(self.samples.stream_id)
+        self.samples.position = position
+        newest = recorder.read_stream(self.samples.stream_id, position) if position else []
+        if not newest:
+            return
+        sample = newest[-1]
+        figures = apply_connection(ConnectionState(), sample.event)
+        for record in self._after(sample.global_position):
+            if isinstance(record.event, ev.ConnectionStateChanged):
+                figures = apply_connection(replace(figures, state=record.event.from_state), record.event)
+        self.state = replace(self.state, **{name: getattr(figures, name) for name in FIGURES})
+
+    def _after(self, global_position: int) -> list[RecordedEvent]:
+        """The connection stream's records after ``global_position``."""
+        records = read_tail(self.writer.recorder, self.writer.stream_id, self.writer.position,
+                            lambda tail: tail[0].global_position < global_position)
+        return [record for record in records if record.global_position > global_position]
 
     def _arm_direct_retry(self) -> None:
         if self.state.path == ev.RELAY and self._direct_ruled_out() is None:
@@ -999,7 +1068,7 @@ class PeerConnectionActor(Actor):
         if self.op is not None or not self._may_switch():
             self._arm_direct_retry()
             return
-        self._punch(self._begin(RETRY_DIRECT))
+        self._punch(self._begin(RETRY_DIRECT), record=self.retry_run is None)
 
     def _retry_delay(self, retry: int) -> float:
         """Capped exponential backoff, jittered per peer and retry (deterministic for replays and tests)."""

@@ -91,3 +91,17 @@ def append_together(writes: Sequence[tuple[StreamWriter, Sequence[Event], str]])
         if records:
             writer.position = records[-1].stream_position
     return recorded
+
+
+def read_tail(recorder: Recorder, stream_id: str, head: int,
+              enough: Callable[[list[RecordedEvent]], bool]) -> list[RecordedEvent]:
+    """The newest records of a stream, read back from ``head`` in growing spans until
+    ``enough`` says they reach far enough (or the stream's start is reached)."""
+    span = 32
+    while head:
+        start = max(1, head - span + 1)
+        records = recorder.read_stream(stream_id, start)
+        if start == 1 or not records or enough(records):
+            return records
+        span *= 4
+    return []

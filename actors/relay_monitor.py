@@ -2,8 +2,10 @@
 
 Probes run every ``probe_interval_s`` (0.5 s), all of a round at once through the edge
 (``ProbeRelay`` effects; a round closes when every probe has answered or timed out);
-each relay's stream (``relay:<host:port>``)
-gets one aggregated RelayProbed per ``record_interval_s`` (30 s), RelayDegraded while
+each relay's stream (``relay:<node>:<host:port>``)
+gets one aggregated RelayProbed per ``record_interval_s`` (30 s) that changed something
+(an interval that changed nothing joins a run, written as one counted RelayProbed when
+something changes or after ``record_max_s``), RelayDegraded while
 the selected relay is slow or silent, and RelaySelected when it becomes the node's
 relay. Latency decisions are taken on the aggregated window only: a degraded relay is
 replaced only by one that is at least ``min_improvement_ms`` better and below
@@ -11,13 +13,16 @@ replaced only by one that is at least ``min_improvement_ms`` better and below
 relay that misses ``dead_after_misses`` probes in a row is dead (a killed relay answers
 with ICMP port unreachable at once): when it is the selected one, the window is recorded
 early and the best live relay is selected on that tick.
+
+A restart folds each relay's stream from its snapshot, and finds the selected relay by
+reading back from the end of the streams of the relays ever selected.
 """
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from thespian.actors import Actor, ActorAddress, ActorExitRequest, PoisonMessage, WakeupMessage
@@ -26,8 +31,9 @@ from actors import effects as fx
 from actors import logs
 from actors import messages as m
 from actors.config import RelayMonitorConfig
-from actors.journal import StreamWriter, open_recorder
+from actors.journal import StreamWriter, open_recorder, read_tail
 from actors.logs import logger
+from actors.repeats import within
 from actors.timers import Timers, new_incarnation
 from events import types as ev
 from events.base import Event
@@ -48,6 +54,51 @@ class Window:
 
     def median(self) -> float | None:
         return statistics.median(self.rtts) if self.rtts else None
+
+
+@dataclass
+class ProbeRun:
+    """A relay's last written record and the intervals that changed nothing since."""
+
+    answered_all: bool | None = None  # of the last written record (None: none written yet)
+    rtt_ms: float | None = None
+    windows: int = 0
+    probes: int = 0
+    answered: int = 0
+    medians: list[float] = field(default_factory=list)
+    first_at: str = ""
+
+    def unchanged(self, window: Window, degraded: bool, config: RelayMonitorConfig) -> bool:
+        if self.answered_all is None or degraded or window.probes == 0:
+            return False
+        answered = len(window.rtts)
+        if answered not in (0, window.probes) or (answered == window.probes) != self.answered_all:
+            return False
+        return within(window.median(), self.rtt_ms, config.same_rtt_ms, config.same_rtt_ratio)
+
+    def add(self, window: Window, record_interval_s: float) -> None:
+        if not self.windows:
+            began = datetime.now(UTC) - timedelta(seconds=record_interval_s)
+            self.first_at = began.isoformat(timespec="milliseconds")
+        self.windows += 1
+        self.probes += window.probes
+        self.answered += len(window.rtts)
+        median = window.median()
+        if median is not None:
+            self.medians.append(median)
+
+    def take(self, relay: str) -> ev.RelayProbed | None:
+        if not self.windows:
+            return None
+        event = ev.RelayProbed(relay=relay, probes=self.probes, answered=self.answered,
+                               rtt_ms=statistics.median(self.medians) if self.medians else None,
+                               windows=self.windows, first_at=self.first_at)
+        self.windows, self.probes, self.answered, self.medians, self.first_at = 0, 0, 0, [], ""
+        return event
+
+    def written(self, window: Window) -> None:
+        self.answered_all = bool(window.rtts) and len(window.rtts) == window.probes
+        self.rtt_ms = window.median()
 
 
 @dataclass(frozen=True)
@@ -91,6 +142,7 @@ class RelayMonitorActor(Actor):
         self.states: dict[str, RelayState] = {}
         self.selected: str | None = None
         self.windows: dict[str, Window] = {}
+        self.runs: dict[str, ProbeRun] = {}
         self.ticks = 0  # probe ticks since the last record
         self.death_recorded = False  # the selected relay's death is in the log already
         self.dead: set[str] = set()  # relays seen dead (memory only; re-learnt after a restart)
@@ -100,6 +152,9 @@ class RelayMonitorActor(Actor):
 
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, ActorExitRequest):
+            if self.init is not None:
+                for relay in self.init.relays:  # a clean stop keeps what the runs counted
+                    self._write_run(relay)
             return
         if isinstance(message, m.RelayMonitorInit):
             if self.init is None:
@@ -140,14 +195,14 @@ class RelayMonitorActor(Actor):
                                   {"node_id": init.node_id, "actor": "relay-monitor"})
             self.writers[relay] = writer
             self.windows[relay] = Window()
-            state = RelayState(relay=relay)
-            for record in recorder.read_stream(writer.stream_id):
-                state = apply_relay(state, record.event)
-                writer.position = record.stream_position
-                if isinstance(record.event, ev.RelaySelected) and (
-                        last_selected is None or record.global_position > last_selected[0]):
-                    last_selected = (record.global_position, relay)
-            self.states[relay] = state
+            self.runs[relay] = ProbeRun()
+            state = self.states[relay] = writer.replay(apply_relay, RelayState(relay=relay))
+            if state.selected:  # ever selected: its last selection against the other relays
+                tail = read_tail(recorder, writer.stream_id, writer.position,
+                                 lambda records: any(isinstance(r.event, ev.RelaySelected) for r in records))
+                chosen = [r.global_position for r in tail if isinstance(r.event, ev.RelaySelected)]
+                if chosen and (last_selected is None or chosen[-1] > last_selected[0]):
+                    last_selected = (chosen[-1], relay)
         self.selected = last_selected[1] if last_selected else None
         if self.selected:
             self.send(self.parent, m.RelayChanged(self.selected, self.states[self.selected].rtt_ms, None))
@@ -160,8 +215,16 @@ class RelayMonitorActor(Actor):
                          self.timers.arm(PROBE))
 
     def _commit(self, relay: str, events: list[Event]) -> None:
+        if any(not isinstance(event, ev.RelayProbed) for event in events):
+            self._write_run(relay)  # a change: what the run counted comes before it
         for record in self.writers[relay].append(events, "probe-round"):
             self.states[relay] = apply_relay(self.states[relay], record.event)
+
+    def _write_run(self, relay: str) -> None:
+        counted = self.runs[relay].take(relay)
+        if counted is not None:
+            for record in self.writers[relay].append([counted], "probe-round"):
+                self.states[relay] = apply_relay(self.states[relay], record.event)
 
     def send_round(self) -> None:
         """One probe tick: every probe of every relay at once, through the edge."""
@@ -239,8 +302,16 @@ class RelayMonitorActor(Actor):
         for relay in self.init.relays:
             window = self.windows[relay]
             rtts[relay] = None if relay in dead else window.median()
-            self._commit(relay, [ev.RelayProbed(relay=relay, probes=window.probes,
-                                                answered=len(window.rtts), rtt_ms=window.median())])
+            run = self.runs[relay]
+            if run.unchanged(window, self.states[relay].degraded, config):
+                run.add(window, config.record_interval_s)  # changed nothing: counted
+                if run.windows * config.record_interval_s >= config.record_max_s - 1e-9:
+                    self._write_run(relay)
+            else:
+                self._write_run(relay)
+                self._commit(relay, [ev.RelayProbed(relay=relay, probes=window.probes,
+                                                    answered=len(window.rtts), rtt_ms=window.median())])
+                run.written(window)
             self.windows[relay] = Window(misses=window.misses)
         self.ticks = 0
         if self.selected is not None and self.selected not in dead:

@@ -2,37 +2,32 @@
 
     .venv/bin/python bench/log.py [--days 365] [--peers 16] [--repeat 5] [--keep 30d]
 
-Two nodes are simulated, each in its own SQLite database written through the real
+What a node writes is not modelled here: ``bench/sim_node.py`` runs the production
+actors (``ActorConfig()`` defaults, the simulated network adapters, a virtual clock) and
+records what they append: the node's start and first ``WARMUP_S`` (setup), one steady
+hour, and three episodes (a path lost for 20 s, a member leaving and joining again, a
+clean restart of the node). Round trips move by up to 20 % every probe interval, so
+the actors' tolerances decide what is counted and what is written. Two nodes are
+captured: one whose peers are all reachable directly, one whose peers are all behind
+NATs that refuse the punch (on a relay, retrying the direct path every 30 s).
+
+The year is then written, each node in its own SQLite database through the real
 ``EventStore`` (group commit, the same encoding and indexes as a node's log), with a
-simulated clock: one whose peers are all direct and one whose peers are all relayed.
-Events are appended an hour at a time with ``append_many`` (every event of that hour
-gets the hour's end as ``recorded_at``), and ``store.retention.upkeep`` (prune with
-``--keep``, then refresh snapshots) runs at the end of every simulated day. ``serve``
-runs it hourly; a daily run keeps up to a day more of samples, so the size after a
-year is an upper bound.
+simulated clock, an hour at a time with ``append_many`` (every event of an hour gets
+the hour's end as ``recorded_at``): hour 0 is the setup, every hour the steady hour's
+events, and the episodes at these rates (the one assumption of the model):
 
-What a node writes, at ``actors/config.py`` defaults, repeats counted (issue 10):
+- ``DROPS_PER_PEER_DAY`` (2): direct node, one peer's path is lost (the episode is
+  replayed on that peer); relayed node, the selected relay dies (every connection
+  moves), so each peer loses its path twice a day either way;
+- ``MEMBERSHIP_CHANGES_PER_DAY`` (2): a member leaves and joins again;
+- a clean restart every ``RESTART_EVERY_DAYS`` (7).
 
-- per peer, its metrics stream: one ``MetricsSampled`` per ``metrics_interval_s``
-  (60 s): 1,440 a day.
-- per peer, its connection stream: the start (attempt, path, punch, WireGuard, two
-  state changes), then ``DROPS_PER_PEER_DAY`` (2) drop-and-reconnect episodes a day
-  of 8 events each (degraded, reconnect attempt, connecting, attempt, path chosen,
-  punch attempted and its outcome or the relay, WireGuard configured, connected).
-- a relayed peer also retries the direct path every ``direct_retry_s`` (30 s), failing
-  for the same reason: counted, so each episode adds the first failed retry and punch
-  and, when the run of failures ends, one record of each with its count and time span
-  (4 events; modelled by ``*Repeats`` event types carrying ``repeats``, ``first_at``,
-  ``last_at``).
-- the relay monitor, per relay (``RELAYS``: 2): a probe round that changes nothing
-  adds nothing, so one ``RelayProbed`` an hour (``RELAY_CHANGES_PER_DAY``: 24, the
-  round trip moving past the recording threshold about hourly) and one
-  ``RelaySelected`` a day per node.
-- the party: ``MEMBERSHIP_CHANGES_PER_DAY`` (2) leave-and-rejoin of a member (left,
-  address released, joined, address allocated); the node: a restart a week
-  (stopped, started, NAT detected).
+``store.retention.upkeep`` (prune with ``--keep``, then refresh snapshots) runs at the
+end of every simulated day (``serve`` runs it hourly; a daily run keeps up to a day more
+of samples, so the size after a year is an upper bound).
 
-It prints, in one run:
+It prints, in one run, the captured mix (rows an hour by stream kind), and:
 
 1. bytes written per node-day: the database file's growth (pages, indexes included)
    per simulated day over days 2..30, before retention removes anything;
@@ -50,6 +45,7 @@ year; restart <= 2 s and <= 2 x the fresh restart. Exits 1 when a target is miss
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import sqlite3
@@ -66,10 +62,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
 
-from actors.config import ConnectionConfig
 from actors.journal import StreamWriter
-from events import types as ev
-from events.base import Event, register
+from bench.sim_node import PARTY, RELAYS, Capture, capture
+from events.base import Event
 from events.fold import (
     ConnectionState,
     NodeState,
@@ -80,15 +75,22 @@ from events.fold import (
     apply_party,
     apply_relay,
 )
-from events.streams import metrics_stream, node_stream, party_stream, peer_stream, relay_stream
+from events.streams import (
+    METRICS,
+    PEER,
+    node_stream,
+    parse_stream_id,
+    party_stream,
+    peer_stream,
+    relay_stream,
+)
 from store import PendingEvent, migrate
 from store.retention import log_stats, parse_keep, upkeep
 from store.sql import EventStore
 
 MB = 1_000_000
-RELAYS = ("203.0.113.10:3478", "203.0.113.11:3478")
+NODE_ID = "local"
 DROPS_PER_PEER_DAY = 2
-RELAY_CHANGES_PER_DAY = 24
 MEMBERSHIP_CHANGES_PER_DAY = 2
 RESTART_EVERY_DAYS = 7
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -96,231 +98,80 @@ DIRECT_DAY_TARGET = RELAYED_DAY_TARGET = 5 * MB
 YEAR_SIZE_TARGET = 500 * MB
 RESTART_TARGET_S = 2.0
 RESTART_RATIO_TARGET = 2.0
-
-
-@register
-@dataclass(frozen=True, kw_only=True)
-class DirectPathRetriedRepeats(ev.DirectPathRetried):
-    """The counted form: the same failed retry ``repeats`` times between two times."""
-
-    repeats: int = 1
-    first_at: str = ""
-    last_at: str = ""
-
-
-@register
-@dataclass(frozen=True, kw_only=True)
-class HolePunchAttemptedRepeats(ev.HolePunchAttempted):
-    repeats: int = 1
-    first_at: str = ""
-    last_at: str = ""
+Written = list[tuple[str, Event]]
 
 
 @dataclass
 class Node:
-    """One simulated node: its ids, the positions of its streams and its random source."""
+    """One simulated node: what its actors wrote, the positions of its streams, its random source."""
 
-    relayed: bool
-    peers: int
-    node_id: str = "3f9a1c2b7d4e"
-    party_id: str = "9c1e5f7a2b3d4c6e"
+    capture: Capture
     rng: random.Random = field(default_factory=lambda: random.Random(10))
     positions: dict[str, int] = field(default_factory=dict)
-    traffic: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def relayed(self) -> bool:
+        return self.capture.relayed
+
+    @property
+    def peers(self) -> int:
+        return self.capture.peers
 
     def peer_ids(self) -> list[str]:
-        return [f"{index:02d}{'b7e2a9c4d1f3e5'}" for index in range(self.peers)]
+        return [f"peer{index:02d}" for index in range(self.peers)]
 
 
-def _pending(node: Node, actor: str, causation: str, event: Event) -> PendingEvent:
-    return PendingEvent(event, {"node_id": node.node_id, "actor": actor, "causation": causation},
-                        os.urandom(16).hex())
+def on_peer(written: Written, peer_id: str) -> Written:
+    """An episode captured on one peer, as it happens to ``peer_id``."""
+    moved: Written = []
+    for stream, event in written:
+        kind = parse_stream_id(stream).kind
+        if kind in (PEER, METRICS) and hasattr(event, "peer_id"):
+            stream = f"{stream.rsplit(':', 1)[0]}:{peer_id}"
+            event = dataclasses.replace(event, peer_id=peer_id)  # type: ignore[type-var]
+        moved.append((stream, event))
+    return moved
 
 
-class Hour:
-    """The events of one simulated hour, by stream, in the order the actors write them."""
-
-    def __init__(self, node: Node, moment: datetime) -> None:
-        self.node = node
-        self.moment = moment
-        self.writes: dict[str, list[PendingEvent]] = {}
-
-    def add(self, stream: str, actor: str, causation: str, *events: Event) -> None:
-        self.writes.setdefault(stream, []).extend(_pending(self.node, actor, causation, e) for e in events)
-
-    def commit(self, store: EventStore) -> int:
-        positions = self.node.positions
-        writes = [(stream, events, positions.get(stream, 0)) for stream, events in self.writes.items()]
-        store.append_many(writes)
-        for stream, events, expected in writes:
-            positions[stream] = expected + len(events)
-        return sum(len(events) for _, events, _ in writes)
-
-
-def _peer_actor(node: Node, peer: str) -> str:
-    return f"peer-connection/{node.party_id}/{peer}"
-
-
-def _endpoint(node: Node, index: int) -> str:
-    return f"198.51.100.{20 + index}:{51820 + index}"
-
-
-def _connect(node: Node, hour: Hour, peer: str, index: int, attempt: int, causation: str) -> None:
-    """The events of one connection attempt through to connected, direct or relayed."""
-    party = node.party_id
-    relay = RELAYS[index % len(RELAYS)]
-    events: list[Event] = [
-        ev.ConnectionAttemptStarted(party_id=party, peer_id=peer, attempt=attempt,
-                                    path=ev.RELAY if node.relayed else ev.DIRECT),
-        ev.PathChosen(party_id=party, peer_id=peer, path=ev.RELAY if node.relayed else ev.DIRECT,
-                      reason="relay first, punch behind it" if node.relayed else "peer has a public endpoint",
-                      endpoint=None if node.relayed else _endpoint(node, index),
-                      relay=relay if node.relayed else None),
-        ev.HolePunchAttempted(party_id=party, peer_id=peer, local_candidates=("192.0.2.10:51820",),
-                              remote_candidates=(_endpoint(node, index),)),
-    ]
-    if node.relayed:
-        events.append(ev.HolePunchFailed(party_id=party, peer_id=peer, reason="no answer within 5.0 s",
-                                         elapsed_ms=5000.0))
-    else:
-        events.append(ev.HolePunchSucceeded(party_id=party, peer_id=peer, endpoint=_endpoint(node, index),
-                                            rtt_ms=node.rng.uniform(15, 40),
-                                            elapsed_ms=node.rng.uniform(20, 90)))
-    events.append(ev.WireGuardPeerConfigured(
-        party_id=party, peer_id=peer, public_key="B" * 43 + "=", endpoint=relay if node.relayed else
-        _endpoint(node, index), allowed_ips=(f"10.66.0.{index + 2}/32",)))
-    events.append(ev.ConnectionStateChanged(
-        party_id=party, peer_id=peer, from_state=ev.CONNECTING, to_state=ev.CONNECTED, reason="handshake",
-        path=ev.RELAY if node.relayed else ev.DIRECT,
-        endpoint=None if node.relayed else _endpoint(node, index), relay=relay if node.relayed else None,
-        latency_ms=node.rng.uniform(15, 60)))
-    hour.add(peer_stream(node.node_id, party, peer), _peer_actor(node, peer), causation, *events)
-
-
-def _start(node: Node, hour: Hour) -> None:
-    """A node's first start: node facts, the party and its members, every connection."""
-    nid, party = node.node_id, node.party_id
-    hour.add(node_stream(nid), "node", "node",
-             ev.NodeStarted(node_id=nid, public_key="A" * 43 + "=", listen_port=51820,
-                            software_version="1.0"),
-             ev.NatDetected(node_id=nid, nat_type=ev.NAT_PORT_RESTRICTED, public_ip="192.0.2.10",
-                            public_port=51820),
-             ev.NodePartyOpened(node_id=nid, party_id=party))
-    members: list[Event] = [ev.PartyJoined(party_id=party, name="friday LAN", local_peer_id="local",
-                                           subnet="10.66.0.0/16")]
-    for index, peer in enumerate(node.peer_ids()):
-        members += [ev.PeerJoined(party_id=party, peer_id=peer, name=f"player {index}",
-                                  public_key="B" * 43 + "=",
-                                  nat_type=ev.NAT_SYMMETRIC if node.relayed else ev.NAT_OPEN),
-                    ev.VirtualIpAllocated(party_id=party, peer_id=peer, virtual_ip=f"10.66.0.{index + 2}")]
-    hour.add(party_stream(nid, party), f"party/{party}", "join", *members)
-    for index, peer in enumerate(node.peer_ids()):
-        hour.add(peer_stream(nid, party, peer), _peer_actor(node, peer), "announce",
-                 ev.ConnectionStateChanged(party_id=party, peer_id=peer, from_state=None,
-                                           to_state=ev.CONNECTING, reason="peer joined"))
-        _connect(node, hour, peer, index, 1, "announce")
-    for relay in RELAYS:
-        hour.add(relay_stream(nid, relay), "relay-monitor", "probe",
-                 ev.RelayProbed(relay=relay, probes=180, answered=180, rtt_ms=node.rng.uniform(20, 60)))
-    hour.add(relay_stream(nid, RELAYS[0]), "relay-monitor", "probe",
-             ev.RelaySelected(relay=RELAYS[0], rtt_ms=25.0, previous_relay=None,
-                              reason="lowest round trip (25.0 ms) of 2 relays"))
-
-
-def _drop(node: Node, hour: Hour, peer: str, index: int) -> None:
-    party = node.party_id
-    stream, actor = peer_stream(node.node_id, party, peer), _peer_actor(node, peer)
-    path = ev.RELAY if node.relayed else ev.DIRECT
-    hour.add(stream, actor, "probe",
-             ev.ConnectionStateChanged(party_id=party, peer_id=peer, from_state=ev.CONNECTED,
-                                       to_state=ev.DEGRADED, reason="3 probes lost", path=path),
-             ev.ReconnectAttempted(party_id=party, peer_id=peer, attempt=1, max_attempts=3,
-                                   reason="3 probes lost"),
-             ev.ConnectionStateChanged(party_id=party, peer_id=peer, from_state=ev.DEGRADED,
-                                       to_state=ev.CONNECTING, reason="reconnecting", path=path))
-    _connect(node, hour, peer, index, 2, "reconnect")
-    if node.relayed:
-        # The direct path is retried every 30 s and fails the same way: the first failure of the
-        # run, and the run's count and span when it ends (here: at the next drop).
-        first = hour.moment.isoformat()
-        span = (hour.moment + timedelta(hours=12)).isoformat()
-        repeats = int(12 * 3600 / ConnectionConfig().direct_retry_s)
-        hour.add(stream, actor, "retry",
-                 ev.DirectPathRetried(party_id=party, peer_id=peer, succeeded=False,
-                                      reason="no answer within 5.0 s"),
-                 ev.HolePunchAttempted(party_id=party, peer_id=peer, local_candidates=("192.0.2.10:51820",),
-                                       remote_candidates=(_endpoint(node, index),)),
-                 DirectPathRetriedRepeats(party_id=party, peer_id=peer, succeeded=False,
-                                          reason="no answer within 5.0 s", repeats=repeats, first_at=first,
-                                          last_at=span),
-                 HolePunchAttemptedRepeats(party_id=party, peer_id=peer,
-                                           local_candidates=("192.0.2.10:51820",),
-                                           remote_candidates=(_endpoint(node, index),), repeats=repeats,
-                                           first_at=first, last_at=span))
-
-
-def _metrics(node: Node, hour: Hour) -> None:
-    windows = int(3600 / ConnectionConfig().metrics_interval_s)
-    rng = node.rng
-    for peer in node.peer_ids():
-        base = 45.0 if node.relayed else 22.0
-        events = []
-        for _ in range(windows):
-            rx = node.traffic[peer] = node.traffic.get(peer, 0) + rng.randint(2_000, 4_000_000)
-            latency, jitter = rng.uniform(base * 0.8, base * 1.3), rng.uniform(0.2, 6.0)
-            events.append(ev.MetricsSampled(party_id=node.party_id, peer_id=peer, window_s=60.0, probes=12,
-                                            latency_ms=latency, jitter_ms=jitter, loss=0.0, rx_bytes=rx,
-                                            tx_bytes=rx // 2,
-                                            quality=round(100 - latency / 10 - jitter / 5, 1)))
-        hour.add(metrics_stream(node.node_id, node.party_id, peer), _peer_actor(node, peer), "metrics",
-                 *events)
-
-
-def _membership(node: Node, hour: Hour) -> None:
-    party = node.party_id
-    index = node.rng.randrange(node.peers)
-    peer = node.peer_ids()[index]
-    hour.add(party_stream(node.node_id, party), f"party/{party}", "control",
-             ev.PeerLeft(party_id=party, peer_id=peer, reason="left the party"),
-             ev.VirtualIpReleased(party_id=party, peer_id=peer, virtual_ip=f"10.66.0.{index + 2}"),
-             ev.PeerJoined(party_id=party, peer_id=peer, name=f"player {index}", public_key="B" * 43 + "=",
-                           nat_type=ev.NAT_SYMMETRIC if node.relayed else ev.NAT_OPEN),
-             ev.VirtualIpAllocated(party_id=party, peer_id=peer, virtual_ip=f"10.66.0.{index + 2}"))
-
-
-def _restart(node: Node, hour: Hour) -> None:
-    nid = node.node_id
-    hour.add(node_stream(nid), "node", "node", ev.NodeStopped(node_id=nid, reason="SIGTERM"),
-             ev.NodeStarted(node_id=nid, public_key="A" * 43 + "=", listen_port=51820,
-                            software_version="1.0"),
-             ev.NatDetected(node_id=nid, nat_type=ev.NAT_PORT_RESTRICTED, public_ip="192.0.2.10",
-                            public_port=51820))
-
-
-def simulate_hour(node: Node, store: EventStore, index: int, moment: datetime) -> int:
-    hour = Hour(node, moment)
-    if index == 0:
-        _start(node, hour)
+def simulate_hour(node: Node, store: EventStore, index: int) -> int:
+    """Append one hour of the node's log; returns the number of events."""
+    taken = node.capture
+    written: Written = list(taken.setup) if index == 0 else []
+    written += taken.hour
     day, hour_of_day = divmod(index, 24)
     rng = node.rng
-    for peer_index, peer in enumerate(node.peer_ids()):
+    if node.relayed:
         if rng.random() < DROPS_PER_PEER_DAY / 24:
-            _drop(node, hour, peer, peer_index)
-    for relay in RELAYS:
-        if rng.random() < RELAY_CHANGES_PER_DAY / 24:
-            hour.add(relay_stream(node.node_id, relay), "relay-monitor", "probe",
-                     ev.RelayProbed(relay=relay, probes=21_600, answered=21_600, rtt_ms=rng.uniform(20, 60)))
-    if hour_of_day == 12:
-        relay = RELAYS[day % len(RELAYS)]
-        hour.add(relay_stream(node.node_id, relay), "relay-monitor", "probe",
-                 ev.RelaySelected(relay=relay, rtt_ms=25.0, previous_relay=RELAYS[(day + 1) % len(RELAYS)],
-                                  reason="12.0 ms better (25.0 ms against 37.0 ms)"))
+            written += taken.episodes["drop"]
+    else:
+        dropped = "peer00"  # the peer the episode was captured on
+        for peer in node.peer_ids():
+            if rng.random() < DROPS_PER_PEER_DAY / 24:
+                episode = taken.episodes["drop"]
+                written += episode if peer == dropped else on_peer(episode, peer)
     if rng.random() < MEMBERSHIP_CHANGES_PER_DAY / 24:
-        _membership(node, hour)
+        written += taken.episodes["membership"]
     if hour_of_day == 3 and day % RESTART_EVERY_DAYS == RESTART_EVERY_DAYS - 1:
-        _restart(node, hour)
-    _metrics(node, hour)
-    return hour.commit(store)
+        written += taken.episodes["restart"]
+    by_stream: dict[str, list[PendingEvent]] = {}
+    for stream, event in written:
+        by_stream.setdefault(stream, []).append(PendingEvent(event, {"node_id": NODE_ID, "actor": "bench"},
+                                                             os.urandom(16).hex()))
+    positions = node.positions
+    writes = [(stream, events, positions.get(stream, 0)) for stream, events in by_stream.items()]
+    store.append_many(writes)
+    for stream, events, expected in writes:
+        positions[stream] = expected + len(events)
+    return len(written)
+
+
+def mix(taken: Capture) -> str:
+    """The steady hour's rows by stream kind and type, as the actors wrote them."""
+    counts: dict[str, int] = {}
+    for stream, event in taken.hour:
+        key = f"{parse_stream_id(stream).kind}/{event.event_type}"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{key} {count}" for key, count in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 @dataclass
@@ -341,19 +192,19 @@ def database_bytes(path: Path) -> int:
                                       "pragma_page_size()").fetchone()[0])
 
 
-def simulate(directory: Path, name: str, relayed: bool, peers: int, hours: int, keep: timedelta,
+def simulate(directory: Path, name: str, taken: Capture, hours: int, keep: timedelta,
              upkeep_daily: bool = True) -> Simulation:
     path = directory / f"{name}.db"
     url = f"sqlite:///{path}"
     migrate(url)
-    node = Node(relayed=relayed, peers=peers)
+    node = Node(taken)
     clock = [START]
     simulation = Simulation(node, path, url)
     started = time.perf_counter()
     with EventStore(url, clock=lambda: clock[0]) as store:
         for index in range(hours):
             clock[0] = START + timedelta(hours=index + 1)
-            simulation.events += simulate_hour(node, store, index, clock[0])
+            simulation.events += simulate_hour(node, store, index)
             if (index + 1) % 24 == 0:
                 day = (index + 1) // 24
                 if upkeep_daily:
@@ -374,15 +225,14 @@ def restart(simulation: Simulation) -> float:
     node = simulation.node
     started = time.perf_counter()
     with EventStore(simulation.url) as store:
-        StreamWriter(store, node_stream(node.node_id), "r", {}).replay(apply_node, NodeState())
-        StreamWriter(store, party_stream(node.node_id, node.party_id), "r", {}).replay(apply_party,
-                                                                                       PartyState())
+        StreamWriter(store, node_stream(NODE_ID), "r", {}).replay(apply_node, NodeState())
+        StreamWriter(store, party_stream(NODE_ID, PARTY), "r", {}).replay(apply_party, PartyState())
         for peer in node.peer_ids():
-            StreamWriter(store, peer_stream(node.node_id, node.party_id, peer), "r", {}).replay(
+            StreamWriter(store, peer_stream(NODE_ID, PARTY, peer), "r", {}).replay(
                 apply_connection, ConnectionState())
         for relay in RELAYS:
-            StreamWriter(store, relay_stream(node.node_id, relay), "r", {}).replay(apply_relay,
-                                                                                  RelayState(relay=relay))
+            StreamWriter(store, relay_stream(NODE_ID, relay), "r", {}).replay(apply_relay,
+                                                                             RelayState(relay=relay))
     return time.perf_counter() - started
 
 
@@ -416,14 +266,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lanrage-bench-log-") as name:
         directory = Path(name)
         for label, relayed in (("direct", False), ("relayed", True)):
-            year = simulate(directory, f"{label}-year", relayed, args.peers, args.days * 24, keep)
-            fresh = simulate(directory, f"{label}-fresh", relayed, args.peers, 1, keep, upkeep_daily=False)
+            taken = capture(relayed, args.peers)
+            year = simulate(directory, f"{label}-year", taken, args.days * 24, keep)
+            fresh = simulate(directory, f"{label}-fresh", taken, 1, keep, upkeep_daily=False)
             times = medians({"year": lambda year=year: restart(year),
                              "fresh": lambda fresh=fresh: restart(fresh)}, args.repeat)
             with EventStore(year.url) as store:
                 stats = log_stats(store)
             results[label] = {"year": year, "fresh": fresh, "times": times, "stats": stats,
-                              "per_day": per_day(year)}
+                              "per_day": per_day(year), "node": taken}
     load_after = os.getloadavg()
 
     print(f"log benchmark: {args.peers} peers, {args.days} simulated days, retention {args.keep}, "
@@ -445,12 +296,9 @@ def main() -> None:
                   f"oldest {kind.oldest.date() if kind.oldest else '-'}")
         daily_events = year.events / max(args.days, 1)
         row_bytes = result["per_day"] / daily_events
-        samples = args.peers * 86400 / ConnectionConfig().metrics_interval_s
-        budget = DIRECT_DAY_TARGET / row_bytes - (daily_events - samples)
-        interval = 86400 * args.peers / budget if budget > 0 else float("inf")
         print(f"  about {row_bytes:.0f} bytes a row on disk: 5 MB a day holds "
-              f"{DIRECT_DAY_TARGET / row_bytes:,.0f} rows, i.e. one metric sample per peer every "
-              f"{interval:.0f} s beside the rest")
+              f"{DIRECT_DAY_TARGET / row_bytes:,.0f} rows")
+        print(f"  the actors' steady hour ({len(result['node'].hour)} rows): {mix(result['node'])}")
         ratio = times["year"] / times["fresh"]
         print(f"  restart with the year's log {times['year'] * 1000:8.1f} ms; "
               f"fresh {times['fresh'] * 1000:.1f} ms; ratio {ratio:.2f}")

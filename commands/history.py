@@ -32,7 +32,7 @@ from events.streams import METRICS, PEER, node_of
 CONNECTION_TYPES = ("ConnectionAttemptStarted", "PathChosen", "HolePunchAttempted", "HolePunchSucceeded",
                     "HolePunchFailed", "WireGuardPeerConfigured", "WireGuardPeerRemoved",
                     "ConnectionStateChanged", "EndpointChanged", "ReconnectAttempted", "PathSwitched",
-                    "DirectPathRetried")
+                    "DirectPathRetried", "DirectPathRetriesRepeated")
 
 NodeOption = Annotated[str | None, typer.Option(
     "--node", help="Only this node's streams (its node id), in a database that several nodes share.")]

@@ -278,6 +278,10 @@ def apply_connection(state: ConnectionState, event: Event) -> ConnectionState:
                            relay=event.to_relay if event.to_path == ev.RELAY else None)
         case ev.DirectPathRetried():
             return _evolve(state, direct_retries=state.direct_retries + 1, punching=False)
+        case ev.DirectPathRetriesRepeated():
+            # Each counted retry was a punch too (its HolePunchAttempted counted, not written).
+            return _evolve(state, direct_retries=state.direct_retries + event.count,
+                           punches=state.punches + event.count, punching=False)
     return state
 
 

@@ -600,13 +600,38 @@ class DirectPathRetried(Event):
 
 @register
 @dataclass(frozen=True, kw_only=True)
+class DirectPathRetriesRepeated(Event):
+    """``count`` more retries of the direct path (each a hole punch) that failed for the same
+    ``reason`` as the ``DirectPathRetried`` before them, from ``first_at`` to ``last_at``
+    (ISO 8601, UTC): a repeated outcome is counted, not written again.
+
+    Written when the run ends (another outcome, the connection leaves the relay or stops)
+    or once it has lasted ``ConnectionConfig.repeats_record_max_s``.
+    """
+
+    party_id: str
+    peer_id: str
+    reason: str
+    count: int
+    first_at: str
+    last_at: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
 class MetricsSampled(Event):
     """One aggregated sample over ``window_s`` seconds (never one row a probe).
 
     ``probe_error``: why the window's last lost probe was lost, when the prober said
     (empty when none was lost, or a probe simply went unanswered).
+
+    v2 counts repeats: ``windows`` metric windows whose figures stayed the same (within
+    the tolerances of ``ConnectionConfig``) are one sample, from ``first_at`` (ISO 8601,
+    UTC; empty for one window) to the time it was recorded; ``window_s`` is their sum and
+    the figures are their average. v1 rows are one window.
     """
 
+    version = 2
     party_id: str
     peer_id: str
     window_s: float
@@ -618,6 +643,15 @@ class MetricsSampled(Event):
     tx_bytes: int
     quality: float
     probe_error: str = ""
+    windows: int = 1
+    first_at: str = ""
+
+
+@upcaster("MetricsSampled", 1)
+def _metrics_sampled_v1_to_v2(payload: Payload) -> Payload:
+    payload.setdefault("windows", 1)
+    payload.setdefault("first_at", "")
+    return payload
 
 
 # ---------------------------------------------------------------- relay streams
@@ -626,12 +660,28 @@ class MetricsSampled(Event):
 @register
 @dataclass(frozen=True, kw_only=True)
 class RelayProbed(Event):
-    """Aggregated probes of one relay over an interval."""
+    """Aggregated probes of one relay over an interval.
 
+    v2 counts repeats: ``windows`` record intervals that changed nothing (all probes
+    answered, or none, and the round trip within the tolerances of
+    ``RelayMonitorConfig``) are one record, from ``first_at`` (ISO 8601, UTC; empty for
+    one interval) to the time it was recorded; ``rtt_ms`` is the median of their medians.
+    """
+
+    version = 2
     relay: str
     probes: int
     answered: int
     rtt_ms: float | None
+    windows: int = 1
+    first_at: str = ""
+
+
+@upcaster("RelayProbed", 1)
+def _relay_probed_v1_to_v2(payload: Payload) -> Payload:
+    payload.setdefault("windows", 1)
+    payload.setdefault("first_at", "")
+    return payload
 
 
 @register

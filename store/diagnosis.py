@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from events import types as ev
-from events.streams import peer_stream_ids, stream_kind
+from events.streams import METRICS, PEER, peer_stream_ids, stream_kind
 from store.base import RecordedEvent
 
 # How far before an incident its causes are looked for: a lost peer is declared after
@@ -108,6 +108,12 @@ class Window:
 
 
 Rule = Callable[[Window], Finding | None]
+
+
+def connection_of(stream_id: str) -> str:
+    """The connection stream a record speaks of: a sample's stream (``metrics:...``) names its
+    connection's (``peer:...``); older logs hold samples in the connection's stream itself."""
+    return PEER + stream_id[len(METRICS):] if stream_kind(stream_id) == METRICS else stream_id
 
 
 def _ms(value: float | None) -> str:
@@ -263,7 +269,8 @@ def direct_path_failed(window: Window) -> Finding | None:
         return None  # the relay did not reach the peer either: that drop is its own incident
     evidence = [Fact.of(window.incident.record, f"{_describe(window.incident.record)}; now via "
                                                 f"{event.to_relay or event.endpoint or 'a relay'}")]
-    answered = [r for r in later if isinstance(r.event, ev.MetricsSampled) and r.event.loss < 1.0]
+    answered = [r for r in window.after() if connection_of(r.stream_id) == mine
+                and isinstance(r.event, ev.MetricsSampled) and r.event.loss < 1.0]
     evidence += [Fact.of(r, f"on the relay: loss {_pct(r.event.loss)}, latency {_ms(r.event.latency_ms)}")
                  for r in answered[:2]]
     return Finding("direct_path_failed", f"the direct path to {window.peer_name} stopped carrying traffic "
@@ -298,8 +305,8 @@ def remote_unreachable(window: Window) -> Finding | None:
 
 def loss_rose(window: Window) -> Finding | None:
     """The samples before the drop show loss rising."""
-    samples = [r for r in window.connection if isinstance(r.event, ev.MetricsSampled)
-               and window.at - LOOKBACK <= r.recorded_at <= window.at]
+    samples = [r for r in window.before() if isinstance(r.event, ev.MetricsSampled)
+               and connection_of(r.stream_id) == window.connection_stream]
     if not samples:
         return None
     lossy = [r for r in samples if r.event.loss >= LOSS_ROSE]
@@ -350,20 +357,21 @@ def _other_connections(window: Window) -> dict[str, RecordedEvent | None]:
     near: dict[str, RecordedEvent | None] = {}
     up: dict[str, bool] = {}
     for record in window.around:
-        if stream_kind(record.stream_id) != "peer" or record.stream_id == mine:
+        stream = connection_of(record.stream_id)
+        if stream_kind(stream) != PEER or stream == mine:
             continue
         event = record.event
         if record.recorded_at <= window.at and isinstance(event, ev.ConnectionStateChanged):
-            up[record.stream_id] = event.to_state in UP
+            up[stream] = event.to_state in UP
         if _is_drop(record) and abs(record.recorded_at - window.at) <= TOGETHER:
-            near.setdefault(record.stream_id, record)
+            near.setdefault(stream, record)
         elif isinstance(event, ev.MetricsSampled) and event.loss < 1.0:
-            up.setdefault(record.stream_id, True)
+            up.setdefault(stream, True)
     return {stream: near.get(stream) for stream, is_up in up.items() if is_up or stream in near}
 
 
 def _last_sign_of_life(window: Window, stream_id: str) -> RecordedEvent | None:
-    alive = [r for r in window.around if r.stream_id == stream_id and (
+    alive = [r for r in window.around if connection_of(r.stream_id) == stream_id and (
         (isinstance(r.event, ev.MetricsSampled) and r.event.loss < 1.0)
         or (isinstance(r.event, ev.ConnectionStateChanged) and r.event.to_state in UP))]
     return alive[-1] if alive else None
@@ -440,7 +448,7 @@ def diagnose(window: Window, rules: Sequence[Rule] = RULES) -> list[Finding]:
               and r.global_position != window.incident.record.global_position
               and not isinstance(r.event, ev.MetricsSampled)][-6:]
     facts += [Fact.of(r, f"loss {_pct(r.event.loss)}, latency {_ms(r.event.latency_ms)}")
-              for r in window.before() if r.stream_id == window.connection_stream
+              for r in window.before() if connection_of(r.stream_id) == window.connection_stream
               and isinstance(r.event, ev.MetricsSampled)][-3:]
     return [Finding("unknown", "the cause cannot be told from this node's log; the facts around the drop "
                     "follow", tuple(sorted(facts, key=lambda fact: fact.global_position)))]

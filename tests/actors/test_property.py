@@ -14,7 +14,7 @@ from thespian.actors import ActorExitRequest
 import mesh.sim as sim
 from actors import messages as m
 from events.fold import ConnectionState, PartyState, apply_connection, apply_party, fold_stream
-from events.streams import stream_kind
+from events.streams import METRICS, PEER, stream_kind
 from tests.actors.conftest import RELAY_A, RELAY_B, VirtualClock, make_config
 from tests.actors.conftest import Node as Harness
 
@@ -87,11 +87,15 @@ def check(node: Harness) -> set[str]:
     assert party.active and status.parties[0].active
     assert {pid: (mb.name, mb.public_key, mb.virtual_ip) for pid, mb in party.members} == {
         pid: (p.name, p.public_key, p.virtual_ip) for pid, p in live.items()}
-    streams = {r.stream_id for r in node.recorder.read_all() if stream_kind(r.stream_id) == "peer"}
+    records = list(node.recorder.read_all())
+    streams = {r.stream_id for r in records if stream_kind(r.stream_id) == "peer"}
     seen = set()
     for stream in streams:
         peer = stream.rsplit(":", 1)[1]
-        replayed = fold_stream(apply_connection, ConnectionState(), node.events(stream))
+        # As the replay tool folds it: the connection's stream and its samples' stream, in log order.
+        samples = METRICS + stream[len(PEER):]
+        replayed = fold_stream(apply_connection, ConnectionState(),
+                               [r.event for r in records if r.stream_id in (stream, samples)])
         seen.add(str(replayed.state))
         if peer in live:
             assert live[peer].connection == replayed, peer
@@ -113,7 +117,9 @@ def test_live_state_equals_replay_after_every_step(monkeypatch, tmp_path_factory
     name = f"h{uuid.uuid4().hex[:10]}"
     sim.reset(name)
     url = f"sqlite:///{tmp_path_factory.mktemp('property') / 'events.db'}"
-    node = Harness(name, VirtualClock(monkeypatch), make_config(), (RELAY_A, RELAY_B), store_url=url)
+    # Metric windows of a minute: samples (and runs of them) among the steps, and restarts after them.
+    node = Harness(name, VirtualClock(monkeypatch), make_config(metrics_interval_s=60.0), (RELAY_A, RELAY_B),
+                   store_url=url)
     node.start()
     seen: set[str] = set()
     try:

@@ -148,3 +148,26 @@ def test_a_connection_awaiting_its_restart_is_still_closed(make_node, leaving: s
     node.advance(10)  # the pending restart finds nothing to restart
     assert len(node.events(node.peer("bob"))) == seen + 3
     assert node.net.wireguard_changes("local") == [("configure", "key-bob", BOB), ("remove", "key-bob", None)]
+
+
+@pytest.mark.parametrize("after_sample", ["nothing", "a transition"])
+def test_a_restarted_connection_holds_the_figures_the_replay_shows(make_node, after_sample: str) -> None:
+    """Samples have their own stream: a restart folds the newest one and the transitions after it."""
+    node = make_node(metrics_interval_s=60.0)
+    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
+    node.net.set_latency("10.66.0.2", 30.0)
+    node.advance(62)
+    if after_sample == "a transition":
+        node.net.set_latency("10.66.0.2", 250.0)
+        node.advance(5)  # connected -> degraded keeps the sample's jitter and loss
+    before = node.connection("p1", "bob")
+    assert before.jitter_ms is not None and before.rx_bytes == 0 and before.latency_ms is not None
+    kill_peer_actor(node)
+    node.ask(m.Ping())
+    after = node.connection("p1", "bob")
+    records = list(node.recorder.read_all())
+    samples = "metrics" + node.peer("bob")[len("peer"):]
+    replay = fold_stream(apply_connection, ConnectionState(),
+                         [r.event for r in records if r.stream_id in (node.peer("bob"), samples)])
+    assert after == replay == before

@@ -13,6 +13,8 @@ import pytest
 import mesh.sim as sim
 from actors import messages as m
 from actors.config import ActorConfig, ConnectionConfig, RelayMonitorConfig
+from events import types as ev
+from events.base import Event
 from events.streams import relay_stream
 from tests.actors.conftest import RELAY_A, RELAY_B, Node, VirtualClock
 
@@ -35,7 +37,14 @@ def node(clock: VirtualClock) -> Node:
 
 
 def probed(relay: str, probes: int, answered: int, rtt: float | None) -> str:
-    return f"RelayProbed(relay='{relay}', probes={probes}, answered={answered}, rtt_ms={rtt})"
+    return (f"RelayProbed(relay='{relay}', probes={probes}, answered={answered}, rtt_ms={rtt}, "
+            "windows=1, first_at='')")
+
+
+def counted(event: Event) -> tuple[object, ...]:
+    """A counted record (its ``first_at`` is the run's start, a wall-clock time)."""
+    assert isinstance(event, ev.RelayProbed) and event.first_at, event
+    return event.probes, event.answered, event.rtt_ms, event.windows
 
 
 def relayed_carol(node: Node) -> None:
@@ -46,7 +55,7 @@ def relayed_carol(node: Node) -> None:
     node.new(node.peer("carol"))
 
 
-def test_probes_every_second_are_recorded_once_per_interval(node: Node) -> None:
+def test_probes_every_second_are_recorded_once_per_interval_and_repeats_counted(node: Node) -> None:
     a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
     assert node.new(a) == [probed(RELAY_A, 3, 3, 40.0), f"RelaySelected(relay='{RELAY_A}', rtt_ms=40.0, "
                            "previous_relay=None, reason='lowest round trip (40.0 ms) of 2 relays')"]
@@ -55,8 +64,15 @@ def test_probes_every_second_are_recorded_once_per_interval(node: Node) -> None:
     assert node.new(a) == node.new(b) == []  # 29 ticks, 87 probes each, nothing stored yet
     assert sim.network(node.name).probe_count == 0  # no peer probes either
     node.advance(1)
-    assert node.new(a) == [probed(RELAY_A, 90, 90, 40.0)]
-    assert node.new(b) == [probed(RELAY_B, 90, 90, 45.0)]
+    assert node.new(a) == node.new(b) == []  # an interval that changed nothing: counted
+    node.net.set_relay(RELAY_B, 60.0)  # beyond 5 ms and 25 % of 45 ms: a change
+    node.advance(30)
+    assert node.new(a) == []
+    assert node.new(b)[1:] == [probed(RELAY_B, 90, 90, 60.0)]
+    assert counted(node.events(b)[-2]) == (90, 90, 45.0, 1)  # the run before the change
+    node.advance(3600 - 60)
+    # A run is written at least every record_max_s: A's first hour of same intervals.
+    assert [counted(e) for e in node.events(a)[2:]] == [(10800, 10800, 40.0, 120)]
 
 
 def test_slow_selected_relay_waits_for_the_record_interval(node: Node) -> None:
@@ -86,9 +102,11 @@ def test_dead_selected_relay_fails_over_on_the_next_tick(node: Node) -> None:
     node.advance(1)  # one tick: 2 lost probes in a row, the window is recorded early
     assert node.new(a) == [probed(RELAY_A, 33, 30, 40.0), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
                            "reason='no answer to 2 probes in a row')"]
-    assert node.new(b) == [probed(RELAY_B, 33, 33, 45.0), f"RelaySelected(relay='{RELAY_B}', rtt_ms=45.0, "
-                           f"previous_relay='{RELAY_A}', reason='{RELAY_A} stopped answering; "
-                           f"{RELAY_B} is 45.0 ms')"]
+    # B's window changed nothing (counted), but its selection does: the count is written first.
+    assert node.new(b)[1:] == [f"RelaySelected(relay='{RELAY_B}', rtt_ms=45.0, "
+                               f"previous_relay='{RELAY_A}', reason='{RELAY_A} stopped answering; "
+                               f"{RELAY_B} is 45.0 ms')"]
+    assert counted(node.events(b)[-2]) == (33, 33, 45.0, 1)
     assert node.status().relay == RELAY_B
     assert node.new(node.peer("carol")) == [
         f"RelayAllocationRequested(relay='{RELAY_B}', purpose='relay-move')",
@@ -172,3 +190,30 @@ def test_a_connection_on_a_relay_this_node_did_not_select_moves_when_that_relay_
         "allowed_ips=('10.66.0.2/32',), keepalive_s=25, decided_here=False)",
         f"RelaySessionReleased(relay='{RELAY_B}', session_id='p1/carol/1', error='')"]
     assert node.net.failed_sessions == ["p1/carol", "p1/carol/1"]
+
+
+def test_the_monitor_restarts_from_its_snapshots(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
+    for round_ in range(24):  # B's round trip jumps every interval: a record each, no switch
+        node.net.set_relay(RELAY_B, 45.0 if round_ % 2 else 90.0)
+        node.advance(30)
+    assert len(node.events(b)) > 20
+    node.stop()
+    node.start()  # folds every event, and leaves a snapshot of each long stream
+    node.ask(m.Ping())
+    node.stop()
+    reads: list[tuple[str, int]] = []
+    recorder = type(node.recorder)
+    read_stream = recorder.read_stream
+
+    def spy(self: object, stream_id: str, from_position: int = 1) -> list[object]:
+        reads.append((stream_id, from_position))
+        return read_stream(self, stream_id, from_position)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(recorder, "read_stream", spy)
+    node.start()
+    node.ask(m.Ping())
+    assert node.status().relay == RELAY_A  # its selection is read back from its stream's end
+    # B's stream from its snapshot on, never from its start.
+    assert min(position for stream, position in reads if stream == b) > 20
+    assert any(stream == a for stream, _ in reads)

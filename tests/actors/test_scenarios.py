@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from actors import messages as m
 from events import types as ev
-from events.streams import relay_stream
+from events.streams import metrics_stream, relay_stream
 from tests.actors.conftest import BOB, RELAY_A, RELAY_B, Node
 
 
@@ -206,10 +206,14 @@ def test_direct_path_fails_over_to_relay_and_upgrades_back(make_node) -> None:
     assert node.new(node.peer("bob")) == [
         PUNCH, "DirectPathRetried(succeeded=False, reason='no candidate answered')"]
     assert node.connection("p1", "bob").path == "relay"
+    node.advance(60)  # two more retries fail the same way: counted, not written
+    assert node.new(node.peer("bob")) == []
     node.net.unblock(BOB)
     node.advance(30)
-    assert node.new(node.peer("bob")) == [
-        PUNCH,
+    new = node.new(node.peer("bob"))
+    assert new[0].startswith("DirectPathRetriesRepeated(reason='no candidate answered', count=2, first_at='")
+    assert node.connection("p1", "bob").direct_retries == 4
+    assert new[1:] == [
         "DirectPathRetried(succeeded=True, reason='hole punch succeeded')",
         "PathSwitched(from_path='relay', to_path='direct', reason='direct path works again', "
         "endpoint='203.0.113.2:51820', from_relay='198.51.100.1:3478', to_relay=None, from_latency_ms=20.0, "
@@ -226,7 +230,12 @@ def test_direct_path_fails_over_to_relay_and_upgrades_back(make_node) -> None:
 
 
 def probed(relay: str, rtt: float) -> str:
-    return f"RelayProbed(relay='{relay}', probes=3, answered=3, rtt_ms={rtt})"
+    return f"RelayProbed(relay='{relay}', probes=3, answered=3, rtt_ms={rtt}, windows=1, first_at='')"
+
+
+def changes(lines: list[str]) -> list[str]:
+    """All but the probe records (an interval within tolerance of the last one is only counted)."""
+    return [line for line in lines if not line.startswith("RelayProbed(")]
 
 
 def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node) -> None:
@@ -262,8 +271,8 @@ def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node) -> None:
         node.advance(30)
         degraded = ([f"RelayDegraded(relay='{RELAY_A}', rtt_ms={rtt_a}, "
                      f"reason='round trip {rtt_a} ms above 150 ms')"] if rtt_a > 150 else [])
-        assert node.new(a) == [probed(RELAY_A, rtt_a), *degraded]
-        assert node.new(b) == [probed(RELAY_B, rtt_b)]
+        assert changes(node.new(a)) == degraded
+        assert changes(node.new(b)) == []
     assert node.status().relay == RELAY_A
 
     # Degraded, and the other is better by >= 10 ms but not below 2/3 of it: stay.
@@ -280,8 +289,7 @@ def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node) -> None:
     assert node.new(a) == [
         probed(RELAY_A, 160.0),
         f"RelayDegraded(relay='{RELAY_A}', rtt_ms=160.0, reason='round trip 160.0 ms above 150 ms')"]
-    assert node.new(b) == [
-        probed(RELAY_B, 100.0),
+    assert changes(node.new(b)) == [  # B's interval, within 10 % of the last: counted, then written
         f"RelaySelected(relay='{RELAY_B}', rtt_ms=100.0, previous_relay='{RELAY_A}', "
         f"reason='{RELAY_A} degraded (160.0 ms); {RELAY_B} is 100.0 ms')"]
     assert node.status().relay == RELAY_B
@@ -359,15 +367,27 @@ def test_metrics_enter_the_log_as_one_sample_per_window(make_node) -> None:
         node.advance(5)
     node.net.set_latency("10.66.0.2", 20.0)
     node.advance(30)  # probes at 35 ... 60 s, all 20 ms; the window closes at 60 s
-    samples = [e for e in node.new(node.peer("bob")) if e.startswith("MetricsSampled")]
+    samples = [line.replace("peer_id='bob', ", "")  # samples have their own stream
+               for line in node.new(metrics_stream("local", "p1", "bob"))]
     # The window closes at 60 s, before that instant's probe (armed later): probes at 5 ... 55 s.
     # 10 answered (20, 30, 40, 30, 20, then five 20s): mean 24.0; jitter 40 over 9 steps;
     # one of 11 lost; quality 100 - 24/10 - 4.44/5 - 9.09.
     assert samples == [
         "MetricsSampled(window_s=60.0, probes=11, latency_ms=24.0, jitter_ms=4.444444444444445, "
-        "loss=0.09090909090909091, rx_bytes=0, tx_bytes=0, quality=87.6, probe_error='')"]
-    node.advance(60)
-    assert len([e for e in node.new(node.peer("bob")) if e.startswith("MetricsSampled")]) == 1
+        "loss=0.09090909090909091, rx_bytes=0, tx_bytes=0, quality=87.6, probe_error='', windows=1, "
+        "first_at='')"]
+    assert not any(e.startswith("MetricsSampled") for e in node.new(node.peer("bob")))
+    node.advance(120)  # two windows within 5 ms and 0.1 loss of the recorded one: counted
+    assert node.new(metrics_stream("local", "p1", "bob")) == []
+    node.net.set_latency("10.66.0.2", 80.0)
+    node.advance(60)  # a window that differs: the run, then the window
+    run, changed = node.events(metrics_stream("local", "p1", "bob"))[-2:]
+    assert isinstance(run, ev.MetricsSampled) and isinstance(changed, ev.MetricsSampled)
+    assert (run.windows, run.window_s, run.probes, run.latency_ms, run.loss, bool(run.first_at)) == (
+        2, 120.0, 24, 20.0, 0.0, True)
+    # Its first probe was sent before the change: (20 + 11 x 80) / 12.
+    assert (changed.windows, changed.latency_ms, changed.first_at) == (1, 75.0, "")
+    assert node.connection("p1", "bob").latency_ms == 75.0
 
 
 def test_leave_closes_every_connection_and_the_party_can_be_opened_again(make_node) -> None:
@@ -420,9 +440,9 @@ def test_a_probe_error_enters_the_log_with_its_window(make_node) -> None:
     node.advance(10)
     node.net.probe_error = None
     node.advance(50)
-    samples = [e for e in node.events(node.peer("bob")) if e.event_type == "MetricsSampled"]
+    samples = node.events(metrics_stream("local", "p1", "bob"))
     assert [(s.probes, s.loss > 0, s.probe_error) for s in samples] == [
         (11, True, "probe of 10.66.0.2 on wg0: Network is unreachable")]
     node.advance(60)
-    samples = [e for e in node.events(node.peer("bob")) if e.event_type == "MetricsSampled"]
+    samples = node.events(metrics_stream("local", "p1", "bob"))
     assert samples[-1].probe_error == ""  # the next window lost nothing

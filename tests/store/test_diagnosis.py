@@ -125,12 +125,17 @@ def test_relay_died_and_the_connection_moved() -> None:
                                  f"connection moved to {RELAY_B}")
 
 
-def test_direct_path_failed_and_the_relay_took_over() -> None:
+# Samples have their own stream (metrics:...); older logs hold them in the connection's stream.
+SAMPLE_STREAMS = pytest.mark.parametrize("samples", ["metrics", "peer"])
+
+
+@SAMPLE_STREAMS
+def test_direct_path_failed_and_the_relay_took_over(samples: str) -> None:
     log = up(up(Log(), "bob"), "carol")
     log.at(30, "peer:p:bob", ev.PathSwitched(party_id="p", peer_id="bob", from_path="direct", to_path="relay",
                                              reason="3 probes lost on the direct path", to_relay=RELAY_A))
-    log.at(60, "peer:p:bob", sample("bob", 0.0, 31.0))
-    log.at(60, "peer:p:carol", sample("carol", 0.0))
+    log.at(60, f"{samples}:p:bob", sample("bob", 0.0, 31.0))
+    log.at(60, f"{samples}:p:carol", sample("carol", 0.0))
     assert log.findings() == ["direct_path_failed: the direct path to Bob stopped carrying traffic (a NAT "
                               "or firewall between the two), and the connection moved to the relay "
                               f"{RELAY_A}"]
@@ -149,10 +154,11 @@ def test_endpoint_changed_before_the_drop() -> None:
                                  "203.0.113.7:4711 (NAT rebinding)")
 
 
-def test_loss_rose_before_the_drop() -> None:
+@SAMPLE_STREAMS
+def test_loss_rose_before_the_drop(samples: str) -> None:
     log = up(Log(), "bob")
-    log.at(30, "peer:p:bob", sample("bob", 0.0))
-    log.at(60, "peer:p:bob", sample("bob", 0.4))
+    log.at(30, f"{samples}:p:bob", sample("bob", 0.0))
+    log.at(60, f"{samples}:p:bob", sample("bob", 0.4))
     log.at(70, "peer:p:bob", lost("bob"))
     assert log.findings() == ["loss_rose: loss rose before the drop, to 40 %"]
 
