@@ -14,8 +14,9 @@ relay that misses ``dead_after_misses`` probes in a row is dead (a killed relay 
 with ICMP port unreachable at once): when it is the selected one, the window is recorded
 early and the best live relay is selected on that tick.
 
-A restart folds each relay's stream from its snapshot, and finds the selected relay by
-reading back from the end of the streams of the relays ever selected.
+A restart folds each relay's stream from its snapshot; the selected relay is the one whose
+last ``RelaySelected`` has the highest ``selection`` number (a log written before the
+numbering is read back from the end of the streams of the relays ever selected).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ class RelayMonitorActor(Actor):
         self.init = init
         self.log = logger.bind(actor="relay-monitor")
         recorder = open_recorder(init.store)
-        last_selected: tuple[int, str] | None = None
+        last_selected: tuple[int, str] | None = None  # of a log written before selections were numbered
         for relay in init.relays:
             writer = StreamWriter(recorder, relay_stream(init.node_id, relay), self.timers.incarnation,
                                   {"node_id": init.node_id, "actor": "relay-monitor"})
@@ -197,13 +198,17 @@ class RelayMonitorActor(Actor):
             self.windows[relay] = Window()
             self.runs[relay] = ProbeRun()
             state = self.states[relay] = writer.replay(apply_relay, RelayState(relay=relay))
-            if state.selected:  # ever selected: its last selection against the other relays
+            if state.selected and not state.selection:  # ever selected, before numbering: read back
                 tail = read_tail(recorder, writer.stream_id, writer.position,
                                  lambda records: any(isinstance(r.event, ev.RelaySelected) for r in records))
                 chosen = [r.global_position for r in tail if isinstance(r.event, ev.RelaySelected)]
                 if chosen and (last_selected is None or chosen[-1] > last_selected[0]):
                     last_selected = (chosen[-1], relay)
-        self.selected = last_selected[1] if last_selected else None
+        numbered = [relay for relay in init.relays if self.states[relay].selection]
+        if numbered:  # every numbered selection is newer than any unnumbered one
+            self.selected = max(numbered, key=lambda relay: self.states[relay].selection)
+        else:
+            self.selected = last_selected[1] if last_selected else None
         if self.selected:
             self.send(self.parent, m.RelayChanged(self.selected, self.states[self.selected].rtt_ms, None))
         if init.relays:
@@ -319,8 +324,10 @@ class RelayMonitorActor(Actor):
             self.death_recorded = previous in dead
         if choice is None:
             return
+        number = max(state.selection for state in self.states.values()) + 1
         self._commit(choice.relay, [ev.RelaySelected(relay=choice.relay, rtt_ms=choice.rtt_ms,
-                                                     previous_relay=previous, reason=choice.reason)])
+                                                     previous_relay=previous, reason=choice.reason,
+                                                     selection=number)])
         self.selected = choice.relay
         self.death_recorded = False
         self.log.info("selected relay {}: {}", choice.relay, choice.reason)

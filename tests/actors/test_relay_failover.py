@@ -58,7 +58,8 @@ def relayed_carol(node: Node) -> None:
 def test_probes_every_second_are_recorded_once_per_interval_and_repeats_counted(node: Node) -> None:
     a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
     assert node.new(a) == [probed(RELAY_A, 3, 3, 40.0), f"RelaySelected(relay='{RELAY_A}', rtt_ms=40.0, "
-                           "previous_relay=None, reason='lowest round trip (40.0 ms) of 2 relays')"]
+                           "previous_relay=None, reason='lowest round trip (40.0 ms) of 2 relays', "
+                           "selection=1)"]
     assert node.new(b) == [probed(RELAY_B, 3, 3, 45.0)]
     node.advance(29)
     assert node.new(a) == node.new(b) == []  # 29 ticks, 87 probes each, nothing stored yet
@@ -89,7 +90,7 @@ def test_slow_selected_relay_waits_for_the_record_interval(node: Node) -> None:
                            "rtt_ms=300.0, reason='round trip 300.0 ms above 150 ms')"]
     assert node.new(b) == [probed(RELAY_B, 90, 90, 100.0), f"RelaySelected(relay='{RELAY_B}', rtt_ms=100.0, "
                            f"previous_relay='{RELAY_A}', reason='{RELAY_A} degraded (300.0 ms); "
-                           f"{RELAY_B} is 100.0 ms')"]
+                           f"{RELAY_B} is 100.0 ms', selection=2)"]
 
 
 def test_dead_selected_relay_fails_over_on_the_next_tick(node: Node) -> None:
@@ -105,7 +106,7 @@ def test_dead_selected_relay_fails_over_on_the_next_tick(node: Node) -> None:
     # B's window changed nothing (counted), but its selection does: the count is written first.
     assert node.new(b)[1:] == [f"RelaySelected(relay='{RELAY_B}', rtt_ms=45.0, "
                                f"previous_relay='{RELAY_A}', reason='{RELAY_A} stopped answering; "
-                               f"{RELAY_B} is 45.0 ms')"]
+                               f"{RELAY_B} is 45.0 ms', selection=2)"]
     assert counted(node.events(b)[-2]) == (33, 33, 45.0, 1)
     assert node.status().relay == RELAY_B
     assert node.new(node.peer("carol")) == [
@@ -151,7 +152,7 @@ def test_dead_relay_with_no_alternative_is_recorded_once_then_per_interval(node:
                            "reason='no answer to 2 probes in a row')"]
     assert node.new(b) == [probed(RELAY_B, 3, 3, 50.0), f"RelaySelected(relay='{RELAY_B}', rtt_ms=50.0, "
                            f"previous_relay='{RELAY_A}', reason='{RELAY_A} stopped answering; "
-                           f"{RELAY_B} is 50.0 ms')"]
+                           f"{RELAY_B} is 50.0 ms', selection=2)"]
     assert node.status().relay == RELAY_B
 
 
