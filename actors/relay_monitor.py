@@ -70,9 +70,11 @@ class ProbeRun:
     first_at: str = ""
 
     def unchanged(self, window: Window, degraded: bool, config: RelayMonitorConfig) -> bool:
-        if self.answered_all is None or degraded or window.probes == 0:
+        if self.answered_all is None or window.probes == 0:
             return False
         answered = len(window.rtts)
+        if degraded and answered:
+            return False  # an answer from a degraded relay clears the mark when folded: a change
         if answered not in (0, window.probes) or (answered == window.probes) != self.answered_all:
             return False
         return within(window.median(), self.rtt_ms, config.same_rtt_ms, config.same_rtt_ratio)
@@ -146,6 +148,7 @@ class RelayMonitorActor(Actor):
         self.runs: dict[str, ProbeRun] = {}
         self.ticks = 0  # probe ticks since the last record
         self.death_recorded = False  # the selected relay's death is in the log already
+        self.degraded_reasons: dict[str, str] = {}  # the last RelayDegraded written, per relay
         self.dead: set[str] = set()  # relays seen dead (memory only; re-learnt after a restart)
         self.timers = Timers(new_incarnation())
         self.parent: ActorAddress | None = None
@@ -225,6 +228,10 @@ class RelayMonitorActor(Actor):
         for record in self.writers[relay].append(events, "probe-round"):
             self.states[relay] = apply_relay(self.states[relay], record.event)
 
+    def _degraded(self, relay: str, rtt_ms: float | None, reason: str) -> None:
+        self._commit(relay, [ev.RelayDegraded(relay=relay, rtt_ms=rtt_ms, reason=reason)])
+        self.degraded_reasons[relay] = reason
+
     def _write_run(self, relay: str) -> None:
         counted = self.runs[relay].take(relay)
         if counted is not None:
@@ -280,8 +287,7 @@ class RelayMonitorActor(Actor):
         misses = self.init.config.relay_monitor.dead_after_misses
         # Its death is a fact (once, when it happens): a connection the peer's side put there
         # moves because of it, and `diagnose` names it.
-        self._commit(relay, [ev.RelayDegraded(relay=relay, rtt_ms=None,
-                                              reason=f"no answer to {misses} probes in a row")])
+        self._degraded(relay, None, f"no answer to {misses} probes in a row")
         if self.selected is None or self.selected in self.dead:
             return
         self.log.info("relay {} stopped answering; connections on it move to {}", relay, self.selected)
@@ -320,7 +326,8 @@ class RelayMonitorActor(Actor):
             reason = (f"no answer to {config.dead_after_misses} probes in a row" if previous in dead else
                       "no answer" if rtt is None else
                       f"round trip {rtt:.1f} ms above {config.degraded_rtt_ms:.0f} ms")
-            self._commit(previous, [ev.RelayDegraded(relay=previous, rtt_ms=rtt, reason=reason)])
+            if not (self.states[previous].degraded and self.degraded_reasons.get(previous) == reason):
+                self._degraded(previous, rtt, reason)  # not again while nothing changed
             self.death_recorded = previous in dead
         if choice is None:
             return
