@@ -14,8 +14,9 @@ relay that misses ``dead_after_misses`` probes in a row is dead (a killed relay 
 with ICMP port unreachable at once): when it is the selected one, the window is recorded
 early and the best live relay is selected on that tick.
 
-A restart folds each relay's stream from its snapshot, and finds the selected relay by
-reading back from the end of the streams of the relays ever selected.
+A restart folds each relay's stream from its snapshot; the selected relay is the one whose
+last ``RelaySelected`` has the highest ``selection`` number (a log written before the
+numbering is read back from the end of the streams of the relays ever selected).
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ class ProbeRun:
     first_at: str = ""
 
     def unchanged(self, window: Window, degraded: bool, config: RelayMonitorConfig) -> bool:
-        if self.answered_all is None or degraded or window.probes == 0:
+        if self.answered_all is None or window.probes == 0:
             return False
         answered = len(window.rtts)
+        if degraded and answered:
+            return False  # an answer from a degraded relay clears the mark when folded: a change
         if answered not in (0, window.probes) or (answered == window.probes) != self.answered_all:
             return False
         return within(window.median(), self.rtt_ms, config.same_rtt_ms, config.same_rtt_ratio)
@@ -145,6 +148,7 @@ class RelayMonitorActor(Actor):
         self.runs: dict[str, ProbeRun] = {}
         self.ticks = 0  # probe ticks since the last record
         self.death_recorded = False  # the selected relay's death is in the log already
+        self.degraded_reasons: dict[str, str] = {}  # the last RelayDegraded written, per relay
         self.dead: set[str] = set()  # relays seen dead (memory only; re-learnt after a restart)
         self.timers = Timers(new_incarnation())
         self.parent: ActorAddress | None = None
@@ -189,7 +193,7 @@ class RelayMonitorActor(Actor):
         self.init = init
         self.log = logger.bind(actor="relay-monitor")
         recorder = open_recorder(init.store)
-        last_selected: tuple[int, str] | None = None
+        last_selected: tuple[int, str] | None = None  # of a log written before selections were numbered
         for relay in init.relays:
             writer = StreamWriter(recorder, relay_stream(init.node_id, relay), self.timers.incarnation,
                                   {"node_id": init.node_id, "actor": "relay-monitor"})
@@ -197,13 +201,17 @@ class RelayMonitorActor(Actor):
             self.windows[relay] = Window()
             self.runs[relay] = ProbeRun()
             state = self.states[relay] = writer.replay(apply_relay, RelayState(relay=relay))
-            if state.selected:  # ever selected: its last selection against the other relays
+            if state.selected and not state.selection:  # ever selected, before numbering: read back
                 tail = read_tail(recorder, writer.stream_id, writer.position,
                                  lambda records: any(isinstance(r.event, ev.RelaySelected) for r in records))
                 chosen = [r.global_position for r in tail if isinstance(r.event, ev.RelaySelected)]
                 if chosen and (last_selected is None or chosen[-1] > last_selected[0]):
                     last_selected = (chosen[-1], relay)
-        self.selected = last_selected[1] if last_selected else None
+        numbered = [relay for relay in init.relays if self.states[relay].selection]
+        if numbered:  # every numbered selection is newer than any unnumbered one
+            self.selected = max(numbered, key=lambda relay: self.states[relay].selection)
+        else:
+            self.selected = last_selected[1] if last_selected else None
         if self.selected:
             self.send(self.parent, m.RelayChanged(self.selected, self.states[self.selected].rtt_ms, None))
         if init.relays:
@@ -219,6 +227,10 @@ class RelayMonitorActor(Actor):
             self._write_run(relay)  # a change: what the run counted comes before it
         for record in self.writers[relay].append(events, "probe-round"):
             self.states[relay] = apply_relay(self.states[relay], record.event)
+
+    def _degraded(self, relay: str, rtt_ms: float | None, reason: str) -> None:
+        self._commit(relay, [ev.RelayDegraded(relay=relay, rtt_ms=rtt_ms, reason=reason)])
+        self.degraded_reasons[relay] = reason
 
     def _write_run(self, relay: str) -> None:
         counted = self.runs[relay].take(relay)
@@ -280,8 +292,7 @@ class RelayMonitorActor(Actor):
         misses = self.init.config.relay_monitor.dead_after_misses
         # Its death is a fact (once, when it happens): a connection the peer's side put there
         # moves because of it, and `diagnose` names it.
-        self._commit(relay, [ev.RelayDegraded(relay=relay, rtt_ms=None,
-                                              reason=f"no answer to {misses} probes in a row")])
+        self._degraded(relay, None, f"no answer to {misses} probes in a row")
         if self.selected is None or self.selected in self.dead:
             return
         self.log.info("relay {} stopped answering; connections on it move to {}", relay, self.selected)
@@ -325,12 +336,15 @@ class RelayMonitorActor(Actor):
             reason = (f"no answer to {config.dead_after_misses} probes in a row" if previous in dead else
                       "no answer" if rtt is None else
                       f"round trip {rtt:.1f} ms above {config.degraded_rtt_ms:.0f} ms")
-            self._commit(previous, [ev.RelayDegraded(relay=previous, rtt_ms=rtt, reason=reason)])
+            if not (self.states[previous].degraded and self.degraded_reasons.get(previous) == reason):
+                self._degraded(previous, rtt, reason)  # not again while nothing changed
             self.death_recorded = previous in dead
         if choice is None:
             return
+        number = max(state.selection for state in self.states.values()) + 1
         self._commit(choice.relay, [ev.RelaySelected(relay=choice.relay, rtt_ms=choice.rtt_ms,
-                                                     previous_relay=previous, reason=choice.reason)])
+                                                     previous_relay=previous, reason=choice.reason,
+                                                     selection=number)])
         self.selected = choice.relay
         self.death_recorded = False
         self.log.info("selected relay {}: {}", choice.relay, choice.reason)

@@ -62,7 +62,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
 
-from actors.journal import StreamWriter
+from actors.journal import StreamWriter, read_tail
 from bench.sim_node import PARTY, RELAYS, Capture, capture
 from events.base import Event
 from events.fold import (
@@ -78,6 +78,7 @@ from events.fold import (
 from events.streams import (
     METRICS,
     PEER,
+    metrics_stream,
     node_stream,
     parse_stream_id,
     party_stream,
@@ -228,11 +229,21 @@ def restart(simulation: Simulation) -> float:
         StreamWriter(store, node_stream(NODE_ID), "r", {}).replay(apply_node, NodeState())
         StreamWriter(store, party_stream(NODE_ID, PARTY), "r", {}).replay(apply_party, PartyState())
         for peer in node.peer_ids():
-            StreamWriter(store, peer_stream(NODE_ID, PARTY, peer), "r", {}).replay(
-                apply_connection, ConnectionState())
+            connection = StreamWriter(store, peer_stream(NODE_ID, PARTY, peer), "r", {})
+            connection.replay(apply_connection, ConnectionState())
+            # Its newest sample, and the connection's records after it (actors/connection.py).
+            samples = metrics_stream(NODE_ID, PARTY, peer)
+            head = store.stream_position(samples)
+            newest = store.read_stream(samples, head) if head else []
+            if newest:
+                read_tail(store, connection.stream_id, connection.position,
+                          lambda tail, at=newest[-1].global_position: tail[0].global_position < at)
         for relay in RELAYS:
-            StreamWriter(store, relay_stream(NODE_ID, relay), "r", {}).replay(apply_relay,
-                                                                             RelayState(relay=relay))
+            writer = StreamWriter(store, relay_stream(NODE_ID, relay), "r", {})
+            state = writer.replay(apply_relay, RelayState(relay=relay))
+            if state.selected and not state.selection:  # a selection before numbering: read back
+                read_tail(store, writer.stream_id, writer.position,
+                          lambda tail: any(r.event_type == "RelaySelected" for r in tail))
     return time.perf_counter() - started
 
 

@@ -296,6 +296,7 @@ class RelayState:
     sessions: tuple[str, ...] = ()
     forwarded_packets: int = 0
     running: bool = False
+    selection: int = 0  # the number of this relay's last selection (0: none, or before numbering)
 
 
 def apply_relay(state: RelayState, event: Event) -> RelayState:
@@ -308,7 +309,7 @@ def apply_relay(state: RelayState, event: Event) -> RelayState:
         case ev.RelayDegraded():
             return _evolve(state, relay=event.relay, degraded=True)
         case ev.RelaySelected():
-            return _evolve(state, relay=event.relay, selected=True, degraded=False)
+            return _evolve(state, relay=event.relay, selected=True, degraded=False, selection=event.selection)
         case ev.RelaySessionAllocated():
             return _evolve(state, relay=event.relay, sessions=(*state.sessions, event.session_id))
         case ev.RelaySessionExpired():

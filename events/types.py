@@ -695,10 +695,21 @@ class RelayDegraded(Event):
 @register
 @dataclass(frozen=True, kw_only=True)
 class RelaySelected(Event):
+    """v2: ``selection`` numbers a node's selections (1, 2, ...; 0 before v2), so a restart
+    knows the newest from the relays' folded states without reading their streams back."""
+
+    version = 2
     relay: str
     rtt_ms: float | None
     previous_relay: str | None
     reason: str
+    selection: int = 0
+
+
+@upcaster("RelaySelected", 1)
+def _relay_selected_v1_to_v2(payload: Payload) -> Payload:
+    payload.setdefault("selection", 0)
+    return payload
 
 
 @register

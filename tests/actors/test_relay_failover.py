@@ -58,7 +58,8 @@ def relayed_carol(node: Node) -> None:
 def test_probes_every_second_are_recorded_once_per_interval_and_repeats_counted(node: Node) -> None:
     a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
     assert node.new(a) == [probed(RELAY_A, 3, 3, 40.0), f"RelaySelected(relay='{RELAY_A}', rtt_ms=40.0, "
-                           "previous_relay=None, reason='lowest round trip (40.0 ms) of 2 relays')"]
+                           "previous_relay=None, reason='lowest round trip (40.0 ms) of 2 relays', "
+                           "selection=1)"]
     assert node.new(b) == [probed(RELAY_B, 3, 3, 45.0)]
     node.advance(29)
     assert node.new(a) == node.new(b) == []  # 29 ticks, 87 probes each, nothing stored yet
@@ -89,7 +90,7 @@ def test_slow_selected_relay_waits_for_the_record_interval(node: Node) -> None:
                            "rtt_ms=300.0, reason='round trip 300.0 ms above 150 ms')"]
     assert node.new(b) == [probed(RELAY_B, 90, 90, 100.0), f"RelaySelected(relay='{RELAY_B}', rtt_ms=100.0, "
                            f"previous_relay='{RELAY_A}', reason='{RELAY_A} degraded (300.0 ms); "
-                           f"{RELAY_B} is 100.0 ms')"]
+                           f"{RELAY_B} is 100.0 ms', selection=2)"]
 
 
 def test_dead_selected_relay_fails_over_on_the_next_tick(node: Node) -> None:
@@ -105,7 +106,7 @@ def test_dead_selected_relay_fails_over_on_the_next_tick(node: Node) -> None:
     # B's window changed nothing (counted), but its selection does: the count is written first.
     assert node.new(b)[1:] == [f"RelaySelected(relay='{RELAY_B}', rtt_ms=45.0, "
                                f"previous_relay='{RELAY_A}', reason='{RELAY_A} stopped answering; "
-                               f"{RELAY_B} is 45.0 ms')"]
+                               f"{RELAY_B} is 45.0 ms', selection=2)"]
     assert counted(node.events(b)[-2]) == (33, 33, 45.0, 1)
     assert node.status().relay == RELAY_B
     assert node.new(node.peer("carol")) == [
@@ -128,7 +129,7 @@ def test_dead_selected_relay_fails_over_on_the_next_tick(node: Node) -> None:
     assert not any("RelaySelected" in e for e in node.new(a) + node.new(b))
 
 
-def test_dead_relay_with_no_alternative_is_recorded_once_then_per_interval(node: Node) -> None:
+def test_dead_relays_are_recorded_once_then_counted(node: Node) -> None:
     a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
     node.advance(10)
     node.new(a), node.new(b)
@@ -142,18 +143,20 @@ def test_dead_relay_with_no_alternative_is_recorded_once_then_per_interval(node:
     node.advance(29)
     assert node.new(a) == node.new(b) == []  # no row per tick while nothing changes
     node.advance(1)
-    # A dead relay is still probed every tick: its answer is what brings it back.
-    assert node.new(a) == [probed(RELAY_A, 90, 0, None), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
-                           "reason='no answer to 2 probes in a row')"]
+    # The first silent interval is a change (the last record had answers); its death is known.
+    assert node.new(a) == [probed(RELAY_A, 90, 0, None)]
     assert node.new(b) == [probed(RELAY_B, 90, 0, None)]
+    node.advance(60)
+    assert node.new(a) == node.new(b) == []  # still dead: counted, not written again
+    # A dead relay is still probed every tick: its answer is what brings it back.
     # B comes back: selected on its first answered tick, not at the next record.
     node.net.set_relay(RELAY_B, 50.0)
     node.advance(1)
-    assert node.new(a) == [probed(RELAY_A, 3, 0, None), f"RelayDegraded(relay='{RELAY_A}', rtt_ms=None, "
-                           "reason='no answer to 2 probes in a row')"]
-    assert node.new(b) == [probed(RELAY_B, 3, 3, 50.0), f"RelaySelected(relay='{RELAY_B}', rtt_ms=50.0, "
-                           f"previous_relay='{RELAY_A}', reason='{RELAY_A} stopped answering; "
-                           f"{RELAY_B} is 50.0 ms')"]
+    assert node.new(a) == []  # A is still dead: its run goes on
+    assert counted(node.events(b)[-3]) == (180, 0, None, 2)  # B's silent intervals, then its answer
+    assert node.new(b)[-2:] == [probed(RELAY_B, 3, 3, 50.0), f"RelaySelected(relay='{RELAY_B}', rtt_ms=50.0, "
+                                f"previous_relay='{RELAY_A}', reason='{RELAY_A} stopped answering; "
+                                f"{RELAY_B} is 50.0 ms', selection=2)"]
     assert node.status().relay == RELAY_B
 
 

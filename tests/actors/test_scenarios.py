@@ -247,7 +247,7 @@ def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node) -> None:
     assert node.new(a) == [
         probed(RELAY_A, 40.0),
         f"RelaySelected(relay='{RELAY_A}', rtt_ms=40.0, previous_relay=None, "
-        "reason='lowest round trip (40.0 ms) of 2 relays')"]
+        "reason='lowest round trip (40.0 ms) of 2 relays', selection=1)"]
     assert node.new(b) == [probed(RELAY_B, 45.0)]
     node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
     node.tell(m.PeerAnnounced("p1", "carol", "Carol", "key-carol"))  # no candidates: relay only
@@ -291,7 +291,7 @@ def test_relay_degrades_and_monitor_switches_with_hysteresis(make_node) -> None:
         f"RelayDegraded(relay='{RELAY_A}', rtt_ms=160.0, reason='round trip 160.0 ms above 150 ms')"]
     assert changes(node.new(b)) == [  # B's interval, within 10 % of the last: counted, then written
         f"RelaySelected(relay='{RELAY_B}', rtt_ms=100.0, previous_relay='{RELAY_A}', "
-        f"reason='{RELAY_A} degraded (160.0 ms); {RELAY_B} is 100.0 ms')"]
+        f"reason='{RELAY_A} degraded (160.0 ms); {RELAY_B} is 100.0 ms', selection=2)"]
     assert node.status().relay == RELAY_B
     moved = carol.replace(RELAY_A, RELAY_B)
     assert node.new(node.peer("carol")) == [
