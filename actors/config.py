@@ -23,6 +23,10 @@ class ConnectionConfig:
     # punch. Skipped when one side is open or port-forwarded: direct is then near certain.
     relay_first: bool = True
     metrics_interval_s: float = 60.0  # one aggregated MetricsSampled per window
+    # A change away from a healthy state records this many of the last probe outcomes: at
+    # 5 s a probe, the last ~100 s, enough to tell loss that rose from a clean cut (whose
+    # lost probes all come at the end), in 20 bytes an event.
+    probe_history: int = 20
     keepalive_s: int = 25
     # A WireGuard change that failed is tried again after this, doubling up to the cap:
     # quick enough that a transient failure heals in seconds, bounded so a broken

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -112,6 +113,9 @@ class Probing:
     window_lost: int = 0
     last_error: str = ""  # of the window's last lost probe, when the prober gave one
     traffic: tuple[int, int] = (0, 0)
+    history: str = ""  # the last probe outcomes, oldest first: "+" answered, "-" lost
+    stats: PeerStats | None = None  # WireGuard's counters for the peer, at the last reading
+    watching: str | None = None  # the decided endpoint when the reading in flight was asked for
 
 
 class PeerConnectionActor(Actor):
@@ -290,9 +294,19 @@ class PeerConnectionActor(Actor):
     def _transition(self, to_state: str, reason: str, latency_ms: float | None = None,
                     state: ConnectionState | None = None) -> ev.ConnectionStateChanged:
         state = state or self.state
+        setback = to_state in (ev.DEGRADED, ev.FAILED) or (state.state in UP and to_state not in UP
+                                                             and to_state not in (ev.CLOSED, ev.CLEANUP))
         return ev.ConnectionStateChanged(
             **self._base(), from_state=state.state, to_state=to_state, reason=reason,
-            path=state.path, endpoint=state.endpoint, relay=state.relay, latency_ms=latency_ms)
+            path=state.path, endpoint=state.endpoint, relay=state.relay, latency_ms=latency_ms,
+            **(self._tunnel_evidence() if setback else {}))
+
+    def _tunnel_evidence(self) -> dict[str, Any]:
+        """What a setback records of the tunnel: WireGuard's handshake age and the recent probes."""
+        stats = self.probing.stats
+        handshake = stats.last_handshake if stats else None
+        age = round(max(0.0, time.time() - handshake), 1) if handshake else None
+        return {"last_handshake_age_s": age, "recent_probes": self.probing.history}
 
     def _configure(self, endpoint: str | None) -> ev.WireGuardPeerConfigRequested:
         assert self.init is not None
@@ -429,6 +443,8 @@ class PeerConnectionActor(Actor):
                     # A new process: the session lived in the previous one. Open a new one.
                     self._move_relay(self.state.relay or self.relay,
                                      "restore the relay session after a restart")
+            case fx.ReadPeerStats(tag="watch"):
+                self._watched(done.value if done.ok else None)
             case fx.ReadPeerStats(tag="reconcile"):
                 self._reconcile(done.value if done.ok else None)
             case fx.ReadPeerStats(tag="metrics"):
@@ -638,6 +654,7 @@ class PeerConnectionActor(Actor):
         if isinstance(item, m.LatencyObserved):
             latency = float(item.latency_ms)
             self.probing.lost = 0.0
+            self._remember_probe("+")
             self.probing.window.append(latency)
             high = latency > threshold
             if state.state in (ev.CONNECTING, ev.FAILED):
@@ -653,6 +670,7 @@ class PeerConnectionActor(Actor):
                                          latency, state)], False
             return [], False
         # ProbeFailed
+        self._remember_probe("-")
         self.probing.lost += weight
         self.probing.window_lost += 1
         if item.reason != m.ProbeFailed().reason:
@@ -672,6 +690,9 @@ class PeerConnectionActor(Actor):
             return self._reconnect(attempt, lost, state), False
         gave_up = f"{lost} after {self.cfg.max_reconnect_attempts} reconnect attempts"
         return [self._transition(ev.FAILED, gave_up, state=state)], False
+
+    def _remember_probe(self, outcome: str) -> None:
+        self.probing.history = (self.probing.history + outcome)[-self.cfg.probe_history:]
 
     def _after_observations(self, before: ConnectionState, events: Sequence[Event], failover: bool) -> None:
         """The actions the persisted batch asks for (each persists its own events first)."""
@@ -701,6 +722,7 @@ class PeerConnectionActor(Actor):
                 self.probing.sent_weight = self.probing.armed_weight
                 self._request(fx.Probe(tag="probe", virtual_ip=self.init.virtual_ip,
                                        timeout_s=self.cfg.probe_timeout_s))
+                self._watch_wireguard()
             self._arm_monitor()
         elif timer.kind == METRICS and self.state.state in ACTIVE:
             self._request(fx.ReadPeerStats(tag="metrics", public_key=self.init.public_key))
@@ -711,6 +733,31 @@ class PeerConnectionActor(Actor):
             self._cleanup()
         elif timer.kind == WIREGUARD_RETRY and not self.state.wireguard_applied:
             self._apply_wireguard()
+
+    def _watch_wireguard(self) -> None:
+        """Read WireGuard's view of the peer with each probe (not the quick ones while connecting)."""
+        assert self.init is not None
+        if self.state.state != ev.CONNECTING and self.probing.watching is None:
+            self.probing.watching = self.state.endpoint or ""
+            self._request(fx.ReadPeerStats(tag="watch", public_key=self.init.public_key))
+
+    def _watched(self, stats: PeerStats | None) -> None:
+        """Keep the reading (a setback records its handshake age); record a roamed endpoint once."""
+        decided, self.probing.watching = self.probing.watching, None
+        if stats is None:
+            return
+        self.probing.stats = stats
+        state = self.state
+        # Only a settled direct path: a relay's address is not the peer's, and a reading taken
+        # across a change of the decided endpoint says nothing about the peer.
+        if (stats.endpoint and state.endpoint and stats.endpoint != state.endpoint
+                and decided == state.endpoint and state.path == ev.DIRECT and state.state in ACTIVE
+                and state.wireguard_configured and state.wireguard_applied and self.op is None
+                and "wireguard" not in self.pending):
+            self._commit([ev.EndpointChanged(
+                **self._base(), old_endpoint=state.endpoint, new_endpoint=stats.endpoint,
+                reason="WireGuard now hears the peer from another address (NAT rebinding or roaming)")],
+                "watch")
 
     def _sample_metrics(self, stats: PeerStats | None) -> None:
         probing = self.probing
@@ -757,7 +804,7 @@ class PeerConnectionActor(Actor):
     def on_announced(self, candidates: Sequence[str], nat_type: str, announced: bool) -> None:
         remote = self._remote_update(candidates, nat_type)
         if remote is not None:
-            self._commit([remote], "announced")
+            self._commit([remote, *self._announced_move(remote.candidates)], "announced")
         if announced and self.state.state in (ev.FAILED, ev.CLEANUP) and self.op is None:
             self.timers.cancel(CLEANUP)
             self._commit(self._reconnect(1, "peer announced again"), "announced")
@@ -765,6 +812,16 @@ class PeerConnectionActor(Actor):
             if self.state.state in ACTIVE:
                 self._arm_monitor()
                 self._schedule(self.cfg.metrics_interval_s, METRICS)
+
+    def _announced_move(self, candidates: Sequence[str]) -> list[Event]:
+        """The peer announced candidates without the direct endpoint in use: it moved (once a change)."""
+        state = self.state
+        if state.path != ev.DIRECT or not state.endpoint or not candidates or state.endpoint in candidates:
+            return []
+        new = next((c for c in candidates if c not in state.candidates), candidates[0])
+        return [ev.EndpointChanged(**self._base(), old_endpoint=state.endpoint, new_endpoint=new,
+                                   reason="the peer announced candidates without the endpoint in use",
+                                   seen_by=ev.SEEN_IN_ANNOUNCE)]
 
     def _arm_monitor(self) -> None:
         """The next probe: soon while connecting (every ``first_probe_s``), else every interval."""

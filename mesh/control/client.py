@@ -31,6 +31,7 @@ from mesh.control.target import ControlTarget, TargetError, peer_fingerprint
 
 Message = dict[str, Any]
 Callback = Callable[[Message], None]
+Reachability = Callable[[bool, str | None], None]  # (reachable, the error when not)
 # Answers to requests the client sends on its own (heartbeats, the re-announce); not pushes.
 _QUIET_REPLIES = frozenset({"heartbeat_ack", "announced"})
 
@@ -69,8 +70,11 @@ class AsyncControlClient:
     def __init__(self, url: str, identity: Identity, *, name: str = "node",
                  on_push: Callback | None = None, on_welcome: Callback | None = None,
                  backoff: Backoff | None = None, open_timeout_s: float = 5.0,
-                 request_timeout_s: float = 5.0) -> None:
+                 request_timeout_s: float = 5.0, on_reachability: Reachability | None = None) -> None:
         self.url = url
+        # Told once a change (connected, or lost / not reachable at all), never once a retry.
+        self.on_reachability = on_reachability
+        self._reported: bool | None = None
         try:
             self.target = ControlTarget.parse(url)
             self._target_error: str | None = None
@@ -142,6 +146,7 @@ class AsyncControlClient:
             finally:
                 self._disconnected()
             if not self._stopping:
+                self._report(False)
                 delay = next(delays)
                 logger.debug("control server {} unreachable ({}); retrying in {:.2f}s", self.url,
                              self.last_error, delay)
@@ -207,6 +212,7 @@ class AsyncControlClient:
         if self._announce is not None:
             await ws.send(json.dumps({"type": "announce", "v": p.VERSION, **self._announce}))
         self._connected.set()
+        self._report(True)
         logger.info("connected to control server {} as {}", self.url, welcome.get("peer_id"))
         if self.on_welcome is not None:
             self._call(self.on_welcome, welcome)
@@ -263,6 +269,16 @@ class AsyncControlClient:
                 future.set_exception(ControlUnavailable("the connection to the control server closed"))
         if was_connected:
             logger.warning("lost the control server {}; reconnecting", self.url)
+
+    def _report(self, reachable: bool) -> None:
+        if self._reported is reachable or self.on_reachability is None:
+            self._reported = reachable
+            return
+        self._reported = reachable
+        try:
+            self.on_reachability(reachable, None if reachable else self.last_error)
+        except Exception:
+            logger.exception("control client reachability callback failed")
 
     @staticmethod
     def _call(callback: Callback, body: Message) -> None:
