@@ -33,11 +33,13 @@ LOOKAHEAD = timedelta(seconds=120)
 # Connections of one node that drop within this of each other dropped for one reason.
 TOGETHER = timedelta(seconds=15)
 # A sample with at least this loss before a drop, after samples below it, is "loss rose".
-# The same share of lost probes before the drop's final run of lost ones says it too: a
-# cut link loses every probe from one moment on, a failing one loses some first.
+# The same share of lost probes before the drop's final run of lost ones (from the first
+# loss on) says it too: a cut link loses every probe from one moment on, a failing one
+# loses some first.
 LOSS_ROSE = 0.2
-# ... over at least this many probes (fewer cannot tell a trend from one unlucky probe).
-LOSS_MIN_PROBES = 4
+# Two lost probes before that run say it whatever their share; one says it only at that share:
+# a single probe lost long before a cut is bad luck, not a trend.
+LOSS_MIN_LOST = 2
 # WireGuard re-keys every 120 s while traffic flows and drops a session at 180 s: a last
 # handshake older than that at a drop says the remote stopped answering handshakes.
 HANDSHAKE_STALE_S = 180.0
@@ -333,22 +335,29 @@ def loss_rose(window: Window) -> Finding | None:
     if record is None:
         return None
     probes = record.event.recent_probes
-    before = probes.rstrip("-")
-    if len(before) < LOSS_MIN_PROBES:
+    rise = loss_before_drop(probes)
+    if rise is None:
         return None
-    lost = before.count("-")
-    if lost / len(before) < LOSS_ROSE:
-        return None
-    first_loss = before.index("-")
-    healthy = before[:first_loss]
-    summary = (f"loss rose before the drop: {lost} of the {len(before)} probes before the final "
-               f"{len(probes) - len(before)} lost ones were lost")
-    if healthy:
-        summary += f", after {len(healthy)} answered in a row"
+    healthy, lost, trend, final = rise
+    after = f"after {healthy} probes answered in a row, " if healthy else ""
+    summary = (f"loss rose before the drop: {after}{lost} of the next {trend} were lost, then the last "
+               f"{final} in a row")
     evidence = [Fact.of(record, f"recent probes, oldest first: {probes} (+ answered, - lost)")]
     evidence += [Fact.of(r, f"loss {_pct(r.event.loss)}, latency {_ms(r.event.latency_ms)}")
                  for r in _samples_before(window)][-2:]
     return Finding("loss_rose", summary, tuple(evidence))
+
+
+def loss_before_drop(probes: str) -> tuple[int, int, int, int] | None:
+    """Probe outcomes (oldest first, ``+``/``-``) that show loss before the final run of lost ones:
+    (answered in a row first, lost after that, probes after that, the final run), or None."""
+    before = probes.rstrip("-")
+    healthy = len(before) - len(before.lstrip("+"))
+    trend = before[healthy:]
+    lost = trend.count("-")
+    if lost == 0 or (lost < LOSS_MIN_LOST and lost / len(trend) < LOSS_ROSE):
+        return None
+    return healthy, lost, len(trend), len(probes) - len(before)
 
 
 def _setback(window: Window) -> RecordedEvent | None:

@@ -13,7 +13,7 @@ from events import types as ev
 from events.base import Event
 from store import open_store
 from store.base import RecordedEvent
-from store.diagnosis import Finding, Window, diagnose, incidents
+from store.diagnosis import Finding, Window, diagnose, incidents, loss_before_drop
 
 T0 = datetime(2026, 11, 25, 21, 0, tzinfo=UTC)
 RELAY_A, RELAY_B = "203.0.113.20:3478", "203.0.113.21:3478"
@@ -167,20 +167,29 @@ def setback(peer: str, probes: str, handshake_age_s: float | None = None) -> ev.
                                      recent_probes=probes, last_handshake_age_s=handshake_age_s)
 
 
+@pytest.mark.parametrize(("probes", "rise"), [("++++-+---", (4, 1, 2, 3)), ("-++-+++---", (0, 2, 7, 3)),
+                                               ("++++++-++++++---", None)])
+def test_what_counts_as_loss_before_the_drop(probes: str, rise: tuple[int, int, int, int] | None) -> None:
+    assert loss_before_drop(probes) == rise
+
+
 def test_loss_that_rose_before_the_drop_is_named_before_an_unreachable_peer() -> None:
     log = up(up(Log(), "bob"), "carol")
     log.at(50, "peer:p:carol", sample("carol", 0.0))
     log.at(70, "peer:p:bob", setback("bob", "++++++++-+--+-+---", 12.0))
     findings = log.findings()
-    assert findings[0] == ("loss_rose: loss rose before the drop: 4 of the 15 probes before the final 3 lost "
-                           "ones were lost, after 8 answered in a row")
+    assert findings[0] == ("loss_rose: loss rose before the drop: after 8 probes answered in a row, 4 of the "
+                           "next 7 were lost, then the last 3 in a row")
     assert findings[1].startswith("remote_unreachable:")  # carol stayed up: shown as further evidence
 
 
-def test_a_clean_cut_is_not_loss() -> None:
+@pytest.mark.parametrize("probes", ["+++++++++++---", "-++++++++++++---", "++-++++++++++++++---"])
+def test_a_clean_cut_is_not_loss(probes: str) -> None:
+    assert loss_before_drop(probes) is None
+    """A cut, or one unlucky probe now and then before it, is not loss that rose."""
     log = up(up(Log(), "bob"), "carol")
     log.at(50, "peer:p:carol", sample("carol", 0.0))
-    log.at(70, "peer:p:bob", setback("bob", "+++++++++++---", 12.0))
+    log.at(70, "peer:p:bob", setback("bob", probes, 12.0))
     findings = log.report()
     assert [f.cause for f in findings] == ["remote_unreachable"]
     assert "last WireGuard handshake 12 s before the drop" in [fact.detail for fact in findings[0].evidence]
