@@ -113,7 +113,7 @@ class Probing:
     window_lost: int = 0
     last_error: str = ""  # of the window's last lost probe, when the prober gave one
     traffic: tuple[int, int] = (0, 0)
-    history: str = ""  # the last probe outcomes, oldest first: "+" answered, "-" lost
+    history: str = ""  # the last probe outcomes, oldest first: "+" answered, "-" lost, "~" endpoint moved
     stats: PeerStats | None = None  # WireGuard's counters for the peer, at the last reading
     watching: str | None = None  # the decided endpoint when the reading in flight was asked for
 
@@ -758,6 +758,7 @@ class PeerConnectionActor(Actor):
                 **self._base(), old_endpoint=state.endpoint, new_endpoint=stats.endpoint,
                 reason="WireGuard now hears the peer from another address (NAT rebinding or roaming)")],
                 "watch")
+            self._remember_probe("~")  # a later setback shows whether probes were answered since
 
     def _sample_metrics(self, stats: PeerStats | None) -> None:
         probing = self.probing

@@ -502,7 +502,8 @@ class ConnectionStateChanged(Event):
     ``last_handshake_age_s``: seconds since WireGuard's last handshake with the peer, as
     its counters said at the last reading before the change (None: never, or not read);
     ``recent_probes``: the outcomes of the last probes before the change, oldest first,
-    ``+`` answered and ``-`` lost.
+    ``+`` answered and ``-`` lost, with ``~`` where WireGuard's endpoint for the peer moved
+    (an ``EndpointChanged``) between two of them.
     """
 
     version = 2

@@ -262,6 +262,8 @@ def endpoint_changed(window: Window) -> Finding | None:
         return None
     record = changed[-1]
     event = record.event
+    if event.seen_by == ev.SEEN_BY_WIREGUARD and not _broke_after_move(window):
+        return None
     how = ("WireGuard now hears it from the new address" if event.seen_by == ev.SEEN_BY_WIREGUARD
            else "it announced the new address through the control server")
     evidence = [Fact.of(record, f"{event.old_endpoint} → {event.new_endpoint}: {event.reason}")]
@@ -271,6 +273,22 @@ def endpoint_changed(window: Window) -> Finding | None:
     return Finding("endpoint_changed", f"{window.peer_name}'s endpoint changed from "
                    f"{event.old_endpoint or '-'} to {event.new_endpoint or '-'} (NAT rebinding or a new "
                    f"network): {how}", tuple(evidence))
+
+
+def _broke_after_move(window: Window) -> bool:
+    """No probe was answered between WireGuard's move to the new endpoint and the setback.
+
+    The setback's probe record marks the move with ``~``; a move it does not hold (older than
+    the record) had answered probes after it. A change itself, or a record without probes
+    (an older log), is taken as it stands.
+    """
+    if window.incident.kind == "endpoint_change":
+        return True
+    record = _setback(window)
+    if record is None:
+        return True
+    probes = record.event.recent_probes
+    return "~" in probes and "+" not in probes.rpartition("~")[2]
 
 
 def direct_path_failed(window: Window) -> Finding | None:
@@ -349,8 +367,9 @@ def loss_rose(window: Window) -> Finding | None:
 
 
 def loss_before_drop(probes: str) -> tuple[int, int, int, int] | None:
-    """Probe outcomes (oldest first, ``+``/``-``) that show loss before the final run of lost ones:
-    (answered in a row first, lost after that, probes after that, the final run), or None."""
+    """Probe outcomes (oldest first, ``+``/``-``; ``~`` ignored) showing loss before the final run of
+    lost ones: (answered in a row first, lost after that, probes after that, the final run), or None."""
+    probes = probes.replace("~", "")
     before = probes.rstrip("-")
     healthy = len(before) - len(before.lstrip("+"))
     trend = before[healthy:]

@@ -33,6 +33,11 @@ def test_a_roamed_endpoint_is_recorded_once_and_becomes_the_connections(make_nod
     node.advance(30)
     assert len(endpoint_changes(node)) == 1  # once a change, not once a reading
     assert node.connection("p1", "bob").endpoint == REBOUND
+    node.net.block(REBOUND)
+    node.advance(15)
+    drop = next(e for e in node.events(node.peer("bob")) if isinstance(e, ev.ConnectionStateChanged)
+                and e.from_state == ev.CONNECTED)
+    assert drop.recent_probes.endswith("+~" + "+" * 6 + "---")  # the move, then answers, then the loss
 
 
 def test_an_announce_without_the_endpoint_in_use_is_recorded_once(make_node) -> None:

@@ -74,7 +74,7 @@ def run(node: Node, interrupt_after: str | None, interrupt: Step | None) -> None
 def without_restarts(lines: list[str]) -> list[str]:
     """Without the restart's own record, and without the probe outcomes a setback shows: those
     are the memory of one incarnation, and a restarted actor starts them afresh."""
-    return [re.sub(r", recent_probes='[+-]*'", "", line) for line in lines
+    return [re.sub(r", recent_probes='[+~-]*'", "", line) for line in lines
             if not line.startswith("ActorRestarted(")]
 
 

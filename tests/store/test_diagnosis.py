@@ -152,6 +152,27 @@ def test_endpoint_changed_before_the_drop() -> None:
     assert log.findings(index=-2)[0] == expected
 
 
+def roamed(log: Log, seconds: float) -> Log:
+    return log.at(seconds, "peer:p:bob", ev.EndpointChanged(party_id="p", peer_id="bob",
+                                                            old_endpoint="203.0.113.7:4000",
+                                                            new_endpoint="203.0.113.7:4711", reason="roamed"))
+
+
+def test_a_roam_that_kept_working_does_not_explain_a_later_drop() -> None:
+    log = roamed(up(up(Log(), "bob"), "carol"), 30)
+    log.at(50, "peer:p:carol", sample("carol", 0.0))
+    log.at(70, "peer:p:bob", setback("bob", "++~+++++++---"))  # probes answered at the new endpoint
+    assert [f.cause for f in log.report()] == ["remote_unreachable"]
+    log = roamed(up(up(Log(), "bob"), "carol"), 30)
+    log.at(50, "peer:p:carol", sample("carol", 0.0))
+    log.at(70, "peer:p:bob", setback("bob", "+++++++++---"))  # the move is older than the record
+    assert [f.cause for f in log.report()] == ["remote_unreachable"]
+    log = roamed(up(up(Log(), "bob"), "carol"), 30)
+    log.at(50, "peer:p:carol", sample("carol", 0.0))
+    log.at(40, "peer:p:bob", setback("bob", "++++++~---"))  # nothing answered since the move
+    assert log.report()[0].cause == "endpoint_changed"
+
+
 def test_an_announced_endpoint_change_says_so() -> None:
     log = up(Log(), "bob")
     log.at(30, "peer:p:bob", ev.EndpointChanged(party_id="p", peer_id="bob", old_endpoint="203.0.113.7:4000",
