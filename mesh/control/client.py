@@ -34,6 +34,10 @@ Callback = Callable[[Message], None]
 Reachability = Callable[[bool, str | None], None]  # (reachable, the error when not)
 # Answers to requests the client sends on its own (heartbeats, the re-announce); not pushes.
 _QUIET_REPLIES = frozenset({"heartbeat_ack", "announced"})
+# The server answers every heartbeat. Nothing heard for this many intervals: the server or
+# the path to it is gone (a black hole never closes TCP), so drop the connection and redial.
+# Three, so one late answer under load never costs a reconnect.
+SILENT_AFTER_HEARTBEATS = 3
 
 
 class ControlError(Exception):
@@ -99,6 +103,8 @@ class AsyncControlClient:
         self._connected = asyncio.Event()
         self._stopping = False
         self._announce: Message | None = None
+        self._last_heard = 0.0  # loop time of the last frame from the server
+        self._silent: float | None = None  # the silence that made the client drop the connection
 
     @property
     def connected(self) -> bool:
@@ -137,8 +143,13 @@ class AsyncControlClient:
                     heartbeat_s = await self._authenticate(ws)
                     delays = self.backoff.delays()
                     await self._serve(ws, heartbeat_s)
+                    reason = f": {ws.close_reason}" if ws.close_reason else ""
+                    self.last_error = f"the control server closed the connection{reason}"
             except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake, ControlError) as error:
                 self.last_error = str(error) or type(error).__name__
+                if self._silent is not None:
+                    self.last_error = f"the control server answered nothing for {self._silent:.0f} s"
+                    self._silent = None
             except InvalidURI as error:
                 self.last_error = str(error)
                 logger.error("control URL {} is not usable: {}", self.url, error)
@@ -233,9 +244,11 @@ class AsyncControlClient:
         return answer
 
     async def _serve(self, ws: ClientConnection, heartbeat_s: float) -> None:
+        self._last_heard = asyncio.get_running_loop().time()
         beat = asyncio.create_task(self._heartbeat(ws, heartbeat_s))
         try:
             async for frame in ws:
+                self._last_heard = asyncio.get_running_loop().time()
                 try:
                     body = json.loads(frame)
                 except ValueError:
@@ -255,9 +268,17 @@ class AsyncControlClient:
             beat.cancel()
 
     async def _heartbeat(self, ws: ClientConnection, interval_s: float) -> None:
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(ConnectionClosed):
             while True:
                 await asyncio.sleep(interval_s)
+                silent = loop.time() - self._last_heard
+                if silent > SILENT_AFTER_HEARTBEATS * interval_s:
+                    logger.warning("control server {} answered nothing for {:.1f}s; reconnecting", self.url,
+                                   silent)
+                    self._silent = silent
+                    ws.transport.abort()  # a close handshake would wait on the same silence
+                    return
                 await ws.send(json.dumps({"type": "heartbeat", "v": p.VERSION}))
 
     def _disconnected(self) -> None:
