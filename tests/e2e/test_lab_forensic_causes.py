@@ -1,5 +1,6 @@
-"""``diagnose`` of causes injected into a real lab party: the control server down while the
-tunnels stay up, a NAT rebinding on a peer's router, and loss that rises before a drop.
+"""``diagnose`` of causes injected into a real lab party: the control server down (stopped,
+then behind a black hole) while the tunnels stay up, a NAT rebinding on a peer's router,
+and loss that rises before a drop.
 
 One lab for the module (its tests run in order on the same party): alice and carl hold
 public addresses, bob sits behind a port-restricted router. No relay, so a drop is a drop
@@ -112,6 +113,31 @@ def test_the_control_server_down_while_the_tunnels_stay_up(party: LabParty) -> N
         assert [i for i in diagnosis(party, host, peer)["incidents"] if i["kind"] == "drop"] == []
     text = party.cli("alice", "diagnose", "bob", "--state-dir", party.state("alice"))
     assert "cause: this node could not reach its control server" in text
+
+
+def test_the_control_server_behind_a_black_hole_while_the_tunnels_stay_up(party: LabParty) -> None:
+    """iptables on the control server's host drops everything from the peers: no TCP connection
+    closes, the agents notice the silence (three heartbeats, 2 s apart in the lab)."""
+    ips: dict[str, str] = party.ips  # type: ignore[attr-defined]
+    for host in HOSTS:
+        party.lab.block_path("control", host)
+    try:
+        for host in ("alice", "bob"):
+            wait_until(lambda host=host: len(events(party, host, "ControlServerUnreachable")) == 2, 30,
+                       f"a second ControlServerUnreachable on {host}")
+        assert every_pair_pings(party, ips, 10) == set()
+    finally:
+        for host in HOSTS:
+            party.lab.unblock_path("control", host)
+    for host, peer in (("alice", "bob"), ("bob", "alice")):
+        wait_until(lambda host=host: len(events(party, host, "ControlServerReachable")) == 2, 40,
+                   f"a second ControlServerReachable on {host}")
+        lost = events(party, host, "ControlServerUnreachable")[-1]["payload"]
+        assert lost["error"].startswith("the control server answered nothing for "), lost
+        outage = incidents(party, host, peer, "control_outage")[-1]
+        assert outage["cause"] == "control_unreachable", json.dumps(outage, indent=1)
+        assert f"while the tunnel to {peer} stayed up" in outage["findings"][0]["summary"]
+    assert [i for i in diagnosis(party, "alice", "bob")["incidents"] if i["kind"] == "drop"] == []
 
 
 def test_a_nat_rebinding_on_the_peers_router(party: LabParty) -> None:
