@@ -184,8 +184,11 @@ def test_loss_that_rises_before_a_drop(party: LabParty) -> None:
         assert finding["summary"].startswith("loss rose before the drop: ")
         assert f"recent probes, oldest first: {probes} (+ answered, - lost)" in [
             fact["detail"] for fact in finding["evidence"]]
-        # carl stayed up: that is further evidence, not the cause.
-        assert "remote_unreachable" in [f["cause"] for f in drop["findings"]], drop
+        # carl stayed up: that is further evidence, not the cause; so is WireGuard's handshake age.
+        further = {f["cause"]: f for f in drop["findings"]}
+        assert "remote_unreachable" in further, drop
+        assert any(fact["detail"].startswith("last WireGuard handshake ")
+                   for fact in further["remote_unreachable"]["evidence"]), drop
         return
     raise AssertionError(f"no drop after rising loss in {LOSS_ATTEMPTS} attempts")
 
