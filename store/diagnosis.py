@@ -420,7 +420,7 @@ def control_unreachable(window: Window) -> Finding | None:
     lost, back = outage
     url, error = lost.event.control_url, lost.event.error
     how_long = (f"for {back.event.outage_s:.0f} s" if back is not None and back.event.outage_s is not None
-                else "until the end of the log" if back is None else "for a while")
+                else "with no return recorded" if back is None else "for a while")
     evidence = [Fact.of(lost, f"{url}: {error}")]
     if back is not None:
         evidence.append(Fact.of(back, f"{url} answered again" + (
