@@ -99,6 +99,10 @@ class ConnectionConfig:
     # those records are kept for good (they are not samples), so an hour keeps a relayed
     # peer's year at ~8,800 rows instead of ~1 million.
     repeats_record_max_s: float = 3600.0
+    # A change away from a healthy state records this many of the last probe outcomes: at
+    # 5 s a probe, the last ~100 s, enough to tell loss that rose from a clean cut (whose
+    # lost probes all come at the end), in 20 bytes an event.
+    probe_history: int = 20
     keepalive_s: int = 25
     # A WireGuard change that failed is tried again after this, doubling up to the cap:
     # quick enough that a transient failure heals in seconds, bounded so a broken

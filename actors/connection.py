@@ -144,6 +144,9 @@ class Probing:
     # The loss window of each path (True for a lost probe): a path switched back to keeps
     # what it showed, so a lossy direct path is not taken for a clean one on its return.
     outcomes: dict[str | None, list[bool]] = field(default_factory=dict)
+    history: str = ""  # the last probe outcomes, oldest first: "+" answered, "-" lost, "~" endpoint moved
+    stats: PeerStats | None = None  # WireGuard's counters for the peer, at the last reading
+    watched_endpoint: str | None = None  # the decided endpoint when the reading in flight was asked for
 
 
 class PeerConnectionActor(Actor):
@@ -355,9 +358,19 @@ class PeerConnectionActor(Actor):
     def _transition(self, to_state: str, reason: str, latency_ms: float | None = None,
                     state: ConnectionState | None = None) -> ev.ConnectionStateChanged:
         state = state or self.state
+        setback = to_state in (ev.DEGRADED, ev.FAILED) or (state.state in UP and to_state not in UP
+                                                             and to_state not in (ev.CLOSED, ev.CLEANUP))
         return ev.ConnectionStateChanged(
             **self._base(), from_state=state.state, to_state=to_state, reason=reason,
-            path=state.path, endpoint=state.endpoint, relay=state.relay, latency_ms=latency_ms)
+            path=state.path, endpoint=state.endpoint, relay=state.relay, latency_ms=latency_ms,
+            **(self._tunnel_evidence() if setback else {}))
+
+    def _tunnel_evidence(self) -> dict[str, Any]:
+        """What a setback records of the tunnel: WireGuard's handshake age and the recent probes."""
+        stats = self.probing.stats
+        handshake = stats.last_handshake if stats else None
+        age = round(max(0.0, time.time() - handshake), 1) if handshake else None
+        return {"last_handshake_age_s": age, "recent_probes": self.probing.history}
 
     def _configure(self, endpoint: str | None) -> ev.WireGuardPeerConfigRequested:
         assert self.init is not None
@@ -676,10 +689,8 @@ class PeerConnectionActor(Actor):
         if result.endpoint == self.state.endpoint or self.state.path != ev.DIRECT:
             self._commit([punched], op.tag)
             return
-        self._commit([punched,
-                      ev.EndpointChanged(**self._base(), old_endpoint=self.state.endpoint,
-                                         new_endpoint=result.endpoint, reason=op.purpose),
-                      self._configure(result.endpoint)], op.tag)
+        # The move itself is on record already (EndpointChanged, seen in the announce).
+        self._commit([punched, self._configure(result.endpoint)], op.tag)
 
     def _on_unreachable_punched(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
         if not succeeded:
@@ -786,6 +797,7 @@ class PeerConnectionActor(Actor):
         if isinstance(item, m.LatencyObserved):
             latency = float(item.latency_ms)
             self.probing.lost = 0.0
+            self._remember_probe("+")
             self.probing.window.append(latency)
             self._count_probe(lost=False)
             high = latency > threshold
@@ -809,6 +821,7 @@ class PeerConnectionActor(Actor):
                 return [self._transition(ev.CONNECTED, better, latency, state)], False
             return [], False
         # ProbeFailed
+        self._remember_probe("-")
         self.probing.lost += weight
         self.probing.window_lost += 1
         self._count_probe(lost=True)
@@ -831,6 +844,9 @@ class PeerConnectionActor(Actor):
         unreachable = (f"{lost} after {self.cfg.attempts_before_failed} reconnect attempts; "
                        "retrying every path")
         return [self._transition(ev.FAILED, unreachable, state=state)], False
+
+    def _remember_probe(self, outcome: str) -> None:
+        self.probing.history = (self.probing.history + outcome)[-self.cfg.probe_history:]
 
     def _after_observations(self, before: ConnectionState, events: Sequence[Event], failover: bool) -> None:
         """The actions the persisted batch asks for (each persists its own events first)."""
@@ -868,6 +884,7 @@ class PeerConnectionActor(Actor):
             self._schedule(self.cfg.metrics_interval_s, METRICS)
         elif timer.kind == WATCH:
             if self.state.state in UP:
+                self.probing.watched_endpoint = self.state.endpoint or ""
                 self._request(fx.ReadPeerStats(tag="watch", public_key=self.init.public_key))
             else:
                 self.watching = False
@@ -930,6 +947,8 @@ class PeerConnectionActor(Actor):
     def _on_watched(self, stats: PeerStats | None) -> None:
         self.watching = False
         probing, cfg = self.probing, self.cfg
+        if stats is not None:
+            self._note_endpoint(stats)
         if self.closing or self.state.state not in UP or stats is None:
             probing.counters = None
             return
@@ -999,6 +1018,23 @@ class PeerConnectionActor(Actor):
         self._commit(self._reconnect(1, reason), "path dead")
         self._arm_monitor()
         self._connect(self.state.reconnects + 1)
+
+    def _note_endpoint(self, stats: PeerStats) -> None:
+        """Keep the reading (a setback records its handshake age); record a roamed endpoint once."""
+        decided, self.probing.watched_endpoint = self.probing.watched_endpoint, None
+        self.probing.stats = stats
+        state = self.state
+        # Only a settled direct path: a relay's address is not the peer's, and a reading taken
+        # across a change of the decided endpoint says nothing about the peer.
+        if (stats.endpoint and state.endpoint and stats.endpoint != state.endpoint
+                and decided == state.endpoint and state.path == ev.DIRECT and state.state in ACTIVE
+                and state.wireguard_configured and state.wireguard_applied and self.op is None
+                and "wireguard" not in self.pending):
+            self._commit([ev.EndpointChanged(
+                **self._base(), old_endpoint=state.endpoint, new_endpoint=stats.endpoint,
+                reason="WireGuard now hears the peer from another address (NAT rebinding or roaming)")],
+                "watch")
+            self._remember_probe("~")  # a later setback shows whether probes were answered since
 
     def _sample_metrics(self, stats: PeerStats | None) -> None:
         probing = self.probing
@@ -1116,7 +1152,7 @@ class PeerConnectionActor(Actor):
     def on_announced(self, candidates: Sequence[str], nat_type: str, announced: bool) -> None:
         remote = self._remote_update(candidates, nat_type)
         if remote is not None:
-            self._commit([remote], "announced")
+            self._commit([remote, *self._announced_move(remote.candidates)], "announced")
             self._follow_new_candidates()
         if announced and self.state.state in (ev.FAILED, ev.CLEANUP) and self.op is None:
             self.timers.cancel(RETRY)
@@ -1140,6 +1176,16 @@ class PeerConnectionActor(Actor):
             self._punch(self._begin(NEW_CANDIDATES, purpose="the peer announced new candidates"))
         elif state.path == ev.RELAY:
             self._retry_direct()
+
+    def _announced_move(self, candidates: Sequence[str]) -> list[Event]:
+        """The peer announced candidates without the direct endpoint in use: it moved (once a change)."""
+        state = self.state
+        if state.path != ev.DIRECT or not state.endpoint or not candidates or state.endpoint in candidates:
+            return []
+        new = next((c for c in candidates if c not in state.candidates), candidates[0])
+        return [ev.EndpointChanged(**self._base(), old_endpoint=state.endpoint, new_endpoint=new,
+                                   reason="the peer announced candidates without the endpoint in use",
+                                   seen_by=ev.SEEN_IN_ANNOUNCE)]
 
     def _arm_monitor(self) -> None:
         """The next probe: soon while connecting (every ``first_probe_s``), else every interval."""

@@ -183,6 +183,19 @@ class PeerAskedForRelay:
 
 
 @dataclass(frozen=True)
+class ControlReachability:
+    """The agent's session with a control plane connected or lost it (told on each change).
+
+    ``outage_s``: how long it was unreachable, when it answers again and the agent saw it go.
+    """
+
+    control_url: str
+    reachable: bool
+    error: str = ""
+    outage_s: float | None = None
+
+
+@dataclass(frozen=True)
 class RemoteCandidates:
     """New endpoint candidates ("ip:port") of a remote peer, from signalling."""
 

@@ -134,6 +134,8 @@ class NodeActor(Actor):
             case m.LeaveParty() | m.ExportDevice():
                 if self._party(message, sender):
                     self.send(self.parties[message.party_id], m.Forwarded(message, sender))
+            case m.ControlReachability():
+                self._control_reachability(message)
             case (m.PeerAnnounced() | m.PeerDeparted() | m.RemoteCandidates() | m.Observations()
                   | m.PeerAskedForRelay()):
                 if self._party(message, None):
@@ -205,6 +207,22 @@ class NodeActor(Actor):
         self.edge = self.createActor(EdgeActor)
         self.send(self.edge, m.EdgeInit(start.adapters, start.executor, start.log))
         self.send(self.edge, fx.DetectNat(tag="start"))
+
+    def _control_reachability(self, change: m.ControlReachability) -> None:
+        """One row when a control plane is lost and one when it answers again, never one a retry."""
+        assert self.start is not None
+        url = change.control_url
+        if not isinstance(url, str) or not url or len(url) > 2048:
+            self.reject("ControlReachability", "control_url must be non-empty text")
+            return
+        down = url in self.state.unreachable_controls
+        if not change.reachable and not down:
+            self._commit([ev.ControlServerUnreachable(node_id=self.start.node_id, control_url=url,
+                                                      error=str(change.error)[:500])])
+        elif change.reachable and down:
+            outage = change.outage_s if isinstance(change.outage_s, int | float) else None
+            self._commit([ev.ControlServerReachable(node_id=self.start.node_id, control_url=url,
+                                                    outage_s=None if outage is None else round(outage, 1))])
 
     def _detected(self, done: fx.EffectDone) -> None:
         """The node's NAT as its adapters see it: one row when it changes, none per restart."""

@@ -20,6 +20,7 @@ from mesh.control.target import ControlTarget
 
 Message = dict[str, Any]
 Callback = Callable[[str, Message], None]  # (control url, message)
+Reachability = Callable[[str, bool, str | None], None]  # (control url, reachable, error)
 
 
 class Session:
@@ -56,8 +57,10 @@ class _SharedConnection:
     proved. Pushes and welcomes go to every session, each with its own URL.
     """
 
-    def __init__(self, identity: Identity, name: str, backoff: Backoff | None) -> None:
+    def __init__(self, identity: Identity, name: str, backoff: Backoff | None,
+                 on_reachability: Reachability | None = None) -> None:
         self.identity, self.name, self.backoff = identity, name, backoff
+        self.on_reachability = on_reachability
         self.listeners: dict[int, tuple[str, Callback, Callback]] = {}
         self.client: AsyncControlClient | None = None
         self.task: asyncio.Task[None] | None = None
@@ -67,7 +70,8 @@ class _SharedConnection:
         self.client = AsyncControlClient(target.pinned(None, target.fingerprint), self.identity,
                                          name=self.name, backoff=self.backoff,
                                          on_push=lambda body: self._fan_out(1, body),
-                                         on_welcome=lambda body: self._fan_out(2, body))
+                                         on_welcome=lambda body: self._fan_out(2, body),
+                                         on_reachability=self._reachability(target.url))
         self.task = asyncio.create_task(self.client.run())
 
     async def close(self) -> None:
@@ -79,6 +83,13 @@ class _SharedConnection:
                 await self.task
         self.client, self.task = None, None
 
+    def _reachability(self, url: str) -> Callable[[bool, str | None], None] | None:
+        """Reported once for the server (not once a session), under the address it is dialed at."""
+        report = self.on_reachability
+        if report is None:
+            return None
+        return lambda reachable, error: report(url, reachable, error)
+
     def _fan_out(self, which: int, body: Message) -> None:
         for url, on_push, on_welcome in list(self.listeners.values()):
             (on_push if which == 1 else on_welcome)(url, body)
@@ -89,13 +100,13 @@ _SHARED: dict[tuple[str, str], _SharedConnection] = {}
 
 class WebSocketSession(Session):
     def __init__(self, url: str, identity: Identity, name: str, on_push: Callback, on_welcome: Callback,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, on_reachability: Reachability | None = None) -> None:
         self.url = url
         self.target = ControlTarget.parse(url)  # a TargetError is a ValueError: the agent answers 400
         self._key = (self.target.url, identity.public_key)
         shared = _SHARED.get(self._key)
         if shared is None:
-            shared = _SHARED[self._key] = _SharedConnection(identity, name, backoff)
+            shared = _SHARED[self._key] = _SharedConnection(identity, name, backoff, on_reachability)
         self._shared = shared
         shared.listeners[id(self)] = (url, on_push, on_welcome)
 
@@ -234,10 +245,11 @@ def confined_directory(url: str, root_url: str | None) -> Path:
 
 
 def open_session(url: str, identity: Identity, name: str, on_push: Callback,
-                 on_welcome: Callback, discovery_root: str | None = None) -> Session:
+                 on_welcome: Callback, discovery_root: str | None = None,
+                 on_reachability: Reachability | None = None) -> Session:
     if url.startswith("file://"):
         confined_directory(url, discovery_root)
         return FileSession(url, identity, name, on_push, on_welcome)
     if url.startswith(("ws://", "wss://")):
-        return WebSocketSession(url, identity, name, on_push, on_welcome)
+        return WebSocketSession(url, identity, name, on_push, on_welcome, on_reachability=on_reachability)
     raise ValueError(f"control plane {url!r} is neither ws://, wss:// nor file://")

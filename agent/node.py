@@ -135,6 +135,7 @@ class Agent:
         self.sessions: dict[str, Session] = {}
         self._party_states: dict[str, tuple[int, PartyState]] = {}  # stream position, state
         self.offers: dict[tuple[str, str, str], dict[str, Any]] = {}  # relay tickets pushed to us
+        self.control_lost_at: dict[str, float] = {}  # control url -> monotonic time it went
         self.runtime = ActorRuntime(f"lanrage-{self.node_id}")
         self.node: Any = None
         self.interface: Any = None
@@ -387,7 +388,8 @@ class Agent:
         if session is None:
             try:
                 session = open_session(url, self.identity, self.config.name, self._on_push, self._on_welcome,
-                                       discovery_root=self.config.control)
+                                       discovery_root=self.config.control,
+                                       on_reachability=self._on_reachability)
             except ValueError as error:
                 raise ServiceError(400, str(error)) from None
             self.sessions[url] = session
@@ -447,6 +449,19 @@ class Agent:
             self._tell(self._announcement(party_id, body["member"]))
         elif kind == "peer_left" and isinstance(body.get("peer_id"), str):
             self._tell(m.PeerDeparted(party_id, body["peer_id"], str(body.get("reason", "left"))))
+
+    def _on_reachability(self, url: str, reachable: bool, error: str | None) -> None:
+        """A control plane lost or back: the node actor records the change (tunnels carry on)."""
+        if reachable:
+            lost_at = self.control_lost_at.pop(url, None)
+            outage_s = time.monotonic() - lost_at if lost_at is not None else None
+            logger.info("control server {} reachable again{}", url,
+                        f" after {outage_s:.1f} s" if outage_s is not None else "")
+            self._tell(m.ControlReachability(url, True, outage_s=outage_s))
+        else:
+            self.control_lost_at.setdefault(url, time.monotonic())
+            logger.warning("control server {} unreachable: {}; tunnels stay up", url, error)
+            self._tell(m.ControlReachability(url, False, error=error or "unreachable"))
 
     def _on_welcome(self, url: str, body: dict[str, Any]) -> None:
         if (self.candidates or self._routed_devices(url)) and self.loop is not None and url in self.sessions:

@@ -269,6 +269,8 @@ def apply_connection(state: ConnectionState, event: Event) -> ConnectionState:
                            else None if stale else state.latency_ms,
                            **(_NO_FIGURES if stale else {}))
         case ev.EndpointChanged():
+            if event.seen_by != ev.SEEN_BY_WIREGUARD:
+                return state
             return _evolve(state, endpoint=event.new_endpoint)
         case ev.ReconnectAttempted():
             return _evolve(state, reconnects=event.attempt)
@@ -337,13 +339,15 @@ class NodeState:
     parties: tuple[str, ...] = ()
     pending_requests: tuple[str, ...] = ()  # PartyRequested ids with no outcome yet
     abrupt_ends: int = 0  # previous runs that ended without a clean stop
+    unreachable_controls: tuple[str, ...] = ()  # control planes this run cannot reach now
 
 
 def apply_node(state: NodeState, event: Event) -> NodeState:
     match event:
         case ev.NodeStarted():
+            # A new run knows nothing yet of its control planes: it records what it finds.
             return _evolve(state, node_id=event.node_id, public_key=event.public_key,
-                           listen_port=event.listen_port, running=True)
+                           listen_port=event.listen_port, running=True, unreachable_controls=())
         case ev.NodeStopped():
             return _evolve(state, running=False)
         case ev.NodeRunEndedAbruptly():
@@ -371,6 +375,12 @@ def apply_node(state: NodeState, event: Event) -> NodeState:
                                                          if r != event.request_id))
         case ev.NodePartyClosed():
             return _evolve(state, parties=tuple(p for p in state.parties if p != event.party_id))
+        case ev.ControlServerUnreachable():
+            return _evolve(state, unreachable_controls=(
+                *(url for url in state.unreachable_controls if url != event.control_url), event.control_url))
+        case ev.ControlServerReachable():
+            return _evolve(state, unreachable_controls=tuple(
+                url for url in state.unreachable_controls if url != event.control_url))
     return state
 
 

@@ -173,6 +173,29 @@ class NodePartyClosed(Event):
     reason: str
 
 
+@register
+@dataclass(frozen=True, kw_only=True)
+class ControlServerUnreachable(Event):
+    """The node lost its control server, or could not reach it (once an outage, never a retry).
+
+    Tunnels do not depend on it: joins, leaves, announcements and relay tickets wait.
+    """
+
+    node_id: str
+    control_url: str
+    error: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ControlServerReachable(Event):
+    """The control server answers again; ``outage_s``: how long this run could not reach it."""
+
+    node_id: str
+    control_url: str
+    outage_s: float | None
+
+
 # ---------------------------------------------------------------- party stream
 
 
@@ -539,6 +562,16 @@ class WireGuardPeerChangeFailed(Event):
 @register
 @dataclass(frozen=True, kw_only=True)
 class ConnectionStateChanged(Event):
+    """v2 adds what a change away from a healthy state knew of the tunnel (empty otherwise):
+
+    ``last_handshake_age_s``: seconds since WireGuard's last handshake with the peer, as
+    its counters said at the last reading before the change (None: never, or not read);
+    ``recent_probes``: the outcomes of the last probes before the change, oldest first,
+    ``+`` answered and ``-`` lost, with ``~`` where WireGuard's endpoint for the peer moved
+    (an ``EndpointChanged``) between two of them.
+    """
+
+    version = 2
     party_id: str
     peer_id: str
     from_state: str | None
@@ -548,16 +581,45 @@ class ConnectionStateChanged(Event):
     endpoint: str | None = None
     relay: str | None = None
     latency_ms: float | None = None
+    last_handshake_age_s: float | None = None
+    recent_probes: str = ""
+
+
+@upcaster("ConnectionStateChanged", 1)
+def _state_changed_v1_to_v2(payload: Payload) -> Payload:
+    payload.setdefault("last_handshake_age_s", None)
+    payload.setdefault("recent_probes", "")
+    return payload
+
+
+# Who saw a peer's endpoint change: WireGuard (it roamed to where the peer's packets now
+# come from) or the control plane (the peer announced candidates without the one in use).
+SEEN_BY_WIREGUARD = "wireguard"
+SEEN_IN_ANNOUNCE = "announce"
 
 
 @register
 @dataclass(frozen=True, kw_only=True)
 class EndpointChanged(Event):
+    """The peer's endpoint changed (NAT rebinding, roaming, a new network), once per change.
+
+    v2 adds ``seen_by``: only what WireGuard saw changes the connection's endpoint (it
+    already sends there); an announced change is a fact about the peer, not a decision.
+    """
+
+    version = 2
     party_id: str
     peer_id: str
     old_endpoint: str | None
     new_endpoint: str | None
     reason: str
+    seen_by: str = SEEN_BY_WIREGUARD
+
+
+@upcaster("EndpointChanged", 1)
+def _endpoint_changed_v1_to_v2(payload: Payload) -> Payload:
+    payload.setdefault("seen_by", SEEN_BY_WIREGUARD)
+    return payload
 
 
 @register

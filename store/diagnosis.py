@@ -2,7 +2,8 @@
 
 An *incident* is a moment a connection stopped carrying traffic as it did: a change from
 ``connected``/``degraded`` to another state, a forced path switch (relay to relay, direct
-to relay), or a restart of this node while the connection was up. For each incident a
+to relay), a change of the peer's endpoint under it (NAT rebinding), or a restart of this
+node or a loss of its control server while the connection was up. For each incident a
 ``Window`` holds the connection's own events up to it and every event of this node
 recorded around it. Each rule is a pure function ``Window -> Finding | None``; ``RULES``
 lists them in order of precedence, so adding a cause (a new event, a new rule) is one
@@ -32,10 +33,20 @@ LOOKAHEAD = timedelta(seconds=120)
 # Connections of one node that drop within this of each other dropped for one reason.
 TOGETHER = timedelta(seconds=15)
 # A sample with at least this loss before a drop, after samples below it, is "loss rose".
+# The same share of lost probes before the drop's final run of lost ones (from the first
+# loss on) says it too: a cut link loses every probe from one moment on, a failing one
+# loses some first.
 LOSS_ROSE = 0.2
+# Two lost probes before that run say it whatever their share; one says it only at that share:
+# a single probe lost long before a cut is bad luck, not a trend.
+LOSS_MIN_LOST = 2
+# WireGuard re-keys every 120 s while traffic flows and drops a session at 180 s: a last
+# handshake older than that at a drop says the remote stopped answering handshakes.
+HANDSHAKE_STALE_S = 180.0
 # Without a moment, the latest few incidents: enough to see a pattern, short enough to read.
 LATEST_INCIDENTS = 5
-NODE_TYPES = ("NodeStarted", "NodeStopped", "NodeRunEndedAbruptly")
+NODE_TYPES = ("NodeStarted", "NodeStopped", "NodeRunEndedAbruptly", "ControlServerUnreachable",
+              "ControlServerReachable")
 UP = (ev.CONNECTED, ev.DEGRADED)
 
 
@@ -63,8 +74,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class Incident:
-    record: RecordedEvent  # the drop, the forced switch, or this node's NodeStarted
-    kind: str  # "drop", "path_switch", "restart"
+    record: RecordedEvent  # the drop, the switch, the endpoint change, NodeStarted or the control loss
+    kind: str  # "drop", "path_switch", "endpoint_change", "restart", "control_outage"
     description: str
 
 
@@ -79,7 +90,7 @@ class Window:
     connection: tuple[RecordedEvent, ...]  # this connection's stream, up to and including the incident
     around: tuple[RecordedEvent, ...]  # every event of this node within LOOKBACK/LOOKAHEAD
     names: dict[tuple[str, str], str] = field(default_factory=dict)  # (party, peer) -> name
-    node: tuple[RecordedEvent, ...] = ()  # this node's whole lifecycle: NodeStarted/Stopped/RunEndedAbruptly
+    node: tuple[RecordedEvent, ...] = ()  # this node's whole lifecycle (NODE_TYPES), control plane included
 
     @property
     def at(self) -> datetime:
@@ -103,7 +114,7 @@ class Window:
 
     @property
     def connection_stream(self) -> str:
-        return self.incident.record.stream_id if self.incident.kind != "restart" else (
+        return self.incident.record.stream_id if self.incident.kind not in NODE_INCIDENTS else (
             self.connection[-1].stream_id if self.connection else "")
 
 
@@ -114,6 +125,10 @@ def connection_of(stream_id: str) -> str:
     """The connection stream a record speaks of: a sample's stream (``metrics:...``) names its
     connection's (``peer:...``); older logs hold samples in the connection's stream itself."""
     return PEER + stream_id[len(METRICS):] if stream_kind(stream_id) == METRICS else stream_id
+
+
+# Incidents recorded in the node's stream rather than the connection's.
+NODE_INCIDENTS = ("restart", "control_outage")
 
 
 def _ms(value: float | None) -> str:
@@ -230,7 +245,7 @@ def _relay_in_use(window: Window) -> str | None:
 
 def local_uplink(window: Window) -> Finding | None:
     """Every connection of this node dropped at once: this node lost its uplink."""
-    if window.incident.kind == "restart":
+    if window.incident.kind in NODE_INCIDENTS:
         return None
     others = _other_connections(window)
     if not others:
@@ -253,9 +268,33 @@ def endpoint_changed(window: Window) -> Finding | None:
         return None
     record = changed[-1]
     event = record.event
+    if event.seen_by == ev.SEEN_BY_WIREGUARD and not _broke_after_move(window):
+        return None
+    how = ("WireGuard now hears it from the new address" if event.seen_by == ev.SEEN_BY_WIREGUARD
+           else "it announced the new address through the control server")
+    evidence = [Fact.of(record, f"{event.old_endpoint} → {event.new_endpoint}: {event.reason}")]
+    evidence += [Fact.of(r, _describe(r)) for r in window.before()
+                 if r.stream_id == window.connection_stream and r.global_position > record.global_position
+                 and isinstance(r.event, ev.ConnectionStateChanged | ev.PathSwitched)][:3]
     return Finding("endpoint_changed", f"{window.peer_name}'s endpoint changed from "
-                   f"{event.old_endpoint or '-'} to {event.new_endpoint or '-'} ({event.reason})",
-                   (Fact.of(record, f"{event.old_endpoint} → {event.new_endpoint}: {event.reason}"),))
+                   f"{event.old_endpoint or '-'} to {event.new_endpoint or '-'} (NAT rebinding or a new "
+                   f"network): {how}", tuple(evidence))
+
+
+def _broke_after_move(window: Window) -> bool:
+    """No probe was answered between WireGuard's move to the new endpoint and the setback.
+
+    The setback's probe record marks the move with ``~``; a move it does not hold (older than
+    the record) had answered probes after it. A change itself, or a record without probes
+    (an older log), is taken as it stands.
+    """
+    if window.incident.kind == "endpoint_change":
+        return True
+    record = _setback(window)
+    if record is None:
+        return True
+    probes = record.event.recent_probes
+    return "~" in probes and "+" not in probes.rpartition("~")[2]
 
 
 def direct_path_failed(window: Window) -> Finding | None:
@@ -286,9 +325,13 @@ def remote_unreachable(window: Window) -> Finding | None:
                and r.event.reason != "left"]
     others = _other_connections(window)
     stayed = sorted(stream for stream, dropped in others.items() if dropped is None)
-    if not expired and not stayed:
+    age = _handshake_age(window.incident.record)
+    stale = age is not None and age > HANDSHAKE_STALE_S
+    if not expired and not stayed and not stale:
         return None
     evidence = [Fact.of(window.incident.record, _describe(window.incident.record))]
+    if age is not None:
+        evidence.append(Fact.of(window.incident.record, _handshake_words(age)))
     evidence += [Fact.of(r, f"the control server removed {window.peer_name}: {r.event.reason}")
                  for r in expired]
     words = []
@@ -299,14 +342,70 @@ def remote_unreachable(window: Window) -> Finding | None:
                      for s in stayed if _last_sign_of_life(window, s) is not None]
     if expired:
         words.append(f"the control server stopped hearing from it too ({expired[0].event.reason})")
+    if stale:
+        words.append(f"WireGuard's last handshake with it was {age:.0f} s before the drop")
     return Finding("remote_unreachable", f"{window.peer_name}'s node became unreachable (its uplink or its "
                    f"machine): it stopped answering probes, and {' and '.join(words)}", tuple(evidence))
 
 
 def loss_rose(window: Window) -> Finding | None:
-    """The samples before the drop show loss rising."""
-    samples = [r for r in window.before() if isinstance(r.event, ev.MetricsSampled)
-               and connection_of(r.stream_id) == window.connection_stream]
+    """Probes were lost here and there before the drop's final run of lost ones: the path got worse.
+
+    From the probe outcomes the setback recorded (``recent_probes``); a clean cut loses none
+    before the run that triggered the drop.
+    """
+    if window.incident.kind not in ("drop", "path_switch"):
+        return None
+    record = _setback(window)
+    if record is None:
+        return None
+    probes = record.event.recent_probes
+    rise = loss_before_drop(probes)
+    if rise is None:
+        return None
+    healthy, lost, trend, final = rise
+    after = f"after {healthy} probes answered in a row, " if healthy else ""
+    summary = (f"loss rose before the drop: {after}{lost} of the next {trend} were lost, then the last "
+               f"{final} in a row")
+    evidence = [Fact.of(record, f"recent probes, oldest first: {probes} (+ answered, - lost)")]
+    evidence += [Fact.of(r, f"loss {_pct(r.event.loss)}, latency {_ms(r.event.latency_ms)}")
+                 for r in _samples_before(window)][-2:]
+    return Finding("loss_rose", summary, tuple(evidence))
+
+
+def loss_before_drop(probes: str) -> tuple[int, int, int, int] | None:
+    """Probe outcomes (oldest first, ``+``/``-``; ``~`` ignored) showing loss before the final run of
+    lost ones: (answered in a row first, lost after that, probes after that, the final run), or None."""
+    probes = probes.replace("~", "")
+    before = probes.rstrip("-")
+    healthy = len(before) - len(before.lstrip("+"))
+    trend = before[healthy:]
+    lost = trend.count("-")
+    if lost == 0 or (lost < LOSS_MIN_LOST and lost / len(trend) < LOSS_ROSE):
+        return None
+    return healthy, lost, len(trend), len(probes) - len(before)
+
+
+def _setback(window: Window) -> RecordedEvent | None:
+    """The transition that carries the probe outcomes: the drop itself, or the one right after a switch."""
+    incident = window.incident.record
+    if isinstance(incident.event, ev.ConnectionStateChanged):
+        return incident if incident.event.recent_probes else None
+    later = [r for r in window.after(timedelta(seconds=30)) if r.stream_id == incident.stream_id
+             and isinstance(r.event, ev.ConnectionStateChanged) and r.event.recent_probes]
+    return later[0] if later else None
+
+
+def _samples_before(window: Window) -> list[RecordedEvent]:
+    return [r for r in window.before() if isinstance(r.event, ev.MetricsSampled)
+            and connection_of(r.stream_id) == window.connection_stream]
+
+
+def loss_in_samples(window: Window) -> Finding | None:
+    """The samples before the drop show loss rising (for drops recorded without probe outcomes)."""
+    if window.incident.kind in NODE_INCIDENTS:
+        return None
+    samples = _samples_before(window)
     if not samples:
         return None
     lossy = [r for r in samples if r.event.loss >= LOSS_ROSE]
@@ -320,8 +419,82 @@ def loss_rose(window: Window) -> Finding | None:
     return Finding("loss_rose", summary, evidence)
 
 
-RULES: tuple[Rule, ...] = (local_restart, left_party, relay_died, local_uplink, endpoint_changed,
-                           direct_path_failed, remote_unreachable, loss_rose)
+def control_unreachable(window: Window) -> Finding | None:
+    """This node could not reach its control server: tunnels stayed up, or the drop came during it."""
+    outage = _outage(window)
+    if outage is None:
+        return None
+    lost, back = outage
+    url, error = lost.event.control_url, lost.event.error
+    how_long = (f"for {back.event.outage_s:.0f} s" if back is not None and back.event.outage_s is not None
+                else "with no return recorded" if back is None else "for a while")
+    evidence = [Fact.of(lost, f"{url}: {error}")]
+    if back is not None:
+        evidence.append(Fact.of(back, f"{url} answered again" + (
+            f" after {back.event.outage_s:.1f} s" if back.event.outage_s is not None else "")))
+    if window.incident.kind != "control_outage":
+        evidence.insert(0, Fact.of(window.incident.record, _describe(window.incident.record)))
+        return Finding("control_unreachable", f"the control server ({url}) was unreachable when the "
+                       f"connection to {window.peer_name} dropped ({error}; unreachable {how_long})",
+                       tuple(evidence))
+    mine = window.connection_stream
+    end = back.global_position if back is not None else None
+    during = [r for r in window.around if r.stream_id == mine and r.global_position > lost.global_position
+              and (end is None or r.global_position < end)]
+    drops = [r for r in during if _is_drop(r)]
+    if drops:
+        evidence.append(Fact.of(drops[0], f"meanwhile the connection dropped: {_describe(drops[0])}"))
+        return Finding("control_unreachable", f"this node could not reach its control server ({url}, "
+                       f"{error}) {how_long}, and the connection to {window.peer_name} dropped meanwhile",
+                       tuple(sorted(evidence, key=lambda fact: fact.global_position)))
+    since = [r for r in window.connection if isinstance(r.event, ev.ConnectionStateChanged)]
+    if since:
+        evidence.append(Fact.of(since[-1], f"{window.peer_name} {since[-1].event.to_state} from here on, "
+                                           "no drop during the outage"))
+    evidence += [Fact.of(r, f"still answering: loss {_pct(r.event.loss)}, latency {_ms(r.event.latency_ms)}")
+                 for r in during if isinstance(r.event, ev.MetricsSampled) and r.event.loss < 1.0][:2]
+    return Finding("control_unreachable", f"this node could not reach its control server ({url}, {error}) "
+                   f"{how_long}, while the tunnel to {window.peer_name} stayed up (joins, leaves and relay "
+                   "tickets wait for it; traffic does not)",
+                   tuple(sorted(evidence, key=lambda fact: fact.global_position)))
+
+
+def _outage(window: Window) -> tuple[RecordedEvent, RecordedEvent | None] | None:
+    """The control plane outage the incident falls in (its loss, and its end if recorded)."""
+    position = window.incident.record.global_position
+    lost: dict[str, RecordedEvent] = {}
+    for record in window.node:
+        if record.global_position > position:
+            break
+        event = record.event
+        if isinstance(event, ev.ControlServerUnreachable):
+            lost.setdefault(event.control_url, record)
+        elif isinstance(event, ev.ControlServerReachable):
+            lost.pop(event.control_url, None)
+        elif isinstance(event, ev.NodeStarted):
+            lost.clear()  # a new run finds out again
+    if not lost:
+        return None
+    first = min(lost.values(), key=lambda r: r.global_position)
+    back = next((r for r in window.node if r.global_position > position
+                 and isinstance(r.event, ev.ControlServerReachable)
+                 and r.event.control_url == first.event.control_url), None)
+    return first, back
+
+
+def _handshake_age(record: RecordedEvent) -> float | None:
+    return getattr(record.event, "last_handshake_age_s", None)
+
+
+def _handshake_words(age: float) -> str:
+    if age > HANDSHAKE_STALE_S:
+        return f"last WireGuard handshake {age:.0f} s before the drop: the remote stopped answering"
+    return f"last WireGuard handshake {age:.0f} s before the drop"
+
+
+RULES: tuple[Rule, ...] = (local_restart, left_party, relay_died, local_uplink, control_unreachable,
+                           endpoint_changed, loss_rose, direct_path_failed, remote_unreachable,
+                           loss_in_samples)
 
 
 # ---------------------------------------------------------------- windows and incidents
@@ -387,18 +560,28 @@ def incidents(connection: Sequence[RecordedEvent], node_events: Iterable[Recorde
         elif isinstance(event, ev.PathSwitched) and event.to_path == ev.RELAY:
             # relay to relay, or direct to relay: the path in use failed and the connection moved
             found.append(Incident(record, "path_switch", _describe(record)))
-    for start in node_events:
-        if not isinstance(start.event, ev.NodeStarted):
+        elif isinstance(event, ev.EndpointChanged) and _state_at(connection, record.global_position) in UP:
+            found.append(Incident(record, "endpoint_change", f"endpoint {event.old_endpoint} → "
+                                                             f"{event.new_endpoint}"))
+    for record in node_events:
+        if _state_at(connection, record.global_position) not in UP:
             continue
-        state = None
-        for record in connection:
-            if record.global_position > start.global_position:
-                break
-            if isinstance(record.event, ev.ConnectionStateChanged):
-                state = record.event.to_state
-        if state in UP:
-            found.append(Incident(start, "restart", "this node started while the connection was up"))
+        if isinstance(record.event, ev.NodeStarted):
+            found.append(Incident(record, "restart", "this node started while the connection was up"))
+        elif isinstance(record.event, ev.ControlServerUnreachable):
+            found.append(Incident(record, "control_outage", "the control server became unreachable while "
+                                                            "the connection was up"))
     return sorted(found, key=lambda incident: incident.record.global_position)
+
+
+def _state_at(connection: Sequence[RecordedEvent], position: int) -> str | None:
+    state = None
+    for record in connection:
+        if record.global_position > position:
+            break
+        if isinstance(record.event, ev.ConnectionStateChanged):
+            state = record.event.to_state
+    return state
 
 
 def select_incidents(found: Sequence[Incident], at: datetime | None = None, position: int | None = None,
@@ -440,10 +623,15 @@ def same_node(record: RecordedEvent, node_id: str | None) -> bool:
 
 def diagnose(window: Window, rules: Sequence[Rule] = RULES) -> list[Finding]:
     """Every finding of every rule, in precedence order; an "unknown" finding if none fires."""
+    if window.incident.kind == "control_outage":  # the incident is the outage: its own rule leads
+        rules = sorted(rules, key=lambda rule: rule is not control_unreachable)
     findings = [finding for rule in rules if (finding := rule(window)) is not None]
     if findings:
         return findings
     facts = [Fact.of(window.incident.record, window.incident.description)]
+    age = _handshake_age(window.incident.record)
+    if age is not None:
+        facts.append(Fact.of(window.incident.record, _handshake_words(age)))
     facts += [Fact.of(r, _describe(r)) for r in window.before() if r.stream_id == window.connection_stream
               and r.global_position != window.incident.record.global_position
               and not isinstance(r.event, ev.MetricsSampled)][-6:]

@@ -31,8 +31,13 @@ from mesh.control.target import ControlTarget, TargetError, peer_fingerprint
 
 Message = dict[str, Any]
 Callback = Callable[[Message], None]
+Reachability = Callable[[bool, str | None], None]  # (reachable, the error when not)
 # Answers to requests the client sends on its own (heartbeats, the re-announce); not pushes.
 _QUIET_REPLIES = frozenset({"heartbeat_ack", "announced"})
+# The server answers every heartbeat. Nothing heard for this many intervals: the server or
+# the path to it is gone (a black hole never closes TCP), so drop the connection and redial.
+# Three, so one late answer under load never costs a reconnect.
+SILENT_AFTER_HEARTBEATS = 3
 
 
 class ControlError(Exception):
@@ -69,8 +74,11 @@ class AsyncControlClient:
     def __init__(self, url: str, identity: Identity, *, name: str = "node",
                  on_push: Callback | None = None, on_welcome: Callback | None = None,
                  backoff: Backoff | None = None, open_timeout_s: float = 5.0,
-                 request_timeout_s: float = 5.0) -> None:
+                 request_timeout_s: float = 5.0, on_reachability: Reachability | None = None) -> None:
         self.url = url
+        # Told once a change (connected, or lost / not reachable at all), never once a retry.
+        self.on_reachability = on_reachability
+        self._reported: bool | None = None
         try:
             self.target = ControlTarget.parse(url)
             self._target_error: str | None = None
@@ -95,6 +103,8 @@ class AsyncControlClient:
         self._connected = asyncio.Event()
         self._stopping = False
         self._announce: Message | None = None
+        self._last_heard = 0.0  # loop time of the last frame from the server
+        self._silent: float | None = None  # the silence that made the client drop the connection
 
     @property
     def connected(self) -> bool:
@@ -133,8 +143,13 @@ class AsyncControlClient:
                     heartbeat_s = await self._authenticate(ws)
                     delays = self.backoff.delays()
                     await self._serve(ws, heartbeat_s)
+                    reason = f": {ws.close_reason}" if ws.close_reason else ""
+                    self.last_error = f"the control server closed the connection{reason}"
             except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake, ControlError) as error:
                 self.last_error = str(error) or type(error).__name__
+                if self._silent is not None:
+                    self.last_error = f"the control server answered nothing for {self._silent:.0f} s"
+                    self._silent = None
             except InvalidURI as error:
                 self.last_error = str(error)
                 logger.error("control URL {} is not usable: {}", self.url, error)
@@ -142,6 +157,7 @@ class AsyncControlClient:
             finally:
                 self._disconnected()
             if not self._stopping:
+                self._report(False)
                 delay = next(delays)
                 logger.debug("control server {} unreachable ({}); retrying in {:.2f}s", self.url,
                              self.last_error, delay)
@@ -207,6 +223,7 @@ class AsyncControlClient:
         if self._announce is not None:
             await ws.send(json.dumps({"type": "announce", "v": p.VERSION, **self._announce}))
         self._connected.set()
+        self._report(True)
         logger.info("connected to control server {} as {}", self.url, welcome.get("peer_id"))
         if self.on_welcome is not None:
             self._call(self.on_welcome, welcome)
@@ -227,9 +244,11 @@ class AsyncControlClient:
         return answer
 
     async def _serve(self, ws: ClientConnection, heartbeat_s: float) -> None:
+        self._last_heard = asyncio.get_running_loop().time()
         beat = asyncio.create_task(self._heartbeat(ws, heartbeat_s))
         try:
             async for frame in ws:
+                self._last_heard = asyncio.get_running_loop().time()
                 try:
                     body = json.loads(frame)
                 except ValueError:
@@ -249,9 +268,17 @@ class AsyncControlClient:
             beat.cancel()
 
     async def _heartbeat(self, ws: ClientConnection, interval_s: float) -> None:
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(ConnectionClosed):
             while True:
                 await asyncio.sleep(interval_s)
+                silent = loop.time() - self._last_heard
+                if silent > SILENT_AFTER_HEARTBEATS * interval_s:
+                    logger.warning("control server {} answered nothing for {:.1f}s; reconnecting", self.url,
+                                   silent)
+                    self._silent = silent
+                    ws.transport.abort()  # a close handshake would wait on the same silence
+                    return
                 await ws.send(json.dumps({"type": "heartbeat", "v": p.VERSION}))
 
     def _disconnected(self) -> None:
@@ -263,6 +290,16 @@ class AsyncControlClient:
                 future.set_exception(ControlUnavailable("the connection to the control server closed"))
         if was_connected:
             logger.warning("lost the control server {}; reconnecting", self.url)
+
+    def _report(self, reachable: bool) -> None:
+        if self._reported is reachable or self.on_reachability is None:
+            self._reported = reachable
+            return
+        self._reported = reachable
+        try:
+            self.on_reachability(reachable, None if reachable else self.last_error)
+        except Exception:
+            logger.exception("control client reachability callback failed")
 
     @staticmethod
     def _call(callback: Callback, body: Message) -> None:

@@ -26,6 +26,7 @@ class SimPeer:
     keepalive_s: int
     rx_bytes: int = 0
     tx_bytes: int = 0
+    last_handshake: float | None = None  # unix time; a test sets it to play a silent peer
 
 
 @dataclass
@@ -168,7 +169,8 @@ class SimWireGuard:
         self._net.wireguard_log.append((self._node, "remove", public_key, None))
 
     def peer_stats(self) -> dict[str, PeerStats]:
-        return {key: PeerStats(key, p.endpoint, self._net.handshakes.get(key), p.rx_bytes, p.tx_bytes)
+        shook = self._net.handshakes
+        return {key: PeerStats(key, p.endpoint, p.last_handshake or shook.get(key), p.rx_bytes, p.tx_bytes)
                 for key, p in self._net.wireguard_peers[self._node].items()}
 
 

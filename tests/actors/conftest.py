@@ -41,9 +41,14 @@ class VirtualClock:
         return self.now
 
 
+# Fields a setback fills in and every other transition leaves empty: shown only when set.
+EVIDENCE_FIELDS = {"last_handshake_age_s": None, "recent_probes": ""}
+
+
 def describe(event: Event, omit: tuple[str, ...] = ("party_id", "peer_id")) -> str:
     """Every field but the ids the stream already names: asserting these strings asserts the event."""
-    payload = {k: v for k, v in event.to_payload().items() if k not in omit}
+    payload = {k: v for k, v in event.to_payload().items() if k not in omit
+               and not (k in EVIDENCE_FIELDS and v == EVIDENCE_FIELDS[k])}
     return f"{event.event_type}({', '.join(f'{k}={v!r}' for k, v in payload.items())})"
 
 

@@ -135,10 +135,10 @@ def test_a_peer_announcing_a_new_address_is_found_again_at_once(make_node) -> No
     node.ask(m.Ping())
     assert node.new(node.peer("bob")) == [
         f"RemotePeerUpdated(candidates=('{moved}',), nat_type='unknown')",
+        f"EndpointChanged(old_endpoint='{BOB}', new_endpoint='{moved}', "
+        "reason='the peer announced candidates without the endpoint in use', seen_by='announce')",
         f"HolePunchAttempted(local_candidates=('203.0.113.1:51820',), remote_candidates=('{moved}',))",
         f"HolePunchSucceeded(endpoint='{moved}', rtt_ms=20.0, elapsed_ms=40.0)",
-        f"EndpointChanged(old_endpoint='{BOB}', new_endpoint='{moved}', "
-        "reason='the peer announced new candidates')",
         f"WireGuardPeerConfigRequested(public_key='key-bob', endpoint='{moved}', "
         "allowed_ips=('10.66.0.2/32',), keepalive_s=25)",
         f"WireGuardPeerConfigured(public_key='key-bob', endpoint='{moved}', "

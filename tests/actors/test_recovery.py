@@ -3,6 +3,7 @@ nothing is lost, and no WireGuard change is made twice."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -71,7 +72,10 @@ def run(node: Node, interrupt_after: str | None, interrupt: Step | None) -> None
 
 
 def without_restarts(lines: list[str]) -> list[str]:
-    return [line for line in lines if not line.startswith("ActorRestarted(")]
+    """Without the restart's own record, and without the probe outcomes a setback shows: those
+    are the memory of one incarnation, and a restarted actor starts them afresh."""
+    return [re.sub(r", recent_probes='[+~-]*'", "", line) for line in lines
+            if not line.startswith("ActorRestarted(")]
 
 
 @pytest.mark.parametrize("interrupt", [kill_peer_actor, kill_party_actor, restart_node])
@@ -82,7 +86,8 @@ def test_kill_mid_scenario_recovers_without_loss_or_duplicate(make_node, interru
     run(reference, None, None)
     node = make_node(relays=(RELAY_A,))
     run(node, after, interrupt)
-    assert without_restarts(node.described(node.peer("bob"))) == reference.described(node.peer("bob"))
+    assert without_restarts(node.described(node.peer("bob"))) == without_restarts(
+        reference.described(node.peer("bob")))
     assert without_restarts(node.described(node.party())) == reference.described(node.party())
     assert node.net.wireguard_log == reference.net.wireguard_log
     assert node.connection("p1", "bob") == reference.connection("p1", "bob") == replayed(node, "bob")

@@ -70,7 +70,7 @@ def test_join_connect_degrade_and_recover(make_node) -> None:
     assert node.new(node.peer("bob")) == [
         "ConnectionStateChanged(from_state='connected', to_state='degraded', "
         "reason='latency 250.0 ms above 200 ms', path='direct', endpoint='203.0.113.2:51820', relay=None, "
-        "latency_ms=250.0)"]
+        "latency_ms=250.0, recent_probes='++')"]  # a setback shows the probes before it
     node.advance(10)  # still slow: no new transition
     assert node.new(node.peer("bob")) == []
     node.net.set_latency("10.66.0.2", 40.0)
@@ -83,12 +83,13 @@ def test_join_connect_degrade_and_recover(make_node) -> None:
     assert node.net.wireguard_changes("local") == [("configure", "key-bob", BOB)]
 
 
-def reconnect(attempt: int, from_state: str) -> list[str]:
+def reconnect(attempt: int, from_state: str, probes: str = "") -> list[str]:
+    shown = f", recent_probes='{probes}'" if probes else ""
     return [
         f"ReconnectAttempted(attempt={attempt}, max_attempts=3, reason='3 probes lost')",
         f"ConnectionStateChanged(from_state='{from_state}', to_state='connecting', "
         f"reason='reconnect attempt {attempt}/3: 3 probes lost', path='direct', "
-        "endpoint='203.0.113.2:51820', relay=None, latency_ms=None)",
+        f"endpoint='203.0.113.2:51820', relay=None, latency_ms=None{shown})",
         f"ConnectionAttemptStarted(attempt={attempt + 1}, path='direct')",
         PUNCH,
         "HolePunchFailed(reason='no candidate answered', elapsed_ms=5000.0)",
@@ -103,14 +104,14 @@ def test_lost_probes_reconnect_then_failed_and_it_never_gives_up(make_node) -> N
     node.advance(10)
     assert node.new(node.peer("bob")) == []  # two lost probes are not enough
     node.advance(5)
-    assert node.new(node.peer("bob")) == reconnect(1, "connected")
+    assert node.new(node.peer("bob")) == reconnect(1, "connected", "+---")
     node.advance(30)
     assert node.new(node.peer("bob")) == reconnect(2, "connecting") + reconnect(3, "connecting")
     node.advance(15)
     assert node.new(node.peer("bob")) == [
         "ConnectionStateChanged(from_state='connecting', to_state='failed', "
         "reason='3 probes lost after 3 reconnect attempts; retrying every path', path='direct', "
-        "endpoint='203.0.113.2:51820', relay=None, latency_ms=None)"]
+        "endpoint='203.0.113.2:51820', relay=None, latency_ms=None, recent_probes='+------------')"]
     # Failed is "unreachable now": an hour of retries with capped, jittered backoff, every
     # gap at most 30 s, and the WireGuard peer stays.
     punches, gaps, last = len(node.net.punch_log), [], node.clock.now

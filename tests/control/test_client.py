@@ -167,3 +167,38 @@ def test_backoff_grows_to_its_cap_with_jitter() -> None:
 def test_push_queue_is_used_when_no_callback_is_given() -> None:
     control = ControlClient("ws://127.0.0.1:9", Identity.generate())
     assert isinstance(control.pushes, queue.Queue)
+
+
+def test_reachability_is_reported_once_a_transition_and_a_silent_server_is_left() -> None:
+    """Lost and back are told once each, however many retries the backoff makes; a server that
+    answers nothing (a black hole never closes TCP) counts as lost after three heartbeats."""
+    seen: list[tuple[bool, str | None]] = []
+
+    async def wait_for(check: Any, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            assert time.monotonic() < deadline, seen
+            await asyncio.sleep(0.02)
+
+    with server_thread(heartbeat_s=0.2) as server:
+        async def scenario() -> None:
+            control = AsyncControlClient(server.url, Identity.generate(), backoff=FAST,
+                                         on_reachability=lambda up, error: seen.append((up, error)))
+            task = asyncio.create_task(control.run())
+            try:
+                await wait_for(lambda: control.connected)
+                await asyncio.to_thread(server.stop)  # the server waits for this loop's close
+                await asyncio.sleep(1.0)  # several retries at FAST's backoff
+                await asyncio.to_thread(server.start)
+                await wait_for(lambda: len(seen) == 3)
+                # Silence: the server's loop is busy for 1.5 s, well over three 0.2 s heartbeats.
+                server.loop.call_soon_threadsafe(time.sleep, 1.5)
+                await wait_for(lambda: len(seen) == 5)
+            finally:
+                await control.stop()
+                task.cancel()
+
+        asyncio.run(scenario())
+    assert [up for up, _ in seen] == [True, False, True, False, True]
+    assert seen[1][1] and seen[3][1] is not None and seen[3][1].startswith(
+        "the control server answered nothing for "), seen

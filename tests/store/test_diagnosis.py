@@ -13,7 +13,7 @@ from events import types as ev
 from events.base import Event
 from store import open_store
 from store.base import RecordedEvent
-from store.diagnosis import Finding, Window, diagnose, incidents
+from store.diagnosis import Finding, Window, diagnose, incidents, loss_before_drop
 
 T0 = datetime(2026, 11, 25, 21, 0, tzinfo=UTC)
 RELAY_A, RELAY_B = "203.0.113.20:3478", "203.0.113.21:3478"
@@ -150,8 +150,134 @@ def test_endpoint_changed_before_the_drop() -> None:
     log.at(30, "peer:p:bob", ev.EndpointChanged(party_id="p", peer_id="bob", old_endpoint="203.0.113.7:4000",
                                                 new_endpoint="203.0.113.7:4711", reason="NAT rebinding"))
     log.at(40, "peer:p:bob", lost("bob"))
-    assert log.findings()[0] == ("endpoint_changed: Bob's endpoint changed from 203.0.113.7:4000 to "
-                                 "203.0.113.7:4711 (NAT rebinding)")
+    expected = ("endpoint_changed: Bob's endpoint changed from 203.0.113.7:4000 to 203.0.113.7:4711 "
+                "(NAT rebinding or a new network): WireGuard now hears it from the new address")
+    assert log.findings()[0] == expected
+    # The change itself, while the connection was up, is an incident with the same cause.
+    assert log.findings(index=-2)[0] == expected
+
+
+def roamed(log: Log, seconds: float) -> Log:
+    return log.at(seconds, "peer:p:bob", ev.EndpointChanged(party_id="p", peer_id="bob",
+                                                            old_endpoint="203.0.113.7:4000",
+                                                            new_endpoint="203.0.113.7:4711", reason="roamed"))
+
+
+def test_a_roam_that_kept_working_does_not_explain_a_later_drop() -> None:
+    log = roamed(up(up(Log(), "bob"), "carol"), 30)
+    log.at(50, "peer:p:carol", sample("carol", 0.0))
+    log.at(70, "peer:p:bob", setback("bob", "++~+++++++---"))  # probes answered at the new endpoint
+    assert [f.cause for f in log.report()] == ["remote_unreachable"]
+    log = roamed(up(up(Log(), "bob"), "carol"), 30)
+    log.at(50, "peer:p:carol", sample("carol", 0.0))
+    log.at(70, "peer:p:bob", setback("bob", "+++++++++---"))  # the move is older than the record
+    assert [f.cause for f in log.report()] == ["remote_unreachable"]
+    log = roamed(up(up(Log(), "bob"), "carol"), 30)
+    log.at(50, "peer:p:carol", sample("carol", 0.0))
+    log.at(40, "peer:p:bob", setback("bob", "++++++~---"))  # nothing answered since the move
+    assert log.report()[0].cause == "endpoint_changed"
+
+
+def test_an_announced_endpoint_change_says_so() -> None:
+    log = up(Log(), "bob")
+    log.at(30, "peer:p:bob", ev.EndpointChanged(party_id="p", peer_id="bob", old_endpoint="203.0.113.7:4000",
+                                                new_endpoint="203.0.113.9:51820", reason="announced",
+                                                seen_by=ev.SEEN_IN_ANNOUNCE))
+    assert log.findings()[0].endswith("it announced the new address through the control server")
+
+
+def setback(peer: str, probes: str, handshake_age_s: float | None = None) -> ev.ConnectionStateChanged:
+    return ev.ConnectionStateChanged(party_id="p", peer_id=peer, from_state="connected",
+                                     to_state="connecting", reason="reconnect attempt 1/3: 3 probes lost",
+                                     path="direct",
+                                     recent_probes=probes, last_handshake_age_s=handshake_age_s)
+
+
+@pytest.mark.parametrize(("probes", "rise"), [("++++-+---", (4, 1, 2, 3)), ("-++-+++---", (0, 2, 7, 3)),
+                                               ("++++++-++++++---", None)])
+def test_what_counts_as_loss_before_the_drop(probes: str, rise: tuple[int, int, int, int] | None) -> None:
+    assert loss_before_drop(probes) == rise
+
+
+def test_loss_that_rose_before_the_drop_is_named_before_an_unreachable_peer() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    log.at(50, "peer:p:carol", sample("carol", 0.0))
+    log.at(70, "peer:p:bob", setback("bob", "++++++++-+--+-+---", 12.0))
+    findings = log.findings()
+    assert findings[0] == ("loss_rose: loss rose before the drop: after 8 probes answered in a row, 4 of the "
+                           "next 7 were lost, then the last 3 in a row")
+    assert findings[1].startswith("remote_unreachable:")  # carol stayed up: shown as further evidence
+
+
+@pytest.mark.parametrize("probes", ["+++++++++++---", "-++++++++++++---", "++-++++++++++++++---"])
+def test_a_clean_cut_is_not_loss(probes: str) -> None:
+    assert loss_before_drop(probes) is None
+    """A cut, or one unlucky probe now and then before it, is not loss that rose."""
+    log = up(up(Log(), "bob"), "carol")
+    log.at(50, "peer:p:carol", sample("carol", 0.0))
+    log.at(70, "peer:p:bob", setback("bob", probes, 12.0))
+    findings = log.report()
+    assert [f.cause for f in findings] == ["remote_unreachable"]
+    assert "last WireGuard handshake 12 s before the drop" in [fact.detail for fact in findings[0].evidence]
+
+
+def test_a_stale_handshake_says_the_remote_stopped_answering() -> None:
+    log = up(Log(), "bob")  # no other connection, no expiry: only WireGuard's handshake tells
+    log.at(200, "peer:p:bob", setback("bob", "+++++---", 190.0))
+    finding = log.report()[0]
+    assert finding.cause == "remote_unreachable"
+    assert finding.summary.endswith("WireGuard's last handshake with it was 190 s before the drop")
+    assert ("last WireGuard handshake 190 s before the drop: the remote stopped answering"
+            in [fact.detail for fact in finding.evidence])
+
+
+URL = "ws://203.0.113.10:8667"
+
+
+def control_lost(seconds: float, log: Log) -> Log:
+    return log.at(seconds, "node:me", ev.ControlServerUnreachable(node_id="me", control_url=URL,
+                                                                  error="connection refused"))
+
+
+def control_back(seconds: float, log: Log, outage_s: float) -> Log:
+    return log.at(seconds, "node:me", ev.ControlServerReachable(node_id="me", control_url=URL,
+                                                                outage_s=outage_s))
+
+
+def test_the_control_server_unreachable_while_the_tunnel_stayed_up() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    control_lost(30, log)
+    log.at(60, "peer:p:bob", sample("bob", 0.0))
+    control_back(75, log, 45.2)
+    found = log.report()
+    assert found[0].cause == "control_unreachable"
+    assert found[0].summary == (f"this node could not reach its control server ({URL}, connection refused) "
+                                "for 45 s, while the tunnel to Bob stayed up (joins, leaves and relay "
+                                "tickets wait for it; traffic does not)")
+    details = [fact.detail for fact in found[0].evidence]
+    assert details[:2] == ["Bob connected from here on, no drop during the outage",
+                           f"{URL}: connection refused"]
+    assert details[-1] == f"{URL} answered again after 45.2 s"
+    assert "still answering: loss 0 %, latency 20.0 ms" in details
+
+
+def test_a_drop_during_a_control_outage_names_the_outage() -> None:
+    log = up(Log(), "bob")
+    control_lost(30, log)
+    log.at(40, "peer:p:bob", lost("bob"))
+    assert log.findings()[0].startswith(f"control_unreachable: the control server ({URL}) was unreachable "
+                                        "when the connection to Bob dropped (connection refused; unreachable "
+                                        "with no return recorded)")
+    # The outage's own incident says the connection dropped meanwhile.
+    assert log.findings(index=-2)[0].endswith("and the connection to Bob dropped meanwhile")
+
+
+def test_a_cut_uplink_outranks_the_control_outage_it_causes() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    control_lost(30, log)
+    log.at(40, "peer:p:bob", lost("bob"))
+    log.at(41, "peer:p:carol", lost("carol"))
+    assert log.findings()[0].startswith("local_uplink:")
 
 
 @SAMPLE_STREAMS
