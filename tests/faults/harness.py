@@ -106,6 +106,7 @@ class FaultParty:
         self.names = [host.name for host in lab.peers]
         self.ips: dict[str, str] = {}
         self.invite = ""
+        self.stun_up = True
 
     @classmethod
     @contextlib.contextmanager
@@ -119,6 +120,7 @@ class FaultParty:
             faults = cls(lab)
             if stun_down:
                 lab.stop_stun()
+                faults.stun_up = False
             faults.party.start_services()
             faults.party.start_agents(faults.names)
             yield faults
@@ -170,17 +172,32 @@ class FaultParty:
         raise AssertionError(f"{what}: no ping reply within {within_s:g} s across {lost} "
                              f"(of {len(pairs)} pairs; {late})\n{state}")
 
+    def settled(self) -> bool:
+        """Every host sees every other member connected (no recovery still under way)."""
+        for host in self.names:
+            rows = self.party.peers(host)
+            others = [row for name, row in rows.items() if name != host]
+            if len(others) != len(self.names) - 1 or any(row["state"] != "connected" for row in others):
+                return False
+        return True
+
     def heal(self) -> None:
-        """Before a test: if an earlier one left pairs apart, every member leaves and the
-        party is formed again, so that each test starts from a whole mesh."""
+        """Before a test: the mesh whole and every connection settled, so that one test's
+        aftermath is not measured by the next. If an earlier test left pairs apart, every
+        member leaves and the party is formed again."""
         lost = self.unreachable(self.pairs(), HEAL_TIMEOUT_S)
         if not lost:
-            return
-        print(f"the party was not whole ({lost} without replies): forming it again")
+            deadline = time.monotonic() + HEAL_TIMEOUT_S
+            while time.monotonic() < deadline:
+                if self.settled():
+                    return
+                time.sleep(0.5)
+        print(f"the party was not whole ({lost} without replies; {self.describe()}): forming it again")
         for name in self.names:
             self.party.cli(name, "party", "leave", "--state-dir", self.party.state(name), check=False)
         self.ips.clear()
         self.form()
+        self.lab.wait_for(self.settled, HEAL_TIMEOUT_S, interval_s=0.5, what="the new party settled")
 
     # ------------------------------------------------------------ invariants
 
