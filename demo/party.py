@@ -8,8 +8,10 @@ the lab tests and bench/connect.py (with this checkout's ``cli.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,6 +22,14 @@ from lab import Lab, LabProcess
 CONTROL_PORT = 8667
 RELAY_PORT = 3479
 API = "127.0.0.1:8666"
+# Runs inside a host's namespace: the live actors' view through the agent's own API.
+_LIVE_ACTORS = """
+import json, sys, urllib.request
+token = open(sys.argv[1] + "/api-token").read().strip()
+request = urllib.request.Request("http://127.0.0.1:8666/api/actors",
+                                 headers={"Authorization": "Bearer " + token})
+print(urllib.request.urlopen(request, timeout=10).read().decode())
+"""
 CHECKOUT_CLI = [sys.executable, str(Path(__file__).resolve().parent.parent / "cli.py")]
 
 
@@ -42,6 +52,7 @@ class LabParty:
         self.stun = [f"{host}:{port}" for host, port in lab.stun_servers]
         self.agents: dict[str, LabProcess] = {}
         self.control: LabProcess | None = None
+        self.relay_processes: dict[str, LabProcess] = {}  # by relay address
 
     def cli(self, host: str, *args: str, timeout: float = 60.0, check: bool = True) -> str:
         return self.lab.run(host, [*self.command, *args], timeout=timeout, check=check).stdout
@@ -52,12 +63,19 @@ class LabParty:
     # ------------------------------------------------------------ services
 
     def start_services(self) -> None:
-        for relay, host in zip(self.relays, self.lab.relays, strict=True):
-            self.lab.popen(host.name, [*self.command, "relay-server", "--listen",
-                                       f"0.0.0.0:{RELAY_PORT}", "--public", relay, "--secret-file",
-                                       str(self.secret_file), "--state-dir", self.state(host.name)])
+        for relay in self.relays:
+            self.start_relay(relay, wait=False)
         self.start_control()
         for host in self.lab.relays:
+            self.lab.wait_udp_listening(host.name, RELAY_PORT, 20)
+
+    def start_relay(self, relay: str, wait: bool = True) -> None:
+        """Start the relay server at ``relay`` (one of ``self.relays``)."""
+        host = self.lab.relays[self.relays.index(relay)]
+        self.relay_processes[relay] = self.lab.popen(
+            host.name, [*self.command, "relay-server", "--listen", f"0.0.0.0:{RELAY_PORT}", "--public", relay,
+                        "--secret-file", str(self.secret_file), "--state-dir", self.state(host.name)])
+        if wait:
             self.lab.wait_udp_listening(host.name, RELAY_PORT, 20)
 
     def start_control(self) -> None:
@@ -70,8 +88,6 @@ class LabParty:
         self.lab.wait_tcp_listening("control", CONTROL_PORT, 20)
 
     def stop_control(self) -> None:
-        import signal
-
         assert self.control is not None
         self.lab.kill(self.control, signal.SIGTERM)
 
@@ -96,6 +112,21 @@ class LabParty:
     def kill_agent(self, host: str, sig: int) -> None:
         self.lab.kill(self.agents.pop(host), sig)
 
+    def kill_hard(self, process: LabProcess) -> None:
+        """``kill -9 PID``: that one process, not its group (its children are left to
+        the service's own cleanup, as after a crash); waits until it is gone."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def services(self) -> dict[str, LabProcess]:
+        """Every service process of the party now, by a name for messages."""
+        found = {f"serve on {host}": proc for host, proc in self.agents.items()}
+        found.update({f"relay-server {relay}": proc for relay, proc in self.relay_processes.items()})
+        if self.control is not None:
+            found["control-server"] = self.control
+        return found
+
     # ------------------------------------------------------------ the user's commands
 
     def create(self, host: str, name: str) -> dict[str, Any]:
@@ -115,6 +146,36 @@ class LabParty:
     def peers(self, host: str) -> dict[str, dict[str, Any]]:
         parties = self.status(host)["parties"]
         return {p["name"]: p for p in parties[0]["peers"]} if parties else {}
+
+    def virtual_ips(self, host: str) -> dict[str, str]:
+        """Every member's virtual IP in ``host``'s (first) party, by name, its own included."""
+        parties = self.status(host)["parties"]
+        if not parties:
+            return {}
+        found = {p["name"]: p["virtual_ip"] for p in parties[0]["peers"] if p.get("virtual_ip")}
+        if parties[0].get("virtual_ip"):
+            found[host] = parties[0]["virtual_ip"]
+        return found
+
+    def events(self, host: str, *types: str) -> list[dict[str, Any]]:
+        """``events --json`` of ``host``'s store (only ``types`` if given), oldest first."""
+        args = ["events", "--json", "--state-dir", self.state(host)]
+        for event_type in types:
+            args += ["--type", event_type]
+        return [json.loads(line) for line in self.cli(host, *args).splitlines() if line.strip()]
+
+    def live_connections(self, host: str) -> dict[str, tuple[str, str, str]]:
+        """What the connection actors hold now (GET /api/actors), not the log's projection."""
+        answer = self.lab.run(host, [sys.executable, "-c", _LIVE_ACTORS, self.state(host)], timeout=20).stdout
+        connections = json.loads(answer)["connections"]
+        return {c["peer_id"]: (c["state"], c["path"], c["endpoint"]) for c in connections
+                if c["state"] not in ("closed", None)}
+
+    def replayed_connections(self, host: str) -> dict[str, tuple[str, str, str]]:
+        """The same, folded from the log by ``replay --at now --json``."""
+        world = json.loads(self.cli(host, "replay", "--at", "now", "--json", "--state-dir", self.state(host)))
+        return {c["peer_id"]: (c["state"], c["path"], c["endpoint"]) for c in world["connections"].values()
+                if c["state"] not in ("closed", None)}
 
     def ping(self, host: str, virtual_ip: str, count: int = 1, timeout_s: float = 2.0) -> bool:
         return self.lab.ping(host, virtual_ip, count=count, timeout_s=timeout_s)

@@ -39,6 +39,8 @@ Usage::
         lab.cut_uplink("alice"); lab.restore_uplink("alice")
         lab.add_loss("alice", 0.2); lab.clear_loss("alice")
         lab.block_path("alice", "bob"); lab.unblock_path("alice", "bob")   # direct path only
+        lab.rebind_nat("alice")              # conntrack flushed, new public UDP ports from now on
+        lab.stop_stun(); lab.start_stun()    # the STUN server down, and back
         lab.kill(proc); proc = lab.restart(proc)
         lab.stun_servers                     # (("203.0.113.2", 3478),)
 

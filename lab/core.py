@@ -45,6 +45,12 @@ RESERVED = {"inet", "stun", "control"}
 _NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _LOSS_CHAIN = "LAB_LOSS"
 _BLOCK_CHAIN = "LAB_BLOCK"
+_REBIND_COMMENT = "lab-rebind"
+# Each rebinding moves a router's outbound mapping into the next of these port blocks, so
+# the new mapping can never be the old one (MASQUERADE alone keeps the source port).
+_REBIND_FIRST_PORT = 20000
+_REBIND_BLOCK = 100
+_REBIND_BLOCKS = 200
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,8 @@ class Lab:
         self._lock = threading.Lock()
         self._torn_down = False
         self._log_counter = 0
+        self._stun: LabProcess | None = None
+        self._rebinds: dict[str, int] = {}
 
     # ------------------------------------------------------------------ building
 
@@ -208,8 +216,7 @@ class Lab:
             record.topology = {"hosts": {name: asdict(host) for name, host in layout.items()}}
             record.save()
             if stun:
-                lab.popen("stun", ["stund", "-h", STUN_IPS[0], "-a", STUN_IPS[1]])
-                lab.wait_udp_listening("stun", STUN_PORT)
+                lab.start_stun()
         except BaseException:
             lab.teardown()
             raise
@@ -415,6 +422,42 @@ class Lab:
         return self.popen(proc.host, proc.argv, **options)
 
     # ------------------------------------------------------------------ faults
+
+    def start_stun(self) -> None:
+        """Start ``stund`` on the STUN host (``build`` does; again after ``stop_stun``)."""
+        if self._stun is not None and self._stun.alive:
+            return
+        self._stun = self.popen("stun", ["stund", "-h", STUN_IPS[0], "-a", STUN_IPS[1]])
+        self.wait_udp_listening("stun", STUN_PORT)
+
+    def stop_stun(self) -> None:
+        """Kill ``stund``: the STUN server is down until ``start_stun``."""
+        if self._stun is None:
+            raise LabError(f"lab {self.run_id} has no STUN server running")
+        self.kill(self._stun)
+        self._stun = None
+
+    def rebind_nat(self, host: str) -> None:
+        """A NAT rebinding at the host's router: every mapping is forgotten (conntrack
+        flushed) and new UDP ones get public ports the old ones never had (until the
+        200th rebinding of one router); hosts sharing the router are rebound too."""
+        node = self.host(host)
+        if node.router_netns is None:
+            raise LabError(f"{host} has a public address: there is no NAT to rebind")
+        netns = node.router_netns
+        count = self._rebinds.get(netns, 0)
+        first = _REBIND_FIRST_PORT + (count % _REBIND_BLOCKS) * _REBIND_BLOCK
+        self._rebinds[netns] = count + 1
+        rule = ["POSTROUTING", "-o", natmod.WAN, "-p", "udp", "-m", "comment", "--comment", _REBIND_COMMENT,
+                "-j", "MASQUERADE", "--to-ports", f"{first}-{first + _REBIND_BLOCK - 1}"]
+        if node.nat == natmod.SYMMETRIC:
+            rule.append("--random-fully")
+        listed = sh(ns_exec(netns, ["iptables", "-w", "20", "-t", "nat", "-S", "POSTROUTING"])).stdout
+        for line in listed.splitlines():
+            if _REBIND_COMMENT in line and line.startswith("-A "):
+                _iptables(netns, ["-t", "nat", "-D", *line.split()[1:]])
+        _iptables(netns, ["-t", "nat", "-I", *rule[:1], "1", *rule[1:]])
+        sh(ns_exec(netns, ["conntrack", "-F"]), check=False)  # exits 1 when the table was empty
 
     def cut_uplink(self, host: str) -> None:
         """Unplug the host's (or its router's) cable to the internet."""

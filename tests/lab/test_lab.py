@@ -67,10 +67,39 @@ def test_mapping_is_stable_behind_cone_and_varies_behind_symmetric(nat_lab: Lab)
     assert len(mappings["bob"]) == 2  # a new port for every destination
 
 
+def test_stun_server_stops_and_starts(nat_lab: Lab) -> None:
+    def listening() -> bool:
+        return bool(nat_lab.run("stun", ["ss", "-Hnlu", "sport = :3478"]).stdout.strip())
+
+    nat_lab.stop_stun()
+    try:
+        assert not listening()
+    finally:
+        nat_lab.start_stun()
+    assert listening()  # and the next test classifies a NAT with it
+
+
 def test_stund_classifies_the_symmetric_router(nat_lab: Lab) -> None:
     code = ("import stun; print(stun.get_ip_info('0.0.0.0', 54320, '203.0.113.2', 3478))")
     out = nat_lab.run("bob", [sys.executable, "-c", code], timeout=30).stdout
     assert "Symmetric NAT" in out and nat_lab.host("bob").public_ip in out
+
+
+def test_nat_rebinding_maps_onto_new_ports(nat_lab: Lab) -> None:
+    relay = nat_lab.relays[0]
+    nat_lab.popen(relay.name, [*UDP_TOOL, "reflect", "3501", "20"])
+    nat_lab.wait_udp_listening(relay.name, 3501)
+    seen: dict[str, list[str]] = {"alice": [], "dave": []}
+    for _ in range(3):
+        for name in seen:
+            probe = [*UDP_TOOL, "probe", "1", "41001", f"{relay.public_ip}:3501"]
+            out = nat_lab.run(name, probe).stdout.split()
+            assert len(out) == 1 and out[0].startswith(nat_lab.host(name).public_ip + ":"), out
+            seen[name].append(out[0])
+            nat_lab.rebind_nat(name)
+    assert all(len(set(mappings)) == 3 for mappings in seen.values()), seen  # a new port every time
+    with pytest.raises(LabError):
+        nat_lab.rebind_nat("carol")  # open: no NAT
 
 
 def test_cut_and_restore_uplink(nat_lab: Lab) -> None:
