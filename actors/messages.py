@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.config import ActorConfig
-from events.fold import ConnectionState
+from events.fold import ConnectionState, DeviceState
 
 # ---------------------------------------------------------------- specs (picklable)
 
@@ -313,6 +313,7 @@ class PartyStatus:
     local_peer_id: str
     subnet: str
     peers: tuple[PeerStatus, ...]
+    devices: tuple[DeviceState, ...] = ()  # the static devices, as the party actor holds them
 
 
 @dataclass(frozen=True)

@@ -654,4 +654,5 @@ class PartyActor(Actor):
             for pid, member in self.state.members)
         return m.PartyStatus(party_id=self.state.party_id, name=self.state.name,
                              active=self.state.active, local_peer_id=self.state.local_peer_id,
-                             subnet=self.state.subnet, peers=peers)
+                             subnet=self.state.subnet, peers=peers,
+                             devices=tuple(device for _, device in self.state.devices))

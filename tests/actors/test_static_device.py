@@ -115,6 +115,7 @@ def test_a_device_of_another_member_is_routed_through_it(make_node) -> None:
         f"StaticDeviceApplied(device_id={device_id!r}, detail='10.66.0.9/32 goes through member Bob')"]
     bob = node.net.wireguard_peers["local"]["key-bob"]
     assert bob.allowed_ips == ("10.66.0.2/32", "10.66.0.9/32")
+    assert node.status().parties[0].devices == tuple(d for _, d in party_state(node).devices)
     assert [e.to_state for e in node.events(node.peer(device_id))] == ["connecting", "connected"]
     # Said again: nothing new. A device on someone's address, or under a forged id: refused.
     node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", virtual_ip="10.66.0.2", candidates=(BOB,),
@@ -170,6 +171,9 @@ def test_leave_removes_the_devices_and_replay_equals_live(make_node) -> None:
     for record in node.recorder.read_all():
         world = apply_world(world, record.stream_id, record.event, record.global_position)
     assert world.parties[node.party()] == party_state(node)
+    live = node.status().parties[0].devices
+    assert live == tuple(device for _, device in world.parties[node.party()].devices)
+    assert [(d.name, d.applied, d.via_peer_id) for d in live] == [("switch", True, "alice")]
     assert node.ask(m.LeaveParty("p1")) == m.PartyClosed("p1", "left by the user")
     assert key.public_key not in node.net.wireguard_peers["local"]
     device_id = peer_id_for(key.public_key)
