@@ -503,19 +503,6 @@ class Lab:
                                                   "-j", "DROP"]), check=False).returncode != 0:
                     break
 
-    def rebind_nat(self, host: str, ports: str = "40000-40999") -> None:
-        """A NAT rebinding on the host's router: new mappings from ``ports``, old ones forgotten.
-
-        What a router reboot or a mapping timeout does: every flow through it gets a new
-        public port, and packets sent to an old mapping meet no conntrack entry.
-        """
-        router = self.host(host).router_netns
-        if router is None:
-            raise LabError(f"{host} is open: it has no router to rebind")
-        _iptables(router, ["-t", "nat", "-I", "POSTROUTING", "1", "-o", natmod.WAN, "-p", "udp", "-j", "SNAT",
-                           "--to-source", f"{self.host(host).public_ip}:{ports}"])
-        sh(ns_exec(router, ["conntrack", "-F"]))
-
     # ------------------------------------------------------------------ helpers
 
     def ping(self, host: str, ip: str, count: int = 3, timeout_s: float = 5.0) -> bool:
