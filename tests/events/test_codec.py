@@ -72,3 +72,27 @@ def test_folding_the_whole_stream_equals_folding_it_in_two_parts(events: list, s
     whole = fold_stream(apply_connection, ConnectionState(), events)
     first = fold_stream(apply_connection, ConnectionState(), events[:split])
     assert fold_stream(apply_connection, first, events[split:]) == whole
+
+
+def test_counted_types_read_their_v1_rows_as_one_window_or_an_unnumbered_selection() -> None:
+    sample = base.decode("MetricsSampled", 1, {
+        "party_id": "p", "peer_id": "bob", "window_s": 60.0, "probes": 12, "latency_ms": 20.0,
+        "jitter_ms": 1.0, "loss": 0.0, "rx_bytes": 1, "tx_bytes": 2, "quality": 97.8})
+    assert (sample.windows, sample.first_at) == (1, "")
+    probed = base.decode("RelayProbed", 1, {"relay": "198.51.100.1:3478", "probes": 60, "answered": 60,
+                                            "rtt_ms": 40.0})
+    assert (probed.windows, probed.first_at) == (1, "")
+    selected = base.decode("RelaySelected", 1, {"relay": "198.51.100.1:3478", "rtt_ms": 40.0,
+                                                "previous_relay": None, "reason": "lowest round trip"})
+    assert selected.selection == 0
+
+
+def test_counted_retries_fold_as_that_many_retries_and_punches() -> None:
+    base_ids = {"party_id": "p", "peer_id": "bob"}
+    state = fold_stream(apply_connection, ConnectionState(), [
+        ev.HolePunchAttempted(**base_ids, local_candidates=(), remote_candidates=()),
+        ev.DirectPathRetried(**base_ids, succeeded=False, reason="no answer"),
+        ev.DirectPathRetriesRepeated(**base_ids, reason="no answer", count=119,
+                                     first_at="2026-01-01T00:00:30+00:00",
+                                     last_at="2026-01-01T00:59:30+00:00")])
+    assert (state.direct_retries, state.punches, state.punching) == (120, 120, False)
