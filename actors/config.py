@@ -132,6 +132,14 @@ class RelayMonitorConfig:
     same_rtt_ratio: float = 0.25
     record_max_s: float = 3600.0
     dead_after_misses: int = 2  # consecutive lost probes: the relay is gone, fail over at once
+    # ... on a clean path. On a lossy one, two misses in a row are common (36 % of round trips
+    # lost at 20 % loss each way: one round in eight), and each false death moves every
+    # connection on the relay. So the misses needed grow with the relay's recent loss until
+    # a run that long has at most dead_false_alarm odds by chance (at two rounds a second,
+    # one false death in about 1.4 hours), up to dead_after_misses_max (6 s of silence).
+    loss_history_probes: int = 40  # the recent loss: the last 20 s of probes
+    dead_false_alarm: float = 1e-4
+    dead_after_misses_max: int = 12
     degraded_rtt_ms: float = 150.0  # the selected relay is degraded above this (or when silent)
     min_improvement_ms: float = 10.0  # a switch needs at least this much better ...
     max_ratio: float = 2 / 3  # ... and below this fraction of the old relay's rtt

@@ -21,7 +21,9 @@ numbering is read back from the end of the streams of the relays ever selected).
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -145,6 +147,8 @@ class RelayMonitorActor(Actor):
         self.states: dict[str, RelayState] = {}
         self.selected: str | None = None
         self.windows: dict[str, Window] = {}
+        self.outcomes: dict[str, deque[bool]] = {}  # recent probes per relay, True if lost (memory only)
+        self.death_misses: dict[str, int] = {}  # the misses in a row that made each dead relay dead
         self.runs: dict[str, ProbeRun] = {}
         self.ticks = 0  # probe ticks since the last record
         self.death_recorded = False  # the selected relay's death is in the log already
@@ -252,6 +256,10 @@ class RelayMonitorActor(Actor):
     def probed(self, relay: str, rtt: float | None) -> None:
         window = self.windows.get(relay)
         if window is not None:
+            assert self.init is not None
+            outcomes = self.outcomes.setdefault(
+                relay, deque(maxlen=self.init.config.relay_monitor.loss_history_probes))
+            outcomes.append(rtt is None)
             window.probes += 1
             if rtt is not None:
                 window.misses = 0
@@ -267,8 +275,13 @@ class RelayMonitorActor(Actor):
         assert self.init is not None
         config = self.init.config.relay_monitor
         self.ticks += 1
-        dead = {relay for relay, window in self.windows.items()
-                if window.misses >= config.dead_after_misses}
+        dead = set()
+        for relay, window in self.windows.items():
+            needed = self._dead_after(relay)
+            if window.misses >= needed:
+                dead.add(relay)
+                if relay not in self.dead:
+                    self.death_misses[relay] = needed
         if self.selected not in dead:
             self.death_recorded = False
         selected = self.selected  # a dead selected relay's death is recorded by record()
@@ -283,13 +296,29 @@ class RelayMonitorActor(Actor):
         for relay in sorted(newly - {selected, self.selected}):
             self._left(relay)
 
+    def _dead_after(self, relay: str) -> int:
+        """Misses in a row that make ``relay`` dead: more when its recent probes met loss."""
+        assert self.init is not None
+        config = self.init.config.relay_monitor
+        window, outcomes = self.windows.get(relay), self.outcomes.get(relay)
+        if window is None or not outcomes:
+            return config.dead_after_misses
+        before = list(outcomes)[:max(0, len(outcomes) - window.misses)]  # the current run aside
+        loss = sum(before) / len(before) if before else 0.0
+        if loss <= 0.0:
+            return config.dead_after_misses
+        if loss >= 1.0:
+            return config.dead_after_misses_max
+        needed = math.ceil(math.log(config.dead_false_alarm) / math.log(loss))
+        return min(config.dead_after_misses_max, max(config.dead_after_misses, needed))
+
     def _left(self, relay: str) -> None:
         """A relay that is not ours died: connections the peer's side put there move to ours.
 
         (The two ends of a pair share one relay session, on the relay of whoever asked
         first, so a connection can sit on a relay this node did not select.)"""
         assert self.init is not None
-        misses = self.init.config.relay_monitor.dead_after_misses
+        misses = self.death_misses.get(relay, self.init.config.relay_monitor.dead_after_misses)
         # Its death is a fact (once, when it happens): a connection the peer's side put there
         # moves because of it, and `diagnose` names it.
         self._degraded(relay, None, f"no answer to {misses} probes in a row")
@@ -333,7 +362,8 @@ class RelayMonitorActor(Actor):
         previous = self.selected
         if degraded and previous is not None:
             rtt = rtts[previous]
-            reason = (f"no answer to {config.dead_after_misses} probes in a row" if previous in dead else
+            misses = self.death_misses.get(previous, config.dead_after_misses)
+            reason = (f"no answer to {misses} probes in a row" if previous in dead else
                       "no answer" if rtt is None else
                       f"round trip {rtt:.1f} ms above {config.degraded_rtt_ms:.0f} ms")
             if not (self.states[previous].degraded and self.degraded_reasons.get(previous) == reason):

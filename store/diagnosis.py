@@ -317,9 +317,15 @@ def direct_path_failed(window: Window) -> Finding | None:
                    f"{event.to_relay or ''}".rstrip(), tuple(evidence))
 
 
+# How the connection words a peer gone silent: lost probes, or WireGuard's counters and
+# handshake age (actors/connection.py, fast detection).
+SILENCE_SIGNS = ("probes lost", "nothing received", "last handshake")
+
+
 def remote_unreachable(window: Window) -> Finding | None:
     """Only this peer stopped answering while this node's other connections stayed up."""
-    if window.incident.kind != "drop" or "probes lost" not in _reason(window.incident.record):
+    reason = _reason(window.incident.record)
+    if window.incident.kind != "drop" or not any(sign in reason for sign in SILENCE_SIGNS):
         return None
     expired = [r for r in window.after() if isinstance(r.event, ev.PeerLeft) and window.about_this_peer(r)
                and r.event.reason != "left"]
@@ -365,8 +371,8 @@ def loss_rose(window: Window) -> Finding | None:
         return None
     healthy, lost, trend, final = rise
     after = f"after {healthy} probes answered in a row, " if healthy else ""
-    summary = (f"loss rose before the drop: {after}{lost} of the next {trend} were lost, then the last "
-               f"{final} in a row")
+    end = f"then the last {final} in a row" if final else "then nothing came back at all"
+    summary = f"loss rose before the drop: {after}{lost} of the next {trend} were lost, {end}"
     evidence = [Fact.of(record, f"recent probes, oldest first: {probes} (+ answered, - lost)")]
     evidence += [Fact.of(r, f"loss {_pct(r.event.loss)}, latency {_ms(r.event.latency_ms)}")
                  for r in _samples_before(window)][-2:]

@@ -220,3 +220,35 @@ def test_the_monitor_restarts_from_its_snapshots(node: Node, monkeypatch: pytest
     # B's stream from its snapshot on, never from its start.
     assert min(position for stream, position in reads if stream == b) > 20
     assert any(stream == a for stream, _ in reads)
+
+
+def test_loss_on_the_relays_kills_none_yet_a_killed_relay_dies_at_once(clock: VirtualClock) -> None:
+    """20 % loss each way (about 36 % of round trips lost) for half an hour: two misses in a
+    row happen every few seconds, yet no relay is taken for dead and nothing moves; the
+    misses needed grew with the loss. Then the loss ends and a killed relay dies in two."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    sim.reset(name)
+    production = RelayMonitorConfig()
+    node = Node(name, clock, ActorConfig(connection=ConnectionConfig(metrics_interval_s=3600.0),
+                                         relay_monitor=production, restart_delay_s=0.0),
+                (RELAY_A, RELAY_B)).start()
+    try:
+        node.net.set_relay(RELAY_A, 40.0)
+        node.net.set_relay(RELAY_B, 45.0)
+        node.ask(m.Ping())
+        relayed_carol(node)
+        node.advance(30, step=production.probe_interval_s)  # a clean history first
+        node.new(node.peer("carol"))
+        node.net.relay_loss = 0.2
+        node.advance(1800, step=production.probe_interval_s)
+        assert node.status().relay == RELAY_A
+        written = node.new(node.peer("carol"))
+        assert not [line for line in written if line.startswith(("PathSwitched", "RelayAllocationRequested"))]
+        assert not [e for e in node.events(relay_stream("local", RELAY_A)) if isinstance(e, ev.RelayDegraded)]
+        node.net.relay_loss = 0.0
+        node.advance(30, step=production.probe_interval_s)  # the history turns clean again
+        node.net.set_relay(RELAY_A, None)  # killed
+        node.advance(4 * production.probe_interval_s, step=production.probe_interval_s)
+        assert node.status().relay == RELAY_B
+    finally:
+        node.stop()

@@ -174,7 +174,8 @@ def test_loss_that_rises_before_a_drop(party: LabParty) -> None:
                           "drop of bob on alice")[0]
         party.lab.clear_loss("bob")
         probes = recorded_probes(party, "alice", drop["global_position"])
-        assert probes.endswith("---"), probes
+        # The drop comes from three lost probes or, sooner, from WireGuard's silent counters.
+        assert probes.count("-") >= 1, probes
         if loss_before_drop(probes) is None:
             assert drop["cause"] != "loss_rose", drop  # three in a row came first: it looked like a cut
             print(f"attempt {attempt}: the lost probes came in a run at once ({probes}); again")
