@@ -559,7 +559,7 @@ class PeerConnectionActor(Actor):
                 self._commit([ev.RelayAllocationFailed(**self._base(), relay=effect.relay,
                                                        error=done.error or "")], effect.tag)
             if self._current(done):
-                self._after_allocation_failed(done.error or "")
+                self._after_allocation_failed(done.error or "", effect.relay)
             return
         allocation: RelayAllocation = done.value
         previous = self._held()
@@ -614,9 +614,16 @@ class PeerConnectionActor(Actor):
         self._finish(op)
         self._arm_direct_retry()
 
-    def _after_allocation_failed(self, error: str) -> None:
+    def _after_allocation_failed(self, error: str, relay: str) -> None:
         op = self.op
         assert op is not None
+        if self.relay is not None and self.relay != relay and op.kind != RETRY_DIRECT:
+            # The monitor moved to another relay meanwhile (this one most likely died): that
+            # is where the session goes now, not the next attempt a backoff later.
+            purpose = {FAILOVER: FAILOVER, RELAY_MOVE: RELAY_MOVE}.get(
+                op.kind, RELAY_FIRST if op.relay_first else FALLBACK)
+            self._allocate(op, purpose, self.relay)
+            return
         if op.kind == CONNECT and op.relay_first:
             op.relay_first = False  # punch first as if no relay were at hand
             self._punch(op)

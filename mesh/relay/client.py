@@ -52,11 +52,15 @@ class RelayRefused(MeshError):
         self.reason = reason
 
 
+# A session hello is answered within a round trip; a relay that has not answered in a
+# second is treated as down, so that a connection moves on to the next relay quickly.
+HELLO_TIMEOUT_S = 1.0
+
 class RelayProxy:
     """One relay session: a loopback socket for WireGuard and an upstream socket to the relay."""
 
     def __init__(self, ticket: RelayTicket, wg_port: int | None = None, bind_host: str = "127.0.0.1",
-                 rehello_s: float = 10.0, hello_timeout_s: float = 2.0) -> None:
+                 rehello_s: float = 10.0, hello_timeout_s: float = HELLO_TIMEOUT_S) -> None:
         self.ticket = ticket
         self.relay_addr = parse_hostport(ticket.relay)
         self._wg_addr: Address | None = (bind_host, wg_port) if wg_port else None
@@ -77,6 +81,7 @@ class RelayProxy:
         self._pending: dict[bytes, float] = {}
         self._cookie = wire.NO_COOKIE  # the relay's return-routability cookie for our address
         self._refused: str | None = None
+        self._port_closed = False  # the relay's host answered the hello with "port unreachable"
         self._ok = threading.Event()
         self._stop = threading.Event()
         # close() writes here: the proxy thread sleeps in select until traffic, its next
@@ -89,9 +94,14 @@ class RelayProxy:
         """Authenticate with the relay (raises RelayRefused or MeshError) and start proxying."""
         self._thread.start()
         deadline = time.monotonic() + self._hello_timeout_s
-        while time.monotonic() < deadline and not self._ok.is_set() and self._refused is None:
+        while time.monotonic() < deadline and not self._ok.is_set() and self._refused is None \
+                and not self._port_closed:
             self._hello(wire.HELLO)
             self._ok.wait(0.25)
+        if self._port_closed and not self._ok.is_set():
+            # A killed relay's host says so at once: no need to wait out the hello timeout.
+            self.close(send_bye=False)
+            raise MeshError(f"relay {self.ticket.relay} is not running (port unreachable)")
         if self._refused is not None:
             self.close(send_bye=False)
             raise RelayRefused(self.ticket.relay, self._refused)
@@ -142,6 +152,10 @@ class RelayProxy:
             for sock in readable:
                 try:
                     data, addr = sock.recvfrom(65535)
+                except ConnectionRefusedError:
+                    if sock is upstream and not self._ok.is_set():
+                        self._port_closed = True  # open() sees it within its 0.25 s wait
+                    continue
                 except OSError:
                     continue
                 if sock is local:
