@@ -22,7 +22,7 @@ pytestmark = pytest.mark.lab
 
 KILLS = 20
 SEED = 12  # the victims and moments of the kills: fixed, so a failure can be replayed
-# The issue names no bound for the control sessions' return: an agent's session retries
+# No figure is promised for the control sessions' return: an agent's session retries
 # with backoff capped at 10 s (+20 % jitter, mesh/control Backoff), so after twenty kills
 # in a row the next try may be 12 s away.
 CONTROL_SESSION_S = 15.0
