@@ -284,7 +284,7 @@ class Bench:
         self.lab.kill(pinger, signal.SIGINT)
         row.recoveries.append(back)
         row.detections.append(self.detection(RELAYED, at))
-        row.notes.append(f"{self.lost_replies(pinger)} pings lost")
+        row.notes.append(str(self.lost_replies(pinger)))
 
     def nat_rebinding(self, rows: dict[str, Row]) -> None:
         at = time.time()
@@ -398,7 +398,7 @@ def main() -> int:
         ratio = f"{statistics.median(found) / base:6.1f}x" if found and base else "     -"
         detection = row._summary(row.detections) if row.detection_expected else \
             row._summary(row.detections) + " (not targeted)"
-        note = f"  {', '.join(row.notes)}" if row.notes else ""
+        note = f"  pings lost per run: {' '.join(row.notes)}" if row.notes else ""
         print(f"{row.name:32} {detection:>28} {row._summary(row.recoveries):>28}  {ratio}{note}")
         misses += row.misses()
     for fraction, most, _ in flaps:

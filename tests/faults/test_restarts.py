@@ -22,6 +22,10 @@ pytestmark = pytest.mark.lab
 
 KILLS = 20
 SEED = 12  # the victims and moments of the kills: fixed, so a failure can be replayed
+# No figure is promised for the control sessions' return: an agent's session retries
+# with backoff capped at 10 s (+20 % jitter, mesh/control Backoff), so after twenty kills
+# in a row the next try may be 12 s away.
+CONTROL_SESSION_S = 15.0
 HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"),
          HostSpec("carl", "symmetric")]
 
@@ -75,7 +79,7 @@ def test_kill_9_of_the_control_server(faults: FaultParty) -> None:
         party.start_control()
     faults.lab.wait_for(lambda: all(session["connected"] for host in faults.names
                                     for session in party.status(host)["agent"]["control"]),
-                        RECOVERY_S, what="every agent's control session connected again")
+                        CONTROL_SESSION_S, what="every agent's control session connected again")
     faults.assert_mesh(RECOVERY_S, what="after the control server's restarts")
     faults.assert_healthy()
 
