@@ -51,6 +51,10 @@ class ConnectionConfig:
     # one read a second, not one per peer.
     idle_watch_interval_s: float = 1.0
     silent_rx_s: float = 0.75
+    # A connection that just moved onto a relay waits this long before its silence counts:
+    # the peer's side has to notice the dead path (or get the relay offer) and bind its end
+    # of the session, and until then nothing can come back.
+    relay_join_grace_s: float = 2.5
     handshake_stale_s: float = 150.0
     confirm_probes: int = 3
     # A check's probes wait three of the path's last round trips, at least

@@ -320,7 +320,8 @@ class PeerConnectionActor(Actor):
             if isinstance(event, ev.WireGuardPeerConfigRequested | ev.WireGuardPeerRemovalRequested):
                 self._apply_wireguard()
                 # A new endpoint starts with a clean slate: the old path's silence is not its own.
-                self.probing.silent_since = thespian_timing.currentTime()
+                grace = self.cfg.relay_join_grace_s if self.state.path == ev.RELAY else 0.0
+                self.probing.silent_since = thespian_timing.currentTime() + grace
 
     def _request(self, effect: fx.Effect) -> None:
         self.pending.add(effect.tag)
