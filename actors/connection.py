@@ -243,7 +243,7 @@ class PeerConnectionActor(Actor):
             self._request(fx.ReadPeerStats(tag="reconcile", public_key=init.public_key))
             if self.state.state == ev.CONNECTING and not self.state.wireguard_configured:
                 self._connect(max(self.state.attempt, 1))
-            elif self.state.path == ev.RELAY and self.state.state != ev.FAILED and (held := self._held()):
+            elif self.state.path == ev.RELAY and (held := self._held()):
                 self._request(fx.CheckRelaySession(tag="check-session", allocation=held))
             if self.state.state == ev.FAILED:
                 self._schedule_retry()
