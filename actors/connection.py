@@ -956,7 +956,10 @@ class PeerConnectionActor(Actor):
         if probing.checking or self.closing:
             return
         if probing.check_lost and not probing.checking_answered:
-            self._path_dead(probing.check_reason)
+            reason = probing.check_reason
+            if "probes lost" not in reason:  # what the check saw: `diagnose` reads the words too
+                reason = f"{reason}; {probing.check_lost} probes lost"
+            self._path_dead(reason)
 
     def _path_dead(self, reason: str) -> None:
         """The path is dead: the direct path fails over to the relay, anything else reconnects."""
