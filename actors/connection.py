@@ -269,7 +269,7 @@ class PeerConnectionActor(Actor):
                 self.on_announced(message.candidates, message.nat_type, announced=True)
             case m.PeerAskedForRelay():
                 if self.state.path == ev.DIRECT:
-                    self._suspect("the peer asked for a relay session")
+                    self._suspect("the peer asked for a relay session", corroborated=True)
             case m.RemoteCandidates():
                 self.on_announced(message.candidates, self.state.remote_nat_type, announced=False)
             case m.RelayChanged():
@@ -926,8 +926,11 @@ class PeerConnectionActor(Actor):
         self.watching = True
         self._schedule(cfg.watch_interval_s if busy else cfg.idle_watch_interval_s, WATCH)
 
-    def _suspect(self, reason: str, idle: bool = False) -> None:
-        """Check a path that looks dead with a few probes at once; act only if all are lost."""
+    def _suspect(self, reason: str, idle: bool = False, corroborated: bool = False) -> None:
+        """Check a path that looks dead with a few probes at once; act only if all are lost.
+
+        ``corroborated``: the peer's side saw the path die too (it asked for a relay): one
+        round of ``confirm_probes`` is enough, whatever the path's loss."""
         assert self.init is not None
         probing, cfg = self.probing, self.cfg
         if probing.checking or self.op is not None or self.state.state not in UP:
@@ -939,7 +942,7 @@ class PeerConnectionActor(Actor):
         if loss is None:
             loss = cfg.unknown_loss
         needed = cfg.confirm_probes
-        if 0 < loss < 1:
+        if 0 < loss < 1 and not corroborated:
             needed = max(needed, min(cfg.confirm_probes_max,
                                      math.ceil(math.log(cfg.check_false_alarm) / math.log(loss))))
         probing.check_lost, probing.check_reason, probing.check_needed = 0, reason, needed
