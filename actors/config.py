@@ -67,6 +67,11 @@ class ConnectionConfig:
     # 24), up to ``confirm_probes_max``: a dead path loses them all the same.
     check_false_alarm: float = 0.001
     confirm_probes_max: int = 24
+    # Before the loss window knows the path, a check assumes this loss (50 % each way, the
+    # worst the connection promises not to flap at): after a first round of
+    # ``confirm_probes`` all lost, it sends the rest at once. A dead path costs one round
+    # trip timeout more; a lossy one answers one of them.
+    unknown_loss: float = 0.75
     # Loss over the last ``loss_window_probes`` probes (round trips: 20 % loss each way
     # loses 36 % of them, 50 % each way 75 %): degraded at or above ``degraded_loss``, up
     # again at or below ``recovered_loss``, decided only on at least half a window. The gap

@@ -141,6 +141,7 @@ class Probing:
     check_lost: int = 0
     check_reason: str = ""
     checking_answered: bool = False
+    check_needed: int = 0  # lost probes that make the path dead, from the path's loss
     # The loss window of each path (True for a lost probe): a path switched back to keeps
     # what it showed, so a lossy direct path is not taken for a clean one on its return.
     outcomes: dict[str | None, list[bool]] = field(default_factory=dict)
@@ -262,7 +263,7 @@ class PeerConnectionActor(Actor):
             self._request(fx.ReadPeerStats(tag="reconcile", public_key=init.public_key))
             if self.state.state == ev.CONNECTING and not self.state.wireguard_configured:
                 self._connect(max(self.state.attempt, 1))
-            elif self.state.path == ev.RELAY and self.state.state != ev.FAILED and (held := self._held()):
+            elif self.state.path == ev.RELAY and (held := self._held()):
                 self._request(fx.CheckRelaySession(tag="check-session", allocation=held))
             if self.state.state == ev.FAILED:
                 self._schedule_retry()
@@ -287,7 +288,7 @@ class PeerConnectionActor(Actor):
                 self.on_announced(message.candidates, message.nat_type, announced=True)
             case m.PeerAskedForRelay():
                 if self.state.path == ev.DIRECT:
-                    self._suspect("the peer asked for a relay session")
+                    self._suspect("the peer asked for a relay session", corroborated=True)
             case m.RemoteCandidates():
                 self.on_announced(message.candidates, self.state.remote_nat_type, announced=False)
             case m.RelayChanged():
@@ -861,6 +862,7 @@ class PeerConnectionActor(Actor):
         state = self.state
         if before.state in (ev.CONNECTING, ev.FAILED) and state.state in UP:
             self._arm_monitor()  # up: back to one probe an interval (re-arming drops the quick one)
+            self.probing.outcomes.clear()  # the probes lost before the outage was seen: not loss
         if state.state == ev.FAILED and before.state != ev.FAILED:
             self.retries = 0
             self._arm_monitor()  # unreachable: probe every ``failed_probe_s`` to see it come back
@@ -906,6 +908,8 @@ class PeerConnectionActor(Actor):
     # ------------------------------------------------------------ loss
 
     def _count_probe(self, lost: bool) -> None:
+        if self.state.state not in UP:
+            return  # an outage's lost probes say nothing of the path's quality once it is back
         outcomes = self.probing.outcomes.setdefault(self.state.path, [])
         outcomes.append(lost)
         del outcomes[:-self.cfg.loss_window_probes]
@@ -978,8 +982,11 @@ class PeerConnectionActor(Actor):
         self.watching = True
         self._schedule(cfg.watch_interval_s if busy else cfg.idle_watch_interval_s, WATCH)
 
-    def _suspect(self, reason: str, idle: bool = False) -> None:
-        """Check a path that looks dead with a few probes at once; act only if all are lost."""
+    def _suspect(self, reason: str, idle: bool = False, corroborated: bool = False) -> None:
+        """Check a path that looks dead with a few probes at once; act only if all are lost.
+
+        ``corroborated``: the peer's side saw the path die too (it asked for a relay): one
+        round of ``confirm_probes`` is enough, whatever the path's loss."""
         assert self.init is not None
         probing, cfg = self.probing, self.cfg
         if probing.checking or self.op is not None or self.state.state not in UP:
@@ -987,18 +994,28 @@ class PeerConnectionActor(Actor):
         if idle and probing.rx_grew_at is not None and \
                 thespian_timing.currentTime() - probing.rx_grew_at < cfg.keepalive_s + cfg.probe_interval_s:
             return  # the peer's packets (its keepalives at least) still arrive: the probes met loss
-        probes = cfg.confirm_probes
         loss = self._window_loss()
-        if loss is not None and 0 < loss < 1:
-            probes = max(probes, min(cfg.confirm_probes_max,
+        if loss is None:
+            loss = cfg.unknown_loss
+        needed = cfg.confirm_probes
+        if 0 < loss < 1 and not corroborated:
+            needed = max(needed, min(cfg.confirm_probes_max,
                                      math.ceil(math.log(cfg.check_false_alarm) / math.log(loss))))
-        probing.checking, probing.check_lost, probing.check_reason = probes, 0, reason
+        probing.check_lost, probing.check_reason, probing.check_needed = 0, reason, needed
         probing.checking_answered = False
+        # A first round of a few probes (a live path answers one of them); only if all are
+        # lost, the rest of what the path's loss asks for.
+        self._send_checks(min(cfg.confirm_probes, needed))
+
+    def _send_checks(self, probes: int) -> None:
+        assert self.init is not None
+        probing, cfg = self.probing, self.cfg
+        probing.checking += probes
         recent = max(probing.window[-3:], default=self.state.latency_ms)
         timeout = cfg.confirm_timeout_s if recent is None else \
             min(cfg.confirm_timeout_s, max(cfg.confirm_timeout_min_s, 3 * recent / 1000))
-        for number in range(probes):
-            self._request(fx.Probe(tag=f"{CONFIRM}/{number}", virtual_ip=self.init.virtual_ip,
+        for _ in range(probes):
+            self._request(fx.Probe(tag=f"{CONFIRM}/{next(self._tags)}", virtual_ip=self.init.virtual_ip,
                                    timeout_s=timeout))
 
     def _on_checked(self, done: fx.EffectDone) -> None:
@@ -1011,8 +1028,14 @@ class PeerConnectionActor(Actor):
             probing.silent_since = thespian_timing.currentTime()
         if probing.checking or self.closing:
             return
+        if probing.check_lost and not probing.checking_answered and probing.check_lost < probing.check_needed:
+            self._send_checks(probing.check_needed - probing.check_lost)
+            return
         if probing.check_lost and not probing.checking_answered:
-            self._path_dead(probing.check_reason)
+            reason = probing.check_reason
+            if "probes lost" not in reason:  # what the check saw: `diagnose` reads the words too
+                reason = f"{reason}; {probing.check_lost} probes lost"
+            self._path_dead(reason)
 
     def _path_dead(self, reason: str) -> None:
         """The path is dead: the direct path fails over to the relay, anything else reconnects."""
