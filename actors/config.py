@@ -77,12 +77,14 @@ class ConnectionConfig:
     # again at or below ``recovered_loss``, decided only on at least half a window. The gap
     # is the hysteresis: at 20 % each way a 20-probe window reaches 60 % about once in 250.
     # A degraded direct path moves to the relay only when the relay's own last window (the
-    # relay monitor's) lost at least ``switch_loss_margin`` less, and no switch for quality
-    # (nor the upgrade back to direct) follows another within ``min_switch_interval_s``.
+    # relay monitor's) lost at least ``switch_loss_margin`` less (three standard deviations
+    # of a 20-probe window's estimate at 75 % loss: two paths equally lossy do not trade
+    # places by chance), and no switch for quality (nor the upgrade back to direct) follows
+    # another within ``min_switch_interval_s``.
     loss_window_probes: int = 20
     degraded_loss: float = 0.6
     recovered_loss: float = 0.4
-    switch_loss_margin: float = 0.2
+    switch_loss_margin: float = 0.3
     min_switch_interval_s: float = 60.0
     # With a relay at hand, put a new connection on it at once and punch behind it (the
     # DERP way): a relayed pair is up within a relay round trip instead of after a failed
