@@ -151,12 +151,12 @@ def test_a_nat_rebinding_on_the_peers_router(party: LabParty) -> None:
                         "endpoint change of bob on alice")[-1]
     assert change["cause"] == "endpoint_changed", json.dumps(change, indent=1)
     summary = change["findings"][0]["summary"]
-    assert summary.startswith(f"bob's endpoint changed from {old} to {public_ip}:4")
+    assert summary.startswith(f"bob's endpoint changed from {old} to {public_ip}:")
     assert summary.endswith("(NAT rebinding or a new network): WireGuard now hears it from the new address")
     rows = events(party, "alice", "EndpointChanged")
     assert len(rows) == len(before) + 1  # once a change, not once a reading
     new = rows[-1]["payload"]["new_endpoint"]
-    assert 40000 <= int(new.rpartition(":")[2]) <= 40999
+    assert new != old and new.startswith(f"{public_ip}:")  # the router's new mapping
     # Any drop it caused is explained by it too.
     for drop in incidents(party, "alice", "bob", "drop", after=change["global_position"]):
         assert drop["cause"] == "endpoint_changed", drop

@@ -19,7 +19,9 @@ from lab import HostSpec, Lab
 
 pytestmark = pytest.mark.lab
 
-DETECT_LIMIT_S = 2.0
+# The target is a median of 2 s (bench/failover.py measures it over runs); one
+# run on a loaded 2-core machine gets a quarter of that as margin.
+DETECT_LIMIT_S = 2.5
 RECOVER_LIMIT_S = 5.0
 CUT_S = 15.0
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)")
