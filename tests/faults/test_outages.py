@@ -1,5 +1,5 @@
-"""A STUN server down when the agents start, uplink cuts of 15 s and 60 s, random loss of
-5, 20 and 50 % on a router, and NAT rebindings, in one lab: alice (port-restricted
+"""A STUN server down when the agents start and random loss of 5, 20 and 50 % on a
+router, in one lab: alice (port-restricted
 cone), bob (port-forwarded), carl (symmetric), two relays. With STUN up, alice-bob and
 bob-carl are direct and alice-carl is relayed.
 
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from lab import HostSpec
-from tests.faults.harness import DETECTION_S, RECOVERY_S, FaultParty
+from tests.faults.harness import RECOVERY_S, FaultParty
 
 pytestmark = pytest.mark.lab
 
@@ -24,7 +24,6 @@ HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded")
 LOSS_WINDOW_S = 12.0  # two probe intervals and more at the default 5 s; bench/failover.py uses 60 s
 LOSS_HOST = "alice"  # her router drops; she has a direct (bob) and a relayed (carl) peer
 FLAPS_ALLOWED = {0.05: 0, 0.20: 0, 0.50: 1}  # path switches per peer in the window (50 %: once a minute)
-REBIND_ROUNDS = 2
 
 
 @pytest.fixture(scope="module")
@@ -75,46 +74,6 @@ def test_a_stun_server_down_when_the_agents_start(shared: FaultParty) -> None:
     faults.assert_healthy(restarted=faults.names)
 
 
-@pytest.mark.parametrize("outage_s", [15, 60])
-def test_an_uplink_cut(faults: FaultParty, outage_s: int) -> None:
-    """bob's (direct to alice) and carl's (relayed to alice) uplinks are cut at once: alice
-    notices both within 2 s, and every pair pings within 5 s of the uplinks' return."""
-    lab = faults.lab
-    cut_at = time.time()
-    for name in ("bob", "carl"):
-        lab.cut_uplink(name)
-    time.sleep(outage_s)
-    for name in ("bob", "carl"):
-        lab.restore_uplink(name)
-    restored = time.monotonic()
-    try:
-        faults.assert_mesh(RECOVERY_S, since=restored, what=f"after a {outage_s} s cut")
-    finally:
-        detection = first_transitions(faults, "alice", ("bob", "carl"), cut_at)
-        print(f"\n{outage_s} s cut: alice's first transition for " + ", ".join(
-            f"{peer} after {found[0]:.1f} s ({found[1]})" if found else f"{peer}: none"
-            for peer, found in detection.items()))
-    late = {peer: found for peer, found in detection.items() if found is None or found[0] > DETECTION_S}
-    assert not late, f"alice noticed the cut later than {DETECTION_S:g} s (or never): {late}"
-    faults.assert_healthy()
-
-
-def first_transitions(faults: FaultParty, host: str, peers: tuple[str, ...],
-                      after: float) -> dict[str, tuple[float, str] | None]:
-    """Seconds from ``after`` (wall clock) to ``host``'s first transition for each peer,
-    with its reason."""
-    from datetime import datetime
-
-    ids = {faults.peer_id(host, peer): peer for peer in peers}
-    found: dict[str, tuple[float, str] | None] = dict.fromkeys(peers)
-    for record in faults.transitions(host, after):
-        peer = ids.get(record["payload"]["peer_id"])
-        if peer is not None and found[peer] is None:
-            seconds = datetime.fromisoformat(record["recorded_at"]).timestamp() - after
-            found[peer] = (seconds, f"{record['event_type']}: {record['payload'].get('reason')}")
-    return found
-
-
 @pytest.mark.parametrize("loss", [0.05, 0.20, 0.50])
 def test_random_loss_on_a_router(faults: FaultParty, loss: float) -> None:
     """Loss on alice's uplink for a window: no path switch and no state change at 5 % and
@@ -143,16 +102,4 @@ def test_random_loss_on_a_router(faults: FaultParty, loss: float) -> None:
         f"{loss:.0%} loss: path switches {switches} (at most {FLAPS_ALLOWED[loss]} a peer): {summary}"
     if FLAPS_ALLOWED[loss] == 0:
         assert not changes, f"{loss:.0%} loss: state changes {summary}"
-    faults.assert_healthy()
-
-
-def test_nat_rebinding(faults: FaultParty) -> None:
-    """Every router forgets its mappings and maps anew onto other ports: every pair is
-    found again within 5 s (roaming where the peer sends first, the control server or
-    the relay otherwise)."""
-    for round_number in range(1, REBIND_ROUNDS + 1):
-        for name in faults.names:
-            faults.lab.rebind_nat(name)
-        rebound = time.monotonic()
-        faults.assert_mesh(RECOVERY_S, since=rebound, what=f"rebinding {round_number}")
     faults.assert_healthy()
