@@ -32,6 +32,7 @@ class ConnectionConfig:
     first_probe_s: float = 0.5
     probe_timeout_s: float = 1.0
     punch_timeout_s: float = 5.0
+    punch_session_slot_s: float = 600.0  # retries of both ends within one slot share a punch session
     # Fast detection from WireGuard's own counters (``ReadPeerStats``): while the tunnel
     # sends, read them every ``watch_interval_s``; when it is idle, only once a probe
     # interval (an idle peer costs one read and one probe per 5 s, as before). A tunnel

@@ -443,9 +443,11 @@ class PeerConnectionActor(Actor):
             self._commit([ev.HolePunchAttempted(**self._base(), local_candidates=self.init.local_candidates,
                                                 remote_candidates=self.state.candidates)], op.tag)
         ends = sorted((self.init.local_peer_id, self.init.peer_id))
-        # Retries counted by an open run are retries too: the session numbering goes on as before.
-        counted = self.retry_run.count if self.retry_run is not None else 0
-        number = op.attempt if op.kind == CONNECT else self.state.direct_retries + counted + 1000
+        # Both ends must name a retry's punch session alike, and their retry counters drift
+        # apart (counted runs, failed spells, restarts): a retry is named by the wall-clock
+        # slot it falls in instead, which also keeps a captured punch from an older slot useless.
+        slot = int(time.time() // self.cfg.punch_session_slot_s)
+        number = op.attempt if op.kind == CONNECT else f"retry-{slot}"
         self._request(fx.Punch(tag=op.tag, session=f"{self.init.party_id}:{ends[0]}:{ends[1]}:{number}",
                                candidates=self.state.candidates, timeout_s=self.cfg.punch_timeout_s,
                                peer_public_key=self.init.public_key))

@@ -161,6 +161,8 @@ def test_blocked_direct_path_falls_back_to_the_relay_and_upgrades_back(require_r
         assert party.wait_ping("alice", bob_ip, 30) is not None
         lab.wait_for(lambda: path_to(party, "alice", "bob") == "direct" == path_to(party, "bob", "alice"),
                      20, what="the direct path")
+        lab.wait_for(lambda: party.peers("alice")["bob"]["state"] == "connected"
+                     == party.peers("bob")["alice"]["state"], 20, what="both ends connected")
 
         lab.block_path("alice", "bob")
         blocked_at = time.monotonic()

@@ -1,6 +1,6 @@
-"""A STUN server down when the agents start and random loss of 5, 20 and 50 % on a
-router, in one lab: alice (port-restricted
-cone), bob (port-forwarded), carl (symmetric), two relays. With STUN up, alice-bob and
+"""A STUN server down when the agents start and random loss of 5 and 20 % on a router
+(no path switch), in one lab: alice (port-restricted cone), bob (port-forwarded), carl
+(symmetric), two relays. With STUN up, alice-bob and
 bob-carl are direct and alice-carl is relayed.
 
 The lab's loss is iptables ``-m statistic --mode random`` (the kernel's generator, not
@@ -23,7 +23,7 @@ HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded")
          HostSpec("carl", "symmetric")]
 LOSS_WINDOW_S = 12.0  # two probe intervals and more at the default 5 s; bench/failover.py uses 60 s
 LOSS_HOST = "alice"  # her router drops; she has a direct (bob) and a relayed (carl) peer
-FLAPS_ALLOWED = {0.05: 0, 0.20: 0, 0.50: 1}  # path switches per peer in the window (50 %: once a minute)
+FLAPS_ALLOWED = {0.05: 0, 0.20: 0}  # path switches per peer in the window
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +74,10 @@ def test_a_stun_server_down_when_the_agents_start(shared: FaultParty) -> None:
     faults.assert_healthy(restarted=faults.names)
 
 
-@pytest.mark.parametrize("loss", [0.05, 0.20, 0.50])
+@pytest.mark.parametrize("loss", [0.05, 0.20])
 def test_random_loss_on_a_router(faults: FaultParty, loss: float) -> None:
     """Loss on alice's uplink for a window: no path switch and no state change at 5 % and
-    20 %, at most one switch per peer at 50 %; every pair pings within 5 s once it stops."""
+    20 %; every pair pings within 5 s once it stops (50 %: bench/failover.py)."""
     lab = faults.lab
     started = time.time()
     lab.add_loss(LOSS_HOST, loss)
@@ -100,6 +100,5 @@ def test_random_loss_on_a_router(faults: FaultParty, loss: float) -> None:
     print(f"\n{loss:.0%} loss for {LOSS_WINDOW_S:g} s: {summary}")
     assert all(count <= FLAPS_ALLOWED[loss] for count in switches.values()), \
         f"{loss:.0%} loss: path switches {switches} (at most {FLAPS_ALLOWED[loss]} a peer): {summary}"
-    if FLAPS_ALLOWED[loss] == 0:
-        assert not changes, f"{loss:.0%} loss: state changes {summary}"
+    assert not changes, f"{loss:.0%} loss: state changes {summary}"
     faults.assert_healthy()
