@@ -670,23 +670,28 @@ class PeerConnectionActor(Actor):
                 self._allocate(op, FALLBACK)
             return
         assert result.endpoint is not None
-        punched = ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint,
-                                        rtt_ms=result.rtt_ms or 0.0, elapsed_ms=result.elapsed_ms)
+        punched = self._punch_succeeded(result)
         if not current:
             self._commit([punched], done.effect.tag)
             return
         assert op is not None
+        self._commit([punched, self._direct_chosen(result), self._configure(result.endpoint)], op.tag)
+        self._release(op.tag)
+        self._finish(op)
+
+    def _punch_succeeded(self, result: PunchResult) -> ev.HolePunchSucceeded:
+        return ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint or "",
+                                     rtt_ms=result.rtt_ms or 0.0, elapsed_ms=result.elapsed_ms)
+
+    def _direct_chosen(self, result: PunchResult) -> Event:
+        """The direct path a punch found: a switch from the relay, or the first choice."""
         if self.state.path == ev.RELAY:
-            chosen: Event = ev.PathSwitched(
+            return ev.PathSwitched(
                 **self._base(), from_path=ev.RELAY, to_path=ev.DIRECT, reason="hole punch succeeded",
                 endpoint=result.endpoint, from_relay=self.state.relay,
                 from_latency_ms=self.state.latency_ms, to_latency_ms=result.rtt_ms)
-        else:
-            chosen = ev.PathChosen(**self._base(), path=ev.DIRECT, reason="hole punch succeeded",
-                                   endpoint=result.endpoint)
-        self._commit([punched, chosen, self._configure(result.endpoint)], op.tag)
-        self._release(op.tag)
-        self._finish(op)
+        return ev.PathChosen(**self._base(), path=ev.DIRECT, reason="hole punch succeeded",
+                             endpoint=result.endpoint)
 
     def _on_new_candidates_punched(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
         self._finish(op)
@@ -695,8 +700,7 @@ class PeerConnectionActor(Actor):
                                              elapsed_ms=result.elapsed_ms)], op.tag)
             return
         assert result.endpoint is not None
-        punched = ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint,
-                                        rtt_ms=result.rtt_ms or 0.0, elapsed_ms=result.elapsed_ms)
+        punched = self._punch_succeeded(result)
         if result.endpoint == self.state.endpoint or self.state.path != ev.DIRECT:
             self._commit([punched], op.tag)
             return
@@ -711,22 +715,13 @@ class PeerConnectionActor(Actor):
             self._finish(op)
             return
         assert result.endpoint is not None
-        punched = ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint,
-                                        rtt_ms=result.rtt_ms or 0.0, elapsed_ms=result.elapsed_ms)
+        punched = self._punch_succeeded(result)
         self._finish(op)
         if self.state.path == ev.DIRECT and self.state.endpoint == result.endpoint \
                 and self.state.wireguard_configured:
             self._commit([punched], op.tag)  # the same path answers: the probes will say it is up
             return
-        if self.state.path == ev.RELAY:
-            chosen: Event = ev.PathSwitched(
-                **self._base(), from_path=ev.RELAY, to_path=ev.DIRECT, reason="hole punch succeeded",
-                endpoint=result.endpoint, from_relay=self.state.relay,
-                from_latency_ms=self.state.latency_ms, to_latency_ms=result.rtt_ms)
-        else:
-            chosen = ev.PathChosen(**self._base(), path=ev.DIRECT, reason="hole punch succeeded",
-                                   endpoint=result.endpoint)
-        self._commit([punched, chosen, self._configure(result.endpoint)], op.tag)
+        self._commit([punched, self._direct_chosen(result), self._configure(result.endpoint)], op.tag)
         self._release(op.tag)
 
     def _on_retried(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
