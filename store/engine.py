@@ -10,6 +10,7 @@ PostgreSQL goes through the same code with ``postgresql+psycopg``.
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from store.errors import DatabaseUnavailable, on_readonly_filesystem
 
 Synchronous = Literal["NORMAL", "FULL"]
 SYNCHRONOUS_VALUES: tuple[str, ...] = ("NORMAL", "FULL")
+WAL_RETRY_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def _sqlite_events(engine: Engine, *, role: str, synchronous: str, busy_timeout:
             if readonly:
                 cursor.execute("PRAGMA query_only = ON")
             else:
-                cursor.execute("PRAGMA journal_mode = WAL")
+                _enable_wal(cursor, busy_timeout)
             cursor.execute(f"PRAGMA synchronous = {synchronous}")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
@@ -131,6 +133,26 @@ def _sqlite_events(engine: Engine, *, role: str, synchronous: str, busy_timeout:
     @event.listens_for(engine, "begin")
     def on_begin(connection: Any) -> None:
         connection.exec_driver_sql(begin)
+
+
+def _enable_wal(cursor: sqlite3.Cursor, busy_timeout: float) -> None:
+    """Switch a database to WAL, waiting out other processes doing the same.
+
+    WAL is a property of the file: once set, this is one read. Switching a fresh file
+    needs its exclusive lock, and SQLite answers "database is locked" at once, without
+    the busy handler, when another connection holds a lock meanwhile (processes starting
+    together on a new database): retry until the busy timeout.
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(WAL_RETRY_S)
 
 
 def _pg_readonly(engine: Engine | Any) -> None:

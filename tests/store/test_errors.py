@@ -118,6 +118,26 @@ def test_locked_database_names_the_file_and_recovers(sqlite_url: str, tmp_path: 
         assert store.append("peer:p:a", [left(2)], 1)[0].stream_position == 2
 
 
+def test_a_fresh_file_another_process_is_writing_is_waited_for_not_locked(tmp_path: Path) -> None:
+    """Switching a new file to WAL while another connection writes it fails at once in
+    SQLite, without its busy handler (processes starting together on a new database)."""
+    import threading
+
+    path = tmp_path / "fresh.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE first_writer (x)")
+    writer.execute("BEGIN IMMEDIATE")
+    finished = threading.Timer(0.3, writer.execute, ("COMMIT",))
+    finished.start()
+    try:
+        with open_store(f"sqlite:///{path}", busy_timeout=5.0) as store:
+            assert store.append("peer:p:a", [left(1)], 0)[0].stream_position == 1
+    finally:
+        finished.join()
+        writer.close()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
 def test_postgres_server_down_is_clear() -> None:
     with pytest.raises(DatabaseUnavailable, match="cannot connect to database postgresql"):
         open_store("postgresql+psycopg://lanrage:lanrage@127.0.0.1:1/lanrage")
