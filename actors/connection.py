@@ -70,6 +70,7 @@ UP = (ev.CONNECTED, ev.DEGRADED)
 
 MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, WATCH = (
     "monitor", "metrics", "direct-retry", "retry", "wireguard-retry", "watch")
+RELAY_VERDICT = "relay-verdict"  # the wait for the relay monitor's word on a relay gone silent
 CONFIRM = "confirm"  # the tag of a check's probes
 
 # Operation kinds (one at a time) and the purposes of relay allocations.
@@ -170,6 +171,7 @@ class PeerConnectionActor(Actor):
         self.quality_switch_at: float | None = None  # the last path switch for quality (thespian time)
         self.sample_runs = SampleRuns()
         self.retry_run: RetryRun | None = None  # open after a failed retry of the direct path
+        self.suspected_relay: str | None = None  # the relay this connection found silent, awaiting a verdict
         self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
 
@@ -559,6 +561,8 @@ class PeerConnectionActor(Actor):
         assert isinstance(effect, fx.AllocateRelay)
         if not done.ok:
             self.log.warning("relay {} allocation failed: {}", effect.relay, done.error)
+            if effect.relay == self.relay and not self.closing:
+                self.send(self.parent, m.RelaySuspected(effect.relay, f"allocation failed: {done.error}"))
             if self.op is None or self.op.recorded or not self._current(done):
                 self._commit([ev.RelayAllocationFailed(**self._base(), relay=effect.relay,
                                                        error=done.error or "")], effect.tag)
@@ -901,6 +905,8 @@ class PeerConnectionActor(Actor):
             self._retry_unreachable()
         elif timer.kind == WIREGUARD_RETRY and not self.state.wireguard_applied:
             self._apply_wireguard()
+        elif timer.kind == RELAY_VERDICT:
+            self._relay_verdict_overdue()
 
     # ------------------------------------------------------------ loss
 
@@ -1045,7 +1051,29 @@ class PeerConnectionActor(Actor):
             return
         self._commit(self._reconnect(1, reason), "path dead")
         self._arm_monitor()
+        if state.path == ev.RELAY and state.relay is not None and self._suspect_relay(state.relay, reason):
+            return
         self._connect(self.state.reconnects + 1)
+
+    def _suspect_relay(self, relay: str, reason: str) -> bool:
+        """Tell the relay monitor that the path through ``relay`` went silent. True when that
+        relay is the node's selected one: the connection then waits for the monitor's verdict
+        (a ``RelayChanged`` moves it to another relay) rather than reconnect onto a relay that
+        is most likely dead; without a verdict in ``relay_verdict_wait_s`` it reconnects."""
+        self.send(self.parent, m.RelaySuspected(relay, reason))
+        if relay != self.relay:
+            return False
+        self.suspected_relay = relay
+        self._schedule(self.cfg.relay_verdict_wait_s, RELAY_VERDICT)
+        return True
+
+    def _relay_verdict_overdue(self) -> None:
+        """The monitor kept the silent relay: the peer's side is the likelier cause; reconnect."""
+        relay, self.suspected_relay = self.suspected_relay, None
+        state = self.state
+        if relay is not None and state.state == ev.CONNECTING and self.op is None \
+                and state.relay == relay:
+            self._connect(state.reconnects + 1)
 
     def _note_endpoint(self, stats: PeerStats) -> None:
         """Keep the reading (a setback records its handshake age); record a roamed endpoint once."""
@@ -1237,6 +1265,9 @@ class PeerConnectionActor(Actor):
         # hand it back (its relay affinity would otherwise, within ``RELAY_AFFINITY_S``).
         held = self._held()
         failed = held.session_id if held is not None and held.relay == state.relay else None
+        if self.suspected_relay is not None and self.op is None:
+            self.suspected_relay = None
+            self.timers.cancel(RELAY_VERDICT)
         self._move_relay(message.relay, f"relay monitor selected {message.relay}", message.rtt_ms, failed)
 
     def _move_relay(self, relay: str | None, reason: str, rtt_ms: float | None = None,
@@ -1258,7 +1289,7 @@ class PeerConnectionActor(Actor):
             self._release("close")
         self.op = None
         self.closing = True
-        for kind in (MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY):
+        for kind in (MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, RELAY_VERDICT):
             self.timers.cancel(kind)
         if not self.pending:
             self._finished()

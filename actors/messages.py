@@ -398,6 +398,16 @@ class RelayChanged:
 
 
 @dataclass(frozen=True)
+class RelaySuspected:
+    """A connection on ``relay`` found its path dead: the relay monitor probes that relay at
+    once and, if it does not answer, declares it dead on its own evidence (a connection's
+    silence alone may be its peer's, not the relay's)."""
+
+    relay: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class RelaysReachable:
     """Every relay was silent and one answers again (this node's uplink is back, most likely)."""
 

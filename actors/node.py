@@ -140,6 +140,9 @@ class NodeActor(Actor):
                   | m.PeerAskedForRelay()):
                 if self._party(message, None):
                     self.send(self.parties[message.party_id], message)
+            case m.RelaySuspected():
+                if self.monitor is not None:
+                    self.send(self.monitor, message)
             case m.Forwarded(command=m.PartyClosed() as closed):
                 self._closed(closed, message.reply_to)
             case m.StatusQuery():
