@@ -172,6 +172,9 @@ class PeerConnectionActor(Actor):
         self.sample_runs = SampleRuns()
         self.retry_run: RetryRun | None = None  # open after a failed retry of the direct path
         self.suspected_relay: str | None = None  # the relay this connection found silent, awaiting a verdict
+        # The relay session whose path this connection found dead: every allocation reports it
+        # until a new session opens, so the control server's pair affinity never hands it back.
+        self.dead_session: str | None = None
         self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
 
@@ -322,9 +325,12 @@ class PeerConnectionActor(Actor):
         for event in events:
             if isinstance(event, ev.WireGuardPeerConfigRequested | ev.WireGuardPeerRemovalRequested):
                 self._apply_wireguard()
-                # A new endpoint starts with a clean slate: the old path's silence is not its own.
+                # A new endpoint starts with a clean slate: the old path's silence is not its own,
+                # nor are the lost probes of a check still out on it (it ends without a verdict).
                 grace = self.cfg.relay_join_grace_s if self.state.path == ev.RELAY else 0.0
                 self.probing.silent_since = thespian_timing.currentTime() + grace
+                if self.probing.checking:
+                    self.probing.checking_answered = True
 
     def _request(self, effect: fx.Effect) -> None:
         self.pending.add(effect.tag)
@@ -464,7 +470,7 @@ class PeerConnectionActor(Actor):
             self._commit([ev.RelayAllocationRequested(**self._base(), relay=relay, purpose=purpose)], op.tag)
         self._request(fx.AllocateRelay(tag=op.tag, party_id=self._base()["party_id"],
                                        peer_id=self._base()["peer_id"], relay=relay,
-                                       failed_session=op.failed_session))
+                                       failed_session=op.failed_session or self.dead_session))
 
     def _no_path(self, op: Operation, why_no_relay: str) -> None:
         reason = f"{op.purpose}; {why_no_relay}" if op.purpose else why_no_relay
@@ -571,6 +577,8 @@ class PeerConnectionActor(Actor):
             return
         allocation: RelayAllocation = done.value
         previous = self._held()
+        if allocation.session_id != self.dead_session:
+            self.dead_session = None
         opened = ev.RelaySessionOpened(**self._base(), relay=allocation.relay,
                                        session_id=allocation.session_id, endpoint=allocation.endpoint)
         if not self._current(done):
@@ -1051,6 +1059,9 @@ class PeerConnectionActor(Actor):
             return
         self._commit(self._reconnect(1, reason), "path dead")
         self._arm_monitor()
+        held = self._held()
+        if state.path == ev.RELAY and held is not None:
+            self.dead_session = held.session_id
         if state.path == ev.RELAY and state.relay is not None and self._suspect_relay(state.relay, reason):
             return
         self._connect(self.state.reconnects + 1)

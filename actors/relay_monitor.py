@@ -313,6 +313,10 @@ class RelayMonitorActor(Actor):
             # Every relay was silent and one answers again: most likely this node's uplink is
             # back. Connections that could not reach their peers retry now, not at their backoff.
             self.send(self.parent, m.RelaysReachable())
+        for relay in self.dead - dead:
+            # Back: the probes lost while it was dead are its death, not loss it will have; counted
+            # as loss they would make its next death take up to dead_after_misses_max misses.
+            self.outcomes[relay] = deque((False,), maxlen=config.loss_history_probes)
         newly, self.dead = dead - self.dead, dead
         for relay in sorted(newly - {selected, self.selected}):
             self._left(relay)

@@ -95,3 +95,30 @@ def test_a_relayed_path_dead_while_its_relay_answers_reconnects_after_the_verdic
     node.net.probe_error = None
     assert node.status().relay == RELAY_A
     assert any(line.startswith("RelayAllocationRequested") and RELAY_A in line for line in written), written
+    # The session whose path died is reported, so the control server does not hand it back.
+    assert node.net.failed_sessions == ["p1/carol"]
+
+
+def test_a_relay_back_from_the_dead_dies_again_after_two_misses(clock: VirtualClock) -> None:
+    """The probes lost while a relay was dead are not loss it carries once back: a second kill
+    soon after is seen as fast as the first (not after up to 12 misses)."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    sim.reset(name)
+    node = Node(name, clock, replace(make_config(), relay_monitor=RelayMonitorConfig()),
+                (RELAY_A, RELAY_B)).start()
+    try:
+        node.net.set_relay(RELAY_A, 40.0)
+        node.net.set_relay(RELAY_B, 45.0)
+        node.advance(5, step=0.5)
+        a = relay_stream("local", RELAY_A)
+        for _ in range(2):
+            node.new(a)
+            node.net.set_relay(RELAY_A, None)
+            node.advance(1.0, step=0.5)
+            assert "RelayDegraded(relay='198.51.100.1:3478', rtt_ms=None, reason='no answer to 2 probes " \
+                   "in a row')" in node.new(a)
+            node.advance(5, step=0.5)
+            node.net.set_relay(RELAY_A, 40.0)
+            node.advance(2, step=0.5)
+    finally:
+        node.stop()
