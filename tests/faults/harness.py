@@ -66,6 +66,36 @@ def command_name(pid: int) -> str:
         return "?"
 
 
+class Failures:
+    """Collects the failed rounds of a repeated fault, so a red test tells how many of its
+    rounds failed and how; it stops the test after ``limit`` (each costs a heal)."""
+
+    def __init__(self, faults: FaultParty, limit: int = 3) -> None:
+        self.faults = faults
+        self.limit = limit
+        self.messages: list[str] = []
+        self.rounds = 0
+
+    @contextlib.contextmanager
+    def round(self, what: str) -> Iterator[None]:
+        self.rounds += 1
+        try:
+            yield
+        except AssertionError as error:
+            self.messages.append(f"{what}: {error}")
+            if len(self.messages) < self.limit:
+                self.faults.heal()
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self.messages) >= self.limit
+
+    def check(self) -> None:
+        stopped = " (stopped there)" if self.exhausted else ""
+        assert not self.messages, (f"{len(self.messages)} of {self.rounds} rounds failed{stopped}:\n"
+                                   + "\n".join(self.messages))
+
+
 class FaultParty:
     """One lab, its services, one agent per peer host, all in one party."""
 
