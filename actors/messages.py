@@ -183,6 +183,16 @@ class PeerAskedForRelay:
 
 
 @dataclass(frozen=True)
+class PublicEndpointMoved:
+    """The agent's STUN binding sees the WireGuard port at another public endpoint now."""
+
+    new_endpoint: str
+    reason: str
+    stun_server: str = ""
+    candidates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ControlReachability:
     """The agent's session with a control plane connected or lost it (told on each change).
 
