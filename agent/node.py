@@ -54,6 +54,10 @@ SOFT_TIMEOUT_S = 10.0
 # that port): a NAT rebinding or a router reboot is noticed within this even when no control
 # session broke; a broken control session looks at once, before it announces again.
 MAPPING_CHECK_S = 10.0
+# A relay ticket the control server pushed (the peer just asked for a session) is used only
+# this soon after: it answers that request. An older one may name a session that was
+# revoked since (the peer left and joined again) or that the pair moved away from.
+OFFER_FRESH_S = 20.0
 # Thespian's own logging (actors log through loguru): warnings and worse, to stderr.
 THESPIAN_LOGS = {"version": 1, "disable_existing_loggers": False,
                  "handlers": {"stderr": {"class": "logging.StreamHandler", "level": "WARNING"}},
@@ -138,7 +142,8 @@ class Agent:
         self.bindings: dict[str, str] = {}  # party id -> control url
         self.sessions: dict[str, Session] = {}
         self._party_states: dict[str, tuple[int, PartyState]] = {}  # stream position, state
-        self.offers: dict[tuple[str, str, str], dict[str, Any]] = {}  # relay tickets pushed to us
+        # Relay tickets pushed to us, with the monotonic time each came.
+        self.offers: dict[tuple[str, str, str], tuple[float, dict[str, Any]]] = {}
         self.control_lost_at: dict[str, float] = {}  # control url -> monotonic time it went
         self.runtime = ActorRuntime(f"lanrage-{self.node_id}")
         self.node: Any = None
@@ -476,8 +481,9 @@ class Agent:
         unless it is for the session this side saw fail (``failed_session``, which the
         control server then never hands back).
         """
-        offer = self.offers.pop((party_id, peer_id, relay), None)
-        if offer is not None and float(offer.get("expiry_s", 0)) - time.time() > 60 \
+        received, offer = self.offers.pop((party_id, peer_id, relay), (0.0, {}))
+        fresh = time.monotonic() - received <= OFFER_FRESH_S
+        if offer and fresh and float(offer.get("expiry_s", 0)) - time.time() > 60 \
                 and offer.get("session_id") != failed_session:
             return offer
         url = self.bindings.get(party_id)
@@ -492,7 +498,7 @@ class Agent:
         if body.get("type") == "relay_offer" and isinstance(body.get("ticket"), dict):
             ticket = body["ticket"]
             key = (str(ticket.get("party_id")), str(body.get("from")), str(ticket.get("relay")))
-            self.offers[key] = ticket
+            self.offers[key] = (time.monotonic(), ticket)
             if key[0] in self.bindings:
                 self._tell(m.PeerAskedForRelay(key[0], key[1]))
             return
@@ -500,6 +506,12 @@ class Agent:
         if not isinstance(party_id, str) or self.bindings.get(party_id) != url:
             return
         kind = body.get("type")
+        if kind in ("peer_joined", "peer_left"):
+            # A member that left or joined anew: the sessions offered with it before are over.
+            member = body.get("member")
+            gone = body.get("peer_id") or (member.get("peer_id") if isinstance(member, dict) else None)
+            for key in [key for key in self.offers if key[:2] == (party_id, gone)]:
+                del self.offers[key]
         if kind in ("peer_joined", "peer_updated") and isinstance(body.get("member"), dict):
             self._tell(self._announcement(party_id, body["member"]))
         elif kind == "peer_left" and isinstance(body.get("peer_id"), str):

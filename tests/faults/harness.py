@@ -164,7 +164,7 @@ class FaultParty:
         lost = self.unreachable(pairs, within_s, start)
         if not lost:
             return
-        state = self.describe()
+        state = self.describe() + self.recent(lost)
         still = self.unreachable(lost, LATE_WATCH_S)
         late = f"still none {time.monotonic() - start:.0f} s after" if still else \
             f"all back {time.monotonic() - start:.1f} s after"
@@ -278,6 +278,21 @@ class FaultParty:
 
     def peer_id(self, host: str, peer: str) -> str:
         return str(self.party.peers(host)[peer]["peer_id"])
+
+    def recent(self, pairs: list[tuple[str, str]], count: int = 12) -> str:
+        """The last connection facts each end of ``pairs`` recorded about the other: what a
+        failure needs to be understood without a rerun."""
+        lines = []
+        for host, peer in sorted({tuple(sorted(pair)) for pair in pairs} | set(pairs)):
+            with contextlib.suppress(Exception):
+                peer_id = self.peer_id(host, peer)
+                records = [r for r in self.party.events(host) if r["stream_id"].endswith(f":{peer_id}")
+                           and r["event_type"] not in ("PeerMetricsSampled", "WireGuardPeerConfigured")]
+                lines.append(f"  {host} about {peer}:")
+                for record in records[-count:]:
+                    payload = {k: v for k, v in record["payload"].items() if k not in ("party_id", "peer_id")}
+                    lines.append(f"    {record['recorded_at'][11:23]} {record['event_type']} {payload}"[:300])
+        return "\n" + "\n".join(lines)
 
     def describe(self) -> str:
         lines = []
