@@ -294,6 +294,8 @@ class PeerConnectionActor(Actor):
             case m.PeerAskedForRelay():
                 if self.state.path == ev.DIRECT:
                     self._suspect("the peer asked for a relay session", corroborated=True)
+                else:
+                    self._follow_peer_session(message)
             case m.RemoteCandidates():
                 self.on_announced(message.candidates, self.state.remote_nat_type, announced=False)
             case m.RelayChanged():
@@ -522,8 +524,9 @@ class PeerConnectionActor(Actor):
                 self.probing.in_flight = False
                 if not self.closing:
                     self._on_probed(done)
-            case fx.CheckRelaySession():
-                if not (done.ok and done.value) and not self.closing and self.state.path == ev.RELAY:
+            case fx.CheckRelaySession(allocation=checked):
+                if not (done.ok and done.value) and not self.closing and self.state.path == ev.RELAY \
+                        and checked == self._held():  # not replaced meanwhile
                     # A new process: the session lived in the previous one. Open a new one.
                     self._move_relay(self.state.relay or self.relay,
                                      "restore the relay session after a restart")
@@ -1280,6 +1283,17 @@ class PeerConnectionActor(Actor):
             self.suspected_relay = None
             self.timers.cancel(RELAY_VERDICT)
         self._move_relay(message.relay, f"relay monitor selected {message.relay}", message.rtt_ms, failed)
+
+    def _follow_peer_session(self, asked: m.PeerAskedForRelay) -> None:
+        """The peer took the pair to another relay session than the one this side holds (its
+        session failed, it restarted, it chose another relay): move there now, rather than
+        notice the silence of a session the peer left."""
+        held, state = self._held(), self.state
+        if not (isinstance(asked.session_id, str) and isinstance(asked.relay, str) and held is not None
+                and asked.session_id != held.session_id and 0 < len(asked.relay) <= 255
+                and state.path == ev.RELAY and state.state in (ev.CONNECTING, *UP)):
+            return
+        self._move_relay(asked.relay, f"the peer moved the pair to relay session {asked.session_id[:16]}")
 
     def _move_relay(self, relay: str | None, reason: str, rtt_ms: float | None = None,
                     failed_session: str | None = None) -> None:

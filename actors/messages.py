@@ -180,6 +180,10 @@ class PeerAskedForRelay:
 
     party_id: str
     peer_id: str
+    # The offered session and its relay: a side on another session of the pair moves to it
+    # (the peer moved the pair: a failed session, another relay, a restart).
+    session_id: str | None = None
+    relay: str | None = None
 
 
 @dataclass(frozen=True)

@@ -500,7 +500,9 @@ class Agent:
             key = (str(ticket.get("party_id")), str(body.get("from")), str(ticket.get("relay")))
             self.offers[key] = (time.monotonic(), ticket)
             if key[0] in self.bindings:
-                self._tell(m.PeerAskedForRelay(key[0], key[1]))
+                session_id = ticket.get("session_id")
+                offered = session_id if isinstance(session_id, str) else None
+                self._tell(m.PeerAskedForRelay(key[0], key[1], offered, key[2]))
             return
         party_id = body.get("party_id")
         if not isinstance(party_id, str) or self.bindings.get(party_id) != url:

@@ -122,3 +122,19 @@ def test_a_relay_back_from_the_dead_dies_again_after_two_misses(clock: VirtualCl
             node.advance(2, step=0.5)
     finally:
         node.stop()
+
+
+def test_a_peer_that_moved_the_pair_to_another_session_is_followed_at_once(node: Node) -> None:
+    """The peer's side reported the pair's session failed (or restarted, or chose the other
+    relay): its offer names the new session, and this side moves there at once."""
+    held = node.connection("p1", "carol").session_id
+    node.tell(m.PeerAskedForRelay("p1", "carol", held, RELAY_A))  # the session it holds: nothing
+    node.advance(0.5, step=0.25)
+    assert node.new(node.peer("carol")) == []
+    node.tell(m.PeerAskedForRelay("p1", "carol", "p1/carol/9", RELAY_B))
+    node.advance(0.5, step=0.25)
+    written = node.new(node.peer("carol"))
+    assert written[0] == f"RelayAllocationRequested(relay='{RELAY_B}', purpose='relay-move')", written
+    moved = "the peer moved the pair to relay session p1/carol/9"
+    assert any(line.startswith("PathSwitched") and moved in line for line in written), written
+    assert node.connection("p1", "carol").relay == RELAY_B
