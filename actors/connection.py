@@ -172,7 +172,7 @@ class PeerConnectionActor(Actor):
         self.sample_runs = SampleRuns()
         self.retry_run: RetryRun | None = None  # open after a failed retry of the direct path
         self.suspected_relay: str | None = None  # the relay this connection found silent, awaiting a verdict
-        # The relay session whose path this connection found dead: every allocation reports it
+        # The held session on a relay that failed an allocation: every allocation reports it
         # until a new session opens, so the control server's pair affinity never hands it back.
         self.dead_session: str | None = None
         self._tags = itertools.count(1)
@@ -572,6 +572,11 @@ class PeerConnectionActor(Actor):
             self.log.warning("relay {} allocation failed: {}", effect.relay, done.error)
             if effect.relay == self.relay and not self.closing:
                 self.send(self.parent, m.RelaySuspected(effect.relay, f"allocation failed: {done.error}"))
+            held = self._held()
+            if held is not None and held.relay == effect.relay:
+                # The relay itself failed us (a silent path alone may be the peer's): its session
+                # is reported on the next allocation, so the pair's affinity does not hand it back.
+                self.dead_session = held.session_id
             if self.op is None or self.op.recorded or not self._current(done):
                 self._commit([ev.RelayAllocationFailed(**self._base(), relay=effect.relay,
                                                        error=done.error or "")], effect.tag)
@@ -1062,9 +1067,6 @@ class PeerConnectionActor(Actor):
             return
         self._commit(self._reconnect(1, reason), "path dead")
         self._arm_monitor()
-        held = self._held()
-        if state.path == ev.RELAY and held is not None:
-            self.dead_session = held.session_id
         if state.path == ev.RELAY and state.relay is not None and self._suspect_relay(state.relay, reason):
             return
         self._connect(self.state.reconnects + 1)

@@ -260,6 +260,8 @@ class Agent:
         nat = self.nat
         if nat is None or not nat.public_ip or not nat.public_port or self._checking_mapping:
             return False  # no STUN answer at start: relay-only, nothing to compare with
+        if getattr(self.interface, "interface", None) is None:
+            return False  # no tunnel yet (no party): no peer needs the mapping
         detector = mapping_detector(self.config.stun, self.config.listen_port, self.node_id)
         if detector is None:
             return False

@@ -37,7 +37,7 @@ from events.types import (
 )
 from mesh.interfaces import MeshError, NatInfo
 from mesh.nat import stun_wire
-from mesh.nat.rawudp import open_port
+from mesh.nat.rawudp import RawUdpPort, open_port
 
 logging.getLogger("pystun3").setLevel(logging.WARNING)
 
@@ -171,7 +171,9 @@ class StunNatDetector:
 
     def _binding(self, host: str, port: int) -> tuple[str, int] | None:
         transaction_id = os.urandom(16)
-        transport = open_port(self.local_port)  # wireguard-go holds it: then shared
+        # Never bind the WireGuard port, even for a moment: wireguard-go starting meanwhile
+        # would fail to bind it. The raw socket sends from it whoever holds it.
+        transport = RawUdpPort(self.local_port) if self.local_port else open_port(0)
         try:
             request = struct.pack("!HH16s", stun_wire.BINDING_REQUEST, 0, transaction_id)
             transport.sendto(request, (host, port))
