@@ -27,8 +27,8 @@ KILLS = 20
 SEED = 12  # the moments of the kills: fixed, so a failure can be replayed
 # The relay monitor sees a dead relay within a second (and a connection whose relayed path
 # went silent asks it to look at once): traffic is back through the other relay within 2 s
-# (a median, as the failover targets are; lab runs of 20 kills: medians 0.83-1.03 s,
-# 1.45 s at most).
+# (a median, as the failover targets are; lab runs of 20 kills: medians 0.93-1.03 s,
+# 1.55 s at most).
 RELAY_FAILOVER_S = 2.0
 HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"),
          HostSpec("carl", "symmetric")]
