@@ -56,6 +56,12 @@ class ConnectionConfig:
     # the peer's side has to notice the dead path (or get the relay offer) and bind its end
     # of the session, and until then nothing can come back.
     relay_join_grace_s: float = 2.5
+    # A relayed path found dead on the node's selected relay: the relay monitor is told and
+    # probes that relay at once (its probes time out after 0.5 s; a killed relay's ICMP is
+    # rate-limited), so its verdict comes within this; meanwhile the connection does not
+    # reconnect onto that relay (a dead relay costs a 1 s session hello timeout and the
+    # pair's recovery with it). A relay that answers: the peer's side is the cause, reconnect.
+    relay_verdict_wait_s: float = 1.0
     handshake_stale_s: float = 150.0
     confirm_probes: int = 3
     # A check's probes wait three of the path's last round trips, at least

@@ -70,6 +70,7 @@ UP = (ev.CONNECTED, ev.DEGRADED)
 
 MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, WATCH = (
     "monitor", "metrics", "direct-retry", "retry", "wireguard-retry", "watch")
+RELAY_VERDICT = "relay-verdict"  # the wait for the relay monitor's word on a relay gone silent
 CONFIRM = "confirm"  # the tag of a check's probes
 
 # Operation kinds (one at a time) and the purposes of relay allocations.
@@ -170,6 +171,10 @@ class PeerConnectionActor(Actor):
         self.quality_switch_at: float | None = None  # the last path switch for quality (thespian time)
         self.sample_runs = SampleRuns()
         self.retry_run: RetryRun | None = None  # open after a failed retry of the direct path
+        self.suspected_relay: str | None = None  # the relay this connection found silent, awaiting a verdict
+        # The held session on a relay that failed an allocation: every allocation reports it
+        # until a new session opens, so the control server's pair affinity never hands it back.
+        self.dead_session: str | None = None
         self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
 
@@ -289,6 +294,8 @@ class PeerConnectionActor(Actor):
             case m.PeerAskedForRelay():
                 if self.state.path == ev.DIRECT:
                     self._suspect("the peer asked for a relay session", corroborated=True)
+                else:
+                    self._follow_peer_session(message)
             case m.RemoteCandidates():
                 self.on_announced(message.candidates, self.state.remote_nat_type, announced=False)
             case m.RelayChanged():
@@ -320,9 +327,12 @@ class PeerConnectionActor(Actor):
         for event in events:
             if isinstance(event, ev.WireGuardPeerConfigRequested | ev.WireGuardPeerRemovalRequested):
                 self._apply_wireguard()
-                # A new endpoint starts with a clean slate: the old path's silence is not its own.
+                # A new endpoint starts with a clean slate: the old path's silence is not its own,
+                # nor are the lost probes of a check still out on it (it ends without a verdict).
                 grace = self.cfg.relay_join_grace_s if self.state.path == ev.RELAY else 0.0
                 self.probing.silent_since = thespian_timing.currentTime() + grace
+                if self.probing.checking:
+                    self.probing.checking_answered = True
 
     def _request(self, effect: fx.Effect) -> None:
         self.pending.add(effect.tag)
@@ -462,7 +472,7 @@ class PeerConnectionActor(Actor):
             self._commit([ev.RelayAllocationRequested(**self._base(), relay=relay, purpose=purpose)], op.tag)
         self._request(fx.AllocateRelay(tag=op.tag, party_id=self._base()["party_id"],
                                        peer_id=self._base()["peer_id"], relay=relay,
-                                       failed_session=op.failed_session))
+                                       failed_session=op.failed_session or self.dead_session))
 
     def _no_path(self, op: Operation, why_no_relay: str) -> None:
         reason = f"{op.purpose}; {why_no_relay}" if op.purpose else why_no_relay
@@ -514,8 +524,9 @@ class PeerConnectionActor(Actor):
                 self.probing.in_flight = False
                 if not self.closing:
                     self._on_probed(done)
-            case fx.CheckRelaySession():
-                if not (done.ok and done.value) and not self.closing and self.state.path == ev.RELAY:
+            case fx.CheckRelaySession(allocation=checked):
+                if not (done.ok and done.value) and not self.closing and self.state.path == ev.RELAY \
+                        and checked == self._held():  # not replaced meanwhile
                     # A new process: the session lived in the previous one. Open a new one.
                     self._move_relay(self.state.relay or self.relay,
                                      "restore the relay session after a restart")
@@ -559,6 +570,13 @@ class PeerConnectionActor(Actor):
         assert isinstance(effect, fx.AllocateRelay)
         if not done.ok:
             self.log.warning("relay {} allocation failed: {}", effect.relay, done.error)
+            if effect.relay == self.relay and not self.closing:
+                self.send(self.parent, m.RelaySuspected(effect.relay, f"allocation failed: {done.error}"))
+            held = self._held()
+            if held is not None and held.relay == effect.relay:
+                # The relay itself failed us (a silent path alone may be the peer's): its session
+                # is reported on the next allocation, so the pair's affinity does not hand it back.
+                self.dead_session = held.session_id
             if self.op is None or self.op.recorded or not self._current(done):
                 self._commit([ev.RelayAllocationFailed(**self._base(), relay=effect.relay,
                                                        error=done.error or "")], effect.tag)
@@ -567,6 +585,8 @@ class PeerConnectionActor(Actor):
             return
         allocation: RelayAllocation = done.value
         previous = self._held()
+        if allocation.session_id != self.dead_session:
+            self.dead_session = None
         opened = ev.RelaySessionOpened(**self._base(), relay=allocation.relay,
                                        session_id=allocation.session_id, endpoint=allocation.endpoint)
         if not self._current(done):
@@ -901,6 +921,8 @@ class PeerConnectionActor(Actor):
             self._retry_unreachable()
         elif timer.kind == WIREGUARD_RETRY and not self.state.wireguard_applied:
             self._apply_wireguard()
+        elif timer.kind == RELAY_VERDICT:
+            self._relay_verdict_overdue()
 
     # ------------------------------------------------------------ loss
 
@@ -1045,7 +1067,29 @@ class PeerConnectionActor(Actor):
             return
         self._commit(self._reconnect(1, reason), "path dead")
         self._arm_monitor()
+        if state.path == ev.RELAY and state.relay is not None and self._suspect_relay(state.relay, reason):
+            return
         self._connect(self.state.reconnects + 1)
+
+    def _suspect_relay(self, relay: str, reason: str) -> bool:
+        """Tell the relay monitor that the path through ``relay`` went silent. True when that
+        relay is the node's selected one: the connection then waits for the monitor's verdict
+        (a ``RelayChanged`` moves it to another relay) rather than reconnect onto a relay that
+        is most likely dead; without a verdict in ``relay_verdict_wait_s`` it reconnects."""
+        self.send(self.parent, m.RelaySuspected(relay, reason))
+        if relay != self.relay:
+            return False
+        self.suspected_relay = relay
+        self._schedule(self.cfg.relay_verdict_wait_s, RELAY_VERDICT)
+        return True
+
+    def _relay_verdict_overdue(self) -> None:
+        """The monitor kept the silent relay: the peer's side is the likelier cause; reconnect."""
+        relay, self.suspected_relay = self.suspected_relay, None
+        state = self.state
+        if relay is not None and state.state == ev.CONNECTING and self.op is None \
+                and state.relay == relay:
+            self._connect(state.reconnects + 1)
 
     def _note_endpoint(self, stats: PeerStats) -> None:
         """Keep the reading (a setback records its handshake age); record a roamed endpoint once."""
@@ -1237,7 +1281,21 @@ class PeerConnectionActor(Actor):
         # hand it back (its relay affinity would otherwise, within ``RELAY_AFFINITY_S``).
         held = self._held()
         failed = held.session_id if held is not None and held.relay == state.relay else None
+        if self.suspected_relay is not None and self.op is None:
+            self.suspected_relay = None
+            self.timers.cancel(RELAY_VERDICT)
         self._move_relay(message.relay, f"relay monitor selected {message.relay}", message.rtt_ms, failed)
+
+    def _follow_peer_session(self, asked: m.PeerAskedForRelay) -> None:
+        """The peer took the pair to another relay session than the one this side holds (its
+        session failed, it restarted, it chose another relay): move there now, rather than
+        notice the silence of a session the peer left."""
+        held, state = self._held(), self.state
+        if not (isinstance(asked.session_id, str) and isinstance(asked.relay, str) and held is not None
+                and asked.session_id != held.session_id and 0 < len(asked.relay) <= 255
+                and state.path == ev.RELAY and state.state in (ev.CONNECTING, *UP)):
+            return
+        self._move_relay(asked.relay, f"the peer moved the pair to relay session {asked.session_id[:16]}")
 
     def _move_relay(self, relay: str | None, reason: str, rtt_ms: float | None = None,
                     failed_session: str | None = None) -> None:
@@ -1258,7 +1316,7 @@ class PeerConnectionActor(Actor):
             self._release("close")
         self.op = None
         self.closing = True
-        for kind in (MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY):
+        for kind in (MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, RELAY_VERDICT):
             self.timers.cancel(kind)
         if not self.pending:
             self._finished()

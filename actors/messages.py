@@ -180,6 +180,20 @@ class PeerAskedForRelay:
 
     party_id: str
     peer_id: str
+    # The offered session and its relay: a side on another session of the pair moves to it
+    # (the peer moved the pair: a failed session, another relay, a restart).
+    session_id: str | None = None
+    relay: str | None = None
+
+
+@dataclass(frozen=True)
+class PublicEndpointMoved:
+    """The agent's STUN binding sees the WireGuard port at another public endpoint now."""
+
+    new_endpoint: str
+    reason: str
+    stun_server: str = ""
+    candidates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -395,6 +409,16 @@ class RelayChanged:
     relay: str | None
     rtt_ms: float | None
     previous: str | None
+
+
+@dataclass(frozen=True)
+class RelaySuspected:
+    """A connection on ``relay`` found its path dead: the relay monitor probes that relay at
+    once and, if it does not answer, declares it dead on its own evidence (a connection's
+    silence alone may be its peer's, not the relay's)."""
+
+    relay: str
+    reason: str
 
 
 @dataclass(frozen=True)

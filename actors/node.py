@@ -136,10 +136,15 @@ class NodeActor(Actor):
                     self.send(self.parties[message.party_id], m.Forwarded(message, sender))
             case m.ControlReachability():
                 self._control_reachability(message)
+            case m.PublicEndpointMoved():
+                self._endpoint_moved(message)
             case (m.PeerAnnounced() | m.PeerDeparted() | m.RemoteCandidates() | m.Observations()
                   | m.PeerAskedForRelay()):
                 if self._party(message, None):
                     self.send(self.parties[message.party_id], message)
+            case m.RelaySuspected():
+                if self.monitor is not None:
+                    self.send(self.monitor, message)
             case m.Forwarded(command=m.PartyClosed() as closed):
                 self._closed(closed, message.reply_to)
             case m.StatusQuery():
@@ -223,6 +228,21 @@ class NodeActor(Actor):
             outage = change.outage_s if isinstance(change.outage_s, int | float) else None
             self._commit([ev.ControlServerReachable(node_id=self.start.node_id, control_url=url,
                                                     outage_s=None if outage is None else round(outage, 1))])
+
+    def _endpoint_moved(self, moved: m.PublicEndpointMoved) -> None:
+        """One row a move of the public mapping (the agent looked again and saw another)."""
+        assert self.start is not None
+        endpoint = moved.new_endpoint
+        if not isinstance(endpoint, str) or not 0 < len(endpoint) <= 64 or ":" not in endpoint:
+            self.reject("PublicEndpointMoved", "new_endpoint must be host:port")
+            return
+        if isinstance(moved.candidates, tuple) and all(isinstance(c, str) for c in moved.candidates):
+            self.local_candidates = moved.candidates[:16]
+        if endpoint == self.state.public_endpoint:
+            return
+        self._commit([ev.PublicEndpointChanged(
+            node_id=self.start.node_id, old_endpoint=self.state.public_endpoint, new_endpoint=endpoint,
+            reason=str(moved.reason)[:200], stun_server=str(moved.stun_server)[:100])])
 
     def _detected(self, done: fx.EffectDone) -> None:
         """The node's NAT as its adapters see it: one row when it changes, none per restart."""

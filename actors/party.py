@@ -121,6 +121,8 @@ class PartyActor(Actor):
                 self.connections[message.peer_id] = message.state
             case m.PeerClosed():
                 self._peer_closed(message.peer_id)
+            case m.RelaySuspected():
+                self.send(self.parent, message)  # the node hands it to its relay monitor
             case m.RelayQuality() | m.RelaysReachable():
                 for address in self.children.values():
                     self.send(address, message)

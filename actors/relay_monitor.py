@@ -154,6 +154,7 @@ class RelayMonitorActor(Actor):
         self.death_recorded = False  # the selected relay's death is in the log already
         self.degraded_reasons: dict[str, str] = {}  # the last RelayDegraded written, per relay
         self.dead: set[str] = set()  # relays seen dead (memory only; re-learnt after a restart)
+        self.suspected: set[str] = set()  # relays a connection found silent: the next round checks them
         self.timers = Timers(new_incarnation())
         self.parent: ActorAddress | None = None
         self.log = logger
@@ -177,6 +178,8 @@ class RelayMonitorActor(Actor):
                     if self.outstanding == 0:
                         self.send_round()
                     self._arm()
+            case m.RelaySuspected():
+                self._suspected(message)
             case fx.EffectDone(effect=fx.ProbeRelay() as probe):
                 if probe.tag == f"round/{self.round}" and self.outstanding:
                     self.probed(probe.relay, message.value if message.ok else None)
@@ -242,13 +245,31 @@ class RelayMonitorActor(Actor):
             for record in self.writers[relay].append([counted], "probe-round"):
                 self.states[relay] = apply_relay(self.states[relay], record.event)
 
+    def _suspected(self, suspicion: m.RelaySuspected) -> None:
+        """A connection's path through ``relay`` went silent: probe it now, not at the next
+        tick, with as many probes as make it dead (its death is still this monitor's call)."""
+        assert self.init is not None
+        relay = suspicion.relay
+        if relay not in self.windows or relay in self.dead or relay in self.suspected:
+            return
+        self.log.info("relay {} suspected by a connection ({}): probing it now", relay,
+                      str(suspicion.reason)[:200])
+        self.suspected.add(relay)
+        if self.outstanding == 0:
+            self.send_round()  # else close_round sends one as soon as the current round is in
+
     def send_round(self) -> None:
-        """One probe tick: every probe of every relay at once, through the edge."""
+        """One probe tick: every probe of every relay at once, through the edge; a suspected
+        relay gets the misses that would make it dead, at once."""
         assert self.init is not None
         config = self.init.config.relay_monitor
         self.round += 1
+        suspected, self.suspected = self.suspected, set()
         for relay in self.init.relays:
-            for _ in range(config.probes_per_round):
+            probes = config.probes_per_round
+            if relay in suspected:
+                probes = max(probes, self._dead_after(relay) - self.windows[relay].misses)
+            for _ in range(probes):
                 self.outstanding += 1
                 self.send(self.init.edge, fx.ProbeRelay(tag=f"round/{self.round}", relay=relay,
                                                        timeout_s=config.probe_timeout_s))
@@ -292,9 +313,16 @@ class RelayMonitorActor(Actor):
             # Every relay was silent and one answers again: most likely this node's uplink is
             # back. Connections that could not reach their peers retry now, not at their backoff.
             self.send(self.parent, m.RelaysReachable())
+        for relay in self.dead - dead:
+            # Back: the probes lost while it was dead are its death, not loss it will have; counted
+            # as loss they would make its next death take up to dead_after_misses_max misses.
+            self.outcomes[relay] = deque((False,), maxlen=config.loss_history_probes)
         newly, self.dead = dead - self.dead, dead
         for relay in sorted(newly - {selected, self.selected}):
             self._left(relay)
+        self.suspected -= dead
+        if self.suspected:
+            self.send_round()  # a suspicion that came in while this round was out
 
     def _dead_after(self, relay: str) -> int:
         """Misses in a row that make ``relay`` dead: more when its recent probes met loss."""

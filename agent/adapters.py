@@ -45,7 +45,8 @@ def adapter_spec(agent: Agent) -> AdapterSpec:
         return AdapterSpec.of(SIM, network_name=agent.node_id, node=agent.node_id,
                               public_key=agent.identity.public_key, listen_port=config.listen_port)
     if config.adapters == REAL:
-        return register_adapters(agent.node_id, real_adapters(agent))
+        agent.adapters = real_adapters(agent)
+        return register_adapters(agent.node_id, agent.adapters)
     return AdapterSpec.of(config.adapters)
 
 
@@ -288,6 +289,12 @@ def nat_detector(stun: Sequence[str], listen_port: int, node_id: str) -> Any:
     from mesh.nat.stun import StunNatDetector
 
     return StunNatDetector(list(stun), local_port=listen_port, node_id=node_id)
+
+
+def mapping_detector(stun: Sequence[str], listen_port: int, node_id: str) -> Any:
+    """What looks at the WireGuard port's public mapping again (``mapping()``), or None."""
+    detector = nat_detector(stun, listen_port, node_id)
+    return detector if hasattr(detector, "mapping") else None
 
 
 def puncher(listen_port: int, info: NatInfo | None, key_file: str = "") -> UdpHolePuncher:

@@ -26,7 +26,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,14 @@ from store import open_store
 from store.migrate import migrate_apart
 
 SOFT_TIMEOUT_S = 10.0
+# The WireGuard port's public mapping is looked at again this often (one STUN binding from
+# that port): a NAT rebinding or a router reboot is noticed within this even when no control
+# session broke; a broken control session looks at once, before it announces again.
+MAPPING_CHECK_S = 10.0
+# A relay ticket the control server pushed (the peer just asked for a session) is used only
+# this soon after: it answers that request. An older one may name a session that was
+# revoked since (the peer left and joined again) or that the pair moved away from.
+OFFER_FRESH_S = 20.0
 # Thespian's own logging (actors log through loguru): warnings and worse, to stderr.
 THESPIAN_LOGS = {"version": 1, "disable_existing_loggers": False,
                  "handlers": {"stderr": {"class": "logging.StreamHandler", "level": "WARNING"}},
@@ -134,7 +142,8 @@ class Agent:
         self.bindings: dict[str, str] = {}  # party id -> control url
         self.sessions: dict[str, Session] = {}
         self._party_states: dict[str, tuple[int, PartyState]] = {}  # stream position, state
-        self.offers: dict[tuple[str, str, str], dict[str, Any]] = {}  # relay tickets pushed to us
+        # Relay tickets pushed to us, with the monotonic time each came.
+        self.offers: dict[tuple[str, str, str], tuple[float, dict[str, Any]]] = {}
         self.control_lost_at: dict[str, float] = {}  # control url -> monotonic time it went
         self.runtime = ActorRuntime(f"lanrage-{self.node_id}")
         self.node: Any = None
@@ -143,6 +152,8 @@ class Agent:
         self._stopping: asyncio.Event | None = None
         self.nat: Any = None  # NatInfo from STUN, detected once at start
         self.candidates: tuple[str, ...] = ()
+        self.adapters: Any = None  # the real adapters (set by agent.adapters.adapter_spec)
+        self._checking_mapping = False
         self._restore_bindings()
 
     # ------------------------------------------------------------ lifecycle
@@ -204,8 +215,10 @@ class Agent:
                                                          self.config.broadcast_groups)
             broadcast.start()
         upkeep = asyncio.create_task(self._upkeep_forever())
+        mapping = asyncio.create_task(self._watch_mapping_forever())
         await self._stopping.wait()
         upkeep.cancel()
+        mapping.cancel()
         logger.info("node {} shutting down", self.node_id)
         if broadcast is not None:
             await broadcast.stop()
@@ -229,6 +242,55 @@ class Agent:
                 logger.warning("log upkeep failed: {}", error)
             else:
                 logger.info("log upkeep: {}", report)
+
+    async def _watch_mapping_forever(self) -> None:
+        while True:
+            await asyncio.sleep(MAPPING_CHECK_S)
+            try:
+                await self._check_mapping("periodic check")
+            except Exception as error:  # the next interval tries again
+                logger.warning("cannot check the public mapping: {}", error)
+
+    async def _check_mapping(self, reason: str) -> bool:
+        """Whether the WireGuard port's public mapping moved since it was last seen. On a move:
+        the node records it, every relay session says HELLO from its new mapping, and every
+        control plane gets the new candidates (peers punch or roam to the new endpoint)."""
+        from agent.adapters import mapping_detector, puncher
+
+        nat = self.nat
+        if nat is None or not nat.public_ip or not nat.public_port or self._checking_mapping:
+            return False  # no STUN answer at start: relay-only, nothing to compare with
+        if getattr(self.interface, "interface", None) is None:
+            return False  # no tunnel yet (no party): no peer needs the mapping
+        detector = mapping_detector(self.config.stun, self.config.listen_port, self.node_id)
+        if detector is None:
+            return False
+        self._checking_mapping = True
+        try:
+            mapped = await asyncio.to_thread(detector.mapping)
+        finally:
+            self._checking_mapping = False
+        if mapped is None or mapped == (nat.public_ip, nat.public_port) or self.nat is not nat:
+            return False
+        old = f"{nat.public_ip}:{nat.public_port}"
+        self.nat = replace(nat, public_ip=mapped[0], public_port=mapped[1])
+        self.candidates = tuple(puncher(self.config.listen_port, self.nat).candidates())
+        logger.warning("public mapping moved from {} to {}:{} ({}); candidates {}", old, *mapped, reason,
+                       ", ".join(self.candidates))
+        self._tell(m.PublicEndpointMoved(f"{mapped[0]}:{mapped[1]}", reason, nat.stun_server,
+                                         self.candidates))
+        relay_client = getattr(self.adapters, "relay_client", None)
+        if relay_client is not None:
+            await asyncio.to_thread(relay_client.rebind)
+        for session in list(self.sessions.values()):
+            if session.connected:
+                await self._announce(session, self.nat.nat_type)
+        return True
+
+    async def _check_then_announce(self, session: Session) -> None:
+        """A control session (re)connected: a broken one may mean a moved mapping, so look first."""
+        if not await self._check_mapping("a control session connected again"):
+            await self._announce(session, self.nat.nat_type if self.nat else "unknown")
 
     def _detect_nat(self) -> None:
         from agent.adapters import REAL, nat_detector, puncher
@@ -421,8 +483,9 @@ class Agent:
         unless it is for the session this side saw fail (``failed_session``, which the
         control server then never hands back).
         """
-        offer = self.offers.pop((party_id, peer_id, relay), None)
-        if offer is not None and float(offer.get("expiry_s", 0)) - time.time() > 60 \
+        received, offer = self.offers.pop((party_id, peer_id, relay), (0.0, {}))
+        fresh = time.monotonic() - received <= OFFER_FRESH_S
+        if offer and fresh and float(offer.get("expiry_s", 0)) - time.time() > 60 \
                 and offer.get("session_id") != failed_session:
             return offer
         url = self.bindings.get(party_id)
@@ -437,14 +500,22 @@ class Agent:
         if body.get("type") == "relay_offer" and isinstance(body.get("ticket"), dict):
             ticket = body["ticket"]
             key = (str(ticket.get("party_id")), str(body.get("from")), str(ticket.get("relay")))
-            self.offers[key] = ticket
+            self.offers[key] = (time.monotonic(), ticket)
             if key[0] in self.bindings:
-                self._tell(m.PeerAskedForRelay(key[0], key[1]))
+                session_id = ticket.get("session_id")
+                offered = session_id if isinstance(session_id, str) else None
+                self._tell(m.PeerAskedForRelay(key[0], key[1], offered, key[2]))
             return
         party_id = body.get("party_id")
         if not isinstance(party_id, str) or self.bindings.get(party_id) != url:
             return
         kind = body.get("type")
+        if kind in ("peer_joined", "peer_left"):
+            # A member that left or joined anew: the sessions offered with it before are over.
+            member = body.get("member")
+            gone = body.get("peer_id") or (member.get("peer_id") if isinstance(member, dict) else None)
+            for key in [key for key in self.offers if key[:2] == (party_id, gone)]:
+                del self.offers[key]
         if kind in ("peer_joined", "peer_updated") and isinstance(body.get("member"), dict):
             self._tell(self._announcement(party_id, body["member"]))
         elif kind == "peer_left" and isinstance(body.get("peer_id"), str):
@@ -465,8 +536,7 @@ class Agent:
 
     def _on_welcome(self, url: str, body: dict[str, Any]) -> None:
         if (self.candidates or self._routed_devices(url)) and self.loop is not None and url in self.sessions:
-            nat_type = self.nat.nat_type if self.nat else "unknown"
-            self.loop.create_task(self._announce(self.sessions[url], nat_type))
+            self.loop.create_task(self._check_then_announce(self.sessions[url]))
         listed = {p["party_id"]: p for p in body.get("parties", []) if isinstance(p, dict)}
         for party_id, bound in list(self.bindings.items()):
             if bound != url:

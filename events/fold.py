@@ -361,6 +361,8 @@ def apply_node(state: NodeState, event: Event) -> NodeState:
                            relay_only=False)
         case ev.NatDetectionFailed():
             return _evolve(state, nat_type=ev.NAT_UNKNOWN, public_endpoint=None, relay_only=True)
+        case ev.PublicEndpointChanged():
+            return _evolve(state, public_endpoint=event.new_endpoint)
         case ev.MessageRejected():
             return _evolve(state, rejected_messages=state.rejected_messages + 1)
         case ev.NodePartyOpened():

@@ -110,6 +110,21 @@ class NatDetectionFailed(Event):
 
 @register
 @dataclass(frozen=True, kw_only=True)
+class PublicEndpointChanged(Event):
+    """The WireGuard port's public mapping moved while the node ran (a NAT rebinding, a
+    router reboot, a new uplink): a STUN binding now sees ``new_endpoint``. The node
+    announces its new candidates and says HELLO to its relays again from their new
+    mappings."""
+
+    node_id: str
+    old_endpoint: str | None
+    new_endpoint: str
+    reason: str  # what made the node look again
+    stun_server: str = ""
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
 class MessageRejected(Event):
     """An actor refused a message or an adapter observation it could not use."""
 

@@ -15,7 +15,9 @@ No answer from any server means None: relay-only mode.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from events.types import (
 )
 from mesh.interfaces import MeshError, NatInfo
 from mesh.nat import stun_wire
-from mesh.nat.rawudp import open_port
+from mesh.nat.rawudp import RawUdpPort, open_port
 
 logging.getLogger("pystun3").setLevel(logging.WARNING)
 
@@ -151,6 +153,45 @@ class StunNatDetector:
         if not self.last_error:
             self.last_error = "no STUN server answered"
         return None
+
+    def mapping(self) -> tuple[str, int] | None:
+        """The public address and port of the WireGuard port now, as the first answering
+        server sees it: one Binding Request each, no classification (a full test from the
+        WireGuard port would leave conntrack entries that make the next test see another NAT
+        type). None when no server answered."""
+        for host, port in self.servers:
+            try:
+                mapped = self._binding(socket.gethostbyname(host), port)
+            except OSError as error:
+                self.last_error = f"{host}:{port}: {error.strerror or error}"
+                continue
+            if mapped is not None:
+                return mapped
+        return None
+
+    def _binding(self, host: str, port: int) -> tuple[str, int] | None:
+        transaction_id = os.urandom(16)
+        # Never bind the WireGuard port, even for a moment: wireguard-go starting meanwhile
+        # would fail to bind it. The raw socket sends from it whoever holds it.
+        transport = RawUdpPort(self.local_port) if self.local_port else open_port(0)
+        try:
+            request = struct.pack("!HH16s", stun_wire.BINDING_REQUEST, 0, transaction_id)
+            transport.sendto(request, (host, port))
+            deadline = time.monotonic() + self.timeout_s
+            while (remaining := deadline - time.monotonic()) > 0:
+                transport.settimeout(remaining)
+                try:
+                    data, source = transport.recvfrom(stun_wire.MAX_MESSAGE)
+                except TimeoutError:
+                    return None
+                response = stun_wire.parse_response(data)
+                if source == (host, port) and response is not None \
+                        and response.transaction_id == transaction_id:
+                    return response.mapped
+                self.malformed += 1
+            return None
+        finally:
+            transport.close()
 
     def detect_event(self) -> tuple[NatInfo | None, NatDetected | NatDetectionFailed]:
         """Detect, and return the event for the caller to persist on the node stream."""

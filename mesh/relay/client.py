@@ -84,6 +84,7 @@ class RelayProxy:
         self._port_closed = False  # the relay's host answered the hello with "port unreachable"
         self._ok = threading.Event()
         self._stop = threading.Event()
+        self._hello_due = threading.Event()  # set by rebind(): say HELLO from the proxy thread now
         # close() writes here: the proxy thread sleeps in select until traffic, its next
         # HELLO or this (a fixed poll of 16 idle proxies cost a percent of a core).
         self._wake_read, self._wake_write = socket.socketpair()
@@ -121,6 +122,13 @@ class RelayProxy:
         for sock in (self._local, self._upstream, self._wake_read, self._wake_write):
             sock.close()
 
+    def rebind(self) -> None:
+        """This host's public mapping moved: say HELLO now, so the relay learns the new address
+        before WireGuard's next packet (an idle tunnel sends one only every keepalive)."""
+        self._hello_due.set()
+        with contextlib.suppress(OSError):
+            self._wake_write.send(b"\0")
+
     def _hello(self, kind: int) -> None:
         nonce = os.urandom(wire.NONCE_LEN)
         ticket = self.ticket
@@ -148,7 +156,15 @@ class RelayProxy:
             except (OSError, ValueError):
                 return
             if self._wake_read in readable:
-                return
+                if self._stop.is_set():
+                    return
+                with contextlib.suppress(OSError):
+                    self._wake_read.recv(64)
+                if self._hello_due.is_set() and self._ok.is_set():
+                    self._hello_due.clear()
+                    self._hello(wire.HELLO)  # the relay sends back a cookie for the new address
+                    next_hello = time.monotonic() + self._rehello_s
+                continue
             for sock in readable:
                 try:
                     data, addr = sock.recvfrom(65535)
@@ -286,6 +302,14 @@ class ProxyRelayClient:
             proxy = self._proxies.pop(allocation.session_id + allocation.relay, None)
         if proxy is not None:
             proxy.close()
+
+    def rebind(self) -> int:
+        """Every session says HELLO again now (the host's NAT mapping moved); how many."""
+        with self._lock:
+            proxies = list(self._proxies.values())
+        for proxy in proxies:
+            proxy.rebind()
+        return len(proxies)
 
     def close(self) -> None:
         with self._lock:

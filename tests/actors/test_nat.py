@@ -76,3 +76,25 @@ def test_direct_is_tried_unless_both_sides_are_symmetric(make_node) -> None:
     node.advance(60)  # no periodic direct retry between two symmetric NATs
     assert not [e for e in node.new(node.peer("bob")) if e.startswith(("HolePunch", "DirectPath"))]
     assert node.connection("p1", "bob").path == "relay"
+
+
+def test_a_moved_public_mapping_is_recorded_once_and_folded(make_node) -> None:
+    """The agent saw the WireGuard port at another public endpoint: one row a move, none for
+    the same answer again, and nonsense is rejected."""
+    node = make_node()
+    moved = ("203.0.113.1:20007",)
+    node.tell(m.PublicEndpointMoved("203.0.113.1:20007", "periodic check", "sim-stun", moved))
+    node.tell(m.PublicEndpointMoved("203.0.113.1:20007", "periodic check", "sim-stun"))
+    node.tell(m.PublicEndpointMoved("x" * 100, "hostile"))
+    node.drain()
+    rows = [row for row in node.described(node.node_stream) if "Endpoint" in row or "Rejected" in row]
+    assert rows == [
+        "PublicEndpointChanged(node_id='local', old_endpoint='203.0.113.1:51820', "
+        "new_endpoint='203.0.113.1:20007', reason='periodic check', stun_server='sim-stun')",
+        "MessageRejected(actor='node', message_type='PublicEndpointMoved', "
+        "reason='new_endpoint must be host:port')"]
+    state = fold_stream(apply_node, NodeState(), node.events(node.node_stream))
+    assert state.public_endpoint == "203.0.113.1:20007"
+    node.stop()
+    node.start()  # a restart's own detection is the truth again: it differs, so it is recorded
+    assert nat_rows(node) == [DETECTED, DETECTED]

@@ -202,3 +202,11 @@ def test_reachability_is_reported_once_a_transition_and_a_silent_server_is_left(
     assert [up for up, _ in seen] == [True, False, True, False, True]
     assert seen[1][1] and seen[3][1] is not None and seen[3][1].startswith(
         "the control server answered nothing for "), seen
+
+
+def test_the_default_backoff_brings_a_session_back_within_3_s_of_a_restarted_server() -> None:
+    """However long the server was down, the next try is at most 3 s away (2 s + 50 %)."""
+    delays = Backoff().delays()
+    values = [next(delays) for _ in range(200)]
+    assert max(values) <= 3.0 and min(values[5:]) >= 1.0
+    assert len({round(v, 3) for v in values[10:]}) > 100  # jittered: agents do not retry in step

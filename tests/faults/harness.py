@@ -66,6 +66,36 @@ def command_name(pid: int) -> str:
         return "?"
 
 
+class Failures:
+    """Collects the failed rounds of a repeated fault, so a red test tells how many of its
+    rounds failed and how; it stops the test after ``limit`` (each costs a heal)."""
+
+    def __init__(self, faults: FaultParty, limit: int = 3) -> None:
+        self.faults = faults
+        self.limit = limit
+        self.messages: list[str] = []
+        self.rounds = 0
+
+    @contextlib.contextmanager
+    def round(self, what: str) -> Iterator[None]:
+        self.rounds += 1
+        try:
+            yield
+        except AssertionError as error:
+            self.messages.append(f"{what}: {error}")
+            if len(self.messages) < self.limit:
+                self.faults.heal()
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self.messages) >= self.limit
+
+    def check(self) -> None:
+        stopped = " (stopped there)" if self.exhausted else ""
+        assert not self.messages, (f"{len(self.messages)} of {self.rounds} rounds failed{stopped}:\n"
+                                   + "\n".join(self.messages))
+
+
 class FaultParty:
     """One lab, its services, one agent per peer host, all in one party."""
 
@@ -134,7 +164,7 @@ class FaultParty:
         lost = self.unreachable(pairs, within_s, start)
         if not lost:
             return
-        state = self.describe()
+        state = self.describe() + self.recent(lost)
         still = self.unreachable(lost, LATE_WATCH_S)
         late = f"still none {time.monotonic() - start:.0f} s after" if still else \
             f"all back {time.monotonic() - start:.1f} s after"
@@ -248,6 +278,21 @@ class FaultParty:
 
     def peer_id(self, host: str, peer: str) -> str:
         return str(self.party.peers(host)[peer]["peer_id"])
+
+    def recent(self, pairs: list[tuple[str, str]], count: int = 12) -> str:
+        """The last connection facts each end of ``pairs`` recorded about the other: what a
+        failure needs to be understood without a rerun."""
+        lines = []
+        for host, peer in sorted({tuple(sorted(pair)) for pair in pairs} | set(pairs)):
+            with contextlib.suppress(Exception):
+                peer_id = self.peer_id(host, peer)
+                records = [r for r in self.party.events(host) if r["stream_id"].endswith(f":{peer_id}")
+                           and r["event_type"] not in ("PeerMetricsSampled", "WireGuardPeerConfigured")]
+                lines.append(f"  {host} about {peer}:")
+                for record in records[-count:]:
+                    payload = {k: v for k, v in record["payload"].items() if k not in ("party_id", "peer_id")}
+                    lines.append(f"    {record['recorded_at'][11:23]} {record['event_type']} {payload}"[:300])
+        return "\n" + "\n".join(lines)
 
     def describe(self) -> str:
         lines = []

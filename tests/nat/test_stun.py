@@ -163,3 +163,21 @@ def test_a_recent_detection_is_reused_and_an_old_one_is_not() -> None:
         detector.max_age_s = 0.0
         again = detector.detect()  # a fresh detection, from a fresh ephemeral port here
         assert again is not None and again.nat_type == first.nat_type and server.requests > asked
+
+
+def test_a_mapping_check_is_one_binding_from_the_wireguard_port() -> None:
+    """The port is held by another socket (wireguard-go): the check speaks from it through a
+    raw socket, sends one request (no classification) and reads the mapping back."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wireguard, FakeStun(junk_first=1) as server:
+        wireguard.bind(("0.0.0.0", 0))
+        port = wireguard.getsockname()[1]
+        detector = StunNatDetector([f"127.0.0.1:{server.address[1]}"], local_port=port, timeout_s=0.2)
+        assert detector.mapping() == ("127.0.0.1", port)
+        assert server.requests == 1 and detector.malformed == 1
+
+
+def test_a_mapping_check_with_no_answer_is_none() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        detector = StunNatDetector([f"127.0.0.1:{silent.getsockname()[1]}"], timeout_s=0.05)
+        assert detector.mapping() is None

@@ -359,3 +359,17 @@ def test_a_proxy_whose_packets_go_unanswered_says_hello_again_every_stall_interv
         client_b.close()
         wg_a.close()
         wg_b.close()
+
+
+def test_a_rebind_says_hello_at_once(relay: RelayServer) -> None:
+    """The host's NAT mapping moved: every session says HELLO now (the relay answers it), not at
+    its next interval or after WireGuard's next unanswered packet."""
+    first, _ = tickets(relay)
+    client = ProxyRelayClient(lambda *_: first, rehello_s=60.0)
+    try:
+        client.allocate("party1", "bob", first.relay)
+        accepted = counters_when(relay, lambda c: c.hellos_accepted >= 1).hellos_accepted
+        assert client.rebind() == 1
+        assert counters_when(relay, lambda c: c.hellos_accepted > accepted).hellos_accepted == accepted + 1
+    finally:
+        client.close()
