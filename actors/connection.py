@@ -991,7 +991,7 @@ class PeerConnectionActor(Actor):
         else:
             # On the node's common beat (thespian's clock is the process's): the idle readings
             # of every connection fall together and share one UAPI read.
-            beat = cfg.idle_watch_interval_s
+            beat = cfg.quiet_watch_interval_s if probing.idle_armed else cfg.idle_watch_interval_s
             self._schedule(beat * math.floor((now + 1.5 * beat) / beat) - now, WATCH)
 
     def _suspect(self, reason: str, idle: bool = False, corroborated: bool = False) -> None:

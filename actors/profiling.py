@@ -4,7 +4,7 @@ Every ``WRITE_EVERY_S`` it writes ``DIR/threads.json``: the CPU seconds each kin
 thread used since start (its name without the trailing number or session id; the
 exited threads of a kind keep their share), and the effects the edge ran, by type.
 With ``LANRAGE_PROFILE_CALLS=1`` too, the actor thread writes a ``cProfile`` of itself
-to ``DIR/actors.prof`` (which slows that thread several times over). Off (the
+to ``DIR/actors-<unix time>.prof`` every few seconds (which slows that thread several times over). Off (the
 default), nothing of this runs.
 """
 
@@ -68,12 +68,15 @@ def _write_forever(target: Path) -> None:
 
 
 class ActorThreadProfile:
-    """A ``cProfile`` of the actor thread, written to ``DIR/actors.prof`` every few seconds."""
+    """A ``cProfile`` of the actor thread: one file per ``WRITE_EVERY_S``, ``DIR/actors-<unix time>.prof``."""
 
     def __init__(self, target: Path) -> None:
+        self.target = target
+        self._begin()
+
+    def _begin(self) -> None:
         import cProfile
 
-        self.target = target
         self.profile = cProfile.Profile()
         self.written_at = time.monotonic()
         self.profile.enable()
@@ -86,6 +89,6 @@ class ActorThreadProfile:
     def maybe_write(self) -> None:
         if time.monotonic() - self.written_at < WRITE_EVERY_S:
             return
-        self.profile.dump_stats(self.target / "actors.prof")  # stops it: go on counting
-        self.profile.enable()
-        self.written_at = time.monotonic()
+        self.profile.disable()
+        self.profile.dump_stats(self.target / f"actors-{time.time():.0f}.prof")
+        self._begin()
