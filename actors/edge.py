@@ -11,9 +11,9 @@ them is the ``executor`` named in ``EdgeInit``:
   peer) run one after another in order; everything else runs in parallel, so sixteen
   punches take the time of one. Counter readings (``ReadPeerStats``) share reads: the
   connections' readings fall on a common beat, and the requests of one beat are
-  answered from one read of the whole interface, made after they arrived (requests
-  that arrive while it runs wait for the next). Sixteen peers cost one worker task a
-  beat, not sixteen.
+  answered from one read of the whole interface, asked for after they all arrived
+  (requests that arrive while it runs wait for the next). Sixteen peers cost one
+  worker task a beat, not sixteen.
 """
 
 from __future__ import annotations
