@@ -36,8 +36,13 @@ class ConnectionConfig:
     # both ways, through wireguard-go and the relay proxy, were the largest share of an
     # idle node's CPU. A tunnel that sends again is back to ``probe_interval_s`` at the next
     # counter reading; one whose peer falls silent, at its next probe (no longer than this).
+    # Only after its last ``idle_after_answered`` probes were all answered (half a loss
+    # window, 50 s at the normal rate), and never after a lost one: a young or lossy path
+    # keeps the 5 s probes that the loss window, the quality decisions and `diagnose`
+    # ("loss rose before the drop") read.
     idle_probe_interval_s: float = 30.0
     idle_tx_bytes_s: float = 250.0
+    idle_after_answered: int = 10
     # A connecting connection is probed this soon, so status says "connected" as soon as
     # the tunnel answers rather than a whole probe interval later.
     first_probe_s: float = 0.5

@@ -1244,10 +1244,14 @@ class PeerConnectionActor(Actor):
         self._schedule(delay, MONITOR)
 
     def _idle(self, now: float) -> bool:
-        """Up, the peer heard recently, and this side sending next to nothing for a while."""
+        """Up, its last probes all answered, the peer heard recently, and this side sending
+        next to nothing for a while."""
         probing, cfg = self.probing, self.cfg
         if self.state.state not in UP or probing.rx_grew_at is None \
                 or now - probing.rx_grew_at > cfg.keepalive_s + cfg.probe_interval_s:
+            return False
+        answered = probing.history.replace("~", "")[-cfg.idle_after_answered:]
+        if len(answered) < cfg.idle_after_answered or "-" in answered:
             return False
         return probing.sending_at is None or now - probing.sending_at > cfg.probe_interval_s
 
