@@ -39,8 +39,11 @@ class ConnectionConfig:
     # Only after its last ``idle_after_answered`` probes were all answered (half a loss
     # window, 50 s at the normal rate), and never after a lost one: a young or lossy path
     # keeps the 5 s probes that the loss window, the quality decisions and `diagnose`
-    # ("loss rose before the drop") read.
-    idle_probe_interval_s: float = 30.0
+    # ("loss rose before the drop") read. Off by default (equal to ``probe_interval_s``):
+    # at 30 s an idle node with 16 relayed peers saved ~0.2 % of a core, but loss that
+    # rises on a long-idle tunnel then meets one probe in 30 s, and `diagnose` can no
+    # longer tell it from a clean cut (tests/e2e/test_lab_forensic_causes.py).
+    idle_probe_interval_s: float = 5.0
     idle_tx_bytes_s: float = 250.0
     idle_after_answered: int = 10
     # A connecting connection is probed this soon, so status says "connected" as soon as

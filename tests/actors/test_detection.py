@@ -89,7 +89,7 @@ def hear_keepalives(node: Node, seconds: float, every_s: float = 25.0) -> int:
 
 
 def test_an_idle_tunnel_whose_peer_is_heard_is_probed_every_idle_interval(make_node) -> None:
-    node = joined(make_node)
+    node = joined(make_node, idle_probe_interval_s=30.0)
     assert hear_keepalives(node, 60) >= 10  # probed each 5 s until ten probes in a row were answered
     assert hear_keepalives(node, 120) == 4  # one probe each 30 s
     probes = node.net.probe_count
