@@ -27,6 +27,25 @@ class ConnectionConfig:
     failed_probe_s: float = 1.0
     direct_retry_s: float = 30.0  # while on a relay, retry the direct path this often
     probe_interval_s: float = 5.0
+    # An idle tunnel whose peer is heard (its packets, keepalives at least, arrived within
+    # ``keepalive_s + probe_interval_s``) and that sent no more than ``idle_tx_bytes_s`` a
+    # second in any counter reading for a probe interval (a probe, an answer to the peer's
+    # probe and a keepalive in one second make ~190 bytes; a game sends kilobytes a second)
+    # is probed only every ``idle_probe_interval_s``: WireGuard's own packets prove the path,
+    # and the probe only refreshes the latency figure. Sixteen idle peers probed every 5 s,
+    # both ways, through wireguard-go and the relay proxy, were the largest share of an
+    # idle node's CPU. A tunnel that sends again is back to ``probe_interval_s`` at the next
+    # counter reading; one whose peer falls silent, at its next probe (no longer than this).
+    # Only after its last ``idle_after_answered`` probes were all answered (half a loss
+    # window, 50 s at the normal rate), and never after a lost one: a young or lossy path
+    # keeps the 5 s probes that the loss window, the quality decisions and `diagnose`
+    # ("loss rose before the drop") read. Off by default (equal to ``probe_interval_s``):
+    # at 30 s an idle node with 16 relayed peers saved ~0.2 % of a core, but loss that
+    # rises on a long-idle tunnel then meets one probe in 30 s, and `diagnose` can no
+    # longer tell it from a clean cut (tests/e2e/test_lab_forensic_causes.py).
+    idle_probe_interval_s: float = 5.0
+    idle_tx_bytes_s: float = 250.0
+    idle_after_answered: int = 10
     # A connecting connection is probed this soon, so status says "connected" as soon as
     # the tunnel answers rather than a whole probe interval later.
     first_probe_s: float = 0.5
@@ -47,10 +66,17 @@ class ConnectionConfig:
     # check only happens after a silence that such loss does not make on a busy tunnel.
     watch_interval_s: float = 0.25
     # Idle, the counters are read this often: traffic that starts is seen within a second, so
-    # a path that dies soon after is still caught in about 2 s. The edge's reads of one
-    # interface within ``agent.adapters.STATS_SHARED_S`` share one UAPI call, so a node pays
-    # one read a second, not one per peer.
+    # a path that dies soon after is still caught in about 2 s. The idle readings of all
+    # connections fall on a common beat of this period (0.5 to 1.5 s after the last one), and
+    # the edge's reads of one interface within ``agent.adapters.STATS_SHARED_S`` share one
+    # UAPI call, so a node pays one read a second, not one per peer.
     idle_watch_interval_s: float = 1.0
+    # ... and every ``quiet_watch_interval_s`` while the tunnel is idle with its peer heard (its
+    # probe armed at ``idle_probe_interval_s``): traffic that starts is seen within 2 s. A path
+    # that died in the last half minute is then caught up to a second later than on the 1 s
+    # beat; one that died longer ago is on the 1 s beat again (its peer is no longer heard).
+    # Sixteen idle peers cost 48 actor messages a second on the 1 s beat.
+    quiet_watch_interval_s: float = 2.0
     silent_rx_s: float = 0.75
     # A connection that just moved onto a relay waits this long before its silence counts:
     # the peer's side has to notice the dead path (or get the relay offer) and bind its end

@@ -148,6 +148,9 @@ class Probing:
     outcomes: dict[str | None, list[bool]] = field(default_factory=dict)
     history: str = ""  # the last probe outcomes, oldest first: "+" answered, "-" lost, "~" endpoint moved
     stats: PeerStats | None = None  # WireGuard's counters for the peer, at the last reading
+    read_at: float | None = None  # thespian time of the last counter reading
+    sending_at: float | None = None  # the last reading that saw more than an idle tunnel's tx
+    idle_armed: bool = False  # the armed probe waits ``idle_probe_interval_s``
     watched_endpoint: str | None = None  # the decided endpoint when the reading in flight was asked for
 
 
@@ -991,6 +994,12 @@ class PeerConnectionActor(Actor):
                 probing.rx_grew_at = now
                 probing.lost = 0.0  # the tunnel receives: lost probes were loss, not a dead path
         busy = previous is not None and stats.tx_bytes > previous[1]
+        if busy and probing.read_at is not None and (stats.tx_bytes - previous[1]) / max(
+                now - probing.read_at, cfg.idle_watch_interval_s) > cfg.idle_tx_bytes_s:
+            probing.sending_at = now
+        probing.read_at = now
+        if probing.idle_armed and not self._idle(now):
+            self._arm_monitor()  # traffic started (or the peer fell silent): probe at the normal rate
         if busy:
             silence = now - probing.silent_since
             handshake_age = time.time() - stats.last_handshake if stats.last_handshake else 0.0
@@ -999,7 +1008,13 @@ class PeerConnectionActor(Actor):
             elif handshake_age > cfg.handshake_stale_s:
                 self._suspect(f"last handshake {handshake_age:.0f} s ago while sending")
         self.watching = True
-        self._schedule(cfg.watch_interval_s if busy else cfg.idle_watch_interval_s, WATCH)
+        if busy:
+            self._schedule(cfg.watch_interval_s, WATCH)
+        else:
+            # On the node's common beat (thespian's clock is the process's): the idle readings
+            # of every connection fall together and share one UAPI read.
+            beat = cfg.quiet_watch_interval_s if probing.idle_armed else cfg.idle_watch_interval_s
+            self._schedule(beat * math.floor((now + 1.5 * beat) / beat) - now, WATCH)
 
     def _suspect(self, reason: str, idle: bool = False, corroborated: bool = False) -> None:
         """Check a path that looks dead with a few probes at once; act only if all are lost.
@@ -1266,8 +1281,23 @@ class PeerConnectionActor(Actor):
             delay = min(self.cfg.first_probe_s, self.cfg.probe_interval_s)
         elif self.state.state == ev.FAILED:
             delay = min(self.cfg.failed_probe_s, self.cfg.probe_interval_s)
-        self.probing.armed_weight = delay / self.cfg.probe_interval_s
+        elif self._idle(thespian_timing.currentTime()):
+            delay = max(self.cfg.idle_probe_interval_s, self.cfg.probe_interval_s)
+        self.probing.idle_armed = delay > self.cfg.probe_interval_s
+        self.probing.armed_weight = min(1.0, delay / self.cfg.probe_interval_s)
         self._schedule(delay, MONITOR)
+
+    def _idle(self, now: float) -> bool:
+        """Up, its last probes all answered, the peer heard recently, and this side sending
+        next to nothing for a while."""
+        probing, cfg = self.probing, self.cfg
+        if self.state.state not in UP or probing.rx_grew_at is None \
+                or now - probing.rx_grew_at > cfg.keepalive_s + cfg.probe_interval_s:
+            return False
+        answered = probing.history.replace("~", "")[-cfg.idle_after_answered:]
+        if len(answered) < cfg.idle_after_answered or "-" in answered:
+            return False
+        return probing.sending_at is None or now - probing.sending_at > cfg.probe_interval_s
 
     def on_relay_changed(self, message: m.RelayChanged) -> None:
         self.relay = message.relay

@@ -55,6 +55,11 @@ class ReadPeerStats(Effect):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReadAllPeerStats(Effect):
+    """Value: every WireGuard peer's ``mesh.interfaces.PeerStats``, by public key (one read)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Punch(Effect):
     """Value: ``mesh.interfaces.PunchResult`` (a failed punch is a result, not an error)."""
 
@@ -182,6 +187,7 @@ _RUNNERS: dict[type[Effect], Callable[[Any, Any], Any]] = {
                                                            e.keepalive_s),
     RemovePeer: lambda a, e: a.wireguard.remove_peer(e.public_key),
     ReadPeerStats: lambda a, e: a.wireguard.peer_stats().get(e.public_key),
+    ReadAllPeerStats: lambda a, e: dict(a.wireguard.peer_stats()),
     Punch: _punch,
     Probe: lambda a, e: a.prober.probe(e.virtual_ip, e.timeout_s),
     AllocateRelay: lambda a, e: a.relay_client.allocate(e.party_id, e.peer_id, e.relay,

@@ -26,6 +26,7 @@ from thespian.actors import Actor, ActorAddress, ActorExitRequest, ActorSystem, 
 from thespian.system.timing import timePeriodSeconds
 
 from actors import messages as m
+from actors import profiling
 from actors.edge import IoWorkers, register_workers, unregister_workers
 from actors.logs import logger
 from actors.node import NodeActor
@@ -119,7 +120,10 @@ class ActorRuntime:
             self._started.set()
             return
         self._started.set()
+        profiler = profiling.ActorThreadProfile.start()
         while True:
+            if profiler is not None:
+                profiler.maybe_write()
             try:
                 item = self._inbox.get(timeout=self._until_next_timer())
             except queue.Empty:

@@ -160,9 +160,11 @@ class Agent:
 
     def run(self) -> int:
         """Start everything, serve until SIGTERM/SIGINT, shut down cleanly; the exit status."""
+        from actors import profiling
         from agent.adapters import interface_owner
 
         self.interface = interface_owner(self)
+        profiling.start()  # only with LANRAGE_PROFILE set
         self.runtime.start(log_defs=THESPIAN_LOGS)
         try:
             return asyncio.run(self._main())

@@ -12,7 +12,11 @@ What it measures, with `serve`'s defaults (the path production uses):
 - joins: ``--peers`` agents POST /party/join to their own API at the same instant, and
   the clock stops when the host's log has a ``connected`` transition for every one of
   them; the baseline is one agent joining alone, to the same host, in the same run.
-  Every host is behind a symmetric NAT, so every pair goes through a relay.
+  Every host is behind a symmetric NAT, so every pair goes through a relay. Each join
+  prints the CPU the whole lab used meanwhile (host, guests, control server, relays) and
+  the host's stages per peer (learns of the join, relay session open, WireGuard
+  configured, first probe answered): 16 guests joining at once build a full mesh of 136
+  pairs on the same cores, so the lab's CPU bounds the wall time from below.
 
 Targets on a 2-core machine: <= 100 MB PSS with 16 peers, <= 0.5 % idle CPU, and the
 median of 16 joins at once <= 2 x the median of one join. Exits 1 on a miss.
@@ -137,12 +141,46 @@ def connected_times(party: LabParty, party_id: str) -> dict[str, datetime]:
     return {stream.rsplit(":", 1)[1]: datetime.fromisoformat(at).replace(tzinfo=UTC) for stream, at in rows}
 
 
+STAGES = (("PeerJoined", "host learns of the join"), ("RelaySessionOpened", "relay session open"),
+          ("WireGuardPeerConfigured", "WireGuard configured"), ("connected", "first probe answered"))
+
+
+def stages(party: LabParty, party_id: str, peers: set[str], start: datetime) -> dict[str, list[float]]:
+    """Per stage of the host's side, the seconds from the agreed instant at which each peer reached it."""
+    database = Path(party.state(HOST)) / "lanrage.db"
+    found: dict[str, dict[str, float]] = {}
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as db:
+        rows = db.execute(
+            "SELECT event_type, json_extract(payload, '$.peer_id'), json_extract(payload, '$.to_state'), "
+            "recorded_at FROM events WHERE json_extract(payload, '$.party_id') = ? ORDER BY global_position",
+            (party_id,)).fetchall()
+    for kind, peer, to_state, at in rows:
+        up = kind == "ConnectionStateChanged" and to_state in ("connected", "degraded")
+        name = "connected" if up else kind
+        seconds = (datetime.fromisoformat(at).replace(tzinfo=UTC) - start).total_seconds()
+        if peer in peers and name in dict(STAGES):
+            found.setdefault(name, {}).setdefault(peer, seconds)
+    return {name: sorted(found.get(name, {}).values()) for name, _ in STAGES}
+
+
+def lab_cpu_s(party: LabParty) -> dict[str, float]:
+    """CPU seconds used so far by each part of the lab: host, guests, control server, relays."""
+    hertz = os.sysconf("SC_CLK_TCK")
+    parts = {"host": [party.agents[HOST].pid],
+             "guests": [proc.pid for host, proc in party.agents.items() if host != HOST],
+             "control": [party.control.pid] if party.control is not None else [],
+             "relays": [proc.pid for proc in party.relay_processes.values()]}
+    return {name: sum(cpu_ticks(tree(pid)) for pid in pids) / hertz for name, pids in parts.items()}
+
+
 def join_at_once(party: LabParty, guests: list[str]) -> float:
     """Seconds from the agreed instant until the host has every guest connected."""
     created = party.create(HOST, f"bench-{len(guests)}-{time.time():.0f}")
     at = time.time() + 1.0
     procs = [party.lab.popen(guest, [sys.executable, "-c", JOIN_SCRIPT, party.state(guest),
                                      created["invite"], repr(at)]) for guest in guests]
+    time.sleep(max(0.0, at - time.time()))
+    cpu_before = lab_cpu_s(party)
     peer_ids = {}
     for guest, proc in zip(guests, procs, strict=True):
         proc.wait(CONNECT_TIMEOUT_S)
@@ -158,6 +196,15 @@ def join_at_once(party: LabParty, guests: list[str]) -> float:
     start = datetime.fromtimestamp(at, UTC)
     times = sorted((seen[peer] - start).total_seconds() for peer in peer_ids.values())
     elapsed = times[-1]
+    # The lab's CPU until the last connection (measured up to now: a little after it).
+    used = {name: spent - cpu_before[name] for name, spent in lab_cpu_s(party).items()}
+    waited = time.time() - at
+    print(f"  lab CPU in the {waited:.1f} s since the instant: {sum(used.values()):.2f} s "
+          f"({', '.join(f'{name} {spent:.2f}' for name, spent in used.items())}) on {os.cpu_count()} cores")
+    reached = stages(party, created["party_id"], set(peer_ids.values()), start)
+    print("  host's side, s from the instant (first / median / last): " + "; ".join(
+        f"{label} {values[0]:.2f}/{statistics.median(values):.2f}/{values[-1]:.2f}"
+        for (name, label), values in ((stage, reached[stage[0]]) for stage in STAGES) if values))
     if len(times) > 1:
         print(f"  connected after {', '.join(f'{t:.2f}' for t in times)} s")
     for guest in guests:

@@ -97,7 +97,7 @@ class LabParty:
         for host in hosts:
             self.lab.wait_tcp_listening(host, 8666, 60)
 
-    def start_agent(self, host: str, wait: bool = True) -> None:
+    def start_agent(self, host: str, wait: bool = True, env: dict[str, str] | None = None) -> None:
         node = self.lab.host(host)
         args = [*self.command, "serve", "--name", host, "--control", self.control_url,
                 "--interface", node.wg_name, "--listen-port", "51820", "--state-dir", self.state(host)]
@@ -105,7 +105,7 @@ class LabParty:
             args += ["--relay", relay]
         for stun in self.stun:
             args += ["--stun", stun]
-        self.agents[host] = self.lab.popen(host, args)
+        self.agents[host] = self.lab.popen(host, args, env=env)
         if wait:
             self.lab.wait_tcp_listening(host, 8666, 60)
 

@@ -68,6 +68,8 @@ class PeerController:
         self._mark(key, False)
 
     def peer_stats(self) -> dict[str, PeerStats]:
+        if isinstance(self._device, UapiDevice):
+            return self._device.read_counters()
         return {key: PeerStats(public_key=key, endpoint=peer.endpoint, last_handshake=peer.last_handshake,
                                rx_bytes=peer.rx_bytes, tx_bytes=peer.tx_bytes)
                 for key, peer in self._device.read().peers.items()}

@@ -8,8 +8,11 @@ its own namespace. ``open_device`` picks the one that exists. Writes are per pee
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
+import functools
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -19,6 +22,7 @@ from wireguard_tools import WireguardConfig, WireguardKey
 from wireguard_tools.wireguard_uapi import WG_UAPI_SOCKET_DIR, WireguardUAPIDevice
 
 from mesh.endpoints import format_endpoint
+from mesh.interfaces import PeerStats
 from mesh.keys import PrivateKey
 from mesh.wireguard.config import (
     ObservedDevice,
@@ -29,6 +33,8 @@ from mesh.wireguard.config import (
 from mesh.wireguard.errors import InterfaceNotFoundError, PortInUseError, WireGuardError
 
 UAPI_TIMEOUT_S = 5.0
+# A device's answer to ``get=1`` is ~300 bytes a peer: this bounds a reading at thousands of peers.
+MAX_UAPI_ANSWER = 4 << 20
 
 
 class Device(Protocol):
@@ -69,6 +75,16 @@ def remove_stale_socket(name: str) -> None:
             uapi_socket_path(name).unlink()
 
 
+@functools.lru_cache(maxsize=8)
+def _public_key(private_key: WireguardKey) -> str:
+    """The public key of a device's private key, computed once per key.
+
+    ``wireguard_tools`` derives it in pure Python (~2.3 ms a call); every counter
+    reading reads the whole device, private key included, about once a second.
+    """
+    return str(private_key.public_key())
+
+
 def _observe(config: WireguardConfig) -> ObservedDevice:
     peers = {}
     for key, peer in config.peers.items():
@@ -81,8 +97,41 @@ def _observe(config: WireguardConfig) -> ObservedDevice:
             keepalive_s=int(peer.persistent_keepalive or 0),
             last_handshake=float(peer.last_handshake) if peer.last_handshake else None,
             rx_bytes=int(peer.rx_bytes or 0), tx_bytes=int(peer.tx_bytes or 0))
-    public_key = str(config.private_key.public_key()) if config.private_key else None
+    public_key = _public_key(config.private_key) if config.private_key else None
     return ObservedDevice(public_key=public_key, listen_port=int(config.listen_port or 0), peers=peers)
+
+
+def _parse_counters(answer: str) -> dict[str, PeerStats]:
+    found: dict[str, PeerStats] = {}
+    key: str | None = None
+    fields: dict[str, str] = {}
+
+    def close() -> None:
+        if key is None:
+            return
+        seconds = int(fields.get("last_handshake_time_sec", "0"))
+        nanos = int(fields.get("last_handshake_time_nsec", "0"))
+        endpoint = fields.get("endpoint") or None
+        if endpoint is not None:
+            host, _, port = endpoint.rpartition(":")
+            endpoint = format_endpoint(str(ipaddress.ip_address(host.strip("[]"))), int(port))
+        found[key] = PeerStats(public_key=key, endpoint=endpoint,
+                               last_handshake=seconds + nanos * 1e-9 if seconds or nanos else None,
+                               rx_bytes=int(fields.get("rx_bytes", "0")),
+                               tx_bytes=int(fields.get("tx_bytes", "0")))
+
+    for line in answer.split("\n"):
+        name, _, value = line.partition("=")
+        if name == "public_key":
+            close()
+            key, fields = base64.b64encode(bytes.fromhex(value)).decode(), {}
+        elif name == "errno" and value != "0":
+            raise ValueError(f"errno {value}")
+        elif key is not None and name in ("endpoint", "last_handshake_time_sec", "last_handshake_time_nsec",
+                                          "rx_bytes", "tx_bytes"):
+            fields[name] = value
+    close()
+    return found
 
 
 class UapiDevice:
@@ -99,6 +148,33 @@ class UapiDevice:
                                          "(did wireguard-go exit?)") from None
         device.uapi_socket.settimeout(UAPI_TIMEOUT_S)
         return device
+
+    def read_counters(self) -> dict[str, PeerStats]:
+        """Every peer's endpoint, last handshake and byte counters, by public key (base64).
+
+        The same ``get=1`` as ``read``, parsed for these fields only: ``wireguard_tools``
+        builds key, address and network objects for every peer (~1.3 ms for 16 peers),
+        and the connections read the counters once a second.
+        """
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(UAPI_TIMEOUT_S)
+                try:
+                    sock.connect(str(uapi_socket_path(self.name)))
+                except (FileNotFoundError, ConnectionRefusedError):
+                    raise InterfaceNotFoundError(f"WireGuard interface {self.name} is gone "
+                                                 "(did wireguard-go exit?)") from None
+                sock.sendall(b"get=1\n\n")
+                answer = bytearray()
+                while not answer.endswith(b"\n\n"):
+                    chunk = sock.recv(65536)
+                    if not chunk or len(answer) + len(chunk) > MAX_UAPI_ANSWER:
+                        raise WireGuardError(f"reading WireGuard interface {self.name} failed: "
+                                             "a truncated or oversized answer")
+                    answer += chunk
+            return _parse_counters(answer.decode("utf-8"))
+        except (OSError, ValueError) as error:
+            raise WireGuardError(f"reading WireGuard interface {self.name} failed: {error}") from None
 
     def read(self) -> ObservedDevice:
         device = self._connect()

@@ -76,6 +76,31 @@ def test_an_idle_tunnel_is_not_watched_more_than_once_a_probe_interval(make_node
     assert node.net.probe_count - probes == 12  # one probe each 5 s, nothing more
 
 
+def hear_keepalives(node: Node, seconds: float, every_s: float = 25.0) -> int:
+    """Advance idle while the peer's WireGuard keepalives arrive; the probes sent meanwhile."""
+    peer = next(p for p in node.net.wireguard_peers["local"].values() if f"{BOB_IP}/32" in p.allowed_ips)
+    probes, heard_at = node.net.probe_count, node.clock.now - every_s
+    for _ in range(round(seconds / STEP_S)):
+        if node.clock.now - heard_at >= every_s - 1e-9:
+            peer.rx_bytes += 32
+            heard_at = node.clock.now
+        node.advance(STEP_S, step=STEP_S)
+    return node.net.probe_count - probes
+
+
+def test_an_idle_tunnel_whose_peer_is_heard_is_probed_every_idle_interval(make_node) -> None:
+    node = joined(make_node, idle_probe_interval_s=30.0)
+    assert hear_keepalives(node, 60) >= 10  # probed each 5 s until ten probes in a row were answered
+    assert hear_keepalives(node, 120) == 4  # one probe each 30 s
+    probes = node.net.probe_count
+    run(node, 20)
+    assert node.net.probe_count - probes == 3  # sending: from the first reading on, one probe each 5 s
+    probes = node.net.probe_count
+    run(node, 60, busy=False)  # the peer falls silent: within 30 s back to a probe each 5 s
+    assert node.net.probe_count - probes >= 6
+    assert node.connection("p1", "bob").state == "connected"  # silence of an idle tunnel is no outage
+
+
 @pytest.mark.parametrize("loss", [0.05, 0.20])
 def test_random_loss_of_5_and_20_percent_moves_nothing(make_node, loss: float) -> None:
     node = joined(make_node)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import stat
@@ -94,3 +95,38 @@ def test_peer_config_normalises() -> None:
 def test_bad_interface_names(name: str) -> None:
     with pytest.raises(InvalidConfigError):
         validate_interface_name(name)
+
+
+def test_counter_readings_parse_as_the_full_reading_does() -> None:
+    """The counters-only parse of a device's ``get=1`` answer gives what ``read`` gives."""
+    from wireguard_tools.wireguard_uapi import WireguardUAPIDevice
+
+    from mesh.wireguard.device import _observe, _parse_counters
+
+    keys = [generate_keypair()[1] for _ in range(3)]
+    private = generate_keypair()[0]
+    lines = [f"private_key={private.secret_hex()}", "listen_port=51820"]
+    for index, key in enumerate(keys):
+        lines += [f"public_key={base64.b64decode(key).hex()}", "preshared_key=" + "0" * 64,
+                  "protocol_version=1"]
+        if index == 0:
+            lines.append("endpoint=192.0.2.7:51820")
+        elif index == 1:
+            lines.append("endpoint=[2001:db8::1]:4000")
+        lines += [f"last_handshake_time_sec={1_700_000_000 + index if index < 2 else 0}",
+                  f"last_handshake_time_nsec={5000 * index if index < 2 else 0}",
+                  f"tx_bytes={100 + index}", f"rx_bytes={200 + index}",
+                  "persistent_keepalive_interval=25", "allowed_ip=10.66.0.2/32"]
+    answer = "\n".join([*lines, "errno=0"]) + "\n\n"
+    device = WireguardUAPIDevice.__new__(WireguardUAPIDevice)
+    device._buffer = answer
+    device.uapi_socket = type("Sent", (), {"sendall": lambda self, data: None})()
+    full = _observe(device.get_config())
+    counters = _parse_counters(answer)
+    assert set(counters) == set(full.peers) == set(keys)
+    for key, peer in full.peers.items():
+        stats = counters[key]
+        assert (stats.endpoint, stats.last_handshake, stats.rx_bytes, stats.tx_bytes) == (
+            peer.endpoint, peer.last_handshake, peer.rx_bytes, peer.tx_bytes)
+    with pytest.raises(ValueError):
+        _parse_counters("errno=2\n\n")
