@@ -287,8 +287,7 @@ class PeerConnectionActor(Actor):
             case m.PeerAnnounced():
                 self.on_announced(message.candidates, message.nat_type, announced=True)
             case m.PeerAskedForRelay():
-                if self.state.path == ev.DIRECT:
-                    self._suspect("the peer asked for a relay session", corroborated=True)
+                self.on_peer_asked_for_relay()
             case m.RemoteCandidates():
                 self.on_announced(message.candidates, self.state.remote_nat_type, announced=False)
             case m.RelayChanged():
@@ -296,9 +295,9 @@ class PeerConnectionActor(Actor):
             case m.RelayQuality():
                 self.relay_quality = message
             case m.RelaysReachable():
-                if self.state.state == ev.FAILED and not self.closing:
-                    self.retries = 0  # the network changed: the backoff starts again, from now
-                    self._retry_unreachable()
+                self.on_network_back("the relays answer again")
+            case m.ControlServerBack():
+                self.on_network_back("the control server answers again")
             case m.ClosePeer():
                 self.close(message.reason)
             case _:
@@ -1182,14 +1181,57 @@ class PeerConnectionActor(Actor):
         if remote is not None:
             self._commit([remote, *self._announced_move(remote.candidates)], "announced")
             self._follow_new_candidates()
-        if announced and self.state.state in (ev.FAILED, ev.CLEANUP) and self.op is None:
-            self.timers.cancel(RETRY)
-            self.retries = 0
-            self._commit(self._reconnect(1, "peer announced again"), "announced")
-            self._connect(2)
-            if self.state.state in ACTIVE:
-                self._arm_monitor()
-                self._schedule(self.cfg.metrics_interval_s, METRICS)
+        if announced and self._waiting():
+            self._reconnect_now("peer announced again")
+
+    def _waiting(self) -> bool:
+        """Not up and nothing in flight: the connection only waits for lost probes (connecting)
+        or for its backoff (failed) before its next attempt."""
+        stalled = self.state.state == ev.CONNECTING and self.state.wireguard_configured
+        return (stalled or self.state.state in (ev.FAILED, ev.CLEANUP)) and self.op is None \
+            and not self.closing
+
+    def _reconnect_now(self, reason: str) -> None:
+        """A new attempt at once, with a new budget: something changed that makes it worth it."""
+        self.timers.cancel(RETRY)
+        self.retries = 0
+        self.probing.lost = 0.0
+        self._commit(self._reconnect(1, reason), "reconnect now")
+        self._connect(2)
+        if self.state.state in ACTIVE:
+            self._arm_monitor()
+            self._schedule(self.cfg.metrics_interval_s, METRICS)
+
+    def on_network_back(self, reason: str) -> None:
+        """This node's uplink (its relays or its control server) is back after an outage: a
+        connection that could not reach its peer tries now, not at its backoff or after its
+        current attempt's probes are all lost (up to 15 s while connecting)."""
+        if self.closing:
+            return
+        if self.state.state == ev.FAILED:
+            self.retries = 0  # the network changed: the backoff starts again, from now
+            self._retry_unreachable()
+        elif self._waiting():
+            self._reconnect_now(reason)
+
+    def on_peer_asked_for_relay(self) -> None:
+        """The peer allocated a relay session for this pair (its offer arrived): its side of
+        the path broke, or it is back from an outage and waits on the relay for this side."""
+        state = self.state
+        if state.state in UP:
+            if state.path == ev.DIRECT:
+                self._suspect("the peer asked for a relay session", corroborated=True)
+            return
+        if not self._waiting() or self.relay is None:
+            return
+        # Join the peer's session now (the ticket it pushed is used first): waiting for lost
+        # probes or a backoff would leave the two ends on different paths for many seconds.
+        self.timers.cancel(RETRY)
+        self.retries = 0
+        op = self._begin(RETRY_UNREACHABLE, purpose="the peer offered a relay session")
+        self._allocate(op, FALLBACK)
+        if self.state.state == ev.FAILED:
+            self._schedule_retry()
 
     def _follow_new_candidates(self) -> None:
         """The peer's public address or port changed (a router reboot, a NAT rebinding, a new

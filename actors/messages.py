@@ -403,6 +403,12 @@ class RelaysReachable:
 
 
 @dataclass(frozen=True)
+class ControlServerBack:
+    """A control server that was unreachable answers again: relay tickets and the peers'
+    announcements flow again, so connections still trying to reach their peers try now."""
+
+
+@dataclass(frozen=True)
 class RelayQuality:
     """The selected relay's last record window, as this node's monitor measured it: what a
     lossy direct path compares itself with before it moves to the relay."""

@@ -121,7 +121,7 @@ class PartyActor(Actor):
                 self.connections[message.peer_id] = message.state
             case m.PeerClosed():
                 self._peer_closed(message.peer_id)
-            case m.RelayQuality() | m.RelaysReachable():
+            case m.RelayQuality() | m.RelaysReachable() | m.ControlServerBack():
                 for address in self.children.values():
                     self.send(address, message)
             case m.RelayChanged():
