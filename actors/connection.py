@@ -27,6 +27,7 @@ recorded for what it is and otherwise ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import math
 import random
@@ -77,6 +78,15 @@ CONNECT, FAILOVER, RELAY_MOVE, RETRY_DIRECT = "connect", "failover", "relay-move
 RETRY_UNREACHABLE = "retry-unreachable"  # a failed connection's retry of every path
 NEW_CANDIDATES = "new-candidates"  # the peer announced candidates without the endpoint in use
 RELAY_FIRST, FALLBACK = "relay first", "fallback"
+
+
+def _loopback(endpoint: str) -> bool:
+    """A relay session's local end (the proxy WireGuard talks to), not a peer's address."""
+    host = endpoint.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def invalid_observation(item: Any) -> str | None:
@@ -859,6 +869,7 @@ class PeerConnectionActor(Actor):
         if before.state in (ev.CONNECTING, ev.FAILED) and state.state in UP:
             self._arm_monitor()  # up: back to one probe an interval (re-arming drops the quick one)
             self.probing.outcomes.clear()  # the probes lost before the outage was seen: not loss
+            self._answered_through_relay()
         if state.state == ev.FAILED and before.state != ev.FAILED:
             self.retries = 0
             self._arm_monitor()  # unreachable: probe every ``failed_probe_s`` to see it come back
@@ -1051,17 +1062,64 @@ class PeerConnectionActor(Actor):
         decided, self.probing.watched_endpoint = self.probing.watched_endpoint, None
         self.probing.stats = stats
         state = self.state
-        # Only a settled direct path: a relay's address is not the peer's, and a reading taken
-        # across a change of the decided endpoint says nothing about the peer.
-        if (stats.endpoint and state.endpoint and stats.endpoint != state.endpoint
-                and decided == state.endpoint and state.path == ev.DIRECT and state.state in ACTIVE
+        # Only a settled path: a reading taken across a change of the decided endpoint says
+        # nothing about the peer.
+        if not (stats.endpoint and state.endpoint and stats.endpoint != state.endpoint
+                and decided == state.endpoint and state.state in ACTIVE
                 and state.wireguard_configured and state.wireguard_applied and self.op is None
                 and "wireguard" not in self.pending):
+            return
+        if self._follow_roaming(stats.endpoint):
+            return
+        if state.path == ev.DIRECT:  # a relay's address is not the peer's
             self._commit([ev.EndpointChanged(
                 **self._base(), old_endpoint=state.endpoint, new_endpoint=stats.endpoint,
                 reason="WireGuard now hears the peer from another address (NAT rebinding or roaming)")],
                 "watch")
             self._remember_probe("~")  # a later setback shows whether probes were answered since
+
+    def _answered_through_relay(self) -> None:
+        """An attempt that started on the direct path was answered before it changed anything:
+        through the relay session WireGuard still uses. The path is the relay's."""
+        state = self.state
+        if state.path == ev.DIRECT and state.endpoint and state.endpoint == state.session_endpoint \
+                and state.session_relay is not None and self.op is None:
+            self._commit([ev.PathChosen(**self._base(), path=ev.RELAY, endpoint=state.endpoint,
+                                        relay=state.session_relay,
+                                        reason="answered through the relay session WireGuard still uses")],
+                         "probe")
+            self._arm_direct_retry()
+
+    def _follow_roaming(self, heard_from: str) -> bool:
+        """The two ends decided different paths (each retried on its own during an outage, and
+        one side's offer or punch never reached the other), and WireGuard, hearing the peer on
+        the other path, already sends there. Make the decision match the path that works: a
+        connection up on the relay that hears the peer directly moves to direct; one on the
+        direct path that hears it through its own relay session moves to the relay. At most
+        once a ``min_switch_interval_s`` towards direct, so that a direct path that only works
+        one way cannot make the pair hop."""
+        state = self.state
+        if state.state not in UP:
+            return False
+        through_relay = heard_from == state.session_endpoint
+        if state.path == ev.RELAY and not through_relay and not _loopback(heard_from) and self._may_switch():
+            self.quality_switch_at = thespian_timing.currentTime()
+            self._commit([ev.PathSwitched(
+                **self._base(), from_path=ev.RELAY, to_path=ev.DIRECT, endpoint=heard_from,
+                reason=f"WireGuard hears the peer directly from {heard_from}: its end is on the direct path",
+                from_relay=state.relay, from_latency_ms=state.latency_ms),
+                self._configure(heard_from)], "watch")
+            self._release("roamed")
+            return True
+        if state.path == ev.DIRECT and through_relay and state.session_relay is not None:
+            self._commit([ev.PathSwitched(
+                **self._base(), from_path=ev.DIRECT, to_path=ev.RELAY, endpoint=heard_from,
+                reason="WireGuard hears the peer through the relay session: its end is on the relay",
+                to_relay=state.session_relay, from_latency_ms=state.latency_ms),
+                self._configure(heard_from)], "watch")
+            self._arm_direct_retry()
+            return True
+        return False
 
     def _sample_metrics(self, stats: PeerStats | None) -> None:
         probing = self.probing
@@ -1219,8 +1277,9 @@ class PeerConnectionActor(Actor):
         the path broke, or it is back from an outage and waits on the relay for this side."""
         state = self.state
         if state.state in UP:
-            if state.path == ev.DIRECT:
-                self._suspect("the peer asked for a relay session", corroborated=True)
+            # On the relay, the peer may have moved the pair to a new session: the check finds
+            # out, at the path's own loss (a lossy relay path must not be left by chance).
+            self._suspect("the peer asked for a relay session", corroborated=state.path == ev.DIRECT)
             return
         if not self._waiting() or self.relay is None:
             return

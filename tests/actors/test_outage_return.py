@@ -135,3 +135,65 @@ def test_a_relay_offer_to_a_connection_that_is_up_on_the_relay_changes_nothing(m
     node.tell(m.PeerAskedForRelay("p1", "bob"))
     node.advance(1, step=0.25)
     assert node.new(node.peer("bob")) == []
+
+
+def on_the_relay(node: Node) -> None:
+    """The direct path died under a game's traffic: the connection failed over to the relay."""
+    node.net.block(BOB)
+    for _ in range(12):
+        node.net.carry("local", BOB_IP, 5)
+        node.advance(0.25, step=0.25)
+    state = node.connection("p1", "bob")
+    assert (state.state, state.path) == ("connected", "relay")
+    node.new(node.peer("bob"))
+
+
+def test_a_connection_on_the_relay_that_hears_the_peer_directly_moves_to_direct(make_node) -> None:
+    """After an outage the peer's end chose the direct path and this one the relay: WireGuard,
+    hearing the peer directly, roamed there. The decision follows: no two ends on two paths."""
+    node = joined(make_node)
+    on_the_relay(node)
+    node.net.unblock(BOB)
+    node.net.wireguard_peers["local"]["key-bob"].endpoint = BOB  # roamed: the peer sent directly
+    for _ in range(8):
+        node.net.carry("local", BOB_IP, 5)
+        node.advance(0.25, step=0.25)
+    written = node.new(node.peer("bob"))
+    assert written[0] == (
+        "PathSwitched(from_path='relay', to_path='direct', reason='WireGuard hears the peer "
+        f"directly from {BOB}: its end is on the direct path', endpoint='{BOB}', "
+        f"from_relay='{RELAY_A}', to_relay=None, from_latency_ms=20.0, to_latency_ms=None)"), written
+    assert any(line.startswith("RelaySessionReleased(") for line in written), written
+    state = node.connection("p1", "bob")
+    assert (state.state, state.path, state.endpoint) == ("connected", "direct", BOB)
+    node.net.wireguard_peers["local"]["key-bob"].endpoint = RELAY_A  # and back: not within a minute
+    for _ in range(8):
+        node.net.carry("local", BOB_IP, 5)
+        node.advance(0.25, step=0.25)
+    assert not [line for line in node.new(node.peer("bob")) if line.startswith("PathSwitched")]
+
+
+def test_an_attempt_answered_through_the_relay_session_is_on_the_relay(make_node) -> None:
+    """A reconnect attempt starts on the direct path (a punch) while WireGuard still uses the
+    relay session; the peer answers through that session first: the path is the relay's."""
+    node = make_node(relays=(RELAY_A,), first_probe_s=0.5)
+    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
+    node.advance(1)
+    on_the_relay(node)
+    node.net.relay_latency[RELAY_A] = None  # the relay goes quiet: the relayed path is dead
+    for _ in range(12):
+        node.net.carry("local", BOB_IP, 5)
+        node.advance(0.25, step=0.25)
+    state = node.connection("p1", "bob")
+    assert (state.state, state.path, state.endpoint) == ("connecting", "direct", RELAY_A), \
+        node.new(node.peer("bob"))
+    node.net.relay_latency[RELAY_A] = 40.0  # back before this node's monitor noticed anything
+    node.advance(1, step=0.25)
+    written = node.new(node.peer("bob"))
+    up = next(i for i, line in enumerate(written) if "to_state='connected'" in line)
+    assert written[up + 1] == (
+        "PathChosen(path='relay', reason='answered through the relay session WireGuard "
+        f"still uses', endpoint='{RELAY_A}', relay='{RELAY_A}')"), written
+    state = node.connection("p1", "bob")
+    assert (state.state, state.path) == ("connected", "relay")
