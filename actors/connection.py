@@ -72,6 +72,7 @@ UP = (ev.CONNECTED, ev.DEGRADED)
 MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, WATCH = (
     "monitor", "metrics", "direct-retry", "retry", "wireguard-retry", "watch")
 CONFIRM = "confirm"  # the tag of a check's probes
+OFFER = "offer"  # the peer's relay offer, joined once the attempt in flight is over
 
 # Operation kinds (one at a time) and the purposes of relay allocations.
 CONNECT, FAILOVER, RELAY_MOVE, RETRY_DIRECT = "connect", "failover", "relay-move", "direct-retry"
@@ -180,6 +181,7 @@ class PeerConnectionActor(Actor):
         self.quality_switch_at: float | None = None  # the last path switch for quality (thespian time)
         self.sample_runs = SampleRuns()
         self.retry_run: RetryRun | None = None  # open after a failed retry of the direct path
+        self.offered_relay: str | None = None  # the relay of the peer's offer, until joined
         self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
 
@@ -297,7 +299,9 @@ class PeerConnectionActor(Actor):
             case m.PeerAnnounced():
                 self.on_announced(message.candidates, message.nat_type, announced=True)
             case m.PeerAskedForRelay():
-                self.on_peer_asked_for_relay()
+                relay = message.relay
+                self.on_peer_asked_for_relay(relay if isinstance(relay, str) and 0 < len(relay) <= 255
+                                             else None)
             case m.RemoteCandidates():
                 self.on_announced(message.candidates, self.state.remote_nat_type, announced=False)
             case m.RelayChanged():
@@ -909,6 +913,8 @@ class PeerConnectionActor(Actor):
             self._retry_direct()
         elif timer.kind == RETRY and self.state.state == ev.FAILED:
             self._retry_unreachable()
+        elif timer.kind == OFFER:
+            self._join_offer()
         elif timer.kind == WIREGUARD_RETRY and not self.state.wireguard_applied:
             self._apply_wireguard()
 
@@ -1272,7 +1278,7 @@ class PeerConnectionActor(Actor):
         elif self._waiting():
             self._reconnect_now(reason)
 
-    def on_peer_asked_for_relay(self) -> None:
+    def on_peer_asked_for_relay(self, relay: str | None) -> None:
         """The peer allocated a relay session for this pair (its offer arrived): its side of
         the path broke, or it is back from an outage and waits on the relay for this side."""
         state = self.state
@@ -1281,14 +1287,28 @@ class PeerConnectionActor(Actor):
             # out, at the path's own loss (a lossy relay path must not be left by chance).
             self._suspect("the peer asked for a relay session", corroborated=state.path == ev.DIRECT)
             return
-        if not self._waiting() or self.relay is None:
+        if state.state in (ev.CONNECTING, ev.FAILED) and not self.closing:
+            self.offered_relay = relay or self.relay
+            self._join_offer()
+
+    def _join_offer(self) -> None:
+        """Join the session the peer offered, on its relay (the ticket it pushed is used, so
+        the control server is not asked for another): waiting for lost probes or a backoff
+        would leave the two ends on different paths for many seconds. An attempt in flight
+        finishes first."""
+        relay = self.offered_relay
+        if relay is None or self.closing or self.state.state not in (ev.CONNECTING, ev.FAILED):
+            self.offered_relay = None
             return
-        # Join the peer's session now (the ticket it pushed is used first): waiting for lost
-        # probes or a backoff would leave the two ends on different paths for many seconds.
+        if not self._waiting():
+            if self.op is not None:
+                self._schedule(self.cfg.first_probe_s, OFFER)
+            return
+        self.offered_relay = None
         self.timers.cancel(RETRY)
         self.retries = 0
         op = self._begin(RETRY_UNREACHABLE, purpose="the peer offered a relay session")
-        self._allocate(op, FALLBACK)
+        self._allocate(op, FALLBACK, relay)
         if self.state.state == ev.FAILED:
             self._schedule_retry()
 
@@ -1359,7 +1379,7 @@ class PeerConnectionActor(Actor):
             self._release("close")
         self.op = None
         self.closing = True
-        for kind in (MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY):
+        for kind in (MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, OFFER):
             self.timers.cancel(kind)
         if not self.pending:
             self._finished()

@@ -176,10 +176,12 @@ class PeerDeparted:
 class PeerAskedForRelay:
     """The peer asked the control plane for a relay session with this node (its relay offer
     arrived): its side of the path broke. This side checks its own path at once instead of
-    waiting for its probes, so that both ends meet on the relay within seconds."""
+    waiting for its probes, so that both ends meet on the relay within seconds. ``relay``:
+    the relay of the offered session (a side that is not up joins it there)."""
 
     party_id: str
     peer_id: str
+    relay: str | None = None
 
 
 @dataclass(frozen=True)

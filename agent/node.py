@@ -439,7 +439,7 @@ class Agent:
             key = (str(ticket.get("party_id")), str(body.get("from")), str(ticket.get("relay")))
             self.offers[key] = ticket
             if key[0] in self.bindings:
-                self._tell(m.PeerAskedForRelay(key[0], key[1]))
+                self._tell(m.PeerAskedForRelay(key[0], key[1], key[2]))
             return
         party_id = body.get("party_id")
         if not isinstance(party_id, str) or self.bindings.get(party_id) != url:

@@ -12,7 +12,7 @@ from typing import Any
 
 from actors import messages as m
 from actors.config import RelayMonitorConfig
-from tests.actors.conftest import BOB, RELAY_A, Node
+from tests.actors.conftest import BOB, RELAY_A, RELAY_B, Node
 
 BOB_IP = "10.66.0.2"
 CONTROL = "ws://198.51.100.9:8667"
@@ -107,6 +107,22 @@ def test_a_relay_offer_makes_a_connection_that_is_not_up_join_the_relay_at_once(
     node.advance(1, step=0.25)
     state = node.connection("p1", "bob")
     assert (state.state, state.path) == ("connected", "relay")
+
+
+def test_a_relay_offer_is_joined_on_the_peers_relay(make_node) -> None:
+    """The two ends' monitors may prefer different relays: the offered session is on the
+    peer's, and that is where this side joins it (the ticket the peer's request pushed)."""
+    node = joined(make_node)
+    cut_for(node, 20)
+    still_trying(node)
+    node.net.relay_latency[RELAY_A] = 40.0
+    node.tell(m.PeerAskedForRelay("p1", "bob", RELAY_B))
+    node.ask(m.Ping())
+    written = node.new(node.peer("bob"))
+    assert written[0] == f"RelayAllocationRequested(relay='{RELAY_B}', purpose='fallback')", written
+    node.advance(1, step=0.25)
+    state = node.connection("p1", "bob")
+    assert (state.state, state.path, state.relay) == ("connected", "relay", RELAY_B)
 
 
 def test_a_relay_offer_to_a_failed_connection_does_not_wait_for_its_backoff(make_node) -> None:
