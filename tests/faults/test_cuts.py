@@ -14,6 +14,7 @@ or as soon as traffic starts on it.
 from __future__ import annotations
 
 import signal
+import statistics
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -27,7 +28,10 @@ pytestmark = pytest.mark.lab
 
 HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"),
          HostSpec("carl", "symmetric")]
-DETECTION_S = 2.0  # failover's bound (a lab median in bench/failover.py)
+DETECTION_S = 2.0  # failover's bound: a median (bench/failover.py), here over the peers cut
+# Any one peer: the bound plus what a loaded machine adds (a check's probes and the agent's
+# threads wait for the CPU; measured up to 2.0 s with other labs running).
+DETECTION_ONE_S = 3.0
 PLAYER, CUT = "alice", ("bob", "carl")
 GAME_INTERVAL_S = 0.05  # 20 packets a second each way, answered: a game's chatter
 WARM_UP_S = 2.0  # the chatter flows before the cut, so the counters are read as busy
@@ -81,8 +85,10 @@ def test_an_uplink_cut(faults: FaultParty, outage_s: int, played_s: float) -> No
         for player in players:
             if player.alive:
                 lab.kill(player, signal.SIGINT)
-    late = {peer: found for peer, found in detection.items() if found is None or found[0] > DETECTION_S}
-    assert not late, f"{PLAYER} noticed the cut later than {DETECTION_S:g} s (or never): {late}"
+    late = {peer: found for peer, found in detection.items() if found is None or found[0] > DETECTION_ONE_S}
+    assert not late, f"{PLAYER} noticed the cut later than {DETECTION_ONE_S:g} s (or never): {late}"
+    median = statistics.median(found[0] for found in detection.values() if found is not None)
+    assert median <= DETECTION_S, f"{PLAYER} noticed the cut in {median:.2f} s (median): {detection}"
     faults.assert_healthy()
 
 
