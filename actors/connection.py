@@ -1282,6 +1282,12 @@ class PeerConnectionActor(Actor):
         """The peer allocated a relay session for this pair (its offer arrived): its side of
         the path broke, or it is back from an outage and waits on the relay for this side."""
         state = self.state
+        if state.state in UP and state.path == ev.RELAY and relay is not None and relay != state.relay \
+                and self.op is None:
+            # The peer moved the pair to another relay (its monitor left this one): follow at
+            # once, onto the session it offered, before the peer's side finds its new one silent.
+            self._move_relay(relay, f"the peer moved the pair to relay {relay}")
+            return
         if state.state in UP:
             # On the relay, the peer may have moved the pair to a new session: the check finds
             # out, at the path's own loss (a lossy relay path must not be left by chance).

@@ -213,3 +213,22 @@ def test_an_attempt_answered_through_the_relay_session_is_on_the_relay(make_node
         f"still uses', endpoint='{RELAY_A}', relay='{RELAY_A}')"), written
     state = node.connection("p1", "bob")
     assert (state.state, state.path) == ("connected", "relay")
+
+
+def test_a_relay_offer_on_another_relay_moves_a_relayed_connection_there_at_once(make_node) -> None:
+    """The peer's monitor left this pair's relay and moved the pair: this side follows onto
+    the offered session without waiting to find its own session silent."""
+    node = make_node(relays=(RELAY_A, RELAY_B), first_probe_s=0.5)
+    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
+    node.advance(1)
+    on_the_relay(node)
+    relay = node.connection("p1", "bob").relay
+    other = RELAY_B if relay == RELAY_A else RELAY_A
+    node.tell(m.PeerAskedForRelay("p1", "bob", other))
+    node.ask(m.Ping())
+    written = node.new(node.peer("bob"))
+    assert written[0] == f"RelayAllocationRequested(relay='{other}', purpose='relay-move')", written
+    assert f"reason='the peer moved the pair to relay {other}'" in written[2], written
+    state = node.connection("p1", "bob")
+    assert (state.state, state.path, state.relay) == ("connected", "relay", other)

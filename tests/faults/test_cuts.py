@@ -22,7 +22,7 @@ from datetime import datetime
 import pytest
 
 from lab import HostSpec, LabProcess
-from tests.faults.harness import RECOVERY_S, FaultParty
+from tests.faults.harness import RECOVERY_S, FaultParty, story
 
 pytestmark = pytest.mark.lab
 
@@ -105,24 +105,3 @@ def first_transitions(faults: FaultParty, host: str, peers: tuple[str, ...],
             found[peer] = (seconds, f"{record['event_type']}: {record['payload'].get('reason')}")
     return found
 
-
-STORY_EVENTS = ("ConnectionStateChanged", "PathSwitched", "PathChosen", "RelayAllocationRequested",
-                "RelaySessionOpened", "RelayAllocationFailed", "NoPathAvailable", "HolePunchFailed",
-                "RelaysReachable", "ControlServerReachable", "EndpointChanged")
-
-
-def story(faults: FaultParty, after: float) -> str:
-    """What each host recorded about its peers since ``after`` (wall clock): why a pair stayed apart."""
-    lines = []
-    for host in faults.names:
-        names = {row["peer_id"]: name for name, row in faults.party.peers(host).items()}
-        for record in faults.party.events(host, *STORY_EVENTS):
-            at = datetime.fromisoformat(record["recorded_at"]).timestamp() - after
-            if at > 0:
-                payload = record["payload"]
-                detail = {k: v for k, v in payload.items() if k in (
-                    "to_state", "reason", "path", "to_path", "relay", "to_relay", "session_id", "error",
-                    "purpose", "new_endpoint")}
-                lines.append(f"  {at:7.2f} {host}->{names.get(payload.get('peer_id'), '-')}: "
-                             f"{record['event_type']} {detail}")
-    return "\n".join(lines)

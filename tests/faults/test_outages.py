@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from lab import HostSpec
-from tests.faults.harness import RECOVERY_S, FaultParty
+from tests.faults.harness import RECOVERY_S, FaultParty, story
 
 pytestmark = pytest.mark.lab
 
@@ -35,12 +35,29 @@ def shared() -> Iterator[FaultParty]:
         yield built
 
 
+DIRECT_PAIRS = [("alice", "bob"), ("bob", "carl")]
+# Agents restarted with STUN back first meet on the relays and upgrade on their first direct
+# retry (every 30 s): the loss windows start after it, or it would count as a switch.
+UPGRADE_TIMEOUT_S = 45.0
+
+
 @pytest.fixture
 def faults(shared: FaultParty) -> FaultParty:
     if not shared.stun_up:
         bring_stun_back(shared)
+        shared.heal()
+        shared.lab.wait_for(lambda: on_direct_paths(shared), UPGRADE_TIMEOUT_S, interval_s=1.0,
+                            what="the pairs that can go direct upgraded")
     shared.heal()
     return shared
+
+
+def on_direct_paths(faults: FaultParty) -> bool:
+    for a, b in DIRECT_PAIRS:
+        for host, peer in ((a, b), (b, a)):
+            if faults.party.peers(host)[peer]["path"] != "direct":
+                return False
+    return True
 
 
 def bring_stun_back(faults: FaultParty) -> float:
@@ -101,6 +118,8 @@ def test_random_loss_on_a_router(faults: FaultParty, loss: float) -> None:
             changes[peer] = changes.get(peer, 0) + 1
     summary = [(r["event_type"], r["payload"].get("reason")) for r in records]
     print(f"\n{loss:.0%} loss for {LOSS_WINDOW_S[loss]:g} s: {summary}")
+    if records:
+        print(story(faults, started - 60))
     assert all(count <= FLAPS_ALLOWED[loss] for count in switches.values()), \
         f"{loss:.0%} loss: path switches {switches} (at most {FLAPS_ALLOWED[loss]} a peer): {summary}"
     if FLAPS_ALLOWED[loss] == 0:
