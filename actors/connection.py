@@ -1207,9 +1207,11 @@ class PeerConnectionActor(Actor):
     def _schedule_retry(self) -> None:
         self._schedule(self._retry_delay(self.retries), RETRY)
 
-    def _retry_unreachable(self) -> None:
+    def _retry_unreachable(self, fresh_session: bool = False) -> None:
         """A failed connection tries every path again: the tunnel (a probe), the direct
-        candidates (a punch), and the relay (a session, if it holds none)."""
+        candidates (a punch), and the relay (a session, if it holds none; with
+        ``fresh_session`` even if it holds one: after a long outage the peer may wait on
+        another, and asking gives this side the pair's current one and offers it to the peer)."""
         assert self.init is not None
         if self.op is not None:  # a retry or a reconnect still runs: try again after it
             self._schedule_retry()
@@ -1230,7 +1232,7 @@ class PeerConnectionActor(Actor):
             self.probing.sent_weight = 0.0
             self._request(fx.Probe(tag="probe", virtual_ip=self.init.virtual_ip,
                                    timeout_s=self.cfg.probe_timeout_s))
-        if self._held() is None and self.relay is not None:
+        if (fresh_session or self._held() is None) and self.relay is not None:
             self._allocate(op, FALLBACK)  # the relay first (it needs no luck), then the punch
         elif self._direct_ruled_out() is None:
             self._punch(op)
@@ -1274,7 +1276,7 @@ class PeerConnectionActor(Actor):
             return
         if self.state.state == ev.FAILED:
             self.retries = 0  # the network changed: the backoff starts again, from now
-            self._retry_unreachable()
+            self._retry_unreachable(fresh_session=True)
         elif self._waiting():
             self._reconnect_now(reason)
 

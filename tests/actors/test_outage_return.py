@@ -232,3 +232,23 @@ def test_a_relay_offer_on_another_relay_moves_a_relayed_connection_there_at_once
     assert f"reason='the peer moved the pair to relay {other}'" in written[2], written
     state = node.connection("p1", "bob")
     assert (state.state, state.path, state.relay) == ("connected", "relay", other)
+
+
+def test_a_failed_connection_holding_a_session_asks_for_the_pairs_session_when_the_relays_return(
+        make_node) -> None:
+    """Five minutes unreachable on the relay: the session it holds may be one the peer left
+    long ago. When this node's relays answer again it asks for the pair's current session
+    (which offers it to the peer), instead of only punching beside a stale one."""
+    node = joined(make_node)
+    on_the_relay(node)
+    node.net.set_relay(RELAY_A, None)
+    node.advance(300, step=0.5)
+    assert node.connection("p1", "bob").state == "failed"
+    assert node.connection("p1", "bob").session_id is not None
+    node.new(node.peer("bob"))
+    node.net.set_relay(RELAY_A, 40.0)
+    node.advance(2, step=0.25)
+    written = node.new(node.peer("bob"))
+    names = [line.split("(")[0] for line in written]
+    assert names[:2] == ["ReconnectAttempted", "RelayAllocationRequested"], written
+    assert node.connection("p1", "bob").state == "connected"
