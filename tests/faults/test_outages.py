@@ -1,7 +1,7 @@
-"""A STUN server down when the agents start, and random loss on a router: 5 and 20 % (no
-path switch) and 50 % (at most one a minute), in one lab: alice (port-restricted cone),
-bob (port-forwarded), carl (symmetric), two relays. With STUN up, alice-bob and bob-carl
-are direct and alice-carl is relayed.
+"""A STUN server down when the agents start and random loss of 5 and 20 % on a router
+(no path switch), in one lab: alice (port-restricted cone), bob (port-forwarded), carl
+(symmetric), two relays. With STUN up, alice-bob and
+bob-carl are direct and alice-carl is relayed.
 
 The lab's loss is iptables ``-m statistic --mode random`` (the kernel's generator, not
 seeded); everything the test chooses itself is fixed.
@@ -21,11 +21,9 @@ pytestmark = pytest.mark.lab
 
 HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"),
          HostSpec("carl", "symmetric")]
-# Two probe intervals and more at the default 5 s (bench/failover.py uses 60 s); at 50 %, long
-# enough for the relay monitor's and the connections' loss windows to fill and act.
-LOSS_WINDOW_S = {0.05: 12.0, 0.20: 12.0, 0.50: 30.0}
+LOSS_WINDOW_S = 12.0  # two probe intervals and more at the default 5 s; bench/failover.py uses 60 s
 LOSS_HOST = "alice"  # her router drops; she has a direct (bob) and a relayed (carl) peer
-FLAPS_ALLOWED = {0.05: 0, 0.20: 0, 0.50: 1}  # path switches per peer in the window (50 %: once a minute)
+FLAPS_ALLOWED = {0.05: 0, 0.20: 0}  # path switches per peer in the window
 
 
 @pytest.fixture(scope="module")
@@ -35,29 +33,12 @@ def shared() -> Iterator[FaultParty]:
         yield built
 
 
-DIRECT_PAIRS = [("alice", "bob"), ("bob", "carl")]
-# Agents restarted with STUN back first meet on the relays and upgrade on their first direct
-# retry (every 30 s): the loss windows start after it, or it would count as a switch.
-UPGRADE_TIMEOUT_S = 45.0
-
-
 @pytest.fixture
 def faults(shared: FaultParty) -> FaultParty:
     if not shared.stun_up:
         bring_stun_back(shared)
-        shared.heal()
-        shared.lab.wait_for(lambda: on_direct_paths(shared), UPGRADE_TIMEOUT_S, interval_s=1.0,
-                            what="the pairs that can go direct upgraded")
     shared.heal()
     return shared
-
-
-def on_direct_paths(faults: FaultParty) -> bool:
-    for a, b in DIRECT_PAIRS:
-        for host, peer in ((a, b), (b, a)):
-            if faults.party.peers(host)[peer]["path"] != "direct":
-                return False
-    return True
 
 
 def bring_stun_back(faults: FaultParty) -> float:
@@ -93,16 +74,15 @@ def test_a_stun_server_down_when_the_agents_start(shared: FaultParty) -> None:
     faults.assert_healthy(restarted=faults.names)
 
 
-@pytest.mark.parametrize("loss", [0.05, 0.20, 0.50])
+@pytest.mark.parametrize("loss", [0.05, 0.20])
 def test_random_loss_on_a_router(faults: FaultParty, loss: float) -> None:
     """Loss on alice's uplink for a window: no path switch and no state change at 5 % and
-    20 %, at most one switch per peer at 50 % (degraded, maybe unreachable for a while);
-    every pair pings within 5 s once it stops."""
+    20 %; every pair pings within 5 s once it stops (50 %: bench/failover.py)."""
     lab = faults.lab
     started = time.time()
     lab.add_loss(LOSS_HOST, loss)
     try:
-        time.sleep(LOSS_WINDOW_S[loss])
+        time.sleep(LOSS_WINDOW_S)
     finally:
         lab.clear_loss(LOSS_HOST)
     cleared = time.monotonic()
@@ -117,11 +97,10 @@ def test_random_loss_on_a_router(faults: FaultParty, loss: float) -> None:
         else:
             changes[peer] = changes.get(peer, 0) + 1
     summary = [(r["event_type"], r["payload"].get("reason")) for r in records]
-    print(f"\n{loss:.0%} loss for {LOSS_WINDOW_S[loss]:g} s: {summary}")
+    print(f"\n{loss:.0%} loss for {LOSS_WINDOW_S:g} s: {summary}")
     if records:
         print(story(faults, started - 60))
     assert all(count <= FLAPS_ALLOWED[loss] for count in switches.values()), \
         f"{loss:.0%} loss: path switches {switches} (at most {FLAPS_ALLOWED[loss]} a peer): {summary}"
-    if FLAPS_ALLOWED[loss] == 0:
-        assert not changes, f"{loss:.0%} loss: state changes {summary}"
+    assert not changes, f"{loss:.0%} loss: state changes {summary}"
     faults.assert_healthy()
