@@ -27,6 +27,7 @@ recorded for what it is and otherwise ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import math
 import random
@@ -72,12 +73,27 @@ MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, WATCH = (
     "monitor", "metrics", "direct-retry", "retry", "wireguard-retry", "watch")
 RELAY_VERDICT = "relay-verdict"  # the wait for the relay monitor's word on a relay gone silent
 CONFIRM = "confirm"  # the tag of a check's probes
+OFFER = "offer"  # the peer's relay offer, joined once the attempt in flight is over
 
 # Operation kinds (one at a time) and the purposes of relay allocations.
 CONNECT, FAILOVER, RELAY_MOVE, RETRY_DIRECT = "connect", "failover", "relay-move", "direct-retry"
 RETRY_UNREACHABLE = "retry-unreachable"  # a failed connection's retry of every path
 NEW_CANDIDATES = "new-candidates"  # the peer announced candidates without the endpoint in use
 RELAY_FIRST, FALLBACK = "relay first", "fallback"
+
+
+def _loopback(endpoint: str) -> bool:
+    """A relay session's local end (the proxy WireGuard talks to), not a peer's address."""
+    host = endpoint.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bounded_text(value: Any, limit: int = 255) -> str | None:
+    """A name from another node's message (a relay, a session id), or None when it is not one."""
+    return value if isinstance(value, str) and 0 < len(value) <= limit else None
 
 
 def invalid_observation(item: Any) -> str | None:
@@ -178,6 +194,7 @@ class PeerConnectionActor(Actor):
         # The held session on a relay that failed an allocation: every allocation reports it
         # until a new session opens, so the control server's pair affinity never hands it back.
         self.dead_session: str | None = None
+        self.offered_relay: str | None = None  # the relay of the peer's offer, until joined
         self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
 
@@ -295,10 +312,7 @@ class PeerConnectionActor(Actor):
             case m.PeerAnnounced():
                 self.on_announced(message.candidates, message.nat_type, announced=True)
             case m.PeerAskedForRelay():
-                if self.state.path == ev.DIRECT:
-                    self._suspect("the peer asked for a relay session", corroborated=True)
-                else:
-                    self._follow_peer_session(message)
+                self.on_peer_asked_for_relay(bounded_text(message.relay), bounded_text(message.session_id))
             case m.RemoteCandidates():
                 self.on_announced(message.candidates, self.state.remote_nat_type, announced=False)
             case m.RelayChanged():
@@ -306,9 +320,9 @@ class PeerConnectionActor(Actor):
             case m.RelayQuality():
                 self.relay_quality = message
             case m.RelaysReachable():
-                if self.state.state == ev.FAILED and not self.closing:
-                    self.retries = 0  # the network changed: the backoff starts again, from now
-                    self._retry_unreachable()
+                self.on_network_back("the relays answer again")
+            case m.ControlServerBack():
+                self.on_network_back("the control server answers again")
             case m.ClosePeer():
                 self.close(message.reason)
             case _:
@@ -883,6 +897,7 @@ class PeerConnectionActor(Actor):
         if before.state in (ev.CONNECTING, ev.FAILED) and state.state in UP:
             self._arm_monitor()  # up: back to one probe an interval (re-arming drops the quick one)
             self.probing.outcomes.clear()  # the probes lost before the outage was seen: not loss
+            self._answered_through_relay()
         if state.state == ev.FAILED and before.state != ev.FAILED:
             self.retries = 0
             self._arm_monitor()  # unreachable: probe every ``failed_probe_s`` to see it come back
@@ -922,6 +937,8 @@ class PeerConnectionActor(Actor):
             self._retry_direct()
         elif timer.kind == RETRY and self.state.state == ev.FAILED:
             self._retry_unreachable()
+        elif timer.kind == OFFER:
+            self._join_offer()
         elif timer.kind == WIREGUARD_RETRY and not self.state.wireguard_applied:
             self._apply_wireguard()
         elif timer.kind == RELAY_VERDICT:
@@ -1111,17 +1128,64 @@ class PeerConnectionActor(Actor):
         decided, self.probing.watched_endpoint = self.probing.watched_endpoint, None
         self.probing.stats = stats
         state = self.state
-        # Only a settled direct path: a relay's address is not the peer's, and a reading taken
-        # across a change of the decided endpoint says nothing about the peer.
-        if (stats.endpoint and state.endpoint and stats.endpoint != state.endpoint
-                and decided == state.endpoint and state.path == ev.DIRECT and state.state in ACTIVE
+        # Only a settled path: a reading taken across a change of the decided endpoint says
+        # nothing about the peer.
+        if not (stats.endpoint and state.endpoint and stats.endpoint != state.endpoint
+                and decided == state.endpoint and state.state in ACTIVE
                 and state.wireguard_configured and state.wireguard_applied and self.op is None
                 and "wireguard" not in self.pending):
+            return
+        if self._follow_roaming(stats.endpoint):
+            return
+        if state.path == ev.DIRECT:  # a relay's address is not the peer's
             self._commit([ev.EndpointChanged(
                 **self._base(), old_endpoint=state.endpoint, new_endpoint=stats.endpoint,
                 reason="WireGuard now hears the peer from another address (NAT rebinding or roaming)")],
                 "watch")
             self._remember_probe("~")  # a later setback shows whether probes were answered since
+
+    def _answered_through_relay(self) -> None:
+        """An attempt that started on the direct path was answered before it changed anything:
+        through the relay session WireGuard still uses. The path is the relay's."""
+        state = self.state
+        if state.path == ev.DIRECT and state.endpoint and state.endpoint == state.session_endpoint \
+                and state.session_relay is not None and self.op is None:
+            self._commit([ev.PathChosen(**self._base(), path=ev.RELAY, endpoint=state.endpoint,
+                                        relay=state.session_relay,
+                                        reason="answered through the relay session WireGuard still uses")],
+                         "probe")
+            self._arm_direct_retry()
+
+    def _follow_roaming(self, heard_from: str) -> bool:
+        """The two ends decided different paths (each retried on its own during an outage, and
+        one side's offer or punch never reached the other), and WireGuard, hearing the peer on
+        the other path, already sends there. Make the decision match the path that works: a
+        connection up on the relay that hears the peer directly moves to direct; one on the
+        direct path that hears it through its own relay session moves to the relay. At most
+        once a ``min_switch_interval_s`` towards direct, so that a direct path that only works
+        one way cannot make the pair hop."""
+        state = self.state
+        if state.state not in UP:
+            return False
+        through_relay = heard_from == state.session_endpoint
+        if state.path == ev.RELAY and not through_relay and not _loopback(heard_from) and self._may_switch():
+            self.quality_switch_at = thespian_timing.currentTime()
+            self._commit([ev.PathSwitched(
+                **self._base(), from_path=ev.RELAY, to_path=ev.DIRECT, endpoint=heard_from,
+                reason=f"WireGuard hears the peer directly from {heard_from}: its end is on the direct path",
+                from_relay=state.relay, from_latency_ms=state.latency_ms),
+                self._configure(heard_from)], "watch")
+            self._release("roamed")
+            return True
+        if state.path == ev.DIRECT and through_relay and state.session_relay is not None:
+            self._commit([ev.PathSwitched(
+                **self._base(), from_path=ev.DIRECT, to_path=ev.RELAY, endpoint=heard_from,
+                reason="WireGuard hears the peer through the relay session: its end is on the relay",
+                to_relay=state.session_relay, from_latency_ms=state.latency_ms),
+                self._configure(heard_from)], "watch")
+            self._arm_direct_retry()
+            return True
+        return False
 
     def _sample_metrics(self, stats: PeerStats | None) -> None:
         probing = self.probing
@@ -1203,9 +1267,11 @@ class PeerConnectionActor(Actor):
     def _schedule_retry(self) -> None:
         self._schedule(self._retry_delay(self.retries), RETRY)
 
-    def _retry_unreachable(self) -> None:
+    def _retry_unreachable(self, fresh_session: bool = False) -> None:
         """A failed connection tries every path again: the tunnel (a probe), the direct
-        candidates (a punch), and the relay (a session, if it holds none)."""
+        candidates (a punch), and the relay (a session, if it holds none; with
+        ``fresh_session`` even if it holds one: after a long outage the peer may wait on
+        another, and asking gives this side the pair's current one and offers it to the peer)."""
         assert self.init is not None
         if self.op is not None:  # a retry or a reconnect still runs: try again after it
             self._schedule_retry()
@@ -1226,7 +1292,7 @@ class PeerConnectionActor(Actor):
             self.probing.sent_weight = 0.0
             self._request(fx.Probe(tag="probe", virtual_ip=self.init.virtual_ip,
                                    timeout_s=self.cfg.probe_timeout_s))
-        if self._held() is None and self.relay is not None:
+        if (fresh_session or self._held() is None) and self.relay is not None:
             self._allocate(op, FALLBACK)  # the relay first (it needs no luck), then the punch
         elif self._direct_ruled_out() is None:
             self._punch(op)
@@ -1241,14 +1307,83 @@ class PeerConnectionActor(Actor):
         if remote is not None:
             self._commit([remote, *self._announced_move(remote.candidates)], "announced")
             self._follow_new_candidates()
-        if announced and self.state.state in (ev.FAILED, ev.CLEANUP) and self.op is None:
-            self.timers.cancel(RETRY)
-            self.retries = 0
-            self._commit(self._reconnect(1, "peer announced again"), "announced")
-            self._connect(2)
-            if self.state.state in ACTIVE:
-                self._arm_monitor()
-                self._schedule(self.cfg.metrics_interval_s, METRICS)
+        if announced and self._waiting():
+            self._reconnect_now("peer announced again")
+
+    def _waiting(self) -> bool:
+        """Not up and nothing in flight: the connection only waits for lost probes (connecting)
+        or for its backoff (failed) before its next attempt."""
+        stalled = self.state.state == ev.CONNECTING and self.state.wireguard_configured
+        return (stalled or self.state.state in (ev.FAILED, ev.CLEANUP)) and self.op is None \
+            and not self.closing
+
+    def _reconnect_now(self, reason: str) -> None:
+        """A new attempt at once, with a new budget: something changed that makes it worth it."""
+        self.timers.cancel(RETRY)
+        self.retries = 0
+        self.probing.lost = 0.0
+        self._commit(self._reconnect(1, reason), "reconnect now")
+        self._connect(2)
+        if self.state.state in ACTIVE:
+            self._arm_monitor()
+            self._schedule(self.cfg.metrics_interval_s, METRICS)
+
+    def on_network_back(self, reason: str) -> None:
+        """This node's uplink (its relays or its control server) is back after an outage: a
+        connection that could not reach its peer tries now, not at its backoff or after its
+        current attempt's probes are all lost (up to 15 s while connecting)."""
+        if self.closing:
+            return
+        if self.state.state == ev.FAILED:
+            self.retries = 0  # the network changed: the backoff starts again, from now
+            self._retry_unreachable(fresh_session=True)
+        elif self._waiting():
+            self._reconnect_now(reason)
+
+    def on_peer_asked_for_relay(self, relay: str | None, session_id: str | None) -> None:
+        """The peer allocated a relay session for this pair (its offer arrived): its side of
+        the path broke, it restarted, or it is back from an outage and waits on the relay."""
+        state, held = self.state, self._held()
+        if state.state in UP and state.path == ev.RELAY and relay is not None and self.op is None:
+            if session_id is not None and held is not None and session_id != held.session_id:
+                # The peer moved the pair (a failed session, a restart, its monitor's choice):
+                # follow at once, before the peer's side finds the session it left silent.
+                self._move_relay(relay, f"the peer moved the pair to relay session {session_id[:16]}")
+                return
+            if relay != state.relay:
+                self._move_relay(relay, f"the peer moved the pair to relay {relay}")
+                return
+            if session_id is not None and held is not None:
+                return  # the session this side holds: both ends are on it
+        if state.state in UP:
+            # On the relay, the peer may have moved the pair to a new session: the check finds
+            # out, at the path's own loss (a lossy relay path must not be left by chance).
+            self._suspect("the peer asked for a relay session", corroborated=state.path == ev.DIRECT)
+            return
+        if state.state in (ev.CONNECTING, ev.FAILED) and not self.closing:
+            self.offered_relay = relay or self.relay
+            self._join_offer()
+
+    def _join_offer(self) -> None:
+        """Join the session the peer offered, on its relay (the ticket it pushed is used, so
+        the control server is not asked for another): waiting for lost probes or a backoff
+        would leave the two ends on different paths for many seconds. An attempt in flight
+        finishes first."""
+        relay = self.offered_relay
+        if relay is None or self.closing or self.state.state not in (ev.CONNECTING, ev.FAILED):
+            self.offered_relay = None
+            return
+        if not self._waiting():
+            if self.op is not None:
+                self._schedule(self.cfg.first_probe_s, OFFER)
+            return
+        self.offered_relay = None
+        self.timers.cancel(RETRY)
+        self.retries = 0
+        op = self._begin(RETRY_UNREACHABLE, purpose="the peer offered a relay session")
+        self._allocate(op, FALLBACK, relay)
+        if self.state.state == ev.FAILED:
+            self._schedule_retry()
 
     def _follow_new_candidates(self) -> None:
         """The peer's public address or port changed (a router reboot, a NAT rebinding, a new
@@ -1316,17 +1451,6 @@ class PeerConnectionActor(Actor):
             self.timers.cancel(RELAY_VERDICT)
         self._move_relay(message.relay, f"relay monitor selected {message.relay}", message.rtt_ms, failed)
 
-    def _follow_peer_session(self, asked: m.PeerAskedForRelay) -> None:
-        """The peer took the pair to another relay session than the one this side holds (its
-        session failed, it restarted, it chose another relay): move there now, rather than
-        notice the silence of a session the peer left."""
-        held, state = self._held(), self.state
-        if not (isinstance(asked.session_id, str) and isinstance(asked.relay, str) and held is not None
-                and asked.session_id != held.session_id and 0 < len(asked.relay) <= 255
-                and state.path == ev.RELAY and state.state in (ev.CONNECTING, *UP)):
-            return
-        self._move_relay(asked.relay, f"the peer moved the pair to relay session {asked.session_id[:16]}")
-
     def _move_relay(self, relay: str | None, reason: str, rtt_ms: float | None = None,
                     failed_session: str | None = None) -> None:
         if relay is None or self.op is not None:
@@ -1346,7 +1470,7 @@ class PeerConnectionActor(Actor):
             self._release("close")
         self.op = None
         self.closing = True
-        for kind in (MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, RELAY_VERDICT):
+        for kind in (MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, RELAY_VERDICT, OFFER):
             self.timers.cancel(kind)
         if not self.pending:
             self._finished()

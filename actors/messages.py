@@ -176,7 +176,8 @@ class PeerDeparted:
 class PeerAskedForRelay:
     """The peer asked the control plane for a relay session with this node (its relay offer
     arrived): its side of the path broke. This side checks its own path at once instead of
-    waiting for its probes, so that both ends meet on the relay within seconds."""
+    waiting for its probes, so that both ends meet on the relay within seconds. ``relay``:
+    the relay of the offered session (a side that is not up joins it there)."""
 
     party_id: str
     peer_id: str
@@ -424,6 +425,12 @@ class RelaySuspected:
 @dataclass(frozen=True)
 class RelaysReachable:
     """Every relay was silent and one answers again (this node's uplink is back, most likely)."""
+
+
+@dataclass(frozen=True)
+class ControlServerBack:
+    """A control server that was unreachable answers again: relay tickets and the peers'
+    announcements flow again, so connections still trying to reach their peers try now."""
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,8 @@ class NodeActor(Actor):
             outage = change.outage_s if isinstance(change.outage_s, int | float) else None
             self._commit([ev.ControlServerReachable(node_id=self.start.node_id, control_url=url,
                                                     outage_s=None if outage is None else round(outage, 1))])
+            for address in self.parties.values():
+                self.send(address, m.ControlServerBack())
 
     def _endpoint_moved(self, moved: m.PublicEndpointMoved) -> None:
         """One row a move of the public mapping (the agent looked again and saw another)."""

@@ -123,7 +123,7 @@ class PartyActor(Actor):
                 self._peer_closed(message.peer_id)
             case m.RelaySuspected():
                 self.send(self.parent, message)  # the node hands it to its relay monitor
-            case m.RelayQuality() | m.RelaysReachable():
+            case m.RelayQuality() | m.RelaysReachable() | m.ControlServerBack():
                 for address in self.children.values():
                     self.send(address, message)
             case m.RelayChanged():

@@ -2,6 +2,7 @@
 
     python bench/failover.py [--runs 5] [--long] [--loss-window 60]   (as root; builds its own lab)
     python bench/failover.py --quick                                  (one run of a subset: minutes)
+    python bench/failover.py --only "uplink cut" --long                (some faults; "loss": the loss windows)
 
 One lab, `serve`'s defaults (the path production uses): alice behind a port-restricted
 cone NAT, bob behind a port-forwarded router, carl behind a symmetric NAT, two relays;
@@ -17,7 +18,8 @@ alice-bob and bob-carl are direct, alice-carl is relayed. Per fault and run:
 
 Faults: the direct path cut (alice-bob blocked at alice's router), the relayed path cut
 (carl's router drops the pair's relay), the pair's relay killed (-9), uplink cuts of bob
-and carl at once for 15 s and 60 s (5 min with ``--long``), an agent restart (carl's
+and carl at once for 15 s and 60 s (5 min with ``--long``; alice's game sends to them
+for the first 10 s, then gives up), an agent restart (carl's
 ``serve`` killed -9 and started again), a control server restart (-9), and a NAT
 rebinding (every router's conntrack flushed and its UDP mappings moved to new ports).
 Then random loss of 5, 20 and 50 % on alice's uplink for ``--loss-window`` seconds,
@@ -54,6 +56,12 @@ RECOVERY_TARGET_S = 5.0
 RECOVERY_LIMIT_S = 60.0  # a pinger gives up after this: recovery "none"
 SETTLE_LIMIT_S = 45.0  # back to the starting paths between runs (direct retry is 30 s), else re-form
 PING_INTERVAL_S = 0.1
+# During an uplink cut alice plays (a game's chatter, answered) and her game drops the silent
+# players after a while: fast detection watches a tunnel that sends; an idle one is probed
+# once a probe interval, and its cut is seen at that probe.
+GAME_INTERVAL_S = 0.05
+GAME_WARM_UP_S = 2.0
+GAME_GIVES_UP_S = 10.0
 PATH_EVENTS = ("ConnectionStateChanged", "PathSwitched")
 HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"),
          HostSpec("carl", "symmetric")]
@@ -163,12 +171,13 @@ class Bench:
                                        "-w", str(int(RECOVERY_LIMIT_S)), self.ips[target]])
 
     def first_reply_of(self, pinger: LabProcess, since: float) -> float | None:
-        """Seconds from ``since`` (wall clock) to the pinger's first reply; stops it."""
+        """Seconds from ``since`` (wall clock) to the pinger's first reply after it; stops it."""
         deadline = time.monotonic() + RECOVERY_LIMIT_S + 5
         try:
             while time.monotonic() < deadline:
                 for line in pinger.output().splitlines():
-                    if line.startswith("[") and " bytes from " in line:
+                    if line.startswith("[") and " bytes from " in line \
+                            and float(line[1:line.index("]")]) >= since:
                         return float(line[1:line.index("]")]) - since
                 if not pinger.alive:
                     return None
@@ -242,6 +251,12 @@ class Bench:
             self.party.start_relay(relay)
 
     def uplink_cut(self, rows: dict[str, Row], outage_s: float) -> None:
+        """alice plays (``GAME_INTERVAL_S``) when bob's and carl's uplinks are cut; her game
+        gives up on them after ``GAME_GIVES_UP_S``, so the tunnels are idle when they return."""
+        games = [self.lab.popen("alice", ["ping", "-n", "-q", "-i", str(GAME_INTERVAL_S), "-W", "1", "-w",
+                                          str(int(GAME_WARM_UP_S + GAME_GIVES_UP_S)), self.ips[peer]])
+                 for peer in ("bob", "carl")]
+        time.sleep(GAME_WARM_UP_S)
         at = time.time()
         for name in ("bob", "carl"):
             self.lab.cut_uplink(name)
@@ -249,6 +264,9 @@ class Bench:
         for name in ("bob", "carl"):
             self.lab.restore_uplink(name)
         restored = time.time()
+        for game in games:
+            if game.alive:
+                self.lab.kill(game, signal.SIGINT)
         pingers = {pair: self.pinger(*pair) for pair in (DIRECT, RELAYED)}
         for kind, pair in (("direct", DIRECT), ("relayed", RELAYED)):
             row = rows[f"uplink cut {outage_s:g} s, {kind}"]
@@ -325,6 +343,8 @@ def main() -> int:
                              "20 s loss windows")
     parser.add_argument("--long", action="store_true", help="also the 5 min uplink cut")
     parser.add_argument("--loss-window", type=float, default=60.0)
+    parser.add_argument("--only", default="", metavar="TEXT",
+                        help="only the faults whose name contains TEXT ('loss' for the loss windows)")
     args = parser.parse_args()
     if args.quick:
         args.runs, args.loss_window = 1, 20.0
@@ -342,6 +362,8 @@ def main() -> int:
         ("control server restart", Bench.control_restart),
         ("NAT rebinding", Bench.nat_rebinding),
     ]
+    faults = [(name, run_fault) for name, run_fault in faults if args.only in name]
+    loss_levels = LOSS_LEVELS if args.only in "random loss" else ()
     rows: dict[str, Row] = {}
     for name in ("direct path cut", "relayed path cut", "relay killed"):
         rows[name] = Row(name)
@@ -379,7 +401,7 @@ def main() -> int:
                     + f"  ({time.monotonic() - started:.0f} s)", flush=True)
                 bench.settle()
         flaps: list[tuple[float, int, list[str]]] = []
-        for fraction in LOSS_LEVELS:
+        for fraction in loss_levels:
             most, seen = bench.loss(fraction, args.loss_window)
             print(f"{fraction:.0%} loss for {args.loss_window:g} s: at most {most} path switches a peer; "
                   f"transitions {seen}", flush=True)

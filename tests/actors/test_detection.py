@@ -192,3 +192,21 @@ def test_relays_answering_again_make_a_failed_connection_retry_at_once(make_node
     assert names[:2] == ["ReconnectAttempted", "RelayAllocationRequested"] and "RelaySessionOpened" in names
     assert written[0][1].startswith(
         "ReconnectAttempted(attempt=4, max_attempts=3, reason='unreachable: retry 1 ")
+
+
+@pytest.mark.parametrize(("loss", "probes"), [(0.20, 7), (0.50, 17)])
+def test_a_dead_path_after_a_lossy_spell_is_still_found_within_2_s(make_node, loss: float,
+                                                                    probes: int) -> None:
+    """The loss window asks a check for more probes (a lossy path loses three of them by
+    chance: 7 after 20 % each way, 17 after 50 %), and they go out in one second round, all
+    at once: the first suspicion decides, in two probe timeouts at most (the lab measures
+    the time; here probes take none)."""
+    node = joined(make_node)
+    node.net.loss = node.net.relay_loss = loss
+    run(node, 120)  # the window learns the loss (at 50 %: degraded, and the relay no better)
+    node.net.loss = node.net.relay_loss = 0.0
+    node.net.block(BOB)
+    written = run(node, 3)
+    moved = [(at, line) for at, line in written if line.startswith(("PathSwitched", "ReconnectAttempted"))]
+    assert moved and moved[0][0] <= 2.0, written
+    assert f"; {probes} probes lost" in moved[0][1], moved

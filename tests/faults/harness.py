@@ -302,3 +302,28 @@ class FaultParty:
                 lines.append(f"  {host}: " + ", ".join(f"{name} {row['state']}/{row['path']}"
                                                        for name, row in rows.items() if not row["is_local"]))
         return "\n".join(lines)
+
+
+STORY_EVENTS = ("ConnectionStateChanged", "PathSwitched", "PathChosen", "RelayAllocationRequested",
+                "RelaySessionOpened", "RelayAllocationFailed", "NoPathAvailable", "HolePunchFailed",
+                "ControlServerReachable", "EndpointChanged", "RelayDegraded", "RelaySelected",
+                "RelaySessionReleased", "WireGuardPeerConfigured")
+
+
+def story(faults: FaultParty, after: float) -> str:
+    """What each host recorded about its peers since ``after`` (wall clock): why a pair stayed apart."""
+    from datetime import datetime
+
+    lines = []
+    for host in faults.names:
+        names = {row["peer_id"]: name for name, row in faults.party.peers(host).items()}
+        for record in faults.party.events(host, *STORY_EVENTS):
+            at = datetime.fromisoformat(record["recorded_at"]).timestamp() - after
+            if at > 0:
+                payload = record["payload"]
+                detail = {k: v for k, v in payload.items() if k in (
+                    "to_state", "reason", "path", "to_path", "relay", "to_relay", "session_id", "error",
+                    "purpose", "new_endpoint", "endpoint")}
+                lines.append(f"  {at:7.2f} {host}->{names.get(payload.get('peer_id'), '-')}: "
+                             f"{record['event_type']} {detail}")
+    return "\n".join(lines)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from lab import HostSpec
-from tests.faults.harness import RECOVERY_S, FaultParty
+from tests.faults.harness import RECOVERY_S, FaultParty, story
 
 pytestmark = pytest.mark.lab
 
@@ -98,6 +98,8 @@ def test_random_loss_on_a_router(faults: FaultParty, loss: float) -> None:
             changes[peer] = changes.get(peer, 0) + 1
     summary = [(r["event_type"], r["payload"].get("reason")) for r in records]
     print(f"\n{loss:.0%} loss for {LOSS_WINDOW_S:g} s: {summary}")
+    if records:
+        print(story(faults, started - 60))
     assert all(count <= FLAPS_ALLOWED[loss] for count in switches.values()), \
         f"{loss:.0%} loss: path switches {switches} (at most {FLAPS_ALLOWED[loss]} a peer): {summary}"
     assert not changes, f"{loss:.0%} loss: state changes {summary}"
