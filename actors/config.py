@@ -186,6 +186,12 @@ class RelayMonitorConfig:
     loss_history_probes: int = 40  # the recent loss: the last 20 s of probes
     dead_false_alarm: float = 1e-4
     dead_after_misses_max: int = 12
+    # A relay dies only when a whole burst is lost too: the round after a miss sends this many
+    # probes at once (or the misses its recent loss needs, if more). A killed relay loses the
+    # burst in the round that would have killed it anyway; a path that just turned lossy (36 %
+    # of round trips lost at 20 % each way, its history still clean) loses all six with 0.2 %
+    # odds, where two single misses in a row were 13 % and moved relayed pairs under loss.
+    death_confirm_probes: int = 6
     degraded_rtt_ms: float = 150.0  # the selected relay is degraded above this (or when silent)
     min_improvement_ms: float = 10.0  # a switch needs at least this much better ...
     max_ratio: float = 2 / 3  # ... and below this fraction of the old relay's rtt

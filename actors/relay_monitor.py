@@ -10,9 +10,10 @@ the selected relay is slow or silent, and RelaySelected when it becomes the node
 relay. Latency decisions are taken on the aggregated window only: a degraded relay is
 replaced only by one that is at least ``min_improvement_ms`` better and below
 ``max_ratio`` of its round trip, so two relays of near-equal latency never flap. A
-relay that misses ``dead_after_misses`` probes in a row is dead (a killed relay answers
-with ICMP port unreachable at once): when it is the selected one, the window is recorded
-early and the best live relay is selected on that tick.
+relay that misses ``dead_after_misses`` probes in a row (more after recent loss), the last
+of them a whole burst sent at once, is dead (a killed relay answers with ICMP port
+unreachable at once): when it is the selected one, the window is recorded early and the
+best live relay is selected on that tick.
 
 A restart folds each relay's stream from its snapshot; the selected relay is the one whose
 last ``RelaySelected`` has the highest ``selection`` number (a log written before the
@@ -155,6 +156,8 @@ class RelayMonitorActor(Actor):
         self.degraded_reasons: dict[str, str] = {}  # the last RelayDegraded written, per relay
         self.dead: set[str] = set()  # relays seen dead (memory only; re-learnt after a restart)
         self.suspected: set[str] = set()  # relays a connection found silent: the next round checks them
+        self.bursts: dict[str, int] = {}  # relays probed with a burst this round: the misses if all are lost
+        self.answered: set[str] = set()  # relays that answered a probe of this round
         self.timers = Timers(new_incarnation())
         self.parent: ActorAddress | None = None
         self.log = logger
@@ -265,10 +268,15 @@ class RelayMonitorActor(Actor):
         config = self.init.config.relay_monitor
         self.round += 1
         suspected, self.suspected = self.suspected, set()
+        self.bursts, self.answered = {}, set()
         for relay in self.init.relays:
-            probes = config.probes_per_round
-            if relay in suspected:
-                probes = max(probes, self._dead_after(relay) - self.windows[relay].misses)
+            probes, misses = config.probes_per_round, self.windows[relay].misses
+            if relay not in self.dead and (misses or relay in suspected):
+                # A miss may be loss: the relay dies only if a whole burst is lost as well, a
+                # burst as long as the run its recent loss makes unlikely by chance.
+                probes = max(probes, config.death_confirm_probes, self._dead_after(relay))
+            if probes >= config.death_confirm_probes:
+                self.bursts[relay] = misses + probes
             for _ in range(probes):
                 self.outstanding += 1
                 self.send(self.init.edge, fx.ProbeRelay(tag=f"round/{self.round}", relay=relay,
@@ -284,6 +292,7 @@ class RelayMonitorActor(Actor):
             window.probes += 1
             if rtt is not None:
                 window.misses = 0
+                self.answered.add(relay)
                 window.rtts.append(rtt)
             else:
                 window.misses += 1
@@ -298,8 +307,13 @@ class RelayMonitorActor(Actor):
         self.ticks += 1
         dead = set()
         for relay, window in self.windows.items():
+            if relay in self.answered:
+                # Answers come back before the timeouts of the same round: a relay that answered
+                # is alive, its round's later misses are loss, not the start of a silence.
+                window.misses = 0
             needed = self._dead_after(relay)
-            if window.misses >= needed:
+            burst_lost = window.misses >= self.bursts.get(relay, window.misses + 1)
+            if window.misses >= needed and (relay in self.dead or burst_lost):
                 dead.add(relay)
                 if relay not in self.dead:
                     self.death_misses[relay] = needed

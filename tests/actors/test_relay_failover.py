@@ -19,7 +19,7 @@ from events.streams import relay_stream
 from tests.actors.conftest import RELAY_A, RELAY_B, Node, VirtualClock
 
 MONITOR = RelayMonitorConfig(probe_interval_s=1.0, probes_per_round=3, record_interval_s=30.0,
-                             dead_after_misses=2)
+                             dead_after_misses=2, death_confirm_probes=3)  # every round a burst
 
 
 @pytest.fixture

@@ -33,11 +33,28 @@ def shared() -> Iterator[FaultParty]:
         yield built
 
 
+# The paths the pairs settle on with STUN up; a loss window starts only once every end is
+# on its pair's path (after the STUN test, a pair upgrades to direct at its next retry).
+PATHS = {("alice", "bob"): "direct", ("bob", "carl"): "direct", ("alice", "carl"): "relay"}
+PATHS_WITHIN_S = 45.0  # one direct retry (30 s) and its punch
+
+
+def on_their_paths(faults: FaultParty) -> bool:
+    for (one, other), path in PATHS.items():
+        for host, peer in ((one, other), (other, one)):
+            row = faults.party.peers(host).get(peer)
+            if row is None or (row["state"], row["path"]) != ("connected", path):
+                return False
+    return True
+
+
 @pytest.fixture
 def faults(shared: FaultParty) -> FaultParty:
     if not shared.stun_up:
         bring_stun_back(shared)
     shared.heal()
+    shared.lab.wait_for(lambda: on_their_paths(shared), PATHS_WITHIN_S, interval_s=0.5,
+                        what="every pair on its path")
     return shared
 
 
