@@ -24,6 +24,7 @@ HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded")
 LOSS_WINDOW_S = 12.0  # two probe intervals and more at the default 5 s; bench/failover.py uses 60 s
 LOSS_HOST = "alice"  # her router drops; she has a direct (bob) and a relayed (carl) peer
 FLAPS_ALLOWED = {0.05: 0, 0.20: 0}  # path switches per peer in the window
+UPGRADE = "direct path works again"  # the relayed pair's retry of the direct path succeeded
 
 
 @pytest.fixture(scope="module")
@@ -33,28 +34,11 @@ def shared() -> Iterator[FaultParty]:
         yield built
 
 
-# The paths the pairs settle on with STUN up; a loss window starts only once every end is
-# on its pair's path (after the STUN test, a pair upgrades to direct at its next retry).
-PATHS = {("alice", "bob"): "direct", ("bob", "carl"): "direct", ("alice", "carl"): "relay"}
-PATHS_WITHIN_S = 45.0  # one direct retry (30 s) and its punch
-
-
-def on_their_paths(faults: FaultParty) -> bool:
-    for (one, other), path in PATHS.items():
-        for host, peer in ((one, other), (other, one)):
-            row = faults.party.peers(host).get(peer)
-            if row is None or (row["state"], row["path"]) != ("connected", path):
-                return False
-    return True
-
-
 @pytest.fixture
 def faults(shared: FaultParty) -> FaultParty:
     if not shared.stun_up:
         bring_stun_back(shared)
     shared.heal()
-    shared.lab.wait_for(lambda: on_their_paths(shared), PATHS_WITHIN_S, interval_s=0.5,
-                        what="every pair on its path")
     return shared
 
 
@@ -110,6 +94,8 @@ def test_random_loss_on_a_router(faults: FaultParty, loss: float) -> None:
     for record in records:
         peer = record["payload"]["peer_id"]
         if record["event_type"] == "PathSwitched":
+            if record["payload"].get("reason") == UPGRADE:
+                continue  # a pair still on the relay after the STUN test, upgrading: not a flap
             switches[peer] = switches.get(peer, 0) + 1
         else:
             changes[peer] = changes.get(peer, 0) + 1
