@@ -195,6 +195,8 @@ class PeerConnectionActor(Actor):
         # until a new session opens, so the control server's pair affinity never hands it back.
         self.dead_session: str | None = None
         self.offered_relay: str | None = None  # the relay of the peer's offer, until joined
+        # An offer that came while an attempt was in flight: (relay, session), handled after it.
+        self.pending_offer: tuple[str, str | None] | None = None
         self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
 
@@ -938,7 +940,11 @@ class PeerConnectionActor(Actor):
         elif timer.kind == RETRY and self.state.state == ev.FAILED:
             self._retry_unreachable()
         elif timer.kind == OFFER:
-            self._join_offer()
+            if self.pending_offer is not None:
+                pending, self.pending_offer = self.pending_offer, None
+                self.on_peer_asked_for_relay(*pending)
+            else:
+                self._join_offer()
         elif timer.kind == WIREGUARD_RETRY and not self.state.wireguard_applied:
             self._apply_wireguard()
         elif timer.kind == RELAY_VERDICT:
@@ -1344,8 +1350,16 @@ class PeerConnectionActor(Actor):
         """The peer allocated a relay session for this pair (its offer arrived): its side of
         the path broke, it restarted, or it is back from an outage and waits on the relay."""
         state, held = self.state, self._held()
-        if state.state in UP and state.path == ev.RELAY and relay is not None and self.op is None:
-            if session_id is not None and held is not None and session_id != held.session_id:
+        moved_session = session_id is not None and held is not None and session_id != held.session_id
+        if state.state in UP and state.path == ev.RELAY and relay is not None and self.op is not None:
+            if (moved_session or relay != state.relay) and not self.closing:
+                # A direct retry's punch is in flight: follow the peer once it is over, not
+                # when this side's own silence check finds the session it holds deserted.
+                self.pending_offer = (relay, session_id)
+                self._schedule(self.cfg.first_probe_s, OFFER)
+            return
+        if state.state in UP and state.path == ev.RELAY and relay is not None:
+            if moved_session:
                 # The peer moved the pair (a failed session, a restart, its monitor's choice):
                 # follow at once, before the peer's side finds the session it left silent.
                 self._move_relay(relay, f"the peer moved the pair to relay session {session_id[:16]}")
