@@ -32,6 +32,9 @@ from lab.shell import WIREGUARD_RUN_DIR, list_netns, netns_links, netns_pids
 RECOVERY_S = 5.0
 FORM_TIMEOUT_S = 30.0  # joining is not under test here: generous
 HEAL_TIMEOUT_S = 20.0
+# The fault files' lab: alice-bob and bob-carl go direct, alice-carl through a relay.
+HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"),
+         HostSpec("carl", "symmetric")]
 # When pairs miss RECOVERY_S, how much longer to watch them, so the failure says whether
 # they came back late or not at all.
 LATE_WATCH_S = 25.0

@@ -16,18 +16,15 @@ from __future__ import annotations
 import signal
 import statistics
 import time
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 
-from lab import HostSpec, LabProcess
+from lab import LabProcess
 from tests.faults.harness import RECOVERY_S, FaultParty, story
 
 pytestmark = pytest.mark.lab
 
-HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"),
-         HostSpec("carl", "symmetric")]
 DETECTION_S = 2.0  # failover's bound: a median (bench/failover.py), here over the peers cut
 # Any one peer: the bound plus what a loaded machine adds (a check's probes and the agent's
 # threads wait for the CPU; measured up to 2.0 s with other labs running).
@@ -35,19 +32,6 @@ DETECTION_ONE_S = 3.0
 PLAYER, CUT = "alice", ("bob", "carl")
 GAME_INTERVAL_S = 0.05  # 20 packets a second each way, answered: a game's chatter
 WARM_UP_S = 2.0  # the chatter flows before the cut, so the counters are read as busy
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[FaultParty]:
-    with FaultParty.build(HOSTS, relays=2) as built:
-        built.form()
-        yield built
-
-
-@pytest.fixture
-def faults(shared: FaultParty) -> FaultParty:
-    shared.heal()
-    return shared
 
 
 def game_traffic(faults: FaultParty, play_s: float) -> list[LabProcess]:

@@ -14,13 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab import HostSpec
-from tests.faults.harness import RECOVERY_S, FaultParty, story
+from tests.faults.harness import HOSTS, RECOVERY_S, FaultParty, story
 
 pytestmark = pytest.mark.lab
 
-HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"),
-         HostSpec("carl", "symmetric")]
 LOSS_WINDOW_S = 12.0  # two probe intervals and more at the default 5 s; bench/failover.py uses 60 s
 LOSS_HOST = "alice"  # her router drops; she has a direct (bob) and a relayed (carl) peer
 FLAPS_ALLOWED = {0.05: 0, 0.20: 0}  # path switches per peer in the window

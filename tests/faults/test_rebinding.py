@@ -12,12 +12,10 @@ which its peers hold.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 
-from lab import HostSpec
 from tests.faults.harness import RECOVERY_S, Failures, FaultParty
 
 pytestmark = pytest.mark.lab
@@ -27,21 +25,6 @@ ROUNDS = 3
 # control session comes back (the rebinding breaks its TCP connection): with the STUN
 # binding's own timeout and the announce's round trip, well within 15 s.
 NOTICE_S = 15.0
-HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"),
-         HostSpec("carl", "symmetric")]
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[FaultParty]:
-    with FaultParty.build(HOSTS, relays=2) as built:
-        built.form()
-        yield built
-
-
-@pytest.fixture
-def faults(shared: FaultParty) -> FaultParty:
-    shared.heal()
-    return shared
 
 
 def moves_since(faults: FaultParty, host: str, since: float) -> list[dict[str, object]]:

@@ -14,11 +14,9 @@ import itertools
 import random
 import statistics
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from lab import HostSpec
 from tests.faults.harness import RECOVERY_S, Failures, FaultParty
 
 pytestmark = pytest.mark.lab
@@ -30,21 +28,6 @@ SEED = 12  # the moments of the kills: fixed, so a failure can be replayed
 # (a median, as the failover targets are; lab runs of 20 kills: medians 0.93-1.03 s,
 # 1.55 s at most).
 RELAY_FAILOVER_S = 2.0
-HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"),
-         HostSpec("carl", "symmetric")]
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[FaultParty]:
-    with FaultParty.build(HOSTS, relays=2) as built:
-        built.form()
-        yield built
-
-
-@pytest.fixture
-def faults(shared: FaultParty) -> FaultParty:
-    shared.heal()
-    return shared
 
 
 def reply_times(output: str) -> list[float]:

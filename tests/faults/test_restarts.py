@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from lab import HostSpec
 from tests.faults.harness import FORM_TIMEOUT_S, RECOVERY_S, Failures, FaultParty
 
 pytestmark = pytest.mark.lab
@@ -26,21 +24,6 @@ SEED = 12  # the victims and moments of the kills: fixed, so a failure can be re
 # An agent's control session retries with backoff capped at 2 s (+50 % jitter,
 # mesh/control Backoff): it is connected again within 3 s of the server being up.
 CONTROL_SESSION_S = 5.0
-HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"),
-         HostSpec("carl", "symmetric")]
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[FaultParty]:
-    with FaultParty.build(HOSTS, relays=2) as built:
-        built.form()
-        yield built
-
-
-@pytest.fixture
-def faults(shared: FaultParty) -> FaultParty:
-    shared.heal()
-    return shared
 
 
 def test_kill_9_of_serve(faults: FaultParty) -> None:
