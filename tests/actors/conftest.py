@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -188,3 +188,19 @@ def make_node(clock: VirtualClock) -> Iterator[Any]:
     finally:
         for node in nodes:
             node.stop()
+
+
+def joined(make_node: Any, **config: Any) -> Node:
+    """alice's node, connected directly to bob, with the production relay monitor."""
+    node = make_node(relays=(RELAY_A,), first_probe_s=0.5, **config)
+    # The production relay monitor's window (this harness's default probes thrice a record):
+    # the relay's loss is measured on 60 probes, as the connection's own on 20.
+    node.stop()
+    node.config = replace(node.config, relay_monitor=RelayMonitorConfig())
+    node.start()
+    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
+    node.advance(1)
+    assert node.connection("p1", "bob").state == "connected"
+    node.new(node.peer("bob"))
+    return node

@@ -10,33 +10,15 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import replace
-from typing import Any
 
 import pytest
 
 from actors import messages as m
-from actors.config import RelayMonitorConfig
-from tests.actors.conftest import BOB, RELAY_A, Node
+from tests.actors.conftest import BOB, RELAY_A, Node, joined
 
 BOB_IP = "10.66.0.2"
 STEP_S = 0.25
 PACKETS_PER_STEP = 5  # 20 packets a second, each answered: a game's chatter
-
-
-def joined(make_node: Any, **config: Any) -> Node:
-    node = make_node(relays=(RELAY_A,), first_probe_s=0.5, **config)
-    # The production relay monitor's window (this harness's default probes thrice a record):
-    # the relay's loss is measured on 60 probes, as the connection's own on 20.
-    node.stop()
-    node.config = replace(node.config, relay_monitor=RelayMonitorConfig())
-    node.start()
-    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
-    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
-    node.advance(1)
-    assert node.connection("p1", "bob").state == "connected"
-    node.new(node.peer("bob"))
-    return node
 
 
 def run(node: Node, seconds: float, busy: bool = True) -> list[tuple[float, str]]:

@@ -7,28 +7,11 @@ while failed), and both ends meet on whatever path works first.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
-
 from actors import messages as m
-from actors.config import RelayMonitorConfig
-from tests.actors.conftest import BOB, RELAY_A, RELAY_B, Node
+from tests.actors.conftest import BOB, RELAY_A, RELAY_B, Node, joined
 
 BOB_IP = "10.66.0.2"
 CONTROL = "ws://198.51.100.9:8667"
-
-
-def joined(make_node: Any) -> Node:
-    node = make_node(relays=(RELAY_A,), first_probe_s=0.5)
-    node.stop()
-    node.config = replace(node.config, relay_monitor=RelayMonitorConfig())  # probes every 0.5 s
-    node.start()
-    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
-    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
-    node.advance(1)
-    assert node.connection("p1", "bob").state == "connected"
-    node.new(node.peer("bob"))
-    return node
 
 
 def cut_for(node: Node, seconds: float) -> None:
