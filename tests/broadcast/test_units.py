@@ -278,6 +278,7 @@ def test_the_loop_survives_a_failing_handler_and_stops_at_once() -> None:
     capture, capture_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     tunnel, tunnel_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     thread = threading.Thread(target=emulator._run, args=(capture, tunnel))
+    emulator._thread = thread  # as start() does: stop() joins the loop before closing its wake socket
     thread.start()
     try:
         capture_peer.send(b"not an IP packet")  # ignored
