@@ -125,6 +125,7 @@ class Operation:
     purpose: str = ""
     rtt_ms: float | None = None  # relay move: the new relay's round trip, as the monitor measured
     failed_session: str | None = None  # relay move: the session left behind, never to be handed back
+    asked_again: bool = False  # a session handed back on another relay failed: asked once more
     # A failed connection's retry writes its intent and outcome only when it is not a repeat
     # (retries 1, 2, 4, 8 ...: the attempt number on the next recorded row counts the rest).
     recorded: bool = True
@@ -589,10 +590,16 @@ class PeerConnectionActor(Actor):
         assert isinstance(effect, fx.AllocateRelay)
         if not done.ok:
             self.log.warning("relay {} allocation failed: {}", effect.relay, done.error)
-            if effect.relay == self.relay and not self.closing:
-                self.send(self.parent, m.RelaySuspected(effect.relay, f"allocation failed: {done.error}"))
+            # The session that could not be opened (the control server may have handed back the
+            # pair's session on another relay than the one asked for), else the one held there.
+            unopened = done.value if isinstance(done.value, RelayAllocation) else None
+            failed_relay = unopened.relay if unopened is not None else effect.relay
+            if failed_relay == self.relay and not self.closing:
+                self.send(self.parent, m.RelaySuspected(failed_relay, f"allocation failed: {done.error}"))
             held = self._held()
-            if held is not None and held.relay == effect.relay:
+            if unopened is not None:
+                self.dead_session = unopened.session_id
+            elif held is not None and held.relay == effect.relay:
                 # The relay itself failed us (a silent path alone may be the peer's): its session
                 # is reported on the next allocation, so the pair's affinity does not hand it back.
                 self.dead_session = held.session_id
@@ -600,7 +607,7 @@ class PeerConnectionActor(Actor):
                 self._commit([ev.RelayAllocationFailed(**self._base(), relay=effect.relay,
                                                        error=done.error or "")], effect.tag)
             if self._current(done):
-                self._after_allocation_failed(done.error or "", effect.relay)
+                self._after_allocation_failed(done.error or "", effect.relay, unopened)
             return
         allocation: RelayAllocation = done.value
         previous = self._held()
@@ -657,14 +664,22 @@ class PeerConnectionActor(Actor):
         self._finish(op)
         self._arm_direct_retry()
 
-    def _after_allocation_failed(self, error: str, relay: str) -> None:
+    def _after_allocation_failed(self, error: str, relay: str, unopened: RelayAllocation | None) -> None:
         op = self.op
         assert op is not None
+        purpose = {FAILOVER: FAILOVER, RELAY_MOVE: RELAY_MOVE}.get(
+            op.kind, RELAY_FIRST if op.relay_first else FALLBACK)
+        if unopened is not None and unopened.relay != relay and not op.asked_again \
+                and op.kind != RETRY_DIRECT:
+            # The control server handed back the pair's session on another relay, and this side
+            # cannot reach it: ask once more, reporting it, for a new session where it asked.
+            op.asked_again = True
+            op.failed_session = unopened.session_id
+            self._allocate(op, purpose, relay)
+            return
         if self.relay is not None and self.relay != relay and op.kind != RETRY_DIRECT:
             # The monitor moved to another relay meanwhile (this one most likely died): that
             # is where the session goes now, not the next attempt a backoff later.
-            purpose = {FAILOVER: FAILOVER, RELAY_MOVE: RELAY_MOVE}.get(
-                op.kind, RELAY_FIRST if op.relay_first else FALLBACK)
             self._allocate(op, purpose, self.relay)
             return
         if op.kind == CONNECT and op.relay_first:

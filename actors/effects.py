@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.interfaces import MeshError, PunchResult, RelayAllocation
+from mesh.interfaces import MeshError, PunchResult, RelayAllocation, RelaySessionFailed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,7 +153,7 @@ def _serve_static_device(adapters: Any, effect: ServeStaticDevice) -> None:
 @dataclass(frozen=True)
 class EffectDone:
     effect: Effect
-    value: Any = None
+    value: Any = None  # on a failed AllocateRelay: the RelayAllocation that could not be opened, if any
     error: str | None = None  # the MeshError's message when the effect failed
 
     @property
@@ -168,6 +168,9 @@ def perform(adapters: Any, effect: Effect) -> EffectDone:
         return EffectDone(effect, error=f"{type(effect).__name__} is not an effect the edge knows")
     try:
         return EffectDone(effect, run(adapters, effect))
+    except RelaySessionFailed as error:
+        # Which session failed: the next request reports it, so it is never handed back.
+        return EffectDone(effect, RelayAllocation(error.relay, error.session_id, ""), str(error))
     except MeshError as error:
         return EffectDone(effect, error=str(error) or type(error).__name__)
     except Exception as error:  # an adapter bug: the actor still gets its answer, as a failure

@@ -142,8 +142,10 @@ class Agent:
         self.bindings: dict[str, str] = {}  # party id -> control url
         self.sessions: dict[str, Session] = {}
         self._party_states: dict[str, tuple[int, PartyState]] = {}  # stream position, state
-        # Relay tickets pushed to us, with the monotonic time each came.
-        self.offers: dict[tuple[str, str, str], tuple[float, dict[str, Any]]] = {}
+        # (party id, peer id) -> the relay ticket last pushed for that pair, with the monotonic
+        # time it came: only the latest is the pair's session (an older one may be on a relay
+        # this side has since found dead).
+        self.offers: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self.control_lost_at: dict[str, float] = {}  # control url -> monotonic time it went
         self.runtime = ActorRuntime(f"lanrage-{self.node_id}")
         self.node: Any = None
@@ -485,10 +487,10 @@ class Agent:
         unless it is for the session this side saw fail (``failed_session``, which the
         control server then never hands back).
         """
-        received, offer = self.offers.pop((party_id, peer_id, relay), (0.0, {}))
+        received, offer = self.offers.pop((party_id, peer_id), (0.0, {}))
         fresh = time.monotonic() - received <= OFFER_FRESH_S
-        if offer and fresh and float(offer.get("expiry_s", 0)) - time.time() > 60 \
-                and offer.get("session_id") != failed_session:
+        if offer and fresh and offer.get("relay") == relay and offer.get("session_id") != failed_session \
+                and float(offer.get("expiry_s", 0)) - time.time() > 60:
             return offer
         url = self.bindings.get(party_id)
         if url is None:
@@ -501,12 +503,12 @@ class Agent:
     def _on_push(self, url: str, body: dict[str, Any]) -> None:
         if body.get("type") == "relay_offer" and isinstance(body.get("ticket"), dict):
             ticket = body["ticket"]
-            key = (str(ticket.get("party_id")), str(body.get("from")), str(ticket.get("relay")))
+            key = (str(ticket.get("party_id")), str(body.get("from")))
             self.offers[key] = (time.monotonic(), ticket)
             if key[0] in self.bindings:
                 session_id = ticket.get("session_id")
                 offered = session_id if isinstance(session_id, str) else None
-                self._tell(m.PeerAskedForRelay(key[0], key[1], offered, key[2]))
+                self._tell(m.PeerAskedForRelay(key[0], key[1], offered, str(ticket.get("relay"))))
             return
         party_id = body.get("party_id")
         if not isinstance(party_id, str) or self.bindings.get(party_id) != url:
@@ -516,8 +518,7 @@ class Agent:
             # A member that left or joined anew: the sessions offered with it before are over.
             member = body.get("member")
             gone = body.get("peer_id") or (member.get("peer_id") if isinstance(member, dict) else None)
-            for key in [key for key in self.offers if key[:2] == (party_id, gone)]:
-                del self.offers[key]
+            self.offers.pop((party_id, str(gone)), None)
         if kind in ("peer_joined", "peer_updated") and isinstance(body.get("member"), dict):
             self._tell(self._announcement(party_id, body["member"]))
         elif kind == "peer_left" and isinstance(body.get("peer_id"), str):

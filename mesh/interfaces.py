@@ -16,6 +16,17 @@ class MeshError(Exception):
     """Base of every error the network layer raises; its message is for the user."""
 
 
+class RelaySessionFailed(MeshError):
+    """The relay session ``session_id`` on ``relay`` could not be opened from this host: the
+    control server may have handed back a pair's session on a relay this side cannot reach,
+    so the caller reports it, and it is never handed back."""
+
+    def __init__(self, message: str, relay: str, session_id: str) -> None:
+        super().__init__(message)
+        self.relay = relay
+        self.session_id = session_id
+
+
 @dataclass(frozen=True)
 class PeerStats:
     public_key: str

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from mesh.interfaces import MeshError, RelayAllocation
+from mesh.interfaces import MeshError, RelayAllocation, RelaySessionFailed
 from mesh.relay import wire
 from mesh.relay.tickets import RelayTicket
 
@@ -46,9 +46,9 @@ def parse_hostport(value: str) -> Address:
         raise MeshError(f"cannot resolve {host!r}: {error}") from None
 
 
-class RelayRefused(MeshError):
-    def __init__(self, relay: str, reason: str) -> None:
-        super().__init__(f"relay {relay} refused the session: {reason}")
+class RelayRefused(RelaySessionFailed):
+    def __init__(self, relay: str, session_id: str, reason: str) -> None:
+        super().__init__(f"relay {relay} refused session {session_id[:16]}: {reason}", relay, session_id)
         self.reason = reason
 
 
@@ -92,7 +92,7 @@ class RelayProxy:
                                         daemon=True)
 
     def open(self) -> RelayProxy:
-        """Authenticate with the relay (raises RelayRefused or MeshError) and start proxying."""
+        """Authenticate with the relay (raises RelaySessionFailed, or its RelayRefused) and start proxying."""
         self._thread.start()
         deadline = time.monotonic() + self._hello_timeout_s
         while time.monotonic() < deadline and not self._ok.is_set() and self._refused is None \
@@ -102,13 +102,16 @@ class RelayProxy:
         if self._port_closed and not self._ok.is_set():
             # A killed relay's host says so at once: no need to wait out the hello timeout.
             self.close(send_bye=False)
-            raise MeshError(f"relay {self.ticket.relay} is not running (port unreachable)")
+            raise RelaySessionFailed(f"relay {self.ticket.relay} is not running (port unreachable)",
+                                     self.ticket.relay, self.ticket.session_id)
         if self._refused is not None:
             self.close(send_bye=False)
-            raise RelayRefused(self.ticket.relay, self._refused)
+            raise RelayRefused(self.ticket.relay, self.ticket.session_id, self._refused)
         if not self._ok.is_set():
             self.close(send_bye=False)
-            raise MeshError(f"relay {self.ticket.relay} did not answer the session hello")
+            ticket = self.ticket
+            raise RelaySessionFailed(f"relay {ticket.relay} did not answer the hello of session "
+                                     f"{ticket.session_id[:16]}", ticket.relay, ticket.session_id)
         return self
 
     def close(self, send_bye: bool = True) -> None:

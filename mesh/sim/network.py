@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mesh.interfaces import MeshError, NatInfo, PeerStats, PunchResult, RelayAllocation
+from mesh.interfaces import MeshError, NatInfo, PeerStats, PunchResult, RelayAllocation, RelaySessionFailed
 
 DEFAULT_DIRECT_MS = 20.0
 DEFAULT_RELAY_MS = 40.0
@@ -39,6 +39,9 @@ class SimNetwork:
     wireguard_log: list[tuple[str, str, str, str | None]] = field(default_factory=list)
     relay_log: list[tuple[str, str, str]] = field(default_factory=list)  # (op, relay, session)
     failed_sessions: list[str] = field(default_factory=list)  # reported by allocations, in order
+    # (peer id, relay asked for) -> (relay, session) the next allocation gets instead, once:
+    # the control server hands back a pair's session on its own relay, whatever is asked.
+    handed_sessions: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     punch_log: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
     probe_count: int = 0
     wireguard_error: str | None = None  # every WireGuard change fails with this while set
@@ -233,12 +236,15 @@ class SimRelayClient:
 
     def allocate(self, party_id: str, peer_id: str, relay: str,
                  failed_session: str | None = None) -> RelayAllocation:
-        if self._net.relay_latency.get(relay, DEFAULT_RELAY_MS) is None:
-            raise MeshError(f"relay {relay} did not answer")
         session = f"{party_id}/{peer_id}"
         if failed_session is not None:
             self._net.failed_sessions.append(failed_session)
             session = f"{session}/{len(self._net.failed_sessions)}"  # a new session, as the control server
+        handed = self._net.handed_sessions.pop((peer_id, relay), None)
+        if handed is not None and handed[1] != failed_session:
+            relay, session = handed  # the pair's session elsewhere, as the control server's affinity may
+        if self._net.relay_latency.get(relay, DEFAULT_RELAY_MS) is None:
+            raise RelaySessionFailed(f"relay {relay} did not answer", relay, session)
         self._net.relay_log.append(("allocate", relay, session))
         self._held.add((relay, session))
         return RelayAllocation(relay, session, relay)

@@ -252,3 +252,26 @@ def test_loss_on_the_relays_kills_none_yet_a_killed_relay_dies_at_once(clock: Vi
         assert node.status().relay == RELAY_B
     finally:
         node.stop()
+
+
+def test_a_pair_session_handed_back_on_a_relay_this_side_cannot_reach_is_reported_and_left(node: Node) -> None:
+    """This node's monitor left relay A (dead from here); the control server still hands back
+    the pair's session on A (the peer asked for it there, within the pair's affinity). The
+    connection cannot open it: it asks once more at once, naming that session failed, and
+    gets a new session on B (before, it named the session it held, and was handed A's again
+    until the affinity ran out: 30 s and more apart)."""
+    relayed_carol(node)
+    node.advance(9.5, step=0.5)
+    assert node.connection("p1", "carol").state == "connected"
+    node.net.handed_sessions[("carol", RELAY_B)] = (RELAY_A, "p1/carol/on-a")
+    node.net.set_relay(RELAY_A, None)  # dead from this node only, as far as the pair knows
+    node.advance(1)
+    assert node.status().relay == RELAY_B
+    assert node.new(node.peer("carol"))[:4] == [
+        f"RelayAllocationRequested(relay='{RELAY_B}', purpose='relay-move')",
+        f"RelayAllocationFailed(relay='{RELAY_B}', error='relay {RELAY_A} did not answer')",
+        f"RelayAllocationRequested(relay='{RELAY_B}', purpose='relay-move')",
+        f"RelaySessionOpened(relay='{RELAY_B}', session_id='p1/carol/2', endpoint='{RELAY_B}')"]
+    assert node.net.failed_sessions == ["p1/carol", "p1/carol/on-a"]
+    connection = node.connection("p1", "carol")
+    assert (connection.state, connection.path, connection.relay) == ("connected", "relay", RELAY_B)

@@ -17,15 +17,18 @@ from api.service import ServiceError
 URL = "ws://198.51.100.7:8667"
 
 
-def offer(session_id: str) -> dict[str, object]:
+RELAY1, RELAY2 = "203.0.113.21:3479", "203.0.113.22:3479"
+
+
+def offer(session_id: str, relay: str = RELAY1) -> dict[str, object]:
     return {"type": "relay_offer", "from": "carl",
-            "ticket": {"party_id": "p1", "relay": "203.0.113.21:3479", "session_id": session_id,
+            "ticket": {"party_id": "p1", "relay": relay, "session_id": session_id,
                        "expiry_s": time.time() + 3600}}
 
 
-def ticket(agent: Agent) -> str:
+def ticket(agent: Agent, relay: str = RELAY1) -> str:
     try:
-        return str(asyncio.run(agent.relay_ticket("p1", "carl", "203.0.113.21:3479"))["session_id"])
+        return str(asyncio.run(agent.relay_ticket("p1", "carl", relay))["session_id"])
     except ServiceError as error:  # no offer to use: it would ask the control plane
         return f"asked ({error.status})"
 
@@ -42,6 +45,16 @@ def test_a_fresh_offer_is_used_once(agent: Agent) -> None:
     agent._on_push(URL, offer("s1"))
     assert ticket(agent) == "s1"
     assert ticket(agent) == "asked (404)"
+
+
+def test_only_the_pairs_latest_offer_is_used_and_only_on_its_relay(agent: Agent) -> None:
+    """An offer on relay 2 followed by one on relay 1: the pair's session is the one on relay 1
+    now (the one on relay 2 may have been left because this side cannot reach relay 2)."""
+    agent._on_push(URL, offer("s1", RELAY2))
+    agent._on_push(URL, offer("s2", RELAY1))
+    assert ticket(agent, RELAY2) == "asked (404)"  # the control server decides, not an old offer
+    agent._on_push(URL, offer("s3", RELAY1))
+    assert ticket(agent, RELAY1) == "s3"
 
 
 def test_an_offer_older_than_its_freshness_is_not_used(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
