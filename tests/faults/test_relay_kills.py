@@ -1,6 +1,7 @@
 """kill -9 of the relay carrying the relayed pair, twenty times, in one lab: alice
 (port-restricted cone), bob (port-forwarded) and carl (symmetric NAT), two relays.
-alice-bob and bob-carl are direct, alice-carl is relayed.
+alice-bob and bob-carl are direct, alice-carl is relayed. Then that relay cut off from
+one side only (carl's router drops it), a few times: the pair meets on the other relay.
 
 Traffic flows between alice and carl during each kill (a game does not pause for the
 relay): alice's pings to carl go unanswered for at most ``RECOVERY_S`` after a kill, and
@@ -22,6 +23,7 @@ from tests.faults.harness import RECOVERY_S, Failures, FaultParty
 pytestmark = pytest.mark.lab
 
 KILLS = 20
+CUTS = 5  # a relay one side cannot reach: each round was 30-40 s apart in 2 of 8 lab rounds
 SEED = 12  # the moments of the kills: fixed, so a failure can be replayed
 # The relay monitor sees a dead relay within a second (and a connection whose relayed path
 # went silent asks it to look at once): traffic is back through the other relay within 2 s
@@ -34,6 +36,12 @@ def reply_times(output: str) -> list[float]:
     """The wall-clock times of ``ping -D``'s echo replies."""
     return [float(line[1:line.index("]")]) for line in output.splitlines()
             if line.startswith("[") and " bytes from " in line]
+
+
+def longest_silence(output: str, since: float) -> float | None:
+    replies = reply_times(output)
+    return max((later - earlier for earlier, later in itertools.pairwise(replies) if later > since),
+               default=None)
 
 
 def test_kill_9_of_a_relay(faults: FaultParty) -> None:
@@ -55,9 +63,7 @@ def test_kill_9_of_a_relay(faults: FaultParty) -> None:
             faults.assert_mesh(RECOVERY_S, involving=["carl"], what="after the relay died")
             time.sleep(0.5)
             faults.lab.kill(pinger)
-            replies = reply_times(pinger.output())
-            outage = max((later - earlier for earlier, later in itertools.pairwise(replies)
-                          if later > killed_at), default=None)
+            outage = longest_silence(pinger.output(), killed_at)
             assert outage is not None, "no reply from carl to alice's pings after the kill"
             gaps.append(outage)
             assert outage <= RECOVERY_S, f"alice's pings to carl went unanswered for {outage:.2f} s"
@@ -72,3 +78,44 @@ def test_kill_9_of_a_relay(faults: FaultParty) -> None:
     failures.check()
     assert len(gaps) == KILLS and statistics.median(gaps) <= RELAY_FAILOVER_S, \
         f"traffic back after {sorted(round(gap, 2) for gap in gaps)} s"
+
+
+def test_a_relay_that_one_side_cannot_reach(faults: FaultParty) -> None:
+    """carl's router drops the pair's relay (alice still reaches it): carl's relay monitor
+    leaves it, the control server must not hand the pair's session on it back to carl, and
+    alice follows carl to the other relay; her pings to carl go unanswered for at most
+    ``RECOVERY_S``."""
+    party, lab = faults.party, faults.lab
+    failures = Failures(faults)
+    rng = random.Random(SEED)
+    gaps: list[float] = []
+    for cut in range(1, CUTS + 1):
+        if failures.exhausted:
+            break
+        faults.heal()
+        active = party.peers("alice")["carl"]["relay"]
+        relay_host = lab.relays[party.relays.index(active)].name
+        pinger = lab.popen("alice", ["ping", "-n", "-D", "-i", "0.1", "-W", "1", "-w", "30",
+                                     faults.ips["carl"]])
+        time.sleep(rng.uniform(1.0, 2.0))
+        cut_at = time.time()
+        lab.block_path("carl", relay_host)
+        with failures.round(f"cut {cut} (carl from relay {active})"):
+            try:
+                faults.assert_mesh(RECOVERY_S, involving=["carl"], what="after carl lost the relay")
+                time.sleep(0.5)
+                lab.kill(pinger)
+                outage = longest_silence(pinger.output(), cut_at)
+                assert outage is not None, "no reply from carl to alice's pings after the cut"
+                gaps.append(outage)
+                assert outage <= RECOVERY_S, f"alice's pings to carl went unanswered for {outage:.2f} s"
+            finally:  # before the round's heal, if it failed
+                if pinger.alive:
+                    lab.kill(pinger)
+                lab.unblock_path("carl", relay_host)
+    if gaps:
+        print(f"\nrelay cut from one side: traffic back after {statistics.median(gaps):.2f} s median, "
+              f"{max(gaps):.2f} s at most ({len(gaps)} cuts)")
+    faults.assert_healthy()
+    failures.check()
+    assert len(gaps) == CUTS, f"traffic back after {sorted(round(gap, 2) for gap in gaps)} s"
