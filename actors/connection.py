@@ -704,6 +704,12 @@ class PeerConnectionActor(Actor):
             if op.relay_first:
                 self._finish(op)
                 self._arm_direct_retry()
+            elif self.state.state in UP:
+                # The tunnel answered while the punch ran: the peer's end was not punching (it
+                # never lost the path, or found it again by itself). The path works; moving the
+                # pair to a relay session the peer does not hold would cut it.
+                self._finish(op)
+                self._answered_through_relay()
             else:
                 op.purpose = f"hole punch failed: {result.reason}"
                 self._allocate(op, FALLBACK)
