@@ -502,6 +502,8 @@ class PeerConnectionActor(Actor):
     def _finish(self, op: Operation) -> None:
         if self.op is op:
             self.op = None
+            if self.state.state in UP:
+                self._answered_through_relay()  # an answer that came while it ran, on the old session
 
     def _held(self) -> RelayAllocation | None:
         """The relay session this connection holds, as its log says."""
@@ -709,7 +711,6 @@ class PeerConnectionActor(Actor):
                 # never lost the path, or found it again by itself). The path works; moving the
                 # pair to a relay session the peer does not hold would cut it.
                 self._finish(op)
-                self._answered_through_relay()
             else:
                 op.purpose = f"hole punch failed: {result.reason}"
                 self._allocate(op, FALLBACK)

@@ -133,3 +133,43 @@ def test_a_failed_punch_of_a_reconnect_nobody_answered_falls_back_to_the_relay(m
     assert f"RelayAllocationRequested(relay='{RELAY_A}', purpose='fallback')" in written, written
     state = node.connection("p1", "bob")
     assert (state.state, state.path) == ("connected", "relay"), written
+
+
+def test_a_reconnect_answered_through_the_old_relay_session_is_logged_on_the_relay(make_node, held) -> None:
+    """A relayed pair's reconnect starts on the direct path (its relay-first allocation got no
+    ticket, so it punches); the tunnel answers through the relay session WireGuard still uses
+    while the punch runs. Once the punch has failed, the log says what carries the pair: the
+    relay, not the direct path the attempt started on."""
+    name, executor = held
+    node = make_node(relays=(RELAY_A,), first_probe_s=0.5)
+    node.stop()
+    node.config = replace(node.config, relay_monitor=RelayMonitorConfig())
+    node.executor, executor.node = name, node
+    node.start()
+    node.net.block(BOB)  # the direct path never works: relayed
+    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
+    node.advance(2, step=0.25)
+    state = node.connection("p1", "bob")
+    assert (state.state, state.path) == ("connected", "relay"), node.described(node.peer("bob"))
+    node.net.probe_error = "the tunnel is silent"  # the pair's path goes quiet for a while
+    node.net.allocation_error = "no relay ticket: the control server is unreachable"
+    executor.hold = True
+    for _ in range(60):
+        node.advance(0.25, step=0.25)
+        if executor.punches:
+            break
+    written = node.new(node.peer("bob"))
+    assert executor.punches, written  # the reconnect punches, its relay-first allocation refused
+    assert node.connection("p1", "bob").path == "direct", written
+    node.net.probe_error = None  # the old session carries the pair again
+    node.advance(1, step=0.25)
+    state = node.connection("p1", "bob")
+    assert state.state == "connected", node.new(node.peer("bob"))
+    executor.answer_punch(NO_ACK)
+    node.advance(1, step=0.25)
+    written = node.new(node.peer("bob"))
+    assert f"PathChosen(path='relay', reason='answered through the relay session WireGuard still uses', " \
+           f"endpoint='{RELAY_A}', relay='{RELAY_A}')" in written, written
+    state = node.connection("p1", "bob")
+    assert (state.state, state.path, state.relay) == ("connected", "relay", RELAY_A)
