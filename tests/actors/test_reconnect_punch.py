@@ -69,13 +69,18 @@ def held() -> Iterator[tuple[str, HeldPunches]]:
         unregister_workers(name)
 
 
-def joined_through(make_node: Any, name: str, executor: HeldPunches) -> Node:
-    """alice connected directly to bob (port-forwarded: a reconnect punches, no relay first)."""
+def held_node(make_node: Any, name: str, executor: HeldPunches) -> Node:
+    """alice's node on ``executor``, with the production relay monitor."""
     node = make_node(relays=(RELAY_A,), first_probe_s=0.5)
     node.stop()
     node.config = replace(node.config, relay_monitor=RelayMonitorConfig())
     node.executor, executor.node = name, node
-    node.start()
+    return node.start()
+
+
+def joined_through(make_node: Any, name: str, executor: HeldPunches) -> Node:
+    """alice connected directly to bob (port-forwarded: a reconnect punches, no relay first)."""
+    node = held_node(make_node, name, executor)
     node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
     node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", nat_type=ev.NAT_FULL_CONE, candidates=(BOB,)))
     node.advance(1)
@@ -141,11 +146,7 @@ def test_a_reconnect_answered_through_the_old_relay_session_is_logged_on_the_rel
     while the punch runs. Once the punch has failed, the log says what carries the pair: the
     relay, not the direct path the attempt started on."""
     name, executor = held
-    node = make_node(relays=(RELAY_A,), first_probe_s=0.5)
-    node.stop()
-    node.config = replace(node.config, relay_monitor=RelayMonitorConfig())
-    node.executor, executor.node = name, node
-    node.start()
+    node = held_node(make_node, name, executor)
     node.net.block(BOB)  # the direct path never works: relayed
     node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
     node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
