@@ -10,7 +10,9 @@ end's retries alone must bring the pairs back. A 60 s cut outlives every retry's
 rounds: when the uplinks return, each end reconnects on its own, its punch finds the peer
 not punching (the peer is back on the old path already), and the pair must stay on the
 path that answers rather than move to a relay session only one end holds (that kept pairs
-apart for 11 to 16 s in the lab). An idle tunnel is not watched that closely by design
+apart for 11 to 16 s in the lab); two ends that punch and configure the endpoints they had
+at the same moment, on a WireGuard session the cut outlived, must not wait out WireGuard's
+handshake retries (14 s once). An idle tunnel is not watched that closely by design
 (one probe a probe interval): a cut there is noticed at its next probe, or as soon as
 traffic starts on it.
 """
