@@ -503,6 +503,8 @@ class PeerConnectionActor(Actor):
     def _finish(self, op: Operation) -> None:
         if self.op is op:
             self.op = None
+            if self.state.state in UP:
+                self._answered_through_relay()  # an answer that came while it ran, on the old session
 
     def _held(self) -> RelayAllocation | None:
         """The relay session this connection holds, as its log says."""
@@ -719,6 +721,11 @@ class PeerConnectionActor(Actor):
             if op.relay_first:
                 self._finish(op)
                 self._arm_direct_retry()
+            elif self.state.state in UP:
+                # The tunnel answered while the punch ran: the peer's end was not punching (it
+                # never lost the path, or found it again by itself). The path works; moving the
+                # pair to a relay session the peer does not hold would cut it.
+                self._finish(op)
             else:
                 op.purpose = f"hole punch failed: {result.reason}"
                 self._allocate(op, FALLBACK)

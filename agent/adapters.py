@@ -125,12 +125,16 @@ class UapiWireGuard:
     endpoint ``STAGGER_S`` later (crossings become rare), and if no handshake happened
     ``KICK_AFTER_S`` later it removes and re-adds the peer, which clears that limit and
     sends a fresh initiation at once (a few times at most; the other side never does,
-    so two kicks cannot cross). A peer with a live session is never kicked.
+    so two kicks cannot cross). A peer with a live session is never kicked. The same holds
+    for a peer configured again on the endpoint it had while its session is stale (no
+    handshake for ``session_fresh_s``): after an outage that outlived the session, both
+    ends come back on the same signal and configure (and so initiate) at the same moment.
     """
 
     STAGGER_S = 0.1  # more than a round trip in a LAN, well below a human's notice
     KICK_AFTER_S = 1.0  # many round trips (a relay adds one), far below the 5 s retry
     KICKS = 3
+    session_fresh_s = SESSION_FRESH_S
 
     def __init__(self, name: str, public_key: str, listen_port: int, state_dir: str = "") -> None:
         self._name = name
@@ -166,7 +170,8 @@ class UapiWireGuard:
         config = PeerConfig.make(public_key, endpoint, allowed_ips, keepalive_s)
         previous = self._configs.get(config.public_key)
         kicks = (config.endpoint is not None and self._public_key < config.public_key
-                 and (previous is None or previous.endpoint != config.endpoint))
+                 and (previous is None or previous.endpoint != config.endpoint
+                      or not self._session_fresh(config.public_key)))
         if kicks:
             time.sleep(self.STAGGER_S)
         with self._lock:
@@ -193,7 +198,7 @@ class UapiWireGuard:
                 return  # removed or changed meanwhile: that change rules
             try:
                 stats = self._peers.peer_stats().get(config.public_key)
-                if stats is None or (stats.last_handshake or 0.0) > since - SESSION_FRESH_S:
+                if stats is None or (stats.last_handshake or 0.0) > since - self.session_fresh_s:
                     return
                 self._peers.remove_peer(config.public_key)
                 self._apply(config)
@@ -201,6 +206,13 @@ class UapiWireGuard:
                 logger.warning("WireGuard peer {}: a fresh handshake failed: {}", config.public_key, error)
                 return
         self._kick_later(config, since, left - 1)
+
+    def _session_fresh(self, public_key: str) -> bool:
+        try:
+            stats = self.peer_stats().get(public_key)
+        except MeshError:
+            return True  # unknown: configure as asked, without a kick
+        return stats is not None and (stats.last_handshake or 0.0) > time.time() - self.session_fresh_s
 
     def remove_peer(self, public_key: str) -> None:
         with self._lock:

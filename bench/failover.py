@@ -19,7 +19,8 @@ alice-bob and bob-carl are direct, alice-carl is relayed. Per fault and run:
 Faults: the direct path cut (alice-bob blocked at alice's router), the relayed path cut
 (carl's router drops the pair's relay), the pair's relay killed (-9), uplink cuts of bob
 and carl at once for 15 s and 60 s (5 min with ``--long``; alice's game sends to them
-for the first 10 s, then gives up), an agent restart (carl's
+for the first 10 s, then gives up; measured on alice's two pairs and on bob-carl, whose
+ends are both cut), an agent restart (carl's
 ``serve`` killed -9 and started again), a control server restart (-9), and a NAT
 rebinding (every router's conntrack flushed and its UDP mappings moved to new ports).
 Then random loss of 5, 20 and 50 % on alice's uplink for ``--loss-window`` seconds,
@@ -67,6 +68,7 @@ HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded")
          HostSpec("carl", "symmetric")]
 NAMES = [spec.name for spec in HOSTS]
 DIRECT, RELAYED = ("alice", "bob"), ("alice", "carl")
+BOTH_CUT = ("bob", "carl")  # an uplink cut's pair whose two ends are cut (direct; idle: no game between them)
 LOSS_LEVELS = (0.05, 0.20, 0.50)
 LOSS_HOST = "alice"
 
@@ -267,8 +269,8 @@ class Bench:
         for game in games:
             if game.alive:
                 self.lab.kill(game, signal.SIGINT)
-        pingers = {pair: self.pinger(*pair) for pair in (DIRECT, RELAYED)}
-        for kind, pair in (("direct", DIRECT), ("relayed", RELAYED)):
+        pingers = {pair: self.pinger(*pair) for pair in (DIRECT, RELAYED, BOTH_CUT)}
+        for kind, pair in (("direct", DIRECT), ("relayed", RELAYED), ("both ends cut", BOTH_CUT)):
             row = rows[f"uplink cut {outage_s:g} s, {kind}"]
             row.recoveries.append(self.first_reply_of(pingers[pair], restored))
             row.detections.append(self.detection(pair, at))
@@ -370,6 +372,9 @@ def main() -> int:
     for cut in cuts:
         for kind in ("direct", "relayed"):
             rows[f"uplink cut {cut:g} s, {kind}"] = Row(f"uplink cut {cut:g} s, {kind}")
+        # bob-carl carries no game: its cut is seen at its next probe, as any idle tunnel's.
+        rows[f"uplink cut {cut:g} s, both ends cut"] = Row(f"uplink cut {cut:g} s, both ends cut",
+                                                           detection_expected=False)
     for kind in ("direct", "relayed"):
         rows[f"agent restart, {kind}"] = Row(f"agent restart, {kind}", detection_expected=False)
     rows["control server restart"] = Row("control server restart", detection_expected=False)

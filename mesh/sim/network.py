@@ -47,6 +47,9 @@ class SimNetwork:
     wireguard_error: str | None = None  # every WireGuard change fails with this while set
     interface_error: str | None = None  # assigning a virtual IP fails with this while set
     probe_error: str | None = None  # every probe fails with this while set
+    # Every relay allocation fails with this while set (no ticket: the control server is away),
+    # the relays and the sessions already held carry on.
+    allocation_error: str | None = None
     addresses: dict[str, list[str]] = field(default_factory=dict)  # node -> virtual IPs assigned
     routes: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)  # node -> key -> extra IPs
     forwarding: set[str] = field(default_factory=set)  # nodes that forward between their peers
@@ -236,6 +239,8 @@ class SimRelayClient:
 
     def allocate(self, party_id: str, peer_id: str, relay: str,
                  failed_session: str | None = None) -> RelayAllocation:
+        if self._net.allocation_error is not None:
+            raise MeshError(self._net.allocation_error)
         session = f"{party_id}/{peer_id}"
         if failed_session is not None:
             self._net.failed_sessions.append(failed_session)

@@ -60,6 +60,7 @@ class Node:
     relays: tuple[str, ...] = ()
     log_path: str | None = None
     store_url: str | None = None  # None: in memory
+    executor: str = "inline"  # or the name of an executor the test registered (actors.edge)
     system: Any = None
     address: ActorAddress | None = None
     pump: ActorAddress | None = None
@@ -84,7 +85,7 @@ class Node:
                                         candidates=(LOCAL,))
         self.address = start_node(self.system, m.StartNode(
             "local", self.store, spec, self.relays, self.config,
-            m.LogSpec("DEBUG", self.log_path)))
+            m.LogSpec("DEBUG", self.log_path), self.executor))
         return self
 
     def stop(self) -> None:

@@ -254,7 +254,7 @@ def test_loss_on_the_relays_kills_none_yet_a_killed_relay_dies_at_once(clock: Vi
         node.stop()
 
 
-def test_a_pair_session_handed_back_on_a_relay_this_side_cannot_reach_is_reported_and_left(node: Node) -> None:
+def test_a_pair_session_handed_back_on_a_relay_out_of_reach_is_reported_and_left(node: Node) -> None:
     """This node's monitor left relay A (dead from here); the control server still hands back
     the pair's session on A (the peer asked for it there, within the pair's affinity). The
     connection cannot open it: it asks once more at once, naming that session failed, and

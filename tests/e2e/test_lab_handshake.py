@@ -6,6 +6,10 @@ it yet and is dropped, and WireGuard will not send another for 5 s. The other si
 then configures it without an endpoint or keepalive, so it never initiates itself: only
 the kick can bring the handshake. With the kick switched off, the same set-up has no
 handshake for seconds, which shows the kick is what made the difference.
+
+The same for a session gone stale: after an outage that outlived it, a side configured
+again on the endpoint it had kicks too (here the other side forgot the session, as a
+WireGuard whose keys expired during the outage does, and never initiates).
 """
 
 from __future__ import annotations
@@ -74,3 +78,49 @@ def test_a_lost_first_initiation_is_replaced_within_about_a_second(lab: Lab) -> 
 
 def test_without_the_kick_the_same_set_up_waits_for_wireguards_retry(lab: Lab) -> None:
     assert _handshake_after(lab, kicks=0, limit_s=3.0) is None
+
+
+def _stale_handshake_after(lab: Lab, session_fresh_s: float, limit_s: float) -> float | None:
+    """Seconds from configuring the same endpoint again, on a session the other side
+    forgot, to a new handshake, or None within ``limit_s``."""
+    kicker_key, other_key = _ordered_keys()
+    n = next(_names)
+    kicker_wg = WireGuardInterface.create(kicker_key, f"10.66.6.{2 * n + 2}/16", name=f"t{lab.run_id}s{n}b",
+                                          listen_port=PORT, netns=lab.host("bob").netns)
+    other_wg = WireGuardInterface.create(other_key, f"10.66.6.{2 * n + 1}/16", name=f"t{lab.run_id}s{n}a",
+                                         listen_port=PORT, netns=lab.host("alice").netns)
+    try:
+        kicker = UapiWireGuard(kicker_wg.name, kicker_key.public_key, PORT,
+                               state_dir=str(lab.workdir / f"state-{kicker_wg.name}"))
+        endpoint = f"{lab.host('alice').public_ip}:{PORT}"
+        peer_args = (other_key.public_key, endpoint, [f"10.66.6.{2 * n + 1}/32"], 25)
+        other_wg.configure_peer(kicker_key.public_key, None, [f"10.66.6.{2 * n + 2}/32"], keepalive_s=0)
+        kicker.configure_peer(*peer_args)
+        lab.wait_for(lambda: (kicker_wg.peer_stats()[other_key.public_key].last_handshake or 0) > 0, 5.0,
+                     interval_s=0.05, what="the first handshake")
+        time.sleep(1.1)  # older than a session_fresh_s of 1 s
+        other_wg.remove_peer(kicker_key.public_key)  # the session is gone on the other side
+        other_wg.configure_peer(kicker_key.public_key, None, [f"10.66.6.{2 * n + 2}/32"], keepalive_s=0)
+        kicker.session_fresh_s = session_fresh_s
+        started, since = time.monotonic(), time.time()
+        kicker.configure_peer(*peer_args)
+        while time.monotonic() - started < limit_s:
+            stats = kicker_wg.peer_stats().get(other_key.public_key)
+            if stats is not None and (stats.last_handshake or 0.0) > since:
+                return time.monotonic() - started
+            time.sleep(0.05)
+        return None
+    finally:
+        other_wg.close()
+        kicker_wg.close()
+
+
+def test_a_stale_session_configured_again_is_kicked(lab: Lab) -> None:
+    took = _stale_handshake_after(lab, session_fresh_s=1.0, limit_s=4.0)
+    assert took is not None, "no handshake within 4 s: the stale session was not kicked"
+    assert took < UapiWireGuard.STAGGER_S + UapiWireGuard.KICK_AFTER_S + 1.0
+
+
+def test_a_session_taken_for_fresh_is_not_kicked(lab: Lab) -> None:
+    """The control: the same set-up, the session taken for live (no kick), has no handshake."""
+    assert _stale_handshake_after(lab, session_fresh_s=3600.0, limit_s=3.0) is None

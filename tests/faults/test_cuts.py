@@ -1,13 +1,20 @@
-"""An uplink cut of 15 s, in one lab: alice (port-restricted cone), bob (port-forwarded),
-carl (symmetric), two relays; alice-bob and bob-carl are direct and alice-carl is
-relayed. bob's and carl's uplinks are cut at once while alice plays (a game's chatter: 20
-packets a second to each): she notices both within 2 s, and every pair pings within 5 s
-of the uplinks' return.
+"""Uplink cuts of 15 s and 60 s, in one lab: alice (port-restricted cone), bob
+(port-forwarded), carl (symmetric), two relays; alice-bob and bob-carl are direct and
+alice-carl is relayed. bob's and carl's uplinks are cut at once while alice plays (a game's
+chatter: 20 packets a second to each): she notices both within 2 s, and every pair pings
+within 5 s of the uplinks' return.
 
-The 60 s and 5 min cuts are measured by bench/failover.py: after a 60 s cut, one run in
-three leaves the pair whose ends were both cut (bob-carl) apart for up to 16 s. The test
-takes ``played_s``, how long alice's game goes on after the cut (a game drops a silent
-player after a while; then each end's retries alone must bring the pairs back).
+During the 15 s cut she plays on; during the 60 s one her game gives up on them after 10 s
+(as games drop a silent player), so the tunnels are idle when the uplinks return and each
+end's retries alone must bring the pairs back. A 60 s cut outlives every retry's first
+rounds: when the uplinks return, each end reconnects on its own, its punch finds the peer
+not punching (the peer is back on the old path already), and the pair must stay on the
+path that answers rather than move to a relay session only one end holds (that kept pairs
+apart for 11 to 16 s in the lab); two ends that punch and configure the endpoints they had
+at the same moment, on a WireGuard session the cut outlived, must not wait out WireGuard's
+handshake retries (14 s once). An idle tunnel is not watched that closely by design
+(one probe a probe interval): a cut there is noticed at its next probe, or as soon as
+traffic starts on it.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ def game_traffic(faults: FaultParty, play_s: float) -> list[LabProcess]:
                                       "-w", str(limit), faults.ips[peer]]) for peer in CUT]
 
 
-@pytest.mark.parametrize(("outage_s", "played_s"), [(15, 15 + RECOVERY_S)])
+@pytest.mark.parametrize(("outage_s", "played_s"), [(15, 15 + RECOVERY_S), (60, 10)])
 def test_an_uplink_cut(faults: FaultParty, outage_s: int, played_s: float) -> None:
     """``played_s``: how long alice's game goes on sending after the cut."""
     lab = faults.lab
