@@ -1051,9 +1051,7 @@ class PeerConnectionActor(Actor):
         if idle and probing.rx_grew_at is not None and \
                 thespian_timing.currentTime() - probing.rx_grew_at < cfg.keepalive_s + cfg.probe_interval_s:
             return  # the peer's packets (its keepalives at least) still arrive: the probes met loss
-        loss = self._window_loss()
-        if loss is None:
-            loss = cfg.unknown_loss
+        loss = max(self._window_loss() or 0.0, cfg.check_assumed_loss)
         needed = cfg.confirm_probes
         if 0 < loss < 1 and not corroborated:
             needed = max(needed, min(cfg.confirm_probes_max,
