@@ -978,6 +978,15 @@ class PeerConnectionActor(Actor):
         at = self.quality_switch_at
         return at is None or thespian_timing.currentTime() - at >= self.cfg.min_switch_interval_s
 
+    def _relay_path_no_better(self, loss: float) -> bool:
+        """This connection's own last window on the relay lost about as much: the loss is on a
+        stretch both paths share (the peer's uplink, which the relay monitor's probes from
+        this side do not cross), and a move would only trade one lossy path for another."""
+        outcomes = self.probing.outcomes.get(ev.RELAY, [])
+        if len(outcomes) < max(1, self.cfg.loss_window_probes // 2):
+            return False
+        return sum(outcomes) / len(outcomes) > loss - self.cfg.switch_loss_margin
+
     def _leave_lossy_path(self) -> None:
         """A lossy direct path moves to the relay if the relay loses clearly less."""
         state, cfg, quality = self.state, self.cfg, self.relay_quality
@@ -986,7 +995,7 @@ class PeerConnectionActor(Actor):
                 or self.relay is None or loss is None or loss < cfg.degraded_loss or quality is None
                 or quality.relay != self.relay or quality.probes < cfg.loss_window_probes // 2
                 or quality.loss > loss - cfg.switch_loss_margin
-                or not self._may_switch()):
+                or not self._may_switch() or self._relay_path_no_better(loss)):
             return
         self.quality_switch_at = thespian_timing.currentTime()
         purpose = (f"loss {loss:.0%} on the direct path; relay {quality.relay} lost {quality.loss:.0%} "

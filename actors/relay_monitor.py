@@ -428,10 +428,14 @@ class RelayMonitorActor(Actor):
         self.ticks = 0
         if self.selected is not None:
             # A dead relay's quality too: the connections must not weigh a switch onto it by
-            # the figures of a window from before it died.
+            # the figures of a window from before it died. And the worse of the window's loss
+            # and the last probes': loss that began late in the window is what the relay has now.
             window = windows[self.selected]
             alive = window.probes and self.selected not in dead
-            loss = 1 - len(window.rtts) / window.probes if alive else 1.0
+            loss = 1.0
+            if alive:
+                recent = self.outcomes.get(self.selected) or (False,)
+                loss = max(1 - len(window.rtts) / window.probes, sum(recent) / len(recent))
             self.send(self.parent, m.RelayQuality(self.selected, rtts[self.selected], loss, window.probes))
         degraded, choice = choose_relay(self.selected, rtts, config)
         previous = self.selected

@@ -147,6 +147,23 @@ def test_half_the_packets_lost_on_the_direct_path_moves_to_the_relay_at_most_onc
     assert len(times) <= 900 / 60
 
 
+def test_half_the_packets_lost_on_the_peer_s_uplink_moves_the_pair_at_most_once_each_way(
+        make_node) -> None:
+    """The peer's uplink loses half the packets: this side's relay probes are clean, so the
+    lossy direct path moves to the relay once; the relay path loses as much, the way back
+    to direct comes a minute later, and then the pair stays (the relay did no better)."""
+    node = joined(make_node)
+    run(node, 60)
+    node.net.loss = node.net.relay_path_loss = 0.5
+    written = run(node, 900)
+    switched = kinds(written, "PathSwitched")
+    assert [line.split(", reason=")[0] for _, line in switched] == [
+        "PathSwitched(from_path='direct', to_path='relay'",
+        "PathSwitched(from_path='relay', to_path='direct'"], switched
+    assert switched[1][0] - switched[0][0] >= 60, switched
+    assert node.connection("p1", "bob").path == "direct"
+
+
 def test_the_peer_asking_for_a_relay_makes_this_side_check_its_path_at_once(make_node) -> None:
     """The peer's side broke first (it sends, this side may be idle): its relay offer makes
     this side check the direct path now, and move only if the check is lost too."""
