@@ -106,12 +106,16 @@ class ConnectionConfig:
     # The loss a check assumes at least (50 % each way, the worst the connection promises
     # not to flap at), whatever the loss window says: the window spans the last 100 s of
     # probes, and loss that began a few seconds ago is not in it (at the onset of 50 % loss,
-    # a check of 3 sized by a clean window was lost 42 % of the time and moved the pair). A
-    # dead path costs one round trip timeout more; a lossy one answers one of them. However
-    # many probes it needs, a check decides within two timeouts (at most 1 s): a busy
-    # tunnel's dead path is seen about 1.5 s after it died (lab). An idle tunnel's is seen
-    # at its next probe.
+    # a check of 3 sized by a clean window was lost 42 % of the time and moved the pair).
     check_assumed_loss: float = 0.75
+    # The rest of a check's probes go out this long after its first round if none of it is
+    # answered yet (or three of the path's round trips, if longer; at most a probe timeout):
+    # a live path answers within a round trip, so a healthy one sends only the first round,
+    # and a dead one is decided one probe timeout after this, not after two timeouts (0.5 s
+    # in the lab, where the second round waiting for the first's timeout cost 0.25 s of
+    # detection). A busy tunnel's dead path is seen about 1.3 s after it died (lab). An
+    # idle tunnel's is seen at its next probe.
+    confirm_rest_after_s: float = 0.05
     # Loss over the last ``loss_window_probes`` probes (round trips: 20 % loss each way
     # loses 36 % of them, 50 % each way 75 %): degraded at or above ``degraded_loss``, up
     # again at or below ``recovered_loss``, decided only on at least half a window. The gap

@@ -73,6 +73,7 @@ MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, WATCH = (
     "monitor", "metrics", "direct-retry", "retry", "wireguard-retry", "watch")
 RELAY_VERDICT = "relay-verdict"  # the wait for the relay monitor's word on a relay gone silent
 CONFIRM = "confirm"  # the tag of a check's probes
+CHECK_REST = "check-rest"  # the rest of a check's probes, when its first round is not answered soon
 OFFER = "offer"  # the peer's relay offer, joined once the attempt in flight is over
 
 # Operation kinds (one at a time) and the purposes of relay allocations.
@@ -159,6 +160,7 @@ class Probing:
     check_reason: str = ""
     checking_answered: bool = False
     check_needed: int = 0  # lost probes that make the path dead, from the path's loss
+    check_sent: int = 0
     # The loss window of each path (True for a lost probe): a path switched back to keeps
     # what it showed, so a lossy direct path is not taken for a clean one on its return.
     outcomes: dict[str | None, list[bool]] = field(default_factory=dict)
@@ -949,6 +951,8 @@ class PeerConnectionActor(Actor):
             self._apply_wireguard()
         elif timer.kind == RELAY_VERDICT:
             self._relay_verdict_overdue()
+        elif timer.kind == CHECK_REST:
+            self._send_rest_of_check()
 
     # ------------------------------------------------------------ loss
 
@@ -1066,18 +1070,34 @@ class PeerConnectionActor(Actor):
             needed = max(needed, min(cfg.confirm_probes_max,
                                      math.ceil(math.log(cfg.check_false_alarm) / math.log(loss))))
         probing.check_lost, probing.check_reason, probing.check_needed = 0, reason, needed
-        probing.checking_answered = False
-        # A first round of a few probes (a live path answers one of them); only if all are
-        # lost, the rest of what the path's loss asks for.
+        probing.checking_answered, probing.check_sent = False, 0
+        # A first round of a few probes (a live path answers one of them within a round
+        # trip); if none is answered soon, the rest of what the path's loss asks for.
         self._send_checks(min(cfg.confirm_probes, needed))
+        if needed > probing.check_sent:
+            recent = max(probing.window[-3:], default=self.state.latency_ms) or 0.0
+            rest_after = min(self._check_timeout(), max(cfg.confirm_rest_after_s, 3 * recent / 1000))
+            self._schedule(rest_after, CHECK_REST)
+
+    def _check_timeout(self) -> float:
+        """Three of the path's last round trips, within the configured bounds."""
+        cfg = self.cfg
+        recent = max(self.probing.window[-3:], default=self.state.latency_ms)
+        return cfg.confirm_timeout_s if recent is None else \
+            min(cfg.confirm_timeout_s, max(cfg.confirm_timeout_min_s, 3 * recent / 1000))
+
+    def _send_rest_of_check(self) -> None:
+        """The check's first round is not answered yet: the rest of its probes, at once."""
+        probing = self.probing
+        if probing.checking and not probing.checking_answered and probing.check_sent < probing.check_needed:
+            self._send_checks(probing.check_needed - probing.check_sent)
 
     def _send_checks(self, probes: int) -> None:
         assert self.init is not None
-        probing, cfg = self.probing, self.cfg
+        probing = self.probing
         probing.checking += probes
-        recent = max(probing.window[-3:], default=self.state.latency_ms)
-        timeout = cfg.confirm_timeout_s if recent is None else \
-            min(cfg.confirm_timeout_s, max(cfg.confirm_timeout_min_s, 3 * recent / 1000))
+        probing.check_sent += probes
+        timeout = self._check_timeout()
         for _ in range(probes):
             self._request(fx.Probe(tag=f"{CONFIRM}/{next(self._tags)}", virtual_ip=self.init.virtual_ip,
                                    timeout_s=timeout))
@@ -1092,8 +1112,8 @@ class PeerConnectionActor(Actor):
             probing.silent_since = thespian_timing.currentTime()
         if probing.checking or self.closing:
             return
-        if probing.check_lost and not probing.checking_answered and probing.check_lost < probing.check_needed:
-            self._send_checks(probing.check_needed - probing.check_lost)
+        if probing.check_lost and not probing.checking_answered and probing.check_sent < probing.check_needed:
+            self._send_checks(probing.check_needed - probing.check_sent)
             return
         if probing.check_lost and not probing.checking_answered:
             reason = probing.check_reason
