@@ -244,8 +244,8 @@ def test_relays_answering_again_make_a_failed_connection_retry_at_once(make_node
 def test_a_dead_path_after_a_lossy_spell_is_still_found_within_2_s(make_node, loss: float) -> None:
     """A check sends as many probes as 50 % loss each way needs (a lossy path loses three of
     them by chance: 33 in all, whatever the window measured), and they go out in one second
-    round, all at once: the first suspicion decides, in two probe timeouts at most (the lab
-    measures the time; here probes take none)."""
+    round, all at once: the first suspicion decides, one probe timeout after the first
+    round went unanswered (the lab measures the time; here probes take none)."""
     node = joined(make_node)
     node.net.loss = node.net.relay_loss = loss
     run(node, 120)  # the window learns the loss (at 50 %: degraded, and the relay no better)

@@ -1,7 +1,8 @@
 """A STUN server down when the agents start, and random loss on a router: 5 and 20 % (no
-path switch) and 50 % (degraded, at most one switch a peer a minute), in one lab: alice
-(port-restricted cone), bob (port-forwarded), carl (symmetric), two relays. With STUN up,
-alice-bob and bob-carl are direct and alice-carl is relayed.
+path switch) and 50 % (degraded, at most one switch a connection a minute), each in a lab
+of alice (port-restricted cone), bob (port-forwarded), carl (symmetric) and two relays:
+the STUN test in its own, the loss windows in the fault files' (alice-bob and bob-carl
+direct, alice-carl relayed).
 
 The lab's loss is iptables ``-m statistic --mode random`` (the kernel's generator, not
 seeded); everything the test chooses itself is fixed.
@@ -32,16 +33,18 @@ PING_INTERVAL_S = 0.5
 REPLY_GAP_S = 15.0  # at 50 %, 30 pings without a reply: 2e-4 by chance
 
 
-@pytest.fixture(scope="module")
-def shared() -> Iterator[FaultParty]:
+@pytest.fixture
+def stun_down() -> Iterator[FaultParty]:
+    """A lab of its own: the loss windows start from a party formed with STUN up (after the
+    agents' restart at the end of this test, pairs stayed on the relay for minutes)."""
     with FaultParty.build(HOSTS, relays=2, stun_down=True) as built:
         built.form()
         yield built
 
 
-# The paths the pairs settle on with STUN up; a loss window starts once every end is on its
-# pair's path, or after PATHS_WITHIN_S (after the STUN test a pair upgrades to direct at a
-# later direct retry, both ends at their own; that upgrade is then not counted as a flap).
+# The paths the pairs settle on; a loss window starts once every end is on its pair's path,
+# or after PATHS_WITHIN_S (a pair still relayed then upgrades to direct at a later direct
+# retry, both ends at their own; that upgrade is not counted as a flap).
 PATHS = {("alice", "bob"): "direct", ("bob", "carl"): "direct", ("alice", "carl"): "relay"}
 PATHS_WITHIN_S = 40.0  # a direct retry (30 s) and its punch
 UPGRADES = ("direct path works again", "hole punch succeeded")
@@ -59,8 +62,7 @@ def on_their_paths(faults: FaultParty) -> bool:
 
 @pytest.fixture
 def faults(shared: FaultParty) -> FaultParty:
-    if not shared.stun_up:
-        bring_stun_back(shared)
+    """The fault files' lab (tests/faults/conftest.py), whole and on its paths."""
     shared.heal()
     deadline = time.monotonic() + PATHS_WITHIN_S
     while not on_their_paths(shared) and time.monotonic() < deadline:
@@ -81,11 +83,11 @@ def bring_stun_back(faults: FaultParty) -> float:
     return time.monotonic()
 
 
-def test_a_stun_server_down_when_the_agents_start(shared: FaultParty) -> None:
+def test_a_stun_server_down_when_the_agents_start(stun_down: FaultParty) -> None:
     """With STUN down every agent records that it could not test its NAT, and the party
     still forms (over the relays); once STUN is back, restarted agents find their public
     address (the pairs that can go direct upgrade on the next direct retry, not tested)."""
-    faults = shared
+    faults = stun_down
     for name in faults.names:
         failed = faults.party.events(name, "NatDetectionFailed")
         assert failed, f"{name} recorded no NatDetectionFailed although STUN was down"
