@@ -1397,10 +1397,11 @@ class PeerConnectionActor(Actor):
             if session_id is not None and held is not None:
                 return  # the session this side holds: both ends are on it
         if state.state in UP and state.path == ev.DIRECT and self.op is None and not self.closing \
-                and (loss := self._window_loss()) is not None and loss >= self.cfg.degraded_loss:
-            # The peer left a lossy direct path for its relay, and this side's window says the
-            # path is lossy too: follow (a switch for quality), rather than answer its check and
-            # keep the two ends on two paths until a direct retry a minute later.
+                and (loss := self._window_loss()) is not None and loss > self.cfg.recovered_loss:
+            # The peer left a lossy direct path for its relay (its own relay probes were clean),
+            # and this side's window says the path is lossy too (above where a degraded one is
+            # up again): follow, a switch for quality, rather than answer its check and keep the
+            # two ends on two paths until the peer's way back a minute later.
             self.quality_switch_at = thespian_timing.currentTime()
             purpose = f"the peer moved the pair to the relay; loss {loss:.0%} on the direct path here too"
             self._allocate(self._begin(FAILOVER, purpose=purpose), FAILOVER, relay)
