@@ -198,7 +198,7 @@ def test_the_peer_asking_for_a_relay_makes_this_side_check_its_path_at_once(make
     node.ask(m.Ping())
     written = node.new(node.peer("bob"))
     assert written[2].startswith("PathSwitched(from_path='direct', to_path='relay', "
-                                 "reason='the peer asked for a relay session; 3 probes lost on the direct "
+                                 "reason='the peer asked for a relay session; 33 probes lost on the direct "
                                  "path'"), written
     assert node.connection("p1", "bob").path == "relay"
 
