@@ -129,6 +129,9 @@ class Operation:
     # A failed connection's retry writes its intent and outcome only when it is not a repeat
     # (retries 1, 2, 4, 8 ...: the attempt number on the next recorded row counts the rest).
     recorded: bool = True
+    # A failover for quality: the direct path still works, so a relay that cannot be had
+    # leaves the connection where it is instead of reconnecting.
+    for_quality: bool = False
 
 
 @dataclass
@@ -674,6 +677,8 @@ class PeerConnectionActor(Actor):
             self._punch(op)
         elif op.kind == CONNECT:
             self._no_path(op, f"relay allocation failed: {error}")
+        elif op.kind == FAILOVER and op.for_quality:
+            self._finish(op)  # the lossy direct path stays (the failure is on record)
         elif op.kind == FAILOVER:
             self._finish(op)
             self._commit(self._reconnect(1, f"{op.purpose}; relay allocation failed: {error}"), "failover")
@@ -1004,7 +1009,7 @@ class PeerConnectionActor(Actor):
         self.quality_switch_at = thespian_timing.currentTime()
         purpose = (f"loss {loss:.0%} on the direct path; relay {quality.relay} lost {quality.loss:.0%} "
                    "of its probes")
-        self._allocate(self._begin(FAILOVER, purpose=purpose), FAILOVER)
+        self._allocate(self._begin(FAILOVER, purpose=purpose, for_quality=True), FAILOVER)
 
     # ------------------------------------------------------------ fast detection
 
@@ -1405,7 +1410,7 @@ class PeerConnectionActor(Actor):
             # two ends on two paths until the peer's way back a minute later.
             self.quality_switch_at = thespian_timing.currentTime()
             purpose = f"the peer moved the pair to the relay; loss {loss:.0%} on the direct path here too"
-            self._allocate(self._begin(FAILOVER, purpose=purpose), FAILOVER, relay)
+            self._allocate(self._begin(FAILOVER, purpose=purpose, for_quality=True), FAILOVER, relay)
             return
         if state.state in UP:
             # On the relay, the peer may have moved the pair to a new session: the check finds

@@ -186,6 +186,21 @@ def test_the_peer_leaving_a_lossy_direct_path_for_the_relay_is_followed(make_nod
     assert node.connection("p1", "bob").path == "relay"
 
 
+def test_a_relay_that_cannot_be_had_leaves_a_lossy_direct_path_where_it_is(make_node) -> None:
+    """A move to the relay for quality whose allocation fails (under loss a session hello or
+    the ticket request can time out): the direct path still works, so no reconnect."""
+    node = joined(make_node)
+    node.net.loss = node.net.relay_loss = 0.5
+    run(node, 300)
+    node.net.set_relay(RELAY_A, None)  # allocations fail; the monitor has not seen it yet
+    node.tell(m.PeerAskedForRelay("p1", "bob", None, RELAY_A))
+    node.ask(m.Ping())
+    written = node.new(node.peer("bob"))
+    assert any(line.startswith("RelayAllocationFailed(") for line in written), written
+    assert not [line for line in written if line.startswith(("ReconnectAttempted", "PathSwitched"))], written
+    assert node.connection("p1", "bob").path == "direct"
+
+
 def test_the_peer_asking_for_a_relay_makes_this_side_check_its_path_at_once(make_node) -> None:
     """The peer's side broke first (it sends, this side may be idle): its relay offer makes
     this side check the direct path now, and move only if the check is lost too."""
