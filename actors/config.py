@@ -95,18 +95,27 @@ class ConnectionConfig:
     # the check takes a quarter second, on a 150 ms path half a second.
     confirm_timeout_s: float = 0.5
     confirm_timeout_min_s: float = 0.25
-    # On a lossy path a check sends more probes, enough that the loss the window measured
-    # loses them all less than ``check_false_alarm`` of the time (at 75 % round-trip loss,
-    # 24), up to ``confirm_probes_max``: a dead path loses them all the same.
-    check_false_alarm: float = 0.001
-    confirm_probes_max: int = 24
-    # Before the loss window knows the path, a check assumes this loss (50 % each way, the
-    # worst the connection promises not to flap at): after a first round of
-    # ``confirm_probes`` all lost, it sends the rest at once. A dead path costs one round
-    # trip timeout more; a lossy one answers one of them. However many probes it needs, a
-    # check decides within two timeouts (at most 1 s): a busy tunnel's dead path is seen
-    # about 1.3 s after it died (lab). An idle tunnel's is seen at its next probe.
-    unknown_loss: float = 0.75
+    # After a first round of ``confirm_probes`` all lost, a check sends the rest at once:
+    # enough that the path's loss loses them all less than ``check_false_alarm`` of the
+    # time (at 75 % round-trip loss, 33), up to ``confirm_probes_max``: a dead path loses
+    # them all the same. A tunnel with sparse traffic (a few pings a second) under 50 % loss
+    # each way falls silent for 0.75 s often: about one check every 1.5 s (sim), so 1e-3
+    # a check moved such a pair every half hour; at 1e-4, every five hours.
+    check_false_alarm: float = 1e-4
+    confirm_probes_max: int = 33
+    # The loss a check assumes at least (50 % each way, the worst the connection promises
+    # not to flap at), whatever the loss window says: the window spans the last 100 s of
+    # probes, and loss that began a few seconds ago is not in it (at the onset of 50 % loss,
+    # a check of 3 sized by a clean window was lost 42 % of the time and moved the pair).
+    check_assumed_loss: float = 0.75
+    # The rest of a check's probes go out this long after its first round if none of it is
+    # answered yet (or three of the path's round trips, if longer; at most a probe timeout):
+    # a live path answers within a round trip, so a healthy one sends only the first round,
+    # and a dead one is decided one probe timeout after this, not after two timeouts (0.5 s
+    # in the lab, where the second round waiting for the first's timeout cost 0.25 s of
+    # detection). A busy tunnel's dead path is seen about 1.3 s after it died (lab). An
+    # idle tunnel's is seen at its next probe.
+    confirm_rest_after_s: float = 0.05
     # Loss over the last ``loss_window_probes`` probes (round trips: 20 % loss each way
     # loses 36 % of them, 50 % each way 75 %): degraded at or above ``degraded_loss``, up
     # again at or below ``recovered_loss``, decided only on at least half a window. The gap
@@ -192,6 +201,15 @@ class RelayMonitorConfig:
     # of round trips lost at 20 % each way, its history still clean) loses all six with 0.2 %
     # odds, where two single misses in a row were 13 % and moved relayed pairs under loss.
     death_confirm_probes: int = 6
+    # ... but only when the uplink is known to work: in a round with a burst, every live relay
+    # gets one, and another relay answering its whole burst shows the uplink clean (a killed
+    # relay still dies in that round). Without that witness (one relay, or the node's own
+    # uplink lossy: at 50 % each way a burst of six is lost 18 % of the time, and every relay
+    # "died" about every 30 s), the relay dies only after a run of misses that
+    # ``uplink_assumed_loss`` (50 % each way, the worst a pair promises not to flap at)
+    # makes as unlikely as ``dead_false_alarm``: 33, the rest of them sent at once in the
+    # next round (a death then takes one round more, 0.5 s).
+    uplink_assumed_loss: float = 0.75
     degraded_rtt_ms: float = 150.0  # the selected relay is degraded above this (or when silent)
     min_improvement_ms: float = 10.0  # a switch needs at least this much better ...
     max_ratio: float = 2 / 3  # ... and below this fraction of the old relay's rtt

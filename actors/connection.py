@@ -73,6 +73,7 @@ MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, WATCH = (
     "monitor", "metrics", "direct-retry", "retry", "wireguard-retry", "watch")
 RELAY_VERDICT = "relay-verdict"  # the wait for the relay monitor's word on a relay gone silent
 CONFIRM = "confirm"  # the tag of a check's probes
+CHECK_REST = "check-rest"  # the rest of a check's probes, when its first round is not answered soon
 OFFER = "offer"  # the peer's relay offer, joined once the attempt in flight is over
 
 # Operation kinds (one at a time) and the purposes of relay allocations.
@@ -129,6 +130,9 @@ class Operation:
     # A failed connection's retry writes its intent and outcome only when it is not a repeat
     # (retries 1, 2, 4, 8 ...: the attempt number on the next recorded row counts the rest).
     recorded: bool = True
+    # A failover for quality: the direct path still works, so a relay that cannot be had
+    # leaves the connection where it is instead of reconnecting.
+    for_quality: bool = False
 
 
 @dataclass
@@ -160,6 +164,7 @@ class Probing:
     check_reason: str = ""
     checking_answered: bool = False
     check_needed: int = 0  # lost probes that make the path dead, from the path's loss
+    check_sent: int = 0
     # The loss window of each path (True for a lost probe): a path switched back to keeps
     # what it showed, so a lossy direct path is not taken for a clean one on its return.
     outcomes: dict[str | None, list[bool]] = field(default_factory=dict)
@@ -689,6 +694,8 @@ class PeerConnectionActor(Actor):
             self._punch(op)
         elif op.kind == CONNECT:
             self._no_path(op, f"relay allocation failed: {error}")
+        elif op.kind == FAILOVER and op.for_quality:
+            self._finish(op)  # the lossy direct path stays (the failure is on record)
         elif op.kind == FAILOVER:
             self._finish(op)
             self._commit(self._reconnect(1, f"{op.purpose}; relay allocation failed: {error}"), "failover")
@@ -971,6 +978,8 @@ class PeerConnectionActor(Actor):
             self._apply_wireguard()
         elif timer.kind == RELAY_VERDICT:
             self._relay_verdict_overdue()
+        elif timer.kind == CHECK_REST:
+            self._send_rest_of_check()
 
     # ------------------------------------------------------------ loss
 
@@ -1000,6 +1009,15 @@ class PeerConnectionActor(Actor):
         at = self.quality_switch_at
         return at is None or thespian_timing.currentTime() - at >= self.cfg.min_switch_interval_s
 
+    def _relay_path_no_better(self, loss: float) -> bool:
+        """This connection's own last window on the relay lost about as much: the loss is on a
+        stretch both paths share (the peer's uplink, which the relay monitor's probes from
+        this side do not cross), and a move would only trade one lossy path for another."""
+        outcomes = self.probing.outcomes.get(ev.RELAY, [])
+        if len(outcomes) < max(1, self.cfg.loss_window_probes // 2):
+            return False
+        return sum(outcomes) / len(outcomes) > loss - self.cfg.switch_loss_margin
+
     def _leave_lossy_path(self) -> None:
         """A lossy direct path moves to the relay if the relay loses clearly less."""
         state, cfg, quality = self.state, self.cfg, self.relay_quality
@@ -1008,12 +1026,12 @@ class PeerConnectionActor(Actor):
                 or self.relay is None or loss is None or loss < cfg.degraded_loss or quality is None
                 or quality.relay != self.relay or quality.probes < cfg.loss_window_probes // 2
                 or quality.loss > loss - cfg.switch_loss_margin
-                or not self._may_switch()):
+                or not self._may_switch() or self._relay_path_no_better(loss)):
             return
         self.quality_switch_at = thespian_timing.currentTime()
         purpose = (f"loss {loss:.0%} on the direct path; relay {quality.relay} lost {quality.loss:.0%} "
                    "of its probes")
-        self._allocate(self._begin(FAILOVER, purpose=purpose), FAILOVER)
+        self._allocate(self._begin(FAILOVER, purpose=purpose, for_quality=True), FAILOVER)
 
     # ------------------------------------------------------------ fast detection
 
@@ -1061,11 +1079,12 @@ class PeerConnectionActor(Actor):
             beat = cfg.quiet_watch_interval_s if probing.idle_armed else cfg.idle_watch_interval_s
             self._schedule(beat * math.floor((now + 1.5 * beat) / beat) - now, WATCH)
 
-    def _suspect(self, reason: str, idle: bool = False, corroborated: bool = False) -> None:
+    def _suspect(self, reason: str, idle: bool = False) -> None:
         """Check a path that looks dead with a few probes at once; act only if all are lost.
 
-        ``corroborated``: the peer's side saw the path die too (it asked for a relay): one
-        round of ``confirm_probes`` is enough, whatever the path's loss."""
+        The peer's relay offer is no proof: under loss it may have left the path for quality
+        (its relay probes were clean), and three probes are lost 42 % of the time at 50 %
+        loss each way."""
         assert self.init is not None
         probing, cfg = self.probing, self.cfg
         if probing.checking or self.op is not None or self.state.state not in UP:
@@ -1073,26 +1092,40 @@ class PeerConnectionActor(Actor):
         if idle and probing.rx_grew_at is not None and \
                 thespian_timing.currentTime() - probing.rx_grew_at < cfg.keepalive_s + cfg.probe_interval_s:
             return  # the peer's packets (its keepalives at least) still arrive: the probes met loss
-        loss = self._window_loss()
-        if loss is None:
-            loss = cfg.unknown_loss
+        loss = max(self._window_loss() or 0.0, cfg.check_assumed_loss)
         needed = cfg.confirm_probes
-        if 0 < loss < 1 and not corroborated:
+        if 0 < loss < 1:
             needed = max(needed, min(cfg.confirm_probes_max,
                                      math.ceil(math.log(cfg.check_false_alarm) / math.log(loss))))
         probing.check_lost, probing.check_reason, probing.check_needed = 0, reason, needed
-        probing.checking_answered = False
-        # A first round of a few probes (a live path answers one of them); only if all are
-        # lost, the rest of what the path's loss asks for.
+        probing.checking_answered, probing.check_sent = False, 0
+        # A first round of a few probes (a live path answers one of them within a round
+        # trip); if none is answered soon, the rest of what the path's loss asks for.
         self._send_checks(min(cfg.confirm_probes, needed))
+        if needed > probing.check_sent:
+            recent = max(probing.window[-3:], default=self.state.latency_ms) or 0.0
+            rest_after = min(self._check_timeout(), max(cfg.confirm_rest_after_s, 3 * recent / 1000))
+            self._schedule(rest_after, CHECK_REST)
+
+    def _check_timeout(self) -> float:
+        """Three of the path's last round trips, within the configured bounds."""
+        cfg = self.cfg
+        recent = max(self.probing.window[-3:], default=self.state.latency_ms)
+        return cfg.confirm_timeout_s if recent is None else \
+            min(cfg.confirm_timeout_s, max(cfg.confirm_timeout_min_s, 3 * recent / 1000))
+
+    def _send_rest_of_check(self) -> None:
+        """The check's first round is not answered yet: the rest of its probes, at once."""
+        probing = self.probing
+        if probing.checking and not probing.checking_answered and probing.check_sent < probing.check_needed:
+            self._send_checks(probing.check_needed - probing.check_sent)
 
     def _send_checks(self, probes: int) -> None:
         assert self.init is not None
-        probing, cfg = self.probing, self.cfg
+        probing = self.probing
         probing.checking += probes
-        recent = max(probing.window[-3:], default=self.state.latency_ms)
-        timeout = cfg.confirm_timeout_s if recent is None else \
-            min(cfg.confirm_timeout_s, max(cfg.confirm_timeout_min_s, 3 * recent / 1000))
+        probing.check_sent += probes
+        timeout = self._check_timeout()
         for _ in range(probes):
             self._request(fx.Probe(tag=f"{CONFIRM}/{next(self._tags)}", virtual_ip=self.init.virtual_ip,
                                    timeout_s=timeout))
@@ -1107,8 +1140,8 @@ class PeerConnectionActor(Actor):
             probing.silent_since = thespian_timing.currentTime()
         if probing.checking or self.closing:
             return
-        if probing.check_lost and not probing.checking_answered and probing.check_lost < probing.check_needed:
-            self._send_checks(probing.check_needed - probing.check_lost)
+        if probing.check_lost and not probing.checking_answered and probing.check_sent < probing.check_needed:
+            self._send_checks(probing.check_needed - probing.check_sent)
             return
         if probing.check_lost and not probing.checking_answered:
             reason = probing.check_reason
@@ -1391,10 +1424,20 @@ class PeerConnectionActor(Actor):
                 return
             if session_id is not None and held is not None:
                 return  # the session this side holds: both ends are on it
+        if state.state in UP and state.path == ev.DIRECT and self.op is None and not self.closing \
+                and (loss := self._window_loss()) is not None and loss > self.cfg.recovered_loss:
+            # The peer left a lossy direct path for its relay (its own relay probes were clean),
+            # and this side's window says the path is lossy too (above where a degraded one is
+            # up again): follow, a switch for quality, rather than answer its check and keep the
+            # two ends on two paths until the peer's way back a minute later.
+            self.quality_switch_at = thespian_timing.currentTime()
+            purpose = f"the peer moved the pair to the relay; loss {loss:.0%} on the direct path here too"
+            self._allocate(self._begin(FAILOVER, purpose=purpose, for_quality=True), FAILOVER, relay)
+            return
         if state.state in UP:
             # On the relay, the peer may have moved the pair to a new session: the check finds
             # out, at the path's own loss (a lossy relay path must not be left by chance).
-            self._suspect("the peer asked for a relay session", corroborated=state.path == ev.DIRECT)
+            self._suspect("the peer asked for a relay session")
             return
         if state.state in (ev.CONNECTING, ev.FAILED) and not self.closing:
             self.offered_relay = relay or self.relay

@@ -157,7 +157,8 @@ class RelayMonitorActor(Actor):
         self.dead: set[str] = set()  # relays seen dead (memory only; re-learnt after a restart)
         self.suspected: set[str] = set()  # relays a connection found silent: the next round checks them
         self.bursts: dict[str, int] = {}  # relays probed with a burst this round: the misses if all are lost
-        self.answered: set[str] = set()  # relays that answered a probe of this round
+        self.sent: dict[str, int] = {}  # probes of this round, per relay
+        self.answered: dict[str, int] = {}  # answers of this round, per relay
         self.timers = Timers(new_incarnation())
         self.parent: ActorAddress | None = None
         self.log = logger
@@ -268,16 +269,29 @@ class RelayMonitorActor(Actor):
         config = self.init.config.relay_monitor
         self.round += 1
         suspected, self.suspected = self.suspected, set()
-        self.bursts, self.answered = {}, set()
+        self.bursts, self.sent, self.answered = {}, {}, {}
         for relay in self.init.relays:
-            probes, misses = config.probes_per_round, self.windows[relay].misses
+            misses = self.windows[relay].misses
             if relay not in self.dead and (misses or relay in suspected):
                 # A miss may be loss: the relay dies only if a whole burst is lost as well, a
-                # burst as long as the run its recent loss makes unlikely by chance.
-                probes = max(probes, config.death_confirm_probes, self._dead_after(relay))
-            if probes >= config.death_confirm_probes:
-                self.bursts[relay] = misses + probes
-            for _ in range(probes):
+                # burst as long as the run its recent loss makes unlikely by chance; after a
+                # lost burst that no other relay's answers explained, the rest of the run a
+                # lossy uplink would need.
+                probes = max(config.death_confirm_probes, self._dead_after(relay))
+                if misses >= config.death_confirm_probes:
+                    probes = max(probes, self._uplink_dead_after(relay) - misses)
+                self.sent[relay] = max(probes, config.probes_per_round)
+        bursting = bool(self.sent)
+        for relay in self.init.relays:
+            if relay not in self.sent:
+                # With a burst out, the others are its witnesses: one answering a whole burst
+                # shows that this node's uplink works.
+                witness = bursting and relay not in self.dead
+                self.sent[relay] = max(config.probes_per_round, config.death_confirm_probes if witness else 0)
+            if self.sent[relay] >= config.death_confirm_probes:
+                self.bursts[relay] = self.windows[relay].misses + self.sent[relay]
+        for relay in self.init.relays:
+            for _ in range(self.sent[relay]):
                 self.outstanding += 1
                 self.send(self.init.edge, fx.ProbeRelay(tag=f"round/{self.round}", relay=relay,
                                                        timeout_s=config.probe_timeout_s))
@@ -292,7 +306,7 @@ class RelayMonitorActor(Actor):
             window.probes += 1
             if rtt is not None:
                 window.misses = 0
-                self.answered.add(relay)
+                self.answered[relay] = self.answered.get(relay, 0) + 1
                 window.rtts.append(rtt)
             else:
                 window.misses += 1
@@ -311,12 +325,14 @@ class RelayMonitorActor(Actor):
                 # Answers come back before the timeouts of the same round: a relay that answered
                 # is alive, its round's later misses are loss, not the start of a silence.
                 window.misses = 0
-            needed = self._dead_after(relay)
+            if relay in self.dead and window.misses:
+                dead.add(relay)  # dead until it answers
+                continue
+            needed = self._dead_after(relay) if self._uplink_clean(relay) else self._uplink_dead_after(relay)
             burst_lost = window.misses >= self.bursts.get(relay, window.misses + 1)
-            if window.misses >= needed and (relay in self.dead or burst_lost):
+            if window.misses >= needed and burst_lost:
                 dead.add(relay)
-                if relay not in self.dead:
-                    self.death_misses[relay] = needed
+                self.death_misses[relay] = needed
         if self.selected not in dead:
             self.death_recorded = False
         selected = self.selected  # a dead selected relay's death is recorded by record()
@@ -353,6 +369,20 @@ class RelayMonitorActor(Actor):
             return config.dead_after_misses_max
         needed = math.ceil(math.log(config.dead_false_alarm) / math.log(loss))
         return min(config.dead_after_misses_max, max(config.dead_after_misses, needed))
+
+    def _uplink_clean(self, relay: str) -> bool:
+        """Another relay answered every probe of a burst this round: this node's uplink works."""
+        assert self.init is not None
+        confirm = self.init.config.relay_monitor.death_confirm_probes
+        return any(other != relay and sent >= confirm and self.answered.get(other, 0) == sent
+                   for other, sent in self.sent.items())
+
+    def _uplink_dead_after(self, relay: str) -> int:
+        """Misses in a row that make ``relay`` dead when the uplink itself may be lossy."""
+        assert self.init is not None
+        config = self.init.config.relay_monitor
+        assumed = math.ceil(math.log(config.dead_false_alarm) / math.log(config.uplink_assumed_loss))
+        return max(self._dead_after(relay), assumed)
 
     def _left(self, relay: str) -> None:
         """A relay that is not ours died: connections the peer's side put there move to ours.
@@ -396,9 +426,16 @@ class RelayMonitorActor(Actor):
                 run.written(window)
             self.windows[relay] = Window(misses=window.misses)
         self.ticks = 0
-        if self.selected is not None and self.selected not in dead:
+        if self.selected is not None:
+            # A dead relay's quality too: the connections must not weigh a switch onto it by
+            # the figures of a window from before it died. And the worse of the window's loss
+            # and the last probes': loss that began late in the window is what the relay has now.
             window = windows[self.selected]
-            loss = 1 - len(window.rtts) / window.probes if window.probes else 1.0
+            alive = window.probes and self.selected not in dead
+            loss = 1.0
+            if alive:
+                recent = self.outcomes.get(self.selected) or (False,)
+                loss = max(1 - len(window.rtts) / window.probes, sum(recent) / len(recent))
             self.send(self.parent, m.RelayQuality(self.selected, rtts[self.selected], loss, window.probes))
         degraded, choice = choose_relay(self.selected, rtts, config)
         previous = self.selected

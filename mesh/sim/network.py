@@ -58,6 +58,9 @@ class SimNetwork:
     # reply is lost with 1 - (1 - loss)^2), from a seeded generator: runs repeat exactly.
     loss: float = 0.0
     relay_loss: float = 0.0  # the same on relay paths and relay probes
+    # On relay paths to peers only, when set: the loss is on the peer's uplink, which this
+    # node's relay probes do not cross.
+    relay_path_loss: float | None = None
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     packet_bytes: int = 148  # one small game packet inside WireGuard
 
@@ -83,7 +86,9 @@ class SimNetwork:
     def path_loss(self, node: str, virtual_ip: str) -> float:
         peer = next((p for p in self.wireguard_peers.get(node, {}).values()
                      if f"{virtual_ip}/32" in p.allowed_ips), None)
-        return self.relay_loss if peer is not None and peer.endpoint in self.relay_latency else self.loss
+        if peer is not None and peer.endpoint in self.relay_latency:
+            return self.relay_loss if self.relay_path_loss is None else self.relay_path_loss
+        return self.loss
 
     def carry(self, node: str, virtual_ip: str, packets: int) -> None:
         """``node`` sends ``packets`` to ``virtual_ip`` and the peer answers each one: WireGuard's

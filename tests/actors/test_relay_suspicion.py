@@ -125,6 +125,37 @@ def test_a_relay_back_from_the_dead_dies_again_after_two_misses(clock: VirtualCl
         node.stop()
 
 
+def test_half_the_uplink_s_packets_lost_kills_no_relay_and_a_killed_one_still_dies(
+        clock: VirtualClock) -> None:
+    """At the onset of 50 % loss each way on this node's uplink (every relay's probes lost
+    alike, their histories still clean), a burst of six is lost 18 % of the time: relays
+    "died" about every 30 s and moved the relayed pairs. A lost burst kills a relay only when
+    another relay answered a whole burst in the same round (the uplink works), or after a run
+    of misses such loss makes a 1e-4 chance. A relay killed meanwhile still dies within 2 s."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    sim.reset(name)
+    node = Node(name, clock, replace(make_config(), relay_monitor=RelayMonitorConfig()),
+                (RELAY_A, RELAY_B)).start()
+    try:
+        node.net.set_relay(RELAY_A, 40.0)
+        node.net.set_relay(RELAY_B, 45.0)
+        node.advance(60, step=0.5)  # clean histories
+        a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
+        node.new(a), node.new(b)
+        node.net.relay_loss = 0.5
+        node.advance(600, step=0.5)
+        written = node.new(a) + node.new(b)
+        assert not [line for line in written if line.startswith(("RelayDegraded", "RelaySelected"))], written
+        assert node.status().relay == RELAY_A
+        node.net.set_relay(RELAY_A, None)
+        node.advance(2, step=0.5)
+        assert any(line.startswith("RelayDegraded(relay='198.51.100.1:3478', rtt_ms=None, reason='no answer")
+                   for line in node.new(a))
+        assert node.status().relay == RELAY_B
+    finally:
+        node.stop()
+
+
 def test_a_peer_that_moved_the_pair_to_another_session_is_followed_at_once(node: Node) -> None:
     """The peer's side reported the pair's session failed (or restarted, or chose the other
     relay): its offer names the new session, and this side moves there at once."""
