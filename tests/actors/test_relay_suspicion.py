@@ -100,60 +100,57 @@ def test_a_relayed_path_dead_while_its_relay_answers_reconnects_after_the_verdic
     assert node.net.failed_sessions == []
 
 
-def test_a_relay_back_from_the_dead_dies_again_after_two_misses(clock: VirtualClock) -> None:
-    """The probes lost while a relay was dead are not loss it carries once back: a second kill
-    soon after is seen as fast as the first (not after up to 12 misses)."""
+@pytest.fixture
+def production_monitor(clock: VirtualClock) -> Iterator[Node]:
+    """A node with no party, the production relay monitor, A at 40 ms and B at 45 ms."""
     name = f"t{uuid.uuid4().hex[:10]}"
     sim.reset(name)
-    node = Node(name, clock, replace(make_config(), relay_monitor=RelayMonitorConfig()),
-                (RELAY_A, RELAY_B)).start()
-    try:
-        node.net.set_relay(RELAY_A, 40.0)
-        node.net.set_relay(RELAY_B, 45.0)
+    started = Node(name, clock, replace(make_config(), relay_monitor=RelayMonitorConfig()),
+                   (RELAY_A, RELAY_B)).start()
+    started.net.set_relay(RELAY_A, 40.0)
+    started.net.set_relay(RELAY_B, 45.0)
+    yield started
+    started.stop()
+
+
+def test_a_relay_back_from_the_dead_dies_again_after_two_misses(production_monitor: Node) -> None:
+    """The probes lost while a relay was dead are not loss it carries once back: a second kill
+    soon after is seen as fast as the first (not after up to 12 misses)."""
+    node = production_monitor
+    node.advance(5, step=0.5)
+    a = relay_stream("local", RELAY_A)
+    for _ in range(2):
+        node.new(a)
+        node.net.set_relay(RELAY_A, None)
+        node.advance(1.0, step=0.5)
+        assert "RelayDegraded(relay='198.51.100.1:3478', rtt_ms=None, reason='no answer to 2 probes " \
+               "in a row')" in node.new(a)
         node.advance(5, step=0.5)
-        a = relay_stream("local", RELAY_A)
-        for _ in range(2):
-            node.new(a)
-            node.net.set_relay(RELAY_A, None)
-            node.advance(1.0, step=0.5)
-            assert "RelayDegraded(relay='198.51.100.1:3478', rtt_ms=None, reason='no answer to 2 probes " \
-                   "in a row')" in node.new(a)
-            node.advance(5, step=0.5)
-            node.net.set_relay(RELAY_A, 40.0)
-            node.advance(2, step=0.5)
-    finally:
-        node.stop()
+        node.net.set_relay(RELAY_A, 40.0)
+        node.advance(2, step=0.5)
 
 
 def test_half_the_uplink_s_packets_lost_kills_no_relay_and_a_killed_one_still_dies(
-        clock: VirtualClock) -> None:
+        production_monitor: Node) -> None:
     """At the onset of 50 % loss each way on this node's uplink (every relay's probes lost
     alike, their histories still clean), a burst of six is lost 18 % of the time: relays
     "died" about every 30 s and moved the relayed pairs. A lost burst kills a relay only when
     another relay answered a whole burst in the same round (the uplink works), or after a run
     of misses such loss makes a 1e-4 chance. A relay killed meanwhile still dies within 2 s."""
-    name = f"t{uuid.uuid4().hex[:10]}"
-    sim.reset(name)
-    node = Node(name, clock, replace(make_config(), relay_monitor=RelayMonitorConfig()),
-                (RELAY_A, RELAY_B)).start()
-    try:
-        node.net.set_relay(RELAY_A, 40.0)
-        node.net.set_relay(RELAY_B, 45.0)
-        node.advance(60, step=0.5)  # clean histories
-        a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
-        node.new(a), node.new(b)
-        node.net.relay_loss = 0.5
-        node.advance(600, step=0.5)
-        written = node.new(a) + node.new(b)
-        assert not [line for line in written if line.startswith(("RelayDegraded", "RelaySelected"))], written
-        assert node.status().relay == RELAY_A
-        node.net.set_relay(RELAY_A, None)
-        node.advance(2, step=0.5)
-        assert any(line.startswith("RelayDegraded(relay='198.51.100.1:3478', rtt_ms=None, reason='no answer")
-                   for line in node.new(a))
-        assert node.status().relay == RELAY_B
-    finally:
-        node.stop()
+    node = production_monitor
+    node.advance(60, step=0.5)  # clean histories
+    a, b = relay_stream("local", RELAY_A), relay_stream("local", RELAY_B)
+    node.new(a), node.new(b)
+    node.net.relay_loss = 0.5
+    node.advance(600, step=0.5)
+    written = node.new(a) + node.new(b)
+    assert not [line for line in written if line.startswith(("RelayDegraded", "RelaySelected"))], written
+    assert node.status().relay == RELAY_A
+    node.net.set_relay(RELAY_A, None)
+    node.advance(2, step=0.5)
+    assert any(line.startswith("RelayDegraded(relay='198.51.100.1:3478', rtt_ms=None, reason='no answer")
+               for line in node.new(a))
+    assert node.status().relay == RELAY_B
 
 
 def test_a_peer_that_moved_the_pair_to_another_session_is_followed_at_once(node: Node) -> None:
