@@ -30,6 +30,8 @@ The baseline, in the same run: join to first reply of a fresh pair (direct alice
 relayed alice-carl), as bench/connect.py measures; recovery is printed as a ratio of it.
 Targets (median over the runs): detection <= 2 s, recovery <= 5 s; 0 path switches at
 5 % and 20 % loss, at most one a minute per peer at 50 %. Exits 1 on any miss.
+A recovery later than 5 s (or none) is printed at once with what both ends of the pair
+logged about each other since the fault: why it was late.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ GAME_INTERVAL_S = 0.05
 GAME_WARM_UP_S = 2.0
 GAME_GIVES_UP_S = 10.0
 PATH_EVENTS = ("ConnectionStateChanged", "PathSwitched")
+# What each end recorded about the other when a recovery missed its target: why it was late.
+STORY_EVENTS = (*PATH_EVENTS, "PathChosen", "RelayAllocationRequested", "RelaySessionOpened",
+                "RelayAllocationFailed", "NoPathAvailable", "HolePunchFailed", "EndpointChanged",
+                "WireGuardPeerConfigured")
 HOSTS = [HostSpec("alice", "port_restricted"), HostSpec("bob", "port_forwarded"),
          HostSpec("carl", "symmetric")]
 NAMES = [spec.name for spec in HOSTS]
@@ -214,6 +220,24 @@ class Bench:
                     break
         return first
 
+    def recovered(self, row: Row, pair: tuple[str, str], recovery: float | None, fault_at: float) -> None:
+        """Records ``recovery``; a late or missing one is printed with what both ends logged."""
+        row.recoveries.append(recovery)
+        if recovery is not None and recovery <= RECOVERY_TARGET_S:
+            return
+        took = f"{recovery:.2f} s" if recovery is not None else "none"
+        print(f"  {row.name}: {pair[0]}-{pair[1]} recovery {took}; what each end logged:", flush=True)
+        for host, peer in (pair, pair[::-1]):
+            peer_id = self.party.peers(host)[peer]["peer_id"]
+            for record in self.party.events(host, *STORY_EVENTS):
+                offset = datetime.fromisoformat(record["recorded_at"]).timestamp() - fault_at
+                if record["payload"].get("peer_id") == peer_id and offset > -1:
+                    detail = {k: v for k, v in record["payload"].items() if k in (
+                        "to_state", "reason", "path", "to_path", "relay", "to_relay", "session_id",
+                        "error", "purpose", "new_endpoint", "endpoint")}
+                    line = f"    {offset:8.2f} {host}->{peer} {record['event_type']} {detail}"
+                    print(line[:240], flush=True)
+
     def relay_of(self, pair: tuple[str, str]) -> str:
         relay = self.party.peers(pair[0])[pair[1]]["relay"]
         assert relay in self.party.relay_processes, f"{pair} is not relayed ({relay})"
@@ -237,7 +261,7 @@ class Bench:
         at = time.time()
         self.lab.block_path("carl", relay_host)
         try:
-            rows["relayed path cut"].recoveries.append(self.first_reply(*RELAYED, at))
+            self.recovered(rows["relayed path cut"], RELAYED, self.first_reply(*RELAYED, at), at)
             rows["relayed path cut"].detections.append(self.detection(RELAYED, at))
         finally:
             self.lab.unblock_path("carl", relay_host)
@@ -247,7 +271,7 @@ class Bench:
         self.party.kill_hard(self.party.relay_processes[relay])
         at = time.time()
         try:
-            rows["relay killed"].recoveries.append(self.first_reply(*RELAYED, at))
+            self.recovered(rows["relay killed"], RELAYED, self.first_reply(*RELAYED, at), at)
             rows["relay killed"].detections.append(self.detection(RELAYED, at))
         finally:
             self.party.start_relay(relay)
@@ -272,7 +296,7 @@ class Bench:
         pingers = {pair: self.pinger(*pair) for pair in (DIRECT, RELAYED, BOTH_CUT)}
         for kind, pair in (("direct", DIRECT), ("relayed", RELAYED), ("both ends cut", BOTH_CUT)):
             row = rows[f"uplink cut {outage_s:g} s, {kind}"]
-            row.recoveries.append(self.first_reply_of(pingers[pair], restored))
+            self.recovered(row, pair, self.first_reply_of(pingers[pair], restored), at)
             row.detections.append(self.detection(pair, at))
 
     def agent_restart(self, rows: dict[str, Row]) -> None:
@@ -283,7 +307,7 @@ class Bench:
         pingers = {pair: self.pinger(*pair) for pair in (("bob", "carl"), ("alice", "carl"))}
         for kind, pair in (("direct", ("bob", "carl")), ("relayed", ("alice", "carl"))):
             row = rows[f"agent restart, {kind}"]
-            row.recoveries.append(self.first_reply_of(pingers[pair], up))
+            self.recovered(row, pair, self.first_reply_of(pingers[pair], up), at)
             row.detections.append(self.detection(pair, at))
 
     def control_restart(self, rows: dict[str, Row]) -> None:
@@ -313,7 +337,7 @@ class Bench:
         pingers = {pair: self.pinger(*pair) for pair in (DIRECT, RELAYED)}
         for kind, pair in (("direct", DIRECT), ("relayed", RELAYED)):
             row = rows[f"NAT rebinding, {kind}"]
-            row.recoveries.append(self.first_reply_of(pingers[pair], at))
+            self.recovered(row, pair, self.first_reply_of(pingers[pair], at), at)
             row.detections.append(self.detection(pair, at))
 
     def loss(self, fraction: float, window_s: float) -> tuple[int, list[str]]:
