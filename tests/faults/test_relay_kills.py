@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from lab import LabProcess
 from tests.faults.harness import RECOVERY_S, Failures, FaultParty
 
 pytestmark = pytest.mark.lab
@@ -38,10 +39,24 @@ def reply_times(output: str) -> list[float]:
             if line.startswith("[") and " bytes from " in line]
 
 
-def longest_silence(output: str, since: float) -> float | None:
-    replies = reply_times(output)
-    return max((later - earlier for earlier, later in itertools.pairwise(replies) if later > since),
-               default=None)
+def alice_pings_carl(faults: FaultParty) -> LabProcess:
+    """A game's traffic from alice to carl (``ping -D``: every reply timestamped), 30 s at most."""
+    return faults.lab.popen("alice", ["ping", "-n", "-D", "-i", "0.1", "-W", "1", "-w", "30",
+                                      faults.ips["carl"]])
+
+
+def silence_after(faults: FaultParty, pinger: LabProcess, since: float, what: str) -> float:
+    """Once carl answers again: the longest gap between alice's replies after ``since`` (wall
+    clock), at most ``RECOVERY_S``."""
+    faults.assert_mesh(RECOVERY_S, involving=["carl"], what=f"after {what}")
+    time.sleep(0.5)
+    faults.lab.kill(pinger)
+    replies = reply_times(pinger.output())
+    outage = max((later - earlier for earlier, later in itertools.pairwise(replies) if later > since),
+                 default=None)
+    assert outage is not None, f"no reply from carl to alice's pings after {what}"
+    assert outage <= RECOVERY_S, f"alice's pings to carl went unanswered for {outage:.2f} s"
+    return outage
 
 
 def test_kill_9_of_a_relay(faults: FaultParty) -> None:
@@ -54,19 +69,12 @@ def test_kill_9_of_a_relay(faults: FaultParty) -> None:
             break
         active = party.peers("alice")["carl"]["relay"]
         assert active in party.relay_processes, f"kill {kill}: alice-carl is not relayed ({active})"
-        pinger = faults.lab.popen("alice", ["ping", "-n", "-D", "-i", "0.1", "-W", "1", "-w", "30",
-                                            faults.ips["carl"]])
+        pinger = alice_pings_carl(faults)
         time.sleep(rng.uniform(1.0, 2.0))
         killed_at = time.time()
         party.kill_hard(party.relay_processes[active])
         with failures.round(f"kill {kill} (relay {active})"):
-            faults.assert_mesh(RECOVERY_S, involving=["carl"], what="after the relay died")
-            time.sleep(0.5)
-            faults.lab.kill(pinger)
-            outage = longest_silence(pinger.output(), killed_at)
-            assert outage is not None, "no reply from carl to alice's pings after the kill"
-            gaps.append(outage)
-            assert outage <= RECOVERY_S, f"alice's pings to carl went unanswered for {outage:.2f} s"
+            gaps.append(silence_after(faults, pinger, killed_at, "the relay died"))
         if pinger.alive:
             faults.lab.kill(pinger)
         party.start_relay(active)
@@ -95,20 +103,13 @@ def test_a_relay_that_one_side_cannot_reach(faults: FaultParty) -> None:
         faults.heal()
         active = party.peers("alice")["carl"]["relay"]
         relay_host = lab.relays[party.relays.index(active)].name
-        pinger = lab.popen("alice", ["ping", "-n", "-D", "-i", "0.1", "-W", "1", "-w", "30",
-                                     faults.ips["carl"]])
+        pinger = alice_pings_carl(faults)
         time.sleep(rng.uniform(1.0, 2.0))
         cut_at = time.time()
         lab.block_path("carl", relay_host)
         with failures.round(f"cut {cut} (carl from relay {active})"):
             try:
-                faults.assert_mesh(RECOVERY_S, involving=["carl"], what="after carl lost the relay")
-                time.sleep(0.5)
-                lab.kill(pinger)
-                outage = longest_silence(pinger.output(), cut_at)
-                assert outage is not None, "no reply from carl to alice's pings after the cut"
-                gaps.append(outage)
-                assert outage <= RECOVERY_S, f"alice's pings to carl went unanswered for {outage:.2f} s"
+                gaps.append(silence_after(faults, pinger, cut_at, "carl lost the relay"))
             finally:  # before the round's heal, if it failed
                 if pinger.alive:
                     lab.kill(pinger)
