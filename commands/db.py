@@ -52,6 +52,7 @@ def prune_command(
     Positions stay: each pruned stream records a low-water mark above which it is gapless.
     store.retention.upkeep does the same (and refreshes snapshots) for a running node.
     """
+    from commands.history import with_zone
     from store import open_store
     from store.retention import parse_keep, prune
 
@@ -63,7 +64,7 @@ def prune_command(
         report = prune(store, window)
     kinds = ", ".join(f"{kind} {rows}" for kind, rows in sorted(report.by_kind.items())) or "nothing"
     print(f"pruned {report.rows} row{'s' if report.rows != 1 else ''} recorded before "
-          f"{report.cutoff.isoformat(timespec='seconds')} from {report.streams} stream"
+          f"{with_zone(report.cutoff)} from {report.streams} stream"
           f"{'s' if report.streams != 1 else ''} ({kinds})")
 
 
@@ -73,6 +74,7 @@ def stats_command(
     db: DbOption = None,
 ) -> None:
     """Rows and bytes per stream kind, the oldest event kept, and what retention removed."""
+    from commands.history import with_zone
     from store import open_store
     from store.retention import log_stats
 
@@ -90,13 +92,13 @@ def stats_command(
 
     table = Table(header_style="bold")
     for column, justify in (("stream kind", "left"), ("rows", "right"), ("bytes", "right"),
-                            ("oldest kept (local)", "left")):
+                            ("oldest kept", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for kind in stats.kinds:
         table.add_row(kind.kind, f"{kind.rows:,}", f"{kind.bytes:,}",
-                      kind.oldest.astimezone().strftime("%Y-%m-%d %H:%M:%S") if kind.oldest else "-")
+                      with_zone(kind.oldest) if kind.oldest else "-")
     table.add_row("all", f"{sum(k.rows for k in stats.kinds):,}", f"{sum(k.bytes for k in stats.kinds):,}",
-                  stats.oldest.astimezone().strftime("%Y-%m-%d %H:%M:%S") if stats.oldest else "-")
+                  with_zone(stats.oldest) if stats.oldest else "-")
     from rich.console import Console
 
     console = Console(soft_wrap=False, highlight=False)

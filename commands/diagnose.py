@@ -12,7 +12,7 @@ import typer
 
 from commands.common import DEFAULT_STATE_DIR as _DEFAULT_STATE_DIR
 from commands.common import DbOption, JsonOption, StateDirOption
-from commands.history import _console, _guard, _open_readonly, _warn, find_peer
+from commands.history import _console, _guard, _open_readonly, _warn, find_peer, local_times
 from commands.times import TIME_FORMS, UtcOption, iso, parse_time, shown, zone_name
 
 
@@ -93,7 +93,7 @@ def _print(label: str, reports: list[tuple[Any, list[Any]]], moment: Any, utc: b
 def _facts(console: Any, facts: Any, utc: bool) -> None:
     for fact in facts:
         console.print(f"    {shown(fact.at, utc)}  #{fact.global_position}  {fact.stream_id}  "
-                      f"{fact.event_type}  {fact.detail}")
+                      f"{fact.event_type}  {local_times(fact.detail, utc)}")
 
 
 def register(app: typer.Typer) -> None:

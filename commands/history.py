@@ -13,7 +13,7 @@ import re
 import signal
 import sys
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any
@@ -26,8 +26,8 @@ if TYPE_CHECKING:  # rich and asyncio load only in the commands that print table
 
 from commands.common import DEFAULT_STATE_DIR as _DEFAULT_STATE_DIR
 from commands.common import DbOption, JsonOption, StateDirOption, UsageError, database_url
-from commands.times import TIME_FORMS, UtcOption, iso, parse_time, shown, zone_name
-from events.streams import METRICS, PEER, node_of
+from commands.times import TIME_FORMS, UtcOption, display_zone, iso, parse_time, shown, zone_name
+from events.streams import METRICS, PEER, node_of, node_stream, stream_kind
 
 CONNECTION_TYPES = ("ConnectionAttemptStarted", "PathChosen", "HolePunchAttempted", "HolePunchSucceeded",
                     "HolePunchFailed", "WireGuardPeerConfigured", "WireGuardPeerRemoved",
@@ -39,6 +39,11 @@ NodeOption = Annotated[str | None, typer.Option(
 
 TABLE_ROWS = 1000
 _SQLITE_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?$")
+# A moment written into a text (a reason, an evidence line, a payload's ``first_at``): ISO 8601,
+# UTC when it has no offset, as the log writes them.
+_MOMENT_IN_TEXT = re.compile(r"\b(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d(?:\.\d{1,6})?)(Z|[+-]\d\d:\d\d)?")
+# This node's own runs, shown in a peer's timeline: a stop or a crash ends its connections.
+NODE_RUN_TYPES = ("NodeStarted", "NodeStopped", "NodeRunEndedAbruptly")
 
 
 # ---------------------------------------------------------------- helpers
@@ -73,7 +78,37 @@ def record_json(record: Any) -> dict[str, Any]:
     }
 
 
-def summary(event: Any, width: int = 90, skip: tuple[str, ...] = ()) -> str:
+def with_zone(moment: datetime, utc: bool = False) -> str:
+    """A moment with the name of its own zone: "CEST" in July, "CET" in December."""
+    local = moment.astimezone(display_zone(utc))
+    return f"{shown(local, utc)} {local.strftime('%Z') or zone_name(utc)}"
+
+
+def local_times(text: str, utc: bool = False) -> str:
+    """``text`` with every ISO 8601 moment in it written in local time with its zone (UTC with ``utc``)."""
+
+    def local(match: re.Match[str]) -> str:
+        day, clock, offset = match.groups()
+        try:
+            moment = datetime.fromisoformat(f"{day}T{clock}{'+00:00' if offset in (None, 'Z') else offset}")
+        except ValueError:
+            return match.group(0)
+        return with_zone(moment, utc)
+
+    return _MOMENT_IN_TEXT.sub(local, text)
+
+
+def _time_column(moments: Iterable[datetime], utc: bool) -> tuple[str, Callable[[datetime], str]]:
+    """The header and the cells of a time column: the zone in the header when every row has the
+    same one, else in each cell (a log across a daylight saving change)."""
+    zones = {moment.astimezone(display_zone(utc)).strftime("%Z") for moment in moments}
+    if len(zones) <= 1:
+        zone = next(iter(zones), "") or zone_name(utc)
+        return f"time ({zone})", lambda moment: shown(moment, utc)
+    return "time", lambda moment: with_zone(moment, utc)
+
+
+def summary(event: Any, width: int = 90, skip: tuple[str, ...] = (), utc: bool = False) -> str:
     parts = []
     for name, value in event.to_payload().items():
         if name in ("party_id", "peer_id", *skip) or value in (None, "", ()):
@@ -82,6 +117,8 @@ def summary(event: Any, width: int = 90, skip: tuple[str, ...] = ()) -> str:
             value = f"{value:.2f}".rstrip("0").rstrip(".")
         elif isinstance(value, tuple):
             value = ",".join(map(str, value))
+        elif isinstance(value, str):
+            value = local_times(value, utc)
         parts.append(f"{name}={value}")
     text = " ".join(parts)
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -112,18 +149,64 @@ def _warn(error: Exception) -> None:
     print(f"lanrage: warning: {error}", file=sys.stderr)
 
 
-def _events_table(records: Iterable[Any], utc: bool, title: str | None = None) -> Table:
+def _quiet(_error: Exception) -> None:
+    """For a second read of rows that the command's own read already warned about."""
+
+
+def _events_table(records: list[Any], utc: bool, names: PeerNames, title: str | None = None) -> Table:
     table = _table(title=title, header_style="bold")
+    header, when = _time_column((record.recorded_at for record in records), utc)
     table.add_column("pos", justify="right")
-    table.add_column(f"time ({zone_name(utc)})")
+    table.add_column(header)
     table.add_column("stream")
+    table.add_column("peer")
     table.add_column("#", justify="right")
     table.add_column("event")
     table.add_column("details", overflow="fold")
     for record in records:
-        table.add_row(str(record.global_position), shown(record.recorded_at, utc), record.stream_id,
-                      str(record.stream_position), record.event_type, summary(record.event))
+        table.add_row(str(record.global_position), when(record.recorded_at), record.stream_id,
+                      names.of(record) or "", str(record.stream_position), record.event_type,
+                      summary(record.event, utc=utc))
     return table
+
+
+class PeerNames:
+    """The name of the peer (or static device) an event is about, from the log's directory."""
+
+    def __init__(self, load: Callable[[], dict[tuple[str, str], str]]) -> None:
+        self._load = load
+        self._names = load()
+        self._asked: set[tuple[str, str]] = set()
+
+    @classmethod
+    def of_store(cls, store: Any) -> PeerNames:
+        from store.peers import load_directory
+
+        return cls(lambda: {(entry.party_id, entry.peer_id): entry.name
+                            for entry in load_directory(store, on_error=_quiet) if entry.name})
+
+    def of(self, record: Any) -> str | None:
+        key = self.key(record)
+        if key is None:
+            return None
+        if key not in self._names and key not in self._asked:
+            # A peer that joined after the names were read (``--follow``): read them again, once a peer.
+            self._asked.add(key)
+            self._names = self._load()
+        return self._names.get(key)
+
+    @staticmethod
+    def key(record: Any) -> tuple[str, str] | None:
+        """(party id, peer id) of the connection stream, or of the peer a party event names."""
+        if stream_kind(record.stream_id) in (PEER, METRICS):
+            parts = record.stream_id.split(":")
+            return (parts[-2], parts[-1]) if len(parts) >= 3 and parts[-2] and parts[-1] else None
+        event = record.event
+        party_id = getattr(event, "party_id", None)
+        peer_id = getattr(event, "peer_id", None) or getattr(event, "device_id", None)
+        if isinstance(party_id, str) and isinstance(peer_id, str) and party_id and peer_id:
+            return party_id, peer_id
+        return None
 
 
 def _sqlite_moment(value: Any, column: str) -> datetime | None:
@@ -212,7 +295,7 @@ def events_command(
         if not rows:
             console.print("no events match")
             return
-        console.print(_events_table(rows, utc))
+        console.print(_events_table(list(rows), utc, PeerNames.of_store(store)))
         if seen > len(rows):
             console.print(f"showing the latest {len(rows)} of {seen} matching events; "
                           "narrow with --since/--stream/--type, or use --after/--limit or --json")
@@ -237,11 +320,19 @@ def _follow(url: str, after: int, stream: str | None, types: tuple[str, ...], si
             count: int | None, as_json: bool, utc: bool, node: str | None = None) -> None:
     import asyncio
 
+    from store import open_store
     from store.aio import AsyncEventReader
 
     console = _console()
+    waiting = False
 
-    async def run() -> None:
+    def caught_up() -> None:
+        nonlocal waiting
+        if not waiting:
+            waiting = True
+            print("waiting for new events (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    async def run(names: PeerNames | None) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -250,24 +341,28 @@ def _follow(url: str, after: int, stream: str | None, types: tuple[str, ...], si
         seen = 0
         async with AsyncEventReader(url) as reader:
             async for record in reader.follow(after, stream=stream, types=types, stop=stop,
-                                              on_error=_warn):
+                                              on_error=_warn, idle=caught_up):
                 if since is not None and record.recorded_at < since:
                     continue
                 if node is not None and node_of(record.stream_id) != node:
                     continue
-                if as_json:
+                if names is None:
                     print(json.dumps(record_json(record)), flush=True)
                 else:
-                    console.print(f"{record.global_position:>7}  {shown(record.recorded_at, utc)} "
-                                  f"{zone_name(utc)}  "
-                                  f"{record.stream_id}  {record.event_type}  {summary(record.event)}",
-                                  markup=False)
+                    name = names.of(record)
+                    console.print(f"{record.global_position:>7}  {with_zone(record.recorded_at, utc)}  "
+                                  f"{record.stream_id}{f' ({name})' if name else ''}  {record.event_type}  "
+                                  f"{summary(record.event, utc=utc)}", markup=False)
                     sys.stdout.flush()
                 seen += 1
                 if count is not None and seen >= count:
                     break
 
-    asyncio.run(run())
+    if as_json:
+        asyncio.run(run(None))
+        return
+    with open_store(url, readonly=True) as store:  # the names of the peers, read again when one joins
+        asyncio.run(run(PeerNames.of_store(store)))
 
 
 def replay_command(
@@ -295,6 +390,7 @@ def replay_command(
     with _open_readonly(db, state_dir) as store:
         world = replay(store, at=moment, position=position, node=node,
                        on_error=_warn if skip_bad else "raise")
+        directory = [] if as_json else _directory(store)
     if as_json:
         print(json.dumps(_jsonable({
             "position": world.position,
@@ -305,67 +401,109 @@ def replay_command(
             "nodes": {key: dataclasses.asdict(value) for key, value in world.nodes.items()},
         }), indent=2))
         return
-    _print_world(world, moment, utc)
+    _print_world(world, moment, utc, directory)
 
 
-def _print_world(world: Any, moment: datetime | None, utc: bool) -> None:
+def _print_world(world: Any, moment: datetime | None, utc: bool, directory: list[Any]) -> None:
+    """What each node knew at that moment, peers and parties by name (``--json`` keeps the ids)."""
+    from events.types import NAT_UNKNOWN, RELAY
+
     console = _console()
-    when = f" at {shown(moment, utc)} {zone_name(utc)}" if moment else ""
+    when = f" at {with_zone(moment, utc)}" if moment else ""
     console.print(f"State after global position {world.position}{when}", style="bold")
     if not (world.parties or world.connections or world.relays or world.nodes):
         console.print("nothing recorded yet")
         return
+    # Names as the parties knew them then, else as the log tells them later (a peer that left).
+    peer_names = {(entry.party_id, entry.peer_id): entry.name for entry in directory if entry.name}
+    party_names = {entry.party_id: entry.party_name for entry in directory if entry.party_name}
+    for party in world.parties.values():
+        if party.name:
+            party_names[party.party_id] = party.name
+        peer_names.update(((party.party_id, peer_id), member.name) for peer_id, member in party.members
+                          if member.name)
+    # The node's own NAT: what it detected, else what it announced when it joined.
+    own_nat: dict[str | None, str] = {}
+    for stream_id, party in world.parties.items():
+        local = party.members_by_id.get(party.local_peer_id)
+        if local is not None and local.nat_type != NAT_UNKNOWN:
+            own_nat.setdefault(node_of(stream_id), local.nat_type)
+    for stream_id, node in world.nodes.items():
+        if node.nat_type != NAT_UNKNOWN:
+            own_nat[node_of(stream_id)] = node.nat_type
+    # One node's log needs no node column; a database that several nodes share does.
+    owners = {node_of(stream_id) for streams in (world.parties, world.connections, world.relays, world.nodes)
+              for stream_id in streams}
+    several = len(owners) > 1
+
+    def table(title: str, *columns: str) -> Table:
+        made = _table(title=title, header_style="bold")
+        for column in (("node",) if several else ()) + columns:
+            made.add_column(column)
+        return made
+
+    def row(made: Table, stream_id: str | None, *cells: str) -> None:
+        made.add_row(*(((node_of(stream_id) or "-") if stream_id else "",) if several else ()), *cells)
+
     if world.nodes:
-        table = _table(title="nodes", header_style="bold")
+        nodes = _table(title="nodes", header_style="bold")
         for column in ("node", "running", "NAT", "public endpoint", "relay"):
-            table.add_column(column)
-        for node in world.nodes.values():
-            table.add_row(node.node_id, "yes" if node.running else "no", node.nat_type,
-                          node.public_endpoint or "-", node.selected_relay or "-")
-        console.print(table)
+            nodes.add_column(column)
+        for stream_id, node in world.nodes.items():
+            nodes.add_row(node.node_id or node_of(stream_id) or "-", "yes" if node.running else "no",
+                          own_nat.get(node_of(stream_id), NAT_UNKNOWN), node.public_endpoint or "-",
+                          node.selected_relay or "-")
+        console.print(nodes)
     if world.parties:
-        table = _table(title="parties", header_style="bold")
-        for column in ("node", "party", "name", "active", "member", "peer name", "virtual IP", "NAT"):
-            table.add_column(column)
+        parties = table("parties", "party", "active", "member", "virtual IP", "NAT")
         for stream_id, party in world.parties.items():
             members = party.members or (("", None),)
             for index, (peer_id, member) in enumerate(members):
-                table.add_row(_node_cell(stream_id) if index == 0 else "",
-                              party.party_id if index == 0 else "", party.name if index == 0 else "",
-                              ("yes" if party.active else f"no ({party.left_reason})") if index == 0 else "",
-                              peer_id or "-", member.name if member else "-",
-                              (member.virtual_ip or "-") if member else "-",
-                              member.nat_type if member else "-")
-        console.print(table)
+                first = index == 0
+                if member is None:
+                    who, nat = "-", "-"
+                elif peer_id == party.local_peer_id or member.is_local:
+                    who = f"{member.name or peer_id} (this node)"
+                    nat = own_nat.get(node_of(stream_id), member.nat_type)
+                else:
+                    who, nat = member.name or peer_id, member.nat_type
+                row(parties, stream_id if first else None,
+                    (party.name or party.party_id) if first else "",
+                    ("yes" if party.active else f"no ({local_times(party.left_reason or '', utc)})")
+                    if first else "",
+                    who, (member.virtual_ip or "-") if member else "-", nat)
+        console.print(parties)
     if world.connections:
-        table = _table(title="connections", header_style="bold")
-        for column in ("node", "party", "peer", "state", "path", "endpoint", "relay", "latency ms", "loss",
-                       "reconnects", "reason"):
-            table.add_column(column)
+        connections = table("connections", "party", "peer", "state", "path", "endpoint / relay", "latency ms",
+                            "loss", "reconnects", "reason")
         for stream_id, connection in world.connections.items():
-            table.add_row(_node_cell(stream_id), connection.party_id, connection.peer_id,
-                          connection.state or "-", connection.path or "-", connection.endpoint or "-",
-                          connection.relay or "-",
-                          f"{connection.latency_ms:.1f}" if connection.latency_ms is not None else "-",
-                          f"{connection.loss:.1%}" if connection.loss is not None else "-",
-                          str(connection.reconnects), connection.reason or "-")
-        console.print(table)
+            # A relayed peer is reached through the relay; WireGuard's own endpoint then is only
+            # this node's local relay proxy (127.0.0.1:PORT), which says nothing about the peer.
+            if connection.path == RELAY:
+                where = connection.relay or connection.session_relay or "relay"
+            else:
+                where = connection.endpoint or "-"
+            row(connections, stream_id, party_names.get(connection.party_id, connection.party_id),
+                peer_names.get((connection.party_id, connection.peer_id), connection.peer_id),
+                connection.state or "-", connection.path or "-", where,
+                f"{connection.latency_ms:.1f}" if connection.latency_ms is not None else "-",
+                f"{connection.loss:.1%}" if connection.loss is not None else "-",
+                str(connection.reconnects), local_times(connection.reason, utc) or "-")
+        console.print(connections)
     if world.relays:
-        table = _table(title="relays", header_style="bold")
-        for column in ("node", "relay", "rtt ms", "answered/probes", "degraded", "sessions", "running"):
-            table.add_column(column)
+        # What this node's relay monitor learned; a relay server's own sessions are not in its log.
+        relays = table("relays", "relay", "selected", "rtt ms", "answered/probes", "degraded")
         for stream_id, relay in world.relays.items():
-            table.add_row(_node_cell(stream_id), relay.relay,
-                          f"{relay.rtt_ms:.1f}" if relay.rtt_ms is not None else "-",
-                          f"{relay.answered}/{relay.probes}", "yes" if relay.degraded else "no",
-                          str(len(relay.sessions)), "yes" if relay.running else "no")
-        console.print(table)
+            row(relays, stream_id, relay.relay, "yes" if relay.selected else "no",
+                f"{relay.rtt_ms:.1f}" if relay.rtt_ms is not None else "-",
+                f"{relay.answered}/{relay.probes}", "yes" if relay.degraded else "no")
+        console.print(relays)
 
 
-def _node_cell(stream_id: str) -> str:
-    from events.streams import node_of
+def _directory(store: Any) -> list[Any]:
+    from store.peers import load_directory
 
-    return node_of(stream_id) or "-"
+    return load_directory(store, on_error=_quiet)
 
 
 def history_command(
@@ -403,7 +541,8 @@ def history_command(
             for source, types in sources:
                 records.extend(record for record in store.read_all(stream=source, types=types, on_error=_warn)
                                if record.stream_id == source)
-    records.sort(key=lambda record: record.global_position)
+        records.sort(key=lambda record: record.global_position)
+        records = _with_node_runs(store, records, owners)
     if limit is not None:
         records = records[-limit:] if limit > 0 else []
     if as_json:
@@ -413,14 +552,17 @@ def history_command(
     console = _console()
     table = _table(title=f"connection history of {'; '.join(sorted({entry.label() for entry in chosen}))}",
                   header_style="bold")
-    for column in ("pos", f"time ({zone_name(utc)})", "event", "state", "path", "endpoint / relay",
-                   "lasted", "details"):
+    header, when = _time_column((record.recorded_at for record in records), utc)
+    for column in ("pos", header, "event", "state", "path", "endpoint / relay", "lasted", "details"):
         table.add_column(column)
     lasted = _lasted(records)
     for record in records:
         event = record.event
         state, path, where = "", "", ""
-        if record.event_type == "ConnectionStateChanged":
+        details = summary(event, 60, skip=_SHOWN, utc=utc)
+        if record.event_type in NODE_RUN_TYPES:
+            state, details = _node_run(record, utc)
+        elif record.event_type == "ConnectionStateChanged":
             state = f"{event.from_state or '∅'} → {event.to_state}"
             path = event.path or ""
             where = event.relay if event.path == "relay" and event.relay else (event.endpoint or "")
@@ -430,24 +572,83 @@ def history_command(
         elif record.event_type == "PathChosen":
             path = event.path
             where = event.relay or event.endpoint or ""
-        table.add_row(str(record.global_position), shown(record.recorded_at, utc), record.event_type, state,
-                      path, where, lasted.get(record.global_position, ""), summary(event, 60, skip=_SHOWN))
+        table.add_row(str(record.global_position), when(record.recorded_at), record.event_type, state,
+                      path, where, lasted.get(record.global_position, ""), details)
     console.print(table if records else f"no connection events recorded for {chosen[0].label()}")
 
 
+def _with_node_runs(store: Any, records: list[Any], owners: list[str]) -> list[Any]:
+    """The timeline with the starts, stops and crashes of the node that holds the connection.
+
+    From the connection's first event on, up to the end of the run its last event belongs to:
+    a stop or a crash after it is why the connection went quiet.
+    """
+    if not records or len(owners) != 1 or not owners[0]:
+        return records
+    stream = node_stream(owners[0])
+    first, last = records[0].global_position, records[-1].global_position
+    runs = []
+    for record in store.read_all(first, stream=stream, types=NODE_RUN_TYPES, on_error=_warn):
+        if record.stream_id != stream:
+            continue
+        if record.global_position > last:
+            if record.event_type != "NodeStarted":
+                runs.append(record)
+                break
+            continue
+        runs.append(record)
+    return sorted([*records, *runs], key=lambda record: record.global_position)
+
+
+def _run_ended(record: Any) -> datetime | None:
+    """When a stop or a crash ended this node's run (a crash: its last event before it)."""
+    if record.event_type == "NodeStopped":
+        return record.recorded_at
+    try:
+        ended = datetime.fromisoformat(record.event.last_recorded_at)
+    except ValueError:
+        return None
+    return ended if ended.tzinfo else ended.replace(tzinfo=UTC)
+
+
+def _node_run(record: Any, utc: bool) -> tuple[str, str]:
+    """The state and details cells of this node's start, stop or crash."""
+    event = record.event
+    if record.event_type == "NodeStarted":
+        return "this node started", ""
+    if record.event_type == "NodeStopped":
+        return "this node stopped", event.reason
+    ended = _run_ended(record)
+    last = f"; its last event was at {with_zone(ended, utc)}" if ended is not None else ""
+    return "this node went down", f"no clean stop{last}"
+
+
 def _lasted(records: list[Any]) -> dict[int, str]:
-    """How long each state change or path switch held, until the next one of its stream."""
+    """How long each state change or path switch held: until the next one of its stream, or until
+    this node's run ended (a connection's state does not last through the node's downtime)."""
     durations: dict[int, str] = {}
     previous: dict[str, Any] = {}
+
+    def held(before: Any, until: datetime, at_least: bool = False) -> None:
+        seconds = max(0.0, (until - before.recorded_at).total_seconds())
+        durations[before.global_position] = ("≥ " if at_least else "") + (
+            f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else
+            f"{seconds / 3600:.1f} h")
+
     for record in records:
+        if record.event_type in ("NodeStopped", "NodeRunEndedAbruptly"):
+            # A crash is known only by the last event before it: the state held at least that long.
+            ended = _run_ended(record)
+            for before in previous.values():
+                if ended is not None and ended >= before.recorded_at:
+                    held(before, ended, at_least=record.event_type == "NodeRunEndedAbruptly")
+            previous.clear()
+            continue
         if record.event_type not in ("ConnectionStateChanged", "PathSwitched"):
             continue
         before = previous.get(record.stream_id)
         if before is not None:
-            seconds = (record.recorded_at - before.recorded_at).total_seconds()
-            durations[before.global_position] = (f"{seconds:.1f} s" if seconds < 90 else
-                                                 f"{seconds / 60:.1f} min" if seconds < 5400 else
-                                                 f"{seconds / 3600:.1f} h")
+            held(before, record.recorded_at)
         previous[record.stream_id] = record
     return durations
 

@@ -447,7 +447,9 @@ def apply_abrupt_end(world: World, event: ev.NodeRunEndedAbruptly) -> World:
     prefix = node_prefix(PEER, event.node_id)
     for stream_id, connection in world.connections.items():
         if stream_id.startswith(prefix) and connection.state not in (None, ev.CLOSED, ev.FAILED):
-            world.connections[stream_id] = _evolve(connection, state=ev.INTERRUPTED, reason=reason)
+            # The last sample described the connection before the end, not during the downtime.
+            world.connections[stream_id] = _evolve(connection, state=ev.INTERRUPTED, reason=reason,
+                                                   latency_ms=None, **_NO_FIGURES)
     return world
 
 

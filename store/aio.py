@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -89,8 +89,10 @@ class AsyncEventReader:
     async def follow(self, after_global: int = 0, *, poll_interval: float = 0.25,
                      stream: str | None = None, types: Sequence[str] = (),
                      stop: asyncio.Event | None = None, on_error: OnError = "skip",
-                     ) -> AsyncIterator[RecordedEvent]:
+                     idle: Callable[[], None] | None = None) -> AsyncIterator[RecordedEvent]:
         """Every event after ``after_global``, then new ones as they commit (polling with a checkpoint).
+
+        ``idle`` is called each time the reader has read the whole log and waits for more.
 
         As in ``EventStore.follow``, each poll reads the log head first and then
         only rows up to it, so no committed row is skipped and filtered-out rows are
@@ -112,6 +114,8 @@ class AsyncEventReader:
                     yield record
             if len(rows) < self.page_size:
                 position = max(position, head)
+                if idle is not None:
+                    idle()
                 if stop is None:
                     await asyncio.sleep(poll_interval)
                 else:
