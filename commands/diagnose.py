@@ -12,8 +12,17 @@ import typer
 
 from commands.common import DEFAULT_STATE_DIR as _DEFAULT_STATE_DIR
 from commands.common import DbOption, JsonOption, StateDirOption
-from commands.history import _console, _guard, _open_readonly, _warn, find_peer, local_times
-from commands.times import TIME_FORMS, UtcOption, iso, parse_time, shown, zone_name
+from commands.history import (
+    _console,
+    _guard,
+    _open_readonly,
+    _warn,
+    find_peer,
+    local_times,
+    with_zone,
+    zone_of,
+)
+from commands.times import TIME_FORMS, UtcOption, iso, parse_time, shown
 
 
 def diagnose_command(
@@ -71,28 +80,37 @@ def _print(label: str, reports: list[tuple[Any, list[Any]]], moment: Any, utc: b
     from rich.text import Text
 
     console = _console()
-    zone = zone_name(utc)
     if not reports:
-        when = f" at or before {shown(moment, utc)} {zone}" if moment else ""
+        when = f" at or before {with_zone(moment, utc)}" if moment else ""
         console.print(f"no drop of {label} recorded{when}")
         return
+    # The zone of the times shown (CEST for a July log read in December); each time names its
+    # own when they lie on both sides of a daylight saving change.
+    moments = [incident.record.recorded_at for incident, _ in reports]
+    moments += [fact.at for _, findings in reports for finding in findings for fact in finding.evidence]
+    zone = zone_of(moments, utc)
     plural = "s" if len(reports) > 1 else ""
-    console.print(Text.assemble((label, "bold"), f": {len(reports)} incident{plural} (times in {zone})"))
+    console.print(Text.assemble((label, "bold"), f": {len(reports)} incident{plural}"
+                                + (f" (times in {zone})" if zone else "")))
     for incident, findings in reports:
         first, *more = findings
         console.print()
-        console.print(Text.assemble((shown(incident.record.recorded_at, utc), "bold"),
+        console.print(Text.assemble((_time(incident.record.recorded_at, utc, zone), "bold"),
                                     f"  {incident.kind}: {incident.description}"))
         console.print(Text.assemble("  ", ("cause:", "bold"), f" {first.summary}"))
-        _facts(console, first.evidence, utc)
+        _facts(console, first.evidence, utc, zone)
         for finding in more:
             console.print(f"  also: {finding.summary}")
-            _facts(console, finding.evidence, utc)
+            _facts(console, finding.evidence, utc, zone)
 
 
-def _facts(console: Any, facts: Any, utc: bool) -> None:
+def _time(moment: Any, utc: bool, zone: str | None) -> str:
+    return shown(moment, utc) if zone else with_zone(moment, utc)
+
+
+def _facts(console: Any, facts: Any, utc: bool, zone: str | None) -> None:
     for fact in facts:
-        console.print(f"    {shown(fact.at, utc)}  #{fact.global_position}  {fact.stream_id}  "
+        console.print(f"    {_time(fact.at, utc, zone)}  #{fact.global_position}  {fact.stream_id}  "
                       f"{fact.event_type}  {local_times(fact.detail, utc)}")
 
 

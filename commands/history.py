@@ -98,12 +98,20 @@ def local_times(text: str, utc: bool = False) -> str:
     return _MOMENT_IN_TEXT.sub(local, text)
 
 
+def zone_of(moments: Iterable[datetime], utc: bool = False) -> str | None:
+    """The one zone name these moments show in, or None when they lie on both sides of a
+    daylight saving change (then each time needs its own)."""
+    zones = {moment.astimezone(display_zone(utc)).strftime("%Z") for moment in moments}
+    if len(zones) > 1:
+        return None
+    return next(iter(zones), "") or zone_name(utc)
+
+
 def _time_column(moments: Iterable[datetime], utc: bool) -> tuple[str, Callable[[datetime], str]]:
     """The header and the cells of a time column: the zone in the header when every row has the
-    same one, else in each cell (a log across a daylight saving change)."""
-    zones = {moment.astimezone(display_zone(utc)).strftime("%Z") for moment in moments}
-    if len(zones) <= 1:
-        zone = next(iter(zones), "") or zone_name(utc)
+    same one, else in each cell."""
+    zone = zone_of(moments, utc)
+    if zone is not None:
         return f"time ({zone})", lambda moment: shown(moment, utc)
     return "time", lambda moment: with_zone(moment, utc)
 
@@ -173,25 +181,26 @@ def _events_table(records: list[Any], utc: bool, names: PeerNames, title: str | 
 class PeerNames:
     """The name of the peer (or static device) an event is about, from the log's directory."""
 
-    def __init__(self, load: Callable[[], dict[tuple[str, str], str]]) -> None:
+    def __init__(self, load: Callable[[], dict[tuple[str, str], str]], refresh: bool = False) -> None:
         self._load = load
         self._names = load()
+        self._refresh = refresh
         self._asked: set[tuple[str, str]] = set()
 
     @classmethod
-    def of_store(cls, store: Any) -> PeerNames:
+    def of_store(cls, store: Any, refresh: bool = False) -> PeerNames:
+        """``refresh``: read the names again for a peer not known yet (``--follow``: it joined since)."""
         from store.peers import load_directory
 
         return cls(lambda: {(entry.party_id, entry.peer_id): entry.name
-                            for entry in load_directory(store, on_error=_quiet) if entry.name})
+                            for entry in load_directory(store, on_error=_quiet) if entry.name}, refresh)
 
     def of(self, record: Any) -> str | None:
         key = self.key(record)
         if key is None:
             return None
-        if key not in self._names and key not in self._asked:
-            # A peer that joined after the names were read (``--follow``): read them again, once a peer.
-            self._asked.add(key)
+        if self._refresh and key not in self._names and key not in self._asked:
+            self._asked.add(key)  # once a peer: one without a name stays without one
             self._names = self._load()
         return self._names.get(key)
 
@@ -362,7 +371,7 @@ def _follow(url: str, after: int, stream: str | None, types: tuple[str, ...], si
         asyncio.run(run(None))
         return
     with open_store(url, readonly=True) as store:  # the names of the peers, read again when one joins
-        asyncio.run(run(PeerNames.of_store(store)))
+        asyncio.run(run(PeerNames.of_store(store, refresh=True)))
 
 
 def replay_command(
