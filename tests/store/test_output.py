@@ -135,9 +135,9 @@ def test_replay_shows_reasons_in_local_time_and_peers_by_name(sqlite_url: str, z
     assert reason == f"node run ended abruptly after {times['crash'].isoformat()}"  # JSON keeps ISO 8601
 
 
-def test_replay_shows_only_what_a_node_knows(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    evening(sqlite_url)
-    code, out, _ = run(["replay", "--at", (EVENING + timedelta(minutes=2)).isoformat(), "--db", sqlite_url],
+def test_replay_shows_only_what_a_node_knows(any_db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    evening(any_db_url)
+    code, out, _ = run(["replay", "--at", (EVENING + timedelta(minutes=2)).isoformat(), "--db", any_db_url],
                        capsys)
     assert code == 0
     # The node's NAT is the same under nodes and under parties (it joined before STUN answered).
@@ -194,10 +194,10 @@ def test_a_table_across_a_daylight_saving_change_names_each_rows_zone(
         assert header(out)[1] == "time", command
 
 
-def test_history_shows_this_nodes_crash_restart_and_stop(sqlite_url: str, zone: str,
+def test_history_shows_this_nodes_crash_restart_and_stop(any_db_url: str, zone: str,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    times = evening(sqlite_url)
-    code, out, _ = run(["history", "bob", "--db", sqlite_url], capsys)
+    times = evening(any_db_url)
+    code, out, _ = run(["history", "bob", "--db", any_db_url], capsys)
     assert code == 0
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.splitlines() if "│" in line]
     events = [(row[2], row[3]) for row in rows if row[2] and row[2] != "event"]
@@ -213,7 +213,7 @@ def test_history_shows_this_nodes_crash_restart_and_stop(sqlite_url: str, zone: 
     assert cells(out, "this node went down")[-1] == (
         f"no clean stop; its last event was at {local(zone, times['crash'])}")
     assert cells(out, "this node stopped")[-1] == "stopped by the user"
-    code, out, _ = run(["history", "bob", "--json", "--db", sqlite_url], capsys)
+    code, out, _ = run(["history", "bob", "--json", "--db", any_db_url], capsys)
     assert [json.loads(line)["event_type"] for line in out.splitlines()].count("NodeStarted") == 1
 
 
