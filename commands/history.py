@@ -433,10 +433,13 @@ def _print_world(world: Any, moment: datetime | None, utc: bool, directory: list
                           if member.name)
     # The node's own NAT: what it detected, else what it announced when it joined.
     own_nat: dict[str | None, str] = {}
+    own_names: dict[str | None, list[str]] = {}
     for stream_id, party in world.parties.items():
         local = party.members_by_id.get(party.local_peer_id)
         if local is not None and local.nat_type != NAT_UNKNOWN:
             own_nat.setdefault(node_of(stream_id), local.nat_type)
+        if local is not None and local.name and local.name not in own_names.get(node_of(stream_id), []):
+            own_names.setdefault(node_of(stream_id), []).append(local.name)
     for stream_id, node in world.nodes.items():
         if node.nat_type != NAT_UNKNOWN:
             own_nat[node_of(stream_id)] = node.nat_type
@@ -456,12 +459,13 @@ def _print_world(world: Any, moment: datetime | None, utc: bool, directory: list
 
     if world.nodes:
         nodes = _table(title="nodes", header_style="bold")
-        for column in ("node", "running", "NAT", "public endpoint", "relay"):
+        for column in ("node", "name", "running", "NAT", "public endpoint", "relay"):
             nodes.add_column(column)
         for stream_id, node in world.nodes.items():
-            nodes.add_row(node.node_id or node_of(stream_id) or "-", "yes" if node.running else "no",
-                          own_nat.get(node_of(stream_id), NAT_UNKNOWN), node.public_endpoint or "-",
-                          node.selected_relay or "-")
+            owner = node_of(stream_id)
+            nodes.add_row(node.node_id or owner or "-", ", ".join(own_names.get(owner, [])) or "-",
+                          "yes" if node.running else "no", own_nat.get(owner, NAT_UNKNOWN),
+                          node.public_endpoint or "-", node.selected_relay or "-")
         console.print(nodes)
     if world.parties:
         parties = table("parties", "party", "active", "member", "virtual IP", "NAT")

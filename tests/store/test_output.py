@@ -141,8 +141,8 @@ def test_replay_shows_only_what_a_node_knows(any_db_url: str, capsys: pytest.Cap
                        capsys)
     assert code == 0
     # The node's NAT is the same under nodes and under parties (it joined before STUN answered).
-    assert cells(out, "n1") == ["n1", "yes", "open", "203.0.113.5:51820", RELAY]
-    assert cells(out, "Alice") == ["lan night", "yes", "Alice (this node)", "-", "open"]
+    assert cells(out, "n1") == ["n1", "Alice", "yes", "open", "203.0.113.5:51820", RELAY]
+    assert cells(out, "Alice (this node)") == ["lan night", "yes", "Alice (this node)", "-", "open"]
     assert cells(out, "10.66.0.2") == ["", "", "Bob", "10.66.0.2", "symmetric"]
     # A relayed peer is reached at the relay, not at this node's local proxy 127.0.0.1:PORT.
     assert cells(out, "handshake") == ["lan night", "Bob", "connected", "relay", RELAY, "-", "-", "0",
