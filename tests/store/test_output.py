@@ -269,3 +269,20 @@ def test_db_stats_and_prune_print_local_times(sqlite_url: str, zone: str,
     assert code == 0 and name in {"Europe/Berlin": ("CET", "CEST"), "America/New_York": ("EST", "EDT")}[zone]
     wall = datetime.strptime(clock, "%Y-%m-%d %H:%M:%S.%f")  # the local wall clock a day ago
     assert abs((datetime.now() - timedelta(days=1) - wall).total_seconds()) < 60
+
+
+def test_replay_of_a_shared_database_says_whose_view_each_row_is(sqlite_url: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    for node, name in (("n1", "Alice"), ("n2", "Carol")):
+        with open_store(sqlite_url, metadata={"node_id": node}) as store:
+            store.append(f"party:{node}:p", [
+                ev.PartyJoined(party_id="p", name="lan night", local_peer_id=node),
+                ev.PeerJoined(party_id="p", peer_id=node, name=name, public_key=f"K{node}", is_local=True),
+                ev.PeerJoined(party_id="p", peer_id="bob42", name="Bob", public_key="K1")], 0)
+            store.append(f"peer:{node}:p:bob42", [csc(None, "connecting", f"dialled by {node}", "direct",
+                                                      "192.0.2.9:51820")], 0)
+    code, out, _ = run(["replay", "--db", sqlite_url], capsys)
+    assert code == 0
+    assert cells(out, "dialled by n1")[:3] == ["n1", "lan night", "Bob"]
+    assert cells(out, "dialled by n2")[:3] == ["n2", "lan night", "Bob"]
+    assert cells(out, "Carol (this node)")[:4] == ["n2", "lan night", "yes", "Carol (this node)"]
