@@ -83,10 +83,11 @@ def _state(peer: str, frm: str | None, to: str, reason: str, path: str | None = 
 
 
 def _sample(peer: str, latency: float | None, window_s: float = 30.0, loss: float = 0.0,
-            windows: int = 1) -> ev.MetricsSampled:
+            windows: int = 1, first: float | None = None) -> ev.MetricsSampled:
     return ev.MetricsSampled(party_id=PARTY, peer_id=peer, window_s=window_s, probes=int(window_s),
                              latency_ms=latency, jitter_ms=1.0, loss=loss, rx_bytes=0, tx_bytes=0,
-                             quality=90.0, windows=windows)
+                             quality=90.0, windows=windows,
+                             first_at="" if first is None else (START + timedelta(seconds=first)).isoformat())
 
 
 def fill(url: str) -> None:
@@ -121,7 +122,7 @@ def fill(url: str) -> None:
         (500, bob, ev.EndpointChanged(**base, old_endpoint="203.0.113.7:40000",
                                       new_endpoint="203.0.113.7:40007",
                                       reason="WireGuard heard the peer from a new address")),
-        (904, bob_samples, _sample("bob", 10.0, window_s=840.0, windows=28)),
+        (904, bob_samples, _sample("bob", 10.0, window_s=840.0, windows=28, first=64)),
         (964, bob_samples, _sample("bob", 100.0, window_s=60.0, loss=0.5, windows=2)),
         (970, bob, ev.ReconnectAttempted(**base, attempt=1, max_attempts=3, reason="3 probes lost")),
         (970, bob, _state("bob", "connected", "connecting", "reconnect attempt 1/3: 3 probes lost",
