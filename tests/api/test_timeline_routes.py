@@ -1,8 +1,8 @@
 """The dashboard's timeline reaches any day: a peer, a time range, and pages back through all of it.
 
 The log: Bob's connection drops and comes back every 10 minutes for two days (576 rows),
-Carol connects once. Times are fixed (the store's clock is replaced), so every expected row
-and time is known.
+with metric samples in its last three up periods; Carol connects once. Times are fixed
+(the store's clock is replaced), so every expected row and time is known.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import store.sql
 from api.app import create_app
 from api.reader import StoreReader
 from events import types as ev
-from events.streams import node_stream, party_stream, peer_stream
+from events.streams import metrics_stream, node_stream, party_stream, peer_stream
 from store import open_store
 from tests.api.conftest import TOKEN, FakeService
 
 START = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
 PARTY = "p1"
 CYCLES = 288  # Bob: one drop and one recovery every 10 minutes, for two days
+SAMPLED = 3  # the last cycles that have metric samples
 
 
 class _Clock(datetime):
@@ -58,9 +59,16 @@ def record(url: str) -> None:
                ev.PeerJoined(party_id=PARTY, peer_id="carol", name="Carol", public_key="C" * 43 + "="))
             bob, carol = peer_stream("n1", PARTY, "bob"), peer_stream("n1", PARTY, "carol")
             at(1, carol, _changed("carol", None, "connecting"), _changed("carol", "connecting", "connected"))
+            samples = metrics_stream("n1", PARTY, "bob")
             for cycle in range(CYCLES):
                 start = 600 * cycle
                 at(start + 5, bob, _changed("bob", "connecting" if cycle else None, "connected"))
+                if cycle >= CYCLES - SAMPLED:  # two samples covering the first 195 s of each of the last
+                    for end in (100, 200):
+                        at(start + end, samples, ev.MetricsSampled(
+                            party_id=PARTY, peer_id="bob", window_s=95.0 if end == 100 else 100.0, probes=95,
+                            latency_ms=18.0 + end / 100, jitter_ms=1.0, loss=0.0, rx_bytes=0, tx_bytes=0,
+                            quality=95.0))
                 at(start + 300, bob, _changed("bob", "connected", "connecting"))
 
 
