@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import time
 from collections.abc import Iterator
@@ -291,3 +292,37 @@ def test_node_stops_and_sample_states(filled: str) -> None:
     assert samples == [("Bob", "relay", "connected", 30, 30), ("Carol", "direct", "connected", 30, 30),
                        ("Bob", "direct", "connected", 840, 840), ("Bob", "direct", "connected", 60, 60),
                        ("Bob", "direct", "connected", 300, 0)]
+
+
+def _shell_examples() -> list[list[str]]:
+    """The commands of docs/store.md's "From a shell" block."""
+    document = (ROOT / "docs" / "store.md").read_text()
+    block = document[document.index("```sh\n", document.index("From a shell:")) + 6:]
+    return [shlex.split(line) for line in block[:block.index("```")].splitlines()]
+
+
+def test_the_shell_examples(tmp_path: Path, pg_url: str, local_zone: str) -> None:
+    sqlite_command, psql_command = _shell_examples()
+    assert (sqlite_command[:2], psql_command[0]) == (["sqlite3", "~/.lanrage/lanrage.db"], "psql")
+    path = tmp_path / "lanrage.db"
+    fill(f"sqlite:///{path}")
+    out = subprocess.run(["sqlite3", str(path), *sqlite_command[2:]], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert len(out) == 15  # Bob's 12 rows and Carol's 3
+    # Bob on the relay from 10:20 UTC until the node stopped (800 s), then the next morning's rows.
+    assert "2026-11-25 10:20:00.000000|Bob|connected|relay|800.0|first probe answered" in out
+    assert "2026-11-25 10:16:40.000000|Bob|failed||100.0|3 probes lost after 3 attempts" in out
+
+    fill(pg_url)
+    url = make_url(pg_url)
+    assert psql_command[1].startswith("postgresql://lanrage:lanrage@127.0.0.1/")
+    out = subprocess.run(
+        ["psql", "-X", "-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "",
+         "-d", url.database or "", "-AF|", *psql_command[2:]],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "PGPASSWORD": url.password or ""}).stdout.splitlines()
+    header = out[0].split("|")
+    rows = [dict(zip(header, line.split("|"), strict=True)) for line in out[1:-1]]
+    assert out[-1] == "(1 row)"
+    assert [(row["peer_name"], row["event_type"], row["reason"], row["elapsed_ms"]) for row in rows] == [
+        ("Bob", "HolePunchFailed", "punch timed out", "2000")]
