@@ -65,10 +65,13 @@ def record(url: str) -> None:
                 at(start + 5, bob, _changed("bob", "connecting" if cycle else None, "connected"))
                 if cycle >= CYCLES - SAMPLED:  # two samples covering the first 195 s of each of the last
                     for end in (100, 200):
+                        # In the very last, no probe of the first window was answered.
+                        silent = cycle == CYCLES - 1 and end == 100
                         at(start + end, samples, ev.MetricsSampled(
                             party_id=PARTY, peer_id="bob", window_s=95.0 if end == 100 else 100.0, probes=95,
-                            latency_ms=18.0 + end / 100, jitter_ms=1.0, loss=0.0, rx_bytes=0, tx_bytes=0,
-                            quality=95.0))
+                            latency_ms=None if silent else 18.0 + end / 100, jitter_ms=1.0,
+                            loss=1.0 if silent else 0.0, rx_bytes=0, tx_bytes=0,
+                            quality=0.0 if silent else 95.0))
                 at(start + 300, bob, _changed("bob", "connected", "connecting"))
 
 
