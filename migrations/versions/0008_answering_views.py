@@ -31,6 +31,7 @@ from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from types import ModuleType
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008_answering_views"
@@ -39,6 +40,9 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 VIEWS = ("endpoint_changes", "peer_metrics", "connection_history", "peer_timeline", "node_stops")
+# The events that end a node's run; a partial index of only these finds a row's end in one probe.
+ENDS = "('NodeStopped', 'NodeRunEndedAbruptly')"
+ENDS_INDEX = "ix_events_node_ends"
 
 
 def _module(name: str) -> ModuleType:
@@ -63,36 +67,42 @@ def _iso_time(expression: str, d: str) -> str:
     return f"strftime('%Y-%m-%d %H:%M:%f', {expression})"
 
 
+def _ended_at(d: str, v: ModuleType, alias: str) -> str:
+    """When the run that the end event ``alias`` closes ended: the stop, or the crash's last event."""
+    last = v._number("last_global_position", d, alias, "bigint")
+    return (f"CASE WHEN {alias}.event_type = 'NodeStopped' THEN {alias}.recorded_at\n"
+            f"         ELSE COALESCE((SELECT l.recorded_at FROM events l WHERE l.global_position = {last}),\n"
+            f"                       {_iso_time(v._text('last_recorded_at', d, alias), d)}) END")
+
+
 def node_stops(d: str, v: ModuleType) -> str:
-    last = v._number("last_global_position", d, "e", "bigint")
     return f"""
 CREATE VIEW node_stops AS
 SELECT
     e.global_position, e.recorded_at, {v._node(d, 'e')} AS node_id,
     CASE WHEN e.event_type = 'NodeStopped' THEN 'stopped' ELSE 'crashed' END AS how,
-    CASE WHEN e.event_type = 'NodeStopped' THEN e.recorded_at
-         ELSE COALESCE((SELECT l.recorded_at FROM events l WHERE l.global_position = {last}),
-                       {_iso_time(v._text('last_recorded_at', d, 'e'), d)}) END AS ended_at,
+    {_ended_at(d, v, 'e')} AS ended_at,
     {v._text('reason', d, 'e')} AS reason
 FROM events e
-WHERE e.event_type IN ('NodeStopped', 'NodeRunEndedAbruptly')
+WHERE e.event_type IN {ENDS}
 """
 
 
 def peer_timeline(d: str, v: ModuleType) -> str:
-    # 0006's rows, with the time the next change came (``next_at``) and the first end of the
-    # node's run at or after the row; the outer query takes whichever came first.
+    # 0006's rows, with the time the next change came (``next_at``) and the end of the node's
+    # run that holds the row; the outer query takes whichever came first. That end is the first
+    # stop or crash record of the node's stream after the row: a stop is written when it
+    # happens, a crash at the next start, both before anything of a later run.
     rows = v.peer_timeline(d).split("AS\n", 1)[1]
     marker = "    nxt.recorded_at AS until_at,\n"
     assert marker in rows and "FROM (\n" in rows, "0006's peer_timeline changed shape"
     rows = rows.replace(marker, "    nxt.recorded_at AS next_at,\n"
-                        f"    (SELECT s.global_position FROM node_stops s WHERE s.node_id IS NOT DISTINCT FROM"
-                        f" {v._node(d, 't')}\n"
-                        "        AND s.ended_at >= t.recorded_at ORDER BY s.ended_at, s.global_position"
-                        " LIMIT 1) AS stop_position,\n")
+                        f"    (SELECT s.global_position FROM events s WHERE s.stream_id = 'node:' || {v._node(d, 't')}\n"
+                        f"        AND s.event_type IN {ENDS} AND s.global_position > t.global_position"
+                        " ORDER BY s.global_position LIMIT 1) AS stop_position,\n")
     rows = rows.replace(f"    {v._seconds_between('t.recorded_at', 'nxt.recorded_at', d)} AS duration_s,\n", "")
-    stopped = "stop.ended_at IS NOT NULL AND (b.next_at IS NULL OR stop.ended_at < b.next_at)"
-    until = f"CASE WHEN {stopped} THEN stop.ended_at ELSE b.next_at END"
+    stopped = "b.stop_at IS NOT NULL AND (b.next_at IS NULL OR b.stop_at < b.next_at)"
+    until = f"CASE WHEN {stopped} THEN b.stop_at ELSE b.next_at END"
     return f"""
 CREATE VIEW peer_timeline AS
 SELECT
@@ -104,10 +114,14 @@ SELECT
     {v._seconds_between('b.recorded_at', until, d)} AS duration_s,
     b.hour_utc,
     b.path AS path_tried,
-    CASE WHEN {stopped} THEN stop.how WHEN b.next_at IS NOT NULL THEN 'change' END AS ended_by,
+    CASE WHEN {stopped} THEN b.stop_how WHEN b.next_at IS NOT NULL THEN 'change' END AS ended_by,
     {_hour_local('b.recorded_at', d)} AS hour_local
-FROM ({rows.strip()}) b
-LEFT JOIN node_stops stop ON stop.global_position = b.stop_position
+FROM (
+    SELECT r.*, {_ended_at(d, v, 'stop')} AS stop_at,
+           CASE WHEN stop.event_type = 'NodeStopped' THEN 'stopped' ELSE 'crashed' END AS stop_how
+    FROM ({rows.strip()}) r
+    LEFT JOIN events stop ON stop.global_position = r.stop_position
+) b
 """
 
 
@@ -165,6 +179,9 @@ WHERE e.event_type IN ('EndpointChanged', 'PublicEndpointChanged')
 def upgrade() -> None:
     d = op.get_bind().dialect.name
     v, previous = _module("0006_forensic_views.py"), _module("0007_counted_repeats.py")
+    where = sa.text(f"event_type IN {ENDS}")
+    op.create_index(ENDS_INDEX, "events", ["stream_id", "global_position"],
+                    sqlite_where=where, postgresql_where=where)
     for view in VIEWS:
         op.execute(f"DROP VIEW IF EXISTS {view}")
     op.execute(node_stops(d, v))
@@ -179,6 +196,7 @@ def downgrade() -> None:
     v, previous = _module("0006_forensic_views.py"), _module("0007_counted_repeats.py")
     for view in VIEWS:
         op.execute(f"DROP VIEW IF EXISTS {view}")
+    op.drop_index(ENDS_INDEX, table_name="events")
     op.execute(v.peer_timeline(d))
     op.execute(v.connection_history(d))
     op.execute(previous.peer_metrics(d, v))
