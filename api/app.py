@@ -203,10 +203,35 @@ def create_app(service: NodeService, reader: StoreReader, token: str, listen_hos
         `replay --at now`, a way to check that live state and the log agree."""
         return {"connections": await service.live_connections()}
 
-    @app.get("/api/timeline", response_model=models.TimelineOut, **reading)
-    async def timeline(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-        """The latest connection state changes and path switches of every peer (`peer_timeline`)."""
-        return {"rows": await reader.timeline(limit)}
+    @app.get("/api/timeline", response_model=models.TimelineOut,
+             responses={400: {"model": models.ErrorOut}, 404: {"model": models.ErrorOut}}, **reading)
+    async def timeline(
+            limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+            peer: Annotated[str | None, Query(min_length=1, max_length=200, pattern=r"^[^/\x00-\x1f\x7f]+$",
+                                              description="A peer name, id prefix or PARTY:NAME.")] = None,
+            since: Annotated[datetime | None, Query(description="From this time (ISO 8601).")] = None,
+            until: Annotated[datetime | None, Query(description="Up to this time (ISO 8601).")] = None,
+            before: Annotated[int | None, Query(ge=1, le=2**62,
+                                                description="Older than this log position: the "
+                                                            "previous page's `next_before`.")] = None,
+    ) -> dict[str, Any]:
+        """Connection state changes and path switches (`peer_timeline`), newest first: of every peer
+        or one, within a time range; page back through any amount of history with `next_before`
+        (null on the last page)."""
+        streams = None
+        if peer is not None:
+            chosen = await _resolve(peer)
+            streams = sorted({entry.stream_id for entry in chosen if entry.stream_id})
+        rows = await reader.timeline(limit, streams=streams, since=since, until=until, before=before)
+        return {"rows": rows, "next_before": rows[-1]["global_position"] if len(rows) == limit else None}
+
+    async def _resolve(peer: str) -> list[Any]:
+        try:
+            return resolve_peer(await reader.directory(), peer)
+        except PeerNotFound as error:
+            raise HTTPException(404, str(error)) from None
+        except AmbiguousPeer as error:
+            raise HTTPException(400, str(error)) from None
 
     @app.get("/api/replay", response_model=models.ReplayOut, **reading)
     async def replay_at(position: Annotated[int, Query(ge=0, le=2**62)]) -> dict[str, Any]:
@@ -219,9 +244,14 @@ def create_app(service: NodeService, reader: StoreReader, token: str, listen_hos
 
     @app.get("/api/peers/{peer_id}/diagnose", response_model=models.DiagnoseOut,
              responses={400: {"model": models.ErrorOut}, 404: {"model": models.ErrorOut}}, **reading)
-    async def peer_diagnose(peer_id: PeerQuery,
-                            position: Annotated[int, Query(ge=0, le=2**62)] = 2**62) -> dict[str, Any]:
-        """Why the peer dropped: its last incident at or before `position`, cause first (`diagnose`)."""
+    async def peer_diagnose(
+            peer_id: PeerQuery,
+            position: Annotated[int, Query(ge=0, le=2**62)] = 2**62,
+            at: Annotated[datetime | None, Query(description="The incident at this time, as "
+                                                             "`diagnose --at` picks it (ISO 8601).")] = None,
+    ) -> dict[str, Any]:
+        """Why the peer dropped, cause first (`diagnose`): its incident at `at`, else its last one
+        at or before `position`."""
         directory = await reader.directory()
         try:
             chosen = resolve_peer(directory, peer_id)
@@ -231,7 +261,7 @@ def create_app(service: NodeService, reader: StoreReader, token: str, listen_hos
             raise HTTPException(400, str(error)) from None
         names = {(e.party_id, e.peer_id): e.name for e in directory if e.name}
         reports = [report for entry in chosen
-                   if (report := await reader.diagnosis(entry, names, position)) is not None]
+                   if (report := await reader.diagnosis(entry, names, position, at)) is not None]
         reports.sort(key=lambda report: report["global_position"])
         return {"peer_id": chosen[0].peer_id, "name": chosen[0].name,
                 "incident": reports[-1] if reports else None}

@@ -197,3 +197,4 @@ class DiagnoseOut(BaseModel):
 
 class TimelineOut(BaseModel):
     rows: list[dict[str, Any]]
+    next_before: int | None = None

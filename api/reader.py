@@ -57,6 +57,7 @@ class StoreReader:
     def __init__(self, url: str) -> None:
         target = parse_url(url)
         self.where = target.where
+        self.dialect = target.dialect
         self.engine: AsyncEngine = async_engine(target, readonly=True)
 
     async def events(self, after: int = 0, limit: int = 100, selection: EventFilter | None = None,
@@ -103,8 +104,9 @@ class StoreReader:
             after = page[-1].global_position
 
     async def diagnosis(self, entry: PeerRef, names: dict[tuple[str, str], str],
-                        position: int) -> dict[str, Any] | None:
-        """``lanrage diagnose`` of the last incident of one connection at or before ``position``."""
+                        position: int | None = None, at: datetime | None = None) -> dict[str, Any] | None:
+        """``lanrage diagnose`` of one connection's incident at ``at`` (as ``--at`` picks it), else
+        its last one at or before ``position``."""
         if entry.stream_id is None:
             return None
         stream = await self.every(EventFilter(entry.stream_id))
@@ -112,7 +114,11 @@ class StoreReader:
         node_id = diagnosis.node_of(connection)
         node_events = [r for r in await self.every(EventFilter(None, diagnosis.NODE_TYPES))
                        if diagnosis.same_node(r, node_id)]
-        chosen = diagnosis.select_incidents(diagnosis.incidents(connection, node_events), position=position)
+        if at is not None and at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)  # an ISO 8601 time without an offset is UTC here, as in the log
+        found = diagnosis.incidents(connection, node_events)
+        chosen = (diagnosis.select_incidents(found, at=at) if at is not None
+                  else diagnosis.select_incidents(found, position=position))
         if not chosen:
             return None
         incident = chosen[0]
@@ -130,11 +136,37 @@ class StoreReader:
             rows = await self._query("SELECT DISTINCT stream_id FROM events WHERE stream_id LIKE 'peer:%'")
         return build_directory(records, [row["stream_id"] for row in rows])
 
-    async def timeline(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The latest rows of ``peer_timeline`` (every peer's, departed ones too), newest first."""
+    async def timeline(self, limit: int = 100, *, streams: list[str] | None = None,
+                       since: datetime | None = None, until: datetime | None = None,
+                       before: int | None = None) -> list[dict[str, Any]]:
+        """Rows of ``peer_timeline``, newest first: every peer's (departed ones too) or only those of
+        ``streams``, recorded within ``since``..``until``, before global position ``before`` (a
+        page further back starts below the last one's oldest row)."""
+        where, parameters = [], {"limit": limit}
+        if streams is not None:
+            if not streams:
+                return []
+            where.append(f"stream_id IN ({', '.join(f':s{index}' for index in range(len(streams)))})")
+            parameters.update({f"s{index}": stream for index, stream in enumerate(streams)})
+        for name, bound, operator in (("since", since, ">="), ("until", until, "<=")):
+            if bound is not None:
+                where.append(f"recorded_at {operator} :{name}")
+                parameters[name] = self._time(bound)
+        if before is not None:
+            where.append("global_position < :before")
+            parameters["before"] = before
+        condition = f" WHERE {' AND '.join(where)}" if where else ""
         with translated(self.where):
-            return await self._query("SELECT * FROM peer_timeline ORDER BY global_position DESC LIMIT :limit",
-                                     limit=limit)
+            return await self._query(
+                f"SELECT * FROM peer_timeline{condition} ORDER BY global_position DESC LIMIT :limit",
+                **parameters)
+
+    def _time(self, moment: datetime) -> Any:
+        """A bound for ``recorded_at``: UTC text as SQLite stores it, an aware datetime for PostgreSQL."""
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        if self.dialect == "sqlite":
+            return moment.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        return moment
 
     async def samples(self, peer_id: str, limit: int = 60,
                       node_id: str | None = None) -> list[dict[str, Any]]:

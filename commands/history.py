@@ -38,7 +38,11 @@ NodeOption = Annotated[str | None, typer.Option(
     "--node", help="Only this node's streams (its node id), in a database that several nodes share.")]
 
 TABLE_ROWS = 1000
-_SQLITE_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?$")
+# A timestamp as SQLite returns it: UTC text without an offset (``recorded_at``), or ISO 8601
+# with one (``first_at``, ``last_recorded_at`` in payloads).
+_SQLITE_TIME = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:?\d\d)?$")
+# A time column: ``until_at``, or an aggregate or expression of one (``MAX(recorded_at)``).
+_TIME_COLUMN = re.compile(r"_at\b")
 # A moment written into a text (a reason, an evidence line, a payload's ``first_at``): ISO 8601,
 # UTC when it has no offset, as the log writes them.
 _MOMENT_IN_TEXT = re.compile(r"\b(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d(?:\.\d{1,6})?)(Z|[+-]\d\d:\d\d)?")
@@ -219,10 +223,17 @@ class PeerNames:
 
 
 def _sqlite_moment(value: Any, column: str) -> datetime | None:
-    """SQLite keeps timestamps as UTC text without an offset: recognised by an ``_at`` column name."""
-    if isinstance(value, str) and column.endswith("_at") and _SQLITE_TIME.match(value):
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    """SQLite gives timestamps as text (UTC unless it says otherwise): recognised by an ``_at`` column."""
+    if isinstance(value, str) and _TIME_COLUMN.search(column) and _SQLITE_TIME.match(value):
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     return None
+
+
+def _shown_zoned(moment: datetime, utc: bool) -> str:
+    """A time with its own zone's name: a log that spans a change to summer time has both."""
+    zone = moment.astimezone(display_zone(utc)).strftime("%Z") or zone_name(utc)
+    return f"{shown(moment, utc)} {zone}"
 
 
 def _json_cell(value: Any, column: str) -> Any:
@@ -236,9 +247,9 @@ def _cell(value: Any, column: str = "", utc: bool = False) -> str:
         return "NULL"
     moment = _sqlite_moment(value, column)
     if moment is not None:
-        return shown(moment, utc)
+        return _shown_zoned(moment, utc)
     if isinstance(value, datetime):
-        return shown(value, utc) if value.tzinfo else value.isoformat(sep=" ")
+        return _shown_zoned(value, utc) if value.tzinfo else value.isoformat(sep=" ")
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, dict | list):  # JSONB columns on PostgreSQL
@@ -687,10 +698,18 @@ def sql_command(
     state_dir: StateDirOption = _DEFAULT_STATE_DIR,
     db: DbOption = None,
 ) -> None:
-    """Read-only SQL over the store (views: connection_history, peer_metrics); writes are refused."""
-    from store.readonly import run_query
+    """Read-only SQL over the store; writes are refused.
 
-    result = run_query(database_url(db, state_dir, create=False), statement, max_rows=max_rows)
+    Views: peer_timeline (state changes and path switches, how long each held), connection_history
+    (the same rows), path_events (path choices, punches, retries), peer_metrics (samples, with
+    window_s and latency_window_s to weight averages by time), endpoint_changes, node_stops and
+    peer_names; docs/store.md lists their columns. Times print in local time with the zone's name
+    (--utc for UTC); hour_local and PostgreSQL's timestamps follow the local zone.
+    """
+    from store.readonly import local_zone_key, run_query
+
+    result = run_query(database_url(db, state_dir, create=False), statement, max_rows=max_rows,
+                       time_zone=local_zone_key())
     if as_json:
         for row in result.rows:
             print(json.dumps({column: _json_cell(value, column)
@@ -698,8 +717,7 @@ def sql_command(
     else:
         table = _table(header_style="bold")
         for column in result.columns:
-            table.add_column(column + (f" ({zone_name(utc)})" if column.endswith("_at") else ""),
-                             overflow="fold")
+            table.add_column(column, overflow="fold")
         for row in result.rows:
             table.add_row(*(_cell(value, column, utc)
                             for value, column in zip(row, result.columns, strict=True)))

@@ -8,14 +8,18 @@ CTE is refused by the database even though it passed the keyword check.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from store.engine import check_sqlite_file, parse_url, sync_engine
 from store.errors import ReadOnlyStatement, UnknownRelation, translated
 
 ALLOWED = ("SELECT", "WITH", "VALUES", "EXPLAIN")
+_ZONE_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*$")
 _COMMENTS = re.compile(r"^(\s+|--[^\n]*(\n|$)|/\*.*?\*/)+", re.DOTALL)
 
 
@@ -41,16 +45,50 @@ def check_statement(statement: str) -> None:
                                 f"{', '.join(ALLOWED)} are allowed")
 
 
+def local_zone_key() -> str | None:
+    """The IANA name of this process's local zone (``Europe/Berlin``), if it can be told.
+
+    From ``TZ``, else /etc/localtime's link or /etc/timezone. PostgreSQL takes it as a
+    session's ``TimeZone``, so that its local-time columns mean what SQLite's 'localtime' does.
+    """
+    from zoneinfo import ZoneInfo
+
+    candidates = []
+    configured = os.environ.get("TZ", "").lstrip(":")
+    if configured:
+        candidates.append(configured.split("zoneinfo/", 1)[-1])
+    else:
+        link = Path("/etc/localtime")
+        if link.is_symlink():
+            candidates.append(os.readlink(link).split("zoneinfo/", 1)[-1])
+        with contextlib.suppress(OSError):
+            candidates.append(Path("/etc/timezone").read_text().strip())
+    for name in candidates:
+        # A POSIX rule ("CET-1CEST,M3.5.0,M10.5.0/3") or a stray path is not a key PostgreSQL knows.
+        if not _ZONE_KEY.match(name):
+            continue
+        try:
+            ZoneInfo(name)
+        except (KeyError, ValueError, OSError):  # not in the zone database
+            continue
+        return name
+    return None
+
+
 def run_query(url: str, statement: str, *, max_rows: int | None = 10_000,
-              busy_timeout: float = 5.0) -> QueryResult:
-    """Run one read-only statement and return its columns and (up to ``max_rows``) rows."""
+              busy_timeout: float = 5.0, time_zone: str | None = None) -> QueryResult:
+    """Run one read-only statement and return its columns and (up to ``max_rows``) rows.
+
+    ``time_zone`` (an IANA key) is PostgreSQL's session zone for the statement; SQLite's
+    'localtime' follows the process's zone by itself.
+    """
     check_statement(statement)
     target = parse_url(url)
     if target.dialect == "sqlite":
         check_sqlite_file(target, must_exist=True)
     engine = sync_engine(target, role="reader", readonly=True, busy_timeout=busy_timeout, pool_size=1)
     try:
-        return _run(engine, target.dialect, target.where, statement, max_rows)
+        return _run(engine, target.dialect, target.where, statement, max_rows, time_zone)
     except UnknownRelation as error:
         views = ", ".join(list_views(engine, target.dialect, target.where))
         views = views or "none (run `lanrage db upgrade`)"
@@ -72,12 +110,15 @@ def list_views(engine: Any, dialect: str, where: str) -> list[str]:
             cursor.close()
 
 
-def _run(engine: Any, dialect: str, where: str, statement: str, max_rows: int | None) -> QueryResult:
+def _run(engine: Any, dialect: str, where: str, statement: str, max_rows: int | None,
+         time_zone: str | None = None) -> QueryResult:
     with translated(where), engine.connect() as connection, connection.begin():
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             if dialect == "postgresql":
                 cursor.execute("SET TRANSACTION READ ONLY")
+                if time_zone:
+                    cursor.execute("SELECT set_config('TimeZone', %s, true)", (time_zone,))
             cursor.execute(statement.strip().rstrip(";"))
             if cursor.description is None:
                 return QueryResult([], [], False)

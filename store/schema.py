@@ -98,6 +98,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 metadata = MetaData()
 
 PEER_MARKS_WHERE = "event_type IN ('ConnectionStateChanged', 'PathChosen', 'PathSwitched')"
+NODE_ENDS_WHERE = "event_type IN ('NodeStopped', 'NodeRunEndedAbruptly')"
 
 # SQLite needs exactly INTEGER (not BIGINT) for a rowid alias.
 GlobalPosition = BigInteger().with_variant(Integer(), "sqlite")
@@ -120,6 +121,9 @@ events = Table(
     # "state or path in effect" lookups probe it, and appends of other events never touch it.
     Index("ix_events_peer_marks", "stream_id", "stream_position",
           sqlite_where=text(PEER_MARKS_WHERE), postgresql_where=text(PEER_MARKS_WHERE)),
+    # Only the ends of a node's runs (revision 0008): where a connection's period ended with its node.
+    Index("ix_events_node_ends", "stream_id", "global_position",
+          sqlite_where=text(NODE_ENDS_WHERE), postgresql_where=text(NODE_ENDS_WHERE)),
 )
 
 # One row (id = 1): the last global position handed out. Appenders lock this row

@@ -82,7 +82,7 @@ def test_views_from_the_stock_sqlite3_shell(tmp_path: Path) -> None:
          "SELECT peer_id, latency_ms, jitter_ms, loss, rx_bytes, tx_bytes, quality FROM peer_metrics;"],
         capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == [
-        "bob||connecting||direct|192.0.2.1:51820||12.5|test",
+        "bob||connecting|||192.0.2.1:51820||12.5|test",  # no path until it is up
         "bob|connecting|connected||direct|192.0.2.1:51820||12.5|test",
         "bob|||direct|relay||203.0.113.5:8668|40.0|loss 30%",
         "bob|21.5|1.5|0.0|1000|2000|97.5",
@@ -101,7 +101,7 @@ def test_views_from_psql(pg_url: str) -> None:
          "SELECT peer_id, latency_ms, jitter_ms, loss, rx_bytes, tx_bytes, quality FROM peer_metrics"],
         capture_output=True, text=True, check=True, env=env).stdout.splitlines()
     assert out == [
-        "bob||connecting||direct|192.0.2.1:51820||12.5|test",
+        "bob||connecting|||192.0.2.1:51820||12.5|test",  # no path until it is up
         "bob|connecting|connected||direct|192.0.2.1:51820||12.5|test",
         "bob|||direct|relay||203.0.113.5:8668|40|loss 30%",
         "bob|21.5|1.5|0|1000|2000|97.5",
