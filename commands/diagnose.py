@@ -13,13 +13,25 @@ import typer
 from commands.common import DEFAULT_STATE_DIR as _DEFAULT_STATE_DIR
 from commands.common import DbOption, JsonOption, StateDirOption
 from commands.history import _console, _guard, _open_readonly, _warn, find_peer
-from commands.times import TIME_FORMS, UtcOption, iso, parse_time, shown, zone_name
+from commands.times import (
+    NEAR,
+    TIME_FORMS,
+    TimeWindow,
+    UtcOption,
+    clock,
+    iso,
+    parse_window,
+    relative_words,
+    shown,
+    zone_name,
+)
 
 
 def diagnose_command(
     peer: Annotated[str, typer.Argument(help="Peer name, id prefix, or PARTY:NAME.")],
     at: Annotated[str | None, typer.Option(
-        "--at", help=f"Explain the last drop at or before this moment: {TIME_FORMS}.")] = None,
+        "--at", help=f"Explain the drop in this minute (or second), else the nearest within "
+                     f"{NEAR.seconds // 60} min: {TIME_FORMS}.")] = None,
     as_json: JsonOption = False,
     utc: UtcOption = False,
     state_dir: StateDirOption = _DEFAULT_STATE_DIR,
@@ -27,61 +39,92 @@ def diagnose_command(
 ) -> None:
     """Why PEER dropped: the cause first, in plain words, then the events that show it."""
     from store.diagnosis import (
+        LATEST_INCIDENTS,
         LOOKAHEAD,
         LOOKBACK,
         NODE_TYPES,
+        StateAt,
         diagnose,
         incidents,
         node_of,
         same_node,
-        select_incidents,
+        select_nearest,
         window_for,
     )
     from store.peers import load_directory
 
-    moment = parse_time(at, "--at") if at else None
+    window = parse_window(at, "--at") if at else None
     reports: list[tuple[Any, list[Any]]] = []
+    inside = True
     with _open_readonly(db, state_dir) as store:
         chosen = find_peer(store, peer)
         names = {(e.party_id, e.peer_id): e.name for e in load_directory(store, on_error=_warn) if e.name}
         entry = chosen[0]
         label = entry.label()
+        found = []
         for stream in sorted({e.stream_id for e in chosen if e.stream_id}):
             connection = store.read_stream(stream, on_error=_warn)
             node_id = node_of(connection)
             node_events = [r for r in store.read_all(types=NODE_TYPES, on_error=_warn)
                            if same_node(r, node_id)]
-            for incident in select_incidents(incidents(connection, node_events), at=moment):
-                when = incident.record.recorded_at
-                around = store.read_all(since=when - LOOKBACK, until=when + LOOKAHEAD, on_error=_warn)
-                window = window_for(incident, connection, around, entry.party_id, entry.peer_id,
-                                    entry.name or entry.peer_id, names, node_events)
-                reports.append((incident, diagnose(window)))
-    reports.sort(key=lambda report: report[0].record.global_position)
+            found += [(incident, connection, node_events) for incident in incidents(connection, node_events)]
+        found.sort(key=lambda item: item[0].record.global_position)
+        if window is not None:
+            picked, inside = select_nearest([item[0] for item in found], window.start, window.end, NEAR)
+            found = [item for item in found if item[0] in picked]
+        else:
+            found = found[-LATEST_INCIDENTS:]
+        if found:
+            # The state of every connection at each incident, folded from the log's start: which
+            # others were up does not depend on how many rows lie near the incident.
+            state = StateAt(store.read_all(upto=found[-1][0].record.global_position, on_error=_warn))
+        for incident, connection, node_events in found:
+            when = incident.record.recorded_at
+            around = store.read_all(since=when - LOOKBACK, until=when + LOOKAHEAD, on_error=_warn)
+            report_window = window_for(incident, connection, around, entry.party_id, entry.peer_id,
+                                       entry.name or entry.peer_id, names, node_events,
+                                       state.at(incident.record.global_position))
+            reports.append((incident, diagnose(report_window)))
     if as_json:
         from store.diagnosis import report_json
 
-        print(json.dumps({"peer": label, "at": iso(moment) if moment else None,
-                          "incidents": [report_json(incident, findings) for incident, findings in reports]}))
+        incidents_json = []
+        for incident, findings in reports:
+            report = report_json(incident, findings)
+            if window is not None:
+                report["in_window"] = inside
+                report["offset_s"] = window.offset(incident.record.recorded_at)
+                report["distance_s"] = window.distance(incident.record.recorded_at).total_seconds()
+            incidents_json.append(report)
+        print(json.dumps({"peer": label, "at": iso(window.start) if window else None,
+                          "window": window.json() if window else None,
+                          "nearest_within_s": NEAR.total_seconds() if window else None,
+                          "incidents": incidents_json}))
         return
-    _print(label, reports, moment, utc)
+    _print(label, reports, window, inside, utc)
 
 
-def _print(label: str, reports: list[tuple[Any, list[Any]]], moment: Any, utc: bool) -> None:
+def _print(label: str, reports: list[tuple[Any, list[Any]]], window: TimeWindow | None, inside: bool,
+           utc: bool) -> None:
     from rich.text import Text
 
     console = _console()
     zone = zone_name(utc)
     if not reports:
-        when = f" at or before {shown(moment, utc)} {zone}" if moment else ""
+        when = (f" in {window.text} or within {NEAR.seconds // 60} min of it ({zone})" if window else "")
         console.print(f"no drop of {label} recorded{when}")
         return
     plural = "s" if len(reports) > 1 else ""
     console.print(Text.assemble((label, "bold"), f": {len(reports)} incident{plural} (times in {zone})"))
     for incident, findings in reports:
         first, *more = findings
+        moment = incident.record.recorded_at
         console.print()
-        console.print(Text.assemble((shown(incident.record.recorded_at, utc), "bold"),
+        if window is not None:
+            where = (f"{incident.kind} {clock(moment, utc)}, in {window.text}" if inside else
+                     f"nearest {incident.kind} {clock(moment, utc)}, {relative_words(window, moment)}")
+            console.print(where)
+        console.print(Text.assemble((shown(moment, utc), "bold"),
                                     f"  {incident.kind}: {incident.description}"))
         console.print(Text.assemble("  ", ("cause:", "bold"), f" {first.summary}"))
         _facts(console, first.evidence, utc)
@@ -92,8 +135,9 @@ def _print(label: str, reports: list[tuple[Any, list[Any]]], moment: Any, utc: b
 
 def _facts(console: Any, facts: Any, utc: bool) -> None:
     for fact in facts:
+        then = "afterwards: " if fact.followed else ""
         console.print(f"    {shown(fact.at, utc)}  #{fact.global_position}  {fact.stream_id}  "
-                      f"{fact.event_type}  {fact.detail}")
+                      f"{fact.event_type}  {then}{fact.detail}")
 
 
 def register(app: typer.Typer) -> None:
