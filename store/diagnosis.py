@@ -340,21 +340,27 @@ SILENCE_SIGNS = ("probes lost", "nothing received", "last handshake")
 
 
 def remote_unreachable(window: Window) -> Finding | None:
-    """Only this peer stopped answering while this node's other connections stayed up."""
-    reason = _reason(window.incident.record)
-    if window.incident.kind != "drop" or not any(sign in reason for sign in SILENCE_SIGNS):
+    """Only this peer stopped answering while this node's other connections stayed up.
+
+    A forced switch to the relay that the drop follows at once is the same outage: the relay
+    did not reach the peer either.
+    """
+    drop = window.incident.record if window.incident.kind == "drop" else _drop_after_switch(window)
+    if drop is None or not any(sign in _reason(drop) for sign in SILENCE_SIGNS):
         return None
     expired = [r for r in window.after() if isinstance(r.event, ev.PeerLeft) and window.about_this_peer(r)
                and r.event.reason != "left"]
     others = _other_connections(window)
     stayed = sorted(stream for stream, dropped in others.items() if dropped is None)
-    age = _handshake_age(window.incident.record)
+    age = _handshake_age(drop)
     stale = age is not None and age > HANDSHAKE_STALE_S
     if not expired and not stayed and not stale:
         return None
     evidence = [Fact.of(window.incident.record, _describe(window.incident.record))]
+    if drop is not window.incident.record:
+        evidence.append(Fact.of(drop, f"on the relay too: {_describe(drop)}"))
     if age is not None:
-        evidence.append(Fact.of(window.incident.record, _handshake_words(age)))
+        evidence.append(Fact.of(drop, _handshake_words(age)))
     evidence += [Fact.of(r, f"the control server removed {window.peer_name}: {r.event.reason}")
                  for r in expired]
     words = []
@@ -369,6 +375,18 @@ def remote_unreachable(window: Window) -> Finding | None:
         words.append(f"WireGuard's last handshake with it was {age:.0f} s before the drop")
     return Finding("remote_unreachable", f"{window.peer_name}'s node became unreachable (its uplink or its "
                    f"machine): it stopped answering probes, and {' and '.join(words)}", tuple(evidence))
+
+
+# A drop this soon after a forced switch to the relay ends the same outage: three probes lost
+# on the new path plus the switch itself.
+SWITCH_THEN_DROP = timedelta(seconds=45)
+
+
+def _drop_after_switch(window: Window) -> RecordedEvent | None:
+    if window.incident.kind != "path_switch":
+        return None
+    mine = window.connection_stream
+    return next((r for r in window.after(SWITCH_THEN_DROP) if r.stream_id == mine and _is_drop(r)), None)
 
 
 def loss_rose(window: Window) -> Finding | None:
