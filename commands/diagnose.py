@@ -43,6 +43,7 @@ def diagnose_command(
         LOOKAHEAD,
         LOOKBACK,
         NODE_TYPES,
+        UP,
         StateAt,
         diagnose,
         incidents,
@@ -52,6 +53,7 @@ def diagnose_command(
         window_for,
     )
     from store.peers import load_directory
+    from store.replay import iter_events
 
     window = parse_window(at, "--at") if at else None
     reports: list[tuple[Any, list[Any]]] = []
@@ -75,15 +77,21 @@ def diagnose_command(
         else:
             found = found[-LATEST_INCIDENTS:]
         if found:
-            # The state of every connection at each incident, folded from the log's start: which
-            # others were up does not depend on how many rows lie near the incident.
-            state = StateAt(store.read_all(upto=found[-1][0].record.global_position, on_error=_warn))
+            # The state of every connection at each incident, folded from the log's start (the
+            # replay's fast reader): which others were up does not depend on how many rows lie
+            # near the incident.
+            state = StateAt(iter_events(store, upto=found[-1][0].record.global_position,
+                                        on_error=_warn))
         for incident, connection, node_events in found:
             when = incident.record.recorded_at
             around = store.read_all(since=when - LOOKBACK, until=when + LOOKAHEAD, on_error=_warn)
+            world = state.at(incident.record.global_position)
+            changes = {stream: record for stream, position in state.changes.items()
+                       if (connection_state := world.connections.get(stream)) is not None
+                       and connection_state.state in UP
+                       and (record := next(iter(store.read_all(position - 1, 1, on_error=_warn)), None))}
             report_window = window_for(incident, connection, around, entry.party_id, entry.peer_id,
-                                       entry.name or entry.peer_id, names, node_events,
-                                       state.at(incident.record.global_position))
+                                       entry.name or entry.peer_id, names, node_events, world, changes)
             reports.append((incident, diagnose(report_window)))
     if as_json:
         from store.diagnosis import report_json

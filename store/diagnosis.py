@@ -101,6 +101,8 @@ class Window:
     # Every stream folded up to and including the incident (``StateAt``), however long ago its
     # last row was written; None: judge from the rows around the incident only.
     world: World | None = None
+    # Each other connection's last state change before the incident (evidence that it stayed up).
+    last_changes: dict[str, RecordedEvent] = field(default_factory=dict)
 
     @property
     def at(self) -> datetime:
@@ -367,8 +369,14 @@ def remote_unreachable(window: Window) -> Finding | None:
     if stayed:
         names = ", ".join(_stream_name(window, s) for s in stayed)
         words.append(f"this node's other connections stayed up ({names})")
-        evidence += [Fact.of(_last_sign_of_life(window, s), f"{_stream_name(window, s)} still answered")
-                     for s in stayed if _last_sign_of_life(window, s) is not None]
+        for stream in stayed:
+            sign = _last_sign_of_life(window, stream)
+            change = window.last_changes.get(stream)
+            if sign is not None:
+                evidence.append(Fact.of(sign, f"{_stream_name(window, stream)} still answered"))
+            elif change is not None:
+                evidence.append(Fact.of(change, f"{_stream_name(window, stream)} {change.event.to_state} "
+                                                "from here on, up to the drop"))
     if expired:
         words.append(f"the control server stopped hearing from it too ({expired[0].event.reason})")
     if stale:
@@ -710,37 +718,50 @@ def select_nearest(found: Sequence[Incident], start: datetime, end: datetime,
 class StateAt:
     """Every stream folded with the replay's ``apply_world``, moved forward incident by incident.
 
-    ``records`` is the log in global order (any iterable: it is read only as far as asked).
+    ``records`` is the log in global order, as records or as ``store.replay.iter_events``'
+    ``(global_position, stream_id, event)`` (any iterable: it is read only as far as asked).
+    ``changes`` holds each connection's last state change so far (its global position).
     """
 
-    def __init__(self, records: Iterable[RecordedEvent]) -> None:
+    def __init__(self, records: Iterable[RecordedEvent | tuple[int, str, Any]]) -> None:
         self._records = iter(records)
-        self._pending: RecordedEvent | None = None
+        self._pending: tuple[int, str, Any] | None = None
         self.world = World()
+        self.changes: dict[str, int] = {}
+
+    def _next(self) -> tuple[int, str, Any] | None:
+        item = next(self._records, None)
+        if isinstance(item, RecordedEvent):
+            return item.global_position, item.stream_id, item.event
+        return item
 
     def at(self, position: int) -> World:
         """The world after every event up to and including ``position`` (positions only grow)."""
         while True:
-            record = self._pending or next(self._records, None)
+            item = self._pending or self._next()
             self._pending = None
-            if record is None:
+            if item is None:
                 break
-            if record.global_position > position:
-                self._pending = record
+            if item[0] > position:
+                self._pending = item
                 break
-            apply_world(self.world, record.stream_id, record.event)
+            global_position, stream_id, event = item
+            apply_world(self.world, stream_id, event)
+            if isinstance(event, ev.ConnectionStateChanged):
+                self.changes[stream_id] = global_position
         return World(parties=dict(self.world.parties), connections=dict(self.world.connections),
                      relays=dict(self.world.relays), nodes=dict(self.world.nodes), position=position)
 
 
 def window_for(incident: Incident, connection: Sequence[RecordedEvent], around: Iterable[RecordedEvent],
                party_id: str, peer_id: str, peer_name: str, names: dict[tuple[str, str], str],
-               node_events: Sequence[RecordedEvent] = (), world: World | None = None) -> Window:
+               node_events: Sequence[RecordedEvent] = (), world: World | None = None,
+               last_changes: dict[str, RecordedEvent] | None = None) -> Window:
     node_id = node_of(connection)
     upto = tuple(r for r in connection if r.global_position <= incident.record.global_position)
     return Window(incident, party_id, peer_id, peer_name, upto or tuple(connection),
                   tuple(r for r in around if same_node(r, node_id)), names,
-                  tuple(r for r in node_events if same_node(r, node_id)), world)
+                  tuple(r for r in node_events if same_node(r, node_id)), world, last_changes or {})
 
 
 def node_of(connection: Sequence[RecordedEvent]) -> str | None:

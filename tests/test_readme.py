@@ -164,6 +164,7 @@ def test_the_forensics_story_of_the_readme_as_written(tmp_path: Path, zone: str)
     # Carol wrote nothing for 1 h 48 min: that she was up comes from the folded log.
     assert ("cause: Bob's node became unreachable (its uplink or its machine): it stopped answering "
             "probes, and this node's other connections stayed up (Carol)") in diagnosis
+    assert f"{day} 19:00:10.000" in row_of(diagnosis, "Carol connected from here on, up to the drop")
     assert "incident" in diagnosis.splitlines()[0] and "1 incident" in diagnosis.splitlines()[0]
 
     history = outputs["lanrage history bob"]

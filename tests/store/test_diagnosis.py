@@ -47,9 +47,11 @@ class Log:
         upto = tuple(r for r in connection if r.global_position <= incident.record.global_position)
         near = tuple(r for r in self.records if around is None
                      or abs(r.recorded_at - incident.record.recorded_at) <= around)
-        world = StateAt(self.records).at(incident.record.global_position) if folded else None
+        state = StateAt(self.records)
+        world = state.at(incident.record.global_position) if folded else None
+        changes = {stream: self.records[position - 1] for stream, position in state.changes.items()}
         window = Window(incident, "p", peer, NAMES[("p", peer)], upto or tuple(connection),
-                        near, NAMES, tuple(self.stream("node:me")), world)
+                        near, NAMES, tuple(self.stream("node:me")), world, changes if folded else {})
         return diagnose(window)
 
     def findings(self, peer: str = "bob", index: int = -1, folded: bool = False,
@@ -400,6 +402,10 @@ def test_hours_into_a_quiet_party_the_other_connections_come_from_the_folded_sta
     first = log.findings(folded=True, around=TWO_MINUTES)[0]
     assert first == ("remote_unreachable: Bob's node became unreachable (its uplink or its machine): it "
                      "stopped answering probes, and this node's other connections stayed up (Carol)")
+    evidence = log.report(folded=True, around=TWO_MINUTES)[0].evidence
+    assert [(fact.at - T0, fact.detail) for fact in evidence] == [
+        (timedelta(hours=4, seconds=7), "connected → connecting: reconnect attempt 1/3: 3 probes lost"),
+        (timedelta(0), "Carol connected from here on, up to the drop")]
 
 
 def test_a_connection_down_in_the_folded_state_is_not_one_that_stayed_up() -> None:
