@@ -180,7 +180,7 @@ def local_restart(window: Window) -> Finding | None:
     abrupt = [r for r in lifecycle if isinstance(r.event, ev.NodeRunEndedAbruptly)
               and run_began < r.global_position < start.global_position]
     evidence = [Fact.of(r, f"stopped: {r.event.reason}") for r in stopped[-1:]]
-    evidence += [Fact.of(r, f"the previous run's last event was at {r.event.last_recorded_at} "
+    evidence += [Fact.of(r, f"the previous run's last event was {_before_start(r)}"
                             f"(position {r.event.last_global_position})") for r in abrupt[:1]]
     if stopped and not abrupt:
         evidence.append(Fact.of(start, "this node started again"))
@@ -193,6 +193,24 @@ def local_restart(window: Window) -> Finding | None:
     evidence.append(Fact.of(start, "this node started again"))
     return Finding("local_crashed", "this node crashed or was killed (its previous run ended without "
                    "a clean stop) and restarted", tuple(evidence))
+
+
+def _before_start(abrupt: RecordedEvent) -> str:
+    """How long before the start the last run's last event was: no zone to get wrong in print."""
+    try:
+        last = datetime.fromisoformat(abrupt.event.last_recorded_at)
+    except ValueError:
+        return ""  # a broken time cannot be placed; the position still is
+    if last.tzinfo is None:
+        last = last.replace(tzinfo=abrupt.recorded_at.tzinfo)
+    seconds = (abrupt.recorded_at - last).total_seconds()
+    if seconds < 0:
+        return ""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    span = (f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s" if rest >= 60
+            else f"{seconds:.1f} s")
+    return f"{span} before this start "
 
 
 def _last_before(window: Window, record: RecordedEvent) -> RecordedEvent | None:
@@ -804,9 +822,10 @@ def diagnose(window: Window, rules: Sequence[Rule] = RULES) -> list[Finding]:
 
 def _marked(finding: Finding, incident: Incident) -> Finding:
     """Evidence recorded after the incident is marked as what followed it, never passed for a cause."""
-    position = incident.record.global_position
+    # By time, not position: connections that dropped in the same instant are one moment.
+    moment = incident.record.recorded_at
     return Finding(finding.cause, finding.summary, tuple(
-        fact if fact.global_position <= position or fact.followed else
+        fact if fact.at <= moment or fact.followed else
         Fact(fact.at, fact.global_position, fact.stream_id, fact.event_type, fact.detail, True)
         for fact in finding.evidence))
 

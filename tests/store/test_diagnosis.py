@@ -306,6 +306,9 @@ def test_this_node_crashed_and_restarted() -> None:
                                                    last_recorded_at=(T0 + timedelta(seconds=50)).isoformat()),
            ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
     assert log.findings()[0].startswith("local_crashed: this node crashed or was killed")
+    # How long before the start, not a UTC time printed among local ones.
+    assert [fact.detail for fact in log.report()[0].evidence] == [
+        "the previous run's last event was 40.0 s before this start (position 4)", "this node started again"]
     # Without the NodeRunEndedAbruptly fact (older logs): a start with no stop before it says the same.
     log = Log().at(0, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
     up(log, "bob", 1)
