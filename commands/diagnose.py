@@ -38,6 +38,7 @@ def diagnose_command(
     db: DbOption = None,
 ) -> None:
     """Why PEER dropped: the cause first, in plain words, then the events that show it."""
+    from events.streams import node_of as stream_owner
     from store.diagnosis import (
         LATEST_INCIDENTS,
         LOOKAHEAD,
@@ -86,8 +87,11 @@ def diagnose_command(
             when = incident.record.recorded_at
             around = store.read_all(since=when - LOOKBACK, until=when + LOOKAHEAD, on_error=_warn)
             world = state.at(incident.record.global_position)
+            owner = stream_owner(incident.record.stream_id)
+            # Each of this node's connections that was up, with its last change however long ago.
             changes = {stream: record for stream, position in state.changes.items()
-                       if (connection_state := world.connections.get(stream)) is not None
+                       if stream_owner(stream) == owner
+                       and (connection_state := world.connections.get(stream)) is not None
                        and connection_state.state in UP
                        and (record := next(iter(store.read_all(position - 1, 1, on_error=_warn)), None))}
             report_window = window_for(incident, connection, around, entry.party_id, entry.peer_id,
