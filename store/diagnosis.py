@@ -571,7 +571,9 @@ def _handshake_words(age: float) -> str:
 
 
 # This node's uplink before the relay in use: when every path went silent together, the relay
-# stopped answering because this node could reach nothing at all.
+# stopped answering because this node could reach nothing at all. The peer's own account of a
+# drop (what its node says it saw on its side, recorded from the party channel) is a rule that
+# goes first, before ``local_restart``: the peer's word about itself outranks what this side infers.
 RULES: tuple[Rule, ...] = (local_restart, left_party, local_uplink, relay_died, control_unreachable,
                            endpoint_changed, loss_rose, direct_path_failed, remote_unreachable,
                            loss_in_samples)

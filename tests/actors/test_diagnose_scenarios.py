@@ -8,6 +8,10 @@ control server; the relay between). Between them the log stays quiet: a steady c
 writes one sample a quarter of an hour. Then ``lanrage diagnose PEER --at HH:MM`` (the
 minute of the injection, in the local zone) must name the injected cause first. The
 simulated network's loss is drawn from a generator with a fixed seed: every run is the same.
+
+The peer-side faults (bob's and dave's uplink, bob's line, carol's NAT, bob's leave) are
+named here from this node's log alone. Once the peer's own account of a drop is recorded,
+its cause leads: the expectations for those faults become that account.
 """
 
 from __future__ import annotations
