@@ -234,6 +234,9 @@ def test_every_injected_cause_is_named_first(party: Party, monkeypatch: pytest.M
             if injected.peer == "dave" and injected.cause == "remote_unreachable":
                 summary = report["incidents"][-1]["findings"][0]["summary"]
                 assert summary.endswith("this node's other connections stayed up (Carol)"), summary
+            if injected.cause in ("local_crashed", "local_stopped"):
+                # The restart alone: reopening dave's relay session is no "relay -> relay" switch.
+                assert [i["kind"] for i in report["incidents"]] == ["restart"], report
             found.append((injected.peer, minute, [i["cause"] for i in report["incidents"]],
                           [None if i["in_window"] else i["offset_s"] for i in report["incidents"]]))
         # Every incident of the minute (a switch to the relay and the drop that followed it are
