@@ -123,7 +123,7 @@ def _print(label: str, reports: list[tuple[Any, list[Any]]], window: TimeWindow 
     console = _console()
     zone = zone_name(utc)
     if not reports:
-        when = (f" in {window.text} or within {NEAR.seconds // 60} min of it ({zone})" if window else "")
+        when = (f" in {window.label(utc)} or within {NEAR.seconds // 60} min of it" if window else "")
         console.print(f"no drop of {label} recorded{when}")
         return
     plural = "s" if len(reports) > 1 else ""
@@ -133,8 +133,8 @@ def _print(label: str, reports: list[tuple[Any, list[Any]]], window: TimeWindow 
         moment = incident.record.recorded_at
         console.print()
         if window is not None:
-            where = (f"{incident.kind} {clock(moment, utc)}, in {window.text}" if inside else
-                     f"nearest {incident.kind} {clock(moment, utc)}, {relative_words(window, moment)}")
+            where = (f"{incident.kind} {clock(moment, utc)}, in {window.label(utc)}" if inside else
+                     f"nearest {incident.kind} {clock(moment, utc)}, {relative_words(window, moment, utc)}")
             console.print(where)
         console.print(Text.assemble((shown(moment, utc), "bold"),
                                     f"  {incident.kind}: {incident.description}"))

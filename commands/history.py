@@ -327,7 +327,7 @@ def _print_world(world: Any, moment: datetime | None, utc: bool, window: TimeWin
     console = _console()
     when = f" at {shown(moment, utc)} {zone_name(utc)}" if moment else ""
     if window is not None and window.end > window.start:
-        when += f" (the end of {window.text})"
+        when += f" (the end of {window.label(utc)})"
     console.print(f"State after global position {world.position}{when}", style="bold")
     if not (world.parties or world.connections or world.relays or world.nodes):
         console.print("nothing recorded yet")
@@ -437,13 +437,13 @@ def history_command(
     console = _console()
     if window is not None:
         if not records:
-            console.print(f"no entry for {chosen[0].label()} in {window.text} or within "
+            console.print(f"no entry for {chosen[0].label()} in {window.label(utc)} or within "
                           f"{NEAR.seconds // 60} min of it")
             return
         first = records[0].recorded_at
-        console.print(f"entries in {window.text}" if inside else
-                      f"no entry in {window.text}; the nearest, {clock(first, utc)}, "
-                      f"{relative_words(window, first)}")
+        console.print(f"entries in {window.label(utc)}" if inside else
+                      f"no entry in {window.label(utc)}; the nearest, {clock(first, utc)}, "
+                      f"{relative_words(window, first, utc)}")
     table = _table(title=f"connection history of {'; '.join(sorted({entry.label() for entry in chosen}))}",
                   header_style="bold")
     for column in ("pos", f"time ({zone_name(utc)})", "event", "state", "path", "endpoint / relay",

@@ -72,6 +72,16 @@ class TimeWindow:
     def json(self) -> dict[str, str]:
         return {"text": self.text, "start": iso(self.start), "end": iso(self.end)}
 
+    def label(self, utc: bool = False) -> str:
+        """The span as typed; with ``--utc`` its start in UTC, at the precision typed (the
+        printed times are UTC then, and "21:03" beside them would read as UTC too)."""
+        if not utc:
+            return self.text
+        span = (self.end - self.start).total_seconds()
+        form = ("%H:%M" if span == 60 else "%H:%M:%S" if span == 1 else "%Y-%m-%d" if span >= 82800
+                else "%H:%M:%S.%f")
+        return f"{self.start.astimezone(UTC).strftime(form)} UTC"
+
 
 def parse_window(text: str, option: str, now: datetime | None = None) -> TimeWindow:
     """The span ``text`` names (see the module's docstring); a UsageError naming ``option`` otherwise."""
@@ -104,12 +114,12 @@ def distance_words(seconds: float) -> str:
     return f"{hours} h {rest // 60} min" if rest // 60 else f"{hours} h"
 
 
-def relative_words(window: TimeWindow, moment: datetime) -> str:
+def relative_words(window: TimeWindow, moment: datetime, utc: bool = False) -> str:
     """``4 s after 21:03``, ``1 min before 21:03:04``: where ``moment`` lies from what was typed."""
     offset = window.offset(moment)
     if offset == 0:
-        return f"at {window.text}"
-    return f"{distance_words(offset)} {'after' if offset > 0 else 'before'} {window.text}"
+        return f"at {window.label(utc)}"
+    return f"{distance_words(offset)} {'after' if offset > 0 else 'before'} {window.label(utc)}"
 
 
 def parse_time(text: str, option: str, now: datetime | None = None) -> datetime:

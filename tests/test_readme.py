@@ -185,10 +185,16 @@ def test_diagnose_at_a_minute_without_the_drop_names_the_nearest(tmp_path: Path)
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     zone = ZONES[0]
-    write_log(state, last_2103(ZoneInfo(zone)))
+    minute = last_2103(ZoneInfo(zone))
+    write_log(state, minute)
     lanrage = [sys.executable, str(ROOT / "cli.py")]
     out = run([*lanrage, "diagnose", "bob", "--at", "21:01", "--state-dir", str(state)], state, zone)
     assert "nearest drop 21:03:04, 2 min 4 s after 21:01" in out
+    out = run([*lanrage, "diagnose", "bob", "--at", "21:01", "--utc", "--state-dir", str(state)], state, zone)
+    drop = (minute + timedelta(seconds=4)).astimezone(UTC)
+    asked = (minute - timedelta(minutes=2)).astimezone(UTC)
+    # With --utc the minute asked about is named in UTC too, not as typed among UTC times.
+    assert f"nearest drop {drop:%H:%M:%S}, 2 min 4 s after {asked:%H:%M} UTC" in out
     out = run([*lanrage, "diagnose", "bob", "--at", "21:03:04", "--state-dir", str(state), "--json"],
               state, zone)
     report = json.loads(out)
