@@ -4,12 +4,14 @@ An *incident* is a moment a connection stopped carrying traffic as it did: a cha
 ``connected``/``degraded`` to another state, a forced path switch (relay to relay, direct
 to relay), a change of the peer's endpoint under it (NAT rebinding), or a restart of this
 node or a loss of its control server while the connection was up. For each incident a
-``Window`` holds the connection's own events up to it and every event of this node
-recorded around it. Each rule is a pure function ``Window -> Finding | None``; ``RULES``
-lists them in order of precedence, so adding a cause (a new event, a new rule) is one
-function and one line there. The first finding is the cause; the others are shown as
-further evidence. When no rule fires, the finding says the cause cannot be told and
-lists the facts.
+``Window`` holds the connection's own events up to it, every event of this node recorded
+around it, and the state of every stream folded up to it (``StateAt``, with the replay's
+``apply_world``): whether the other connections were up is read from that state, never
+from how many rows happen to lie near the incident. Each rule is a pure function
+``Window -> Finding | None``; ``RULES`` lists them in order of precedence, so adding a
+cause (a new event, a new rule) is one function and one line there. The first finding is
+the cause; the others are shown as further evidence. When no rule fires, the finding says
+the cause cannot be told and lists the facts.
 """
 
 from __future__ import annotations
