@@ -425,6 +425,7 @@ def history_command(
                                if record.stream_id == source)
     records.sort(key=lambda record: record.global_position)
     window = parse_window(at, "--at") if at else None
+    lasted = _lasted(records)  # over the whole timeline: the last row of a minute lasted beyond it
     inside = True
     if window is not None:
         records, inside = in_window(records, window)
@@ -449,7 +450,6 @@ def history_command(
     for column in ("pos", f"time ({zone_name(utc)})", "event", "state", "path", "endpoint / relay",
                    "lasted", "details"):
         table.add_column(column)
-    lasted = _lasted(records)
     for record in records:
         event = record.event
         state, path, where = "", "", ""
