@@ -288,7 +288,7 @@ def local_uplink(window: Window) -> Finding | None:
         return None
     others = _other_connections(window)
     if not others:
-        return None
+        return _every_relay_silent(window)
     dropped = {stream: r for stream, r in others.items() if r is not None}
     if len(dropped) < len(others):
         return None
@@ -297,6 +297,31 @@ def local_uplink(window: Window) -> Finding | None:
     names = ", ".join(_stream_name(window, s) for s in sorted(dropped))
     return Finding("local_uplink", f"this node's uplink went down: every connection dropped within "
                    f"{TOGETHER.total_seconds():.0f} s ({window.peer_name}, {names})", tuple(evidence))
+
+
+def _every_relay_silent(window: Window) -> Finding | None:
+    """The only connection dropped, and every relay this node knows (two or more) stopped answering
+    around it: no path at all was left, so the cause is on this side, not in one relay."""
+    if window.world is None:
+        return None
+    drop = window.incident.record if window.incident.kind == "drop" else _drop_after_switch(window)
+    if drop is None:
+        return None
+    owner = stream_owner(window.connection_stream)
+    relays = {state.relay for stream, state in window.world.relays.items()
+              if state.relay and (owner is None or stream_owner(stream) == owner)}
+    degraded: dict[str, RecordedEvent] = {}
+    for record in window.around:
+        if isinstance(record.event, ev.RelayDegraded) and abs(record.recorded_at - window.at) <= LOOKBACK:
+            degraded.setdefault(record.event.relay, record)
+    if len(relays) < 2 or not relays <= degraded.keys():
+        return None
+    evidence = [Fact.of(drop, _describe(drop))]
+    evidence += [Fact.of(degraded[relay], f"relay {relay} degraded: {degraded[relay].event.reason}")
+                 for relay in sorted(relays)]
+    return Finding("local_uplink", f"this node's uplink went down: the connection to {window.peer_name} "
+                   f"dropped and every relay stopped answering ({', '.join(sorted(relays))})",
+                   tuple(sorted(evidence, key=lambda fact: fact.global_position)))
 
 
 def endpoint_changed(window: Window) -> Finding | None:

@@ -497,3 +497,32 @@ def test_the_incident_in_the_window_else_the_nearest_within_a_few_minutes() -> N
     assert select_nearest(found, far, far + timedelta(minutes=1), five) == ([], False)
     second = T0 + timedelta(seconds=184)
     assert select_nearest(found, second, second + timedelta(seconds=1), five) == ([found[0]], True)
+
+
+def relay_probed(seconds: float, log: Log, relay: str, answered: int) -> Log:
+    return log.at(seconds, f"relay:me:{relay}", ev.RelayProbed(relay=relay, rtt_ms=3.0 if answered else None,
+                                                                probes=3, answered=answered))
+
+
+def test_a_lone_relayed_connection_and_every_relay_silent_is_this_nodes_uplink() -> None:
+    log = up(Log(), "bob", path="relay", relay=RELAY_A)
+    relay_probed(5, log, RELAY_A, 3)
+    relay_probed(5, log, RELAY_B, 3)
+    log.at(3 * 3600, f"relay:me:{RELAY_A}", ev.RelayDegraded(relay=RELAY_A, rtt_ms=None, reason="no answer"))
+    log.at(3 * 3600 + 1, f"relay:me:{RELAY_B}", ev.RelayDegraded(relay=RELAY_B, rtt_ms=None,
+                                                                  reason="no answer"))
+    log.at(3 * 3600 + 12, "peer:p:bob", lost("bob", "relay", RELAY_A))
+    found = log.findings(folded=True, around=TWO_MINUTES)
+    assert found[0] == ("local_uplink: this node's uplink went down: the connection to Bob dropped and "
+                        f"every relay stopped answering ({RELAY_A}, {RELAY_B})")
+    assert found[1].startswith(f"relay_died: the relay in use ({RELAY_A}) stopped answering")
+
+
+def test_one_relay_silent_while_another_answers_is_that_relay() -> None:
+    log = up(Log(), "bob", path="relay", relay=RELAY_A)
+    relay_probed(5, log, RELAY_A, 3)
+    relay_probed(5, log, RELAY_B, 3)
+    log.at(3 * 3600, f"relay:me:{RELAY_A}", ev.RelayDegraded(relay=RELAY_A, rtt_ms=None, reason="no answer"))
+    log.at(3 * 3600 + 12, "peer:p:bob", lost("bob", "relay", RELAY_A))
+    assert log.findings(folded=True, around=TWO_MINUTES)[0].startswith(
+        f"relay_died: the relay in use ({RELAY_A}) stopped answering")
