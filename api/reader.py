@@ -126,7 +126,8 @@ class StoreReader:
         around = await self.every(EventFilter(None, (), when - diagnosis.LOOKBACK,
                                               when + diagnosis.LOOKAHEAD))
         window = diagnosis.window_for(incident, connection, around, entry.party_id, entry.peer_id,
-                                      entry.name or entry.peer_id, names, node_events)
+                                      entry.name or entry.peer_id, names, node_events,
+                                      await self.world_at(incident.record.global_position))
         return diagnosis.report_json(incident, diagnosis.diagnose(window))
 
     async def directory(self) -> list[PeerRef]:

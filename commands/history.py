@@ -26,7 +26,20 @@ if TYPE_CHECKING:  # rich and asyncio load only in the commands that print table
 
 from commands.common import DEFAULT_STATE_DIR as _DEFAULT_STATE_DIR
 from commands.common import DbOption, JsonOption, StateDirOption, UsageError, database_url
-from commands.times import TIME_FORMS, UtcOption, display_zone, iso, parse_time, shown, zone_name
+from commands.times import (
+    NEAR,
+    TIME_FORMS,
+    TimeWindow,
+    UtcOption,
+    clock,
+    display_zone,
+    iso,
+    parse_time,
+    parse_window,
+    relative_words,
+    shown,
+    zone_name,
+)
 from events.streams import METRICS, PEER, node_of, node_stream, stream_kind
 
 CONNECTION_TYPES = ("ConnectionAttemptStarted", "PathChosen", "HolePunchAttempted", "HolePunchSucceeded",
@@ -386,8 +399,8 @@ def _follow(url: str, after: int, stream: str | None, types: tuple[str, ...], si
 
 
 def replay_command(
-    at: Annotated[str | None,
-                  typer.Option("--at", help=f"The moment: {TIME_FORMS}.")] = None,
+    at: Annotated[str | None, typer.Option(
+        "--at", help=f"The moment: {TIME_FORMS}; a minute (21:03) means its end, 21:03:59.999.")] = None,
     position: Annotated[int | None, typer.Option("--position", help="Global position to stop at.")] = None,
     node: NodeOption = None,
     skip_bad: Annotated[bool, typer.Option(
@@ -404,7 +417,9 @@ def replay_command(
     """
     from store.replay import replay
 
-    moment = parse_time(at, "--at") if at else None
+    # "The state at 21:03" is the state once that minute is over: a drop at 21:03:04 shows.
+    window = parse_window(at, "--at") if at else None
+    moment = window.last if window else None
     if position is not None and position < 0:
         raise UsageError("--position must be >= 0")
     with _open_readonly(db, state_dir) as store:
@@ -415,21 +430,25 @@ def replay_command(
         print(json.dumps(_jsonable({
             "position": world.position,
             "at": iso(moment) if moment else None,
+            "window": window.json() if window else None,
             "parties": {key: dataclasses.asdict(value) for key, value in world.parties.items()},
             "connections": {key: dataclasses.asdict(value) for key, value in world.connections.items()},
             "relays": {key: dataclasses.asdict(value) for key, value in world.relays.items()},
             "nodes": {key: dataclasses.asdict(value) for key, value in world.nodes.items()},
         }), indent=2))
         return
-    _print_world(world, moment, utc, directory)
+    _print_world(world, moment, utc, directory, window)
 
 
-def _print_world(world: Any, moment: datetime | None, utc: bool, directory: list[Any]) -> None:
+def _print_world(world: Any, moment: datetime | None, utc: bool, directory: list[Any],
+                 window: TimeWindow | None = None) -> None:
     """What each node knew at that moment, peers and parties by name (``--json`` keeps the ids)."""
     from events.types import NAT_UNKNOWN, RELAY
 
     console = _console()
     when = f" at {with_zone(moment, utc)}" if moment else ""
+    if window is not None and window.end > window.start:
+        when += f" (the end of {window.label(utc)})"
     console.print(f"State after global position {world.position}{when}", style="bold")
     if not (world.parties or world.connections or world.relays or world.nodes):
         console.print("nothing recorded yet")
@@ -535,6 +554,9 @@ def history_command(
     metrics: Annotated[bool, typer.Option("--metrics", help="Include the metric samples.")] = False,
     node: NodeOption = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the last N entries.")] = None,
+    at: Annotated[str | None, typer.Option(
+        "--at", help=f"Only the entries of this minute (or second), else the nearest within "
+                     f"{NEAR.seconds // 60} min: {TIME_FORMS}.")] = None,
     as_json: JsonOption = False,
     utc: UtcOption = False,
     state_dir: StateDirOption = _DEFAULT_STATE_DIR,
@@ -567,6 +589,11 @@ def history_command(
                                if record.stream_id == source)
         records.sort(key=lambda record: record.global_position)
         records = _with_node_runs(store, records, owners)
+    window = parse_window(at, "--at") if at else None
+    lasted = _lasted(records)  # over the whole timeline: the last row of a minute lasted beyond it
+    inside = True
+    if window is not None:
+        records, inside = in_window(records, window)
     if limit is not None:
         records = records[-limit:] if limit > 0 else []
     if as_json:
@@ -574,12 +601,20 @@ def history_command(
             print(json.dumps(record_json(record)))
         return
     console = _console()
+    if window is not None:
+        if not records:
+            console.print(f"no entry for {chosen[0].label()} in {window.label(utc)} or within "
+                          f"{NEAR.seconds // 60} min of it")
+            return
+        first = records[0].recorded_at
+        console.print(f"entries in {window.label(utc)}" if inside else
+                      f"no entry in {window.label(utc)}; the nearest, {clock(first, utc)}, "
+                      f"{relative_words(window, first, utc)}")
     table = _table(title=f"connection history of {'; '.join(sorted({entry.label() for entry in chosen}))}",
                   header_style="bold")
     header, when = _time_column((record.recorded_at for record in records), utc)
     for column in ("pos", header, "event", "state", "path", "endpoint / relay", "lasted", "details"):
         table.add_column(column)
-    lasted = _lasted(records)
     for record in records:
         event = record.event
         state, path, where = "", "", ""
@@ -645,6 +680,20 @@ def _node_run(record: Any, utc: bool) -> tuple[str, str]:
     ended = _run_ended(record)
     last = f"; its last event was at {with_zone(ended, utc)}" if ended is not None else ""
     return "this node went down", f"no clean stop{last}"
+
+
+def in_window(records: list[Any], window: TimeWindow) -> tuple[list[Any], bool]:
+    """The records of ``window``, else those at the moment nearest to it within ``NEAR``; and whether
+    they lie inside it (the same rule as ``diagnose --at``)."""
+    inside = [record for record in records if window.holds(record.recorded_at)]
+    if inside:
+        return inside, True
+    close = [record for record in records if window.distance(record.recorded_at) <= NEAR]
+    if not close:
+        return [], False
+    nearest = min(window.distance(record.recorded_at) for record in close)
+    moment = next(record.recorded_at for record in close if window.distance(record.recorded_at) == nearest)
+    return [record for record in close if record.recorded_at == moment], False
 
 
 def _lasted(records: list[Any]) -> dict[int, str]:

@@ -4,23 +4,27 @@ An *incident* is a moment a connection stopped carrying traffic as it did: a cha
 ``connected``/``degraded`` to another state, a forced path switch (relay to relay, direct
 to relay), a change of the peer's endpoint under it (NAT rebinding), or a restart of this
 node or a loss of its control server while the connection was up. For each incident a
-``Window`` holds the connection's own events up to it and every event of this node
-recorded around it. Each rule is a pure function ``Window -> Finding | None``; ``RULES``
-lists them in order of precedence, so adding a cause (a new event, a new rule) is one
-function and one line there. The first finding is the cause; the others are shown as
-further evidence. When no rule fires, the finding says the cause cannot be told and
-lists the facts.
+``Window`` holds the connection's own events up to it, every event of this node recorded
+around it, and the state of every stream folded up to it (``StateAt``, with the replay's
+``apply_world``): whether the other connections were up is read from that state, never
+from how many rows happen to lie near the incident. Each rule is a pure function
+``Window -> Finding | None``; ``RULES`` lists them in order of precedence, so adding a
+cause (a new event, a new rule) is one function and one line there. The first finding is
+the cause; the others are shown as further evidence. When no rule fires, the finding says
+the cause cannot be told and lists the facts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from events import types as ev
+from events.fold import World, apply_world
 from events.streams import METRICS, PEER, peer_stream_ids, stream_kind
+from events.streams import node_of as stream_owner
 from store.base import RecordedEvent
 
 # How far before an incident its causes are looked for: a lost peer is declared after
@@ -48,6 +52,10 @@ LATEST_INCIDENTS = 5
 NODE_TYPES = ("NodeStarted", "NodeStopped", "NodeRunEndedAbruptly", "ControlServerUnreachable",
               "ControlServerReachable")
 UP = (ev.CONNECTED, ev.DEGRADED)
+# A control plane back within this was one failed request retried, not an outage of the node.
+CONTROL_BLIP_S = 1.0
+# The connection's relay session reopened by a new run of this node: the path did not change.
+RESTORED_SESSION = "restore the relay session after a restart"
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ class Fact:
     stream_id: str
     event_type: str
     detail: str
+    followed: bool = False  # recorded after the incident: what followed it, not what led to it
 
     @classmethod
     def of(cls, record: RecordedEvent, detail: str) -> Fact:
@@ -91,6 +100,11 @@ class Window:
     around: tuple[RecordedEvent, ...]  # every event of this node within LOOKBACK/LOOKAHEAD
     names: dict[tuple[str, str], str] = field(default_factory=dict)  # (party, peer) -> name
     node: tuple[RecordedEvent, ...] = ()  # this node's whole lifecycle (NODE_TYPES), control plane included
+    # Every stream folded up to and including the incident (``StateAt``), however long ago its
+    # last row was written; None: judge from the rows around the incident only.
+    world: World | None = None
+    # Each other connection's last state change before the incident (evidence that it stayed up).
+    last_changes: dict[str, RecordedEvent] = field(default_factory=dict)
 
     @property
     def at(self) -> datetime:
@@ -168,7 +182,7 @@ def local_restart(window: Window) -> Finding | None:
     abrupt = [r for r in lifecycle if isinstance(r.event, ev.NodeRunEndedAbruptly)
               and run_began < r.global_position < start.global_position]
     evidence = [Fact.of(r, f"stopped: {r.event.reason}") for r in stopped[-1:]]
-    evidence += [Fact.of(r, f"the previous run's last event was at {r.event.last_recorded_at} "
+    evidence += [Fact.of(r, f"the previous run's last event was {_before_start(r)}"
                             f"(position {r.event.last_global_position})") for r in abrupt[:1]]
     if stopped and not abrupt:
         evidence.append(Fact.of(start, "this node started again"))
@@ -183,14 +197,40 @@ def local_restart(window: Window) -> Finding | None:
                    "a clean stop) and restarted", tuple(evidence))
 
 
+def _before_start(abrupt: RecordedEvent) -> str:
+    """When the last run's last event was (ISO 8601 in UTC: the printing side shows it in its own
+    zone) and how long before the start."""
+    try:
+        last = datetime.fromisoformat(abrupt.event.last_recorded_at)
+    except ValueError:
+        return ""  # a broken time cannot be placed; the position still is
+    if last.tzinfo is None:
+        last = last.replace(tzinfo=abrupt.recorded_at.tzinfo)
+    seconds = (abrupt.recorded_at - last).total_seconds()
+    if seconds < 0:
+        return ""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    span = (f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s" if rest >= 60
+            else f"{seconds:.1f} s")
+    return f"at {last.astimezone(UTC).isoformat()}, {span} before this start "
+
+
 def _last_before(window: Window, record: RecordedEvent) -> RecordedEvent | None:
     earlier = [r for r in window.around if r.global_position < record.global_position]
     return earlier[-1] if earlier else None
 
 
 def left_party(window: Window) -> Finding | None:
-    """The peer left the party cleanly, or this node did."""
-    span = [*window.before(), *window.after()]
+    """The peer left the party cleanly, or this node did.
+
+    A leave recorded after the incident explains it only while the connection had not come
+    back in between (a leave after a recovery is a later story), and is shown as what followed.
+    """
+    back = next((r for r in window.after() if r.stream_id == window.connection_stream
+                 and isinstance(r.event, ev.ConnectionStateChanged) and r.event.to_state in UP), None)
+    span = [*window.before(), *(r for r in window.after()
+                                if back is None or r.global_position < back.global_position)]
     left = [r for r in span if isinstance(r.event, ev.PeerLeft) and window.about_this_peer(r)]
     local = [r for r in span if isinstance(r.event, ev.PartyLeft) and r.event.party_id == window.party_id]
     if local:
@@ -249,7 +289,7 @@ def local_uplink(window: Window) -> Finding | None:
         return None
     others = _other_connections(window)
     if not others:
-        return None
+        return _every_relay_silent(window)
     dropped = {stream: r for stream, r in others.items() if r is not None}
     if len(dropped) < len(others):
         return None
@@ -258,6 +298,31 @@ def local_uplink(window: Window) -> Finding | None:
     names = ", ".join(_stream_name(window, s) for s in sorted(dropped))
     return Finding("local_uplink", f"this node's uplink went down: every connection dropped within "
                    f"{TOGETHER.total_seconds():.0f} s ({window.peer_name}, {names})", tuple(evidence))
+
+
+def _every_relay_silent(window: Window) -> Finding | None:
+    """The only connection dropped, and every relay this node knows (two or more) stopped answering
+    around it: no path at all was left, so the cause is on this side, not in one relay."""
+    if window.world is None:
+        return None
+    drop = window.incident.record if window.incident.kind == "drop" else _drop_after_switch(window)
+    if drop is None:
+        return None
+    owner = stream_owner(window.connection_stream)
+    relays = {state.relay for stream, state in window.world.relays.items()
+              if state.relay and (owner is None or stream_owner(stream) == owner)}
+    degraded: dict[str, RecordedEvent] = {}
+    for record in window.around:
+        if isinstance(record.event, ev.RelayDegraded) and abs(record.recorded_at - window.at) <= LOOKBACK:
+            degraded.setdefault(record.event.relay, record)
+    if len(relays) < 2 or not relays <= degraded.keys():
+        return None
+    evidence = [Fact.of(drop, _describe(drop))]
+    evidence += [Fact.of(degraded[relay], f"relay {relay} degraded: {degraded[relay].event.reason}")
+                 for relay in sorted(relays)]
+    return Finding("local_uplink", f"this node's uplink went down: the connection to {window.peer_name} "
+                   f"dropped and every relay stopped answering ({', '.join(sorted(relays))})",
+                   tuple(sorted(evidence, key=lambda fact: fact.global_position)))
 
 
 def endpoint_changed(window: Window) -> Finding | None:
@@ -323,35 +388,59 @@ SILENCE_SIGNS = ("probes lost", "nothing received", "last handshake")
 
 
 def remote_unreachable(window: Window) -> Finding | None:
-    """Only this peer stopped answering while this node's other connections stayed up."""
-    reason = _reason(window.incident.record)
-    if window.incident.kind != "drop" or not any(sign in reason for sign in SILENCE_SIGNS):
+    """Only this peer stopped answering while this node's other connections stayed up.
+
+    A forced switch to the relay that the drop follows at once is the same outage: the relay
+    did not reach the peer either.
+    """
+    drop = window.incident.record if window.incident.kind == "drop" else _drop_after_switch(window)
+    if drop is None or not any(sign in _reason(drop) for sign in SILENCE_SIGNS):
         return None
     expired = [r for r in window.after() if isinstance(r.event, ev.PeerLeft) and window.about_this_peer(r)
                and r.event.reason != "left"]
     others = _other_connections(window)
     stayed = sorted(stream for stream, dropped in others.items() if dropped is None)
-    age = _handshake_age(window.incident.record)
+    age = _handshake_age(drop)
     stale = age is not None and age > HANDSHAKE_STALE_S
     if not expired and not stayed and not stale:
         return None
     evidence = [Fact.of(window.incident.record, _describe(window.incident.record))]
+    if drop is not window.incident.record:
+        evidence.append(Fact.of(drop, f"on the relay too: {_describe(drop)}"))
     if age is not None:
-        evidence.append(Fact.of(window.incident.record, _handshake_words(age)))
+        evidence.append(Fact.of(drop, _handshake_words(age)))
     evidence += [Fact.of(r, f"the control server removed {window.peer_name}: {r.event.reason}")
                  for r in expired]
     words = []
     if stayed:
         names = ", ".join(_stream_name(window, s) for s in stayed)
         words.append(f"this node's other connections stayed up ({names})")
-        evidence += [Fact.of(_last_sign_of_life(window, s), f"{_stream_name(window, s)} still answered")
-                     for s in stayed if _last_sign_of_life(window, s) is not None]
+        for stream in stayed:
+            sign = _last_sign_of_life(window, stream)
+            change = window.last_changes.get(stream)
+            if sign is not None:
+                evidence.append(Fact.of(sign, f"{_stream_name(window, stream)} still answered"))
+            elif change is not None:
+                evidence.append(Fact.of(change, f"{_stream_name(window, stream)} {change.event.to_state} "
+                                                "from here on, up to the drop"))
     if expired:
         words.append(f"the control server stopped hearing from it too ({expired[0].event.reason})")
     if stale:
         words.append(f"WireGuard's last handshake with it was {age:.0f} s before the drop")
     return Finding("remote_unreachable", f"{window.peer_name}'s node became unreachable (its uplink or its "
                    f"machine): it stopped answering probes, and {' and '.join(words)}", tuple(evidence))
+
+
+# A drop this soon after a forced switch to the relay ends the same outage: three probes lost
+# on the new path plus the switch itself.
+SWITCH_THEN_DROP = timedelta(seconds=45)
+
+
+def _drop_after_switch(window: Window) -> RecordedEvent | None:
+    if window.incident.kind != "path_switch":
+        return None
+    mine = window.connection_stream
+    return next((r for r in window.after(SWITCH_THEN_DROP) if r.stream_id == mine and _is_drop(r)), None)
 
 
 def loss_rose(window: Window) -> Finding | None:
@@ -431,8 +520,10 @@ def control_unreachable(window: Window) -> Finding | None:
     if outage is None:
         return None
     lost, back = outage
+    if _blip(back):
+        return None
     url, error = lost.event.control_url, lost.event.error
-    how_long = (f"for {back.event.outage_s:.0f} s" if back is not None and back.event.outage_s is not None
+    how_long = (f"for {_seconds(back.event.outage_s)}" if back is not None and back.event.outage_s is not None
                 else "with no return recorded" if back is None else "for a while")
     evidence = [Fact.of(lost, f"{url}: {error}")]
     if back is not None:
@@ -488,6 +579,15 @@ def _outage(window: Window) -> tuple[RecordedEvent, RecordedEvent | None] | None
     return first, back
 
 
+def _blip(back: RecordedEvent | None) -> bool:
+    outage_s = getattr(back.event, "outage_s", None) if back is not None else None
+    return outage_s is not None and outage_s < CONTROL_BLIP_S
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+
+
 def _handshake_age(record: RecordedEvent) -> float | None:
     return getattr(record.event, "last_handshake_age_s", None)
 
@@ -498,7 +598,11 @@ def _handshake_words(age: float) -> str:
     return f"last WireGuard handshake {age:.0f} s before the drop"
 
 
-RULES: tuple[Rule, ...] = (local_restart, left_party, relay_died, local_uplink, control_unreachable,
+# This node's uplink before the relay in use: when every path went silent together, the relay
+# stopped answering because this node could reach nothing at all. The peer's own account of a
+# drop (what its node says it saw on its side, recorded from the party channel) is a rule that
+# goes first, before ``local_restart``: the peer's word about itself outranks what this side infers.
+RULES: tuple[Rule, ...] = (local_restart, left_party, local_uplink, relay_died, control_unreachable,
                            endpoint_changed, loss_rose, direct_path_failed, remote_unreachable,
                            loss_in_samples)
 
@@ -531,8 +635,15 @@ def _stream_name(window: Window, stream_id: str) -> str:
 
 
 def _other_connections(window: Window) -> dict[str, RecordedEvent | None]:
-    """Other connections of this node that were up: stream -> their drop near the incident, or None."""
+    """Other connections of this node that were up: stream -> their drop near the incident, or None.
+
+    Which ones were up comes from the folded state (``Window.world``) when the window has it: a
+    steady connection writes a sample every quarter of an hour, so the rows around an incident
+    hours into a quiet party say nothing of it.
+    """
     mine = window.connection_stream
+    if window.world is not None:
+        return _other_connections_folded(window, window.world, mine)
     near: dict[str, RecordedEvent | None] = {}
     up: dict[str, bool] = {}
     for record in window.around:
@@ -549,6 +660,18 @@ def _other_connections(window: Window) -> dict[str, RecordedEvent | None]:
     return {stream: near.get(stream) for stream, is_up in up.items() if is_up or stream in near}
 
 
+def _other_connections_folded(window: Window, world: World, mine: str) -> dict[str, RecordedEvent | None]:
+    owner = stream_owner(mine)
+    near: dict[str, RecordedEvent] = {}
+    for record in window.around:
+        stream = connection_of(record.stream_id)
+        if stream != mine and _is_drop(record) and abs(record.recorded_at - window.at) <= TOGETHER:
+            near.setdefault(stream, record)
+    up = {stream for stream, connection in world.connections.items()
+          if stream != mine and stream_owner(stream) == owner and connection.state in UP}
+    return {stream: near.get(stream) for stream in sorted(up | {s for s in near if stream_owner(s) == owner})}
+
+
 def _last_sign_of_life(window: Window, stream_id: str) -> RecordedEvent | None:
     alive = [r for r in window.around if connection_of(r.stream_id) == stream_id and (
         (isinstance(r.event, ev.MetricsSampled) and r.event.loss < 1.0)
@@ -563,21 +686,41 @@ def incidents(connection: Sequence[RecordedEvent], node_events: Iterable[Recorde
         event = record.event
         if _is_drop(record):
             found.append(Incident(record, "drop", _describe(record)))
-        elif isinstance(event, ev.PathSwitched) and event.to_path == ev.RELAY:
+        elif isinstance(event, ev.PathSwitched) and event.to_path == ev.RELAY and not _restored(event):
             # relay to relay, or direct to relay: the path in use failed and the connection moved
             found.append(Incident(record, "path_switch", _describe(record)))
         elif isinstance(event, ev.EndpointChanged) and _state_at(connection, record.global_position) in UP:
             found.append(Incident(record, "endpoint_change", f"endpoint {event.old_endpoint} → "
                                                              f"{event.new_endpoint}"))
+    node_events = list(node_events)
     for record in node_events:
         if _state_at(connection, record.global_position) not in UP:
             continue
         if isinstance(record.event, ev.NodeStarted):
             found.append(Incident(record, "restart", "this node started while the connection was up"))
-        elif isinstance(record.event, ev.ControlServerUnreachable):
+        elif isinstance(record.event, ev.ControlServerUnreachable) \
+                and not _blip(_control_back(record, node_events)):
             found.append(Incident(record, "control_outage", "the control server became unreachable while "
                                                             "the connection was up"))
     return sorted(found, key=lambda incident: incident.record.global_position)
+
+
+def _restored(event: ev.PathSwitched) -> bool:
+    """A new run reopening its relay session on the same relay: no path failed, nothing moved."""
+    return (event.from_path == event.to_path == ev.RELAY and event.reason.startswith(RESTORED_SESSION)
+            and event.from_relay in (None, event.to_relay))
+
+
+def _control_back(lost: RecordedEvent, node_events: Sequence[RecordedEvent]) -> RecordedEvent | None:
+    url = lost.event.control_url
+    for record in node_events:
+        if record.global_position <= lost.global_position:
+            continue
+        if isinstance(record.event, ev.NodeStarted):
+            return None
+        if isinstance(record.event, ev.ControlServerReachable) and record.event.control_url == url:
+            return record
+    return None
 
 
 def _state_at(connection: Sequence[RecordedEvent], position: int) -> str | None:
@@ -600,14 +743,73 @@ def select_incidents(found: Sequence[Incident], at: datetime | None = None, posi
     return list(found[-latest:])
 
 
+def select_nearest(found: Sequence[Incident], start: datetime, end: datetime,
+                   near: timedelta) -> tuple[list[Incident], bool]:
+    """The incidents recorded in ``[start, end)`` (a point when ``end == start``), else the one
+    nearest to that span within ``near`` either side (the earlier on a tie); and whether they lie
+    inside it. A person asking about 21:03 means the minute, give or take a few minutes."""
+    def distance(incident: Incident) -> timedelta:
+        moment = incident.record.recorded_at
+        if start <= moment < end or moment == start:
+            return timedelta(0)
+        return start - moment if moment < start else moment - max(start, end - timedelta(microseconds=1))
+
+    inside = [i for i in found if distance(i) == timedelta(0)]
+    if inside:
+        return inside, True
+    close = [i for i in found if distance(i) <= near]
+    if not close:
+        return [], False
+    return [min(close, key=lambda i: (distance(i), i.record.global_position))], False
+
+
+class StateAt:
+    """Every stream folded with the replay's ``apply_world``, moved forward incident by incident.
+
+    ``records`` is the log in global order, as records or as ``store.replay.iter_events``'
+    ``(global_position, stream_id, event)`` (any iterable: it is read only as far as asked).
+    ``changes`` holds each connection's last state change so far (its global position).
+    """
+
+    def __init__(self, records: Iterable[RecordedEvent | tuple[int, str, Any]]) -> None:
+        self._records = iter(records)
+        self._pending: tuple[int, str, Any] | None = None
+        self.world = World()
+        self.changes: dict[str, int] = {}
+
+    def _next(self) -> tuple[int, str, Any] | None:
+        item = next(self._records, None)
+        if isinstance(item, RecordedEvent):
+            return item.global_position, item.stream_id, item.event
+        return item
+
+    def at(self, position: int) -> World:
+        """The world after every event up to and including ``position`` (positions only grow)."""
+        while True:
+            item = self._pending or self._next()
+            self._pending = None
+            if item is None:
+                break
+            if item[0] > position:
+                self._pending = item
+                break
+            global_position, stream_id, event = item
+            apply_world(self.world, stream_id, event)
+            if isinstance(event, ev.ConnectionStateChanged):
+                self.changes[stream_id] = global_position
+        return World(parties=dict(self.world.parties), connections=dict(self.world.connections),
+                     relays=dict(self.world.relays), nodes=dict(self.world.nodes), position=position)
+
+
 def window_for(incident: Incident, connection: Sequence[RecordedEvent], around: Iterable[RecordedEvent],
                party_id: str, peer_id: str, peer_name: str, names: dict[tuple[str, str], str],
-               node_events: Sequence[RecordedEvent] = ()) -> Window:
+               node_events: Sequence[RecordedEvent] = (), world: World | None = None,
+               last_changes: dict[str, RecordedEvent] | None = None) -> Window:
     node_id = node_of(connection)
     upto = tuple(r for r in connection if r.global_position <= incident.record.global_position)
     return Window(incident, party_id, peer_id, peer_name, upto or tuple(connection),
                   tuple(r for r in around if same_node(r, node_id)), names,
-                  tuple(r for r in node_events if same_node(r, node_id)))
+                  tuple(r for r in node_events if same_node(r, node_id)), world, last_changes or {})
 
 
 def node_of(connection: Sequence[RecordedEvent]) -> str | None:
@@ -633,7 +835,7 @@ def diagnose(window: Window, rules: Sequence[Rule] = RULES) -> list[Finding]:
         rules = sorted(rules, key=lambda rule: rule is not control_unreachable)
     findings = [finding for rule in rules if (finding := rule(window)) is not None]
     if findings:
-        return findings
+        return [_marked(finding, window.incident) for finding in findings]
     facts = [Fact.of(window.incident.record, window.incident.description)]
     age = _handshake_age(window.incident.record)
     if age is not None:
@@ -648,6 +850,16 @@ def diagnose(window: Window, rules: Sequence[Rule] = RULES) -> list[Finding]:
                     "follow", tuple(sorted(facts, key=lambda fact: fact.global_position)))]
 
 
+def _marked(finding: Finding, incident: Incident) -> Finding:
+    """Evidence recorded after the incident is marked as what followed it, never passed for a cause."""
+    # By time, not position: connections that dropped in the same instant are one moment.
+    moment = incident.record.recorded_at
+    return Finding(finding.cause, finding.summary, tuple(
+        fact if fact.at <= moment or fact.followed else
+        Fact(fact.at, fact.global_position, fact.stream_id, fact.event_type, fact.detail, True)
+        for fact in finding.evidence))
+
+
 def report_json(incident: Incident, findings: Sequence[Finding]) -> dict[str, Any]:
     return {"at": incident.record.recorded_at.isoformat(), "global_position": incident.record.global_position,
             "stream_id": incident.record.stream_id, "kind": incident.kind,
@@ -658,5 +870,6 @@ def report_json(incident: Incident, findings: Sequence[Finding]) -> dict[str, An
 def finding_json(finding: Finding) -> dict[str, Any]:
     return {"cause": finding.cause, "summary": finding.summary,
             "evidence": [{"at": fact.at.isoformat(), "global_position": fact.global_position,
-                          "stream_id": fact.stream_id, "event_type": fact.event_type, "detail": fact.detail}
+                          "stream_id": fact.stream_id, "event_type": fact.event_type, "detail": fact.detail,
+                          "followed": fact.followed}
                          for fact in finding.evidence]}

@@ -62,6 +62,10 @@ class SimNetwork:
     # node's relay probes do not cross.
     relay_path_loss: float | None = None
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+    # Peers (virtual IPs) whose own uplink is down: nothing reaches them, directly or relayed.
+    peers_down: set[str] = field(default_factory=set)
+    # Random loss on every path to one peer (virtual IP), as on that peer's own failing line.
+    peer_loss: dict[str, float] = field(default_factory=dict)
     packet_bytes: int = 148  # one small game packet inside WireGuard
 
     # ------------------------------------------------------------ test controls
@@ -86,6 +90,8 @@ class SimNetwork:
     def path_loss(self, node: str, virtual_ip: str) -> float:
         peer = next((p for p in self.wireguard_peers.get(node, {}).values()
                      if f"{virtual_ip}/32" in p.allowed_ips), None)
+        if virtual_ip in self.peer_loss:
+            return self.peer_loss[virtual_ip]
         if peer is not None and peer.endpoint in self.relay_latency:
             return self.relay_loss if self.relay_path_loss is None else self.relay_path_loss
         return self.loss
@@ -112,7 +118,7 @@ class SimNetwork:
     def path_latency(self, node: str, virtual_ip: str) -> float | None:
         peer = next((p for p in self.wireguard_peers.get(node, {}).values()
                      if f"{virtual_ip}/32" in p.allowed_ips), None)
-        if peer is None or peer.endpoint is None:
+        if peer is None or peer.endpoint is None or virtual_ip in self.peers_down:
             return None
         if peer.endpoint in self.relay_latency:
             return self.relay_latency[peer.endpoint]

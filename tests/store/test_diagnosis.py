@@ -13,7 +13,7 @@ from events import types as ev
 from events.base import Event
 from store import open_store
 from store.base import RecordedEvent
-from store.diagnosis import Finding, Window, diagnose, incidents, loss_before_drop
+from store.diagnosis import Finding, StateAt, Window, diagnose, incidents, loss_before_drop, select_nearest
 
 T0 = datetime(2026, 11, 25, 21, 0, tzinfo=UTC)
 RELAY_A, RELAY_B = "203.0.113.20:3478", "203.0.113.21:3478"
@@ -37,17 +37,26 @@ class Log:
     def stream(self, stream: str) -> list[RecordedEvent]:
         return [r for r in self.records if r.stream_id == stream]
 
-    def report(self, peer: str = "bob", index: int = -1) -> list[Finding]:
+    def report(self, peer: str = "bob", index: int = -1, folded: bool = False,
+               around: timedelta | None = None) -> list[Finding]:
+        """The findings; ``folded``: with the state folded from the whole log, as the command does;
+        ``around``: only the rows that near the incident (the command reads two minutes either side)."""
         connection = self.stream(f"peer:p:{peer}")
         found = incidents(connection, [r for r in self.records if r.stream_id == "node:me"])
         incident = found[index]
         upto = tuple(r for r in connection if r.global_position <= incident.record.global_position)
+        near = tuple(r for r in self.records if around is None
+                     or abs(r.recorded_at - incident.record.recorded_at) <= around)
+        state = StateAt(self.records)
+        world = state.at(incident.record.global_position) if folded else None
+        changes = {stream: self.records[position - 1] for stream, position in state.changes.items()}
         window = Window(incident, "p", peer, NAMES[("p", peer)], upto or tuple(connection),
-                        tuple(self.records), NAMES, tuple(self.stream("node:me")))
+                        near, NAMES, tuple(self.stream("node:me")), world, changes if folded else {})
         return diagnose(window)
 
-    def findings(self, peer: str = "bob", index: int = -1) -> list[str]:
-        return [f"{finding.cause}: {finding.summary}" for finding in self.report(peer, index)]
+    def findings(self, peer: str = "bob", index: int = -1, folded: bool = False,
+                 around: timedelta | None = None) -> list[str]:
+        return [f"{finding.cause}: {finding.summary}" for finding in self.report(peer, index, folded, around)]
 
 
 def state(peer: str, frm: str | None, to: str, reason: str, path: str | None = "direct",
@@ -297,6 +306,12 @@ def test_this_node_crashed_and_restarted() -> None:
                                                    last_recorded_at=(T0 + timedelta(seconds=50)).isoformat()),
            ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
     assert log.findings()[0].startswith("local_crashed: this node crashed or was killed")
+    # When (ISO 8601 with its offset, which the commands print in the reader's zone) and how long
+    # before the start.
+    last = (T0 + timedelta(seconds=50)).astimezone(UTC).isoformat()
+    assert [fact.detail for fact in log.report()[0].evidence] == [
+        f"the previous run's last event was at {last}, 40.0 s before this start (position 4)",
+        "this node started again"]
     # Without the NodeRunEndedAbruptly fact (older logs): a start with no stop before it says the same.
     log = Log().at(0, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
     up(log, "bob", 1)
@@ -379,3 +394,138 @@ def test_diagnose_command(any_db_url: str, monkeypatch: pytest.MonkeyPatch,
     assert "left the party" not in out  # only the drop at or before --at
     assert cli.main(["diagnose", "carol", "--db", any_db_url]) == 0
     assert "no drop of Carol (carol) in party LAN (p) recorded" in capsys.readouterr().out
+
+
+TWO_MINUTES = timedelta(seconds=120)
+
+
+def test_hours_into_a_quiet_party_the_other_connections_come_from_the_folded_state() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    log.at(900, "metrics:p:carol", sample("carol", 0.0))
+    log.at(4 * 3600 + 7, "peer:p:bob", lost("bob"))  # Carol wrote nothing for hours: she was steady
+    # From the rows near the drop alone, nothing says Carol was up.
+    assert log.findings(around=TWO_MINUTES)[0].startswith("unknown:")
+    first = log.findings(folded=True, around=TWO_MINUTES)[0]
+    assert first == ("remote_unreachable: Bob's node became unreachable (its uplink or its machine): it "
+                     "stopped answering probes, and this node's other connections stayed up (Carol)")
+    evidence = log.report(folded=True, around=TWO_MINUTES)[0].evidence
+    assert [(fact.at - T0, fact.detail) for fact in evidence] == [
+        (timedelta(hours=4, seconds=7), "connected → connecting: reconnect attempt 1/3: 3 probes lost"),
+        (timedelta(0), "Carol connected from here on, up to the drop")]
+
+
+def test_a_connection_down_in_the_folded_state_is_not_one_that_stayed_up() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    log.at(600, "peer:p:carol", lost("carol"))
+    log.at(4 * 3600, "peer:p:bob", lost("bob"))
+    assert log.findings(folded=True, around=TWO_MINUTES)[0].startswith("unknown:")
+
+
+def uplink_cut_under_relayed_peer(log: Log) -> Log:
+    log.at(40, f"relay:{RELAY_A}", ev.RelayDegraded(relay=RELAY_A, rtt_ms=None, reason="3 probes unanswered"))
+    log.at(41, "peer:p:bob", ev.PathSwitched(party_id="p", peer_id="bob", from_path="relay", to_path="relay",
+                                             reason=f"relay monitor selected {RELAY_B}", from_relay=RELAY_A,
+                                             to_relay=RELAY_B))
+    log.at(42, "peer:p:carol", lost("carol"))
+    return log
+
+
+def test_every_path_silent_together_is_this_nodes_uplink_not_the_relay() -> None:
+    log = uplink_cut_under_relayed_peer(up(up(Log(), "bob", path="relay", relay=RELAY_A), "carol"))
+    found = log.findings(folded=True)
+    assert found[0] == ("local_uplink: this node's uplink went down: every connection dropped within 15 s "
+                        "(Bob, Carol)")
+    assert found[1].startswith(f"relay_died: the relay in use ({RELAY_A}) stopped answering")
+
+
+def test_a_restored_relay_session_after_a_restart_is_not_an_incident() -> None:
+    log = up(Log(), "bob", path="relay", relay=RELAY_A)
+    log.at(300, "node:me", ev.NodeStarted(node_id="me", public_key="K", listen_port=51820))
+    log.at(301, "peer:p:bob", ev.PathSwitched(party_id="p", peer_id="bob", from_path="relay", to_path="relay",
+                                              reason="restore the relay session after a restart",
+                                              from_relay=RELAY_A, to_relay=RELAY_A))
+    assert [i.kind for i in incidents(log.stream("peer:p:bob"), log.stream("node:me"))] == ["restart"]
+
+
+def test_a_leave_after_the_connection_came_back_is_not_the_cause() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    log.at(55, "peer:p:bob", lost("bob"))
+    log.at(65, "peer:p:bob", state("bob", "connecting", "connected", "probe answered"))
+    log.at(78, "party:p", ev.PeerLeft(party_id="p", peer_id="bob", reason="left"))
+    found = log.report(index=0, folded=True)
+    assert found[0].cause == "remote_unreachable"
+    assert all(finding.cause != "remote_left" for finding in found)
+
+
+def test_a_leave_that_followed_the_drop_is_marked_as_what_followed() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    log.at(55, "peer:p:bob", state("bob", "connected", "connecting", "reconnect attempt 1/3: 3 probes lost"))
+    log.at(57, "party:p", ev.PeerLeft(party_id="p", peer_id="bob", reason="left"))
+    found = log.report(folded=True)
+    assert found[0].cause == "remote_left"
+    assert [(fact.detail, fact.followed) for fact in found[0].evidence] == [("reason: left", True)]
+    for finding in found:  # nothing recorded after the drop passes for what led to it
+        for fact in finding.evidence:
+            assert fact.followed == (fact.at > T0 + timedelta(seconds=55)), (finding.cause, fact)
+
+
+def test_a_control_blip_under_a_second_is_neither_an_incident_nor_a_cause() -> None:
+    log = up(Log(), "bob")
+    control_lost(30, log)
+    control_back(30.2, log, 0.2)
+    log.at(40, "peer:p:bob", lost("bob"))
+    assert [i.kind for i in incidents(log.stream("peer:p:bob"), log.stream("node:me"))] == ["drop"]
+    assert "control_unreachable" not in " ".join(log.findings())
+    log.at(60, "peer:p:bob", state("bob", "connecting", "connected", "probe answered"))
+    control_lost(100, log)
+    control_back(103, log, 3.0)
+    assert log.findings(index=-1)[0].endswith("for 3.0 s, while the tunnel to Bob stayed up (joins, leaves "
+                                              "and relay tickets wait for it; traffic does not)")
+
+
+def test_the_incident_in_the_window_else_the_nearest_within_a_few_minutes() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    log.at(184, "peer:p:bob", lost("bob"))  # 21:03:04
+    log.at(600, "peer:p:bob", state("bob", "connecting", "connected", "probe answered"))
+    log.at(725, "peer:p:bob", lost("bob"))  # 21:12:05
+    found = incidents(log.stream("peer:p:bob"), [])
+    minute = T0 + timedelta(minutes=3)
+    five = timedelta(minutes=5)
+    assert select_nearest(found, minute, minute + timedelta(minutes=1), five) == ([found[0]], True)
+    before = T0 + timedelta(minutes=1)  # 21:01: the drop 2 min 4 s later is the nearest
+    assert select_nearest(found, before, before + timedelta(minutes=1), five) == ([found[0]], False)
+    between = T0 + timedelta(minutes=8)  # 21:08: 21:12:05 is 3 min 6 s after the minute's end
+    assert select_nearest(found, between, between + timedelta(minutes=1), five) == ([found[1]], False)
+    far = T0 + timedelta(minutes=30)
+    assert select_nearest(found, far, far + timedelta(minutes=1), five) == ([], False)
+    second = T0 + timedelta(seconds=184)
+    assert select_nearest(found, second, second + timedelta(seconds=1), five) == ([found[0]], True)
+
+
+def relay_probed(seconds: float, log: Log, relay: str, answered: int) -> Log:
+    return log.at(seconds, f"relay:me:{relay}", ev.RelayProbed(relay=relay, rtt_ms=3.0 if answered else None,
+                                                                probes=3, answered=answered))
+
+
+def test_a_lone_relayed_connection_and_every_relay_silent_is_this_nodes_uplink() -> None:
+    log = up(Log(), "bob", path="relay", relay=RELAY_A)
+    relay_probed(5, log, RELAY_A, 3)
+    relay_probed(5, log, RELAY_B, 3)
+    log.at(3 * 3600, f"relay:me:{RELAY_A}", ev.RelayDegraded(relay=RELAY_A, rtt_ms=None, reason="no answer"))
+    log.at(3 * 3600 + 1, f"relay:me:{RELAY_B}", ev.RelayDegraded(relay=RELAY_B, rtt_ms=None,
+                                                                  reason="no answer"))
+    log.at(3 * 3600 + 12, "peer:p:bob", lost("bob", "relay", RELAY_A))
+    found = log.findings(folded=True, around=TWO_MINUTES)
+    assert found[0] == ("local_uplink: this node's uplink went down: the connection to Bob dropped and "
+                        f"every relay stopped answering ({RELAY_A}, {RELAY_B})")
+    assert found[1].startswith(f"relay_died: the relay in use ({RELAY_A}) stopped answering")
+
+
+def test_one_relay_silent_while_another_answers_is_that_relay() -> None:
+    log = up(Log(), "bob", path="relay", relay=RELAY_A)
+    relay_probed(5, log, RELAY_A, 3)
+    relay_probed(5, log, RELAY_B, 3)
+    log.at(3 * 3600, f"relay:me:{RELAY_A}", ev.RelayDegraded(relay=RELAY_A, rtt_ms=None, reason="no answer"))
+    log.at(3 * 3600 + 12, "peer:p:bob", lost("bob", "relay", RELAY_A))
+    assert log.findings(folded=True, around=TWO_MINUTES)[0].startswith(
+        f"relay_died: the relay in use ({RELAY_A}) stopped answering")

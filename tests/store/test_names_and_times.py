@@ -11,7 +11,7 @@ import pytest
 
 import cli
 from commands.common import UsageError
-from commands.times import parse_time
+from commands.times import parse_time, parse_window, relative_words
 from events import types as ev
 from store import open_store
 from store.peers import AmbiguousPeer, PeerNotFound, PeerRef, resolve_peer
@@ -102,6 +102,34 @@ NOW = datetime(2026, 11, 25, 21, 30, tzinfo=UTC)  # 03:00 next day in Kolkata
 ])
 def test_time_forms(kolkata: None, text: str, expected: datetime) -> None:
     assert parse_time(text, "--at", now=NOW) == expected
+
+
+@pytest.mark.parametrize("text, start, seconds", [
+    ("21:03", datetime(2026, 11, 25, 15, 33, tzinfo=UTC), 60),  # the whole minute, 21:03:00-21:03:59
+    ("yesterday 21:03", datetime(2026, 11, 25, 15, 33, tzinfo=UTC), 60),
+    ("2026-11-25T21:03", datetime(2026, 11, 25, 15, 33, tzinfo=UTC), 60),
+    ("21:03:04", datetime(2026, 11, 25, 15, 33, 4, tzinfo=UTC), 1),  # the second
+    ("2026-11-25T21:03:04Z", datetime(2026, 11, 25, 21, 3, 4, tzinfo=UTC), 1),
+    ("21:03:04.5", datetime(2026, 11, 25, 15, 33, 4, 500_000, tzinfo=UTC), 0),  # an instant
+    ("10m ago", NOW - timedelta(minutes=10), 0),
+    ("now", NOW, 0),
+    ("yesterday", datetime(2026, 11, 24, 18, 30, tzinfo=UTC), 86400),  # a local day
+    ("2026-11-25", datetime(2026, 11, 24, 18, 30, tzinfo=UTC), 86400),
+])
+def test_at_names_a_span(kolkata: None, text: str, start: datetime, seconds: int) -> None:
+    window = parse_window(text, "--at", now=NOW)
+    assert (window.start, (window.end - window.start).total_seconds()) == (start, seconds)
+
+
+def test_where_a_moment_lies_from_the_span_asked_about(kolkata: None) -> None:
+    window = parse_window("21:03", "--at", now=NOW)
+    drop = datetime(2026, 11, 25, 15, 33, 4, tzinfo=UTC)
+    assert (window.holds(drop), relative_words(window, drop)) == (True, "4 s after 21:03")
+    later = drop + timedelta(minutes=2)
+    assert (window.holds(later), window.distance(later)) == (False, timedelta(seconds=64, microseconds=1))
+    assert relative_words(window, later) == "2 min 4 s after 21:03"
+    assert relative_words(window, window.start - timedelta(seconds=90)) == "1 min 30 s before 21:03"
+    assert window.last == datetime(2026, 11, 25, 15, 33, 59, 999_999, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("text", ["21:3", "25:00", "yesterday-ish", "10 parsecs ago", "2h later",

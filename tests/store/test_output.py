@@ -122,7 +122,8 @@ def test_replay_shows_reasons_in_local_time_and_peers_by_name(sqlite_url: str, z
     during = times["during"].isoformat()
     code, out, _ = run(["replay", "--at", during, "--db", sqlite_url], capsys)
     assert code == 0
-    assert f"at {local(zone, times['during'])}" in out.splitlines()[0]
+    # An ISO time to the second is that second: the state once it is over.
+    assert f"at {local(zone, times['during'] + timedelta(milliseconds=999))}" in out.splitlines()[0]
     # Inside the crash's downtime: Bob is interrupted since the node's last write, in local time.
     assert cells(out, "interrupted") == [
         "lan night", "Bob", "interrupted", "relay", RELAY, "-", "-", "0",
