@@ -32,7 +32,7 @@ from actors import logs
 from actors import messages as m
 from actors.adapters import build_adapters
 from actors.edge import EdgeActor
-from actors.journal import StreamWriter, append_together, open_recorder
+from actors.journal import StreamWriter, append_together, appends_through, open_recorder
 from actors.logs import logger
 from actors.party import PartyActor
 from actors.relay_monitor import RelayMonitorActor
@@ -47,6 +47,7 @@ from store.base import RecordedEvent, Recorder
 
 STATUS = "status"
 RESTART = "restart"
+ALIVE = "alive"
 MONITOR = "relay-monitor"
 SOFTWARE_VERSION = "0.2.0"
 
@@ -96,6 +97,8 @@ class NodeActor(Actor):
         self.gathers: dict[int, Gather] = {}
         self.stopping = False
         self.log = logger
+        self.appends_seen = 0  # appends_through(recorder) at the last sign-of-life check
+        self.quiet_checks = 0  # checks in a row that found nothing written
 
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, m.StartNode):
@@ -167,6 +170,8 @@ class NodeActor(Actor):
                     self._status_timeout(timer.target)
                 elif timer.kind == RESTART and self.timers.is_current(timer):
                     self._restart(timer.target)
+                elif timer.kind == ALIVE and self.timers.is_current(timer):
+                    self._alive()
             case WakeupMessage():
                 pass
             case ChildActorExited():
@@ -212,6 +217,26 @@ class NodeActor(Actor):
         self.edge = self.createActor(EdgeActor)
         self.send(self.edge, m.EdgeInit(start.adapters, start.executor, start.log))
         self.send(self.edge, fx.DetectNat(tag="start"))
+        self.appends_seen = appends_through(self.recorder)
+        self._arm_alive()
+
+    def _arm_alive(self) -> None:
+        assert self.start is not None
+        self.wakeupAfter(timedelta(seconds=self.start.config.alive_interval_s), self.timers.arm(ALIVE))
+
+    def _alive(self) -> None:
+        """A sign of life when nothing was written since the last check: one row a quiet interval."""
+        assert self.start is not None and self.recorder is not None
+        if self.stopping:
+            return
+        if appends_through(self.recorder) == self.appends_seen:
+            self.quiet_checks += 1
+            self._commit([ev.NodeAlive(node_id=self.start.node_id,
+                                       quiet_s=self.quiet_checks * self.start.config.alive_interval_s)])
+        else:
+            self.quiet_checks = 0
+        self.appends_seen = appends_through(self.recorder)
+        self._arm_alive()
 
     def _control_reachability(self, change: m.ControlReachability) -> None:
         """One row when a control plane is lost and one when it answers again, never one a retry."""

@@ -211,6 +211,50 @@ class ControlServerReachable(Event):
     outage_s: float | None
 
 
+@register
+@dataclass(frozen=True, kw_only=True)
+class NodeAlive(Event):
+    """The node runs and has written nothing else for ``quiet_s`` seconds (a sign of life).
+
+    At most one a quiet interval (``ActorConfig.alive_interval_s``), none while anything
+    else is written: replay never shows a running node as down, and a crash's time is
+    known to within that interval.
+    """
+
+    node_id: str
+    quiet_s: float
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PeerAccountReceived(Event):
+    """A member's own account of its side around a drop, as it said it: shown, never acted on.
+
+    ``peer_id`` is who said it (the control server names the sender; a member speaks only
+    about itself). ``kind``: one of ``ACCOUNT_KINDS``; ``started_at``/``ended_at``: ISO 8601
+    (UTC) times the sender gave, ``ended_at`` empty while it lasts; ``detail``: its words.
+    """
+
+    node_id: str
+    party_id: str
+    peer_id: str
+    kind: str
+    started_at: str
+    ended_at: str = ""
+    detail: str = ""
+
+
+# What a member may say about its own side (PeerAccountReceived.kind).
+ACCOUNT_UPLINK = "uplink_down"  # its control server and every connection lost together
+ACCOUNT_CRASHED = "crashed"  # its node's run ended without a clean stop (started_at: last alive)
+ACCOUNT_RESTARTED = "restarted"  # stopped cleanly and started again
+ACCOUNT_ENDPOINT = "endpoint_changed"  # its public mapping moved
+ACCOUNT_LEFT = "left"  # it left the party
+ACCOUNT_RELAY = "relay_failed"  # the relay it used stopped answering
+ACCOUNT_KINDS = (ACCOUNT_UPLINK, ACCOUNT_CRASHED, ACCOUNT_RESTARTED, ACCOUNT_ENDPOINT, ACCOUNT_LEFT,
+                 ACCOUNT_RELAY)
+
+
 # ---------------------------------------------------------------- party stream
 
 
