@@ -142,7 +142,7 @@ class NodeActor(Actor):
             case m.PublicEndpointMoved():
                 self._endpoint_moved(message)
             case (m.PeerAnnounced() | m.PeerDeparted() | m.RemoteCandidates() | m.Observations()
-                  | m.PeerAskedForRelay()):
+                  | m.PeerAskedForRelay() | m.PeerAccount()):
                 if self._party(message, None):
                     self.send(self.parties[message.party_id], message)
             case m.RelaySuspected():

@@ -225,36 +225,6 @@ class NodeAlive(Event):
     quiet_s: float
 
 
-@register
-@dataclass(frozen=True, kw_only=True)
-class PeerAccountReceived(Event):
-    """A member's own account of its side around a drop, as it said it: shown, never acted on.
-
-    ``peer_id`` is who said it (the control server names the sender; a member speaks only
-    about itself). ``kind``: one of ``ACCOUNT_KINDS``; ``started_at``/``ended_at``: ISO 8601
-    (UTC) times the sender gave, ``ended_at`` empty while it lasts; ``detail``: its words.
-    """
-
-    node_id: str
-    party_id: str
-    peer_id: str
-    kind: str
-    started_at: str
-    ended_at: str = ""
-    detail: str = ""
-
-
-# What a member may say about its own side (PeerAccountReceived.kind).
-ACCOUNT_UPLINK = "uplink_down"  # its control server and every connection lost together
-ACCOUNT_CRASHED = "crashed"  # its node's run ended without a clean stop (started_at: last alive)
-ACCOUNT_RESTARTED = "restarted"  # stopped cleanly and started again
-ACCOUNT_ENDPOINT = "endpoint_changed"  # its public mapping moved
-ACCOUNT_LEFT = "left"  # it left the party
-ACCOUNT_RELAY = "relay_failed"  # the relay it used stopped answering
-ACCOUNT_KINDS = (ACCOUNT_UPLINK, ACCOUNT_CRASHED, ACCOUNT_RESTARTED, ACCOUNT_ENDPOINT, ACCOUNT_LEFT,
-                 ACCOUNT_RELAY)
-
-
 # ---------------------------------------------------------------- party stream
 
 
@@ -422,6 +392,35 @@ class StaticDeviceRemoved(Event):
     party_id: str
     device_id: str
     reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PeerAccountReceived(Event):
+    """A member's own account of its side around a drop, as it said it: shown, never acted on.
+
+    ``peer_id`` is who said it (the control server names the sender; a member speaks only
+    about itself). ``kind``: one of ``ACCOUNT_KINDS``; ``started_at``/``ended_at``: ISO 8601
+    (UTC) times the sender gave, ``ended_at`` empty while it lasts; ``detail``: its words.
+    """
+
+    party_id: str
+    peer_id: str
+    kind: str
+    started_at: str
+    ended_at: str = ""
+    detail: str = ""
+
+
+# What a member may say about its own side (PeerAccountReceived.kind).
+ACCOUNT_UPLINK = "uplink_down"  # every connection lost together with its relays or control server
+ACCOUNT_CRASHED = "crashed"  # its node's run ended without a clean stop (started_at: last alive)
+ACCOUNT_RESTARTED = "restarted"  # stopped cleanly and started again
+ACCOUNT_ENDPOINT = "endpoint_changed"  # its public mapping moved
+ACCOUNT_LEFT = "left"  # it left the party
+ACCOUNT_RELAY = "relay_failed"  # the relay it used stopped answering
+ACCOUNT_KINDS = (ACCOUNT_UPLINK, ACCOUNT_CRASHED, ACCOUNT_RESTARTED, ACCOUNT_ENDPOINT, ACCOUNT_LEFT,
+                 ACCOUNT_RELAY)
 
 
 # ---------------------------------------------------------------- peer connection stream

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from events import types as ev
@@ -46,7 +46,7 @@ HANDSHAKE_STALE_S = 180.0
 # Without a moment, the latest few incidents: enough to see a pattern, short enough to read.
 LATEST_INCIDENTS = 5
 NODE_TYPES = ("NodeStarted", "NodeStopped", "NodeRunEndedAbruptly", "ControlServerUnreachable",
-              "ControlServerReachable")
+              "ControlServerReachable", "PeerAccountReceived")
 UP = (ev.CONNECTED, ev.DEGRADED)
 
 
@@ -140,6 +140,68 @@ def _pct(value: float | None) -> str:
 
 
 # ---------------------------------------------------------------- the rules
+
+
+# A peer's account covers a drop recorded from this long before what it says began (its own
+# first sign may come after this side's probes were lost) to this long after it ended (this
+# side sees a return a few probes late).
+ACCOUNT_BEFORE = timedelta(seconds=45)
+ACCOUNT_AFTER = timedelta(seconds=60)
+ACCOUNT_WORDS = {
+    ev.ACCOUNT_UPLINK: "its uplink was down {span}",
+    ev.ACCOUNT_CRASHED: "it crashed or was killed: last alive {start}, started again {end}",
+    ev.ACCOUNT_RESTARTED: "it was stopped at {start} and started again {end}",
+    ev.ACCOUNT_ENDPOINT: "its public endpoint changed at {start}",
+    ev.ACCOUNT_LEFT: "it left the party at {start}",
+    ev.ACCOUNT_RELAY: "its relay stopped answering {span}",
+}
+
+
+def peer_account(window: Window) -> Finding | None:
+    """The peer's own word about its side of the drop (``PeerAccountReceived``), received later.
+
+    Shown first and marked as what the peer said: it is never checked, only reported.
+    """
+    if window.incident.kind in NODE_INCIDENTS:
+        return None
+    said = []
+    for record in window.node:
+        event = record.event
+        if not isinstance(event, ev.PeerAccountReceived) or not window.about_this_peer(record):
+            continue
+        start, end = _account_time(event.started_at), _account_time(event.ended_at)
+        if start is None or not start - ACCOUNT_BEFORE <= window.at <= (end or start) + ACCOUNT_AFTER:
+            continue
+        said.append((record, start, end))
+    if not said:
+        return None
+    zone = window.at.astimezone().strftime("%Z")
+    words = []
+    for record, start, end in said:
+        begun, ended = _clock(start), _clock(end) if end else "-"
+        text = ACCOUNT_WORDS.get(record.event.kind, record.event.kind).format(
+            span=f"{begun}-{ended}" if end else f"from {begun}", start=begun, end=ended)
+        if text not in words:
+            words.append(text)
+    evidence = tuple(Fact.of(record, f"{window.peer_name}'s own word (received {_clock(record.recorded_at)} "
+                                     f"{zone}): {record.event.kind} {_clock(start)}-"
+                                     f"{_clock(end) if end else ''}; {record.event.detail}")
+                     for record, start, end in said)
+    first = said[0][0].event.kind
+    return Finding(f"remote_{first}", f"{window.peer_name}'s node says {'; '.join(words)} ({zone})", evidence)
+
+
+def _account_time(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _clock(moment: datetime) -> str:
+    return moment.astimezone().strftime("%H:%M:%S")
+
 
 
 def local_restart(window: Window) -> Finding | None:
@@ -498,7 +560,8 @@ def _handshake_words(age: float) -> str:
     return f"last WireGuard handshake {age:.0f} s before the drop"
 
 
-RULES: tuple[Rule, ...] = (local_restart, left_party, relay_died, local_uplink, control_unreachable,
+RULES: tuple[Rule, ...] = (peer_account,  # the peer's own word about its side, first
+                           local_restart, left_party, relay_died, local_uplink, control_unreachable,
                            endpoint_changed, loss_rose, direct_path_failed, remote_unreachable,
                            loss_in_samples)
 
