@@ -1,13 +1,14 @@
 """This node's own side of a drop, told to the peer when their connection comes back.
 
-When a connection of this node returns to ``connected``/``degraded`` after a drop (or for
-the first time after this node started again), the agent reads its own log around the
-outage and tells that peer, through the control server, what happened on this side: its
-uplink down from-to, a crash (last alive) or a clean restart, its public endpoint moving,
-its relay failing. Nothing is said when this side saw nothing. The peer records it as
-this node's word (``PeerAccountReceived``) and ``diagnose`` shows it first.
+When a connection of this node returns to ``connected``/``degraded`` after a drop, the
+agent reads its own log around the outage and tells that peer, through the control server,
+what happened on this side: its uplink down from-to, its public endpoint moving, its relay
+failing. When the node starts again, it tells every member how its last run ended: a crash
+(with its last sign of life) or a clean stop. Nothing is said when this side saw nothing.
+The peer records it as this node's word (``PeerAccountReceived``) and ``diagnose`` shows
+it first.
 
-``own_side`` is a pure function over records, so what a node says can be tested on a
+``own_side`` and ``restart_account`` are pure functions over records, so what a node says can be tested on a
 hand-written log; ``read_own_side`` reads the records it needs from the store.
 """
 
@@ -26,8 +27,6 @@ UP = (ev.CONNECTED, ev.DEGRADED)
 # two, a lost control server within its heartbeat silence (~30 s), the drop itself after
 # a few lost probes.
 TOGETHER = timedelta(seconds=45)
-# A first connection of a run this long after the start no longer tells of the restart.
-RESTART_TOLD_WITHIN = timedelta(minutes=10)
 # What the agent reads back before a drop for the node's lifecycle.
 NODE_TAIL = 64
 MAX_ITEMS = 8
@@ -51,13 +50,6 @@ def _drop_before(connection: Sequence[RecordedEvent], recovery: RecordedEvent) -
     return None
 
 
-def _first_up_of_run(connection: Sequence[RecordedEvent], start: RecordedEvent,
-                     recovery: RecordedEvent) -> bool:
-    return not any(start.global_position < r.global_position < recovery.global_position
-                   and isinstance(r.event, ev.ConnectionStateChanged) and r.event.to_state in UP
-                   for r in connection)
-
-
 def _ts(moment: datetime) -> float:
     return round(moment.timestamp(), 3)
 
@@ -70,27 +62,26 @@ def _iso_ts(text: str) -> float | None:
     return _ts(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
 
 
-def own_side(recovery: RecordedEvent, connection: Sequence[RecordedEvent], node: Sequence[RecordedEvent],
-             around: Sequence[RecordedEvent], relays: Sequence[str]) -> list[dict[str, Any]]:
+def own_side(recovery: RecordedEvent, connection: Sequence[RecordedEvent], around: Sequence[RecordedEvent],
+             relays: Sequence[str]) -> list[dict[str, Any]]:
     """What this node saw on its side of the outage that ``recovery`` ends (protocol items).
 
-    ``connection``: the connection's stream up to the recovery; ``node``: this node's own
-    stream (its newest rows are enough); ``around``: this node's relay and node records
-    from ``TOGETHER`` before the drop to the recovery; ``relays``: the relays it probes.
+    ``connection``: the connection's stream up to the recovery; ``around``: this node's
+    relay and node records from ``TOGETHER`` before the drop to the recovery; ``relays``:
+    the relays it probes.
     """
-    items: list[dict[str, Any]] = []
-    starts = [r for r in node if isinstance(r.event, ev.NodeStarted)
-              and r.global_position < recovery.global_position]
-    if starts and recovery.recorded_at - starts[-1].recorded_at <= RESTART_TOLD_WITHIN \
-            and _first_up_of_run(connection, starts[-1], recovery):
-        items.extend(_restart(starts[-1], node))
     drop = _drop_before(connection, recovery)
-    if drop is not None:
-        items.extend(_outage(drop, recovery, connection, around, relays))
-    return items[:MAX_ITEMS]
+    if drop is None:
+        return []
+    return _outage(drop, recovery, connection, around, relays)[:MAX_ITEMS]
 
 
-def _restart(start: RecordedEvent, node: Sequence[RecordedEvent]) -> list[dict[str, Any]]:
+def restart_account(node: Sequence[RecordedEvent]) -> list[dict[str, Any]]:
+    """How the run before this node's last start ended, from its own stream (its newest rows)."""
+    starts = [r for r in node if isinstance(r.event, ev.NodeStarted)]
+    if not starts:
+        return []
+    start = starts[-1]
     before = [r for r in node if r.global_position < start.global_position
               and isinstance(r.event, ev.NodeRunEndedAbruptly | ev.NodeStopped | ev.NodeStarted)]
     if not before:
@@ -165,12 +156,17 @@ def read_own_side(store: Any, node_id: str, recovery: RecordedEvent,
                   relays: Sequence[str]) -> list[dict[str, Any]]:
     """``own_side`` for ``recovery``, reading what it needs from this node's log."""
     connection = store.read_stream(recovery.stream_id)
-    node_id_stream = node_stream(node_id)
-    head = store.stream_position(node_id_stream)
-    node = store.read_stream(node_id_stream, max(1, head - NODE_TAIL + 1))
     drop = _drop_before(connection, recovery)
-    since = (drop.recorded_at if drop is not None else recovery.recorded_at) - TOGETHER
-    mine = (node_id_stream, *(relay_stream(node_id, relay) for relay in relays))
-    around = [r for r in store.read_all(types=AROUND_TYPES, since=since, until=recovery.recorded_at,
-                                        on_error="skip") if r.stream_id in mine]
-    return own_side(recovery, connection, node, around, relays)
+    if drop is None:
+        return []
+    mine = (node_stream(node_id), *(relay_stream(node_id, relay) for relay in relays))
+    around = [r for r in store.read_all(types=AROUND_TYPES, since=drop.recorded_at - TOGETHER,
+                                        until=recovery.recorded_at, on_error="skip") if r.stream_id in mine]
+    return own_side(recovery, connection, around, relays)
+
+
+def read_restart_account(store: Any, node_id: str) -> list[dict[str, Any]]:
+    """``restart_account`` of this node's newest rows."""
+    stream = node_stream(node_id)
+    head = store.stream_position(stream)
+    return restart_account(store.read_stream(stream, max(1, head - NODE_TAIL + 1)))

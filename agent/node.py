@@ -36,7 +36,7 @@ from loguru import logger
 from actors import messages as m
 from actors.config import ActorConfig
 from actors.runtime import ActorRuntime
-from agent.accounts import is_recovery, read_own_side
+from agent.accounts import is_recovery, read_own_side, read_restart_account
 from agent.control import FileSession, Session, open_session
 from api.app import create_app
 from api.reader import StoreReader
@@ -259,7 +259,7 @@ class Agent:
     async def _tell_accounts_forever(self) -> None:
         """Tell each peer this side's account when their connection comes back (agent.accounts)."""
         after = await asyncio.to_thread(self._run_started_at)
-        waiting: list[tuple[float, str, str, list[dict[str, Any]]]] = []
+        waiting = await asyncio.to_thread(self._restart_told)
         while True:
             await asyncio.sleep(ACCOUNT_POLL_S)
             try:
@@ -275,6 +275,14 @@ class Agent:
         starts = [r for r in self.store.read_stream(stream, max(1, head - 16))
                   if isinstance(r.event, ev.NodeStarted)]
         return starts[-1].global_position if starts else self.store.last_global_position()
+
+    def _restart_told(self) -> list[tuple[float, str, str, list[dict[str, Any]]]]:
+        """How this node's last run ended, for every member of every party it is in."""
+        items = read_restart_account(self.store, self.node_id)
+        if not items:
+            return []
+        return [(time.monotonic(), party_id, peer_id, items) for party_id in list(self.bindings)
+                for peer_id, member in self._party_state(party_id).members if not member.is_local]
 
     def _recoveries(self, after: int) -> tuple[int, list[tuple[float, str, str, list[dict[str, Any]]]]]:
         found = []

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from agent.accounts import own_side
+from agent.accounts import own_side, restart_account
 from events import types as ev
 from events.base import Event
 from mesh.control import protocol as p
@@ -103,9 +104,14 @@ class Log:
 
     def told(self, recovery: RecordedEvent,
              relays: tuple[str, ...] = (RELAY,)) -> list[tuple[str, float, float | None]]:
-        node = self.stream("node:me")
         around = [r for r in self.records if r.stream_id != recovery.stream_id]
-        items = own_side(recovery, self.stream(recovery.stream_id), node, around, relays)
+        return self.times(own_side(recovery, self.stream(recovery.stream_id), around, relays))
+
+    def restart_told(self) -> list[tuple[str, float, float | None]]:
+        return self.times(restart_account(self.stream("node:me")))
+
+    @staticmethod
+    def times(items: list[dict[str, Any]]) -> list[tuple[str, float, float | None]]:
         return [(item["kind"], item["started_at"] - T0.timestamp(),
                  None if item["ended_at"] is None else item["ended_at"] - T0.timestamp()) for item in items]
 
@@ -141,17 +147,16 @@ def test_a_node_whose_paths_stayed_up_says_nothing_about_the_peers_outage() -> N
     assert log.told(recovery, relays=()) == []
 
 
-def test_a_node_that_crashed_tells_its_last_sign_of_life_when_it_connects_again() -> None:
+def test_a_node_that_crashed_tells_its_last_sign_of_life_when_it_starts_again() -> None:
     log = started(Log())
+    assert log.restart_told() == []  # a first start has nothing to tell
     log.at(240, "node:me", ev.NodeAlive(node_id="me", quiet_s=60.0))
     alive = (T0 + timedelta(seconds=240)).isoformat()
     log.at(900, "node:me", ev.NodeRunEndedAbruptly(node_id="me", last_global_position=4,
                                                    last_recorded_at=alive))
     log.at(900, "node:me", ev.NodeStarted(node_id="me", public_key="k", listen_port=51820))
-    log.at(901, CONNECTION, state("cleanup", "connecting", "the member is still in the party"))
-    recovery = log.at(903, CONNECTION, state("connecting", "connected", "first probe answered"))
-    assert log.told(recovery) == [("crashed", 240.0, 900.0)]
-    # A later drop and return of the same run does not tell of the crash again.
+    assert log.restart_told() == [("crashed", 240.0, 900.0)]
+    # A drop and return later in the same run does not tell of the crash again.
     log.at(1000, CONNECTION, state("connected", "connecting", "3 probes lost"))
     again = log.at(1010, CONNECTION, state("connecting", "connected", "peer answered again"))
     assert log.told(again) == []
@@ -161,8 +166,8 @@ def test_a_clean_restart_and_an_endpoint_move_are_told() -> None:
     log = started(Log())
     log.at(500, "node:me", ev.NodeStopped(node_id="me", reason="SIGTERM"))
     log.at(560, "node:me", ev.NodeStarted(node_id="me", public_key="k", listen_port=51820))
-    recovery = log.at(565, CONNECTION, state("connecting", "connected", "first probe answered"))
-    assert log.told(recovery) == [("restarted", 500.0, 560.0)]
+    assert log.restart_told() == [("restarted", 500.0, 560.0)]
+    log.at(565, CONNECTION, state("connecting", "connected", "first probe answered"))
     log.at(700, CONNECTION, state("connected", "connecting", "3 probes lost"))
     log.at(702, "node:me", ev.PublicEndpointChanged(node_id="me", old_endpoint="203.0.113.5:4000",
                                                     new_endpoint="203.0.113.5:4100", reason="rebinding",
