@@ -5,6 +5,7 @@ its own log shows."""
 from __future__ import annotations
 
 import asyncio
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -174,3 +175,33 @@ def test_a_clean_restart_and_an_endpoint_move_are_told() -> None:
                                                     stun_server="203.0.113.3:3478"))
     back = log.at(710, CONNECTION, state("connecting", "connected", "peer answered again"))
     assert log.told(back) == [("endpoint_changed", 702.0, None)]
+
+
+def test_the_agent_hands_an_account_to_the_actors_under_the_sender_the_server_named(tmp_path) -> None:
+    from actors import messages as m
+    from agent.node import Agent, AgentConfig
+
+    agent = Agent(AgentConfig(state_dir=tmp_path, db_url=f"sqlite:///{tmp_path / 'lanrage.db'}",
+                              adapters="mesh.sim:adapters"))
+    told: list[object] = []
+    agent._tell = told.append  # type: ignore[method-assign]
+    url = "ws://198.51.100.7:8667"
+    try:
+        agent.bindings["p1"] = url
+        body = {"type": "account", "party_id": "p1", "from": "bob",
+                "items": [UPLINK, {"kind": "crashed", "started_at": True, "ended_at": "soon", "detail": 7},
+                          "not an item"]}
+        agent._on_push(url, body)
+        agent._on_push("ws://198.51.100.9:8667", body)  # another control plane's party: ignored
+        agent._on_push(url, {**body, "party_id": "p2"})  # a party this node is not in: ignored
+        assert len(told) == 1
+        account = told[0]
+        assert isinstance(account, m.PeerAccount) and (account.party_id, account.peer_id) == ("p1", "bob")
+        first, second = account.items  # the string was no item: left out
+        assert first == m.AccountItem("uplink_down", UPLINK["started_at"], UPLINK["ended_at"],
+                                      UPLINK["detail"])
+        # What is not a time arrives as NaN (the actors refuse it), never as something else.
+        assert (second.kind, second.detail) == ("crashed", "7")
+        assert math.isnan(second.started_at) and second.ended_at is not None and math.isnan(second.ended_at)
+    finally:
+        agent.store.close()
