@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
+import thespian.system.timing as thespian_timing
 from thespian.actors import (
     Actor,
     ActorAddress,
@@ -48,6 +49,9 @@ from store.base import RecordedEvent, Recorder
 STATUS = "status"
 RESTART = "restart"
 ALIVE = "alive"
+# Sign-of-life checks per alive interval: a write is seen within a quarter of it, so the
+# NodeAlive that follows the last row comes no later than one interval after that row.
+ALIVE_CHECKS = 4
 MONITOR = "relay-monitor"
 SOFTWARE_VERSION = "0.2.0"
 
@@ -98,7 +102,9 @@ class NodeActor(Actor):
         self.stopping = False
         self.log = logger
         self.appends_seen = 0  # appends_through(recorder) at the last sign-of-life check
-        self.quiet_checks = 0  # checks in a row that found nothing written
+        self.checked_at = 0.0  # thespian time of that check
+        self.row_after = 0.0  # the node's newest row is at or after this (thespian time)
+        self.written_after = 0.0  # ... and its newest row other than a NodeAlive
 
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, m.StartNode):
@@ -218,24 +224,29 @@ class NodeActor(Actor):
         self.send(self.edge, m.EdgeInit(start.adapters, start.executor, start.log))
         self.send(self.edge, fx.DetectNat(tag="start"))
         self.appends_seen = appends_through(self.recorder)
+        self.checked_at = self.row_after = self.written_after = thespian_timing.currentTime()
         self._arm_alive()
 
     def _arm_alive(self) -> None:
         assert self.start is not None
-        self.wakeupAfter(timedelta(seconds=self.start.config.alive_interval_s), self.timers.arm(ALIVE))
+        self.wakeupAfter(timedelta(seconds=self.start.config.alive_interval_s / ALIVE_CHECKS),
+                         self.timers.arm(ALIVE))
 
     def _alive(self) -> None:
-        """A sign of life when nothing was written since the last check: one row a quiet interval."""
+        """A sign of life once the node's newest row is an alive interval old: one row a quiet interval."""
         assert self.start is not None and self.recorder is not None
         if self.stopping:
             return
-        if appends_through(self.recorder) == self.appends_seen:
-            self.quiet_checks += 1
-            self._commit([ev.NodeAlive(node_id=self.start.node_id,
-                                       quiet_s=self.quiet_checks * self.start.config.alive_interval_s)])
-        else:
-            self.quiet_checks = 0
+        now = thespian_timing.currentTime()
+        if appends_through(self.recorder) != self.appends_seen:
+            # Something was written since the last check, so after it.
+            self.row_after = self.written_after = self.checked_at
+        elif now - self.row_after >= self.start.config.alive_interval_s - 1e-6:
+            quiet_s = round(now - self.written_after, 1)
+            self._commit([ev.NodeAlive(node_id=self.start.node_id, quiet_s=quiet_s)])
+            self.row_after = now
         self.appends_seen = appends_through(self.recorder)
+        self.checked_at = now
         self._arm_alive()
 
     def _control_reachability(self, change: m.ControlReachability) -> None:

@@ -44,6 +44,26 @@ def test_no_sign_of_life_while_the_node_writes_anyway(make_node) -> None:
     assert not [e for e in node.events(node.node_stream)[before:] if isinstance(e, ev.NodeAlive)]
 
 
+def test_the_newest_row_is_never_older_than_a_minute_whenever_the_writes_come(make_node) -> None:
+    """Writes at odd moments (just after a check, just before one): a crash at any second
+    would still find a row of the last minute."""
+    node: Node = make_node()
+    url = "ws://198.51.100.5:8667"
+    writes = {13: False, 101: True, 117: False, 250: True, 251: False, 383: True}
+    rows, last_row_at, widest = len(list(node.recorder.read_all())), 0, 0
+    for second in range(1, 600):
+        if second in writes:
+            node.tell(m.ControlReachability(url, writes[second], error="down"))
+        node.advance(1)
+        now = len(list(node.recorder.read_all()))
+        if now != rows:
+            widest, rows, last_row_at = max(widest, second - last_row_at), now, second
+    widest = max(widest, 599 - last_row_at)
+    assert widest <= 60
+    alive = [e for e in node.events(node.node_stream) if isinstance(e, ev.NodeAlive)]
+    assert 6 <= len(alive) <= 10  # ~600 s less the written stretches, a minute apiece
+
+
 def test_replay_shows_a_quiet_node_running_until_its_last_sign_of_life_and_the_crash_is_dated(
         make_node, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _on_virtual_time(monkeypatch, clock)
