@@ -28,15 +28,23 @@ def _time(value: Any) -> str | None:
     return datetime.fromtimestamp(value, UTC).isoformat()
 
 
-def account_events(party_id: str, peer_id: str, items: Sequence[Any]) -> list[ev.PeerAccountReceived] | str:
-    """The events recording ``items`` as ``peer_id``'s word, or why the account is refused."""
+def account_events(party_id: str, peer_id: str, items: Sequence[Any],
+                   said_by: str = ev.SAID_BY_PEER) -> list[ev.PeerAccountReceived] | str:
+    """The events recording ``items`` about ``peer_id``, or why the account is refused.
+
+    A member says what it saw itself (``ACCOUNT_KINDS``); the control server says only when it
+    stopped hearing from it (``ACCOUNT_OFFLINE``).
+    """
     if not isinstance(items, tuple | list) or not 0 < len(items) <= MAX_ITEMS:
         return f"an account holds 1 to {MAX_ITEMS} items"
+    kinds = {ev.SAID_BY_PEER: ev.ACCOUNT_KINDS, ev.SAID_BY_SERVER: (ev.ACCOUNT_OFFLINE,)}.get(said_by)
+    if kinds is None:
+        return "an account is said by the peer or by the control server"
     events = []
     for item in items:
         if not isinstance(item, AccountItem):
             return "an account item must be an AccountItem"
-        if item.kind not in ev.ACCOUNT_KINDS:
+        if item.kind not in kinds:
             return f"unknown account kind {str(item.kind)[:40]!r}"
         started = _time(item.started_at)
         ended = "" if item.ended_at is None else _time(item.ended_at)
@@ -46,5 +54,6 @@ def account_events(party_id: str, peer_id: str, items: Sequence[Any]) -> list[ev
         if len(detail) > MAX_DETAIL or not detail.isprintable():
             return f"account detail must be printable text of up to {MAX_DETAIL} characters"
         events.append(ev.PeerAccountReceived(party_id=party_id, peer_id=peer_id, kind=item.kind,
-                                             started_at=started, ended_at=ended, detail=detail))
+                                             started_at=started, ended_at=ended, detail=detail,
+                                             said_by=said_by))
     return events

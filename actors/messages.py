@@ -236,6 +236,7 @@ class PeerAccount:
     party_id: str
     peer_id: str
     items: tuple[AccountItem, ...]
+    said_by: str = "peer"  # or "control server": its own knowledge of the member (ACCOUNT_OFFLINE only)
 
 
 @dataclass(frozen=True)

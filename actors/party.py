@@ -304,7 +304,7 @@ class PartyActor(Actor):
         if not self.state.active or member is None or member.is_local:
             self.reject("PeerAccount", "an account comes only from another member of the party")
             return
-        events = account_events(self.state.party_id, message.peer_id, message.items)
+        events = account_events(self.state.party_id, message.peer_id, message.items, message.said_by)
         if isinstance(events, str):
             self.reject("PeerAccount", events)
             return

@@ -599,7 +599,8 @@ class Agent:
             # The sender is who the control server says; the actors check every item again.
             items = tuple(_account_item(item) for item in body["items"][:MAX_ACCOUNT_ITEMS]
                           if isinstance(item, dict))
-            self._tell(m.PeerAccount(party_id, body["from"][:64], items))
+            said_by = ev.SAID_BY_SERVER if body.get("by") == "server" else ev.SAID_BY_PEER
+            self._tell(m.PeerAccount(party_id, body["from"][:64], items, said_by))
 
     def _on_reachability(self, url: str, reachable: bool, error: str | None) -> None:
         """A control plane lost or back: the node actor records the change (tunnels carry on)."""

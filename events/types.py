@@ -399,9 +399,11 @@ class StaticDeviceRemoved(Event):
 class PeerAccountReceived(Event):
     """A member's own account of its side around a drop, as it said it: shown, never acted on.
 
-    ``peer_id`` is who said it (the control server names the sender; a member speaks only
-    about itself). ``kind``: one of ``ACCOUNT_KINDS``; ``started_at``/``ended_at``: ISO 8601
-    (UTC) times the sender gave, ``ended_at`` empty while it lasts; ``detail``: its words.
+    ``peer_id`` is the member it is about; ``said_by`` who said it: ``peer`` (the member
+    itself: the control server names the sender, so a member speaks only about itself) or
+    ``control server`` (its own knowledge: when it last heard the member, ``ACCOUNT_OFFLINE``).
+    ``kind``: one of ``ACCOUNT_KINDS``; ``started_at``/``ended_at``: ISO 8601 (UTC) times as
+    said, ``ended_at`` empty while it lasts; ``detail``: the words said.
     """
 
     party_id: str
@@ -410,6 +412,7 @@ class PeerAccountReceived(Event):
     started_at: str
     ended_at: str = ""
     detail: str = ""
+    said_by: str = "peer"
 
 
 # What a member may say about its own side (PeerAccountReceived.kind).
@@ -421,6 +424,10 @@ ACCOUNT_LEFT = "left"  # it left the party
 ACCOUNT_RELAY = "relay_failed"  # the relay it used stopped answering
 ACCOUNT_KINDS = (ACCOUNT_UPLINK, ACCOUNT_CRASHED, ACCOUNT_RESTARTED, ACCOUNT_ENDPOINT, ACCOUNT_LEFT,
                  ACCOUNT_RELAY)
+# The control server's own word: it heard nothing from the member (from its last frame).
+ACCOUNT_OFFLINE = "offline"
+SAID_BY_PEER = "peer"
+SAID_BY_SERVER = "control server"
 
 
 # ---------------------------------------------------------------- peer connection stream

@@ -154,17 +154,19 @@ ACCOUNT_WORDS = {
     ev.ACCOUNT_ENDPOINT: "its public endpoint changed at {start}",
     ev.ACCOUNT_LEFT: "it left the party at {start}",
     ev.ACCOUNT_RELAY: "its relay stopped answering {span}",
+    ev.ACCOUNT_OFFLINE: "was silent {span} (no heartbeat, no message)",
 }
 
 
 def peer_account(window: Window) -> Finding | None:
-    """The peer's own word about its side of the drop (``PeerAccountReceived``), received later.
+    """The peer's own word about its side of the drop (``PeerAccountReceived``), received later,
+    and the control server's word on when it stopped hearing from the peer.
 
-    Shown first and marked as what the peer said: it is never checked, only reported.
+    Shown first and marked as who said it: it is never checked, only reported.
     """
     if window.incident.kind in NODE_INCIDENTS:
         return None
-    said = []
+    said: dict[tuple[str, str, str], tuple[RecordedEvent, datetime, datetime | None]] = {}
     for record in window.node:
         event = record.event
         if not isinstance(event, ev.PeerAccountReceived) or not window.about_this_peer(record):
@@ -172,23 +174,36 @@ def peer_account(window: Window) -> Finding | None:
         start, end = _account_time(event.started_at), _account_time(event.ended_at)
         if start is None or not start - ACCOUNT_BEFORE <= window.at <= (end or start) + ACCOUNT_AFTER:
             continue
-        said.append((record, start, end))
+        # The same thing said again (the server's "silent since", then "back at"): the latest.
+        said[(event.said_by, event.kind, event.started_at)] = (record, start, end)
     if not said:
         return None
     zone = window.at.astimezone().strftime("%Z")
-    words = []
-    for record, start, end in said:
+    peer_words: list[str] = []
+    server_words: list[str] = []
+    for record, start, end in said.values():
         begun, ended = _clock(start), _clock(end) if end else "-"
         text = ACCOUNT_WORDS.get(record.event.kind, record.event.kind).format(
             span=f"{begun}-{ended}" if end else f"from {begun}", start=begun, end=ended)
+        words = server_words if record.event.said_by == ev.SAID_BY_SERVER else peer_words
         if text not in words:
             words.append(text)
-    evidence = tuple(Fact.of(record, f"{window.peer_name}'s own word (received {_clock(record.recorded_at)} "
+    parts = [f"{window.peer_name}'s node says {'; '.join(peer_words)}"] if peer_words else []
+    parts += [f"the control server says {window.peer_name}'s node {'; '.join(server_words)}"] \
+        if server_words else []
+    evidence = tuple(Fact.of(record, f"{_whose(window, record.event)} (received {_clock(record.recorded_at)} "
                                      f"{zone}): {record.event.kind} {_clock(start)}-"
                                      f"{_clock(end) if end else ''}; {record.event.detail}")
-                     for record, start, end in said)
-    first = said[0][0].event.kind
-    return Finding(f"remote_{first}", f"{window.peer_name}'s node says {'; '.join(words)} ({zone})", evidence)
+                     for record, start, end in said.values())
+    first = next((r.event.kind for r, _, _ in said.values() if r.event.said_by != ev.SAID_BY_SERVER),
+                 ev.ACCOUNT_OFFLINE)
+    return Finding(f"remote_{first}", f"{'; '.join(parts)} ({zone})", evidence)
+
+
+def _whose(window: Window, event: ev.PeerAccountReceived) -> str:
+    if event.said_by == ev.SAID_BY_SERVER:
+        return "the control server's word"
+    return f"{window.peer_name}'s own word"
 
 
 def _account_time(text: str) -> datetime | None:

@@ -170,6 +170,7 @@ class ControlServer:
         self._online: dict[str, Session] = {}
         self._offline_since: dict[str, float] = {}
         self._accounts: dict[str, list[dict[str, Any]]] = {}  # member -> accounts that wait for it
+        self._last_heard: dict[str, float] = {}  # offline member -> unix time of its last frame
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._relay_key = self.config.relay_key or secrets.token_bytes(32)
@@ -341,7 +342,10 @@ class ControlServer:
         if peer_id is None or self._online.get(peer_id) is not session:
             return
         del self._online[peer_id]
-        self._offline_since[peer_id] = time.monotonic()
+        now = time.monotonic()
+        self._offline_since[peer_id] = now
+        self._last_heard[peer_id] = time.time() - (now - session.last_seen)
+        self._tell_silence(peer_id, self._last_heard[peer_id], None)
         logger.info("peer {} went offline", peer_id)
         self._push_update(peer_id)
 
@@ -426,6 +430,7 @@ class ControlServer:
         session.peer_id = peer_id
         self._online[peer_id] = session
         self._offline_since.pop(peer_id, None)
+        last_heard = self._last_heard.pop(peer_id, None)
         logger.info("peer {} ({}) authenticated", peer_id, session.name)
         session.send(p.message(
             "welcome", re=request.id, peer_id=peer_id, server_id=self.config.server_id,
@@ -434,6 +439,8 @@ class ControlServer:
             parties=[self._snapshot(party) for party in self._registry.parties_of(peer_id)],
             relays=list(self._registry.relays)))
         self._deliver_accounts(session)
+        if last_heard is not None:
+            self._tell_silence(peer_id, last_heard, time.time())
         self._push_update(peer_id)
 
     async def _create(self, session: Session, request: p.CreateParty) -> None:
@@ -601,6 +608,20 @@ class ControlServer:
                 waiting.pop(0)
             waiting.append(body)
         session.send(p.message("account_sent", re=request.id, to=request.to, queued=target is None))
+
+    def _tell_silence(self, peer_id: str, last_heard: float, back_at: float | None) -> None:
+        """The server's own word on a member it lost: when it last heard it, and when it was back.
+
+        Pushed as an ``account`` marked ``by: server`` to the other online members of its
+        parties (a member's own accounts never carry ``by``: the server builds those too).
+        """
+        item = {"kind": "offline", "started_at": round(last_heard, 3),
+                "ended_at": None if back_at is None else round(back_at, 3),
+                "detail": "the control server heard nothing from it from the start"
+                          + (" until it logged in again" if back_at is not None else "")}
+        for party in self._registry.parties_of(peer_id):
+            self._broadcast(party, p.message("account", party_id=party.party_id, by="server", items=[item],
+                                             **{"from": peer_id}), peer_id)
 
     def _deliver_accounts(self, session: Session) -> None:
         assert session.peer_id is not None

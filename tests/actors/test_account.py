@@ -27,9 +27,25 @@ def test_an_account_is_recorded_as_the_members_word(make_node) -> None:
     assert node.new(node.party()) == [
         "PeerAccountReceived(peer_id='bob', kind='uplink_down', started_at='2026-11-18T11:06:40+00:00', "
         "ended_at='2026-11-18T11:18:49+00:00', detail='this connection and every relay (1) went silent "
-        "together')",
+        "together', said_by='peer')",
         "PeerAccountReceived(peer_id='bob', kind='endpoint_changed', started_at='2026-11-18T11:18:20+00:00', "
-        "ended_at='', detail='its public endpoint moved')"]
+        "ended_at='', detail='its public endpoint moved', said_by='peer')"]
+
+
+def test_the_control_servers_word_is_recorded_as_its_own_and_only_about_silence(make_node) -> None:
+    node = _joined(make_node)
+    node.tell(m.PeerAccount("p1", "bob", (m.AccountItem("offline", AT, AT + 40.0, "heard nothing"),),
+                            said_by="control server"))
+    node.tell(m.PeerAccount("p1", "bob", (m.AccountItem("offline", AT, AT + 40.0),)))  # a member cannot
+    crashed = (m.AccountItem("crashed", AT, AT + 40.0),)
+    node.tell(m.PeerAccount("p1", "bob", crashed, said_by="control server"))  # the server: silence only
+    node.tell(m.PeerAccount("p1", "bob", crashed, said_by="bob's friend"))
+    node.drain()
+    written = node.new(node.party())
+    assert written[0] == ("PeerAccountReceived(peer_id='bob', kind='offline', "
+                          "started_at='2026-11-18T11:06:40+00:00', ended_at='2026-11-18T11:07:20+00:00', "
+                          "detail='heard nothing', said_by='control server')")
+    assert [line.split(",")[0] for line in written[1:]] == ["MessageRejected(actor='party/p1'"] * 3
 
 
 def test_an_account_from_a_stranger_or_out_of_bounds_is_refused_and_recorded_as_refused(make_node) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -203,5 +204,32 @@ def test_the_agent_hands_an_account_to_the_actors_under_the_sender_the_server_na
         # What is not a time arrives as NaN (the actors refuse it), never as something else.
         assert (second.kind, second.detail) == ("crashed", "7")
         assert math.isnan(second.started_at) and second.ended_at is not None and math.isnan(second.ended_at)
+        assert account.said_by == "peer"
+        # The server's own word is marked so (only the server's connection delivers pushes).
+        agent._on_push(url, {**body, "by": "server", "items": [{"kind": "offline", "started_at": 1.8e9}]})
+        assert told[-1] == m.PeerAccount("p1", "bob", (m.AccountItem("offline", 1.8e9),), "control server")
     finally:
         agent.store.close()
+
+
+def test_the_server_tells_the_members_when_it_stopped_hearing_from_one_and_when_it_was_back() -> None:
+    async def scenario() -> None:
+        async with running() as server:
+            (host, guest), party, _ = await _party(server.port, 2)
+            await guest.call(type="heartbeat")
+            heard = time.time()
+            identity = guest.identity
+            await guest.ws.close()
+            silent = await host.push("account")
+            assert (silent["from"], silent["by"]) == (guest.peer_id, "server")
+            assert silent["party_id"] == party["party_id"]
+            [item] = silent["items"]
+            assert item["kind"] == "offline" and item["ended_at"] is None
+            assert heard - 1 <= item["started_at"] <= heard + 0.5
+            back = await open_peer(server.port, identity)
+            await back.login("peer1")
+            returned = await host.push("account")
+            [again] = returned["items"]
+            assert (returned["by"], again["started_at"]) == ("server", item["started_at"])
+            assert again["ended_at"] >= again["started_at"]
+    asyncio.run(scenario())

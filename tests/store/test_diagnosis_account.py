@@ -70,11 +70,12 @@ def dropped(log: Log, at: float = 184, back: float = 910) -> Log:
     return log
 
 
-def told(log: Log, at: float, kind: str, start: float, end: float | None, detail: str = "") -> Log:
+def told(log: Log, at: float, kind: str, start: float, end: float | None, detail: str = "",
+         said_by: str = ev.SAID_BY_PEER) -> Log:
     return log.at(at, "party:me:p", ev.PeerAccountReceived(party_id="p", peer_id="bob", kind=kind,
                                                            started_at=iso(start),
                                                            ended_at="" if end is None else iso(end),
-                                                           detail=detail))
+                                                           detail=detail, said_by=said_by))
 
 
 def test_the_peers_word_about_its_uplink_comes_first() -> None:
@@ -102,3 +103,18 @@ def test_an_account_of_another_moment_or_another_peer_is_not_this_drops() -> Non
 
 def test_without_an_account_the_rules_are_as_before() -> None:
     assert dropped(Log()).findings()[0].startswith("remote_unreachable: Bob's node became unreachable")
+
+
+def test_the_control_servers_word_when_the_peer_says_nothing() -> None:
+    log = told(dropped(Log()), 190, ev.ACCOUNT_OFFLINE, 181, None, said_by=ev.SAID_BY_SERVER)
+    log = told(log, 915, ev.ACCOUNT_OFFLINE, 181, 912, said_by=ev.SAID_BY_SERVER)  # then: back
+    assert log.findings()[0] == ("remote_offline: the control server says Bob's node was silent "
+                                 "22:03:01-22:15:12 (no heartbeat, no message) (CET)")
+
+
+def test_both_words_the_peers_first() -> None:
+    log = told(dropped(Log()), 190, ev.ACCOUNT_OFFLINE, 181, None, said_by=ev.SAID_BY_SERVER)
+    log = told(log, 911, ev.ACCOUNT_UPLINK, 181, 910)
+    assert log.findings()[0] == ("remote_uplink_down: Bob's node says its uplink was down 22:03:01-22:15:10; "
+                                 "the control server says Bob's node was silent from 22:03:01 (no heartbeat, "
+                                 "no message) (CET)")
