@@ -106,8 +106,9 @@ def _outage(drop: RecordedEvent, recovery: RecordedEvent, connection: Sequence[R
     dead = {r.event.relay: r for r in reversed(near) if isinstance(r.event, ev.RelayDegraded)}
     control = [r for r in near if isinstance(r.event, ev.ControlServerUnreachable)]
     every_relay = bool(relays) and all(relay in dead for relay in relays)
+    moved = [r for r in span if isinstance(r.event, ev.PublicEndpointChanged)]
     items: list[dict[str, Any]] = []
-    if every_relay or control:
+    if (every_relay or control) and not moved:  # a moved mapping breaks every path too, and says why
         # Every path of this node went silent at once: its own uplink, not the peer.
         signs = [drop, *dead.values(), *control]
         began = min(r.recorded_at for r in signs)
@@ -126,12 +127,10 @@ def _outage(drop: RecordedEvent, recovery: RecordedEvent, connection: Sequence[R
             items.append({"kind": ev.ACCOUNT_RELAY, "started_at": _ts(failed.recorded_at),
                           "ended_at": _ts(recovery.recorded_at),
                           "detail": f"its relay {relay} stopped answering: {failed.event.reason}"[:200]})
-    for record in span:
-        if isinstance(record.event, ev.PublicEndpointChanged):
-            items.append({"kind": ev.ACCOUNT_ENDPOINT, "started_at": _ts(record.recorded_at),
-                          "ended_at": None,
-                          "detail": f"its public endpoint moved from {record.event.old_endpoint or '-'} to "
-                                    f"{record.event.new_endpoint}"[:200]})
+    for record in moved:
+        items.append({"kind": ev.ACCOUNT_ENDPOINT, "started_at": _ts(record.recorded_at), "ended_at": None,
+                      "detail": f"its public endpoint moved from {record.event.old_endpoint or '-'} to "
+                                f"{record.event.new_endpoint}"[:200]})
     return items
 
 

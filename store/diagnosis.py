@@ -156,13 +156,17 @@ ACCOUNT_WORDS = {
     ev.ACCOUNT_RELAY: "its relay stopped answering {span}",
     ev.ACCOUNT_OFFLINE: "was silent {span} (no heartbeat, no message)",
 }
+# The cause a peer's word names, where this node's own rules have a name for it already.
+ACCOUNT_CAUSES = {ev.ACCOUNT_ENDPOINT: "endpoint_changed", ev.ACCOUNT_LEFT: "remote_left"}
 
 
 def peer_account(window: Window) -> Finding | None:
     """The peer's own word about its side of the drop (``PeerAccountReceived``), received later,
-    and the control server's word on when it stopped hearing from the peer.
+    with the control server's word on when it stopped hearing from the peer.
 
-    Shown first and marked as who said it: it is never checked, only reported.
+    Shown first and marked as who said it: it is never checked, only reported. The server's
+    word alone (the peer said nothing) does not lead: this node's own rules say more (a
+    silence of the control connection is also what a lossy or rebinding uplink looks like).
     """
     if window.incident.kind in NODE_INCIDENTS:
         return None
@@ -176,7 +180,7 @@ def peer_account(window: Window) -> Finding | None:
             continue
         # The same thing said again (the server's "silent since", then "back at"): the latest.
         said[(event.said_by, event.kind, event.started_at)] = (record, start, end)
-    if not said:
+    if all(event.said_by == ev.SAID_BY_SERVER for event in (r.event for r, _, _ in said.values())):
         return None
     zone = window.at.astimezone().strftime("%Z")
     peer_words: list[str] = []
@@ -195,9 +199,8 @@ def peer_account(window: Window) -> Finding | None:
                                      f"{zone}): {record.event.kind} {_clock(start)}-"
                                      f"{_clock(end) if end else ''}; {record.event.detail}")
                      for record, start, end in said.values())
-    first = next((r.event.kind for r, _, _ in said.values() if r.event.said_by != ev.SAID_BY_SERVER),
-                 ev.ACCOUNT_OFFLINE)
-    return Finding(f"remote_{first}", f"{'; '.join(parts)} ({zone})", evidence)
+    first = next(r.event.kind for r, _, _ in said.values() if r.event.said_by != ev.SAID_BY_SERVER)
+    return Finding(ACCOUNT_CAUSES.get(first, f"remote_{first}"), f"{'; '.join(parts)} ({zone})", evidence)
 
 
 def _whose(window: Window, event: ev.PeerAccountReceived) -> str:

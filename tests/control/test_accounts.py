@@ -178,6 +178,22 @@ def test_a_clean_restart_and_an_endpoint_move_are_told() -> None:
     assert log.told(back) == [("endpoint_changed", 702.0, None)]
 
 
+
+def test_a_moved_mapping_is_told_instead_of_an_uplink_outage() -> None:
+    """A NAT rebinding breaks the control connection and the tunnels together, like a cut uplink:
+    the moved mapping says why."""
+    log = started(Log())
+    log.at(183, CONNECTION, state("connected", "connecting", "nothing received for 2 s while sending"))
+    log.at(186, "node:me", ev.ControlServerUnreachable(node_id="me", control_url="ws://198.51.100.5:8667",
+                                                       error="connection reset"))
+    log.at(190, "node:me", ev.PublicEndpointChanged(node_id="me", old_endpoint="203.0.113.5:4000",
+                                                    new_endpoint="203.0.113.5:4100", reason="session broke",
+                                                    stun_server="203.0.113.3:3478"))
+    back = log.at(195, CONNECTION, state("connecting", "connected", "peer answered again"))
+    assert log.told(back) == [("endpoint_changed", 190.0, None)]
+    assert log.told(back, relays=()) == [("endpoint_changed", 190.0, None)]
+
+
 def test_the_agent_hands_an_account_to_the_actors_under_the_sender_the_server_named(tmp_path) -> None:
     from actors import messages as m
     from agent.node import Agent, AgentConfig

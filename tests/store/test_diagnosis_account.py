@@ -105,11 +105,12 @@ def test_without_an_account_the_rules_are_as_before() -> None:
     assert dropped(Log()).findings()[0].startswith("remote_unreachable: Bob's node became unreachable")
 
 
-def test_the_control_servers_word_when_the_peer_says_nothing() -> None:
+def test_the_control_servers_word_alone_does_not_lead() -> None:
+    """A silent control connection is also what loss or a rebinding looks like: this node's own
+    rules say more; the server's word is shown with the peer's own."""
     log = told(dropped(Log()), 190, ev.ACCOUNT_OFFLINE, 181, None, said_by=ev.SAID_BY_SERVER)
     log = told(log, 915, ev.ACCOUNT_OFFLINE, 181, 912, said_by=ev.SAID_BY_SERVER)  # then: back
-    assert log.findings()[0] == ("remote_offline: the control server says Bob's node was silent "
-                                 "22:03:01-22:15:12 (no heartbeat, no message) (CET)")
+    assert log.findings()[0].startswith("remote_unreachable: Bob's node became unreachable")
 
 
 def test_both_words_the_peers_first() -> None:
@@ -118,3 +119,10 @@ def test_both_words_the_peers_first() -> None:
     assert log.findings()[0] == ("remote_uplink_down: Bob's node says its uplink was down 22:03:01-22:15:10; "
                                  "the control server says Bob's node was silent from 22:03:01 (no heartbeat, "
                                  "no message) (CET)")
+
+
+def test_the_peers_word_on_its_endpoint_names_the_same_cause_as_this_nodes_rule() -> None:
+    log = told(dropped(Log()), 911, ev.ACCOUNT_ENDPOINT, 180, None, "its public endpoint moved from "
+               "203.0.113.5:4000 to 203.0.113.5:4100")
+    assert log.findings()[0] == ("endpoint_changed: Bob's node says its public endpoint changed at 22:03:00 "
+                                 "(CET)")
