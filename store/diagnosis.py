@@ -195,10 +195,11 @@ def peer_account(window: Window) -> Finding | None:
     parts = [f"{window.peer_name}'s node says {'; '.join(peer_words)}"] if peer_words else []
     parts += [f"the control server says {window.peer_name}'s node {'; '.join(server_words)}"] \
         if server_words else []
+    peer_first = sorted(said.values(), key=lambda entry: entry[0].event.said_by == ev.SAID_BY_SERVER)
     evidence = tuple(Fact.of(record, f"{_whose(window, record.event)} (received {_clock(record.recorded_at)} "
                                      f"{zone}): {record.event.kind} {_clock(start)}-"
                                      f"{_clock(end) if end else ''}; {record.event.detail}")
-                     for record, start, end in said.values())
+                     for record, start, end in peer_first)
     first = next(r.event.kind for r, _, _ in said.values() if r.event.said_by != ev.SAID_BY_SERVER)
     return Finding(ACCOUNT_CAUSES.get(first, f"remote_{first}"), f"{'; '.join(parts)} ({zone})", evidence)
 

@@ -10,7 +10,7 @@ import pytest
 from events import types as ev
 from events.base import Event
 from store.base import RecordedEvent
-from store.diagnosis import Window, diagnose, incidents
+from store.diagnosis import Finding, Window, diagnose, incidents
 
 T0 = datetime(2026, 11, 25, 21, 0, tzinfo=UTC)
 NAMES = {("p", "bob"): "Bob", ("p", "carol"): "Carol"}
@@ -38,6 +38,9 @@ class Log:
         return self
 
     def findings(self, peer: str = "bob") -> list[str]:
+        return [f"{finding.cause}: {finding.summary}" for finding in self.report(peer)]
+
+    def report(self, peer: str = "bob") -> list[Finding]:
         connection = [r for r in self.records if r.stream_id == f"peer:p:{peer}"]
         node = [r for r in self.records if r.event_type in ("NodeStarted", "PeerAccountReceived")]
         incident = incidents(connection, node)[-1]
@@ -45,7 +48,7 @@ class Log:
         window = Window(incident, "p", peer, NAMES[("p", peer)], upto,
                         tuple(r for r in self.records if abs(r.recorded_at - incident.record.recorded_at)
                               <= timedelta(seconds=120)), NAMES, tuple(node))
-        return [f"{finding.cause}: {finding.summary}" for finding in diagnose(window)]
+        return diagnose(window)
 
 
 def state(peer: str, frm: str | None, to: str, reason: str) -> ev.ConnectionStateChanged:
@@ -116,6 +119,9 @@ def test_the_control_servers_word_alone_does_not_lead() -> None:
 def test_both_words_the_peers_first() -> None:
     log = told(dropped(Log()), 190, ev.ACCOUNT_OFFLINE, 181, None, said_by=ev.SAID_BY_SERVER)
     log = told(log, 911, ev.ACCOUNT_UPLINK, 181, 910)
+    evidence = [fact.detail for fact in log.report()[0].evidence]
+    assert evidence[0].startswith("Bob's own word (received 22:15:11 CET): uplink_down 22:03:01-22:15:10")
+    assert evidence[1].startswith("the control server's word (received 22:03:10 CET): offline 22:03:01-")
     assert log.findings()[0] == ("remote_uplink_down: Bob's node says its uplink was down 22:03:01-22:15:10; "
                                  "the control server says Bob's node was silent from 22:03:01 (no heartbeat, "
                                  "no message) (CET)")
