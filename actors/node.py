@@ -41,7 +41,7 @@ from actors.timers import Timers, new_incarnation
 from events import types as ev
 from events.base import Event
 from events.fold import NodeState, PartyState, apply_node, apply_party, fold_stream
-from events.streams import node_stream, party_stream, peer_stream, relay_stream
+from events.streams import metrics_stream, node_stream, party_stream, peer_stream, relay_stream
 from mesh import ipam
 from mesh.interfaces import MeshError
 from store.base import RecordedEvent, Recorder
@@ -71,8 +71,10 @@ def last_written(recorder: Recorder, node_id: str, state: NodeState,
         streams.append(party_stream(node_id, party_id))
         records = recorder.read_stream(party_stream(node_id, party_id))
         party = fold_stream(apply_party, PartyState(), (record.event for record in records))
-        streams.extend(peer_stream(node_id, party_id, peer_id)
-                       for peer_id, member in party.members if not member.is_local)
+        for peer_id, member in party.members:
+            if not member.is_local:  # a connection's samples have a stream of their own
+                streams += [peer_stream(node_id, party_id, peer_id),
+                            metrics_stream(node_id, party_id, peer_id)]
     newest: RecordedEvent | None = None
     for stream in streams:
         position = recorder.stream_position(stream)

@@ -11,7 +11,7 @@ import pytest
 import store.sql as sql_store
 from actors import messages as m
 from events import types as ev
-from events.streams import node_stream, peer_stream
+from events.streams import metrics_stream, node_stream, peer_stream
 from store import open_store
 from store.replay import replay
 from tests.actors.conftest import BOB, Node, VirtualClock
@@ -99,3 +99,23 @@ def test_replay_shows_a_quiet_node_running_until_its_last_sign_of_life_and_the_c
         assert world.connections[peer_stream("local", "p1", "bob")].state == ev.INTERRUPTED
     finally:
         log.close()
+
+
+def test_a_crash_right_after_a_metric_sample_is_dated_by_that_sample(make_node) -> None:
+    """Samples have a stream of their own: the abrupt end must see them (the lab's crash found a
+    last row 69 s old, the newer sample unread)."""
+    node: Node = make_node(metrics_interval_s=10.0)
+    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
+    samples = metrics_stream("local", "p1", "bob")
+    for _ in range(60):
+        node.advance(1)
+        newest = max(node.recorder.read_all(), key=lambda record: record.global_position)
+        if newest.stream_id == samples:
+            break
+    assert newest.stream_id == samples
+    node.crash()
+    node.start()
+    [ended] = [e for e in node.events(node.node_stream) if isinstance(e, ev.NodeRunEndedAbruptly)]
+    assert (ended.last_global_position, ended.last_recorded_at) == (newest.global_position,
+                                                                   newest.recorded_at.isoformat())
