@@ -235,3 +235,9 @@ class ActorConfig:
     # A crashed child is recreated after this delay, unless its parent is told to exit
     # meanwhile (thespian's shutdown ends children before parents).
     restart_delay_s: float = 0.5
+    # A node whose newest row is this old writes one NodeAlive (none while anything else is
+    # written; checked four times an interval): a crash's time is known to within it, and
+    # replay never shows a running node as down. At most 60 rows an hour even on a node with
+    # no party (~0.7 MB a day at ~510 bytes a row, inside the 5 MB node-day budget of
+    # bench/log.py); fewer the busier it is.
+    alive_interval_s: float = 60.0

@@ -54,6 +54,7 @@ from actors.journal import StreamWriter, open_recorder, read_tail
 from actors.logs import logger
 from actors.repeats import RetryRun, SampleRuns, Window, sample_of
 from actors.timers import Timers, new_incarnation
+from actors.traffic import TRAFFIC, Reading, traffic_flows
 from events import types as ev
 from events.base import Event
 from events.fold import ConnectionState, apply_connection
@@ -205,6 +206,7 @@ class PeerConnectionActor(Actor):
         self.pending_offer: tuple[str, str | None] | None = None
         self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
+        self.traffic: Reading | None = None  # WireGuard's rx at the last reading while connecting
 
     # ------------------------------------------------------------ thespian
 
@@ -563,6 +565,8 @@ class PeerConnectionActor(Actor):
                 self._sample_metrics(done.value if done.ok else None)
             case fx.ReadPeerStats(tag="watch"):
                 self._on_watched(done.value if done.ok else None)
+            case fx.ReadPeerStats(tag="traffic"):
+                self._on_traffic(done.value if done.ok else None)
         if self.closing and not self.pending:
             self._finished()
 
@@ -954,6 +958,8 @@ class PeerConnectionActor(Actor):
                 self.probing.sent_weight = self.probing.armed_weight
                 self._request(fx.Probe(tag="probe", virtual_ip=self.init.virtual_ip,
                                        timeout_s=self.cfg.probe_timeout_s))
+            if self.state.state == ev.CONNECTING and self.state.wireguard_configured:
+                self._request(fx.ReadPeerStats(tag=TRAFFIC, public_key=self.init.public_key))
             self._arm_monitor()
         elif timer.kind == METRICS and self.state.state in ACTIVE:
             self._request(fx.ReadPeerStats(tag="metrics", public_key=self.init.public_key))
@@ -1078,6 +1084,21 @@ class PeerConnectionActor(Actor):
             # of every connection fall together and share one UAPI read.
             beat = cfg.quiet_watch_interval_s if probing.idle_armed else cfg.idle_watch_interval_s
             self._schedule(beat * math.floor((now + 1.5 * beat) / beat) - now, WATCH)
+
+    def _on_traffic(self, stats: PeerStats | None) -> None:
+        """Connecting, and WireGuard carries traffic: connected now (actors.traffic)."""
+        if self.closing or self.state.state != ev.CONNECTING:
+            self.traffic = None
+            return
+        fresh_s = 2.5 * min(self.cfg.first_probe_s, self.cfg.probe_interval_s)
+        self.traffic, reason = traffic_flows(self.traffic, stats, thespian_timing.currentTime(), time.time(),
+                                             fresh_s, self.cfg.handshake_stale_s)
+        if reason is None:
+            return
+        before = self.state
+        events = [self._transition(ev.CONNECTED, reason)]
+        self._commit(events, TRAFFIC)
+        self._after_observations(before, events, False)
 
     def _suspect(self, reason: str, idle: bool = False) -> None:
         """Check a path that looks dead with a few probes at once; act only if all are lost.

@@ -24,6 +24,15 @@ S = TypeVar("S")
 _memory: dict[str, InMemoryRecorder] = {}
 _opened: dict[tuple[int, str], Recorder] = {}
 _NAMESPACE = uuid.UUID("6f1c1a52-3c55-4a4b-9d43-0c0ffee00003")
+# Appends made in this process through each recorder (by id): the node's sign of life asks
+# "did this node write anything lately" without reading the log (a shared PostgreSQL's
+# global position moves with every node's writes).
+_appends: dict[int, int] = {}
+
+
+def appends_through(recorder: Recorder) -> int:
+    """How many appends this process's writers made through ``recorder`` so far."""
+    return _appends.get(id(recorder), 0)
 
 
 def memory_recorder(name: str) -> InMemoryRecorder:
@@ -79,6 +88,7 @@ class StreamWriter:
             return []
         recorded = self.recorder.append(self.stream_id, self.pending(events, causation), self.position)
         self.position = recorded[-1].stream_position
+        _appends[id(self.recorder)] = _appends.get(id(self.recorder), 0) + 1
         return recorded
 
 
@@ -87,6 +97,7 @@ def append_together(writes: Sequence[tuple[StreamWriter, Sequence[Event], str]])
     recorder = writes[0][0].recorder
     recorded = recorder.append_many([(writer.stream_id, writer.pending(events, causation), writer.position)
                                      for writer, events, causation in writes])
+    _appends[id(recorder)] = _appends.get(id(recorder), 0) + 1
     for (writer, _, _), records in zip(writes, recorded, strict=True):
         if records:
             writer.position = records[-1].stream_position

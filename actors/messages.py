@@ -220,6 +220,26 @@ class RemoteCandidates:
 
 
 @dataclass(frozen=True)
+class AccountItem:
+    """One thing a member says it saw on its own side (unix times; ``ended_at`` None: still)."""
+
+    kind: str
+    started_at: float
+    ended_at: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PeerAccount:
+    """A member's account of its own side, relayed by the control server, which names the sender."""
+
+    party_id: str
+    peer_id: str
+    items: tuple[AccountItem, ...]
+    said_by: str = "peer"  # or "control server": its own knowledge of the member (ACCOUNT_OFFLINE only)
+
+
+@dataclass(frozen=True)
 class StatusQuery:
     """Reply: NodeStatus."""
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
+import thespian.system.timing as thespian_timing
 from thespian.actors import (
     Actor,
     ActorAddress,
@@ -32,7 +33,7 @@ from actors import logs
 from actors import messages as m
 from actors.adapters import build_adapters
 from actors.edge import EdgeActor
-from actors.journal import StreamWriter, append_together, open_recorder
+from actors.journal import StreamWriter, append_together, appends_through, open_recorder
 from actors.logs import logger
 from actors.party import PartyActor
 from actors.relay_monitor import RelayMonitorActor
@@ -40,13 +41,17 @@ from actors.timers import Timers, new_incarnation
 from events import types as ev
 from events.base import Event
 from events.fold import NodeState, PartyState, apply_node, apply_party, fold_stream
-from events.streams import node_stream, party_stream, peer_stream, relay_stream
+from events.streams import metrics_stream, node_stream, party_stream, peer_stream, relay_stream
 from mesh import ipam
 from mesh.interfaces import MeshError
 from store.base import RecordedEvent, Recorder
 
 STATUS = "status"
 RESTART = "restart"
+ALIVE = "alive"
+# Sign-of-life checks per alive interval: a write is seen within a quarter of it, so the
+# NodeAlive that follows the last row comes no later than one interval after that row.
+ALIVE_CHECKS = 4
 MONITOR = "relay-monitor"
 SOFTWARE_VERSION = "0.2.0"
 
@@ -66,8 +71,10 @@ def last_written(recorder: Recorder, node_id: str, state: NodeState,
         streams.append(party_stream(node_id, party_id))
         records = recorder.read_stream(party_stream(node_id, party_id))
         party = fold_stream(apply_party, PartyState(), (record.event for record in records))
-        streams.extend(peer_stream(node_id, party_id, peer_id)
-                       for peer_id, member in party.members if not member.is_local)
+        for peer_id, member in party.members:
+            if not member.is_local:  # a connection's samples have a stream of their own
+                streams += [peer_stream(node_id, party_id, peer_id),
+                            metrics_stream(node_id, party_id, peer_id)]
     newest: RecordedEvent | None = None
     for stream in streams:
         position = recorder.stream_position(stream)
@@ -96,6 +103,10 @@ class NodeActor(Actor):
         self.gathers: dict[int, Gather] = {}
         self.stopping = False
         self.log = logger
+        self.appends_seen = 0  # appends_through(recorder) at the last sign-of-life check
+        self.checked_at = 0.0  # thespian time of that check
+        self.row_after = 0.0  # the node's newest row is at or after this (thespian time)
+        self.written_after = 0.0  # ... and its newest row other than a NodeAlive
 
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, m.StartNode):
@@ -139,7 +150,7 @@ class NodeActor(Actor):
             case m.PublicEndpointMoved():
                 self._endpoint_moved(message)
             case (m.PeerAnnounced() | m.PeerDeparted() | m.RemoteCandidates() | m.Observations()
-                  | m.PeerAskedForRelay()):
+                  | m.PeerAskedForRelay() | m.PeerAccount()):
                 if self._party(message, None):
                     self.send(self.parties[message.party_id], message)
             case m.RelaySuspected():
@@ -167,6 +178,8 @@ class NodeActor(Actor):
                     self._status_timeout(timer.target)
                 elif timer.kind == RESTART and self.timers.is_current(timer):
                     self._restart(timer.target)
+                elif timer.kind == ALIVE and self.timers.is_current(timer):
+                    self._alive()
             case WakeupMessage():
                 pass
             case ChildActorExited():
@@ -212,6 +225,31 @@ class NodeActor(Actor):
         self.edge = self.createActor(EdgeActor)
         self.send(self.edge, m.EdgeInit(start.adapters, start.executor, start.log))
         self.send(self.edge, fx.DetectNat(tag="start"))
+        self.appends_seen = appends_through(self.recorder)
+        self.checked_at = self.row_after = self.written_after = thespian_timing.currentTime()
+        self._arm_alive()
+
+    def _arm_alive(self) -> None:
+        assert self.start is not None
+        self.wakeupAfter(timedelta(seconds=self.start.config.alive_interval_s / ALIVE_CHECKS),
+                         self.timers.arm(ALIVE))
+
+    def _alive(self) -> None:
+        """A sign of life once the node's newest row is an alive interval old: one row a quiet interval."""
+        assert self.start is not None and self.recorder is not None
+        if self.stopping:
+            return
+        now = thespian_timing.currentTime()
+        if appends_through(self.recorder) != self.appends_seen:
+            # Something was written since the last check, so after it.
+            self.row_after = self.written_after = self.checked_at
+        elif now - self.row_after >= self.start.config.alive_interval_s - 1e-6:
+            quiet_s = round(now - self.written_after, 1)
+            self._commit([ev.NodeAlive(node_id=self.start.node_id, quiet_s=quiet_s)])
+            self.row_after = now
+        self.appends_seen = appends_through(self.recorder)
+        self.checked_at = now
+        self._arm_alive()
 
     def _control_reachability(self, change: m.ControlReachability) -> None:
         """One row when a control plane is lost and one when it answers again, never one a retry."""

@@ -29,6 +29,7 @@ from thespian.actors import (
 from actors import effects as fx
 from actors import logs
 from actors import messages as m
+from actors.accounts import account_events
 from actors.connection import PeerConnectionActor
 from actors.journal import StreamWriter, open_recorder
 from actors.logs import logger
@@ -115,6 +116,8 @@ class PartyActor(Actor):
                 self._candidates(message)
             case m.PeerDeparted():
                 self._departed(message)
+            case m.PeerAccount():
+                self._account(message)
             case m.Observations() | m.PeerAskedForRelay():
                 self._to_peer(message.peer_id, message)
             case m.ConnectionUpdate():
@@ -294,6 +297,18 @@ class PartyActor(Actor):
                                          name=member.name, nat_type=member.nat_type,
                                          candidates=candidates)], "RemoteCandidates")
         self._to_peer(message.peer_id, message)
+
+    def _account(self, message: m.PeerAccount) -> None:
+        """A member's word about its own side: recorded for diagnosis, never acted on."""
+        member = self.state.members_by_id.get(message.peer_id) if isinstance(message.peer_id, str) else None
+        if not self.state.active or member is None or member.is_local:
+            self.reject("PeerAccount", "an account comes only from another member of the party")
+            return
+        events = account_events(self.state.party_id, message.peer_id, message.items, message.said_by)
+        if isinstance(events, str):
+            self.reject("PeerAccount", events)
+            return
+        self._commit(list(events), "PeerAccount")
 
     def _departed(self, message: m.PeerDeparted) -> None:
         member = self.state.members_by_id.get(message.peer_id)

@@ -36,6 +36,7 @@ from loguru import logger
 from actors import messages as m
 from actors.config import ActorConfig
 from actors.runtime import ActorRuntime
+from agent.accounts import is_recovery, read_own_side, read_restart_account
 from agent.control import FileSession, Session, open_session
 from api.app import create_app
 from api.reader import StoreReader
@@ -43,8 +44,9 @@ from api.service import ServiceError
 from api.token import write_token
 from events import types as ev
 from events.fold import NodeState, PartyState, apply_node, apply_party, fold_stream
-from events.streams import node_stream, party_stream
+from events.streams import PEER, node_prefix, node_stream, party_stream, peer_stream_ids
 from mesh.control import ControlError, ControlUnavailable, Identity, Invite, InviteError
+from mesh.control.protocol import MAX_ACCOUNT_ITEMS
 from mesh.keys import load_or_create_private_key
 from store import open_store
 from store.migrate import migrate_apart
@@ -54,6 +56,11 @@ SOFT_TIMEOUT_S = 10.0
 # that port): a NAT rebinding or a router reboot is noticed within this even when no control
 # session broke; a broken control session looks at once, before it announces again.
 MAPPING_CHECK_S = 10.0
+# How often the agent looks for connections that came back, to tell those peers this side's
+# account (agent.accounts); an account the control server cannot take yet is kept this long.
+ACCOUNT_POLL_S = 1.0
+ACCOUNT_KEEP_S = 600.0
+ACCOUNTS_WAITING = 32
 # A relay ticket the control server pushed (the peer just asked for a session) is used only
 # this soon after: it answers that request. An older one may name a session that was
 # revoked since (the peer left and joined again) or that the pair moved away from.
@@ -220,9 +227,11 @@ class Agent:
             broadcast.start()
         upkeep = asyncio.create_task(self._upkeep_forever())
         mapping = asyncio.create_task(self._watch_mapping_forever())
+        accounts = asyncio.create_task(self._tell_accounts_forever())
         await self._stopping.wait()
         upkeep.cancel()
         mapping.cancel()
+        accounts.cancel()
         logger.info("node {} shutting down", self.node_id)
         if broadcast is not None:
             await broadcast.stop()
@@ -246,6 +255,69 @@ class Agent:
                 logger.warning("log upkeep failed: {}", error)
             else:
                 logger.info("log upkeep: {}", report)
+
+    async def _tell_accounts_forever(self) -> None:
+        """Tell each peer this side's account when their connection comes back (agent.accounts)."""
+        after = await asyncio.to_thread(self._run_started_at)
+        waiting = await asyncio.to_thread(self._restart_told)
+        while True:
+            await asyncio.sleep(ACCOUNT_POLL_S)
+            try:
+                after, found = await asyncio.to_thread(self._recoveries, after)
+                waiting = await self._send_accounts([*waiting, *found][-ACCOUNTS_WAITING:])
+            except Exception as error:  # the next round tries again
+                logger.warning("cannot tell a peer this side's account: {}", error)
+
+    def _run_started_at(self) -> int:
+        """The global position of this run's NodeStarted: its first connections are told of the restart."""
+        stream = node_stream(self.node_id)
+        head = self.store.stream_position(stream)
+        starts = [r for r in self.store.read_stream(stream, max(1, head - 16))
+                  if isinstance(r.event, ev.NodeStarted)]
+        return starts[-1].global_position if starts else self.store.last_global_position()
+
+    def _restart_told(self) -> list[tuple[float, str, str, list[dict[str, Any]]]]:
+        """How this node's last run ended, for every member of every party it is in."""
+        items = read_restart_account(self.store, self.node_id)
+        if not items:
+            return []
+        return [(time.monotonic(), party_id, peer_id, items) for party_id in list(self.bindings)
+                for peer_id, member in self._party_state(party_id).members if not member.is_local]
+
+    def _recoveries(self, after: int) -> tuple[int, list[tuple[float, str, str, list[dict[str, Any]]]]]:
+        found = []
+        for record in self.store.read_all(after, stream=node_prefix(PEER, self.node_id),
+                                          types=("ConnectionStateChanged",), on_error="skip"):
+            after = record.global_position
+            ids = peer_stream_ids(record.stream_id)
+            if ids is None or not is_recovery(record):
+                continue
+            items = read_own_side(self.store, self.node_id, record, self.config.relays)
+            if items:
+                found.append((time.monotonic(), ids[0], ids[1], items))
+        return after, found
+
+    async def _send_accounts(self, waiting: list[tuple[float, str, str, list[dict[str, Any]]]]
+                             ) -> list[tuple[float, str, str, list[dict[str, Any]]]]:
+        """Send what the control server can take now; keep the rest a while (it may be away too)."""
+        kept = []
+        for entry in waiting:
+            queued_at, party_id, peer_id, items = entry
+            session = self.sessions.get(self.bindings.get(party_id, ""))
+            if session is None or time.monotonic() - queued_at > ACCOUNT_KEEP_S:
+                continue
+            if not session.connected:
+                kept.append(entry)
+                continue
+            try:
+                await session.request("account", party_id=party_id, to=peer_id, items=items)
+            except ControlUnavailable:
+                kept.append(entry)
+            except ControlError as error:
+                logger.warning("the control server refused this side's account to {}: {}", peer_id, error)
+            else:
+                logger.info("told {} this side's account: {}", peer_id, ", ".join(i["kind"] for i in items))
+        return kept
 
     async def _watch_mapping_forever(self) -> None:
         while True:
@@ -523,6 +595,12 @@ class Agent:
             self._tell(self._announcement(party_id, body["member"]))
         elif kind == "peer_left" and isinstance(body.get("peer_id"), str):
             self._tell(m.PeerDeparted(party_id, body["peer_id"], str(body.get("reason", "left"))))
+        elif kind == "account" and isinstance(body.get("from"), str) and isinstance(body.get("items"), list):
+            # The sender is who the control server says; the actors check every item again.
+            items = tuple(_account_item(item) for item in body["items"][:MAX_ACCOUNT_ITEMS]
+                          if isinstance(item, dict))
+            said_by = ev.SAID_BY_SERVER if body.get("by") == "server" else ev.SAID_BY_PEER
+            self._tell(m.PeerAccount(party_id, body["from"][:64], items, said_by))
 
     def _on_reachability(self, url: str, reachable: bool, error: str | None) -> None:
         """A control plane lost or back: the node actor records the change (tunnels carry on)."""
@@ -673,3 +751,14 @@ class Agent:
         state = fold_stream(apply_party, PartyState(), (record.event for record in records))
         self._party_states[party_id] = (records[-1].stream_position if records else 0, state)
         return state
+
+
+def _account_item(item: dict[str, Any]) -> m.AccountItem:
+    def number(value: Any) -> float:
+        plain = isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value) if plain else float("nan")
+
+    ended = item.get("ended_at")
+    return m.AccountItem(kind=str(item.get("kind", ""))[:40], started_at=number(item.get("started_at")),
+                         ended_at=None if ended is None else number(ended),
+                         detail=str(item.get("detail", ""))[:400])

@@ -350,6 +350,9 @@ def apply_node(state: NodeState, event: Event) -> NodeState:
                            listen_port=event.listen_port, running=True, unreachable_controls=())
         case ev.NodeStopped():
             return _evolve(state, running=False)
+        case ev.NodeAlive():
+            # Written only by a running node: a replay that stops after it shows the node up.
+            return state if state.running else _evolve(state, running=True)
         case ev.NodeRunEndedAbruptly():
             # Recorded by the next run as it starts, just before its NodeStarted: the downtime
             # is behind it, and ``apply_abrupt_end`` shows the node down during it.

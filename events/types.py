@@ -211,6 +211,20 @@ class ControlServerReachable(Event):
     outage_s: float | None
 
 
+@register
+@dataclass(frozen=True, kw_only=True)
+class NodeAlive(Event):
+    """The node runs and has written nothing else for ``quiet_s`` seconds (a sign of life).
+
+    At most one a quiet interval (``ActorConfig.alive_interval_s``), none while anything
+    else is written: replay never shows a running node as down, and a crash's time is
+    known to within that interval.
+    """
+
+    node_id: str
+    quiet_s: float
+
+
 # ---------------------------------------------------------------- party stream
 
 
@@ -378,6 +392,42 @@ class StaticDeviceRemoved(Event):
     party_id: str
     device_id: str
     reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PeerAccountReceived(Event):
+    """A member's own account of its side around a drop, as it said it: shown, never acted on.
+
+    ``peer_id`` is the member it is about; ``said_by`` who said it: ``peer`` (the member
+    itself: the control server names the sender, so a member speaks only about itself) or
+    ``control server`` (its own knowledge: when it last heard the member, ``ACCOUNT_OFFLINE``).
+    ``kind``: one of ``ACCOUNT_KINDS``; ``started_at``/``ended_at``: ISO 8601 (UTC) times as
+    said, ``ended_at`` empty while it lasts; ``detail``: the words said.
+    """
+
+    party_id: str
+    peer_id: str
+    kind: str
+    started_at: str
+    ended_at: str = ""
+    detail: str = ""
+    said_by: str = "peer"
+
+
+# What a member may say about its own side (PeerAccountReceived.kind).
+ACCOUNT_UPLINK = "uplink_down"  # every connection lost together with its relays or control server
+ACCOUNT_CRASHED = "crashed"  # its node's run ended without a clean stop (started_at: last alive)
+ACCOUNT_RESTARTED = "restarted"  # stopped cleanly and started again
+ACCOUNT_ENDPOINT = "endpoint_changed"  # its public mapping moved
+ACCOUNT_LEFT = "left"  # it left the party
+ACCOUNT_RELAY = "relay_failed"  # the relay it used stopped answering
+ACCOUNT_KINDS = (ACCOUNT_UPLINK, ACCOUNT_CRASHED, ACCOUNT_RESTARTED, ACCOUNT_ENDPOINT, ACCOUNT_LEFT,
+                 ACCOUNT_RELAY)
+# The control server's own word: it heard nothing from the member (from its last frame).
+ACCOUNT_OFFLINE = "offline"
+SAID_BY_PEER = "peer"
+SAID_BY_SERVER = "control server"
 
 
 # ---------------------------------------------------------------- peer connection stream

@@ -50,7 +50,7 @@ HANDSHAKE_STALE_S = 180.0
 # Without a moment, the latest few incidents: enough to see a pattern, short enough to read.
 LATEST_INCIDENTS = 5
 NODE_TYPES = ("NodeStarted", "NodeStopped", "NodeRunEndedAbruptly", "ControlServerUnreachable",
-              "ControlServerReachable")
+              "ControlServerReachable", "PeerAccountReceived")
 UP = (ev.CONNECTED, ev.DEGRADED)
 # A control plane back within this was one failed request retried, not an outage of the node.
 CONTROL_BLIP_S = 1.0
@@ -154,6 +154,87 @@ def _pct(value: float | None) -> str:
 
 
 # ---------------------------------------------------------------- the rules
+
+
+# A peer's account covers a drop recorded from this long before what it says began (its own
+# first sign may come after this side's probes were lost) to this long after it ended (this
+# side sees a return a few probes late).
+ACCOUNT_BEFORE = timedelta(seconds=45)
+ACCOUNT_AFTER = timedelta(seconds=60)
+ACCOUNT_WORDS = {
+    ev.ACCOUNT_UPLINK: "its uplink was down {span}",
+    ev.ACCOUNT_CRASHED: "it crashed or was killed: last alive {start}, started again {end}",
+    ev.ACCOUNT_RESTARTED: "it was stopped at {start} and started again {end}",
+    ev.ACCOUNT_ENDPOINT: "its public endpoint changed at {start}",
+    ev.ACCOUNT_LEFT: "it left the party at {start}",
+    ev.ACCOUNT_RELAY: "its relay stopped answering {span}",
+    ev.ACCOUNT_OFFLINE: "was silent {span} (no heartbeat, no message)",
+}
+# The cause a peer's word names, where this node's own rules have a name for it already.
+ACCOUNT_CAUSES = {ev.ACCOUNT_ENDPOINT: "endpoint_changed", ev.ACCOUNT_LEFT: "remote_left"}
+
+
+def peer_account(window: Window) -> Finding | None:
+    """The peer's own word about its side of the drop (``PeerAccountReceived``), received later,
+    with the control server's word on when it stopped hearing from the peer.
+
+    Shown first and marked as who said it: it is never checked, only reported. The server's
+    word alone (the peer said nothing) does not lead: this node's own rules say more (a
+    silence of the control connection is also what a lossy or rebinding uplink looks like).
+    """
+    if window.incident.kind in NODE_INCIDENTS:
+        return None
+    said: dict[tuple[str, str, str], tuple[RecordedEvent, datetime, datetime | None]] = {}
+    for record in window.node:
+        event = record.event
+        if not isinstance(event, ev.PeerAccountReceived) or not window.about_this_peer(record):
+            continue
+        start, end = _account_time(event.started_at), _account_time(event.ended_at)
+        if start is None or not start - ACCOUNT_BEFORE <= window.at <= (end or start) + ACCOUNT_AFTER:
+            continue
+        # The same thing said again (the server's "silent since", then "back at"): the latest.
+        said[(event.said_by, event.kind, event.started_at)] = (record, start, end)
+    if all(event.said_by == ev.SAID_BY_SERVER for event in (r.event for r, _, _ in said.values())):
+        return None
+    zone = window.at.astimezone().strftime("%Z")
+    peer_words: list[str] = []
+    server_words: list[str] = []
+    for record, start, end in said.values():
+        begun, ended = _clock(start), _clock(end) if end else "-"
+        text = ACCOUNT_WORDS.get(record.event.kind, record.event.kind).format(
+            span=f"{begun}-{ended}" if end else f"from {begun}", start=begun, end=ended)
+        words = server_words if record.event.said_by == ev.SAID_BY_SERVER else peer_words
+        if text not in words:
+            words.append(text)
+    parts = [f"{window.peer_name}'s node says {'; '.join(peer_words)}"] if peer_words else []
+    parts += [f"the control server says {window.peer_name}'s node {'; '.join(server_words)}"] \
+        if server_words else []
+    peer_first = sorted(said.values(), key=lambda entry: entry[0].event.said_by == ev.SAID_BY_SERVER)
+    evidence = tuple(Fact.of(record, f"{_whose(window, record.event)} (received {_clock(record.recorded_at)} "
+                                     f"{zone}): {record.event.kind} {_clock(start)}-"
+                                     f"{_clock(end) if end else ''}; {record.event.detail}")
+                     for record, start, end in peer_first)
+    first = next(r.event.kind for r, _, _ in said.values() if r.event.said_by != ev.SAID_BY_SERVER)
+    return Finding(ACCOUNT_CAUSES.get(first, f"remote_{first}"), f"{'; '.join(parts)} ({zone})", evidence)
+
+
+def _whose(window: Window, event: ev.PeerAccountReceived) -> str:
+    if event.said_by == ev.SAID_BY_SERVER:
+        return "the control server's word"
+    return f"{window.peer_name}'s own word"
+
+
+def _account_time(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _clock(moment: datetime) -> str:
+    return moment.astimezone().strftime("%H:%M:%S")
+
 
 
 def local_restart(window: Window) -> Finding | None:
@@ -598,13 +679,13 @@ def _handshake_words(age: float) -> str:
     return f"last WireGuard handshake {age:.0f} s before the drop"
 
 
-# This node's uplink before the relay in use: when every path went silent together, the relay
-# stopped answering because this node could reach nothing at all. The peer's own account of a
-# drop (what its node says it saw on its side, recorded from the party channel) is a rule that
-# goes first, before ``local_restart``: the peer's word about itself outranks what this side infers.
-RULES: tuple[Rule, ...] = (local_restart, left_party, local_uplink, relay_died, control_unreachable,
-                           endpoint_changed, loss_rose, direct_path_failed, remote_unreachable,
-                           loss_in_samples)
+# The peer's own account of a drop (what its node says it saw on its side, recorded from the
+# party channel) goes first: the peer's word about itself outranks what this side infers. This
+# node's uplink comes before the relay in use: when every path went silent together, the relay
+# stopped answering because this node could reach nothing at all.
+RULES: tuple[Rule, ...] = (peer_account, local_restart, left_party, local_uplink, relay_died,
+                           control_unreachable, endpoint_changed, loss_rose, direct_path_failed,
+                           remote_unreachable, loss_in_samples)
 
 
 # ---------------------------------------------------------------- windows and incidents

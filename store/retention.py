@@ -1,10 +1,11 @@
 """Retention: metric samples and probe records are kept for a window; transitions forever.
 
-What may go: ``MetricsSampled``, ``RelayProbed`` and ``RelayCountersSampled`` rows
-recorded before ``now - keep`` (30 days by default). What never goes: any other
-event, a sample that changed a state transition (a ``RelayProbed`` that cleared a
-relay's ``degraded``), a stream's first row (it makes the stream's state exist) and
-its newest row (so its position, and the next append's, never move back).
+What may go: ``MetricsSampled``, ``RelayProbed``, ``RelayCountersSampled`` and
+``NodeAlive`` (a running node's sign of life) rows recorded before ``now - keep`` (30
+days by default). What never goes: any other event, a sample that changed a state
+transition (a ``RelayProbed`` that cleared a relay's ``degraded``), a stream's first
+row (it makes the stream's state exist) and its newest row (so its position, and the
+next append's, never move back).
 
 Rows leave from the head of a stream: every position above the stream's recorded
 low-water mark (table ``stream_low_water``) is still stored, and at or below it only
@@ -41,7 +42,7 @@ from store.errors import translated
 from store.snapshots import refresh_snapshots
 from store.sql import EventStore
 
-PRUNABLE_TYPES = ("MetricsSampled", "RelayProbed", "RelayCountersSampled")
+PRUNABLE_TYPES = ("MetricsSampled", "RelayProbed", "RelayCountersSampled", "NodeAlive")
 DEFAULT_KEEP = timedelta(days=30)
 # An hour of a 16-peer node's samples is about a thousand rows: pruning that often
 # keeps each delete short, and a log never holds more than an hour past its window.

@@ -146,10 +146,37 @@ class ListRelays(_Request):
     type: Literal["list_relays"]
 
 
+MAX_ACCOUNT_ITEMS = 8  # what one member says about its own side around one drop
+AccountKind = Literal["uplink_down", "crashed", "restarted", "endpoint_changed", "left", "relay_failed"]
+# Unix times from 2020 to 2100: a node's clock, never a counter or a year 9999.
+UnixTime = Annotated[float, Field(ge=1.5e9, le=4.1e9)]
+
+
+class AccountItem(BaseModel):
+    """One thing a member saw on its own side: what, from when, until when (None: still)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    kind: AccountKind
+    started_at: UnixTime
+    ended_at: UnixTime | None = None
+    detail: Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")] = ""
+
+
+class Account(_Request):
+    """A member's account of its own side to another member (see docs/control.md): the server
+    names the sender, so a member speaks only about itself."""
+
+    type: Literal["account"]
+    party_id: Ident
+    to: Ident
+    items: Annotated[list[AccountItem], Field(min_length=1, max_length=MAX_ACCOUNT_ITEMS)]
+
+
 REQUESTS: dict[str, type[_Request]] = {
     model.model_fields["type"].annotation.__args__[0]: model  # type: ignore[union-attr]
     for model in (Hello, Auth, CreateParty, JoinParty, LeaveParty, Heartbeat, Announce, Signal,
-                  RelayRequest, ListRelays)
+                  RelayRequest, ListRelays, Account)
 }
 
 

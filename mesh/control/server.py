@@ -92,6 +92,10 @@ class ServerConfig:
     tls: ssl.SSLContext | None = field(default=None, repr=False)
     fingerprint: str = ""  # SHA-256 hex of the TLS certificate (mesh.control.target.server_tls)
     public_urls: tuple[str, ...] = ()  # URLs nodes dial when that is not a local address and port
+    # Accounts (a member's word about its own side) kept for an offline member: the last few
+    # of each sender, and a cap a member (~2 KiB each at most), so a chatty member fills nothing.
+    accounts_per_pair: int = 4
+    accounts_per_member: int = 64
 
 
 @dataclass(eq=False)
@@ -165,6 +169,8 @@ class ControlServer:
         self._sessions: set[Session] = set()
         self._online: dict[str, Session] = {}
         self._offline_since: dict[str, float] = {}
+        self._accounts: dict[str, list[dict[str, Any]]] = {}  # member -> accounts that wait for it
+        self._last_heard: dict[str, float] = {}  # offline member -> unix time of its last frame
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._relay_key = self.config.relay_key or secrets.token_bytes(32)
@@ -336,7 +342,10 @@ class ControlServer:
         if peer_id is None or self._online.get(peer_id) is not session:
             return
         del self._online[peer_id]
-        self._offline_since[peer_id] = time.monotonic()
+        now = time.monotonic()
+        self._offline_since[peer_id] = now
+        self._last_heard[peer_id] = time.time() - (now - session.last_seen)
+        self._tell_silence(peer_id, self._last_heard[peer_id], None)
         logger.info("peer {} went offline", peer_id)
         self._push_update(peer_id)
 
@@ -371,6 +380,8 @@ class ControlServer:
                 self._relay(session, request)
             case p.ListRelays():
                 session.send(p.message("relays", re=request.id, relays=list(self._registry.relays)))
+            case p.Account():
+                self._account(session, request)
 
     def _hello(self, session: Session, request: p.Hello) -> None:
         if session.peer_id is not None:
@@ -419,6 +430,7 @@ class ControlServer:
         session.peer_id = peer_id
         self._online[peer_id] = session
         self._offline_since.pop(peer_id, None)
+        last_heard = self._last_heard.pop(peer_id, None)
         logger.info("peer {} ({}) authenticated", peer_id, session.name)
         session.send(p.message(
             "welcome", re=request.id, peer_id=peer_id, server_id=self.config.server_id,
@@ -426,6 +438,9 @@ class ControlServer:
             heartbeat_s=self.config.heartbeat_s, ttl_s=self.config.ttl_s,
             parties=[self._snapshot(party) for party in self._registry.parties_of(peer_id)],
             relays=list(self._registry.relays)))
+        self._deliver_accounts(session)
+        if last_heard is not None:
+            self._tell_silence(peer_id, last_heard, time.time())
         self._push_update(peer_id)
 
     async def _create(self, session: Session, request: p.CreateParty) -> None:
@@ -498,6 +513,8 @@ class ControlServer:
         self._forget_devices(party.party_id, peer_id)
         logger.info("peer {} removed from party {}: {}", peer_id, party.party_id, reason)
         self._revoke_relay_sessions(party.party_id, peer_id)
+        if not self._registry.parties_of(peer_id):
+            self._accounts.pop(peer_id, None)
         remaining = self._registry.party(party.party_id)
         if remaining is not None:
             self._broadcast(remaining, p.message("peer_left", party_id=party.party_id, peer_id=peer_id,
@@ -563,6 +580,56 @@ class ControlServer:
         target.send(p.message("signal", party_id=party.party_id, payload=request.payload,
                               **{"from": session.peer_id}))
         session.send(p.message("signal_sent", re=request.id, to=request.to))
+
+    def _account(self, session: Session, request: p.Account) -> None:
+        """A member's account of its own side, to another member: now, or when it is back online.
+
+        The sender is the authenticated key, never a field of the message. Undelivered accounts
+        wait in memory, a few per pair and member, and go when the member next logs in.
+        """
+        assert session.peer_id is not None
+        if request.to == session.peer_id:
+            raise p.ProtocolError(p.BAD_MESSAGE, "an account goes to another member", request.id)
+        party = self._member_party(request.party_id, session.peer_id, request.id)
+        if party.member(request.to) is None:
+            raise p.ProtocolError(p.NOT_MEMBER, f"{request.to} is not a member of party {party.party_id}",
+                                  request.id)
+        body = {"party_id": party.party_id, "from": session.peer_id,
+                "items": [item.model_dump() for item in request.items]}
+        target = self._online.get(request.to)
+        if target is not None:
+            target.send(p.message("account", **body))
+        else:
+            waiting = self._accounts.setdefault(request.to, [])
+            mine = [w for w in waiting if (w["party_id"], w["from"]) == (body["party_id"], body["from"])]
+            if len(mine) >= self.config.accounts_per_pair:
+                waiting.remove(mine[0])  # the oldest of this pair makes room
+            if len(waiting) >= self.config.accounts_per_member:
+                waiting.pop(0)
+            waiting.append(body)
+        session.send(p.message("account_sent", re=request.id, to=request.to, queued=target is None))
+
+    def _tell_silence(self, peer_id: str, last_heard: float, back_at: float | None) -> None:
+        """The server's own word on a member it lost: when it last heard it, and when it was back.
+
+        Pushed as an ``account`` marked ``by: server`` to the other online members of its
+        parties (a member's own accounts never carry ``by``: the server builds those too).
+        """
+        item = {"kind": "offline", "started_at": round(last_heard, 3),
+                "ended_at": None if back_at is None else round(back_at, 3),
+                "detail": "the control server heard nothing from it from the start"
+                          + (" until it logged in again" if back_at is not None else "")}
+        for party in self._registry.parties_of(peer_id):
+            self._broadcast(party, p.message("account", party_id=party.party_id, by="server", items=[item],
+                                             **{"from": peer_id}), peer_id)
+
+    def _deliver_accounts(self, session: Session) -> None:
+        assert session.peer_id is not None
+        for body in self._accounts.pop(session.peer_id, []):
+            party = self._registry.party(body["party_id"])
+            if party is not None and party.member(session.peer_id) is not None \
+                    and party.member(body["from"]) is not None:
+                session.send(p.message("account", **body))
 
     def _relay(self, session: Session, request: p.RelayRequest) -> None:
         assert session.peer_id is not None

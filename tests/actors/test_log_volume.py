@@ -30,5 +30,9 @@ def test_a_steady_hour_writes_a_few_rows_a_peer(relayed: bool) -> None:
         assert kinds.pop("peer/DirectPathRetriesRepeated") == PEERS
     # Two relays probed 7,200 times each: a record when the round trip moves past the tolerance.
     assert kinds.pop("relay/RelayProbed") <= 24
+    # The node's sign of life: one a minute in which nothing else was written, never more
+    # (a node's, not a peer's: 16 peers under 10 rows each plus 60 stay far below ~410 an hour).
+    alive = kinds.pop("node/NodeAlive")
+    assert 45 <= alive <= 60
     assert kinds == {}, kinds  # nothing else in a steady hour
-    assert len(taken.hour) / PEERS < 10
+    assert (len(taken.hour) - alive) / PEERS < 10
