@@ -236,7 +236,6 @@ def _clock(moment: datetime) -> str:
     return moment.astimezone().strftime("%H:%M:%S")
 
 
-
 def local_restart(window: Window) -> Finding | None:
     """This node crashed, was killed, or was stopped, and started again while the connection existed.
 
