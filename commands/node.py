@@ -106,6 +106,9 @@ def serve_command(
                                                                   "(repeatable).")] = None,
     interface: Annotated[str, typer.Option("--interface", help="WireGuard interface name.")] = "lanrage0",
     listen_port: Annotated[int, typer.Option("--listen-port", help="WireGuard UDP port.")] = 51820,
+    mesh_range: Annotated[str, typer.Option(
+        "--mesh-range", help="Private IPv4 range every party subnet must lie inside; a server "
+                             "offering another is refused.")] = "10.66.0.0/16",
     adapters: Annotated[str, typer.Option("--adapters", help="real (WireGuard, needs root) or sim "
                                                              "(simulated network, for trials).")] = "real",
     punch_timeout: Annotated[float, typer.Option(
@@ -162,6 +165,12 @@ def serve_command(
         raise UsageError("--direct-retry must be 0.5-86400 seconds")
     for value in [*(s["relay"] or []), *(s["stun"] or [])]:
         hostport(value, "--relay/--stun")
+    from mesh.control.accept import UntrustedParty, check_mesh_range
+
+    try:
+        check_mesh_range(s["mesh_range"])
+    except UntrustedParty as error:
+        raise UsageError(f"--mesh-range: {error}") from None
     _logging(s["log_level"], s["log_format"], s["log_file"])
     from actors.config import ActorConfig, ConnectionConfig
     from agent.node import Agent, AgentConfig
@@ -175,7 +184,7 @@ def serve_command(
         "log_file": s["log_file"],
         "actor_config": ActorConfig(connection=ConnectionConfig(
             punch_timeout_s=s["punch_timeout"], probe_interval_s=s["probe_interval"],
-            direct_retry_s=s["direct_retry"]))}
+            direct_retry_s=s["direct_retry"]), mesh_range=s["mesh_range"])}
     if s["name"]:
         settings["name"] = s["name"]
     from commands.discovery import discovery
