@@ -45,10 +45,10 @@ from api.token import write_token
 from events import types as ev
 from events.fold import NodeState, PartyState, apply_node, apply_party, fold_stream
 from events.streams import node_stream, party_stream
-from events.text import shown
 from mesh.control import ControlError, ControlUnavailable, Identity, Invite, InviteError
 from mesh.control.accept import MAX_MEMBERS, UntrustedParty, check_disjoint, check_member, check_party
 from mesh.keys import load_or_create_private_key
+from mesh.text import shown
 from store import open_store
 from store.migrate import migrate_apart
 

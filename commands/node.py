@@ -24,6 +24,7 @@ from commands.common import (
     database_url,
     state_dir,
 )
+from mesh.text import shown
 
 if TYPE_CHECKING:
     import click
@@ -381,7 +382,7 @@ def party_create(
     if json_:
         print(json.dumps(created))
         return
-    print(f"party {created['name']} ({created['party_id']}) created; you are {created['virtual_ip']}.",
+    print(f"party {shown(created['name'])} ({created['party_id']}) created; you are {created['virtual_ip']}.",
           file=sys.stderr)
     print("send this invite to your friends (`lanrage party join INVITE`):", file=sys.stderr)
     print(created["invite"])
@@ -397,7 +398,8 @@ def party_join(
     if json_:
         print(json.dumps(joined))
         return
-    print(f"joined party {joined['name']} ({joined['party_id']}); you are {joined['virtual_ip']}.")
+    print(f"joined party {shown(joined['name'])} ({shown(joined['party_id'])}); you are "
+          f"{shown(joined['virtual_ip'])}.")
 
 
 def party_leave(
@@ -485,8 +487,8 @@ def print_status(status: dict[str, Any]) -> None:
     controls = ", ".join(f"{c['url']} ({'connected' if c['connected'] else 'unreachable'})"
                          for c in agent.get("control", [])) or "none"
     nat = agent.get("nat_type") or node.get("nat_type") or "unknown"
-    print(f"node {agent.get('name', '')} {node.get('node_id', '')}  NAT {nat}"
-          f"  relay {node.get('relay') or '-'}  control {controls}")
+    print(shown(f"node {agent.get('name', '')} {node.get('node_id', '')}  NAT {nat}"
+                f"  relay {node.get('relay') or '-'}  control {controls}"))
     print_discovery(agent.get("broadcast"))
     if not status["parties"]:
         print("no party: `lanrage party create NAME` or `lanrage party join INVITE`")

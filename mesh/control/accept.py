@@ -15,10 +15,10 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from events.text import printable_name, shown
 from mesh import ipam
 from mesh.interfaces import MeshError
 from mesh.keys import validate_public_key
+from mesh.text import printable_name, shown
 
 # A LAN party is far smaller; the honest server stops at 256 (max_members_per_party).
 MAX_MEMBERS = 256

@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from events.text import printable_name
 from mesh.control.target import ControlTarget, TargetError
+from mesh.text import printable_name
 
 PREFIX = "lanrage1-"
 MAX_INVITE_CHARS = 2048

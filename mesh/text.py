@@ -34,3 +34,8 @@ def _escape(match: re.Match[str]) -> str:
 def shown(text: object) -> str:
     """``text`` as it may be printed: every unsafe character replaced by a visible escape."""
     return _UNSAFE.sub(_escape, text if isinstance(text, str) else str(text))
+
+
+def one_line(record: dict) -> None:  # type: ignore[type-arg]
+    """A loguru patcher: a log record's message is one line, with nothing a terminal obeys."""
+    record["message"] = shown(record["message"])
