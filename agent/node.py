@@ -353,14 +353,18 @@ class Agent:
         request_id = await self._request_party("join", invite.control_url, name=invite.party_name,
                                                party_id=invite.party_id)
         try:
-            session = await self._session(invite.control_url)
-            answer = await self._control(session, "join_party", party_id=invite.party_id,
-                                         secret=invite.secret)
-        except ServiceError as error:
-            await self._ask(m.FailPartyRequest(request_id, error.message))
+            try:
+                session = await self._session(invite.control_url)
+                answer = await self._control(session, "join_party", party_id=invite.party_id,
+                                             secret=invite.secret)
+            except ServiceError as error:
+                await self._ask(m.FailPartyRequest(request_id, error.message))
+                raise
+            party = answer["party"]
+            opened = await self._open(m.JoinParty, invite.control_url, party, request_id, session)
+        except ServiceError:
+            await self._close_unused(invite.control_url)
             raise
-        party = answer["party"]
-        opened = await self._open(m.JoinParty, invite.control_url, party, request_id, session)
         self._announce_members(party, invite.control_url)
         logger.info("joined party {} ({})", party["party_id"], party["name"])
         return {"party_id": party["party_id"], "name": party["name"], "virtual_ip": opened.virtual_ip,
@@ -471,6 +475,15 @@ class Agent:
             raise ServiceError(503, f"cannot reach the control server {url}"
                                     + (f": {session.last_error}" if session.last_error else ""))
         return session
+
+    async def _close_unused(self, url: str) -> None:
+        """A join that failed: its control session ends unless a party or ``--control`` uses it (a
+        refused or unreachable invite must not keep dialing its server for ever)."""
+        if url == self.config.control or url in self.bindings.values():
+            return
+        session = self.sessions.pop(url, None)
+        if session is not None:
+            await session.stop()
 
     async def _control(self, session: Session, kind: str, **fields: Any) -> dict[str, Any]:
         try:
