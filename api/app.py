@@ -15,6 +15,7 @@ carry, and that no other site's page is sent.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from collections.abc import Sequence
@@ -43,9 +44,23 @@ UNAUTHORIZED = "missing or wrong API token (see <state-dir>/api-token)"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 VIEW_COOKIE = "lanrage_view"
 # Routes that say nothing about peers or parties: the dashboard shell and the API schema.
-PUBLIC_PATHS = frozenset({"/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# No /docs or /redoc: their pages load third-party JavaScript into this origin (the schema is enough).
+PUBLIC_PATHS = frozenset({"/", "/openapi.json"})
 READ_METHODS = frozenset({"GET", "HEAD"})
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
+
+
+def _inline_hash(tag: str) -> str:
+    """The CSP source of the dashboard's one inline ``tag`` element (its SHA-256)."""
+    body = DASHBOARD.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
+    return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+
+
+# Nothing but this origin and the dashboard's own inline script and style: no third-party code,
+# no frames, no form posts elsewhere.
+CONTENT_SECURITY_POLICY = (f"default-src 'none'; script-src {_inline_hash('script')}; "
+                           f"style-src {_inline_hash('style')}; connect-src 'self'; img-src 'self'; "
+                           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 PeerId = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 # A peer as people name it: a name, an id prefix or PARTY:NAME (no slash, no control character).
 PeerQuery = Annotated[str, PathParam(min_length=1, max_length=200, pattern=r"^[^/\x00-\x1f\x7f]+$")]
@@ -70,7 +85,7 @@ def allowed_hosts(listen_host: str | None) -> list[str]:
 def create_app(service: NodeService, reader: StoreReader, token: str, listen_host: str | None = None,
                hosts: Sequence[str] | None = None) -> FastAPI:
     """The API; it answers to the Host names ``hosts`` (default: loopback and ``listen_host``)."""
-    app = FastAPI(title="LANrage node API", version="1",
+    app = FastAPI(title="LANrage node API", version="1", docs_url=None, redoc_url=None,
                   description="Parties, status, metrics and history of one LANrage node. "
                               "Every route but the dashboard shell and this schema needs "
                               "`Authorization: Bearer <state-dir/api-token>`.")
@@ -94,8 +109,12 @@ def create_app(service: NodeService, reader: StoreReader, token: str, listen_hos
             viewer = request.method in READ_METHODS and token_matches(view, request.cookies.get(VIEW_COOKIE))
             if not (bearer or viewer):
                 return JSONResponse({"detail": UNAUTHORIZED}, status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+                                    headers={"WWW-Authenticate": "Bearer",
+                                             "Content-Security-Policy": CONTENT_SECURITY_POLICY})
+        response: Response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
     # Added last, so it runs first: a foreign Host never reaches a route.
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts or allowed_hosts(listen_host)),

@@ -311,6 +311,11 @@ def control_server_command(
         print(f"control server listening on {scheme}://{host}:{bound}", file=sys.stderr, flush=True)
         shown = host if host not in ("0.0.0.0", "") else "HOST"
         print(f"nodes use: --control '{server.url(shown)}'", file=sys.stderr, flush=True)
+        if tls is None:
+            print("WARNING: no TLS: party secrets and relay ticket keys cross the network in clear, "
+                  "and frames after login are not authenticated; beyond a LAN use --tls-self-signed "
+                  "(or --tls-cert/--tls-key): nodes then dial wss:// with the certificate pinned",
+                  file=sys.stderr, flush=True)
         await stopped.wait()
         await server.stop()
 
