@@ -81,6 +81,9 @@ class ServerConfig:
     write_timeout_s: float = 10.0  # one frame (or the close) not taken by the node in this time: dropped
     keepalive_s: float = 20.0  # WebSocket ping interval, and the time allowed for the pong
     max_connections_per_address: int = 64  # a LAN of nodes behind one NAT, with room to spare
+    # TCP connections of one address not yet past their WebSocket handshake (a handshake may take
+    # up to 10 s): more are closed at accept, so one address cannot hold thousands of sockets.
+    max_handshakes_per_address: int = 16
     max_parties_per_key: int = 32  # memberships (created or joined) of one node key
     max_parties_per_address_per_hour: int = 60  # creations from one source address
     max_parties: int = 100_000  # in the whole registry (~1 KiB each in memory)
@@ -173,6 +176,7 @@ class ControlServer:
         self.identity = self.config.identity or Identity.generate()
         self._authorities: frozenset[str] = frozenset()
         self._per_address: dict[str, int] = {}  # open connections per source address
+        self._handshaking: dict[str, int] = {}  # accepted TCP connections not yet handled, per address
         self._created_by_address: dict[str, deque[float]] = {}  # party creations in the last hour
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._udp.setblocking(False)
@@ -207,7 +211,8 @@ class ControlServer:
             self._handle, host, port, max_size=p.MAX_FRAME_BYTES, compression=None,
             ping_interval=self.config.keepalive_s, ping_timeout=self.config.keepalive_s,
             close_timeout=self.config.write_timeout_s, max_queue=64, logger=None,
-            server_header="lanrage-control", ssl=self.config.tls, process_request=self._admit_connection)
+            server_header="lanrage-control", ssl=self.config.tls, process_request=self._admit_connection,
+            create_connection=_bounded_connection(self))
         self._authorities = self._own_authorities(host, self.port)
         self._sweeper = asyncio.create_task(self._sweep())
         logger.info("control server {} listening on {}:{} with {} parties", self.config.server_id, host,
@@ -261,9 +266,25 @@ class ControlServer:
 
     # ------------------------------------------------------------ connections
 
+    def _handshake_started(self, address: str) -> bool:
+        """A TCP connection from ``address`` was accepted: whether it may go on to its handshake."""
+        if self._handshaking.get(address, 0) >= self.config.max_handshakes_per_address:
+            return False
+        self._handshaking[address] = self._handshaking.get(address, 0) + 1
+        return True
+
+    def _handshake_ended(self, address: str) -> None:
+        left = self._handshaking.get(address, 1) - 1
+        if left > 0:
+            self._handshaking[address] = left
+        else:
+            self._handshaking.pop(address, None)
+
     async def _handle(self, ws: ServerConnection) -> None:
         now = time.monotonic()
         address = _source(ws)
+        if isinstance(ws, _BoundedConnection):
+            ws.handshake_done()
         self._per_address[address] = self._per_address.get(address, 0) + 1
         session = Session(ws=ws, opened=now, last_seen=now, outbox=asyncio.Queue(),
                           outbox_limit=self.config.outbox_limit,
@@ -730,6 +751,33 @@ class ControlServer:
             async with self._lock:
                 for party in self._registry.parties_of(peer_id):
                     await self._remove(party, peer_id, "expired")
+
+
+class _BoundedConnection(ServerConnection):
+    """A connection counted against its address from accept until its handshake ends (or it does)."""
+
+    server_bounds: ControlServer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._bounded_address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._counted = self.server_bounds._handshake_started(self._bounded_address)
+        super().connection_made(transport)
+        if not self._counted:
+            transport.abort()  # before a byte is read: the handler sees a closed connection
+
+    def handshake_done(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.server_bounds._handshake_ended(self._bounded_address)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.handshake_done()
+        super().connection_lost(exc)
+
+
+def _bounded_connection(server: ControlServer) -> type[ServerConnection]:
+    return type("BoundedConnection", (_BoundedConnection,), {"server_bounds": server})
 
 
 def _source(connection: ServerConnection) -> str:
