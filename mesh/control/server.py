@@ -74,6 +74,10 @@ class ServerConfig:
     rate_burst: float = 200.0
     max_errors: int = 50
     max_refused_joins: int = 5
+    # The first refused join of a source address in this window is recorded (and logged); the
+    # rest are counted and recorded as one ControlJoinRefusalsCounted when the window ends (0: each
+    # one is recorded).
+    refusal_window_s: float = 60.0
     outbox_limit: int = 512
     # A welcome of a node in many full parties is well under 1 MiB; 2 MiB queued means the
     # node stopped reading. Dropped then, instead of holding ~32 MB per stuck session.
@@ -177,6 +181,7 @@ class ControlServer:
         self._authorities: frozenset[str] = frozenset()
         self._per_address: dict[str, int] = {}  # open connections per source address
         self._handshaking: dict[str, int] = {}  # accepted TCP connections not yet handled, per address
+        self._refusals: dict[str, tuple[float, int]] = {}  # address -> (window start, refusals counted)
         self._created_by_address: dict[str, deque[float]] = {}  # party creations in the last hour
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._udp.setblocking(False)
@@ -478,10 +483,15 @@ class ControlServer:
                 # One answer, and one recorded refusal, whether or not the party exists.
                 reason = ("unknown party" if party is None else
                           "missing party secret" if not request.secret else "wrong party secret")
-                await self._append([ev.ControlJoinRefused(party_id=request.party_id, reason=reason,
-                                                          public_key=session.public_key)])
+                window = self._refusals.get(session.address)
+                if window is None or self.config.refusal_window_s <= 0:
+                    self._refusals[session.address] = (time.monotonic(), 0)
+                    await self._append([ev.ControlJoinRefused(party_id=request.party_id, reason=reason,
+                                                              public_key=session.public_key)])
+                    logger.warning("refused {} joining party {}: {}", peer_id, request.party_id, reason)
+                else:
+                    self._refusals[session.address] = (window[0], window[1] + 1)
                 session.refused += 1
-                logger.warning("refused {} joining party {}: {}", peer_id, request.party_id, reason)
                 if session.refused >= self.config.max_refused_joins:
                     session.send(p.error(p.FORBIDDEN, JOIN_REFUSED, request.id))
                     session.close(p.CLOSE_TOO_MANY_ERRORS, "too many refused joins")
@@ -741,6 +751,18 @@ class ControlServer:
             elif session.peer_id is not None and now - session.last_seen > config.ttl_s:
                 logger.info("peer {} missed its heartbeats for {}s", session.peer_id, config.ttl_s)
                 session.close(p.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+        ended = [(a, count) for a, (start, count) in self._refusals.items()
+                 if now - start >= config.refusal_window_s]
+        for address, _ in ended:
+            del self._refusals[address]
+        counted = [ev.ControlJoinRefusalsCounted(address=a, count=n, window_s=config.refusal_window_s)
+                   for a, n in ended if n]
+        if counted:
+            async with self._lock:  # one writer of the server's stream at a time
+                await self._append(counted)
+            for event in counted:
+                logger.warning("refused {} more joins from {} in {:g} s", event.count, event.address,
+                               event.window_s)
         idle = [a for a, times in self._created_by_address.items() if not times or now - times[-1] > 3600]
         for address in idle:
             del self._created_by_address[address]
