@@ -18,6 +18,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
@@ -26,7 +28,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -56,6 +58,12 @@ def _inline_hash(tag: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
 
 
+# The dashboard opens with a one-time code from `lanrage dashboard` (which reads the token), never
+# for a plain GET: any local program could GET the page, and its cookie reads the node's data.
+DASHBOARD_CODE_S = 60
+MAX_DASHBOARD_CODES = 8
+DASHBOARD_CLOSED = ("<!doctype html><title>LANrage</title><p>This dashboard opens with a one-time link: "
+                    "run <code>lanrage dashboard</code> on this machine and open the URL it prints.</p>")
 # Nothing but this origin and the dashboard's own inline script and style: no third-party code,
 # no frames, no form posts elsewhere.
 CONTENT_SECURITY_POLICY = (f"default-src 'none'; script-src {_inline_hash('script')}; "
@@ -262,11 +270,33 @@ def create_app(service: NodeService, reader: StoreReader, token: str, listen_hos
         collector.world = await projection.refresh()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    codes: dict[str, float] = {}  # one-time dashboard codes -> when they expire (monotonic)
+
+    @app.post("/dashboard/code", **mutating)
+    async def dashboard_code() -> dict[str, Any]:
+        """A one-time code that opens the dashboard (`lanrage dashboard` prints its URL)."""
+        now = time.monotonic()
+        for stale in [c for c, until in codes.items() if until <= now]:
+            del codes[stale]
+        while len(codes) >= MAX_DASHBOARD_CODES:
+            del codes[min(codes, key=codes.__getitem__)]
+        code = secrets.token_urlsafe(24)
+        codes[code] = now + DASHBOARD_CODE_S
+        return {"path": f"/?code={code}", "expires_in_s": DASHBOARD_CODE_S}
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def dashboard() -> HTMLResponse:
-        page = HTMLResponse(DASHBOARD)
+    async def dashboard(request: Request, code: str | None = Query(None, max_length=64)) -> Response:
         # Only pages served from this API's own Host get here (the Host check ran first).
-        page.set_cookie(VIEW_COOKIE, view, httponly=True, samesite="strict", path="/")
-        return page
+        if code is not None:
+            until = codes.pop(code, None)
+            if until is None or until <= time.monotonic():
+                return HTMLResponse(DASHBOARD_CLOSED, status_code=401)
+            # The code is spent; the page reloads without it, holding the view cookie.
+            opened = RedirectResponse("/", status_code=303)
+            opened.set_cookie(VIEW_COOKIE, view, httponly=True, samesite="strict", path="/")
+            return opened
+        if not token_matches(view, request.cookies.get(VIEW_COOKIE)):
+            return HTMLResponse(DASHBOARD_CLOSED, status_code=401)
+        return HTMLResponse(DASHBOARD)
 
     return app

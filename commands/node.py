@@ -472,6 +472,15 @@ def party_export(
               f"`wg-quick up {output}` or import it in a WireGuard app.", file=sys.stderr)
 
 
+def dashboard_command(
+    api: ApiOption = None, state_dir_: StateDirOption = DEFAULT_STATE_DIR, config: ConfigOption = None,
+) -> None:
+    """Print a one-time URL that opens this node's dashboard in a browser (valid for a minute)."""
+    opened = _call("POST", "/dashboard/code", api, state_dir_, config)
+    print(f"{_api(api, state_dir_.expanduser(), config)}{opened['path']}")
+    print(f"open it within {opened['expires_in_s']} s; it works once", file=sys.stderr)
+
+
 def status_command(
     json_: JsonOption = False, api: ApiOption = None, state_dir_: StateDirOption = DEFAULT_STATE_DIR,
     config: ConfigOption = None,
@@ -556,3 +565,4 @@ def register(app: typer.Typer) -> None:
     party_app.command("export")(party_export)
     app.add_typer(party_app, name="party")
     app.command("status")(status_command)
+    app.command("dashboard")(dashboard_command)
