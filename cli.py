@@ -12,6 +12,7 @@ import typer
 
 from commands import register_all
 from commands.common import UsageError
+from mesh.text import shown
 
 HELP = "LANrage: friends' machines anywhere on the internet as one virtual LAN, over WireGuard."
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build_app(args)(args=args, prog_name="lanrage", standalone_mode=False)
     except UsageError as error:
-        print(f"lanrage: {error}", file=sys.stderr)
+        print(f"lanrage: {shown(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # the user gets one line, never a traceback
         # Click's usage errors (missing argument, unknown command) carry their own status, 2.
         status = getattr(error, "exit_code", 1)
-        print(f"lanrage: {error}", file=sys.stderr)
+        print(f"lanrage: {shown(error)}", file=sys.stderr)
         return status if isinstance(status, int) else 1
     return 0
 

@@ -232,6 +232,9 @@ class ActorConfig:
     relay_monitor: RelayMonitorConfig = field(default_factory=RelayMonitorConfig)
     static_device: StaticDeviceConfig = field(default_factory=StaticDeviceConfig)
     status_timeout_s: float = 2.0
+    # Every party subnet a server hands this node must lie inside this private range (and so
+    # every address WireGuard routes): a server never steers the node's routing beyond it.
+    mesh_range: str = "10.66.0.0/16"
     # A crashed child is recreated after this delay, unless its parent is told to exit
     # meanwhile (thespian's shutdown ends children before parents).
     restart_delay_s: float = 0.5

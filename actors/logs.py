@@ -13,6 +13,7 @@ import sys
 from loguru import logger
 
 from actors.messages import LogSpec
+from mesh.text import one_line
 
 _MAIN_PID = os.getpid()
 _configured: dict[int, tuple[LogSpec, int]] = {}
@@ -30,7 +31,7 @@ def configure(spec: LogSpec) -> None:
         logger.remove(current[1])
     sink = spec.path if spec.path else sys.stderr
     handler = logger.add(sink, level=spec.level, format=FORMAT)  # type: ignore[arg-type]
-    logger.configure(extra={"actor": "-"})
+    logger.configure(extra={"actor": "-"}, patcher=one_line)
     _configured[pid] = (spec, handler)
 
 

@@ -43,6 +43,7 @@ from events.base import Event
 from events.fold import NodeState, PartyState, apply_node, apply_party, fold_stream
 from events.streams import metrics_stream, node_stream, party_stream, peer_stream, relay_stream
 from mesh import ipam
+from mesh.control.accept import check_subnet
 from mesh.interfaces import MeshError
 from store.base import RecordedEvent, Recorder
 
@@ -381,6 +382,7 @@ class NodeActor(Actor):
             self.send(reply_to, m.CommandRejected(name, f"party {command.party_id} is already open"))
             return
         try:
+            check_subnet(command.subnet, self.start.config.mesh_range)
             empty = PartyState(party_id=command.party_id, subnet=command.subnet)
             virtual_ip = ipam.choose(empty, command.local_peer_id, command.local_virtual_ip)
         except MeshError as error:

@@ -28,6 +28,7 @@ from mesh.nat.punch import UdpHolePuncher
 from mesh.relay.client import ProxyRelayClient
 from mesh.relay.tickets import RelayTicket
 from mesh.wireguard import PeerConfig, PeerController, WireGuardInterface
+from mesh.wireguard.config import check_one_key_per_address
 from mesh.wireguard.probe import IcmpProber
 
 if TYPE_CHECKING:
@@ -175,6 +176,7 @@ class UapiWireGuard:
         if kicks:
             time.sleep(self.STAGGER_S)
         with self._lock:
+            check_one_key_per_address(config.public_key, config.allowed_ips, self._routed())
             self._apply(config)
             self._configs[config.public_key] = config
         if kicks:
@@ -223,10 +225,17 @@ class UapiWireGuard:
     def set_routes(self, public_key: str, routes: Sequence[str]) -> None:
         key = validate_public_key(public_key)
         with self._lock:
+            check_one_key_per_address(key, routes, self._routed())
             self._routes[key] = tuple(routes)
             config = self._configs.get(key)
             if config is not None:
                 self._apply(config)
+
+    def _routed(self) -> dict[str, tuple[str, ...]]:
+        """Every key's addresses on the interface, as last asked (its own and its routes)."""
+        keys = set(self._configs) | set(self._routes)
+        return {key: (*(self._configs[key].allowed_ips if key in self._configs else ()),
+                      *self._routes.get(key, ())) for key in keys}
 
     def _with_routes(self, public_key: str, allowed_ips: Sequence[str]) -> list[str]:
         own = list(allowed_ips)

@@ -64,6 +64,7 @@ class _SharedConnection:
         self.listeners: dict[int, tuple[str, Callback, Callback]] = {}
         self.client: AsyncControlClient | None = None
         self.task: asyncio.Task[None] | None = None
+        self.open_later: ControlTarget | None = None  # the target its first session will start
 
     def open(self, target: ControlTarget) -> None:
         """A client for ``target``'s address and certificate pin (not its key pin: sessions check that)."""
@@ -95,7 +96,21 @@ class _SharedConnection:
             (on_push if which == 1 else on_welcome)(url, body)
 
 
-_SHARED: dict[tuple[str, str], _SharedConnection] = {}
+    def serves(self, target: ControlTarget, node_key: str) -> bool:
+        """Whether this connection reaches the server ``target`` names, for the node key ``node_key``:
+        the same address (whatever else the URL says: its path, query, pins), or the server key
+        ``target`` pins is the one this connection's server proved. One server, one connection:
+        the server keeps one per node key, and two would supersede each other for ever."""
+        dialed = self.client.target if self.client is not None else self.open_later
+        if self.identity.public_key != node_key or dialed is None:
+            return False
+        if (dialed.secure, dialed.authority) == (target.secure, target.authority):
+            return True
+        proven = self.client.server_key if self.client is not None else None
+        return target.server_key is not None and target.server_key == (proven or dialed.server_key)
+
+
+_SHARED: dict[int, _SharedConnection] = {}
 
 
 class WebSocketSession(Session):
@@ -103,10 +118,12 @@ class WebSocketSession(Session):
                  backoff: Backoff | None = None, on_reachability: Reachability | None = None) -> None:
         self.url = url
         self.target = ControlTarget.parse(url)  # a TargetError is a ValueError: the agent answers 400
-        self._key = (self.target.url, identity.public_key)
-        shared = _SHARED.get(self._key)
+        shared = next((s for s in _SHARED.values() if s.serves(self.target, identity.public_key)), None)
         if shared is None:
-            shared = _SHARED[self._key] = _SharedConnection(identity, name, backoff, on_reachability)
+            shared = _SharedConnection(identity, name, backoff, on_reachability)
+            shared.open_later = self.target
+            _SHARED[id(shared)] = shared
+        self._key = id(shared)
         self._shared = shared
         shared.listeners[id(self)] = (url, on_push, on_welcome)
 

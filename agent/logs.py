@@ -8,12 +8,15 @@ from pathlib import Path
 
 from loguru import logger
 
+from mesh.text import one_line
+
 FORMATS = ("human", "json")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def configure(level: str = "INFO", fmt: str = "human", path: Path | None = None) -> None:
     logger.remove()
+    logger.configure(patcher=one_line)  # names from the network never forge or split a record
     sink = str(path) if path is not None else sys.stderr
     if fmt == "json":
         logger.add(sink, level=level, serialize=True, backtrace=False, diagnose=False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -46,8 +47,10 @@ from events import types as ev
 from events.fold import NodeState, PartyState, apply_node, apply_party, fold_stream
 from events.streams import PEER, node_prefix, node_stream, party_stream, peer_stream_ids
 from mesh.control import ControlError, ControlUnavailable, Identity, Invite, InviteError
+from mesh.control.accept import MAX_MEMBERS, UntrustedParty, check_disjoint, check_member, check_party
 from mesh.control.protocol import MAX_ACCOUNT_ITEMS
 from mesh.keys import load_or_create_private_key
+from mesh.text import shown
 from store import open_store
 from store.migrate import migrate_apart
 
@@ -422,15 +425,19 @@ class Agent:
         request_id = await self._request_party("join", invite.control_url, name=invite.party_name,
                                                party_id=invite.party_id)
         try:
-            session = await self._session(invite.control_url)
-            answer = await self._control(session, "join_party", party_id=invite.party_id,
-                                         secret=invite.secret)
-        except ServiceError as error:
-            await self._ask(m.FailPartyRequest(request_id, error.message))
+            try:
+                session = await self._session(invite.control_url)
+                answer = await self._control(session, "join_party", party_id=invite.party_id,
+                                             secret=invite.secret)
+            except ServiceError as error:
+                await self._ask(m.FailPartyRequest(request_id, error.message))
+                raise
+            party = answer["party"]
+            opened = await self._open(m.JoinParty, invite.control_url, party, request_id, session)
+        except ServiceError:
+            await self._close_unused(invite.control_url)
             raise
-        party = answer["party"]
-        opened = await self._open(m.JoinParty, invite.control_url, party, request_id, session)
-        self._announce_members(party)
+        self._announce_members(party, invite.control_url)
         logger.info("joined party {} ({})", party["party_id"], party["name"])
         return {"party_id": party["party_id"], "name": party["name"], "virtual_ip": opened.virtual_ip,
                 "local_peer_id": self.peer_id}
@@ -541,6 +548,15 @@ class Agent:
                                     + (f": {session.last_error}" if session.last_error else ""))
         return session
 
+    async def _close_unused(self, url: str) -> None:
+        """A join that failed: its control session ends unless a party or ``--control`` uses it (a
+        refused or unreachable invite must not keep dialing its server for ever)."""
+        if url == self.config.control or url in self.bindings.values():
+            return
+        session = self.sessions.pop(url, None)
+        if session is not None:
+            await session.stop()
+
     async def _control(self, session: Session, kind: str, **fields: Any) -> dict[str, Any]:
         try:
             return await session.request(kind, **fields)
@@ -592,7 +608,8 @@ class Agent:
             gone = body.get("peer_id") or (member.get("peer_id") if isinstance(member, dict) else None)
             self.offers.pop((party_id, str(gone)), None)
         if kind in ("peer_joined", "peer_updated") and isinstance(body.get("member"), dict):
-            self._tell(self._announcement(party_id, body["member"]))
+            if self._acceptable(url, party_id, body["member"]):
+                self._tell(self._announcement(party_id, body["member"]))
         elif kind == "peer_left" and isinstance(body.get("peer_id"), str):
             self._tell(m.PeerDeparted(party_id, body["peer_id"], str(body.get("reason", "left"))))
         elif kind == "account" and isinstance(body.get("from"), str) and isinstance(body.get("items"), list):
@@ -618,7 +635,9 @@ class Agent:
     def _on_welcome(self, url: str, body: dict[str, Any]) -> None:
         if (self.candidates or self._routed_devices(url)) and self.loop is not None and url in self.sessions:
             self.loop.create_task(self._check_then_announce(self.sessions[url]))
-        listed = {p["party_id"]: p for p in body.get("parties", []) if isinstance(p, dict)}
+        parties = body.get("parties")
+        listed = ({p.get("party_id"): p for p in parties if isinstance(p, dict)}
+                  if isinstance(parties, list) else {})
         for party_id, bound in list(self.bindings.items()):
             if bound != url:
                 continue
@@ -627,8 +646,11 @@ class Agent:
                 logger.warning("control plane {} no longer lists party {}; keeping its tunnels", url,
                                party_id)
                 continue
-            self._announce_members(party)
-            present = {member["peer_id"] for member in party["members"]}
+            members = party.get("members")
+            if not isinstance(members, list):
+                continue
+            self._announce_members(party, url)
+            present = {member.get("peer_id") for member in members if isinstance(member, dict)}
             for peer_id, member in self._party_state(party_id).members:
                 if not member.is_local and peer_id not in present:
                     self._tell(m.PeerDeparted(party_id, peer_id, "gone while the control plane was away"))
@@ -652,10 +674,49 @@ class Agent:
                            for device_id, device in party.devices if device.via_peer_id == self.peer_id)
         return devices
 
-    def _announce_members(self, party: dict[str, Any]) -> None:
-        for member in party["members"]:
-            if member["peer_id"] != self.peer_id:
+    def _announce_members(self, party: dict[str, Any], url: str) -> None:
+        members = party.get("members")
+        for member in members[:MAX_MEMBERS] if isinstance(members, list) else ():
+            if isinstance(member, dict) and member.get("peer_id") != self.peer_id \
+                    and self._acceptable(url, party["party_id"], member):
                 self._tell(self._announcement(party["party_id"], member))
+
+    def _acceptable(self, url: str, party_id: str, member: dict[str, Any]) -> bool:
+        """Whether a member a server described obeys this node's rules (``mesh.control.accept``):
+        inside the party's recorded subnet, no address another key holds on this node, printable
+        name. A refused member is logged and recorded in the agent's stream, and never announced."""
+        state = self._party_state(party_id)
+        try:
+            check_member(member, ipaddress.IPv4Network(state.subnet))
+            check_disjoint({"members": [member]}, self._held_addresses(exclude=party_id, also=state))
+        except (UntrustedParty, ValueError) as error:
+            reason = f"refused member of party {party_id} from {url or 'its control plane'}: {error}"
+            logger.warning("{}", reason)
+            if self.loop is not None:
+                refused = ev.MessageRejected(actor="agent", message_type="member", reason=reason[:500])
+                self.loop.create_task(self._append([refused]))
+            return False
+        return True
+
+    def _held_addresses(self, exclude: str, also: PartyState | None = None) -> list[tuple[str, str, str]]:
+        """(address, public key, where) of every address this node's open parties configure; the
+        party ``exclude`` only through ``also`` (its members other than the one being checked
+        keep their own addresses: an address moving from one member key to another is refused)."""
+        held = []
+        states = [(p, self._party_state(p)) for p in self._open_parties() if p != exclude]
+        if also is not None:
+            states.append((exclude, also))
+        for party_id, state in states:
+            keys = {peer_id: member.public_key for peer_id, member in state.members}
+            for peer_id, member in state.members:
+                if member.virtual_ip:
+                    held.append((member.virtual_ip, member.public_key,
+                                 f"{shown(member.name) or peer_id}'s in party {party_id}"))
+            for device_id, device in state.devices:
+                key = (device.public_key if device.via_peer_id == self.peer_id
+                       else keys.get(device.via_peer_id, ""))
+                held.append((device.virtual_ip, key, f"device {device_id}'s in party {party_id}"))
+        return held
 
     @staticmethod
     def _announcement(party_id: str, member: dict[str, Any]) -> m.PeerAnnounced:
@@ -680,16 +741,23 @@ class Agent:
 
     async def _open(self, command: type[m.CreateParty] | type[m.JoinParty], url: str,
                     party: dict[str, Any], request_id: str, session: Session) -> m.PartyOpened:
-        me = next((x for x in party["members"] if x["peer_id"] == self.peer_id), None)
         try:
-            if me is None:
-                await self._ask(m.FailPartyRequest(request_id, "the control plane did not list this node"))
-                raise ServiceError(502, "the control plane did not list this node as a member")
+            try:
+                check_party(party, self.peer_id, self.config.actor_config.mesh_range)
+                check_disjoint(party, self._held_addresses(exclude=party["party_id"]))
+            except UntrustedParty as error:
+                refusal = f"refused the party the control plane {url} described: {error}"
+                logger.warning("{}", refusal)
+                await self._ask(m.FailPartyRequest(request_id, refusal))
+                raise ServiceError(502, refusal) from None
+            me = next(x for x in party["members"] if x["peer_id"] == self.peer_id)
             opened = await self._ask(command(
                 party_id=party["party_id"], name=party["name"], local_peer_id=self.peer_id,
                 local_name=self.config.name, local_virtual_ip=me["virtual_ip"], subnet=party["subnet"],
                 control_url=url, request_id=request_id))
         except ServiceError:
+            if not isinstance(party, dict) or not isinstance(party.get("party_id"), str):
+                raise
             with contextlib.suppress(ControlError):  # do not stay a member we cannot serve
                 await session.request("leave_party", party_id=party["party_id"])
             if party["party_id"] in self._open_parties():

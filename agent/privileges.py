@@ -78,17 +78,52 @@ def account(name: str, create: bool = True) -> Account:
     return Account(name, entry.pw_uid, entry.pw_gid)
 
 
+ROOT_KEEPS = frozenset({"lanrage.toml"})  # root reads it at the next start: it stays root's
+
+
 def own(paths: Iterable[Path], owner: Account) -> None:
-    """Give ``paths`` (directories recursively, symlinks not followed) to ``owner``."""
+    """Give ``paths`` (directories recursively, symlinks not followed) to ``owner``.
+
+    The account owned the directory before, so anything in it may be its plant: a hard link
+    to a file elsewhere (``/etc/shadow``) is left alone, never chowned, and so is the config
+    file root reads (``ROOT_KEEPS``).
+    """
     for top in paths:
         if not top.exists():
+            continue
+        if not _plain(top):
+            logger.warning("left {} as it is: a hard link (its owner is not changed)", top)
             continue
         os.lchown(top, owner.uid, owner.gid)
         if top.is_dir() and not top.is_symlink():
             os.chmod(top, 0o700)
             for root, dirs, files in os.walk(top):
                 for name in [*dirs, *files]:
-                    os.lchown(os.path.join(root, name), owner.uid, owner.gid)
+                    path = os.path.join(root, name)
+                    if name in ROOT_KEEPS and root == str(top):
+                        continue
+                    if not _plain(Path(path)):
+                        logger.warning("left {} as it is: a hard link (its owner is not changed)", path)
+                        continue
+                    os.lchown(path, owner.uid, owner.gid)
+
+
+def _plain(path: Path) -> bool:
+    """Not a second name of a file (a hard link): chowning it would chown the file elsewhere too."""
+    info = path.lstat()
+    return stat.S_ISDIR(info.st_mode) or stat.S_ISLNK(info.st_mode) or info.st_nlink == 1
+
+
+def check_state_dir(state_dir: Path, owner: Account) -> None:
+    """Before root uses it: a real directory (not a symlink) of root or the account, that no one
+    else may write (root chowns everything in it to the account)."""
+    info = state_dir.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise PrivilegeError(f"the state directory {state_dir} is not a directory (a symlink?)")
+    if info.st_uid not in (0, owner.uid) or info.st_mode & 0o022:
+        raise PrivilegeError(f"the state directory {state_dir} belongs to uid {info.st_uid} with mode "
+                             f"{stat.S_IMODE(info.st_mode):04o}: it must be root's or {owner.name}'s, "
+                             "and writable by its owner only")
 
 
 def open_wireguard_to(owner: Account) -> None:
@@ -138,6 +173,31 @@ def drop(owner: Account, keep: tuple[int, ...] = KEPT) -> None:
         raise PrivilegeError("still root after the drop")
 
 
+_PR_SET_SECUREBITS = 28
+# SECBIT_NOROOT and SECBIT_NOROOT_LOCKED: uid 0 gains no capability by exec (only the ambient ones).
+_SECBITS_NOROOT = 0x1 | 0x2
+
+
+def keep_only(keep: tuple[int, ...] = KEPT) -> None:
+    """Stay uid 0, with only the capabilities ``keep``, for this process and every child, for good."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_SECUREBITS, _SECBITS_NOROOT, 0, 0, 0) != 0:
+        raise PrivilegeError(f"cannot stop root regaining capabilities: {os.strerror(ctypes.get_errno())}")
+    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    for capability in range(last + 1):
+        if capability not in keep and libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise PrivilegeError(f"cannot drop capability {capability}: {os.strerror(ctypes.get_errno())}")
+    mask = sum(1 << capability for capability in keep)
+    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)(mask, mask, mask, 0, 0, 0)
+    if libc.capset(header, data) != 0:
+        raise PrivilegeError(f"cannot set the kept capabilities: {os.strerror(ctypes.get_errno())}")
+    for capability in keep:
+        if libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, capability, 0, 0) != 0:
+            raise PrivilegeError(f"cannot make capability {capability} ambient: "
+                                 f"{os.strerror(ctypes.get_errno())}")
+
+
 def unreachable(path: Path, owner: Account) -> Path | None:
     """The first directory on the way to ``path`` that ``owner`` may not traverse, if any."""
     for directory in [*reversed(path.resolve().parents), path.resolve()]:
@@ -179,16 +239,19 @@ def drop_for_serve(user: str, state_dir: Path, extra: Iterable[Path] = ()) -> Ac
     """As root: the set-up, then the drop. None when not root, or when the drop cannot work here.
 
     A root ``serve`` that cannot drop (its interpreter or state directory lies behind a
-    directory the account may not enter, e.g. a Python installed under /root) says so
-    in one warning and keeps running as root: install LANrage where the service account
-    can read it, or use the systemd unit in deploy/.
+    directory the account may not enter, e.g. a Python installed under /root) stays uid 0
+    but keeps only CAP_NET_ADMIN and CAP_NET_RAW (``keep_only``) and says so in one warning:
+    install LANrage where the service account can read it, or use the systemd unit in deploy/.
     """
     if os.geteuid() != 0:
         return None
     owner = account(user)
+    check_state_dir(state_dir, owner)
     reason = blocker(owner, state_dir)
     if reason is not None:
-        logger.warning("staying root: cannot run as {}: {}", owner.name, reason)
+        keep_only()
+        logger.warning("staying root, with only CAP_NET_ADMIN and CAP_NET_RAW (every other capability "
+                       "dropped, for good and for every child): cannot run as {}: {}", owner.name, reason)
         return None
     own([state_dir, *extra], owner)
     open_wireguard_to(owner)

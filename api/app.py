@@ -15,8 +15,11 @@ carry, and that no other site's page is sent.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
@@ -25,7 +28,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -43,9 +46,29 @@ UNAUTHORIZED = "missing or wrong API token (see <state-dir>/api-token)"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 VIEW_COOKIE = "lanrage_view"
 # Routes that say nothing about peers or parties: the dashboard shell and the API schema.
-PUBLIC_PATHS = frozenset({"/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# No /docs or /redoc: their pages load third-party JavaScript into this origin (the schema is enough).
+PUBLIC_PATHS = frozenset({"/", "/openapi.json"})
 READ_METHODS = frozenset({"GET", "HEAD"})
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
+
+
+def _inline_hash(tag: str) -> str:
+    """The CSP source of the dashboard's one inline ``tag`` element (its SHA-256)."""
+    body = DASHBOARD.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
+    return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+
+
+# The dashboard opens with a one-time code from `lanrage dashboard` (which reads the token), never
+# for a plain GET: any local program could GET the page, and its cookie reads the node's data.
+DASHBOARD_CODE_S = 60
+MAX_DASHBOARD_CODES = 8
+DASHBOARD_CLOSED = ("<!doctype html><title>LANrage</title><p>This dashboard opens with a one-time link: "
+                    "run <code>lanrage dashboard</code> on this machine and open the URL it prints.</p>")
+# Nothing but this origin and the dashboard's own inline script and style: no third-party code,
+# no frames, no form posts elsewhere.
+CONTENT_SECURITY_POLICY = (f"default-src 'none'; script-src {_inline_hash('script')}; "
+                           f"style-src {_inline_hash('style')}; connect-src 'self'; img-src 'self'; "
+                           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 PeerId = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 # A peer as people name it: a name, an id prefix or PARTY:NAME (no slash, no control character).
 PeerQuery = Annotated[str, PathParam(min_length=1, max_length=200, pattern=r"^[^/\x00-\x1f\x7f]+$")]
@@ -70,7 +93,7 @@ def allowed_hosts(listen_host: str | None) -> list[str]:
 def create_app(service: NodeService, reader: StoreReader, token: str, listen_host: str | None = None,
                hosts: Sequence[str] | None = None) -> FastAPI:
     """The API; it answers to the Host names ``hosts`` (default: loopback and ``listen_host``)."""
-    app = FastAPI(title="LANrage node API", version="1",
+    app = FastAPI(title="LANrage node API", version="1", docs_url=None, redoc_url=None,
                   description="Parties, status, metrics and history of one LANrage node. "
                               "Every route but the dashboard shell and this schema needs "
                               "`Authorization: Bearer <state-dir/api-token>`.")
@@ -94,8 +117,12 @@ def create_app(service: NodeService, reader: StoreReader, token: str, listen_hos
             viewer = request.method in READ_METHODS and token_matches(view, request.cookies.get(VIEW_COOKIE))
             if not (bearer or viewer):
                 return JSONResponse({"detail": UNAUTHORIZED}, status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+                                    headers={"WWW-Authenticate": "Bearer",
+                                             "Content-Security-Policy": CONTENT_SECURITY_POLICY})
+        response: Response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
     # Added last, so it runs first: a foreign Host never reaches a route.
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts or allowed_hosts(listen_host)),
@@ -273,11 +300,33 @@ def create_app(service: NodeService, reader: StoreReader, token: str, listen_hos
         collector.world = await projection.refresh()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    codes: dict[str, float] = {}  # one-time dashboard codes -> when they expire (monotonic)
+
+    @app.post("/dashboard/code", **mutating)
+    async def dashboard_code() -> dict[str, Any]:
+        """A one-time code that opens the dashboard (`lanrage dashboard` prints its URL)."""
+        now = time.monotonic()
+        for stale in [c for c, until in codes.items() if until <= now]:
+            del codes[stale]
+        while len(codes) >= MAX_DASHBOARD_CODES:
+            del codes[min(codes, key=codes.__getitem__)]
+        code = secrets.token_urlsafe(24)
+        codes[code] = now + DASHBOARD_CODE_S
+        return {"path": f"/?code={code}", "expires_in_s": DASHBOARD_CODE_S}
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def dashboard() -> HTMLResponse:
-        page = HTMLResponse(DASHBOARD)
+    async def dashboard(request: Request, code: str | None = Query(None, max_length=64)) -> Response:
         # Only pages served from this API's own Host get here (the Host check ran first).
-        page.set_cookie(VIEW_COOKIE, view, httponly=True, samesite="strict", path="/")
-        return page
+        if code is not None:
+            until = codes.pop(code, None)
+            if until is None or until <= time.monotonic():
+                return HTMLResponse(DASHBOARD_CLOSED, status_code=401)
+            # The code is spent; the page reloads without it, holding the view cookie.
+            opened = RedirectResponse("/", status_code=303)
+            opened.set_cookie(VIEW_COOKIE, view, httponly=True, samesite="strict", path="/")
+            return opened
+        if not token_matches(view, request.cookies.get(VIEW_COOKIE)):
+            return HTMLResponse(DASHBOARD_CLOSED, status_code=401)
+        return HTMLResponse(DASHBOARD)
 
     return app

@@ -12,7 +12,7 @@ import typer
 # names get them all.
 COMMAND_MODULES = {
     "events": "history", "replay": "history", "history": "history", "sql": "history", "db": "history",
-    "serve": "node", "control-server": "node", "status": "node", "party": "node",
+    "serve": "node", "control-server": "node", "status": "node", "party": "node", "dashboard": "node",
     "relay-server": "relay", "lab": "lab", "diagnose": "diagnose",
 }
 ALL_MODULES = ("history", "diagnose", "node", "relay", "lab")

@@ -16,6 +16,9 @@ flags with dashes or underscores::
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,9 +42,36 @@ def find_config(explicit: Path | None, state_dir: Path) -> Path | None:
     return default if default.is_file() else None
 
 
+def read_config(path: Path) -> str:
+    """The file's text; as root, only from a file root owns and only root can write.
+
+    Started as root, ``serve`` sets up (creates the account, chowns the state directory and the
+    log file) from these settings: a file the unprivileged account could write would let it
+    steer root (``log-file`` or ``state-dir`` pointing at any path). The file is opened without
+    following a symlink and checked on the descriptor that is read.
+    """
+    if os.geteuid() != 0:
+        return path.read_text()
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        raise UsageError(f"config file {path} is not safe for root: it is a symlink; name the file itself "
+                         "(owned by root, writable by root only)") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+            raise UsageError(f"config file {path} is not safe for root: it must be a regular file owned by "
+                             f"root and writable by root only (it is uid {info.st_uid}, mode "
+                             f"{stat.S_IMODE(info.st_mode):04o}); fix it with `chown root: {path} && "
+                             f"chmod 600 {path}`, or start without it")
+        return handle.read().decode()
+
+
 def load_table(path: Path, section: str) -> dict[str, Any]:
     try:
-        document = tomllib.loads(path.read_text())
+        document = tomllib.loads(read_config(path))
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"cannot read config file {path}: {error}") from None
     except tomllib.TOMLDecodeError as error:

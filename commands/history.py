@@ -150,11 +150,11 @@ def summary(event: Any, width: int = 90, skip: tuple[str, ...] = (), utc: bool =
 
 
 def _console() -> Console:
-    from rich.console import Console
+    from commands.safe import console
 
     # Piped output (less, grep, files) gets wide rows instead of 80 wrapped columns. No markup:
     # names and reasons come from other people's machines, and "[/]" in one must print as is.
-    return Console(soft_wrap=False, highlight=False, markup=False,
+    return console(soft_wrap=False, highlight=False, markup=False,
                    width=None if sys.stdout.isatty() else 200)
 
 

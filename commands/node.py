@@ -24,6 +24,7 @@ from commands.common import (
     database_url,
     state_dir,
 )
+from mesh.text import shown
 
 if TYPE_CHECKING:
     import click
@@ -106,6 +107,9 @@ def serve_command(
                                                                   "(repeatable).")] = None,
     interface: Annotated[str, typer.Option("--interface", help="WireGuard interface name.")] = "lanrage0",
     listen_port: Annotated[int, typer.Option("--listen-port", help="WireGuard UDP port.")] = 51820,
+    mesh_range: Annotated[str, typer.Option(
+        "--mesh-range", help="Private IPv4 range every party subnet must lie inside; a server "
+                             "offering another is refused.")] = "10.66.0.0/16",
     adapters: Annotated[str, typer.Option("--adapters", help="real (WireGuard, needs root) or sim "
                                                              "(simulated network, for trials).")] = "real",
     punch_timeout: Annotated[float, typer.Option(
@@ -162,6 +166,12 @@ def serve_command(
         raise UsageError("--direct-retry must be 0.5-86400 seconds")
     for value in [*(s["relay"] or []), *(s["stun"] or [])]:
         hostport(value, "--relay/--stun")
+    from mesh.control.accept import UntrustedParty, check_mesh_range
+
+    try:
+        check_mesh_range(s["mesh_range"])
+    except UntrustedParty as error:
+        raise UsageError(f"--mesh-range: {error}") from None
     _logging(s["log_level"], s["log_format"], s["log_file"])
     from actors.config import ActorConfig, ConnectionConfig
     from agent.node import Agent, AgentConfig
@@ -175,7 +185,7 @@ def serve_command(
         "log_file": s["log_file"],
         "actor_config": ActorConfig(connection=ConnectionConfig(
             punch_timeout_s=s["punch_timeout"], probe_interval_s=s["probe_interval"],
-            direct_retry_s=s["direct_retry"]))}
+            direct_retry_s=s["direct_retry"]), mesh_range=s["mesh_range"])}
     if s["name"]:
         settings["name"] = s["name"]
     from commands.discovery import discovery
@@ -301,6 +311,11 @@ def control_server_command(
         print(f"control server listening on {scheme}://{host}:{bound}", file=sys.stderr, flush=True)
         shown = host if host not in ("0.0.0.0", "") else "HOST"
         print(f"nodes use: --control '{server.url(shown)}'", file=sys.stderr, flush=True)
+        if tls is None:
+            print("WARNING: no TLS: party secrets and relay ticket keys cross the network in clear, "
+                  "and frames after login are not authenticated; beyond a LAN use --tls-self-signed "
+                  "(or --tls-cert/--tls-key): nodes then dial wss:// with the certificate pinned",
+                  file=sys.stderr, flush=True)
         await stopped.wait()
         await server.stop()
 
@@ -372,7 +387,7 @@ def party_create(
     if json_:
         print(json.dumps(created))
         return
-    print(f"party {created['name']} ({created['party_id']}) created; you are {created['virtual_ip']}.",
+    print(f"party {shown(created['name'])} ({created['party_id']}) created; you are {created['virtual_ip']}.",
           file=sys.stderr)
     print("send this invite to your friends (`lanrage party join INVITE`):", file=sys.stderr)
     print(created["invite"])
@@ -388,7 +403,8 @@ def party_join(
     if json_:
         print(json.dumps(joined))
         return
-    print(f"joined party {joined['name']} ({joined['party_id']}); you are {joined['virtual_ip']}.")
+    print(f"joined party {shown(joined['name'])} ({shown(joined['party_id'])}); you are "
+          f"{shown(joined['virtual_ip'])}.")
 
 
 def party_leave(
@@ -456,6 +472,15 @@ def party_export(
               f"`wg-quick up {output}` or import it in a WireGuard app.", file=sys.stderr)
 
 
+def dashboard_command(
+    api: ApiOption = None, state_dir_: StateDirOption = DEFAULT_STATE_DIR, config: ConfigOption = None,
+) -> None:
+    """Print a one-time URL that opens this node's dashboard in a browser (valid for a minute)."""
+    opened = _call("POST", "/dashboard/code", api, state_dir_, config)
+    print(f"{_api(api, state_dir_.expanduser(), config)}{opened['path']}")
+    print(f"open it within {opened['expires_in_s']} s; it works once", file=sys.stderr)
+
+
 def status_command(
     json_: JsonOption = False, api: ApiOption = None, state_dir_: StateDirOption = DEFAULT_STATE_DIR,
     config: ConfigOption = None,
@@ -476,8 +501,8 @@ def print_status(status: dict[str, Any]) -> None:
     controls = ", ".join(f"{c['url']} ({'connected' if c['connected'] else 'unreachable'})"
                          for c in agent.get("control", [])) or "none"
     nat = agent.get("nat_type") or node.get("nat_type") or "unknown"
-    print(f"node {agent.get('name', '')} {node.get('node_id', '')}  NAT {nat}"
-          f"  relay {node.get('relay') or '-'}  control {controls}")
+    print(shown(f"node {agent.get('name', '')} {node.get('node_id', '')}  NAT {nat}"
+                f"  relay {node.get('relay') or '-'}  control {controls}"))
     print_discovery(agent.get("broadcast"))
     if not status["parties"]:
         print("no party: `lanrage party create NAME` or `lanrage party join INVITE`")
@@ -540,3 +565,4 @@ def register(app: typer.Typer) -> None:
     party_app.command("export")(party_export)
     app.add_typer(party_app, name="party")
     app.command("status")(status_command)
+    app.command("dashboard")(dashboard_command)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mesh.text import shown
+
 CELL_LIMIT = 60  # an endpoint list or a long name is cut here so that one row stays on one line
 
 
 def _cell(value: object) -> str:
-    text = "-" if value is None else " ".join(str(value).split())
+    text = "-" if value is None else shown(" ".join(str(value).split()))
     return text if len(text) <= CELL_LIMIT else text[: CELL_LIMIT - 1] + "…"
 
 
@@ -20,7 +22,7 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str 
     def line(values: Sequence[str]) -> str:
         return "  ".join(value.ljust(width) for value, width in zip(values, widths, strict=True)).rstrip()
 
-    out = [title] if title else []
+    out = [shown(title)] if title else []
     out += [line(headers), line(["-" * width for width in widths])]
     out += [line(row) for row in cells]
     return "\n".join(out)

@@ -936,6 +936,16 @@ class ControlRelayRegistered(Event):
     relay: str
 
 
+@register
+@dataclass(frozen=True, kw_only=True)
+class ControlJoinRefusalsCounted(Event):
+    """Refused joins from one source address after the first of a window: counted, not a row each."""
+
+    address: str
+    count: int
+    window_s: float
+
+
 # ---------------------------------------------------------------- agent stream (agent:<node_id>)
 
 

@@ -4,6 +4,11 @@ Two locks on the door: the statement must start with SELECT, WITH, VALUES or
 EXPLAIN, and the connection itself cannot write (SQLite opened ``mode=ro`` with
 ``query_only``; PostgreSQL in a READ ONLY transaction). So a write hidden in a
 CTE is refused by the database even though it passed the keyword check.
+
+And two bounds: a statement runs at most ``TIME_LIMIT_S`` (a recursive CTE that never
+ends is interrupted: SQLite's progress handler, PostgreSQL's ``statement_timeout``), and on
+SQLite it may call only the functions of ``FUNCTIONS`` (``fts3_tokenizer`` returned a
+memory address; ``load_extension`` and friends are no one's business here).
 """
 
 from __future__ import annotations
@@ -11,15 +16,38 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from store.engine import check_sqlite_file, parse_url, sync_engine
-from store.errors import ReadOnlyStatement, UnknownRelation, translated
+from store.errors import ReadOnlyStatement, StoreError, UnknownRelation, translated
 
 ALLOWED = ("SELECT", "WITH", "VALUES", "EXPLAIN")
 _ZONE_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*$")
+TIME_LIMIT_S = 10.0  # a query of the documented views over a year of events takes well under a second
+# SQLite's core, date, aggregate, window, math and JSON functions: what a question about the log needs.
+FUNCTIONS = frozenset((
+    "abs", "changes", "char", "coalesce", "concat", "concat_ws", "format", "glob", "hex", "ifnull", "iif",
+    "instr", "last_insert_rowid", "length", "like", "likelihood", "likely", "lower", "ltrim", "max", "min",
+    "nullif", "octet_length", "printf", "quote", "random", "replace", "round", "rtrim", "sign", "soundex",
+    "substr", "substring", "trim", "typeof", "unhex", "unicode", "unlikely", "upper", "zeroblob", "date",
+    "time", "datetime", "julianday", "unixepoch", "strftime", "timediff", "avg", "count", "group_concat",
+    "string_agg", "sum", "total", "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile",
+    "lag", "lead", "first_value", "last_value", "nth_value", "acos", "acosh", "asin", "asinh", "atan",
+    "atan2", "atanh", "ceil", "ceiling", "cos", "cosh", "degrees", "exp", "floor", "ln", "log", "log10",
+    "log2", "mod", "pi", "pow", "power", "radians", "sin", "sinh", "sqrt", "tan", "tanh", "trunc", "json",
+    "json_array", "json_array_length", "json_extract", "json_insert", "json_object", "json_patch",
+    "json_remove", "json_replace", "json_set", "json_type", "json_valid", "json_quote", "json_group_array",
+    "json_group_object", "json_each", "json_tree", "jsonb", "json_error_position",
+))
+_SQLITE_FUNCTION = 31  # the authorizer's action code for a function call
+
+
+class QueryTooSlow(StoreError):
+    """A ``sql`` statement ran longer than its time limit and was stopped."""
 _COMMENTS = re.compile(r"^(\s+|--[^\n]*(\n|$)|/\*.*?\*/)+", re.DOTALL)
 
 
@@ -76,11 +104,13 @@ def local_zone_key() -> str | None:
 
 
 def run_query(url: str, statement: str, *, max_rows: int | None = 10_000,
-              busy_timeout: float = 5.0, time_zone: str | None = None) -> QueryResult:
+              busy_timeout: float = 5.0, time_zone: str | None = None,
+              time_limit_s: float = TIME_LIMIT_S) -> QueryResult:
     """Run one read-only statement and return its columns and (up to ``max_rows``) rows.
 
     ``time_zone`` (an IANA key) is PostgreSQL's session zone for the statement; SQLite's
-    'localtime' follows the process's zone by itself.
+    'localtime' follows the process's zone by itself. A statement running longer than
+    ``time_limit_s`` is stopped.
     """
     check_statement(statement)
     target = parse_url(url)
@@ -88,7 +118,7 @@ def run_query(url: str, statement: str, *, max_rows: int | None = 10_000,
         check_sqlite_file(target, must_exist=True)
     engine = sync_engine(target, role="reader", readonly=True, busy_timeout=busy_timeout, pool_size=1)
     try:
-        return _run(engine, target.dialect, target.where, statement, max_rows, time_zone)
+        return _run(engine, target.dialect, target.where, statement, max_rows, time_zone, time_limit_s)
     except UnknownRelation as error:
         views = ", ".join(list_views(engine, target.dialect, target.where))
         views = views or "none (run `lanrage db upgrade`)"
@@ -110,23 +140,46 @@ def list_views(engine: Any, dialect: str, where: str) -> list[str]:
             cursor.close()
 
 
+def _authorize(action: int, _table: str | None, name: str | None, *_: Any) -> int:
+    if action == _SQLITE_FUNCTION and (name or "").lower() not in FUNCTIONS:
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
 def _run(engine: Any, dialect: str, where: str, statement: str, max_rows: int | None,
-         time_zone: str | None = None) -> QueryResult:
+         time_zone: str | None = None, time_limit_s: float = TIME_LIMIT_S) -> QueryResult:
+    deadline = time.monotonic() + time_limit_s
     with translated(where), engine.connect() as connection, connection.begin():
-        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        driver = connection.connection.driver_connection  # type: ignore[union-attr]
+        cursor = driver.cursor()
         try:
             if dialect == "postgresql":
                 cursor.execute("SET TRANSACTION READ ONLY")
+                cursor.execute(f"SET LOCAL statement_timeout = {int(time_limit_s * 1000)}")
                 if time_zone:
                     cursor.execute("SELECT set_config('TimeZone', %s, true)", (time_zone,))
-            cursor.execute(statement.strip().rstrip(";"))
-            if cursor.description is None:
-                return QueryResult([], [], False)
+            else:
+                driver.set_authorizer(_authorize)
+                driver.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+            try:
+                cursor.execute(statement.strip().rstrip(";"))
+                if cursor.description is None:
+                    return QueryResult([], [], False)
+                fetched = cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows + 1)
+            except Exception as error:
+                if time.monotonic() > deadline and ("interrupt" in str(error).lower()
+                                                     or "statement timeout" in str(error).lower()):
+                    raise QueryTooSlow(f"the query ran longer than {time_limit_s:g} s and was stopped "
+                                       f"(database {where})") from None
+                if "not authorized" in str(error).lower():
+                    raise ReadOnlyStatement("the query calls a function `sql` does not allow; allowed: "
+                                            "SQLite's core, date, aggregate, window, math and JSON "
+                                            "functions") from None
+                raise
             columns = [str(column[0]) for column in cursor.description]
+            rows = [tuple(row) for row in fetched]
             if max_rows is None:
-                rows = [tuple(row) for row in cursor.fetchall()]
                 return QueryResult(columns, rows, False)
-            rows = [tuple(row) for row in cursor.fetchmany(max_rows + 1)]
             return QueryResult(columns, rows[:max_rows], len(rows) > max_rows)
         finally:
             cursor.close()

@@ -35,7 +35,7 @@ from mesh.control.secrets_hash import check_secret, hash_secret, new_secret
 
 Message = dict[str, Any]
 # A party or peer id names a directory or a file: never "." or "..", never hidden.
-_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}\Z")
 MAX_FILE_BYTES = 64 * 1024  # a member or party file is a few hundred bytes
 MAX_MEMBERS = 1024  # member files read per poll: a LAN party is far smaller
 

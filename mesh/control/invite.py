@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from mesh.control.target import ControlTarget, TargetError
+from mesh.text import printable_name
 
 PREFIX = "lanrage1-"
 MAX_INVITE_CHARS = 2048
 MAX_FIELD_CHARS = 1024
-_PARTY_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+_PARTY_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
 class InviteError(ValueError):
@@ -63,8 +64,10 @@ class Invite:
                                                   and len(data[k]) <= MAX_FIELD_CHARS
                                                   for k in ("c", "p", "n", "s")):
             raise InviteError("the invite is damaged: copy it again, in full")
-        if not _PARTY_ID.match(data["p"]):
+        if not _PARTY_ID.fullmatch(data["p"]):
             raise InviteError("the invite names no usable party id")
+        if not printable_name(data["n"]):
+            raise InviteError("the invite's party name is not a short printable name")
         check_control_url(data["c"])
         return cls(control_url=data["c"], party_id=data["p"], party_name=data["n"], secret=data["s"])
 

@@ -45,7 +45,10 @@ CLOSE_TOO_MANY_ERRORS = 4004
 CLOSE_TOO_SLOW = 4005  # the node did not read what the server sent it
 CLOSE_SERVER_STOPPING = 1001
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# No control character (C0, DEL, C1: U+009B is a one-byte CSI) and no bidi override or isolate:
+# names are printed on other members' terminals and in their logs (mesh.text.UNSAFE).
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64,
+                                        pattern=r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029\ufeff]+$")]
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Key = Annotated[str, StringConstraints(min_length=44, max_length=44, pattern=r"^[A-Za-z0-9+/]{43}=$")]
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64)]

@@ -109,6 +109,8 @@ def apply(registry: Registry, event: Event) -> Registry:
                 registry._discharge(event.party_id, event.peer_id)
         case ev.ControlJoinRefused():
             registry.refused_joins += 1
+        case ev.ControlJoinRefusalsCounted():
+            registry.refused_joins += event.count
         case ev.ControlRelayRegistered():
             if event.relay not in registry.relays:
                 registry.relays = (*registry.relays, event.relay)

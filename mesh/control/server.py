@@ -74,6 +74,10 @@ class ServerConfig:
     rate_burst: float = 200.0
     max_errors: int = 50
     max_refused_joins: int = 5
+    # The first refused join of a source address in this window is recorded (and logged); the
+    # rest are counted and recorded as one ControlJoinRefusalsCounted when the window ends (0: each
+    # one is recorded).
+    refusal_window_s: float = 60.0
     outbox_limit: int = 512
     # A welcome of a node in many full parties is well under 1 MiB; 2 MiB queued means the
     # node stopped reading. Dropped then, instead of holding ~32 MB per stuck session.
@@ -81,6 +85,9 @@ class ServerConfig:
     write_timeout_s: float = 10.0  # one frame (or the close) not taken by the node in this time: dropped
     keepalive_s: float = 20.0  # WebSocket ping interval, and the time allowed for the pong
     max_connections_per_address: int = 64  # a LAN of nodes behind one NAT, with room to spare
+    # TCP connections of one address not yet past their WebSocket handshake (a handshake may take
+    # up to 10 s): more are closed at accept, so one address cannot hold thousands of sockets.
+    max_handshakes_per_address: int = 16
     max_parties_per_key: int = 32  # memberships (created or joined) of one node key
     max_parties_per_address_per_hour: int = 60  # creations from one source address
     max_parties: int = 100_000  # in the whole registry (~1 KiB each in memory)
@@ -179,6 +186,8 @@ class ControlServer:
         self.identity = self.config.identity or Identity.generate()
         self._authorities: frozenset[str] = frozenset()
         self._per_address: dict[str, int] = {}  # open connections per source address
+        self._handshaking: dict[str, int] = {}  # accepted TCP connections not yet handled, per address
+        self._refusals: dict[str, tuple[float, int]] = {}  # address -> (window start, refusals counted)
         self._created_by_address: dict[str, deque[float]] = {}  # party creations in the last hour
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._udp.setblocking(False)
@@ -213,7 +222,8 @@ class ControlServer:
             self._handle, host, port, max_size=p.MAX_FRAME_BYTES, compression=None,
             ping_interval=self.config.keepalive_s, ping_timeout=self.config.keepalive_s,
             close_timeout=self.config.write_timeout_s, max_queue=64, logger=None,
-            server_header="lanrage-control", ssl=self.config.tls, process_request=self._admit_connection)
+            server_header="lanrage-control", ssl=self.config.tls, process_request=self._admit_connection,
+            create_connection=_bounded_connection(self))
         self._authorities = self._own_authorities(host, self.port)
         self._sweeper = asyncio.create_task(self._sweep())
         logger.info("control server {} listening on {}:{} with {} parties", self.config.server_id, host,
@@ -267,9 +277,25 @@ class ControlServer:
 
     # ------------------------------------------------------------ connections
 
+    def _handshake_started(self, address: str) -> bool:
+        """A TCP connection from ``address`` was accepted: whether it may go on to its handshake."""
+        if self._handshaking.get(address, 0) >= self.config.max_handshakes_per_address:
+            return False
+        self._handshaking[address] = self._handshaking.get(address, 0) + 1
+        return True
+
+    def _handshake_ended(self, address: str) -> None:
+        left = self._handshaking.get(address, 1) - 1
+        if left > 0:
+            self._handshaking[address] = left
+        else:
+            self._handshaking.pop(address, None)
+
     async def _handle(self, ws: ServerConnection) -> None:
         now = time.monotonic()
         address = _source(ws)
+        if isinstance(ws, _BoundedConnection):
+            ws.handshake_done()
         self._per_address[address] = self._per_address.get(address, 0) + 1
         session = Session(ws=ws, opened=now, last_seen=now, outbox=asyncio.Queue(),
                           outbox_limit=self.config.outbox_limit,
@@ -472,10 +498,15 @@ class ControlServer:
                 # One answer, and one recorded refusal, whether or not the party exists.
                 reason = ("unknown party" if party is None else
                           "missing party secret" if not request.secret else "wrong party secret")
-                await self._append([ev.ControlJoinRefused(party_id=request.party_id, reason=reason,
-                                                          public_key=session.public_key)])
+                window = self._refusals.get(session.address)
+                if window is None or self.config.refusal_window_s <= 0:
+                    self._refusals[session.address] = (time.monotonic(), 0)
+                    await self._append([ev.ControlJoinRefused(party_id=request.party_id, reason=reason,
+                                                              public_key=session.public_key)])
+                    logger.warning("refused {} joining party {}: {}", peer_id, request.party_id, reason)
+                else:
+                    self._refusals[session.address] = (window[0], window[1] + 1)
                 session.refused += 1
-                logger.warning("refused {} joining party {}: {}", peer_id, request.party_id, reason)
                 if session.refused >= self.config.max_refused_joins:
                     session.send(p.error(p.FORBIDDEN, JOIN_REFUSED, request.id))
                     session.close(p.CLOSE_TOO_MANY_ERRORS, "too many refused joins")
@@ -787,6 +818,18 @@ class ControlServer:
             elif session.peer_id is not None and now - session.last_seen > config.ttl_s:
                 logger.info("peer {} missed its heartbeats for {}s", session.peer_id, config.ttl_s)
                 session.close(p.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+        ended = [(a, count) for a, (start, count) in self._refusals.items()
+                 if now - start >= config.refusal_window_s]
+        for address, _ in ended:
+            del self._refusals[address]
+        counted = [ev.ControlJoinRefusalsCounted(address=a, count=n, window_s=config.refusal_window_s)
+                   for a, n in ended if n]
+        if counted:
+            async with self._lock:  # one writer of the server's stream at a time
+                await self._append(counted)
+            for event in counted:
+                logger.warning("refused {} more joins from {} in {:g} s", event.count, event.address,
+                               event.window_s)
         idle = [a for a, times in self._created_by_address.items() if not times or now - times[-1] > 3600]
         for address in idle:
             del self._created_by_address[address]
@@ -797,6 +840,33 @@ class ControlServer:
             async with self._lock:
                 for party in self._registry.parties_of(peer_id):
                     await self._remove(party, peer_id, "expired")
+
+
+class _BoundedConnection(ServerConnection):
+    """A connection counted against its address from accept until its handshake ends (or it does)."""
+
+    server_bounds: ControlServer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._bounded_address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._counted = self.server_bounds._handshake_started(self._bounded_address)
+        super().connection_made(transport)
+        if not self._counted:
+            transport.abort()  # before a byte is read: the handler sees a closed connection
+
+    def handshake_done(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.server_bounds._handshake_ended(self._bounded_address)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.handshake_done()
+        super().connection_lost(exc)
+
+
+def _bounded_connection(server: ControlServer) -> type[ServerConnection]:
+    return type("BoundedConnection", (_BoundedConnection,), {"server_bounds": server})
 
 
 def _source(connection: ServerConnection) -> str:

@@ -58,6 +58,10 @@ MAX_SENDERS = 4  # sender ids one session keeps a replay window for (the peer, a
 # Peer-reflexive targets one session may learn: a symmetric NAT shows one or two mappings;
 # more can only be replays from addresses an attacker chose.
 MAX_LEARNED_TARGETS = 4
+# PUNCHes sent to a learned target per PUNCH received from it: a live peer-reflexive address keeps
+# sending (each fresh PUNCH renews this), one captured PUNCH replayed from an address an attacker
+# chose draws this many datagrams there, not one every interval until the deadline.
+LEARNED_PUNCHES = 3
 TUNNEL_NET = ipaddress.ip_network("10.66.0.0/16")
 
 Address = tuple[str, int]
@@ -191,6 +195,7 @@ class UdpHolePuncher:
         sent_at: dict[int, tuple[float, Address]] = {}  # our seq -> when and where it went
         seen: dict[bytes, _ReplayWindow] = {}  # their sender id -> the PUNCH seqs seen
         learned = 0
+        budget: dict[Address, int] = {}  # learned target -> PUNCHes it may still get
         seq = 0
         confirmed: Address | None = None
         rtt_ms: float | None = None
@@ -209,6 +214,10 @@ class UdpHolePuncher:
             if now >= next_send:
                 flags = CONFIRMED if confirmed else 0
                 for target in [confirmed] if confirmed else targets:
+                    if target in budget and target != confirmed:
+                        if budget[target] <= 0:
+                            continue
+                        budget[target] -= 1
                     seq += 1
                     sent_at[seq] = (now, target)
                     try:
@@ -247,6 +256,9 @@ class UdpHolePuncher:
                         continue
                     learned += 1
                     targets.append(addr)  # peer-reflexive: the mapping a symmetric NAT chose for us
+                    budget[addr] = 0
+                if addr in budget:
+                    budget[addr] = LEARNED_PUNCHES
                 with contextlib.suppress(OSError):
                     port.sendto(encode(key, ACK, CONFIRMED if confirmed else 0, me, 0, their_seq), addr)
             elif kind == ACK:

@@ -98,8 +98,8 @@ class Counters:
 
 
 class _Session:
-    __slots__ = ("addrs", "bytes", "expiry_s", "last_active", "nonces", "packets", "party_id", "peer_a",
-                 "peer_b", "raw", "seen_packets", "session_id", "stamp", "tokens")
+    __slots__ = ("addrs", "bytes", "counted", "expiry_s", "last_active", "nonces", "packets", "party_id",
+                 "peer_a", "peer_b", "raw", "seen_packets", "session_id", "stamp", "tokens")
 
     def __init__(self, hello: wire.Hello, burst: float, now: float) -> None:
         self.session_id = hello.session_id
@@ -108,6 +108,9 @@ class _Session:
         self.peer_b = hello.peer_b
         self.expiry_s = hello.expiry_s
         self.addrs: list[Address | None] = [None, None]
+        # Which sides' peers the session counts against (a side counts once it has bound): a
+        # member holding sessions "with" a victim that never bound them uses up its own cap only.
+        self.counted = [False, False]
         self.raw: list[Any] = [None, None]  # sockaddr buffers of addrs, for the batched path
         self.tokens = burst
         self.stamp = now
@@ -487,20 +490,22 @@ class RelayServer:
         """Bind ``addr`` to the HELLO's side; None when a session cap refuses a new session."""
         now = time.monotonic()
         session = self._sessions.get(hello.session_id)
+        binder = hello.peer_a if hello.side == 0 else hello.peer_b
+        cap = self.config.max_sessions_per_peer
         if session is None:
-            cap = self.config.max_sessions_per_peer
-            if len(self._sessions) >= self.config.max_sessions or \
-                    self._peer_sessions.get(hello.peer_a, 0) >= cap or \
-                    self._peer_sessions.get(hello.peer_b, 0) >= cap:
+            if len(self._sessions) >= self.config.max_sessions or self._peer_sessions.get(binder, 0) >= cap:
                 return None
-            for peer in (hello.peer_a, hello.peer_b):
-                self._peer_sessions[peer] = self._peer_sessions.get(peer, 0) + 1
             session = _Session(hello, self.config.session_burst, now)
             with self._lock:
                 self._sessions[hello.session_id] = session
             self._emit(RelaySessionAllocated(relay=self.name, session_id=session.session_id,
                                              party_id=session.party_id, peer_a=session.peer_a,
                                              peer_b=session.peer_b))
+        elif not session.counted[hello.side] and self._peer_sessions.get(binder, 0) >= cap:
+            return None
+        if not session.counted[hello.side]:
+            session.counted[hello.side] = True
+            self._peer_sessions[binder] = self._peer_sessions.get(binder, 0) + 1
         previous = session.addrs[hello.side]
         if previous is not None and previous != addr:
             self._drop_route(previous)
@@ -536,7 +541,9 @@ class RelayServer:
         with self._lock:
             if self._sessions.pop(session.session_id, None) is None:
                 return
-        for peer in (session.peer_a, session.peer_b):
+        for peer, counted in zip((session.peer_a, session.peer_b), session.counted, strict=True):
+            if not counted:
+                continue
             left = self._peer_sessions.get(peer, 0) - 1
             if left > 0:
                 self._peer_sessions[peer] = left

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mesh.interfaces import MeshError, NatInfo, PeerStats, PunchResult, RelayAllocation, RelaySessionFailed
+from mesh.wireguard.config import check_one_key_per_address
 
 DEFAULT_DIRECT_MS = 20.0
 DEFAULT_RELAY_MS = 40.0
@@ -161,6 +162,7 @@ class SimWireGuard:
         if self._net.wireguard_error is not None:
             raise MeshError(self._net.wireguard_error)
         peers = self._net.wireguard_peers[self._node]
+        check_one_key_per_address(public_key, allowed_ips, {k: p.allowed_ips for k, p in peers.items()})
         old = peers.get(public_key)
         extra = self._net.routes.get(self._node, {}).get(public_key, ())
         peers[public_key] = SimPeer(endpoint, (*allowed_ips, *(r for r in extra if r not in allowed_ips)),
@@ -170,6 +172,8 @@ class SimWireGuard:
     def set_routes(self, public_key: str, routes: Sequence[str]) -> None:
         if self._net.wireguard_error is not None:
             raise MeshError(self._net.wireguard_error)
+        check_one_key_per_address(public_key, routes, {k: p.allowed_ips for k, p
+                                                       in self._net.wireguard_peers[self._node].items()})
         table = self._net.routes.setdefault(self._node, {})
         before = table.get(public_key, ())
         table[public_key] = tuple(routes)

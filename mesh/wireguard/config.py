@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mesh.endpoints import format_endpoint, parse_endpoint
@@ -34,6 +34,23 @@ def normalise_allowed_ips(allowed_ips: Sequence[str]) -> tuple[str, ...]:
         except (ValueError, TypeError):
             raise InvalidConfigError(f"invalid allowed IP {text!r}: expected an address or a CIDR") from None
     return tuple(sorted(result))
+
+
+def check_one_key_per_address(public_key: str, allowed_ips: Sequence[str],
+                              others: Mapping[str, Sequence[str]]) -> None:
+    """Raise ``InvalidConfigError`` if an address of ``allowed_ips`` is routed to another key of
+    ``others`` (key -> its allowed IPs): WireGuard would silently move it to whichever peer was
+    configured last, and one peer would get another's traffic."""
+    wanted = [ipaddress.ip_network(text, strict=False) for text in normalise_allowed_ips(allowed_ips)]
+    for key, held in others.items():
+        if key == public_key:
+            continue
+        for text in held:
+            network = ipaddress.ip_network(text, strict=False)
+            clash = next((w for w in wanted if w.version == network.version and w.overlaps(network)), None)
+            if clash is not None:
+                raise InvalidConfigError(f"allowed IP {clash} is already routed to another peer ({key}): "
+                                         f"one address is never given to two keys")
 
 
 @dataclass(frozen=True)

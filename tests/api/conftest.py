@@ -89,5 +89,7 @@ def api_client(tmp_path: Path) -> Iterator[tuple[TestClient, FakeService, str]]:
     service = FakeService()
     app = create_app(service, StoreReader(url), TOKEN)
     with TestClient(app, base_url="http://127.0.0.1:8666") as client:
-        assert client.get("/").status_code == 200  # the dashboard's view cookie: reads work like its page's
+        # The dashboard's one-time link gives its view cookie: reads work like its page's.
+        opened = client.post("/dashboard/code", headers={"Authorization": f"Bearer {TOKEN}"}).json()["path"]
+        assert client.get(opened).status_code == 200
         yield client, service, url

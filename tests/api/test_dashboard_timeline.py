@@ -12,9 +12,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 from api.app import create_app
 from api.reader import StoreReader
@@ -42,7 +43,11 @@ def dashboard(tmp_path: Path) -> Iterator[str]:
         time.sleep(0.05)
     assert server.started, "the API did not start"
     try:
-        yield f"http://127.0.0.1:{port}/"
+        # The dashboard opens with a one-time code, as `lanrage dashboard` prints it.
+        answer = httpx.post(f"http://127.0.0.1:{port}/dashboard/code",
+                            headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        yield f"http://127.0.0.1:{port}{answer.json()['path']}"
     finally:
         server.should_exit = True
         thread.join(10)
@@ -54,8 +59,8 @@ def _rows(page: Page) -> list[list[str]]:
 
 
 def _wait_for_page(page: Page, words: str) -> None:
-    page.wait_for_function(f"document.getElementById('timeline-page').textContent === {words!r}",
-                           timeout=WAIT_MS)
+    # A locator assertion, not wait_for_function: the page's CSP forbids evaluating strings.
+    expect(page.locator("#timeline-page")).to_have_text(words, timeout=WAIT_MS)
 
 
 def test_the_timeline_pages_back_filters_and_explains_a_drop(dashboard: str) -> None:

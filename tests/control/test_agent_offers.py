@@ -66,7 +66,7 @@ def test_an_offer_older_than_its_freshness_is_not_used(agent: Agent, monkeypatch
 
 @pytest.mark.parametrize("change", [
     {"type": "peer_left", "peer_id": "carl"},
-    {"type": "peer_joined", "member": {"peer_id": "carl", "public_key": "k"}}])
+    {"type": "peer_joined", "member": {"peer_id": "carl", "public_key": "B" * 42 + "A="}}])
 def test_a_member_that_left_or_joined_anew_loses_its_offers(agent: Agent, change: dict[str, object],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     told: list[object] = []

@@ -71,8 +71,9 @@ def wait_for_incident(party: LabParty, host: str, peer: str, kind: str) -> dict[
 
 def browse(party: LabParty, host: str, screenshot: Path) -> dict[str, Any]:
     """What headless Chromium in ``host``'s namespace sees on its dashboard (see browser_check.py)."""
+    link = party.cli(host, "dashboard", "--state-dir", party.state(host)).strip()  # a one-time link
     done = party.lab.run(host, [sys.executable, str(ROOT / "tests" / "e2e" / "browser_check.py"),
-                                "http://127.0.0.1:8666/", str(screenshot)], timeout=120, cwd=ROOT)
+                                link, str(screenshot)], timeout=120, cwd=ROOT)
     return dict(json.loads(done.stdout))
 
 

@@ -50,7 +50,9 @@ def test_own_names_are_served_but_data_needs_the_token(app: object, host: str) -
 
 def test_the_dashboard_reads_with_its_view_cookie_but_cannot_write(app: object) -> None:
     with TestClient(app, base_url="http://127.0.0.1:8666") as browser:  # type: ignore[arg-type]
-        page = browser.get("/")
+        opened = browser.post("/dashboard/code", headers=AUTH).json()["path"]
+        page = browser.get(opened, follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"] == "/"
         cookie = page.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
         assert TOKEN not in page.text and TOKEN not in cookie  # the token itself never leaves the node
@@ -63,3 +65,21 @@ def test_no_answer_carries_the_token(app: object) -> None:
         for path in ("/", "/openapi.json", *DATA_ROUTES):
             answer = client.get(path, headers=AUTH)
             assert TOKEN not in answer.text and TOKEN not in str(answer.headers), path
+
+
+def test_a_plain_get_of_the_dashboard_gives_no_cookie_and_a_code_works_once(app: object) -> None:
+    with TestClient(app, base_url="http://127.0.0.1:8666") as browser:  # type: ignore[arg-type]
+        plain = browser.get("/")
+        assert plain.status_code == 401 and "set-cookie" not in plain.headers
+        assert "lanrage dashboard" in plain.text and "<script>" not in plain.text
+        assert browser.get("/status").status_code == 401  # no cookie came with the page
+        assert browser.post("/dashboard/code").status_code == 401  # a code needs the token
+        opened = browser.post("/dashboard/code", headers=AUTH).json()
+        assert opened["expires_in_s"] == 60 and opened["path"].startswith("/?code=")
+        first = browser.get(opened["path"], follow_redirects=False)
+        assert first.status_code == 303 and VIEW_COOKIE in first.headers["set-cookie"]
+        assert browser.get("/status").status_code == 200 and "<script>" in browser.get("/").text
+        browser.cookies.clear()
+        again = browser.get(opened["path"], follow_redirects=False)  # spent
+        assert again.status_code == 401 and "set-cookie" not in again.headers
+        assert browser.get("/?code=guess", follow_redirects=False).status_code == 401

@@ -46,11 +46,10 @@ def test_the_dashboard_reads_its_node_and_another_origin_reads_nothing(tmp_path:
                 browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
                 try:
                     page = browser.new_page()
-                    page.goto(f"http://127.0.0.1:{port}/")
-                    page.wait_for_function(f"document.getElementById('node').textContent === '{node_id}'",
-                                           timeout=15_000)
-                    page.wait_for_function("document.getElementById('events').rows.length > 0",
-                                           timeout=15_000)
+                    page.goto(node.cli("dashboard").stdout.strip())  # its one-time link
+                    # Selectors, not wait_for_function: the page's CSP forbids the eval that one uses.
+                    page.wait_for_selector(f"#node:text-is('{node_id}')", timeout=15_000)
+                    page.wait_for_selector("#events tr", timeout=15_000)
                     assert page.text_content("#error") == ""
                     # Same browser, same cookies: a page of another origin gets nothing back.
                     other = browser.new_page()

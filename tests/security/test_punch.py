@@ -114,3 +114,19 @@ def test_an_ack_counts_only_from_the_address_its_punch_went_to(sockets: ExitStac
     thread.join()
     assert result["r"].succeeded and result["r"].endpoint == address(peer)
     assert puncher.dropped >= 1
+
+
+def test_a_replayed_punch_from_a_chosen_address_draws_only_a_few_datagrams(sockets: ExitStack) -> None:
+    """Finding 9: one PUNCH captured and replayed from an address the attacker chose (before the
+    peer's own arrives) teaches that address; it then gets a few PUNCHes, not one an interval."""
+    peer, chosen = sockets.enter_context(udp_socket()), sockets.enter_context(udp_socket())
+    port = free_port()
+    puncher = UdpHolePuncher(port, lan_addresses=["127.0.0.1"])
+    thread, _ = start_punch(puncher, [address(peer)], timeout_s=2.0)
+    chosen.sendto(punch.encode(KEY, punch.PUNCH, 0, PEER_ID, 1, 0), ("127.0.0.1", port))
+    thread.join()
+    got = received(chosen, 0.1)
+    kinds = [punch.decode(KEY, data)[0] for data in got]  # type: ignore[index]
+    assert kinds.count(punch.ACK) == 1
+    assert kinds.count(punch.PUNCH) == punch.LEARNED_PUNCHES
+    assert len(received(peer, 0.1)) > 2 * punch.LEARNED_PUNCHES  # the real candidate kept getting them

@@ -222,3 +222,21 @@ def test_ping_never_answers_more_than_it_got_and_is_rate_limited(recorder: InMem
     finally:
         victim.close()
         relay.stop()
+
+
+def test_a_member_cannot_use_up_a_victims_sessions(recorder: InMemoryRecorder) -> None:
+    """Finding 7: sessions "with" the victim that only the member bound count against the member
+    only; the victim's own HELLO on its own session still binds."""
+    relay = start_relay(recorder, max_sessions_per_peer=4)
+    mallory = [Peer(relay) for _ in range(6)]
+    victim = Peer(relay)
+    try:
+        answers = [peer.hello(pair_on(relay, "mallory", "victim")[0]) for peer in mallory]
+        assert [wire.parse_hello_ok(a) is not None for a in answers] == [True] * 4 + [False] * 2
+        own, _ = pair_on(relay, "victim", "friend")
+        assert wire.parse_hello_ok(victim.hello(own)) is not None  # was LIMITED: 4 sessions named it
+        assert relay.active_sessions() == 5
+    finally:
+        for peer in [*mallory, victim]:
+            peer.close()
+        relay.stop()
