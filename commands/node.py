@@ -9,6 +9,7 @@ Every option of the two services can also be set in a TOML file (``--config``, o
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -162,11 +163,17 @@ def serve_command(
         raise UsageError("--direct-retry must be 0.5-86400 seconds")
     for value in [*(s["relay"] or []), *(s["stun"] or [])]:
         hostport(value, "--relay/--stun")
+    state = state_dir(s["state_dir_"])
+    from agent.instance import AgentAlreadyRunning, hold_state_dir
+
+    try:
+        lock = hold_state_dir(state)  # before anything in the state directory is touched
+    except AgentAlreadyRunning as error:
+        raise UsageError(str(error)) from None
     _logging(s["log_level"], s["log_format"], s["log_file"])
     from actors.config import ActorConfig, ConnectionConfig
     from agent.node import Agent, AgentConfig
 
-    state = state_dir(s["state_dir_"])
     settings: dict[str, Any] = {
         "state_dir": state, "db_url": database_url(s["db"], state), "api_host": host, "api_port": port,
         "control": s["control"], "adapters": factories[s["adapters"]], "relays": tuple(s["relay"] or ()),
@@ -197,6 +204,8 @@ def serve_command(
         status = agent.run()
     except (MeshError, OSError, StoreError) as error:
         raise UsageError(str(error)) from None
+    finally:
+        os.close(lock)
     raise typer.Exit(status)
 
 
