@@ -641,6 +641,14 @@ class PeerConnectionActor(Actor):
             self._release_if_replaced(previous, op.tag)
             self._punch(op)
             return
+        if op.kind == RETRY_UNREACHABLE and self.state.state in UP and self.state.path == ev.DIRECT:
+            # The direct path answered while the ticket was on its way (after a cut, the control
+            # server is reached seconds after the peer): the pair stays where it is up. Moving it
+            # to a session only this end holds sent the two ends opposite ways for 15 s (lab).
+            self._commit([opened], op.tag)
+            self._release(op.tag)
+            self._finish(op)
+            return
         if op.kind == RETRY_UNREACHABLE:
             self._commit([opened,
                           ev.PathChosen(**self._base(), path=ev.RELAY, reason=op.purpose,

@@ -268,3 +268,25 @@ def test_a_run_of_late_answers_degrades_the_path(make_node) -> None:
     assert len(changed) == 1 and "reason='latency 494.0 ms above 200 ms (3 probes in a row)'" in changed[0], \
         changed
     assert node.connection("p1", "bob").state == "degraded"
+
+
+def test_a_relay_session_that_comes_after_the_direct_path_answered_does_not_move_the_pair(make_node) -> None:
+    """After a long cut, a failed connection's retry probes the tunnel and asks for a relay
+    session at once. When the direct path answers first (the control server that hands out
+    relay tickets is reached seconds after the uplink returns), the pair stays direct: moving
+    it to a session only this end holds made the two ends take opposite ways (15 s apart, lab)."""
+    node = joined(make_node)
+    cut_for(node, 60)
+    assert node.connection("p1", "bob").state == "failed"
+    node.new(node.peer("bob"))
+    node.net.unblock(BOB)
+    node.net.set_relay(RELAY_A, 40.0)
+    node.advance(10, step=0.25)
+    written = node.new(node.peer("bob"))
+    state = node.connection("p1", "bob")
+    assert (state.state, state.path) == ("connected", "direct"), written
+    moves = [line for line in written if line.startswith(("PathChosen(path='relay'", "PathSwitched("))]
+    assert moves == [], written
+    opened = [line for line in written if line.startswith("RelaySessionOpened(")]
+    released = [line for line in written if line.startswith("RelaySessionReleased(")]
+    assert len(opened) == len(released), written  # a session that came too late is given back
