@@ -514,6 +514,8 @@ class Agent:
         if not isinstance(party_id, str) or self.bindings.get(party_id) != url:
             return
         kind = body.get("type")
+        if kind in ("peer_joined", "peer_updated", "peer_left"):
+            self._parties_changed()
         if kind in ("peer_joined", "peer_left"):
             # A member that left or joined anew: the sessions offered with it before are over.
             member = body.get("member")
@@ -538,6 +540,7 @@ class Agent:
             self._tell(m.ControlReachability(url, False, error=error or "unreachable"))
 
     def _on_welcome(self, url: str, body: dict[str, Any]) -> None:
+        self._parties_changed()
         if (self.candidates or self._routed_devices(url)) and self.loop is not None and url in self.sessions:
             self.loop.create_task(self._check_then_announce(self.sessions[url]))
         listed = {p["party_id"]: p for p in body.get("parties", []) if isinstance(p, dict)}
@@ -621,7 +624,14 @@ class Agent:
         self.bindings[party["party_id"]] = url
         if isinstance(session, FileSession):
             session.adopt(party["party_id"])
+        self._parties_changed()
         return opened
+
+    def _parties_changed(self) -> None:
+        """Broadcast emulation follows a party opened or a member come or gone without delay."""
+        broadcast = getattr(self, "broadcast", None)
+        if broadcast is not None:
+            broadcast.parties_changed()
 
     async def _ask(self, message: Any, timeout_s: float = SOFT_TIMEOUT_S) -> Any:
         reply = await asyncio.wrap_future(self.runtime.ask(self.node, message, timeout_s))
