@@ -185,7 +185,8 @@ class Agent:
                             adapters=adapter_spec(self), relays=self.config.relays,
                             config=self.config.actor_config,
                             log=m.LogSpec(self.config.log_level,
-                                          str(self.config.log_file) if self.config.log_file else None),
+                                          str(self.config.log_file) if self.config.log_file else None,
+                                          program_sinks=True),
                             executor=self.runtime.name)
         self.node = await asyncio.to_thread(self.runtime.start_node, start)
 
@@ -303,7 +304,8 @@ class Agent:
             return
         self.nat = nat_detector(self.config.stun, self.config.listen_port, self.node_id).detect()
         self.candidates = tuple(puncher(self.config.listen_port, self.nat).candidates())
-        logger.info("NAT {}; candidates {}", self.nat.nat_type if self.nat else "unknown (no STUN answer)",
+        unknown = "unknown (no STUN answer)" if self.config.stun else "unknown (no --stun server given)"
+        logger.info("NAT {}; candidates {}", self.nat.nat_type if self.nat else unknown,
                     ", ".join(self.candidates) or "none")
 
     # ------------------------------------------------------------ NodeService (the API calls these)
@@ -531,8 +533,8 @@ class Agent:
         if reachable:
             lost_at = self.control_lost_at.pop(url, None)
             outage_s = time.monotonic() - lost_at if lost_at is not None else None
-            logger.info("control server {} reachable again{}", url,
-                        f" after {outage_s:.1f} s" if outage_s is not None else "")
+            if outage_s is not None:  # a first connection is logged by the client ("connected to ...")
+                logger.info("control server {} reachable again after {:.1f} s", url, outage_s)
             self._tell(m.ControlReachability(url, True, outage_s=outage_s))
         else:
             self.control_lost_at.setdefault(url, time.monotonic())

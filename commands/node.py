@@ -82,6 +82,45 @@ def _logging(level: str, fmt: str, file: Path | None = None) -> None:
 # ---------------------------------------------------------------- services
 
 
+NAME_LOOKUP_S = 3.0  # a control host name that does not resolve in this long is left to the agent's retries
+
+
+def check_control_url(url: str) -> None:
+    """``--control``'s URL is one a node can dial: its form, its pins and its host name."""
+    if url.startswith("file://"):
+        return
+    if not url.startswith(("ws://", "wss://")):
+        raise UsageError(f"--control must start with ws://, wss:// or file://, not {url[:80]!r}")
+    import concurrent.futures
+    import contextlib
+    import ipaddress
+    import socket
+
+    from mesh.control.target import ControlTarget, TargetError
+
+    try:
+        target = ControlTarget.parse(url)
+    except TargetError as error:
+        raise UsageError(f"--control: {error}") from None
+    host = target.authority.rpartition(":")[0].strip("[]")
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return  # an address: nothing to look up
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    lookup = pool.submit(socket.getaddrinfo, host, None)
+    try:
+        lookup.result(NAME_LOOKUP_S)
+    except socket.gaierror as error:
+        if error.errno == socket.EAI_NONAME:  # a definite answer (a placeholder such as HOST, a typo)
+            raise UsageError(f"--control {target.url}: no such host ({error.strerror}); give the control "
+                             "server's address or name") from None
+        # No resolver answered (no network yet at boot): the agent keeps dialing.
+    except concurrent.futures.TimeoutError:
+        pass  # no answer from the resolver yet: the agent keeps dialing
+    finally:
+        pool.shutdown(wait=False)
+
+
 def _broadcast_ports(text: str) -> tuple[int, ...]:
     try:
         ports = tuple(sorted({int(p) for p in text.replace(" ", "").split(",") if p}))
@@ -146,8 +185,8 @@ def serve_command(
     factories = {"real": "agent.adapters:real", "sim": "mesh.sim:adapters"}
     if s["adapters"] not in factories:
         raise UsageError("--adapters must be real or sim")
-    if s["control"] and not s["control"].startswith(("ws://", "wss://", "file://")):
-        raise UsageError("--control must start with ws://, wss:// or file://")
+    if s["control"]:
+        check_control_url(s["control"])
     from mesh.wireguard.config import validate_interface_name
     from mesh.wireguard.errors import WireGuardError
 
@@ -258,7 +297,8 @@ def control_server_command(
         from mesh.relay.server import load_secret
 
         try:
-            relay_key = load_secret(str(s["relay_secret_file"]) if s["relay_secret_file"] else None)
+            relay_key = load_secret(str(s["relay_secret_file"]) if s["relay_secret_file"] else None,
+                                    option="--relay-secret-file")
         except (OSError, ValueError) as error:
             raise UsageError(str(error)) from None
     from mesh.control import ControlServer, ServerConfig
@@ -287,10 +327,13 @@ def control_server_command(
     if (cert is None) != (key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     if cert is not None and key is not None:
+        for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+            if not path.is_file():
+                raise UsageError(f"{option} {path}: no such file")
         try:
             tls, fingerprint = server_tls(cert, key)
         except TargetError as error:
-            raise UsageError(str(error)) from None
+            raise UsageError(f"--tls-cert/--tls-key: {error}") from None
     store = open_store(database_url(s["db"], directory))
     server = ControlServer(store, ServerConfig(
         server_id=s["server_id"], heartbeat_s=s["heartbeat"], ttl_s=s["ttl"],
