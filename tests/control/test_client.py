@@ -213,8 +213,11 @@ def test_the_default_backoff_brings_a_session_back_within_3_s_of_a_restarted_ser
 
 
 def test_a_mistyped_server_key_is_named_as_a_possible_typo_not_only_refused() -> None:
+    from urllib.parse import quote
+
     real, wrong = Identity.generate(), Identity.generate().public_key
-    with server_thread(identity=real) as server, client(f"{server.url}/?key={wrong}", "alice") as alice:
+    with server_thread(identity=real) as server, \
+            client(f"{server.url}/?key={quote(wrong, safe='')}", "alice") as alice:
         assert not alice.wait_connected(1.0)
         assert alice.last_error == (
             f"127.0.0.1:{server.port} proved the server key {real.public_key[:12]}…, not the one the URL's "
