@@ -58,6 +58,25 @@ def test_pip_install_gives_the_lanrage_command(tmp_path: Path) -> None:
     assert str(ROOT) not in where.stdout and str(environment) in where.stdout
     assert where.stdout.split()[-1] == "True"
 
+    # Only the product's top-level names, as the README lists them; never the tests.
+    site = Path(where.stdout.split()[0]).parent
+    installed_names = {path.name for path in site.iterdir() if not path.name.startswith(("_", "."))
+                       and (path.name == "cli.py" or (path / "__init__.py").is_file() or path.is_dir())
+                       and not path.name.endswith((".dist-info", ".pth"))}
+    ours = {"actors", "agent", "api", "cli.py", "commands", "events", "lab", "mesh", "migrations", "store"}
+    assert ours <= installed_names and "tests" not in installed_names
+    assert not (site / "tests").exists()
+    readme = (ROOT / "README.md").read_text()
+    assert "top-level names: " + ", ".join(f"`{name.removesuffix('.py')}`" for name in sorted(ours)) in readme
+
+    # One version number: the package's, `--version`'s and the one the events record.
+    from actors.node import SOFTWARE_VERSION
+
+    assert run("--version").stdout == f"lanrage {SOFTWARE_VERSION}\n"
+    shown = subprocess.run([str(python), "-m", "pip", "show", "lanrage"], capture_output=True, text=True,
+                           timeout=60, check=True).stdout
+    assert f"Version: {SOFTWARE_VERSION}" in shown.splitlines()
+
     helped = run("--help")
     assert helped.returncode == 0, helped.stderr
     assert helped.stdout.startswith("Usage: lanrage ")
