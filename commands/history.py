@@ -473,7 +473,7 @@ def sql_command(
     state_dir: StateDirOption = _DEFAULT_STATE_DIR,
     db: DbOption = None,
 ) -> None:
-    """Read-only SQL over the store (views: connection_history, peer_metrics); writes are refused."""
+    """Read-only SQL over the store; writes are refused."""
     from store.readonly import run_query
 
     result = run_query(database_url(db, state_dir, create=False), statement, max_rows=max_rows)
@@ -532,11 +532,23 @@ def _where(url: str) -> str:
     return parse_url(url).where
 
 
+def view_names() -> list[str]:
+    """Every view the migrations create, read from their text (help needs no database)."""
+    from pathlib import Path
+
+    created = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.IGNORECASE)
+    versions = Path(__file__).resolve().parent.parent / "migrations" / "versions"
+    names = {name for path in versions.glob("*.py") for name in created.findall(path.read_text())}
+    return sorted(names)
+
+
 def register(app: typer.Typer) -> None:
     app.command("events")(_guard(events_command))
     app.command("replay")(_guard(replay_command))
     app.command("history")(_guard(history_command))
-    app.command("sql")(_guard(sql_command))
+    views = ", ".join(view_names())
+    app.command("sql", help=f"Read-only SQL over the store; writes are refused. Views: {views} "
+                            "(docs/store.md).")(_guard(sql_command))
     from commands import db as upkeep
 
     db_app = typer.Typer(help="The event store's schema (alembic), snapshots, retention and size.",
