@@ -147,6 +147,10 @@ class Agent:
         # this side has since found dead).
         self.offers: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self.control_lost_at: dict[str, float] = {}  # control url -> monotonic time it went
+        # (party id, peer id, relay) -> the pair's last ticket there (one per member and relay):
+        # while the control server cannot be reached (an uplink just back, its session still
+        # redialing), a relay fallback uses it rather than fail for want of a ticket.
+        self.tickets: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.runtime = ActorRuntime(f"lanrage-{self.node_id}")
         self.node: Any = None
         self.interface: Any = None
@@ -493,14 +497,26 @@ class Agent:
         fresh = time.monotonic() - received <= OFFER_FRESH_S
         if offer and fresh and offer.get("relay") == relay and offer.get("session_id") != failed_session \
                 and float(offer.get("expiry_s", 0)) - time.time() > 60:
+            self.tickets[(party_id, peer_id, relay)] = offer
             return offer
         url = self.bindings.get(party_id)
         if url is None:
             raise ServiceError(404, f"this node is not in party {party_id}")
         fields: dict[str, Any] = {"failed_session": failed_session} if failed_session else {}
-        answer = await self._control(await self._session(url), "relay_request", party_id=party_id,
-                                     to=peer_id, relay=relay, **fields)
-        return dict(answer["ticket"])
+        try:
+            answer = await self._control(await self._session(url), "relay_request", party_id=party_id,
+                                         to=peer_id, relay=relay, **fields)
+        except ServiceError as error:
+            kept = self.tickets.get((party_id, peer_id, relay))
+            if error.status != 503 or kept is None or kept.get("session_id") == failed_session \
+                    or float(kept.get("expiry_s", 0)) - time.time() <= 60:
+                raise
+            logger.info("relay ticket for {} from the last one (the control server is away: {})", peer_id,
+                        error.message)
+            return kept
+        ticket = dict(answer["ticket"])
+        self.tickets[(party_id, peer_id, relay)] = ticket
+        return ticket
 
     def _on_push(self, url: str, body: dict[str, Any]) -> None:
         if body.get("type") == "relay_offer" and isinstance(body.get("ticket"), dict):
@@ -523,6 +539,8 @@ class Agent:
             member = body.get("member")
             gone = body.get("peer_id") or (member.get("peer_id") if isinstance(member, dict) else None)
             self.offers.pop((party_id, str(gone)), None)
+            for key in [key for key in self.tickets if key[:2] == (party_id, str(gone))]:
+                del self.tickets[key]
         if kind in ("peer_joined", "peer_updated") and isinstance(body.get("member"), dict):
             self._tell(self._announcement(party_id, body["member"]))
         elif kind == "peer_left" and isinstance(body.get("peer_id"), str):
