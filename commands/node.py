@@ -91,10 +91,7 @@ def check_control_url(url: str) -> None:
         return
     if not url.startswith(("ws://", "wss://")):
         raise UsageError(f"--control must start with ws://, wss:// or file://, not {url[:80]!r}")
-    import concurrent.futures
-    import contextlib
     import ipaddress
-    import socket
 
     from mesh.control.target import ControlTarget, TargetError
 
@@ -103,22 +100,57 @@ def check_control_url(url: str) -> None:
     except TargetError as error:
         raise UsageError(f"--control: {error}") from None
     host = target.authority.rpartition(":")[0].strip("[]")
-    with contextlib.suppress(ValueError):
+    try:
         ipaddress.ip_address(host)
-        return  # an address: nothing to look up
+    except ValueError:
+        _look_up(target.url, host)
+    if target.fingerprint:
+        _check_fingerprint(target.url, host, int(target.authority.rpartition(":")[2]), target.fingerprint)
+
+
+def _look_up(url: str, host: str) -> None:
+    """A host name that the resolver says does not exist (a placeholder such as HOST, a typo)."""
+    import concurrent.futures
+    import socket
+
     pool = concurrent.futures.ThreadPoolExecutor(1)
     lookup = pool.submit(socket.getaddrinfo, host, None)
     try:
         lookup.result(NAME_LOOKUP_S)
     except socket.gaierror as error:
         if error.errno == socket.EAI_NONAME:  # a definite answer (a placeholder such as HOST, a typo)
-            raise UsageError(f"--control {target.url}: no such host ({error.strerror}); give the control "
+            raise UsageError(f"--control {url}: no such host ({error.strerror}); give the control "
                              "server's address or name") from None
         # No resolver answered (no network yet at boot): the agent keeps dialing.
     except concurrent.futures.TimeoutError:
         pass  # no answer from the resolver yet: the agent keeps dialing
     finally:
         pool.shutdown(wait=False)
+
+
+FINGERPRINT_CHECK_S = 2.0  # a server that does not answer this soon is left to the agent's retries
+
+
+def _check_fingerprint(url: str, host: str, port: int, pinned: str) -> None:
+    """The certificate the server presents is the one ``fp=`` pins (only when it answers now)."""
+    import socket
+    import ssl
+
+    from mesh.control.target import fingerprint_of
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the pin is the check
+    try:
+        with socket.create_connection((host, port), timeout=FINGERPRINT_CHECK_S) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return  # not reachable now: the agent keeps dialing, and says why in its log
+    seen = fingerprint_of(der) if der else ""
+    if seen != pinned:
+        raise UsageError(f"--control {url}: the server presents the certificate {seen[:12] or 'none'}…, not "
+                         f"the one fp= pins ({pinned[:12]}…): check the fingerprint for a typo, or whether "
+                         "the server has a new certificate")
 
 
 def _broadcast_ports(text: str) -> tuple[int, ...]:

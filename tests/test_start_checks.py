@@ -73,3 +73,41 @@ def test_each_bad_setting_is_one_line_naming_its_option(tmp_path: Path, args: li
     assert done.stderr.splitlines() == [line]
     if args[0] == "serve":
         assert not state.exists()  # checked before the state directory is made
+
+
+def test_a_pinned_fingerprint_the_server_does_not_present_is_named(tmp_path: Path) -> None:
+    import ssl
+    import threading
+
+    from mesh.control.target import self_signed, server_tls
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "cert.key"
+    self_signed(cert, key, ["127.0.0.1"])
+    context, real = server_tls(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve(handshakes: int) -> None:
+        for _ in range(handshakes):
+            connection, _ = listener.accept()
+            try:
+                with context.wrap_socket(connection, server_side=True):
+                    pass
+            except (OSError, ssl.SSLError):
+                connection.close()
+
+    thread = threading.Thread(target=serve, args=(2,), daemon=True)
+    thread.start()
+    try:
+        wrong = "ab" * 32
+        with pytest.raises(UsageError) as raised:
+            check_control_url(f"wss://127.0.0.1:{port}/?fp={wrong}")
+        assert str(raised.value) == (
+            f"--control wss://127.0.0.1:{port}/: the server presents the certificate {real[:12]}…, not the "
+            f"one fp= pins ({wrong[:12]}…): check the fingerprint for a typo, or whether the server has a "
+            "new certificate")
+        check_control_url(f"wss://127.0.0.1:{port}/?fp={real}")  # the right pin
+    finally:
+        thread.join(5)
+        listener.close()
+    check_control_url(f"wss://127.0.0.1:{port}/?fp={'ab' * 32}")  # nobody answers: the agent keeps dialing
