@@ -35,7 +35,17 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
     return app
 
 
-def _root() -> None:
+def _print_version(value: bool) -> None:
+    if value:
+        # The one version number: the one every NodeStarted records as software_version.
+        from actors.node import SOFTWARE_VERSION
+
+        print(f"lanrage {SOFTWARE_VERSION}")
+        raise typer.Exit(0)
+
+
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.",
+                                       is_eager=True, callback=_print_version)) -> None:
     pass
 
 

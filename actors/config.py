@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class ConnectionConfig:
     degraded_latency_ms: float = 200.0  # above this a connection is degraded
+    # ... in this many answered probes in a row on its path: one late answer is no verdict (the
+    # first probe after an outage waits for WireGuard's new handshake and a busy CPU: 494 ms
+    # once, on a 20 ms path, which degraded it and moved it to a relay for nothing).
+    latency_probes_to_degrade: int = 3
     lost_probes_before_action: int = 3  # consecutive lost probes before failover or reconnect
     # Reconnect attempts before the connection is marked failed, which means "unreachable
     # now", never "given up": while both nodes are in the party it keeps retrying, and the

@@ -170,6 +170,9 @@ class Probing:
     # what it showed, so a lossy direct path is not taken for a clean one on its return.
     outcomes: dict[str | None, list[bool]] = field(default_factory=dict)
     history: str = ""  # the last probe outcomes, oldest first: "+" answered, "-" lost, "~" endpoint moved
+    # The round trips answered in a row on ``latencies_path`` (a lost probe or another path starts anew).
+    latencies: list[float] = field(default_factory=list)
+    latencies_path: str | None = None
     stats: PeerStats | None = None  # WireGuard's counters for the peer, at the last reading
     read_at: float | None = None  # thespian time of the last counter reading
     sending_at: float | None = None  # the last reading that saw more than an idle tunnel's tx
@@ -642,6 +645,14 @@ class PeerConnectionActor(Actor):
             self._release_if_replaced(previous, op.tag)
             self._punch(op)
             return
+        if op.kind == RETRY_UNREACHABLE and self.state.state in UP and self.state.path == ev.DIRECT:
+            # The direct path answered while the ticket was on its way (after a cut, the control
+            # server is reached seconds after the peer): the pair stays where it is up. Moving it
+            # to a session only this end holds sent the two ends opposite ways for 15 s (lab).
+            self._commit([opened], op.tag)
+            self._release(op.tag)
+            self._finish(op)
+            return
         if op.kind == RETRY_UNREACHABLE:
             self._commit([opened,
                           ev.PathChosen(**self._base(), path=ev.RELAY, reason=op.purpose,
@@ -878,17 +889,21 @@ class PeerConnectionActor(Actor):
             self._remember_probe("+")
             self.probing.window.append(latency)
             self._count_probe(lost=False)
+            if state.state in (ev.CONNECTING, ev.FAILED):
+                self.probing.latencies_path = None  # a path that is back starts its run anew
             high = latency > threshold
+            slow = self._slow_run(state, latency)
             if state.state in (ev.CONNECTING, ev.FAILED):
                 lead = "first probe answered"
                 if state.state == ev.FAILED:
                     lead = "peer answered again" + (f" (retry {self.retries})" if self.retries else "")
                 tail = f" (above {threshold:.0f} ms)" if high else ""
-                return [self._transition(ev.DEGRADED if high else ev.CONNECTED,
+                return [self._transition(ev.DEGRADED if slow else ev.CONNECTED,
                                          f"{lead} in {latency:.1f} ms{tail}", latency, state)], False
-            if state.state == ev.CONNECTED and high:
-                return [self._transition(ev.DEGRADED, f"latency {latency:.1f} ms above {threshold:.0f} ms",
-                                         latency, state)], False
+            if state.state == ev.CONNECTED and slow:
+                run = len(self.probing.latencies)
+                return [self._transition(ev.DEGRADED, f"latency {latency:.1f} ms above {threshold:.0f} ms "
+                                                      f"({run} probes in a row)", latency, state)], False
             lossy = self._lossy(state)
             if lossy is not None:
                 return [self._transition(ev.DEGRADED, lossy, latency, state)], False
@@ -900,6 +915,7 @@ class PeerConnectionActor(Actor):
             return [], False
         # ProbeFailed
         self._remember_probe("-")
+        self.probing.latencies.clear()
         self.probing.lost += weight
         self.probing.window_lost += 1
         self._count_probe(lost=True)
@@ -922,6 +938,16 @@ class PeerConnectionActor(Actor):
         unreachable = (f"{lost} after {self.cfg.attempts_before_failed} reconnect attempts; "
                        "retrying every path")
         return [self._transition(ev.FAILED, unreachable, state=state)], False
+
+    def _slow_run(self, state: ConnectionState, latency: float) -> bool:
+        """Whether the last ``latency_probes_to_degrade`` answers in a row on this path, this
+        one included, all came later than ``degraded_latency_ms``."""
+        probing, cfg = self.probing, self.cfg
+        if probing.latencies_path != state.path:
+            probing.latencies, probing.latencies_path = [], state.path
+        probing.latencies = [*probing.latencies, latency][-cfg.latency_probes_to_degrade:]
+        return len(probing.latencies) >= cfg.latency_probes_to_degrade and \
+            min(probing.latencies) > cfg.degraded_latency_ms
 
     def _remember_probe(self, outcome: str) -> None:
         self.probing.history = (self.probing.history + outcome)[-self.cfg.probe_history:]

@@ -16,7 +16,7 @@ from actors.messages import LogSpec
 from mesh.text import one_line
 
 _MAIN_PID = os.getpid()
-_configured: dict[int, tuple[LogSpec, int]] = {}
+_configured: dict[int, tuple[LogSpec, int | None]] = {}
 FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} pid={process} {extra[actor]} | {message}"
 
 
@@ -27,8 +27,12 @@ def configure(spec: LogSpec) -> None:
         return
     if pid != _MAIN_PID and current is None:
         logger.remove()  # sinks inherited from the parent process
-    if current is not None:
+    if current is not None and current[1] is not None:
         logger.remove(current[1])
+    if pid == _MAIN_PID and spec.program_sinks:
+        logger.configure(extra={"actor": "-"})
+        _configured[pid] = (spec, None)
+        return
     sink = spec.path if spec.path else sys.stderr
     handler = logger.add(sink, level=spec.level, format=FORMAT)  # type: ignore[arg-type]
     logger.configure(extra={"actor": "-"}, patcher=one_line)

@@ -45,6 +45,9 @@ class AdapterSpec:
 class LogSpec:
     level: str = "INFO"
     path: str | None = None  # None: stderr
+    # The program already logs there itself (the agent, whose actors run in its own process):
+    # the actors add no sink of their own, or every line would be printed twice.
+    program_sinks: bool = False
 
 
 # ---------------------------------------------------------------- commands

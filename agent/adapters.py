@@ -75,9 +75,7 @@ class InterfaceOwner:
         ipaddress.ip_address(virtual_ip)
         config = self.agent.config
         if self.interface is None:
-            self.interface = WireGuardInterface.create(
-                self.agent.private_key, f"{virtual_ip}/16", name=config.interface,
-                listen_port=config.listen_port, state_dir=self.agent.state_dir)
+            self.interface = self._create(virtual_ip)
             self.addresses.add(virtual_ip)
         if virtual_ip in self.addresses:
             return
@@ -86,6 +84,28 @@ class InterfaceOwner:
         if done.returncode != 0 and "exists" not in done.stderr:
             raise MeshError(f"cannot add {virtual_ip} to {config.interface}: {done.stderr.strip()}")
         self.addresses.add(virtual_ip)
+
+    def _create(self, virtual_ip: str) -> WireGuardInterface:
+        """The interface; a port still held by a wireguard-go of ours (a previous run's, still
+        exiting or left behind) is waited for, or taken back, and the creation tried again."""
+        from mesh.wireguard import PortInUseError
+        from mesh.wireguard.port import reclaim_port
+
+        config = self.agent.config
+        for attempt in (1, 2):
+            try:
+                return WireGuardInterface.create(
+                    self.agent.private_key, f"{virtual_ip}/16", name=config.interface,
+                    listen_port=config.listen_port, state_dir=self.agent.state_dir)
+            except PortInUseError:
+                holder = reclaim_port(config.listen_port, config.interface)
+                if holder is not None or attempt == 2:
+                    raise MeshError(f"UDP port {config.listen_port} (--listen-port) is "
+                                    f"{holder or 'in use'}; stop that program or choose another "
+                                    "--listen-port") from None
+                logger.warning("UDP port {} was still held by a wireguard-go of ours for {}: taken back, "
+                               "creating the interface again", config.listen_port, config.interface)
+        raise AssertionError("unreachable")
 
     def enable_forwarding(self) -> None:
         """``mesh.interfaces.LocalInterface``: IPv4 forwarding on, in this node's network namespace

@@ -25,6 +25,13 @@ if TYPE_CHECKING:
     from agent.node import Agent
 
 REFRESH_S = 1.0
+# After a change of the parties (one opened, a member joined or left) the emulator follows the
+# store this often for a while: the peer's party events are written a few ms after its
+# announcement and its tunnel answers within half a second, and a game that broadcasts as
+# soon as the peer pings lost its first broadcasts to an emulator that would only start (or
+# learn the peer) at its next one-second refresh.
+QUICK_REFRESH_S = 0.05
+QUICK_FOR_S = 5.0
 SAMPLE_INTERVAL_S = 30.0  # one row per port with traffic per interval, like the relay monitor's samples
 
 
@@ -60,9 +67,16 @@ class BroadcastWiring:
         self._task: asyncio.Task[None] | None = None
         self._last: dict[str, str] = {}
         self._ifindex: int | None = None
+        self._changed = asyncio.Event()
+        self._quick_until = 0.0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    def parties_changed(self) -> None:
+        """A party opened or its members changed: follow the store closely for a while (on the loop)."""
+        self._quick_until = time.monotonic() + QUICK_FOR_S
+        self._changed.set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -118,7 +132,10 @@ class BroadcastWiring:
                 if str(error) != last_error:
                     logger.warning("broadcast emulation: {}", error)
                 last_error = str(error)
-            await asyncio.sleep(REFRESH_S)
+            quick = time.monotonic() < self._quick_until
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), QUICK_REFRESH_S if quick else REFRESH_S)
 
     def _interface_replaced(self) -> bool:
         """The sockets are bound to the interface's index; a re-created interface has another."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
@@ -21,10 +22,16 @@ def configure(level: str = "INFO", fmt: str = "human", path: Path | None = None)
     if fmt == "json":
         logger.add(sink, level=level, serialize=True, backtrace=False, diagnose=False)
     else:
-        logger.add(sink, level=level, backtrace=False, diagnose=False,
-                   format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {message}")
+        logger.add(sink, level=level, backtrace=False, diagnose=False, format=_human)
     # uvicorn and websockets log through the standard library: send them to loguru too.
     logging.basicConfig(handlers=[_Intercept()], level=logging.WARNING, force=True)
+
+
+def _human(record: Any) -> str:
+    """One line; an actor's lines name the actor (its stream), as in the actors' own format."""
+    actor = record["extra"].get("actor")
+    named = "{extra[actor]} | " if actor and actor != "-" else ""
+    return "{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} " + named + "{message}\n{exception}"
 
 
 class _Intercept(logging.Handler):

@@ -157,6 +157,10 @@ class Agent:
         # this side has since found dead).
         self.offers: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self.control_lost_at: dict[str, float] = {}  # control url -> monotonic time it went
+        # (party id, peer id, relay) -> the pair's last ticket there (one per member and relay):
+        # while the control server cannot be reached (an uplink just back, its session still
+        # redialing), a relay fallback uses it rather than fail for want of a ticket.
+        self.tickets: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.runtime = ActorRuntime(f"lanrage-{self.node_id}")
         self.node: Any = None
         self.interface: Any = None
@@ -195,7 +199,8 @@ class Agent:
                             adapters=adapter_spec(self), relays=self.config.relays,
                             config=self.config.actor_config,
                             log=m.LogSpec(self.config.log_level,
-                                          str(self.config.log_file) if self.config.log_file else None),
+                                          str(self.config.log_file) if self.config.log_file else None,
+                                          program_sinks=True),
                             executor=self.runtime.name)
         self.node = await asyncio.to_thread(self.runtime.start_node, start)
 
@@ -378,7 +383,8 @@ class Agent:
             return
         self.nat = nat_detector(self.config.stun, self.config.listen_port, self.node_id).detect()
         self.candidates = tuple(puncher(self.config.listen_port, self.nat).candidates())
-        logger.info("NAT {}; candidates {}", self.nat.nat_type if self.nat else "unknown (no STUN answer)",
+        unknown = "unknown (no STUN answer)" if self.config.stun else "unknown (no --stun server given)"
+        logger.info("NAT {}; candidates {}", self.nat.nat_type if self.nat else unknown,
                     ", ".join(self.candidates) or "none")
 
     # ------------------------------------------------------------ NodeService (the API calls these)
@@ -579,14 +585,26 @@ class Agent:
         fresh = time.monotonic() - received <= OFFER_FRESH_S
         if offer and fresh and offer.get("relay") == relay and offer.get("session_id") != failed_session \
                 and float(offer.get("expiry_s", 0)) - time.time() > 60:
+            self.tickets[(party_id, peer_id, relay)] = offer
             return offer
         url = self.bindings.get(party_id)
         if url is None:
             raise ServiceError(404, f"this node is not in party {party_id}")
         fields: dict[str, Any] = {"failed_session": failed_session} if failed_session else {}
-        answer = await self._control(await self._session(url), "relay_request", party_id=party_id,
-                                     to=peer_id, relay=relay, **fields)
-        return dict(answer["ticket"])
+        try:
+            answer = await self._control(await self._session(url), "relay_request", party_id=party_id,
+                                         to=peer_id, relay=relay, **fields)
+        except ServiceError as error:
+            kept = self.tickets.get((party_id, peer_id, relay))
+            if error.status != 503 or kept is None or kept.get("session_id") == failed_session \
+                    or float(kept.get("expiry_s", 0)) - time.time() <= 60:
+                raise
+            logger.info("relay ticket for {} from the last one (the control server is away: {})", peer_id,
+                        error.message)
+            return kept
+        ticket = dict(answer["ticket"])
+        self.tickets[(party_id, peer_id, relay)] = ticket
+        return ticket
 
     def _on_push(self, url: str, body: dict[str, Any]) -> None:
         if body.get("type") == "relay_offer" and isinstance(body.get("ticket"), dict):
@@ -602,11 +620,15 @@ class Agent:
         if not isinstance(party_id, str) or self.bindings.get(party_id) != url:
             return
         kind = body.get("type")
+        if kind in ("peer_joined", "peer_updated", "peer_left"):
+            self._parties_changed()
         if kind in ("peer_joined", "peer_left"):
             # A member that left or joined anew: the sessions offered with it before are over.
             member = body.get("member")
             gone = body.get("peer_id") or (member.get("peer_id") if isinstance(member, dict) else None)
             self.offers.pop((party_id, str(gone)), None)
+            for key in [key for key in self.tickets if key[:2] == (party_id, str(gone))]:
+                del self.tickets[key]
         if kind in ("peer_joined", "peer_updated") and isinstance(body.get("member"), dict):
             if self._acceptable(url, party_id, body["member"]):
                 self._tell(self._announcement(party_id, body["member"]))
@@ -624,8 +646,8 @@ class Agent:
         if reachable:
             lost_at = self.control_lost_at.pop(url, None)
             outage_s = time.monotonic() - lost_at if lost_at is not None else None
-            logger.info("control server {} reachable again{}", url,
-                        f" after {outage_s:.1f} s" if outage_s is not None else "")
+            if outage_s is not None:  # a first connection is logged by the client ("connected to ...")
+                logger.info("control server {} reachable again after {:.1f} s", url, outage_s)
             self._tell(m.ControlReachability(url, True, outage_s=outage_s))
         else:
             self.control_lost_at.setdefault(url, time.monotonic())
@@ -633,6 +655,7 @@ class Agent:
             self._tell(m.ControlReachability(url, False, error=error or "unreachable"))
 
     def _on_welcome(self, url: str, body: dict[str, Any]) -> None:
+        self._parties_changed()
         if (self.candidates or self._routed_devices(url)) and self.loop is not None and url in self.sessions:
             self.loop.create_task(self._check_then_announce(self.sessions[url]))
         parties = body.get("parties")
@@ -767,7 +790,14 @@ class Agent:
         self.bindings[party["party_id"]] = url
         if isinstance(session, FileSession):
             session.adopt(party["party_id"])
+        self._parties_changed()
         return opened
+
+    def _parties_changed(self) -> None:
+        """Broadcast emulation follows a party opened or a member come or gone without delay."""
+        broadcast = getattr(self, "broadcast", None)
+        if broadcast is not None:
+            broadcast.parties_changed()
 
     async def _ask(self, message: Any, timeout_s: float = SOFT_TIMEOUT_S) -> Any:
         reply = await asyncio.wrap_future(self.runtime.ask(self.node, message, timeout_s))

@@ -111,11 +111,14 @@ def apply_party(state: PartyState, event: Event) -> PartyState:
             return _evolve(state, party_id=event.party_id, name=event.name,
                            host_peer_id=event.host_peer_id, local_peer_id=event.host_peer_id,
                            subnet=event.subnet, active=True, left_reason=None,
-                           control_url=event.control_url)
+                           control_url=event.control_url, local_address=None, local_address_error=None)
         case ev.PartyJoined():
+            # An opening anew: the address is not on the interface until LocalAddressAssigned
+            # says so (a failure of an earlier opening of this party is no answer to this one).
             return _evolve(state, party_id=event.party_id, name=event.name,
                            local_peer_id=event.local_peer_id, subnet=event.subnet,
-                           active=True, left_reason=None, control_url=event.control_url)
+                           active=True, left_reason=None, control_url=event.control_url,
+                           local_address=None, local_address_error=None)
         case ev.PeerJoined():
             old = state.members_by_id.get(event.peer_id)
             return _set_member(state, MemberState(

@@ -17,7 +17,7 @@ from lab.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBCOMMANDS = ("serve", "control-server", "relay-server", "party", "status", "events", "replay", "history",
-               "diagnose", "sql", "db", "lab")
+               "diagnose", "sql", "db", "dashboard", "lab")
 INSTALL_TIMEOUT_S = 600  # resolving and unpacking every dependency (from pip's cache when warm)
 
 
@@ -57,6 +57,26 @@ def test_pip_install_gives_the_lanrage_command(tmp_path: Path) -> None:
                            timeout=60, check=True)
     assert str(ROOT) not in where.stdout and str(environment) in where.stdout
     assert where.stdout.split()[-1] == "True"
+
+    # Only the product's top-level names, as the README lists them; never the tests. (pystun3,
+    # a dependency, installs a top-level `tests` of its own: the files are counted by owner.)
+    site = Path(where.stdout.split()[0]).parent
+    record = next(site.glob("lanrage-*.dist-info")) / "RECORD"
+    installed_names = {line.split("/")[0].split(",")[0] for line in record.read_text().splitlines()
+                       if line and not line.startswith("..")}
+    installed_names -= {"__pycache__", *(name for name in installed_names if name.endswith(".dist-info"))}
+    ours = {"actors", "agent", "api", "cli.py", "commands", "events", "lab", "mesh", "migrations", "store"}
+    assert installed_names == ours
+    readme = (ROOT / "README.md").read_text()
+    assert "top-level names: " + ", ".join(f"`{name.removesuffix('.py')}`" for name in sorted(ours)) in readme
+
+    # One version number: the package's, `--version`'s and the one the events record.
+    from actors.node import SOFTWARE_VERSION
+
+    assert run("--version").stdout == f"lanrage {SOFTWARE_VERSION}\n"
+    shown = subprocess.run([str(python), "-m", "pip", "show", "lanrage"], capture_output=True, text=True,
+                           timeout=60, check=True).stdout
+    assert f"Version: {SOFTWARE_VERSION}" in shown.splitlines()
 
     helped = run("--help")
     assert helped.returncode == 0, helped.stderr

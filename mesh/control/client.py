@@ -16,6 +16,7 @@ import itertools
 import json
 import queue
 import random
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -76,6 +77,9 @@ class Backoff:
         while True:
             yield delay * random.uniform(1 - self.jitter, 1 + self.jitter)
             delay = min(self.maximum_s, delay * self.factor)
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/=]{1,12}")
 
 
 class AsyncControlClient:
@@ -203,16 +207,22 @@ class AsyncControlClient:
     async def _authenticate(self, ws: ClientConnection) -> float:
         seen = peer_fingerprint(ws.transport)
         if self.target.fingerprint and seen != self.target.fingerprint:
-            raise ControlError("wrong_server", f"{self.target.authority} presented a TLS certificate other "
-                                               "than the one this URL pins")
+            raise ControlError("wrong_server", f"{self.target.authority} presented the TLS certificate "
+                                               f"{seen[:12] or 'none'}…, not the one the URL's fp= pins "
+                                               f"({self.target.fingerprint[:12]}…): check the fingerprint "
+                                               "for a typo, or whether the server has a new certificate")
         await ws.send(json.dumps({"type": "hello", "v": p.VERSION, "public_key": self.identity.public_key,
                                   "name": self.name}))
         challenge = await self._expect(ws, "challenge")
         server_key = challenge.get("server_key")
         pinned = self.target.server_key
         if not isinstance(server_key, str) or (pinned and server_key != pinned):
-            raise ControlError("wrong_server", f"{self.target.authority} is not the control server this URL "
-                                               "names (another server key)")
+            shown = server_key[:12] if isinstance(server_key, str) and _BASE64.fullmatch(server_key[:12]) \
+                else "?"  # from the network: only base64 is printed
+            why = (f"{self.target.authority} proved the server key {shown}…, not the one the URL's key= "
+                   f"pins ({str(pinned)[:12]}…): check the key for a typo (an invite copied whole carries "
+                   "it), or whether the server has a new key")
+            raise ControlError("wrong_server", why)
         binding = ServerBinding(server_key, seen, self.target.authority)
         try:
             proof = self.identity.prove(str(challenge.get("ephemeral")), str(challenge.get("nonce")), binding)
@@ -296,7 +306,7 @@ class AsyncControlClient:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ControlUnavailable("the connection to the control server closed"))
-        if was_connected:
+        if was_connected and not self._stopping:  # a clean stop closes it on purpose
             logger.warning("lost the control server {}; reconnecting", self.url)
 
     def _report(self, reachable: bool) -> None:

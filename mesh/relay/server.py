@@ -644,21 +644,26 @@ def _stderr() -> Any:
     return sys.stderr
 
 
-def load_secret(path: str | None, env: str = "LANRAGE_RELAY_SECRET") -> bytes:
-    """The shared relay secret, from a file (hex or raw) or the environment."""
+def load_secret(path: str | None, env: str = "LANRAGE_RELAY_SECRET", option: str = "--secret-file") -> bytes:
+    """The shared relay secret, from a file (hex or raw) or the environment; ``option`` is the
+    flag that names the file, for the errors."""
     if path:
-        with open(path, "rb") as handle:
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 (closed below)
+        except OSError as error:
+            raise ValueError(f"{option} {path}: {error.strerror or error}") from None
+        with handle:
             mode = os.fstat(handle.fileno()).st_mode
             if mode & 0o077:
-                raise ValueError(f"the relay secret file {path} is readable or writable by other users "
-                                 f"(mode {mode & 0o777:o}): chmod 600 {path}")
+                raise ValueError(f"{option}: the relay secret file {path} is readable or writable by other "
+                                 f"users (mode {mode & 0o777:o}): chmod 600 {path}")
             raw = handle.read(4096).strip()
     else:
         raw = os.environ.get(env, "").encode()
     if not raw:
-        raise ValueError(f"no relay secret: pass --secret-file or set {env}")
+        raise ValueError(f"no relay secret: pass {option} or set {env}")
     with contextlib.suppress(ValueError, UnicodeDecodeError):
         raw = bytes.fromhex(raw.decode())
     if len(raw) < 16:
-        raise ValueError("the relay secret must be at least 16 bytes")
+        raise ValueError(f"the relay secret{f' in {path}' if path else ''} must be at least 16 bytes")
     return raw

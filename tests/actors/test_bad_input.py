@@ -68,7 +68,7 @@ def test_malformed_observations_from_an_adapter(make_node, tmp_path: Path) -> No
     node.tell(m.Observations("p1", "bob", (
         m.LatencyObserved(-5.0), m.LatencyObserved(float("nan")), m.LatencyObserved("fast"),  # type: ignore[arg-type]
         m.TrafficObserved(-1, 3), Bogus(),  # type: ignore[arg-type]
-        m.LatencyObserved(300.0))))
+        *[m.LatencyObserved(300.0)] * 3)))  # three late answers in a row: degraded
     actor, bad = "peer-connection/p1/bob", "malformed observation"
     assert rejected(node, node.peer("bob")) == [
         (actor, "LatencyObserved", f"{bad}: latency_ms -5.0 is out of range"),
@@ -79,7 +79,7 @@ def test_malformed_observations_from_an_adapter(make_node, tmp_path: Path) -> No
     node.tell(m.Observations("p1", "bob", None))  # type: ignore[arg-type]
     assert rejected(node, node.peer("bob"))[-1] == (
         actor, "Observations", "items must be a sequence of observations")
-    # The good observation in the same batch still counted, and the actor keeps going.
+    # The good observations in the same batch still counted, and the actor keeps going.
     assert node.connection("p1", "bob").state == "degraded"
     node.advance(5)
     assert node.connection("p1", "bob").state == "connected"
@@ -97,7 +97,7 @@ def test_unknown_message_to_a_peer_connection_actor(make_node) -> None:
         ("peer-connection/p1/bob", "Bogus", "unknown message for a peer connection")]
     assert rejected(node, node.party()) == [("party/p1", "Bogus", "unknown message for a party")]
     node.net.set_latency("10.66.0.2", 250.0)
-    node.advance(5)
+    node.advance(15)  # three late answers in a row
     assert node.connection("p1", "bob").state == "degraded"
 
 

@@ -235,3 +235,58 @@ def test_a_failed_connection_holding_a_session_asks_for_the_pairs_session_when_t
     names = [line.split("(")[0] for line in written]
     assert names[:2] == ["ReconnectAttempted", "RelayAllocationRequested"], written
     assert node.connection("p1", "bob").state == "connected"
+
+
+def test_one_late_answer_after_an_outage_does_not_degrade_the_path(make_node) -> None:
+    """The first probe answered after a long cut waits for WireGuard's new handshake (494 ms
+    once, in the lab, on a 20 ms path): the path that is back is connected, and only a run of
+    late answers degrades it."""
+    node = joined(make_node)
+    cut_for(node, 60)
+    assert node.connection("p1", "bob").state in ("connecting", "failed")
+    node.new(node.peer("bob"))
+    node.net.set_latency(BOB_IP, 494.0)
+    node.net.unblock(BOB)
+    node.advance(1.5, step=0.25)
+    back = [line for line in node.new(node.peer("bob")) if line.startswith("ConnectionStateChanged(")]
+    assert len(back) == 1, back
+    assert "to_state='connected'" in back[0] and "in 494.0 ms (above 200 ms)" in back[0], back
+    node.net.set_latency(BOB_IP, 20.0)
+    node.advance(30, step=0.25)
+    state = node.connection("p1", "bob")
+    assert (state.state, state.path) == ("connected", "direct")
+    assert not [line for line in node.new(node.peer("bob")) if "degraded" in line]
+
+
+def test_a_run_of_late_answers_degrades_the_path(make_node) -> None:
+    node = joined(make_node)
+    node.net.set_latency(BOB_IP, 494.0)
+    node.advance(10, step=0.25)
+    assert node.connection("p1", "bob").state == "connected"  # two late answers
+    node.advance(5, step=0.25)
+    changed = [line for line in node.new(node.peer("bob")) if line.startswith("ConnectionStateChanged(")]
+    assert len(changed) == 1 and "reason='latency 494.0 ms above 200 ms (3 probes in a row)'" in changed[0], \
+        changed
+    assert node.connection("p1", "bob").state == "degraded"
+
+
+def test_a_relay_session_that_comes_after_the_direct_path_answered_does_not_move_the_pair(make_node) -> None:
+    """After a long cut, a failed connection's retry probes the tunnel and asks for a relay
+    session at once. When the direct path answers first (the control server that hands out
+    relay tickets is reached seconds after the uplink returns), the pair stays direct: moving
+    it to a session only this end holds made the two ends take opposite ways (15 s apart, lab)."""
+    node = joined(make_node)
+    cut_for(node, 60)
+    assert node.connection("p1", "bob").state == "failed"
+    node.new(node.peer("bob"))
+    node.net.unblock(BOB)
+    node.net.set_relay(RELAY_A, 40.0)
+    node.advance(10, step=0.25)
+    written = node.new(node.peer("bob"))
+    state = node.connection("p1", "bob")
+    assert (state.state, state.path) == ("connected", "direct"), written
+    moves = [line for line in written if line.startswith(("PathChosen(path='relay'", "PathSwitched("))]
+    assert moves == [], written
+    opened = [line for line in written if line.startswith("RelaySessionOpened(")]
+    released = [line for line in written if line.startswith("RelaySessionReleased(")]
+    assert len(opened) == len(released), written  # a session that came too late is given back

@@ -66,11 +66,14 @@ def test_join_connect_degrade_and_recover(make_node) -> None:
         "VirtualIpAllocated(peer_id='bob', virtual_ip='10.66.0.2')",
     ]
     node.net.set_latency("10.66.0.2", 250.0)
+    node.advance(10)
+    assert node.new(node.peer("bob")) == []  # two late answers are no verdict yet
     node.advance(5)
     assert node.new(node.peer("bob")) == [
         "ConnectionStateChanged(from_state='connected', to_state='degraded', "
-        "reason='latency 250.0 ms above 200 ms', path='direct', endpoint='203.0.113.2:51820', relay=None, "
-        "latency_ms=250.0, recent_probes='++')"]  # a setback shows the probes before it
+        "reason='latency 250.0 ms above 200 ms (3 probes in a row)', path='direct', "
+        "endpoint='203.0.113.2:51820', relay=None, "
+        "latency_ms=250.0, recent_probes='++++')"]  # a setback shows the probes before it
     node.advance(10)  # still slow: no new transition
     assert node.new(node.peer("bob")) == []
     node.net.set_latency("10.66.0.2", 40.0)
@@ -421,7 +424,7 @@ def test_leave_closes_every_connection_and_the_party_can_be_opened_again(make_no
 
 
 def test_a_new_connection_is_probed_at_once_then_every_interval(make_node) -> None:
-    node = make_node(first_probe_s=0.5)
+    node = make_node(first_probe_s=0.5, latency_probes_to_degrade=1)  # each probe shows
     node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
     node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
     assert node.new(node.peer("bob")) == JOINED

@@ -210,3 +210,33 @@ def test_the_default_backoff_brings_a_session_back_within_3_s_of_a_restarted_ser
     values = [next(delays) for _ in range(200)]
     assert max(values) <= 3.0 and min(values[5:]) >= 1.0
     assert len({round(v, 3) for v in values[10:]}) > 100  # jittered: agents do not retry in step
+
+
+def test_a_mistyped_server_key_is_named_as_a_possible_typo_not_only_refused() -> None:
+    from urllib.parse import quote
+
+    real, wrong = Identity.generate(), Identity.generate().public_key
+    with server_thread(identity=real) as server, \
+            client(f"{server.url}/?key={quote(wrong, safe='')}", "alice") as alice:
+        assert not alice.wait_connected(1.0)
+        assert alice.last_error == (
+            f"127.0.0.1:{server.port} proved the server key {real.public_key[:12]}…, not the one the URL's "
+            f"key= pins ({wrong[:12]}…): check the key for a typo (an invite copied whole carries it), or "
+            "whether the server has a new key (wrong_server)")
+
+
+def test_a_clean_stop_does_not_warn_of_a_lost_server() -> None:
+    from loguru import logger
+
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message).strip()), format="{level} {message}")
+    try:
+        with server_thread() as server:
+            with client(server.url, "alice") as alice:
+                assert alice.wait_connected(5)
+            server.stop()  # the client is gone before: nothing of its own to lose
+    finally:
+        logger.remove(sink)
+    assert [line for line in lines if "lost the control server" in line] == []
+    assert [line.split(" as ")[0] for line in lines if "connected to control server" in line] == [
+        f"INFO connected to control server {server.url}"]

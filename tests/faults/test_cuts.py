@@ -63,6 +63,8 @@ def test_an_uplink_cut(faults: FaultParty, outage_s: int, played_s: float) -> No
         restored = time.monotonic()
         try:
             faults.assert_mesh(RECOVERY_S, since=restored, what=f"after a {outage_s} s cut")
+            print(f"\n{outage_s} s cut: every pair answered a ping {time.monotonic() - restored:.1f} s after "
+                  f"the uplinks returned (bound {RECOVERY_S:g} s)")
         except AssertionError:
             print(story(faults, cut_at))
             raise
