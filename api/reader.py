@@ -117,7 +117,9 @@ class StoreReader:
         if at is not None and at.tzinfo is None:
             at = at.replace(tzinfo=UTC)  # an ISO 8601 time without an offset is UTC here, as in the log
         found = diagnosis.incidents(connection, node_events)
-        chosen = (diagnosis.select_incidents(found, at=at) if at is not None
+        # ``at`` is a moment: the incident recorded then, else the nearest within a few minutes
+        # either side, as ``diagnose --at`` picks it.
+        chosen = (diagnosis.select_nearest(found, at, at, diagnosis.NEAREST_WITHIN)[0][:1] if at is not None
                   else diagnosis.select_incidents(found, position=position))
         if not chosen:
             return None

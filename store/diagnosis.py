@@ -813,6 +813,11 @@ def _state_at(connection: Sequence[RecordedEvent], position: int) -> str | None:
     return state
 
 
+# How far from the moment asked about an incident may lie and still be the one meant (the
+# CLI's `--at` uses the same span).
+NEAREST_WITHIN = timedelta(minutes=5)
+
+
 def select_incidents(found: Sequence[Incident], at: datetime | None = None, position: int | None = None,
                      latest: int = LATEST_INCIDENTS) -> list[Incident]:
     """The last incident at or before ``at`` / ``position``, or else the latest few."""

@@ -133,3 +133,13 @@ def test_the_diagnosis_of_yesterdays_drop(client: TestClient) -> None:
     assert incident["kind"] == "drop" and incident["findings"][0]["summary"]
     latest = client.get("/api/peers/bob/diagnose").json()["incident"]
     assert datetime.fromisoformat(latest["at"]) == START + timedelta(seconds=600 * (CYCLES - 1) + 300)
+
+
+def test_the_diagnosis_at_a_moment_takes_the_nearest_incident_either_side(client: TestClient) -> None:
+    drop = START + timedelta(seconds=600 * 7 + 300)  # 09:15:00 UTC; the recovery before it at 09:10:05
+    # 4 s before the drop: the drop (4 s away) is nearer than the recovery at 09:10:05 (4 min 51 s).
+    before = client.get("/api/peers/bob/diagnose", params={"at": (drop - timedelta(seconds=4)).isoformat()})
+    assert datetime.fromisoformat(before.json()["incident"]["at"]) == drop
+    # Nothing within 5 min of a moment before the first row: no incident, not the latest one.
+    early = client.get("/api/peers/bob/diagnose", params={"at": (START - timedelta(hours=1)).isoformat()})
+    assert early.json()["incident"] is None
