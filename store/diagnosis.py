@@ -179,11 +179,32 @@ def peer_account(window: Window) -> Finding | None:
     with the control server's word on when it stopped hearing from the peer.
 
     Shown first and marked as who said it: it is never checked, only reported. The server's
-    word alone (the peer said nothing) does not lead: this node's own rules say more (a
-    silence of the control connection is also what a lossy or rebinding uplink looks like).
+    word alone (the peer said nothing) does not lead here: this node's own rules say more (a
+    silence of the control connection is also what a lossy or rebinding uplink looks like), so
+    it is ``server_account``, the last rule.
     """
-    if window.incident.kind in NODE_INCIDENTS:
+    said = _accounts(window)
+    if all(record.event.said_by == ev.SAID_BY_SERVER for record, _, _ in said):
         return None
+    first = next(r.event.kind for r, _, _ in said if r.event.said_by != ev.SAID_BY_SERVER)
+    return _account_finding(window, said, ACCOUNT_CAUSES.get(first, f"remote_{first}"))
+
+
+def server_account(window: Window) -> Finding | None:
+    """Only the control server spoke: when it stopped hearing from the peer, and since when. Last in
+    precedence, so it leads only where this node's own log tells nothing; "cannot be told" then
+    remains only when neither side nor the server knows."""
+    said = _accounts(window)
+    if not said or any(record.event.said_by != ev.SAID_BY_SERVER for record, _, _ in said):
+        return None
+    return _account_finding(window, said, "remote_silent_to_server")
+
+
+def _accounts(window: Window) -> list[tuple[RecordedEvent, datetime, datetime | None]]:
+    """Who said what about the peer's side around the incident: the latest of each thing said
+    again (the server's "silent since", then "back at"), the peer's own word first."""
+    if window.incident.kind in NODE_INCIDENTS:
+        return []
     said: dict[tuple[str, str, str], tuple[RecordedEvent, datetime, datetime | None]] = {}
     for record in window.node:
         event = record.event
@@ -192,14 +213,16 @@ def peer_account(window: Window) -> Finding | None:
         start, end = _account_time(event.started_at), _account_time(event.ended_at)
         if start is None or not start - ACCOUNT_BEFORE <= window.at <= (end or start) + ACCOUNT_AFTER:
             continue
-        # The same thing said again (the server's "silent since", then "back at"): the latest.
         said[(event.said_by, event.kind, event.started_at)] = (record, start, end)
-    if all(event.said_by == ev.SAID_BY_SERVER for event in (r.event for r, _, _ in said.values())):
-        return None
+    return sorted(said.values(), key=lambda entry: entry[0].event.said_by == ev.SAID_BY_SERVER)
+
+
+def _account_finding(window: Window, said: list[tuple[RecordedEvent, datetime, datetime | None]],
+                     cause: str) -> Finding:
     zone = window.at.astimezone().strftime("%Z")
     peer_words: list[str] = []
     server_words: list[str] = []
-    for record, start, end in said.values():
+    for record, start, end in said:
         begun, ended = _clock(start), _clock(end) if end else "-"
         text = ACCOUNT_WORDS.get(record.event.kind, record.event.kind).format(
             span=f"{begun}-{ended}" if end else f"from {begun}", start=begun, end=ended)
@@ -209,13 +232,11 @@ def peer_account(window: Window) -> Finding | None:
     parts = [f"{window.peer_name}'s node says {'; '.join(peer_words)}"] if peer_words else []
     parts += [f"the control server says {window.peer_name}'s node {'; '.join(server_words)}"] \
         if server_words else []
-    peer_first = sorted(said.values(), key=lambda entry: entry[0].event.said_by == ev.SAID_BY_SERVER)
     evidence = tuple(Fact.of(record, f"{_whose(window, record.event)} (received {_clock(record.recorded_at)} "
                                      f"{zone}): {record.event.kind} {_clock(start)}-"
                                      f"{_clock(end) if end else ''}; {record.event.detail}")
-                     for record, start, end in peer_first)
-    first = next(r.event.kind for r, _, _ in said.values() if r.event.said_by != ev.SAID_BY_SERVER)
-    return Finding(ACCOUNT_CAUSES.get(first, f"remote_{first}"), f"{'; '.join(parts)} ({zone})", evidence)
+                     for record, start, end in said)
+    return Finding(cause, f"{'; '.join(parts)} ({zone})", evidence)
 
 
 def _whose(window: Window, event: ev.PeerAccountReceived) -> str:
@@ -684,7 +705,7 @@ def _handshake_words(age: float) -> str:
 # stopped answering because this node could reach nothing at all.
 RULES: tuple[Rule, ...] = (peer_account, local_restart, left_party, local_uplink, relay_died,
                            control_unreachable, endpoint_changed, loss_rose, direct_path_failed,
-                           remote_unreachable, loss_in_samples)
+                           remote_unreachable, loss_in_samples, server_account)
 
 
 # ---------------------------------------------------------------- windows and incidents

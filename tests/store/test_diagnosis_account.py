@@ -132,3 +132,19 @@ def test_the_peers_word_on_its_endpoint_names_the_same_cause_as_this_nodes_rule(
                "203.0.113.5:4000 to 203.0.113.5:4100")
     assert log.findings()[0] == ("endpoint_changed: Bob's node says its public endpoint changed at 22:03:00 "
                                  "(CET)")
+
+
+def alone(log: Log, at: float = 184, back: float = 910) -> Log:
+    """Bob is this node's only connection, so its own log cannot tell whose side went silent."""
+    log.at(0, "peer:p:bob", state("bob", None, "connecting", "peer joined the party"),
+           state("bob", "connecting", "connected", "first probe answered"))
+    log.at(at, "peer:p:bob", state("bob", "connected", "connecting", "reconnect attempt 1/3: 3 probes lost"))
+    log.at(back, "peer:p:bob", state("bob", "connecting", "connected", "first probe answered"))
+    return log
+
+
+def test_the_control_servers_word_leads_where_this_nodes_log_tells_nothing() -> None:
+    assert alone(Log()).findings()[0].startswith("unknown: the cause cannot be told")
+    log = told(alone(Log()), 190, ev.ACCOUNT_OFFLINE, 181, None, said_by=ev.SAID_BY_SERVER)
+    assert log.findings() == ["remote_silent_to_server: the control server says Bob's node was silent from "
+                              "22:03:01 (no heartbeat, no message) (CET)"]
