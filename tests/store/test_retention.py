@@ -8,17 +8,17 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 import cli
 from events import types as ev
 from events.base import Event
-from events.fold import World
-from store import EventStore, open_store
+from events.fold import ConnectionState, RelayState, World, apply_connection, apply_relay
+from store import EventStore, RecordedEvent, open_store
 from store.replay import replay
-from store.retention import low_water_marks, parse_keep, prune, transitions, upkeep
+from store.retention import PRUNABLE_TYPES, low_water_marks, parse_keep, prune, transitions, upkeep
 from tests.store.helpers import left, metrics, state
 from tests.store.test_properties import SETTINGS, _builds, names, streamed_event
 
@@ -100,8 +100,41 @@ sampled = st.one_of(
 )
 
 
+def _must_stay(stream: str, records: list[RecordedEvent]) -> set[int]:
+    """The positions retention may never delete, judged from the stream as it was before pruning.
+
+    Every row that is not a sample, the newest row, and in a stream with a state of its own
+    the first row (it makes the state exist) and each sample that changed a transition.
+    """
+    kept = {r.stream_position for r in records if r.event_type not in PRUNABLE_TYPES}
+    kept.add(records[-1].stream_position)
+    if stream.startswith("metrics:"):
+        return kept
+    apply, state = ((apply_relay, RelayState()) if stream.startswith("relay") else
+                    (apply_connection, ConnectionState()))
+    kept.add(records[0].stream_position)
+    for record in records:
+        before = transitions(state)
+        state = apply(state, record.event)
+        if transitions(state) != before:
+            kept.add(record.stream_position)
+    return kept
+
+
+_PEER_B = "peer:n1:p1:b"
+_RELAY = "relay:n1:203.0.113.9:8668"
+
+
 @SETTINGS
 @given(items=st.lists(sampled, min_size=1, max_size=40))
+# A peer stream that begins with a sample: that first row stays (it makes the connection exist in
+# a replay), below the low-water mark of the later sample that goes.
+@example(items=[(_PEER_B, metrics("b")), (_PEER_B, metrics("b")),
+                (_PEER_B, ev.HolePunchFailed(party_id="p1", peer_id="b", reason="", elapsed_ms=0.0))])
+# A relay's probe that clears its degradation stays below the mark; the silent probe before it goes.
+@example(items=[(_RELAY, probed(3)), (_RELAY, ev.RelayDegraded(relay="203.0.113.9:8668", reason="silent",
+                                                               rtt_ms=None)),
+                (_RELAY, probed(0)), (_RELAY, probed(3)), (_RELAY, probed(3)), (_RELAY, probed(3))])
 def test_pruning_never_changes_a_replayed_transition(store: EventStore,
                                                      items: list[tuple[str, Event]]) -> None:
     run = uuid.uuid4().hex[:8]
@@ -113,6 +146,7 @@ def test_pruning_never_changes_a_replayed_transition(store: EventStore,
     before = [_transitions(replay(store, position=position, start=base))
               for position in range(base.position, last + 1)]
     positions = {stream: store.stream_position(stream) for stream in store.streams() if run in stream}
+    must_stay = {stream: _must_stay(stream, store.read_stream(stream)) for stream in positions}
     prune(store, now=LATER)
     after = [_transitions(replay(store, position=position, start=base))
              for position in range(base.position, last + 1)]
@@ -123,9 +157,10 @@ def test_pruning_never_changes_a_replayed_transition(store: EventStore,
         kept = [r.stream_position for r in store.read_stream(stream)]
         above = [p for p in kept if p > marks.get(stream, 0)]
         assert above == list(range(marks.get(stream, 0) + 1, newest + 1))  # gapless above the mark
-        assert all(r.event_type not in ("MetricsSampled", "RelayProbed", "RelayCountersSampled")
-                   or r.stream_position > marks.get(stream, 0) or stream.startswith("relay")
-                   for r in store.read_stream(stream))
+        assert must_stay[stream] <= set(kept)
+        # At or below the mark, a sample is left only where it had to stay.
+        assert [p for p in kept if p <= marks.get(stream, 0)] == \
+            sorted(p for p in must_stay[stream] if p <= marks.get(stream, 0))
 
 
 def test_parse_keep() -> None:
