@@ -68,7 +68,12 @@ def test_three_agents_share_one_postgresql(tmp_path: Path, pg_url: str) -> None:
                     "history", peers[other.name], "--node", mine, "--json", "--db", pg_url,
                     "--state-dir", str(node.state)).stdout.splitlines()]
                 stream = f"peer:{mine}:{party_id}:{peers[other.name]}"
-                assert rows and {row["stream_id"] for row in rows} == {stream}
+                # That connection's rows, and this node's own starts, stops and crashes while
+                # it lived: never another node's.
+                assert rows and {row["stream_id"] for row in rows} <= {stream, f"node:{mine}"}
+                assert stream in {row["stream_id"] for row in rows}
+                assert {row["event_type"] for row in rows if row["stream_id"] != stream} <= {
+                    "NodeStarted", "NodeStopped", "NodeRunEndedAbruptly"}
                 assert rows[0]["event_type"] == "ConnectionStateChanged"
         # Without --node the same database shows all three, side by side.
         everyone = as_json(nodes[0], "replay", "--at", "now", "--db", pg_url)
