@@ -161,6 +161,11 @@ def _pct(value: float | None) -> str:
 # side sees a return a few probes late).
 ACCOUNT_BEFORE = timedelta(seconds=45)
 ACCOUNT_AFTER = timedelta(seconds=60)
+# A moment the peer names (its endpoint moved, it left) explains a drop that follows it within
+# this long: a broken path is noticed within a few probe intervals (5 s each), and a drop half a
+# minute after a move the connection lived through has another cause.
+ACCOUNT_POINT_AFTER = timedelta(seconds=20)
+ACCOUNT_POINTS = (ev.ACCOUNT_ENDPOINT, ev.ACCOUNT_LEFT)
 ACCOUNT_WORDS = {
     ev.ACCOUNT_UPLINK: "its uplink was down {span}",
     ev.ACCOUNT_CRASHED: "it crashed or was killed: last alive {start}, started again {end}",
@@ -211,7 +216,8 @@ def _accounts(window: Window) -> list[tuple[RecordedEvent, datetime, datetime | 
         if not isinstance(event, ev.PeerAccountReceived) or not window.about_this_peer(record):
             continue
         start, end = _account_time(event.started_at), _account_time(event.ended_at)
-        if start is None or not start - ACCOUNT_BEFORE <= window.at <= (end or start) + ACCOUNT_AFTER:
+        after = ACCOUNT_POINT_AFTER if event.kind in ACCOUNT_POINTS and end is None else ACCOUNT_AFTER
+        if start is None or not start - ACCOUNT_BEFORE <= window.at <= (end or start) + after:
             continue
         said[(event.said_by, event.kind, event.started_at)] = (record, start, end)
     return sorted(said.values(), key=lambda entry: entry[0].event.said_by == ev.SAID_BY_SERVER)

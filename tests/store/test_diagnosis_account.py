@@ -148,3 +148,12 @@ def test_the_control_servers_word_leads_where_this_nodes_log_tells_nothing() -> 
     log = told(alone(Log()), 190, ev.ACCOUNT_OFFLINE, 181, None, said_by=ev.SAID_BY_SERVER)
     assert log.findings() == ["remote_silent_to_server: the control server says Bob's node was silent from "
                               "22:03:01 (no heartbeat, no message) (CET)"]
+
+
+def test_a_move_the_connection_lived_through_does_not_explain_a_later_drop() -> None:
+    """In the lab, bob's endpoint moved (a NAT rebinding the pair survived) and 36 s later rising
+    loss dropped him: the move is not that drop's cause."""
+    log = told(dropped(Log()), 150, ev.ACCOUNT_ENDPOINT, 148, None, "its public endpoint moved from "
+               "203.0.113.5:4000 to 203.0.113.5:4100")
+    assert not [f for f in log.findings() if f.startswith("endpoint_changed")]
+    assert log.findings()[0].startswith("remote_unreachable: Bob's node became unreachable")
