@@ -160,15 +160,7 @@ def drop(owner: Account, keep: tuple[int, ...] = KEPT) -> None:
     os.setgroups([])
     os.setresgid(owner.gid, owner.gid, owner.gid)
     os.setresuid(owner.uid, owner.uid, owner.uid)
-    mask = sum(1 << capability for capability in keep)
-    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
-    data = (ctypes.c_uint32 * 6)(mask, mask, mask, 0, 0, 0)  # effective, permitted, inheritable (x2 words)
-    if libc.capset(header, data) != 0:
-        raise PrivilegeError(f"cannot set the kept capabilities: {os.strerror(ctypes.get_errno())}")
-    for capability in keep:
-        if libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, capability, 0, 0) != 0:
-            raise PrivilegeError(f"cannot make capability {capability} ambient: "
-                                 f"{os.strerror(ctypes.get_errno())}")
+    _set_kept(libc, keep)
     if os.getuid() == 0 or os.geteuid() == 0:
         raise PrivilegeError("still root after the drop")
 
@@ -187,9 +179,15 @@ def keep_only(keep: tuple[int, ...] = KEPT) -> None:
     for capability in range(last + 1):
         if capability not in keep and libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
             raise PrivilegeError(f"cannot drop capability {capability}: {os.strerror(ctypes.get_errno())}")
+    _set_kept(libc, keep)
+
+
+def _set_kept(libc: ctypes.CDLL, keep: tuple[int, ...]) -> None:
+    """Exactly ``keep`` as effective, permitted and inheritable capabilities, and ambient, so that
+    the programs this process starts (wireguard-go, ip) hold them too."""
     mask = sum(1 << capability for capability in keep)
     header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
-    data = (ctypes.c_uint32 * 6)(mask, mask, mask, 0, 0, 0)
+    data = (ctypes.c_uint32 * 6)(mask, mask, mask, 0, 0, 0)  # effective, permitted, inheritable (x2 words)
     if libc.capset(header, data) != 0:
         raise PrivilegeError(f"cannot set the kept capabilities: {os.strerror(ctypes.get_errno())}")
     for capability in keep:
