@@ -1116,9 +1116,9 @@ class PeerConnectionActor(Actor):
         if self.closing or self.state.state != ev.CONNECTING:
             self.traffic = None
             return
-        fresh_s = 2.5 * min(self.cfg.first_probe_s, self.cfg.probe_interval_s)
+        tick_s = min(self.cfg.first_probe_s, self.cfg.probe_interval_s)
         self.traffic, reason = traffic_flows(self.traffic, stats, thespian_timing.currentTime(), time.time(),
-                                             fresh_s, self.cfg.handshake_stale_s)
+                                             tick_s, self.cfg.handshake_stale_s)
         if reason is None:
             return
         before = self.state

@@ -22,21 +22,28 @@ TRAFFIC = "traffic"  # the effect tag of the reading
 class Reading:
     rx_bytes: int
     at: float  # thespian time
+    spell_start: float  # wall time: this connecting spell began no earlier than this
 
 
 def traffic_flows(previous: Reading | None, stats: PeerStats | None, now: float, wall_now: float,
-                  fresh_s: float, handshake_stale_s: float) -> tuple[Reading | None, str | None]:
+                  tick_s: float, handshake_stale_s: float) -> tuple[Reading | None, str | None]:
     """The reading to keep, and the reason to record ``connected`` if traffic flows now.
 
-    ``previous`` counts only if it is at most ``fresh_s`` old: an older one may come from
-    before this connecting spell, when the tunnel carried traffic that says nothing of now.
+    Readings come every probe tick (``tick_s``) while connecting. ``previous`` counts only if it
+    is at most 2.5 ticks old: an older one may come from before this connecting spell, when the
+    tunnel carried traffic that says nothing of now. The handshake must be one made in this
+    spell: after an outage, a session from before it and the peer's handshake initiations
+    (which WireGuard counts as received bytes) say nothing of a working tunnel.
     """
     if stats is None:
         return None, None
-    reading = Reading(stats.rx_bytes, now)
-    if previous is None or now - previous.at > fresh_s or stats.rx_bytes <= previous.rx_bytes:
+    if previous is None or now - previous.at > 2.5 * tick_s:
+        return Reading(stats.rx_bytes, now, wall_now - tick_s), None
+    reading = Reading(stats.rx_bytes, now, previous.spell_start)
+    if stats.rx_bytes <= previous.rx_bytes:
         return reading, None
-    if not stats.last_handshake or wall_now - stats.last_handshake > handshake_stale_s:
+    if not stats.last_handshake or stats.last_handshake < previous.spell_start \
+            or wall_now - stats.last_handshake > handshake_stale_s:
         return reading, None
     age = max(0.0, wall_now - stats.last_handshake)
     received = stats.rx_bytes - previous.rx_bytes

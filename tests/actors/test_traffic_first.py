@@ -54,3 +54,18 @@ def test_no_traffic_no_connection_before_a_probe(make_node) -> None:
     node.net.handshakes["key-bob"] = time.time()
     node.advance(12)  # a handshake alone, nothing received: still connecting
     assert node.connection("p1", "bob").state == "connecting"
+
+
+def test_a_session_from_before_this_attempt_is_no_sign_of_traffic(make_node) -> None:
+    """After a 60 s cut, a node saw its 68 s old WireGuard session and the peer's handshake
+    initiations (counted as received bytes) and recorded "traffic flows": it stopped its
+    reconnect while its probes went to the peer's old NAT mapping."""
+    node: Node = make_node()
+    node.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
+    node.net.probe_error = "no route to the probe socket yet"
+    node.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,)))
+    node.net.handshakes["key-bob"] = time.time() - 68  # a session from before this attempt
+    for _ in range(11):
+        node.net.carry("local", BOB_IP, 10)
+        node.advance(1)
+    assert node.connection("p1", "bob").state == "connecting"
