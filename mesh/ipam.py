@@ -137,6 +137,12 @@ def host_addresses() -> list[str]:
                        if a.get_attr("IFA_ADDRESS")})
 
 
+def usable_host(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                network: ipaddress.IPv4Network) -> bool:
+    """A host address of ``network``: inside it, and neither its network nor its broadcast address."""
+    return address in network and address not in (network.network_address, network.broadcast_address)
+
+
 def choose(party: PartyState, peer_id: str, assigned: str | None) -> str:
     """The address ``peer_id`` gets: the control server's ``assigned`` one (checked against
     the subnet and the other members), or the lowest free one of ``allocate``."""
@@ -148,7 +154,7 @@ def choose(party: PartyState, peer_id: str, assigned: str | None) -> str:
         address = ipaddress.ip_address(assigned)
     except ValueError:
         raise IpamError(f"virtual IP {assigned!r} is not an address") from None
-    if address not in network or address in (network.network_address, network.broadcast_address):
+    if not usable_host(address, network):
         raise IpamError(f"virtual IP {assigned} is outside {party.subnet}")
     owners = {ip: pid for pid, ip in party.address_owners.items() if pid != peer_id}
     if assigned in owners:

@@ -65,7 +65,7 @@ def check_address(address: Any, network: ipaddress.IPv4Network, whose: str) -> s
         parsed = ipaddress.IPv4Address(address)
     except ValueError:
         raise UntrustedParty(f"{whose}'s virtual IP {text!r} is not an IPv4 address") from None
-    if parsed not in network or parsed in (network.network_address, network.broadcast_address):
+    if not ipam.usable_host(parsed, network):
         raise UntrustedParty(f"{whose}'s virtual IP {address} is outside the party's subnet {network}")
     return str(parsed)
 
