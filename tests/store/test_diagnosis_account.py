@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
 from events import types as ev
-from events.base import Event
-from store.base import RecordedEvent
 from store.diagnosis import Finding, Window, diagnose, incidents
-
-T0 = datetime(2026, 11, 25, 21, 0, tzinfo=UTC)
-NAMES = {("p", "bob"): "Bob", ("p", "carol"): "Carol"}
+from tests.store.test_diagnosis import NAMES, T0
+from tests.store.test_diagnosis import Log as DiagnosisLog
 
 
 @pytest.fixture(autouse=True)
@@ -25,17 +22,8 @@ def paris(monkeypatch: pytest.MonkeyPatch) -> None:
     time.tzset()
 
 
-class Log:
-    def __init__(self) -> None:
-        self.records: list[RecordedEvent] = []
-        self.positions: dict[str, int] = {}
-
-    def at(self, seconds: float, stream: str, *events: Event) -> Log:
-        for event in events:
-            self.positions[stream] = self.positions.get(stream, 0) + 1
-            self.records.append(RecordedEvent(len(self.records) + 1, stream, self.positions[stream],
-                                              T0 + timedelta(seconds=seconds), event, {"node_id": "me"}))
-        return self
+class Log(DiagnosisLog):
+    """The diagnosis tests' log, with the accounts among the node's events."""
 
     def findings(self, peer: str = "bob") -> list[str]:
         return [f"{finding.cause}: {finding.summary}" for finding in self.report(peer)]
