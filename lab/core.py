@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ class HostSpec:
     nat: str = natmod.PORT_RESTRICTED
     forward_port: int = DEFAULT_WG_PORT
     lan: str | None = None
+    mapping: tuple[str, ...] = natmod.MAPPING_PROTOCOLS  # what a ``miniupnpd`` router answers
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class Host:
     forward_port: int = DEFAULT_WG_PORT
     wg_name: str = ""  # a WireGuard interface name unique to this run
     lan: str = ""  # the LAN label: hosts with the same one share a router ("" for public hosts)
+    mapping: tuple[str, ...] = ()  # protocols its router's miniupnpd answers (``miniupnpd`` NAT only)
 
     @property
     def uplink_netns(self) -> str:
@@ -181,6 +184,7 @@ class Lab:
         self._torn_down = False
         self._log_counter = 0
         self._stun: LabProcess | None = None
+        self._mapping_services: dict[str, LabProcess] = {}  # router netns -> its miniupnpd
         self._rebinds: dict[str, int] = {}
 
     # ------------------------------------------------------------------ building
@@ -217,6 +221,11 @@ class Lab:
             record.save()
             if stun:
                 lab.start_stun()
+            routers = {host.router_netns: host for host in layout.values() if host.nat == natmod.MINIUPNPD}
+            if routers and not stun:
+                raise LabError("a miniupnpd router needs the lab's STUN server (its own WAN check)")
+            for host in routers.values():
+                lab.start_mapping_service(host.name)
         except BaseException:
             lab.teardown()
             raise
@@ -275,6 +284,11 @@ class Lab:
         sh(ns_exec(up, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]))
         for rule in natmod.router_rules(host.nat, host.lan_ip, host.forward_port):
             _iptables(up, rule)
+        if host.nat == natmod.MINIUPNPD:
+            for rule in natmod.mapping_service_rules(host.mapping, STUN_IPS):
+                _iptables(up, rule)
+            for rule in natmod.MINIUPNPD_LEGACY_CHAINS:
+                sh(ns_exec(up, ["iptables-legacy", "-w", "20", *rule]))
 
     def _wire_lan(self, host: Host) -> None:
         assert host.router_netns is not None
@@ -430,6 +444,59 @@ class Lab:
         self._stun = self.popen("stun", ["stund", "-h", STUN_IPS[0], "-a", STUN_IPS[1]])
         self.wait_udp_listening("stun", STUN_PORT)
 
+    def start_mapping_service(self, host: str) -> LabProcess:
+        """Start (or start again) miniupnpd on the router of ``host`` (a ``miniupnpd`` NAT)."""
+        node = self.host(host)
+        if node.nat != natmod.MINIUPNPD or node.router_netns is None:
+            raise LabError(f"{host}'s router runs no mapping service (NAT type {node.nat})")
+        running = self._mapping_services.get(node.router_netns)
+        if running is not None and running.alive:
+            return running
+        label = node.lan or node.name
+        conf = self.workdir / f"miniupnpd-{label}.conf"
+        conf.write_text(natmod.miniupnpd_config(node.mapping, str(_lan_network(node.lan_ip)), STUN_IPS[0],
+                                                STUN_PORT, str(self.workdir / f"miniupnpd-{label}.leases"),
+                                                str(uuid.uuid4())))
+        pid_file = self.workdir / f"miniupnpd-{label}.pid"
+        argv = ["/usr/sbin/miniupnpd", "-d", "-f", str(conf), "-P", str(pid_file)]
+        with self._lock:
+            self._log_counter += 1
+            log_path = self.workdir / f"{label}-gw-{self._log_counter}-miniupnpd.log"
+        with open(log_path, "wb") as log:
+            popen = subprocess.Popen(ns_exec(node.router_netns, argv), env=self.env(),
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        proc = LabProcess(f"{label}-gw", argv, popen, log_path, {})
+        with self._lock:
+            self._processes.append(proc)
+        self._mapping_services[node.router_netns] = proc
+        port = natmod.SSDP_PORT if node.mapping == (natmod.MAPPING_UPNP,) else natmod.PCP_PORT
+
+        def listening() -> bool:
+            if not proc.alive:
+                raise LabError(f"miniupnpd on {label}-gw exited: {proc.output()[-1500:]}")
+            out = sh(ns_exec(node.router_netns, ["ss", "-Hnlu", f"sport = :{port}"]), check=False).stdout
+            return bool(out.strip()) and "Port forwarding is now enabled" in proc.output()
+        self.wait_for(listening, 20.0, what=f"miniupnpd on {label}-gw answering")
+        return proc
+
+    def stop_mapping_service(self, host: str) -> None:
+        """Kill the router's miniupnpd (its mappings stay in iptables until it starts again)."""
+        node = self.host(host)
+        proc = self._mapping_services.pop(node.router_netns or "", None)
+        if proc is None:
+            raise LabError(f"{host}'s router runs no mapping service")
+        self.kill(proc)
+
+    def router_mappings(self, host: str) -> list[str]:
+        """The DNAT rules miniupnpd keeps on ``host``'s router (``iptables -S`` lines)."""
+        node = self.host(host)
+        if node.nat != natmod.MINIUPNPD or node.router_netns is None:
+            raise LabError(f"{host}'s router runs no mapping service")
+        listed = sh(ns_exec(node.router_netns,
+                            ["iptables-legacy", "-w", "20", "-t", "nat", "-S", "MINIUPNPD"]))
+        return [line for line in listed.stdout.splitlines() if line.startswith("-A ")]
+
     def stop_stun(self) -> None:
         """Kill ``stund``: the STUN server is down until ``start_stun``."""
         if self._stun is None:
@@ -575,6 +642,10 @@ def _validate(specs: Sequence[HostSpec], relays: int) -> None:
             raise LabError(f"unknown NAT type {spec.nat!r}: use one of {', '.join(natmod.NAT_TYPES)}")
         if not 1 <= spec.forward_port <= 65535:
             raise LabError(f"bad forward port {spec.forward_port}")
+        if spec.nat == natmod.MINIUPNPD and (not spec.mapping or
+                                             set(spec.mapping) - set(natmod.MAPPING_PROTOCOLS)):
+            raise LabError(f"a miniupnpd router answers some of {', '.join(natmod.MAPPING_PROTOCOLS)}, "
+                           f"not {spec.mapping!r}")
     lans: dict[str, list[HostSpec]] = {}
     for spec in specs:
         label = spec.lan or spec.name
@@ -626,7 +697,8 @@ def _layout(run_id: str, specs: Sequence[HostSpec], relays: int, stun: bool) -> 
             name=spec.name, role="peer", nat=spec.nat, netns=prefix + spec.name,
             lan_ip=str(LANS[8 * index + 2 + position]), public_ip=public_ip,
             router_netns=f"{prefix}{label}-gw", uplink_port=f"p{label}",
-            forward_port=spec.forward_port if first else 0, wg_name=f"lr{run_id}w{next(counter)}", lan=label)
+            forward_port=spec.forward_port if first else 0, wg_name=f"lr{run_id}w{next(counter)}", lan=label,
+            mapping=tuple(spec.mapping) if spec.nat == natmod.MINIUPNPD else ())
     return hosts
 
 

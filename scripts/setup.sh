@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SYSTEM_PACKAGES=(wireguard-go wireguard-tools iproute2 iptables conntrack stun-server
-                 iputils-ping iperf3 postgresql python3-venv procps sqlite3 chromium)
+                 iputils-ping iperf3 postgresql python3-venv procps sqlite3 chromium
+                 miniupnpd miniupnpd-iptables)
 
 missing=()
 for package in "${SYSTEM_PACKAGES[@]}"; do
@@ -17,6 +18,15 @@ done
 if ((${#missing[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # miniupnpd runs only inside lab routers: a system-wide service the package may have started goes.
+    if [[ " ${missing[*]} " == *" miniupnpd "* ]]; then
+        if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
+            systemctl disable --now miniupnpd.service >/dev/null 2>&1 || true
+        elif [[ -x /etc/init.d/miniupnpd ]]; then
+            /etc/init.d/miniupnpd stop >/dev/null 2>&1 || true
+            update-rc.d miniupnpd disable >/dev/null 2>&1 || true
+        fi
+    fi
 fi
 
 if [[ ! -x .venv/bin/python ]]; then

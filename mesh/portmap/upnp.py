@@ -22,7 +22,7 @@ SSDP_PORT = 1900
 MAX_REPLY = 2048
 MAX_REPLIES = 16  # datagrams read in one search, answer or not
 SEARCH_TARGET = "urn:schemas-upnp-org:device:InternetGatewayDevice:1"
-_LOCATION = re.compile(r"^location:[ \t]*(\S+)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_LOCATION = re.compile(r"^location:[ \t]*(\S+)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _URL = re.compile(r"^http://(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})(/[\x21-\x7e]{0,256})$")
 
 
