@@ -91,7 +91,8 @@ class PortMapper:
     """One mapping of ``internal_port`` (UDP) at ``gateway``, by the protocols ``mode`` allows."""
 
     def __init__(self, gateway: str, internal_port: int, mode: str = AUTO, *, local_ip: str | None = None,
-                 lifetime_s: int = DEFAULT_LIFETIME_S, budget_s: float = DEFAULT_BUDGET_S) -> None:
+                 lifetime_s: int = DEFAULT_LIFETIME_S, budget_s: float = DEFAULT_BUDGET_S,
+                 server_port: int = pcp.PORT) -> None:
         if mode not in MODES or mode == OFF:
             raise ValueError(f"port mapping mode must be one of {', '.join(MODES[1:])}, not {mode!r}")
         self.gateway = str(ipaddress.IPv4Address(gateway))
@@ -100,6 +101,7 @@ class PortMapper:
         self.local_ip = local_ip or source_address(self.gateway)
         self.lifetime_s = lifetime_s
         self.budget_s = budget_s
+        self.server_port = server_port  # PCP's and NAT-PMP's 5351, but for tests
         self.nonce = os.urandom(12)
         self.mapping: Mapping | None = None
         self._igd: upnp.IgdSession | None = None
@@ -184,7 +186,7 @@ class PortMapper:
                     break
                 if now >= next_send:
                     try:
-                        sock.sendto(request, (self.gateway, pcp.PORT))
+                        sock.sendto(request, (self.gateway, self.server_port))
                     except OSError as error:
                         raise PortMapUnanswered(f"{name}: cannot reach {self.gateway}: {error.strerror}"
                                                 ) from None
@@ -199,7 +201,7 @@ class PortMapper:
                     # ICMP port unreachable: nothing listens on 5351 at the gateway.
                     raise PortMapUnanswered(f"{name}: the gateway does not listen ({error.strerror})"
                                             ) from None
-                if source != (self.gateway, pcp.PORT):
+                if source != (self.gateway, self.server_port):
                     continue
                 try:
                     return decode(data)
