@@ -201,6 +201,30 @@ class PublicEndpointMoved:
 
 
 @dataclass(frozen=True)
+class PortMappingStep:
+    """A step of the agent's port mapping at the gateway, for the node stream (reply: Recorded).
+
+    ``kind`` is one of ``PORT_MAPPING_STEPS``; ``candidates`` (when not empty) are the
+    node's candidates from now on, the mapped endpoint first."""
+
+    kind: str
+    protocol: str = ""
+    gateway: str = ""
+    external_ip: str = ""
+    external_port: int = 0
+    internal_port: int = 0
+    lifetime_s: int = 0
+    protocols: tuple[str, ...] = ()
+    reason: str = ""
+    by_router: bool = False
+    error: str = ""
+    candidates: tuple[str, ...] = ()
+
+
+PORT_MAPPING_STEPS = ("requested", "obtained", "renewed", "lost", "refused", "released")
+
+
+@dataclass(frozen=True)
 class ControlReachability:
     """The agent's session with a control plane connected or lost it (told on each change).
 

@@ -150,6 +150,9 @@ class NodeActor(Actor):
                 self._control_reachability(message)
             case m.PublicEndpointMoved():
                 self._endpoint_moved(message)
+            case m.PortMappingStep():
+                self._port_mapping(message)
+                self.send(sender, m.Recorded())
             case (m.PeerAnnounced() | m.PeerDeparted() | m.RemoteCandidates() | m.Observations()
                   | m.PeerAskedForRelay() | m.PeerAccount()):
                 if self._party(message, None):
@@ -284,6 +287,50 @@ class NodeActor(Actor):
         self._commit([ev.PublicEndpointChanged(
             node_id=self.start.node_id, old_endpoint=self.state.public_endpoint, new_endpoint=endpoint,
             reason=str(moved.reason)[:200], stun_server=str(moved.stun_server)[:100])])
+
+    def _port_mapping(self, step: m.PortMappingStep) -> None:
+        """One row a step of the gateway's mapping (the agent asks, renews and deletes it)."""
+        assert self.start is not None
+        node_id = self.start.node_id
+
+        def text(value: Any, limit: int = 500) -> str:
+            return str(value)[:limit]
+
+        def number(value: Any, top: int) -> int:
+            return value if isinstance(value, int) and 0 <= value <= top else 0
+
+        mapped = {"protocol": text(step.protocol, 16), "external_ip": text(step.external_ip, 45),
+                  "external_port": number(step.external_port, 65535)}
+        lifetime = number(step.lifetime_s, 2**32 - 1)
+        event: Event
+        match step.kind:
+            case "requested":
+                event = ev.PortMappingRequested(
+                    node_id=node_id, gateway=text(step.gateway, 45),
+                    protocols=tuple(text(p, 16) for p in step.protocols[:3]),
+                    internal_port=number(step.internal_port, 65535), lifetime_s=lifetime,
+                    reason=text(step.reason, 200))
+            case "obtained":
+                event = ev.PortMappingObtained(node_id=node_id, gateway=text(step.gateway, 45), **mapped,
+                                               internal_port=number(step.internal_port, 65535),
+                                               lifetime_s=lifetime)
+            case "renewed":
+                event = ev.PortMappingRenewed(node_id=node_id, **mapped, lifetime_s=lifetime)
+            case "lost":
+                event = ev.PortMappingLost(node_id=node_id, **mapped, reason=text(step.reason),
+                                           by_router=bool(step.by_router))
+            case "refused":
+                event = ev.PortMappingRefused(node_id=node_id, gateway=text(step.gateway, 45),
+                                              reason=text(step.reason, 1000))
+            case "released":
+                event = ev.PortMappingReleased(node_id=node_id, **mapped, error=text(step.error))
+            case _:
+                self.reject("PortMappingStep", f"unknown step {text(step.kind, 32)!r}")
+                return
+        if isinstance(step.candidates, tuple) and all(isinstance(c, str) for c in step.candidates) \
+                and step.candidates:
+            self.local_candidates = step.candidates[:16]
+        self._commit([event])
 
     def _detected(self, done: fx.EffectDone) -> None:
         """The node's NAT as its adapters see it: one row when it changes, none per restart."""

@@ -92,6 +92,8 @@ class AgentConfig:
     actor_config: ActorConfig = field(default_factory=ActorConfig)
     broadcast_ports: tuple[int, ...] = ()  # game discovery ports for broadcast emulation (none: off)
     broadcast_groups: tuple[tuple[str, int], ...] = ()  # multicast group:port pairs, e.g. SSDP's
+    port_mapping: str = "auto"  # off, pcp, natpmp, upnp or auto (agent.portmapping)
+    port_mapping_lifetime_s: int = 7200
 
 
 def agent_stream(node_id: str) -> str:
@@ -170,6 +172,7 @@ class Agent:
         self.candidates: tuple[str, ...] = ()
         self.adapters: Any = None  # the real adapters (set by agent.adapters.adapter_spec)
         self._checking_mapping = False
+        self.port_mapping: Any = None  # agent.portmapping.GatewayMapping, once started
         self._restore_bindings()
 
     # ------------------------------------------------------------ lifecycle
@@ -210,6 +213,7 @@ class Agent:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self._stopping.set)
         await self._start_node()
+        await self._start_port_mapping()  # before any control session announces the candidates
         token = write_token(self.state_dir)
         reader = StoreReader(self.config.db_url)
         app = create_app(self, reader, token, listen_host=self.config.api_host)
@@ -241,6 +245,9 @@ class Agent:
         mapping.cancel()
         accounts.cancel()
         logger.info("node {} shutting down", self.node_id)
+        if self.port_mapping is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.port_mapping.stop(), SOFT_TIMEOUT_S)
         if broadcast is not None:
             await broadcast.stop()
         server.request_exit()
@@ -358,7 +365,7 @@ class Agent:
             return False
         old = f"{nat.public_ip}:{nat.public_port}"
         self.nat = replace(nat, public_ip=mapped[0], public_port=mapped[1])
-        self.candidates = tuple(puncher(self.config.listen_port, self.nat).candidates())
+        self.candidates = self._own_candidates(puncher(self.config.listen_port, self.nat).candidates())
         logger.warning("public mapping moved from {} to {}:{} ({}); candidates {}", old, *mapped, reason,
                        ", ".join(self.candidates))
         self._tell(m.PublicEndpointMoved(f"{mapped[0]}:{mapped[1]}", reason, nat.stun_server,
@@ -382,10 +389,43 @@ class Agent:
         if self.config.adapters != REAL:
             return
         self.nat = nat_detector(self.config.stun, self.config.listen_port, self.node_id).detect()
-        self.candidates = tuple(puncher(self.config.listen_port, self.nat).candidates())
+        self.candidates = self._own_candidates(puncher(self.config.listen_port, self.nat).candidates())
         unknown = "unknown (no STUN answer)" if self.config.stun else "unknown (no --stun server given)"
         logger.info("NAT {}; candidates {}", self.nat.nat_type if self.nat else unknown,
                     ", ".join(self.candidates) or "none")
+
+    def _own_candidates(self, found: tuple[str, ...]) -> tuple[str, ...]:
+        """The candidates peers get: the gateway's mapping first (the one way in through some NATs)."""
+        mapped = self.port_mapping.endpoint if self.port_mapping is not None else None
+        return tuple(dict.fromkeys([mapped, *found] if mapped else found))
+
+    async def _start_port_mapping(self) -> None:
+        from agent.adapters import REAL
+        from agent.portmapping import GatewayMapping
+        from mesh.portmap import OFF
+
+        mode = self.config.port_mapping
+        if mode == OFF or self.config.adapters != REAL:
+            return
+        if self.nat is not None and self.nat.nat_type == ev.NAT_OPEN:
+            logger.info("port mapping: this host has a public address; nothing to map")
+            return
+        self.port_mapping = GatewayMapping(mode, self.config.listen_port, self.config.port_mapping_lifetime_s,
+                                           self._record_port_mapping, self._port_mapping_changed)
+        await self.port_mapping.start()
+
+    async def _record_port_mapping(self, step: m.PortMappingStep) -> None:
+        from agent.adapters import puncher
+
+        self.candidates = self._own_candidates(puncher(self.config.listen_port, self.nat).candidates())
+        await self._ask(replace(step, candidates=self.candidates))
+
+    async def _port_mapping_changed(self) -> None:
+        """The mapped endpoint came or went: every control plane gets the new candidates."""
+        logger.info("candidates now {}", ", ".join(self.candidates) or "none")
+        for session in list(self.sessions.values()):
+            if session.connected:
+                await self._announce(session, self.nat.nat_type if self.nat else "unknown")
 
     # ------------------------------------------------------------ NodeService (the API calls these)
 
@@ -393,6 +433,8 @@ class Agent:
         return {"node_id": self.node_id, "peer_id": self.peer_id, "public_key": self.identity.public_key,
                 "name": self.config.name, "default_control": self.config.control,
                 "nat_type": self.nat.nat_type if self.nat else None, "candidates": list(self.candidates),
+                "port_mapping": (self.port_mapping.status() if self.port_mapping is not None
+                                 else {"mode": self.config.port_mapping}),
                 "control": [{"url": url, "connected": s.connected, "last_error": s.last_error}
                             for url, s in sorted(self.sessions.items())],
                 "broadcast": broadcast.status() if (broadcast := getattr(self, "broadcast", None)) else None}

@@ -123,6 +123,10 @@ class NodeOut(BaseModel):
     public_endpoint: str | None
     relay: str | None
     relay_only: bool
+    port_mapping: str | None = None  # the gateway's mapping of the WireGuard port, "ip:port"
+    port_mapping_protocol: str | None = None
+    port_mapping_lifetime_s: int = 0
+    port_mapping_problem: str | None = None
 
 
 class StatusOut(BaseModel):

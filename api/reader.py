@@ -267,7 +267,10 @@ def status(world: World, include_inactive: bool = False) -> dict[str, Any]:
                 "node_id": node.node_id, "public_key": node.public_key, "running": node.running,
                 "listen_port": node.listen_port, "nat_type": node.nat_type,
                 "public_endpoint": node.public_endpoint, "relay": node.selected_relay,
-                "relay_only": node.relay_only},
+                "relay_only": node.relay_only, "port_mapping": node.port_mapping,
+                "port_mapping_protocol": node.port_mapping_protocol,
+                "port_mapping_lifetime_s": node.port_mapping_lifetime_s,
+                "port_mapping_problem": node.port_mapping_problem},
             "parties": parties, "position": world.position}
 
 

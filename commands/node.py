@@ -198,6 +198,14 @@ def serve_command(
     direct_retry: Annotated[float, typer.Option(
         "--direct-retry", help="While a peer is relayed, retry the direct path this often "
                                "(seconds).")] = 30.0,
+    port_mapping: Annotated[str, typer.Option(
+        "--port-mapping", help="Ask the gateway to map the WireGuard port: off, pcp, natpmp, upnp, or auto "
+                               "(PCP, then NAT-PMP, then UPnP-IGD; a gateway that answers nothing costs "
+                               "at most a second at start). The mapped address is offered to peers "
+                               "(docs/nat-relay.md).")] = "auto",
+    port_mapping_lifetime: Annotated[int, typer.Option(
+        "--port-mapping-lifetime", help="Seconds of mapping asked for; it is renewed at half of what the "
+                                        "gateway grants, and deleted on a clean stop.")] = 7200,
     log_level: LogLevelOption = "INFO",
     log_format: LogFormatOption = "human",
     log_file: Annotated[Path | None, typer.Option("--log-file", help="Log here instead of "
@@ -243,6 +251,12 @@ def serve_command(
         raise UsageError("--direct-retry must be 0.5-86400 seconds")
     for value in [*(s["relay"] or []), *(s["stun"] or [])]:
         hostport(value, "--relay/--stun")
+    from mesh.portmap.client import MODES
+
+    if s["port_mapping"] not in MODES:
+        raise UsageError(f"--port-mapping must be one of {', '.join(MODES)}")
+    if not 2 <= s["port_mapping_lifetime"] <= 86400:
+        raise UsageError("--port-mapping-lifetime must be 2-86400 seconds")
     state = state_dir(s["state_dir_"])
     from agent.instance import AgentAlreadyRunning, hold_state_dir
 
@@ -265,7 +279,8 @@ def serve_command(
         "control": s["control"], "adapters": factories[s["adapters"]], "relays": tuple(s["relay"] or ()),
         "stun": tuple(s["stun"] or ()), "interface": s["interface"], "listen_port": s["listen_port"],
         "log_level": s["log_level"].upper(),
-        "log_file": s["log_file"],
+        "log_file": s["log_file"], "port_mapping": s["port_mapping"],
+        "port_mapping_lifetime_s": s["port_mapping_lifetime"],
         "actor_config": ActorConfig(connection=ConnectionConfig(
             punch_timeout_s=s["punch_timeout"], probe_interval_s=s["probe_interval"],
             direct_retry_s=s["direct_retry"]), mesh_range=s["mesh_range"])}
@@ -598,6 +613,7 @@ def print_status(status: dict[str, Any]) -> None:
     nat = agent.get("nat_type") or node.get("nat_type") or "unknown"
     print(shown(f"node {agent.get('name', '')} {node.get('node_id', '')}  NAT {nat}"
                 f"  relay {node.get('relay') or '-'}  control {controls}"))
+    print_port_mapping(agent.get("port_mapping"), node)
     print_discovery(agent.get("broadcast"))
     if not status["parties"]:
         print("no party: `lanrage party create NAME` or `lanrage party join INVITE`")
@@ -620,6 +636,22 @@ def print_status(status: dict[str, Any]) -> None:
             print(render(("device", "virtual IP", "state", "via", "endpoint", "last handshake"),
                          [_device_row(device) for device in party["devices"]],
                          title="devices without LANrage (static WireGuard peers)"))
+
+
+def print_port_mapping(live: dict[str, Any] | None, node: dict[str, Any]) -> None:
+    """One line: the gateway's mapping of the WireGuard port (the agent's view, else the log's)."""
+    if live and live.get("mode") == "off":
+        print("port mapping off")
+        return
+    if live and live.get("external"):
+        print(shown(f"port mapping {live['external']} by {live['protocol']} at {live['gateway']}"
+                    f" ({live['lifetime_s']} s, renewed in {live['renew_in_s']:.0f} s)"))
+    elif node.get("port_mapping"):
+        print(shown(f"port mapping {node['port_mapping']} by {node.get('port_mapping_protocol')}"
+                    f" ({node.get('port_mapping_lifetime_s')} s)"))
+    elif live or node.get("port_mapping_problem"):
+        problem = (live or {}).get("problem") or node.get("port_mapping_problem") or "not asked"
+        print(shown(f"port mapping none: {problem}"))
 
 
 def _device_row(device: dict[str, Any]) -> tuple[Any, ...]:

@@ -343,6 +343,10 @@ class NodeState:
     pending_requests: tuple[str, ...] = ()  # PartyRequested ids with no outcome yet
     abrupt_ends: int = 0  # previous runs that ended without a clean stop
     unreachable_controls: tuple[str, ...] = ()  # control planes this run cannot reach now
+    port_mapping: str | None = None  # the gateway's mapping of the WireGuard port, "ip:port"
+    port_mapping_protocol: str | None = None
+    port_mapping_lifetime_s: int = 0
+    port_mapping_problem: str | None = None  # why there is none (refused, lost), for status
 
 
 def apply_node(state: NodeState, event: Event) -> NodeState:
@@ -350,7 +354,9 @@ def apply_node(state: NodeState, event: Event) -> NodeState:
         case ev.NodeStarted():
             # A new run knows nothing yet of its control planes: it records what it finds.
             return _evolve(state, node_id=event.node_id, public_key=event.public_key,
-                           listen_port=event.listen_port, running=True, unreachable_controls=())
+                           listen_port=event.listen_port, running=True, unreachable_controls=(),
+                           port_mapping=None, port_mapping_protocol=None, port_mapping_lifetime_s=0,
+                           port_mapping_problem=None)
         case ev.NodeStopped():
             return _evolve(state, running=False)
         case ev.NodeAlive():
@@ -371,6 +377,15 @@ def apply_node(state: NodeState, event: Event) -> NodeState:
             return _evolve(state, public_endpoint=event.new_endpoint)
         case ev.MessageRejected():
             return _evolve(state, rejected_messages=state.rejected_messages + 1)
+        case ev.PortMappingObtained() | ev.PortMappingRenewed():
+            return _evolve(state, port_mapping=f"{event.external_ip}:{event.external_port}",
+                           port_mapping_protocol=event.protocol, port_mapping_lifetime_s=event.lifetime_s,
+                           port_mapping_problem=None)
+        case ev.PortMappingLost() | ev.PortMappingRefused():
+            return _evolve(state, port_mapping=None, port_mapping_protocol=None, port_mapping_lifetime_s=0,
+                           port_mapping_problem=event.reason)
+        case ev.PortMappingReleased():
+            return _evolve(state, port_mapping=None, port_mapping_protocol=None, port_mapping_lifetime_s=0)
         case ev.NodePartyOpened():
             return _evolve(state, parties=(*(p for p in state.parties if p != event.party_id),
                                            event.party_id),

@@ -123,6 +123,95 @@ class PublicEndpointChanged(Event):
     stun_server: str = ""
 
 
+# Port-mapping protocols, as ``--port-mapping`` names them.
+PORT_MAPPING_PCP = "pcp"
+PORT_MAPPING_NATPMP = "natpmp"
+PORT_MAPPING_UPNP = "upnp"
+PORT_MAPPING_PROTOCOLS = (PORT_MAPPING_PCP, PORT_MAPPING_NATPMP, PORT_MAPPING_UPNP)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PortMappingRequested(Event):
+    """The decision to ask the gateway for a mapping of WireGuard's UDP port, before asking.
+
+    ``protocols`` are those the node will try, in order. Its outcome is
+    ``PortMappingObtained`` or ``PortMappingRefused``. Renewals are not requested again:
+    each is a ``PortMappingRenewed`` or a ``PortMappingLost``."""
+
+    node_id: str
+    gateway: str
+    protocols: tuple[str, ...]
+    internal_port: int
+    lifetime_s: int
+    reason: str  # "start", or why it is asked again
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PortMappingObtained(Event):
+    """The gateway maps ``external_ip:external_port`` (UDP) to WireGuard's port for ``lifetime_s``;
+    the node offers that endpoint to its peers as a candidate of its own (mapped) kind."""
+
+    node_id: str
+    protocol: str
+    gateway: str
+    external_ip: str
+    external_port: int
+    internal_port: int
+    lifetime_s: int
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PortMappingRenewed(Event):
+    node_id: str
+    protocol: str
+    external_ip: str
+    external_port: int
+    lifetime_s: int
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PortMappingLost(Event):
+    """The mapping is gone: a renewal was refused or unanswered, or the gateway moved it.
+
+    ``by_router`` is true when the router itself took it back (it refused the renewal,
+    answered with another endpoint, or forgot it in a restart), false when it stopped
+    answering."""
+
+    node_id: str
+    protocol: str
+    external_ip: str
+    external_port: int
+    reason: str
+    by_router: bool
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PortMappingRefused(Event):
+    """No protocol gave a mapping: ``reason`` holds each one's answer (or silence)."""
+
+    node_id: str
+    gateway: str
+    reason: str
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PortMappingReleased(Event):
+    """The node deleted its mapping at the gateway on a clean stop (``error`` if the gateway
+    did not confirm it: the mapping then ends with its lifetime)."""
+
+    node_id: str
+    protocol: str
+    external_ip: str
+    external_port: int
+    error: str = ""
+
+
 @register
 @dataclass(frozen=True, kw_only=True)
 class MessageRejected(Event):
