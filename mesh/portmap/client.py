@@ -178,6 +178,9 @@ class PortMapper:
         last: PortMapError = PortMapUnanswered(f"{name}: no answer from {self.gateway} in {budget_s:.1f} s")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind((self.local_ip, 0))
+            # Connected: only the gateway's port can answer, and its ICMP "port unreachable"
+            # (no mapping service there) ends the wait at once instead of at the budget.
+            sock.connect((self.gateway, self.server_port))
             next_send = time.monotonic()
             reads = 0
             while reads < 32:
@@ -186,7 +189,7 @@ class PortMapper:
                     break
                 if now >= next_send:
                     try:
-                        sock.sendto(request, (self.gateway, self.server_port))
+                        sock.send(request)
                     except OSError as error:
                         raise PortMapUnanswered(f"{name}: cannot reach {self.gateway}: {error.strerror}"
                                                 ) from None
@@ -196,13 +199,11 @@ class PortMapper:
                     continue
                 reads += 1
                 try:
-                    data, source = sock.recvfrom(MAX_DATAGRAM + 1)
+                    data = sock.recv(MAX_DATAGRAM + 1)
                 except OSError as error:
                     # ICMP port unreachable: nothing listens on 5351 at the gateway.
                     raise PortMapUnanswered(f"{name}: the gateway does not listen ({error.strerror})"
                                             ) from None
-                if source != (self.gateway, self.server_port):
-                    continue
                 try:
                     return decode(data)
                 except PortMapRefused:

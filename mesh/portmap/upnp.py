@@ -61,6 +61,7 @@ def search(gateway: str, local_ip: str, budget_s: float, retry_s: float = 0.25) 
     last_error: PortMapError = PortMapUnanswered(f"UPnP: no SSDP answer from {gateway} in {budget_s:.1f} s")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((local_ip, 0))
+        sock.connect((gateway, SSDP_PORT))  # the gateway only; its ICMP "port unreachable" ends the wait
         request = search_request(gateway)
         next_send = time.monotonic()
         reads = 0
@@ -70,7 +71,7 @@ def search(gateway: str, local_ip: str, budget_s: float, retry_s: float = 0.25) 
                 break
             if now >= next_send:
                 try:
-                    sock.sendto(request, (gateway, SSDP_PORT))
+                    sock.send(request)
                 except OSError as error:
                     raise PortMapUnanswered(f"UPnP: cannot reach {gateway}: {error.strerror}") from None
                 next_send = now + retry_s
@@ -79,11 +80,9 @@ def search(gateway: str, local_ip: str, budget_s: float, retry_s: float = 0.25) 
                 continue
             reads += 1
             try:
-                data, source = sock.recvfrom(MAX_REPLY + 1)
+                data = sock.recv(MAX_REPLY + 1)
             except OSError as error:  # an ICMP port unreachable: nothing listens there
                 raise PortMapUnanswered(f"UPnP: the gateway does not listen ({error.strerror})") from None
-            if source[0] != gateway:
-                continue
             try:
                 return decode_search_reply(data, gateway)
             except PortMapWireError as error:
