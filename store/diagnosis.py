@@ -432,6 +432,29 @@ def _every_relay_silent(window: Window) -> Finding | None:
                    tuple(sorted(evidence, key=lambda fact: fact.global_position)))
 
 
+def mapping_taken_back(window: Window) -> Finding | None:
+    """This node's port mapping at its router went away shortly before the drop: a peer that
+    reached this node through the mapped port (a symmetric NAT's side) had no way in left."""
+    lost = [r for r in window.before() if isinstance(r.event, ev.PortMappingLost)]
+    if not lost or window.incident.kind not in ("drop", "path_switch"):
+        return None
+    record = lost[-1]
+    event = record.event
+    mapped = f"{event.external_ip}:{event.external_port}"
+    again = [r for r in window.before() + window.after() if r.global_position > record.global_position
+             and isinstance(r.event, ev.PortMappingObtained)][:1]
+    evidence = [Fact.of(record, f"{event.protocol} mapping {mapped}: {event.reason}")]
+    evidence += [Fact.of(r, f"{r.event.protocol} mapping {r.event.external_ip}:{r.event.external_port} "
+                            "obtained again") for r in again]
+    evidence.append(Fact.of(window.incident.record, _describe(window.incident.record)))
+    who = ("the router took back the mapping" if event.by_router
+           else "the mapping was lost (the router stopped answering)")
+    return Finding("mapping_taken_back" if event.by_router else "mapping_lost",
+                   f"{who} at {_clock(record.recorded_at)} ({mapped} by {event.protocol}): "
+                   f"{window.peer_name} may have reached this node only through it",
+                   tuple(sorted(evidence, key=lambda fact: fact.global_position)))
+
+
 def endpoint_changed(window: Window) -> Finding | None:
     """The peer's address changed (NAT rebinding, a new network) just before the drop."""
     changed = [r for r in window.before()
@@ -710,8 +733,8 @@ def _handshake_words(age: float) -> str:
 # node's uplink comes before the relay in use: when every path went silent together, the relay
 # stopped answering because this node could reach nothing at all.
 RULES: tuple[Rule, ...] = (peer_account, local_restart, left_party, local_uplink, relay_died,
-                           control_unreachable, endpoint_changed, loss_rose, direct_path_failed,
-                           remote_unreachable, loss_in_samples, server_account)
+                           control_unreachable, mapping_taken_back, endpoint_changed, loss_rose,
+                           direct_path_failed, remote_unreachable, loss_in_samples, server_account)
 
 
 # ---------------------------------------------------------------- windows and incidents

@@ -529,3 +529,34 @@ def test_one_relay_silent_while_another_answers_is_that_relay() -> None:
     log.at(3 * 3600 + 12, "peer:p:bob", lost("bob", "relay", RELAY_A))
     assert log.findings(folded=True, around=TWO_MINUTES)[0].startswith(
         f"relay_died: the relay in use ({RELAY_A}) stopped answering")
+
+
+def mapping_lost(by_router: bool) -> ev.PortMappingLost:
+    return ev.PortMappingLost(node_id="me", protocol="pcp", external_ip="203.0.113.100", external_port=51820,
+                              reason="the router took the mapping back: it refused the renewal (PCP: not "
+                                     "authorized)" if by_router else "the gateway stopped answering",
+                              by_router=by_router)
+
+
+def test_the_router_took_back_the_mapping_before_the_drop() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    log.at(1, "node:me", ev.PortMappingObtained(node_id="me", protocol="pcp", gateway="198.51.100.1",
+                                               external_ip="203.0.113.100", external_port=51820,
+                                               internal_port=51820, lifetime_s=7200))
+    log.at(30, "peer:p:carol", sample("carol", 0.0))
+    log.at(35, "node:me", mapping_lost(True))
+    log.at(40, "peer:p:bob", lost("bob"))
+    log.at(60, "peer:p:carol", sample("carol", 0.0))
+    first = log.findings()[0]
+    clock = (T0 + timedelta(seconds=35)).astimezone().strftime("%H:%M:%S")
+    assert first == (f"mapping_taken_back: the router took back the mapping at {clock} (203.0.113.100:51820 "
+                     "by pcp): Bob may have reached this node only through it")
+    assert log.findings(folded=True)[0].startswith("mapping_taken_back:")
+
+
+def test_a_mapping_lost_long_before_does_not_explain_a_drop() -> None:
+    log = up(up(Log(), "bob"), "carol")
+    log.at(5, "node:me", mapping_lost(True))
+    log.at(300, "peer:p:carol", sample("carol", 0.0))
+    log.at(310, "peer:p:bob", lost("bob"))
+    assert not log.findings()[0].startswith("mapping")
