@@ -97,10 +97,11 @@ class LabParty:
         for host in hosts:
             self.lab.wait_tcp_listening(host, 8666, 60)
 
-    def start_agent(self, host: str, wait: bool = True, env: dict[str, str] | None = None) -> None:
+    def start_agent(self, host: str, wait: bool = True, env: dict[str, str] | None = None,
+                    extra: tuple[str, ...] = ()) -> None:
         node = self.lab.host(host)
-        args = [*self.command, "serve", "--name", host, "--control", self.control_url,
-                "--interface", node.wg_name, "--listen-port", "51820", "--state-dir", self.state(host)]
+        args = [*self.command, "serve", "--name", host, "--control", self.control_url, "--interface",
+                node.wg_name, "--listen-port", "51820", "--state-dir", self.state(host), *extra]
         for relay in self.relays:
             args += ["--relay", relay]
         for stun in self.stun:

@@ -285,7 +285,7 @@ class Lab:
         for rule in natmod.router_rules(host.nat, host.lan_ip, host.forward_port):
             _iptables(up, rule)
         if host.nat == natmod.MINIUPNPD:
-            for rule in natmod.mapping_service_rules(host.mapping, STUN_IPS):
+            for rule in natmod.mapping_service_rules(host.mapping):
                 _iptables(up, rule)
             for rule in natmod.MINIUPNPD_LEGACY_CHAINS:
                 sh(ns_exec(up, ["iptables-legacy", "-w", "20", *rule]))
@@ -457,6 +457,9 @@ class Lab:
         conf.write_text(natmod.miniupnpd_config(node.mapping, str(_lan_network(node.lan_ip)), STUN_IPS[0],
                                                 STUN_PORT, str(self.workdir / f"miniupnpd-{label}.leases"),
                                                 str(uuid.uuid4())))
+        opening = natmod.miniupnpd_stun_rules(STUN_IPS)
+        for rule in opening:
+            _iptables(node.router_netns, ["-I", rule[0], "1", *rule[1:]])
         pid_file = self.workdir / f"miniupnpd-{label}.pid"
         argv = ["/usr/sbin/miniupnpd", "-d", "-f", str(conf), "-P", str(pid_file)]
         with self._lock:
@@ -477,7 +480,13 @@ class Lab:
                 raise LabError(f"miniupnpd on {label}-gw exited: {proc.output()[-1500:]}")
             out = sh(ns_exec(node.router_netns, ["ss", "-Hnlu", f"sport = :{port}"]), check=False).stdout
             return bool(out.strip()) and "Port forwarding is now enabled" in proc.output()
-        self.wait_for(listening, 20.0, what=f"miniupnpd on {label}-gw answering")
+        try:
+            self.wait_for(listening, 20.0, what=f"miniupnpd on {label}-gw answering")
+        finally:
+            for rule in opening:
+                _iptables(node.router_netns, ["-D", *rule])
+            for stun_ip in STUN_IPS:
+                sh(ns_exec(node.router_netns, ["conntrack", "-D", "-s", stun_ip]), check=False)
         return proc
 
     def stop_mapping_service(self, host: str) -> None:

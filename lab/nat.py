@@ -50,17 +50,25 @@ def router_rules(nat: str, lan_ip: str, forward_port: int) -> list[list[str]]:
     return rules
 
 
-def mapping_service_rules(protocols: tuple[str, ...], stun_ips: tuple[str, ...]) -> list[list[str]]:
-    """iptables (the lab's own, nftables-backed) rules a ``miniupnpd`` router adds to its NAT rules.
+def miniupnpd_stun_rules(stun_ips: tuple[str, ...]) -> list[list[str]]:
+    """The opening a ``miniupnpd`` router needs while miniupnpd starts (then it is removed).
 
     miniupnpd refuses to map on a WAN address in a reserved range (all of the lab's are)
-    unless its own STUN check finds the WAN unfiltered, so the STUN server's answers reach
-    the router itself. A protocol it should not answer is dropped by its version byte
-    (NAT-PMP 0, PCP 2), and NAT-PMP's 2-byte request by its length; miniupnpd itself can
-    only answer both or neither.
+    unless its own STUN check at start finds the WAN unfiltered, so the STUN server's
+    answers reach the router itself for that moment. Left open, they would also let a
+    change-address answer to a host's STUN test create a conntrack entry on the host's
+    port, and the host's next mapping would move: a port-restricted NAT would look symmetric.
     """
-    rules = [["-I", "INPUT", "1", "-i", WAN, "-s", stun_ip, "-p", "udp", "-j", "ACCEPT"]
-             for stun_ip in stun_ips]
+    return [["INPUT", "-i", WAN, "-s", stun_ip, "-p", "udp", "-j", "ACCEPT"] for stun_ip in stun_ips]
+
+
+def mapping_service_rules(protocols: tuple[str, ...]) -> list[list[str]]:
+    """iptables (the lab's own, nftables-backed) rules a ``miniupnpd`` router adds to its NAT rules.
+
+    A protocol it should not answer is dropped by its version byte (NAT-PMP 0, PCP 2), and
+    NAT-PMP's 2-byte request by its length; miniupnpd itself can only answer both or neither.
+    """
+    rules: list[list[str]] = []
     version_byte = "0>>22&0x3C@8>>24="
     if MAPPING_NATPMP not in protocols:
         rules.append(["-I", "INPUT", "1", "-i", LAN, "-p", "udp", "--dport", str(PCP_PORT),

@@ -1,0 +1,96 @@
+"""Port mapping on a real router: Debian's miniupnpd in the lab, real agents through the CLI.
+
+Alice sits behind a ``miniupnpd`` router that answers one protocol (one test each); Carl
+behind a symmetric NAT, whose packets reach a port-restricted NAT only where a mapping lets
+them in. Alice asks by default (auto: PCP, then NAT-PMP, then UPnP-IGD), offers the mapped
+address, and Carl reaches her directly. With a short lifetime the mapping is renewed within
+seconds, and a clean stop deletes it from the router's iptables. With ``--port-mapping off``
+the same pair goes through the relay: the mapping is what opened the direct path.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from demo.party import LabParty
+from lab import HostSpec, Lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("require_root")]
+LIFETIME_S = 6  # renewed at 3 s
+
+
+@contextmanager
+def pair(protocol: str, alice_mapping: str = "auto") -> Iterator[tuple[LabParty, dict[str, str]]]:
+    hosts = [HostSpec("alice", "miniupnpd", mapping=(protocol,)), HostSpec("carl", "symmetric")]
+    with Lab.build(hosts=hosts, relays=1) as lab:
+        party = LabParty(lab)
+        party.start_services()
+        party.start_agent("alice", wait=False, extra=("--port-mapping", alice_mapping,
+                                                      "--port-mapping-lifetime", str(LIFETIME_S)))
+        party.start_agent("carl", wait=False)
+        for host in ("alice", "carl"):
+            lab.wait_tcp_listening(host, 8666, 60)
+        created = party.create("alice", "LAN")
+        ips = {"alice": created["virtual_ip"], "carl": party.join("carl", created["invite"])["virtual_ip"]}
+        yield party, ips
+
+
+def path_to(party: LabParty, host: str, peer: str, timeout_s: float) -> str | None:
+    """The path ``host`` holds to ``peer`` once connected (None if it never connects in time)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        peers = party.peers(host)
+        if peer in peers and peers[peer]["state"] == "connected":
+            return str(peers[peer]["path"])
+        time.sleep(0.5)
+    return None
+
+
+def payloads(party: LabParty, host: str, event_type: str) -> list[dict[str, object]]:
+    return [event["payload"] for event in party.events(host, event_type)]
+
+
+@pytest.mark.parametrize("protocol", ["pcp", "natpmp", "upnp"])
+def test_a_mapping_by_each_protocol_lets_a_symmetric_nat_in_directly(protocol: str) -> None:
+    with pair(protocol) as (party, ips):
+        lab = party.lab
+        obtained = payloads(party, "alice", "PortMappingObtained")
+        assert [(o["protocol"], o["external_ip"], o["external_port"]) for o in obtained] == \
+            [(protocol, lab.host("alice").public_ip, 51820)]
+        requested = payloads(party, "alice", "PortMappingRequested")
+        assert requested[0]["protocols"] == ["pcp", "natpmp", "upnp"] and requested[0]["reason"] == "start"
+        assert any("--dport 51820" in rule for rule in lab.router_mappings("alice"))
+        live = party.status("alice")["agent"]
+        assert live["port_mapping"]["external"] == f"{lab.host('alice').public_ip}:51820"
+        assert live["candidates"][0] == live["port_mapping"]["external"]  # offered first
+        refused = payloads(party, "carl", "PortMappingRefused")  # its router has no mapping service
+        assert str(refused[0]["reason"]).count("the gateway does not listen") == 3
+
+        assert party.wait_ping("carl", ips["alice"], 30) is not None
+        assert path_to(party, "carl", "alice", 20) == "direct"
+        assert path_to(party, "alice", "carl", 20) == "direct"
+
+        deadline = time.monotonic() + 3 * LIFETIME_S
+        while time.monotonic() < deadline and not payloads(party, "alice", "PortMappingRenewed"):
+            time.sleep(0.5)
+        renewed = payloads(party, "alice", "PortMappingRenewed")
+        assert renewed and renewed[0]["protocol"] == protocol
+        assert not payloads(party, "alice", "PortMappingLost")
+
+        party.kill_agent("alice", signal.SIGTERM)
+        released = payloads(party, "alice", "PortMappingReleased")
+        assert [(r["protocol"], r["error"]) for r in released] == [(protocol, "")]
+        assert not any("--dport 51820" in rule for rule in lab.router_mappings("alice"))
+
+
+def test_without_a_mapping_the_symmetric_nat_takes_the_relay() -> None:
+    with pair("pcp", alice_mapping="off") as (party, ips):
+        assert party.wait_ping("carl", ips["alice"], 30) is not None
+        assert path_to(party, "alice", "carl", 20) == "relay"
+        assert not payloads(party, "alice", "PortMappingRequested")
+        assert not party.lab.router_mappings("alice")
