@@ -50,6 +50,7 @@ class GatewayMapping:
         self.mapping: Mapping | None = None
         self.obtained_at = 0.0  # monotonic time of the last grant (obtained or renewed)
         self.problem: str | None = None
+        self.renewals = 0  # renewals of the current mapping
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -64,7 +65,7 @@ class GatewayMapping:
                 "gateway": mapping.gateway if mapping else (self.mapper.gateway if self.mapper else None),
                 "external": self.endpoint, "lifetime_s": mapping.lifetime_s if mapping else None,
                 "renew_in_s": round(max(0.0, self._renew_after() - (time.monotonic() - self.obtained_at)), 1)
-                if mapping else None, "problem": self.problem}
+                if mapping else None, "renewals": self.renewals, "problem": self.problem}
 
     async def start(self) -> None:
         """Ask once (bounded by the budget), then keep the mapping in the background."""
@@ -135,6 +136,7 @@ class GatewayMapping:
     async def _granted(self, mapping: Mapping, kind: str) -> None:
         moved = self.endpoint != mapping.endpoint
         self.mapping, self.obtained_at, self.problem = mapping, time.monotonic(), None
+        self.renewals = self.renewals + 1 if kind == "renewed" else 0
         logger.info("port mapping {} {} by {} at {} for {} s", mapping.endpoint, kind, mapping.protocol,
                     mapping.gateway, mapping.lifetime_s)
         await self._record(_step(kind, mapping, gateway=mapping.gateway, internal_port=mapping.internal_port,

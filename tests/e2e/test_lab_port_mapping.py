@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,8 @@ from lab import HostSpec, Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("require_root")]
 LIFETIME_S = 6  # renewed at 3 s
+MAPPING_EVENTS = ("PortMappingRequested", "PortMappingObtained", "PortMappingRenewed", "PortMappingLost",
+                  "PortMappingRefused", "PortMappingReleased")
 
 
 @contextmanager
@@ -51,46 +54,46 @@ def path_to(party: LabParty, host: str, peer: str, timeout_s: float) -> str | No
     return None
 
 
-def payloads(party: LabParty, host: str, event_type: str) -> list[dict[str, object]]:
-    return [event["payload"] for event in party.events(host, event_type)]
+def kinds(events: list[dict[str, Any]]) -> list[str]:
+    return [str(event["event_type"]) for event in events]
 
 
 @pytest.mark.parametrize("protocol", ["pcp", "natpmp", "upnp"])
 def test_a_mapping_by_each_protocol_lets_a_symmetric_nat_in_directly(protocol: str) -> None:
     with pair(protocol) as (party, ips):
         lab = party.lab
-        obtained = payloads(party, "alice", "PortMappingObtained")
-        assert [(o["protocol"], o["external_ip"], o["external_port"]) for o in obtained] == \
-            [(protocol, lab.host("alice").public_ip, 51820)]
-        requested = payloads(party, "alice", "PortMappingRequested")
-        assert requested[0]["protocols"] == ["pcp", "natpmp", "upnp"] and requested[0]["reason"] == "start"
+        alice = lab.host("alice").public_ip
+        steps = party.events("alice", *MAPPING_EVENTS)
+        assert kinds(steps)[:2] == ["PortMappingRequested", "PortMappingObtained"]
+        requested, obtained = steps[0]["payload"], steps[1]["payload"]
+        assert requested["protocols"] == ["pcp", "natpmp", "upnp"] and requested["reason"] == "start"
+        assert (obtained["protocol"], obtained["external_ip"], obtained["external_port"]) == \
+            (protocol, alice, 51820)
         assert any("--dport 51820" in rule for rule in lab.router_mappings("alice"))
         live = party.status("alice")["agent"]
-        assert live["port_mapping"]["external"] == f"{lab.host('alice').public_ip}:51820"
-        assert live["candidates"][0] == live["port_mapping"]["external"]  # offered first
-        refused = payloads(party, "carl", "PortMappingRefused")  # its router has no mapping service
-        assert str(refused[0]["reason"]).count("the gateway does not listen") == 3
+        assert live["port_mapping"]["external"] == f"{alice}:51820"
+        assert live["candidates"][0] == f"{alice}:51820"  # offered first
 
         assert party.wait_ping("carl", ips["alice"], 30) is not None
         assert path_to(party, "carl", "alice", 20) == "direct"
         assert path_to(party, "alice", "carl", 20) == "direct"
 
         deadline = time.monotonic() + 3 * LIFETIME_S
-        while time.monotonic() < deadline and not payloads(party, "alice", "PortMappingRenewed"):
+        while time.monotonic() < deadline and not party.status("alice")["agent"]["port_mapping"]["renewals"]:
             time.sleep(0.5)
-        renewed = payloads(party, "alice", "PortMappingRenewed")
-        assert renewed and renewed[0]["protocol"] == protocol
-        assert not payloads(party, "alice", "PortMappingLost")
-
         party.kill_agent("alice", signal.SIGTERM)
-        released = payloads(party, "alice", "PortMappingReleased")
-        assert [(r["protocol"], r["error"]) for r in released] == [(protocol, "")]
         assert not any("--dport 51820" in rule for rule in lab.router_mappings("alice"))
+        steps = party.events("alice", *MAPPING_EVENTS)
+        assert "PortMappingRenewed" in kinds(steps) and "PortMappingLost" not in kinds(steps)
+        assert {step["payload"]["protocol"] for step in steps[1:]} == {protocol}
+        assert kinds(steps)[-1] == "PortMappingReleased" and steps[-1]["payload"]["error"] == ""
+        refused = [step["payload"] for step in party.events("carl", *MAPPING_EVENTS)]
+        assert len(refused) == 2 and str(refused[1]["reason"]).count("the gateway does not listen") == 3
 
 
 def test_without_a_mapping_the_symmetric_nat_takes_the_relay() -> None:
     with pair("pcp", alice_mapping="off") as (party, ips):
         assert party.wait_ping("carl", ips["alice"], 30) is not None
         assert path_to(party, "alice", "carl", 20) == "relay"
-        assert not payloads(party, "alice", "PortMappingRequested")
         assert not party.lab.router_mappings("alice")
+        assert not party.events("alice", *MAPPING_EVENTS)
