@@ -20,8 +20,11 @@ Topology (addresses are documentation ranges only)::
 
 Routers per NAT type (``lab.nat``): ``open`` (no router, public address on the host),
 ``port_forwarded`` (MASQUERADE + DNAT of ``HostSpec.forward_port``/udp),
-``port_restricted`` (MASQUERADE), ``symmetric`` (MASQUERADE --random-fully); all
-drop unsolicited inbound ``ctstate NEW`` on INPUT and FORWARD. There is no default
+``port_restricted`` (MASQUERADE), ``symmetric`` (MASQUERADE --random-fully),
+``miniupnpd`` (``port_restricted`` plus Debian's miniupnpd answering PCP, NAT-PMP and/or
+UPnP-IGD, ``HostSpec.mapping``, and editing the router's iptables); all drop unsolicited
+inbound ``ctstate NEW`` on INPUT and FORWARD. Only ``miniupnpd`` routers run a mapping
+service (``lab.router_mappings(host)`` lists its mappings). There is no default
 route to anywhere outside the lab: traffic cannot leave it.
 
 Usage::
@@ -50,9 +53,9 @@ working directory defaults to the repository root.
 """
 
 from lab.core import Host, HostSpec, Lab, LabProcess
-from lab.nat import NAT_TYPES, OPEN, PORT_FORWARDED, PORT_RESTRICTED, SYMMETRIC
+from lab.nat import MINIUPNPD, NAT_TYPES, OPEN, PORT_FORWARDED, PORT_RESTRICTED, SYMMETRIC
 from lab.registry import cleanup_leftovers
 from lab.shell import LabError
 
-__all__ = ["NAT_TYPES", "OPEN", "PORT_FORWARDED", "PORT_RESTRICTED", "SYMMETRIC", "Host", "HostSpec",
-           "Lab", "LabError", "LabProcess", "cleanup_leftovers"]
+__all__ = ["MINIUPNPD", "NAT_TYPES", "OPEN", "PORT_FORWARDED", "PORT_RESTRICTED", "SYMMETRIC", "Host",
+           "HostSpec", "Lab", "LabError", "LabProcess", "cleanup_leftovers"]
