@@ -497,6 +497,18 @@ class Lab:
             raise LabError(f"{host}'s router runs no mapping service")
         self.kill(proc)
 
+    def reboot_mapping_service(self, host: str) -> LabProcess:
+        """The router of ``host`` restarts: miniupnpd, its mappings, its lease file and every
+        conntrack entry are gone, and miniupnpd starts again knowing nothing."""
+        node = self.host(host)
+        self.stop_mapping_service(host)
+        assert node.router_netns is not None
+        for table, chain in (("nat", "MINIUPNPD"), ("nat", "MINIUPNPD-POSTROUTING"), ("filter", "MINIUPNPD")):
+            sh(ns_exec(node.router_netns, ["iptables-legacy", "-w", "20", "-t", table, "-F", chain]))
+        (self.workdir / f"miniupnpd-{node.lan or node.name}.leases").unlink(missing_ok=True)
+        sh(ns_exec(node.router_netns, ["conntrack", "-F"]), check=False)  # exits 1 when already empty
+        return self.start_mapping_service(host)
+
     def router_mappings(self, host: str) -> list[str]:
         """The DNAT rules miniupnpd keeps on ``host``'s router (``iptables -S`` lines)."""
         node = self.host(host)

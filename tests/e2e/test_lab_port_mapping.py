@@ -28,13 +28,14 @@ MAPPING_EVENTS = ("PortMappingRequested", "PortMappingObtained", "PortMappingRen
 
 
 @contextmanager
-def pair(protocol: str, alice_mapping: str = "auto") -> Iterator[tuple[LabParty, dict[str, str]]]:
+def pair(protocol: str, alice_mapping: str = "auto", lifetime_s: int = LIFETIME_S
+         ) -> Iterator[tuple[LabParty, dict[str, str]]]:
     hosts = [HostSpec("alice", "miniupnpd", mapping=(protocol,)), HostSpec("carl", "symmetric")]
     with Lab.build(hosts=hosts, relays=1) as lab:
         party = LabParty(lab)
         party.start_services()
         party.start_agent("alice", wait=False, extra=("--port-mapping", alice_mapping,
-                                                      "--port-mapping-lifetime", str(LIFETIME_S)))
+                                                      "--port-mapping-lifetime", str(lifetime_s)))
         party.start_agent("carl", wait=False)
         for host in ("alice", "carl"):
             lab.wait_tcp_listening(host, 8666, 60)
@@ -97,3 +98,31 @@ def test_without_a_mapping_the_symmetric_nat_takes_the_relay() -> None:
         assert path_to(party, "alice", "carl", 20) == "relay"
         assert not party.lab.router_mappings("alice")
         assert not party.events("alice", *MAPPING_EVENTS)
+
+
+def test_a_router_that_restarts_and_forgets_the_mapping_is_noticed_and_asked_again() -> None:
+    lifetime_s = 20  # renewed every 10 s: the router is back well before the next renewal
+    with pair("pcp", lifetime_s=lifetime_s) as (party, ips):
+        lab = party.lab
+
+        def renewals() -> int:
+            return int(party.status("alice")["agent"]["port_mapping"]["renewals"] or 0)
+
+        deadline = time.monotonic() + lifetime_s
+        while time.monotonic() < deadline and renewals() == 0:
+            time.sleep(0.5)
+        assert renewals() == 1
+        lab.reboot_mapping_service("alice")
+        assert not lab.router_mappings("alice")
+        deadline = time.monotonic() + lifetime_s
+        while time.monotonic() < deadline and not lab.router_mappings("alice"):
+            time.sleep(0.5)
+        assert any("--dport 51820" in rule for rule in lab.router_mappings("alice"))
+        steps = party.events("alice", *MAPPING_EVENTS)
+        lost = [step["payload"] for step in steps if step["event_type"] == "PortMappingLost"]
+        assert len(lost) == 1 and lost[0]["by_router"] is True
+        assert "it restarted (its epoch went back)" in str(lost[0]["reason"])
+        assert kinds(steps)[-2:] == ["PortMappingLost", "PortMappingObtained"]
+        live = party.status("alice")["agent"]["port_mapping"]
+        assert live["external"] == f"{lab.host('alice').public_ip}:51820" and live["problem"] is None
+        assert party.wait_ping("carl", ips["alice"], 10) is not None
