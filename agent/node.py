@@ -173,6 +173,7 @@ class Agent:
         self.adapters: Any = None  # the real adapters (set by agent.adapters.adapter_spec)
         self._checking_mapping = False
         self.port_mapping: Any = None  # agent.portmapping.GatewayMapping, once started
+        self.port_mapping_skipped = "not asked yet"  # why there is no GatewayMapping
         self._restore_bindings()
 
     # ------------------------------------------------------------ lifecycle
@@ -406,8 +407,10 @@ class Agent:
 
         mode = self.config.port_mapping
         if mode == OFF or self.config.adapters != REAL:
+            self.port_mapping_skipped = "not asked (simulated network)" if mode != OFF else "off"
             return
         if self.nat is not None and self.nat.nat_type == ev.NAT_OPEN:
+            self.port_mapping_skipped = "not asked: this host has a public address"
             logger.info("port mapping: this host has a public address; nothing to map")
             return
         self.port_mapping = GatewayMapping(mode, self.config.listen_port, self.config.port_mapping_lifetime_s,
@@ -434,7 +437,8 @@ class Agent:
                 "name": self.config.name, "default_control": self.config.control,
                 "nat_type": self.nat.nat_type if self.nat else None, "candidates": list(self.candidates),
                 "port_mapping": (self.port_mapping.status() if self.port_mapping is not None
-                                 else {"mode": self.config.port_mapping}),
+                                 else {"mode": self.config.port_mapping,
+                                       "problem": self.port_mapping_skipped}),
                 "control": [{"url": url, "connected": s.connected, "last_error": s.last_error}
                             for url, s in sorted(self.sessions.items())],
                 "broadcast": broadcast.status() if (broadcast := getattr(self, "broadcast", None)) else None}

@@ -645,7 +645,7 @@ def print_port_mapping(live: dict[str, Any] | None, node: dict[str, Any]) -> Non
         return
     if live and live.get("external"):
         print(shown(f"port mapping {live['external']} by {live['protocol']} at {live['gateway']}"
-                    f" ({live['lifetime_s']} s, renewed in {live['renew_in_s']:.0f} s)"))
+                    f" ({live['lifetime_s']} s, next renewal in {live['renew_in_s']:.0f} s)"))
     elif node.get("port_mapping"):
         print(shown(f"port mapping {node['port_mapping']} by {node.get('port_mapping_protocol')}"
                     f" ({node.get('port_mapping_lifetime_s')} s)"))
