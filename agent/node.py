@@ -371,6 +371,9 @@ class Agent:
                        ", ".join(self.candidates))
         self._tell(m.PublicEndpointMoved(f"{mapped[0]}:{mapped[1]}", reason, nat.stun_server,
                                          self.candidates))
+        if self.port_mapping is not None:  # the gateway may be another, or have restarted
+            await self.port_mapping.network_changed(f"the public mapping moved ({reason})")
+            self.candidates = self._own_candidates(puncher(self.config.listen_port, self.nat).candidates())
         relay_client = getattr(self.adapters, "relay_client", None)
         if relay_client is not None:
             await asyncio.to_thread(relay_client.rebind)

@@ -51,6 +51,7 @@ class GatewayMapping:
         self.obtained_at = 0.0  # monotonic time of the last grant (obtained or renewed)
         self.problem: str | None = None
         self.renewals = 0  # renewals of the current mapping
+        self._busy = asyncio.Lock()  # one exchange with the gateway at a time
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -184,23 +185,48 @@ class GatewayMapping:
             return
         await self._granted(after, "renewed")
 
+    def _due_in(self) -> float:
+        return self._renew_after() - (time.monotonic() - self.obtained_at)
+
     async def _keep_forever(self) -> None:
         while True:
             if self.mapping is not None:
-                await asyncio.sleep(max(0.0, self._renew_after() - (time.monotonic() - self.obtained_at)))
-                try:
-                    await self._renew()
-                except Exception as error:  # the next round tries again
-                    logger.warning("port mapping renewal failed: {}", error)
-                    await asyncio.sleep(MIN_RENEW_S)
-                if self.mapping is None:
-                    await self._obtain("the mapping was lost")
+                await asyncio.sleep(max(0.0, self._due_in()))
+                async with self._busy:
+                    if self.mapping is None or self._due_in() > 0.05:
+                        continue  # a network change renewed or lost it meanwhile
+                    try:
+                        await self._renew()
+                    except Exception as error:  # the next round tries again
+                        logger.warning("port mapping renewal failed: {}", error)
+                        await asyncio.sleep(MIN_RENEW_S)
+                    if self.mapping is None:
+                        await self._obtain("the mapping was lost")
                 continue
             await asyncio.sleep(RETRY_S)
-            try:
-                await self._obtain("asked again after no mapping", quiet=True)
-            except Exception as error:
-                logger.warning("port mapping retry failed: {}", error)
+            async with self._busy:
+                if self.mapping is not None:
+                    continue
+                try:
+                    await self._obtain("asked again after no mapping", quiet=True)
+                except Exception as error:
+                    logger.warning("port mapping retry failed: {}", error)
+
+    async def network_changed(self, reason: str) -> None:
+        """The node's public mapping moved (a new uplink, a router reboot): check with the gateway
+        now rather than at the next renewal; a new default gateway is asked from scratch."""
+        if self.mode == OFF or self._task is None:
+            return
+        async with self._busy:
+            gateway = self._gateway()
+            if self.mapping is not None and self.mapper is not None and gateway == self.mapper.gateway:
+                await self._renew()
+                if self.mapping is not None:
+                    return
+            elif self.mapping is not None:
+                await self._lost(f"the network changed: the default gateway is now {gateway or 'none'}",
+                                 False)
+            await self._obtain(reason)
 
 
 def _step(kind: str, mapping: Mapping, **fields: Any) -> m.PortMappingStep:

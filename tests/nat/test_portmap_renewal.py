@@ -80,3 +80,35 @@ def test_an_epoch_that_fell_behind_is_a_restart(epoch: int, restarted: bool) -> 
     else:
         assert [s.kind for s in steps] == ["renewed"]
     assert announced == 0  # the same endpoint either way: peers need no new candidates
+
+
+def changed_network(gateway: str | None) -> list[m.PortMappingStep]:
+    steps: list[m.PortMappingStep] = []
+
+    async def record(step: m.PortMappingStep) -> None:
+        steps.append(step)
+
+    async def changed() -> None:
+        pass
+
+    async def run() -> None:
+        keeper = GatewayMapping("auto", 51820, 60, record, changed, gateway=lambda: gateway)
+        keeper.mapper = ScriptedMapper(replace(GRANTED, epoch_s=1030))  # type: ignore[assignment]
+        keeper.mapping = GRANTED
+        keeper.obtained_at = time.monotonic() - 30
+        keeper._task = asyncio.create_task(asyncio.sleep(0))
+        await keeper.network_changed("the public mapping moved (periodic check)")
+
+    asyncio.run(run())
+    return steps
+
+
+def test_a_network_change_checks_with_the_same_gateway_at_once() -> None:
+    assert [s.kind for s in changed_network("198.51.100.1")] == ["renewed"]
+
+
+def test_a_network_change_without_the_old_gateway_loses_the_mapping_and_asks_again() -> None:
+    steps = changed_network(None)
+    assert [(s.kind, s.by_router) for s in steps] == [("lost", False), ("refused", False)]
+    assert "the default gateway is now none" in steps[0].reason
+    assert steps[1].reason == "no IPv4 default gateway"
