@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import os
 import signal
@@ -416,8 +417,11 @@ class Agent:
             self.port_mapping_skipped = "not asked: this host has a public address"
             logger.info("port mapping: this host has a public address; nothing to map")
             return
+        # The same PCP nonce every run (secret, from the node's key): a restart refreshes its mapping.
+        secret = bytes.fromhex(self.private_key.secret_hex())
+        nonce = hashlib.sha256(b"lanrage-pcp-nonce|" + secret).digest()[:12]
         self.port_mapping = GatewayMapping(mode, self.config.listen_port, self.config.port_mapping_lifetime_s,
-                                           self._record_port_mapping, self._port_mapping_changed)
+                                           self._record_port_mapping, self._port_mapping_changed, nonce=nonce)
         await self.port_mapping.start()
 
     async def _record_port_mapping(self, step: m.PortMappingStep) -> None:

@@ -38,7 +38,7 @@ class GatewayMapping:
     def __init__(self, mode: str, internal_port: int, lifetime_s: int,
                  record: Callable[[m.PortMappingStep], Awaitable[None]],
                  changed: Callable[[], Awaitable[None]], *, budget_s: float = DEFAULT_BUDGET_S,
-                 gateway: Callable[[], str | None] = default_gateway) -> None:
+                 gateway: Callable[[], str | None] = default_gateway, nonce: bytes | None = None) -> None:
         self.mode = mode
         self.internal_port = internal_port
         self.lifetime_s = lifetime_s
@@ -46,6 +46,7 @@ class GatewayMapping:
         self._record = record
         self._changed = changed
         self._gateway = gateway
+        self.nonce = nonce
         self.mapper: PortMapper | None = None
         self.mapping: Mapping | None = None
         self.obtained_at = 0.0  # monotonic time of the last grant (obtained or renewed)
@@ -106,7 +107,8 @@ class GatewayMapping:
         if self.mapper is None or self.mapper.gateway != gateway:
             try:
                 self.mapper = await asyncio.to_thread(PortMapper, gateway, self.internal_port, self.mode,
-                                                      lifetime_s=self.lifetime_s, budget_s=self.budget_s)
+                                                      lifetime_s=self.lifetime_s, budget_s=self.budget_s,
+                                                      nonce=self.nonce)
             except (OSError, ValueError) as error:
                 self.problem = f"cannot reach the gateway {gateway}: {error}"
                 if not quiet:

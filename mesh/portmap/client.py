@@ -92,7 +92,7 @@ class PortMapper:
 
     def __init__(self, gateway: str, internal_port: int, mode: str = AUTO, *, local_ip: str | None = None,
                  lifetime_s: int = DEFAULT_LIFETIME_S, budget_s: float = DEFAULT_BUDGET_S,
-                 server_port: int = pcp.PORT) -> None:
+                 server_port: int = pcp.PORT, nonce: bytes | None = None) -> None:
         if mode not in MODES or mode == OFF:
             raise ValueError(f"port mapping mode must be one of {', '.join(MODES[1:])}, not {mode!r}")
         self.gateway = str(ipaddress.IPv4Address(gateway))
@@ -102,7 +102,9 @@ class PortMapper:
         self.lifetime_s = lifetime_s
         self.budget_s = budget_s
         self.server_port = server_port  # PCP's and NAT-PMP's 5351, but for tests
-        self.nonce = os.urandom(12)
+        # PCP ties a mapping to its nonce: a node that restarts with the same one (the agent
+        # derives it from its key) refreshes its old mapping instead of being refused it.
+        self.nonce = nonce if nonce is not None and len(nonce) == 12 else os.urandom(12)
         self.mapping: Mapping | None = None
         self._igd: upnp.IgdSession | None = None
 
@@ -220,7 +222,16 @@ class PortMapper:
             self._igd = igd
         external_ip = self._igd.external_ip()
         port = suggested_port or self.internal_port
-        self._igd.add(port, self.internal_port, lifetime_s, DESCRIPTION)
+        try:
+            self._igd.add(port, self.internal_port, lifetime_s, DESCRIPTION)
+        except PortMapRefused as refused:
+            if suggested_port:
+                raise  # a renewal keeps its port or is lost
+            # The port is another host's already (two nodes on one LAN): let the gateway choose.
+            try:
+                port = self._igd.add_any(port, self.internal_port, lifetime_s, DESCRIPTION)
+            except PortMapError as error:
+                raise PortMapRefused(f"{refused}; AddAnyPortMapping: {error}") from None
         return Mapping(UPNP, self.gateway, external_ip, port, self.internal_port, lifetime_s, None)
 
 

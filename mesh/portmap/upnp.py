@@ -125,6 +125,18 @@ class IgdSession:
         if not ok:
             raise PortMapRefused(f"UPnP: the gateway refused UDP port {external_port}")
 
+    def add_any(self, external_port: int, internal_port: int, lifetime_s: int, description: str) -> int:
+        """IGDv2's AddAnyPortMapping: the gateway picks a free external port (near the one asked).
+
+        miniupnpc's binding takes no lease for it, so the port is added again at once with
+        ``lifetime_s``: a node that dies does not leave a mapping without end."""
+        port = self._call("addanyportmapping", external_port, "UDP", self.local_ip, internal_port,
+                          description, "")
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise PortMapWireError("UPnP: AddAnyPortMapping gave no usable port")
+        self.add(port, internal_port, lifetime_s, description)
+        return port
+
     def delete(self, external_port: int) -> None:
         self._call("deleteportmapping", external_port, "UDP", "")
 
