@@ -234,6 +234,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
     share = -(-args.runs // len(names))
+    load_before = [round(x, 2) for x in os.getloadavg()]
     total, failed = 0, []
     print(f"{'decoder':<10} {'inputs':>10} {'seconds':>8}  result")
     for name in names:
@@ -258,6 +259,11 @@ def main() -> int:
                     or "==" in line or "File " in line]
             print("\n".join(tail[-25:]), file=sys.stderr)
     print(f"total {total} inputs over {len(names)} decoders; target >= {args.runs}")
+    from bench.result import Figure, emit
+
+    met = not failed and total >= args.runs
+    emit("fuzz", [Figure(f"inputs run without a crash, hang or blow-up ({len(names)} decoders)", total,
+                         "inputs", None, "", f"≥ {args.runs:,}, no failure", met, 0)], load_before)
     if failed or total < args.runs:
         print(f"MISSED: {', '.join(failed) or 'too few inputs'}", file=sys.stderr)
         return 1
