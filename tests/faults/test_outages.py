@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors.config import ActorConfig
+from actors.config import ConnectionConfig
 from lab import LabError, LabProcess
 from tests.faults.harness import HOSTS, RECOVERY_S, FaultParty, story
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.lab
 # least half its probes (10 of 20 at one probe every 5 s: 50 s), so a shorter window could
 # not show a flapping path; one more probe interval for the last probe's answer. At 50 % it
 # also holds a direct retry (30 s) after a switch (bench/failover.py: 60 s).
-_DEFAULTS = ActorConfig()
+_DEFAULTS = ConnectionConfig()
 WINDOW_S = (_DEFAULTS.loss_window_probes / 2 + 1) * _DEFAULTS.probe_interval_s
 LOSS_WINDOW_S = {0.05: WINDOW_S, 0.20: WINDOW_S, 0.50: WINDOW_S}
 LOSS_HOST = "alice"  # her router drops; she has a direct (bob) and a relayed (carl) peer
