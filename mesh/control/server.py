@@ -73,14 +73,14 @@ class ServerConfig:
     max_message_bytes: int = p.MAX_MESSAGE_BYTES
     rate_per_s: float = 50.0
     rate_burst: float = 200.0
-    # What one member may have the server relay to other members (signals and accounts), in
-    # bytes: a punch signal is ~1 KiB, so an honest node never meets this; a member sending
-    # 64 KiB signals at the message rate (3 MB/s) does, and gets rate_limited.
-    relay_bytes_per_s: float = 32 * 1024
-    relay_burst_bytes: float = 256 * 1024
-    # A relayed frame is queued to a member only while its outbox holds less than this: the
-    # rest of the outbox stays for the server's own answers and pushes, so other members'
-    # frames never make a slow reader look like one that stopped reading (and cut it).
+    # The signal bytes one member may have the server relay to other members: a punch signal is
+    # ~1 KiB, so an honest node never meets this; a member sending 64 KiB signals at the message
+    # rate (3 MB/s) does, and gets rate_limited. (Accounts are bounded by their schema, ~2.5 KiB.)
+    signal_bytes_per_s: float = 32 * 1024
+    signal_burst_bytes: float = 256 * 1024
+    # A relayed frame (a signal, an account) is queued to a member only while its outbox holds
+    # less than this: the rest of the outbox stays for the server's own answers and pushes, so
+    # other members' frames never make a slow reader look like one that stopped reading (and cut it).
     max_relayed_queue_bytes: int = 512 * 1024
     max_errors: int = 50
     max_refused_joins: int = 5
@@ -135,8 +135,8 @@ class Session:
     refused: int = 0
     tokens: float = 0.0
     token_time: float = 0.0
-    relay_tokens: float = 0.0
-    relay_token_time: float = 0.0
+    signal_tokens: float = 0.0
+    signal_token_time: float = 0.0
     relays_refused: int = 0  # frames of this member not relayed (its budget, or a busy target)
     closing: bool = False
 
@@ -177,13 +177,13 @@ class Session:
         self.tokens -= 1.0
         return True
 
-    def allow_relayed(self, now: float, size: int, rate: float, burst: float) -> bool:
-        """Whether this member may have ``size`` more bytes relayed to another member now."""
-        self.relay_tokens = min(burst, self.relay_tokens + (now - self.relay_token_time) * rate)
-        self.relay_token_time = now
-        if self.relay_tokens < size:
+    def allow_signal(self, now: float, size: int, rate: float, burst: float) -> bool:
+        """Whether this member may have ``size`` more signal bytes relayed to another member now."""
+        self.signal_tokens = min(burst, self.signal_tokens + (now - self.signal_token_time) * rate)
+        self.signal_token_time = now
+        if self.signal_tokens < size:
             return False
-        self.relay_tokens -= size
+        self.signal_tokens -= size
         return True
 
 
@@ -323,7 +323,7 @@ class ControlServer:
                           outbox_limit=self.config.outbox_limit,
                           outbox_max_bytes=self.config.outbox_max_bytes, address=address,
                           tokens=self.config.rate_burst, token_time=now,
-                          relay_tokens=self.config.relay_burst_bytes, relay_token_time=now)
+                          signal_tokens=self.config.signal_burst_bytes, signal_token_time=now)
         self._sessions.add(session)
         writer = asyncio.create_task(self._write(session))
         try:
@@ -639,9 +639,11 @@ class ControlServer:
         if self._relay_frame(session, target, frame, request.id):
             session.send(p.message("signal_sent", re=request.id, to=request.to))
 
-    def _relay_frame(self, session: Session, target: Session, frame: str, request_id: str | None) -> bool:
-        """Queue a member's frame to another member, within the sender's byte budget and the
-        target's share of its outbox; otherwise refuse it to the sender (``rate_limited``).
+    def _relay_frame(self, session: Session, target: Session, frame: str, request_id: str | None,
+                     budgeted: bool = True) -> bool:
+        """Queue a member's frame to another member, within the target's share of its outbox and
+        (``budgeted``: a signal) the sender's byte budget; otherwise refuse it to the sender
+        (``rate_limited``).
 
         Going over its own budget counts as one of the sender's bad messages (a flood ends in
         the usual close); a busy target does not (that is not the sender's doing). A refusal is
@@ -652,10 +654,10 @@ class ControlServer:
         refusal, own_fault = None, False
         if target.queued_bytes + len(frame) > config.max_relayed_queue_bytes:
             refusal = f"{target.peer_id} is not reading fast enough: try again later"
-        elif not session.allow_relayed(time.monotonic(), len(frame), config.relay_bytes_per_s,
-                                       config.relay_burst_bytes):
-            refusal, own_fault = (f"too many bytes for other members ({config.relay_bytes_per_s / 1024:g} "
-                                  f"KiB/s, burst {config.relay_burst_bytes / 1024:g} KiB): slow down"), True
+        elif budgeted and not session.allow_signal(time.monotonic(), len(frame), config.signal_bytes_per_s,
+                                                    config.signal_burst_bytes):
+            refusal, own_fault = (f"too many signal bytes ({config.signal_bytes_per_s / 1024:g} KiB/s, "
+                                  f"burst {config.signal_burst_bytes / 1024:g} KiB): slow down"), True
         if refusal is None:
             target.send(frame)
             return True
@@ -685,7 +687,8 @@ class ControlServer:
                 "items": [item.model_dump() for item in request.items]}
         target = self._online.get(request.to)
         if target is not None:
-            if not self._relay_frame(session, target, p.message("account", **body), request.id):
+            frame = p.message("account", **body)
+            if not self._relay_frame(session, target, frame, request.id, budgeted=False):
                 return
         else:
             waiting = self._accounts.setdefault(request.to, [])

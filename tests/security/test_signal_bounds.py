@@ -4,7 +4,7 @@ slower session.
 The server queued every relayed frame in the target's outbox; a member sending 200 signals
 of 60 kB (within the message rate) put 12 MB there, past the 2 MiB that marks a node that
 stopped reading, and the server dropped the target, whose only fault was reading slower than
-the loopback burst. Now what a member has relayed is bounded in bytes (a burst, then a rate),
+the loopback burst. Now the signals a member has relayed are bounded in bytes (a burst, then a rate),
 a relayed frame takes at most a share of the target's outbox, and the sender is told
 ``rate_limited`` (logged once, then counted).
 """
@@ -76,7 +76,7 @@ def test_a_burst_of_large_signals_does_not_cut_a_slower_member() -> None:
             limited = [a for a in answers if a.get("code") == p.RATE_LIMITED]
             assert await still_served(server, victim), "the victim was cut by another member's burst"
             # What got through is the attacker's byte budget, not 12 MB.
-            assert relayed * len(str(BLOB)) <= server.config.relay_burst_bytes + len(str(BLOB)), relayed
+            assert relayed * len(str(BLOB)) <= server.config.signal_burst_bytes + len(str(BLOB)), relayed
             assert limited, answers[-3:]
             # The victim reads what was relayed, and a friend's small signal still arrives.
             sent = await friend.call(type="signal", party_id=party_id, to=victim.peer_id,
@@ -95,8 +95,8 @@ def test_many_members_together_cannot_fill_a_slower_members_outbox() -> None:
     share holds, and the senders are told the target is not reading fast enough."""
     async def scenario() -> None:
         async with running() as server:
-            per_sender = int(server.config.relay_burst_bytes // len(str(BLOB))) if hasattr(
-                server.config, "relay_burst_bytes") else 4
+            per_sender = int(server.config.signal_burst_bytes // len(str(BLOB))) if hasattr(
+                server.config, "signal_burst_bytes") else 4
             peers, party_id = await party(server.port, ["victim"] + [f"s{n}" for n in range(30)])
             victim, senders = peers[0], peers[1:]
             slow_down(victim)  # 30 senders x 4 signals: 7 MB
