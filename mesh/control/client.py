@@ -41,6 +41,16 @@ _QUIET_REPLIES = frozenset({"heartbeat_ack", "announced"})
 SILENT_AFTER_HEARTBEATS = 3
 
 
+def decode_frame(frame: str | bytes) -> Message | None:
+    """A frame from the server as a JSON object; None for anything else (not JSON, nested
+    deeper than the parser goes, or not an object). Never raises."""
+    try:
+        body = json.loads(frame)
+    except (ValueError, RecursionError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
 class ControlError(Exception):
     """The server refused a request: ``code`` is the protocol's error code."""
 
@@ -267,11 +277,8 @@ class AsyncControlClient:
         try:
             async for frame in ws:
                 self._last_heard = asyncio.get_running_loop().time()
-                try:
-                    body = json.loads(frame)
-                except ValueError:
-                    continue
-                if not isinstance(body, dict):
+                body = decode_frame(frame)
+                if body is None:
                     continue
                 future = self._pending.get(body.get("re")) if isinstance(body.get("re"), str) else None
                 if future is not None:
