@@ -74,6 +74,12 @@ class InterfaceOwner:
         """The interface exists and holds ``virtual_ip`` (one address per party the node is in)."""
         ipaddress.ip_address(virtual_ip)
         config = self.agent.config
+        if self.interface is not None and self.interface.gone:
+            # wireguard-go exited (or the link was deleted): an address on it holds nothing.
+            logger.warning("WireGuard interface {} is gone; creating it again for {}", config.interface,
+                           virtual_ip)
+            self.close()
+            self.addresses.clear()
         if self.interface is None:
             self.interface = self._create(virtual_ip)
             self.addresses.add(virtual_ip)

@@ -615,11 +615,26 @@ def print_status(status: dict[str, Any]) -> None:
         headers = ("peer", "virtual IP", "NAT", "state", "path", "endpoint / relay", "latency", "loss")
         print(render(headers, rows, title=f"party {party['name']} ({party['party_id']}), "
                                             f"you are {party['virtual_ip']}"))
+        for problem in _problems(party):
+            print(shown(problem))
         if party.get("devices"):
             print()
             print(render(("device", "virtual IP", "state", "via", "endpoint", "last handshake"),
                          [_device_row(device) for device in party["devices"]],
                          title="devices without LANrage (static WireGuard peers)"))
+
+
+def _problems(party: dict[str, Any]) -> list[str]:
+    """What keeps the party from working, as the log recorded it: the node's own address, then
+    each peer whose WireGuard change failed."""
+    problems = []
+    if party.get("interface_error"):
+        problems.append(f"error: this node does not hold {party['virtual_ip']} on a working interface: "
+                        f"{party['interface_error']}")
+    problems += [f"error: WireGuard did not take the change for {peer['name'] or peer['peer_id']}: "
+                 f"{peer['wireguard_error']}"
+                 for peer in party["peers"] if not peer["is_local"] and peer.get("wireguard_error")]
+    return problems
 
 
 def _device_row(device: dict[str, Any]) -> tuple[Any, ...]:

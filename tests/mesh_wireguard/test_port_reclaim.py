@@ -111,3 +111,30 @@ def test_the_agent_creates_its_interface_again_once_its_own_port_is_back(monkeyp
     assert str(refused.value) == ("UDP port 51820 (--listen-port) is held by PID 4242 (nc -u -l 51820); stop "
                                   "that program or choose another --listen-port")
     assert attempts == ["10.66.0.2/16"]
+
+
+def test_the_agent_creates_its_interface_again_when_it_is_gone(monkeypatch) -> None:
+    """A join after wireguard-go exited gets a working interface, not an address on nothing."""
+    from types import SimpleNamespace
+
+    import agent.adapters as adapters
+
+    made: list[SimpleNamespace] = []
+
+    def create(_key: object, address: str, **_kwargs: object) -> SimpleNamespace:
+        interface = SimpleNamespace(address=address, gone=False, closed=False)
+        interface.close = lambda remove=True: setattr(interface, "closed", remove)
+        made.append(interface)
+        return interface
+
+    monkeypatch.setattr(adapters.WireGuardInterface, "create", staticmethod(create))
+    agent = SimpleNamespace(config=SimpleNamespace(interface=INTERFACE, listen_port=51820), private_key=None,
+                            state_dir=None)
+    owner = adapters.InterfaceOwner(agent)  # type: ignore[arg-type]
+    assert owner.assign("10.66.0.2") == INTERFACE
+    assert owner.assign("10.66.0.2") == INTERFACE
+    assert len(made) == 1  # alive: kept
+    made[0].gone = True  # wireguard-go exited
+    assert owner.assign("10.66.0.2") == INTERFACE
+    assert [(i.address, i.closed) for i in made] == [("10.66.0.2/16", True), ("10.66.0.2/16", False)]
+    assert owner.interface is made[1] and owner.addresses == {"10.66.0.2"}
