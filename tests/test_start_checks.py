@@ -54,7 +54,18 @@ def test_an_address_is_not_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
     (["serve", "--control", "ws://203.0.113.10:8667/?fp=abc"],
      "lanrage: --control: the control URL's fp= is not a SHA-256 certificate fingerprint (64 hex)"),
     (["serve", "--control", "wss://203.0.113.10:8667/?key=nope"],
-     "lanrage: --control: the control URL's key= is not a server key (base64 of 32 bytes)"),
+     "lanrage: --control: the control URL's key= is not a server key (base64 of 32 bytes): it has 4 "
+     "characters, a key has 44: copy it again, in full"),
+    (["serve", "--control", f"wss://203.0.113.10:8667/?key={KEY[1:]}"],  # a character lost in copying
+     "lanrage: --control: the control URL's key= is not a server key (base64 of 32 bytes): it has 43 "
+     "characters, a key has 44: copy it again, in full"),
+    (["serve", "--control", f"wss://203.0.113.10:8667/?key={KEY[:20]}*{KEY[21:]}"],
+     "lanrage: --control: the control URL's key= is not a server key (base64 of 32 bytes): '*' is not a "
+     "base64 character: check it for a typo"),
+    # 'B' for 'A' there decodes to the same 32 bytes, and would read as another server's key.
+    (["serve", "--control", f"wss://203.0.113.10:8667/?key={KEY[:-2]}B="],
+     "lanrage: --control: the control URL's key= is not a server key (base64 of 32 bytes): its last "
+     "character before '=' cannot end a key ('B'): check it for a typo"),
     (["serve", "--control", "http://203.0.113.10:8667"],
      "lanrage: --control must start with ws://, wss:// or file://, not 'http://203.0.113.10:8667'"),
     (["control-server", "--relay", "198.51.100.1:3478", "--relay-secret-file", "nope.key"],
@@ -111,3 +122,12 @@ def test_a_pinned_fingerprint_the_server_does_not_present_is_named(tmp_path: Pat
         thread.join(5)
         listener.close()
     check_control_url(f"wss://127.0.0.1:{port}/?fp={'ab' * 32}")  # nobody answers: the agent keeps dialing
+
+
+def test_a_plus_in_a_key_typed_into_a_url_as_is_still_the_key() -> None:
+    """A URL query reads "+" as a space; a key has no space, so a key typed without %2B works."""
+    from mesh.control.target import ControlTarget
+
+    key = "nHBD8xWM7+" + "A" * 33 + "="
+    assert ControlTarget.parse(f"ws://203.0.113.10:8667/?key={key}").server_key == key
+    assert ControlTarget.parse(f"ws://203.0.113.10:8667/?key={key.replace('+', '%2B')}").server_key == key
