@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -104,9 +105,24 @@ def check_control_url(url: str) -> None:
     try:
         ipaddress.ip_address(host)
     except ValueError:
+        _check_host_name(target.url, host)
         _look_up(target.url, host)
     if target.fingerprint:
         _check_fingerprint(target.url, host, int(target.authority.rpartition(":")[2]), target.fingerprint)
+
+
+PLACEHOLDER_HOST = "host"  # what the control server prints for its address when it listens on all
+_HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def _check_host_name(url: str, host: str) -> None:
+    """A placeholder or a name no DNS name can be is refused as it is, without asking a resolver."""
+    if host == PLACEHOLDER_HOST:
+        raise UsageError(f"--control {url}: HOST is a placeholder (the control server prints it when it "
+                         "listens on every address): put the control server's address or name there")
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise UsageError(f"--control {url}: {host!r} is not a host name or an IP address")
 
 
 def _look_up(url: str, host: str) -> None:
