@@ -64,6 +64,10 @@ class InterfaceOwner:
         self.agent = agent
         self.interface: WireGuardInterface | None = None
         self.addresses: set[str] = set()
+        # The edge's I/O workers assign in parallel (a party restored at start, a join): two
+        # creations at once would start two wireguard-go for one name, and the second would
+        # adopt the first's device, which its failed creation then removes.
+        self._lock = threading.Lock()
 
     def assign(self, virtual_ip: str) -> str:
         """``mesh.interfaces.LocalInterface``: the interface holds ``virtual_ip``; its name."""
@@ -73,12 +77,16 @@ class InterfaceOwner:
     def ensure(self, virtual_ip: str) -> None:
         """The interface exists and holds ``virtual_ip`` (one address per party the node is in)."""
         ipaddress.ip_address(virtual_ip)
+        with self._lock:
+            self._ensure(virtual_ip)
+
+    def _ensure(self, virtual_ip: str) -> None:
         config = self.agent.config
         if self.interface is not None and self.interface.gone:
             # wireguard-go exited (or the link was deleted): an address on it holds nothing.
             logger.warning("WireGuard interface {} is gone; creating it again for {}", config.interface,
                            virtual_ip)
-            self.close()
+            self._close()
             self.addresses.clear()
         if self.interface is None:
             self.interface = self._create(virtual_ip)
@@ -125,6 +133,10 @@ class InterfaceOwner:
             raise MeshError(f"cannot turn IPv4 forwarding on ({IP_FORWARD}): {error.strerror}") from None
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self.interface is not None:
             self.interface.close(remove=True)
             self.interface = None

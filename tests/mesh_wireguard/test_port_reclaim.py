@@ -138,3 +138,39 @@ def test_the_agent_creates_its_interface_again_when_it_is_gone(monkeypatch) -> N
     assert owner.assign("10.66.0.2") == INTERFACE
     assert [(i.address, i.closed) for i in made] == [("10.66.0.2/16", True), ("10.66.0.2/16", False)]
     assert owner.interface is made[1] and owner.addresses == {"10.66.0.2"}
+
+
+def test_two_parties_assigned_at_once_create_one_interface(monkeypatch) -> None:
+    """A party restored at start and a join arrive on two I/O workers at the same moment: one
+    creation, then the second address on it (two would start two wireguard-go for one name)."""
+    import threading
+    from types import SimpleNamespace
+
+    import agent.adapters as adapters
+
+    created: list[str] = []
+    added: list[list[str]] = []
+
+    def create(_key: object, address: str, **_kwargs: object) -> SimpleNamespace:
+        created.append(address)
+        time.sleep(0.3)  # wireguard-go starting
+        return SimpleNamespace(gone=False)
+
+    def run(argv: list[str], **_kwargs: object) -> SimpleNamespace:
+        added.append(argv)
+        return SimpleNamespace(returncode=0, stderr="")
+
+    monkeypatch.setattr(adapters.WireGuardInterface, "create", staticmethod(create))
+    monkeypatch.setattr(adapters.subprocess, "run", run)
+    agent = SimpleNamespace(config=SimpleNamespace(interface=INTERFACE, listen_port=51820), private_key=None,
+                            state_dir=None)
+    owner = adapters.InterfaceOwner(agent)  # type: ignore[arg-type]
+    workers = [threading.Thread(target=owner.assign, args=(address,))
+               for address in ("10.66.0.2", "10.66.1.2")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(5)
+    assert len(created) == 1
+    assert len(added) == 1 and added[0][:4] == ["ip", "address", "add", added[0][3]]
+    assert owner.addresses == {"10.66.0.2", "10.66.1.2"}
