@@ -82,9 +82,9 @@ def reclaim_port(port: int, interface: str, wait_s: float = 5.0, term_wait_s: fl
             unseen = unseen + 1 if _socket_inodes(port) else 0
             if not unseen:
                 return None
-            if unseen > UNSEEN_ROUNDS:  # not a socket closing: another user's program holds it
-                return ("held by a program of another user (this agent may not see which: "
-                        f"`ss -ulpn 'sport = {port}'` as root names it)")
+            if unseen > UNSEEN_ROUNDS:  # not a socket closing: a program we may not look into holds it
+                return ("held by a program this agent may not look into (another user's, or one with "
+                        f"more privileges; `ss -ulpn 'sport = {port}'` as root names it)")
             time.sleep(0.05)
             continue
         # A process that is exiting shows no command line any more: waited for, never judged.

@@ -73,3 +73,35 @@ def test_status_shows_why_the_node_holds_no_working_interface(make_node, capsys)
     party = _status_from_log(node)["parties"][0]
     assert party["interface_error"] is None
     assert [peer["wireguard_error"] for peer in party["peers"]] == [None, None]
+
+
+def test_an_interface_that_vanishes_under_a_party_is_recorded_and_made_again(make_node) -> None:
+    """wireguard-go exits under an open party: the next check records why the address is on no
+    working interface, and the interface is made again; while it cannot be, `status` says why,
+    and once the cause is gone the party heals without a restart or a new join."""
+    node = make_node()
+    assert node.ask(m.JoinParty("p1", "LAN", "bob", "Bob", local_virtual_ip="10.66.0.2")) == m.PartyOpened(
+        "p1", "bob", "10.66.0.2")
+    node.new(node.party())
+    gone = "WireGuard interface sim-local is gone (did wireguard-go exit?)"
+    failed = f"LocalAddressFailed(virtual_ip='10.66.0.2', error={gone!r})"
+    assigned = "LocalAddressAssigned(virtual_ip='10.66.0.2', interface='sim-local')"
+    node.advance(5)
+    assert node.new(node.party()) == []  # a check that finds it working records nothing
+    node.net.interfaces_gone.add("local")
+    node.advance(5)
+    assert node.new(node.party()) == [failed, assigned]
+    assert _status_from_log(node)["parties"][0]["interface_error"] is None
+
+    held = "UDP port 51820 (--listen-port) is held by PID 4242 (nc -u -l 51820)"
+    node.net.interfaces_gone.add("local")
+    node.net.interface_error = held
+    node.advance(5)
+    assert node.new(node.party()) == [failed, f"LocalAddressFailed(virtual_ip='10.66.0.2', error={held!r})"]
+    assert _status_from_log(node)["parties"][0]["interface_error"] == held
+    node.advance(15)  # tried again every 5 s: the same failure is not written again
+    assert node.new(node.party()) == []
+    node.net.interface_error = None
+    node.advance(5)
+    assert node.new(node.party()) == [assigned]
+    assert _status_from_log(node)["parties"][0]["interface_error"] is None

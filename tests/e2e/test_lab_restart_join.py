@@ -1,7 +1,8 @@
 """A `party join` made seconds after the agent was killed the way the shipped systemd unit
 ends it (``KillMode=mixed``: the agent, then SIGKILL to every process left in its control
 group, wireguard-go included) and started again: it works (the tunnel is up, pings answer)
-or it fails with its cause and a non-zero exit; never "joined" while nothing works."""
+or it fails with its cause and a non-zero exit; never "joined" while nothing works. And
+wireguard-go dying under a running agent: recorded, and the tunnel comes back by itself."""
 
 from __future__ import annotations
 
@@ -95,3 +96,29 @@ def test_a_join_seconds_after_the_agent_was_killed_as_systemd_does_works_or_says
                 assert held in (shown[first["party_id"]]["interface_error"] or "")
         print(f"\njoin {'worked' if joined.returncode == 0 else 'refused: ' + joined.stderr.strip()}, "
               f"answered {answered:.1f} s after the restarted agent's API was up")
+
+
+def test_wireguard_go_exiting_under_a_party_is_recorded_and_the_tunnel_comes_back(
+        require_root: None) -> None:
+    """wireguard-go dies under a working party (the agent lives on): the log says why the
+    address is on no working interface, the interface is made again with its peers, and the
+    tunnel answers again without a restart or a new join."""
+    with Lab.build(hosts=[HostSpec("alice", "open"), HostSpec("bob", "open")], relays=0) as lab:
+        party = LabParty(lab)
+        party.start_services()
+        party.start_agents(["alice", "bob"])
+        created = party.create("alice", "LAN")
+        party.join("bob", created["invite"])
+        assert party.wait_ping("bob", created["virtual_ip"], 20) is not None
+        wireguard = [pid for pid in netns_pids(lab.host("bob").netns)
+                     if b"wireguard-go" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(wireguard) == 1
+        os.kill(wireguard[0], signal.SIGKILL)
+        back = party.wait_ping("bob", created["virtual_ip"], 20)
+        assert back is not None, "the tunnel did not come back within 20 s"
+        outcomes = [(e["event_type"], e["payload"].get("error", ""))
+                    for e in party.events("bob", "LocalAddressFailed", "LocalAddressAssigned")]
+        gone = f"WireGuard interface {lab.host('bob').wg_name} is gone (did wireguard-go exit?)"
+        assert outcomes == [("LocalAddressAssigned", ""), ("LocalAddressFailed", gone),
+                            ("LocalAddressAssigned", "")]
+        print(f"\nthe tunnel answered again {back:.1f} s after wireguard-go was killed")

@@ -177,14 +177,15 @@ def test_two_parties_assigned_at_once_create_one_interface(monkeypatch) -> None:
 
 
 def test_a_port_held_by_a_program_this_agent_may_not_look_into_is_reported_as_held(monkeypatch) -> None:
-    """An agent that dropped root cannot read another user's descriptors: the port is bound,
-    nobody visible holds it, and that is a holder to report, not a free port."""
+    """An agent that dropped root or its capabilities cannot read another user's (or a more
+    privileged program's) descriptors: the port is bound, nobody visible holds it, and that is
+    a holder to report, not a free port."""
     import mesh.wireguard.port as port_module
 
     monkeypatch.setattr(port_module, "udp_port_holders", lambda port: [])
     port = free_port()
     with holder(port, 30, as_wireguard_go=False):
         found = reclaim_port(port, INTERFACE, wait_s=0.5)
-    assert found == ("held by a program of another user (this agent may not see which: "
-                     f"`ss -ulpn 'sport = {port}'` as root names it)")
+    assert found == ("held by a program this agent may not look into (another user's, or one with more "
+                     f"privileges; `ss -ulpn 'sport = {port}'` as root names it)")
     assert reclaim_port(port, INTERFACE, wait_s=0.5) is None  # once it is gone: free
