@@ -207,8 +207,8 @@ class PartyActor(Actor):
                                                       virtual_ip=effect.virtual_ip,
                                                       interface=str(done.value or ""))], "interface")
         else:
-            self.log.error("cannot put {} on the interface: {}", effect.virtual_ip, done.error)
-            if self.state.local_address_error != done.error:
+            if self.state.local_address_error != done.error:  # a retry failing alike: said once
+                self.log.error("cannot put {} on the interface: {}", effect.virtual_ip, done.error)
                 self._commit([ev.LocalAddressFailed(party_id=self.state.party_id,
                                                     virtual_ip=effect.virtual_ip, error=done.error or "")],
                              "interface")
