@@ -238,7 +238,8 @@ def _peer(party_id: str, member: Any, connection: ConnectionState | None,
             "path": None if member.is_local else state.path,
             "endpoint": state.endpoint, "relay": state.relay, "latency_ms": state.latency_ms,
             "jitter_ms": state.jitter_ms, "loss": state.loss, "quality": state.quality,
-            "rx_bytes": state.rx_bytes, "tx_bytes": state.tx_bytes, "reconnects": state.reconnects}
+            "rx_bytes": state.rx_bytes, "tx_bytes": state.tx_bytes, "reconnects": state.reconnects,
+            "wireguard_error": None if member.is_local else state.wireguard_error}
 
 
 def _device(party: Any, device: Any, members: dict[str, Any],
@@ -265,6 +266,7 @@ def status(world: World, include_inactive: bool = False) -> dict[str, Any]:
             "party_id": party.party_id, "name": party.name, "active": party.active,
             "local_peer_id": party.local_peer_id, "host_peer_id": party.host_peer_id,
             "subnet": party.subnet, "virtual_ip": local.virtual_ip if local else None,
+            "interface_error": party.local_address_error,
             "peers": [_peer(party.party_id, member,
                             world.connections.get(peer_stream(node_of(party_stream_id) or "",
                                                               party.party_id, member.peer_id)),
