@@ -76,6 +76,8 @@ RELAY_VERDICT = "relay-verdict"  # the wait for the relay monitor's word on a re
 CONFIRM = "confirm"  # the tag of a check's probes
 CHECK_REST = "check-rest"  # the rest of a check's probes, when its first round is not answered soon
 OFFER = "offer"  # the peer's relay offer, joined once the attempt in flight is over
+# The timers whose moment is a decision's input: a restart resumes them where they were.
+DECISION_TIMERS = (MONITOR, DIRECT_RETRY, RETRY, OFFER)
 
 # Operation kinds (one at a time) and the purposes of relay allocations.
 CONNECT, FAILOVER, RELAY_MOVE, RETRY_DIRECT = "connect", "failover", "relay-move", "direct-retry"
@@ -170,9 +172,10 @@ class Probing:
     # what it showed, so a lossy direct path is not taken for a clean one on its return.
     outcomes: dict[str | None, list[bool]] = field(default_factory=dict)
     history: str = ""  # the last probe outcomes, oldest first: "+" answered, "-" lost, "~" endpoint moved
-    # The round trips answered in a row on ``latencies_path`` (a lost probe or another path starts anew).
-    latencies: list[float] = field(default_factory=list)
-    latencies_path: str | None = None
+    # The answers in a row above ``degraded_latency_ms`` on ``slow_path`` (a faster answer, a lost
+    # probe or another path starts anew).
+    slow: int = 0
+    slow_path: str | None = None
     stats: PeerStats | None = None  # WireGuard's counters for the peer, at the last reading
     read_at: float | None = None  # thespian time of the last counter reading
     sending_at: float | None = None  # the last reading that saw more than an idle tunnel's tx
@@ -194,7 +197,7 @@ class PeerConnectionActor(Actor):
         self.finished = False
         self.pending: set[str] = set()  # tags of effects not answered yet
         self.wireguard_retry_s = 0.0
-        self.retries = 0  # of this failed spell (memory: a restart starts counting again)
+        self.retries = 0  # of this failed spell
         self.watching = False  # a watch reading (or its wakeup) is outstanding
         self.relay_quality: m.RelayQuality | None = None  # the selected relay's, from the monitor
         self.quality_switch_at: float | None = None  # the last path switch for quality (thespian time)
@@ -210,12 +213,16 @@ class PeerConnectionActor(Actor):
         self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
         self.traffic: Reading | None = None  # WireGuard's rx at the last reading while connecting
+        # When each decision timer fires (thespian time), and the left of those a restart resumes.
+        self.due: dict[str, float] = {}
+        self.resume: dict[str, float] = {}
+        self.recorded_inputs: tuple[Any, ...] | None = None  # what the last DecisionInputsRecorded said
 
     # ------------------------------------------------------------ thespian
 
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, ActorExitRequest) and self.init is not None and not self.finished:
-            self._guard(self._write_runs)  # a clean stop keeps what the runs counted
+            self._guard(self._stop_cleanly)  # a clean stop keeps what the runs counted and the inputs
             return
         if isinstance(message, ActorExitRequest | ChildActorExited):
             return
@@ -268,6 +275,8 @@ class PeerConnectionActor(Actor):
         self.writer = StreamWriter(open_recorder(init.store), stream, self.incarnation,
                                    {"node_id": init.node_id, "actor": self.actor})
         self.state = self.writer.replay(apply_connection, ConnectionState())
+        self.due = {}
+        self._restore_inputs()
         self.samples = StreamWriter(self.writer.recorder,
                                     metrics_stream(init.node_id, init.party_id, init.peer_id),
                                     self.incarnation, {"node_id": init.node_id, "actor": self.actor})
@@ -309,6 +318,9 @@ class PeerConnectionActor(Actor):
             self._arm_monitor()
             self._schedule(self.cfg.metrics_interval_s, METRICS)
             self._arm_direct_retry()
+            if OFFER in self.resume and (self.offered_relay or self.pending_offer):
+                self._schedule(0.0, OFFER)  # resumed: the time left when it stopped
+        self.resume = {}
 
     def handle(self, message: Any) -> None:
         match message:
@@ -379,7 +391,14 @@ class PeerConnectionActor(Actor):
             self._request(fx.RemovePeer(tag="wireguard", public_key=self.init.public_key))
 
     def _schedule(self, delay_s: float, kind: str) -> None:
+        if kind in DECISION_TIMERS:
+            delay_s = max(0.0, self.resume.pop(kind, delay_s))
+            self.due[kind] = thespian_timing.currentTime() + delay_s
         self.wakeupAfter(timedelta(seconds=delay_s), self.timers.arm(kind))
+
+    def _cancel(self, kind: str) -> None:
+        self.due.pop(kind, None)
+        self.timers.cancel(kind)
 
     def _notify(self) -> None:
         if self.init is not None and self.state != self._notified and self.parent is not None:
@@ -390,6 +409,84 @@ class PeerConnectionActor(Actor):
     def _allowed_ips(self) -> tuple[str, ...]:
         assert self.init is not None
         return (f"{self.init.virtual_ip}/32",)
+
+    # ------------------------------------------------------------ decision inputs
+
+    def _inputs(self) -> ev.DecisionInputsRecorded:
+        """Every input of the next decisions that the transitions do not say, as of now."""
+        now = thespian_timing.currentTime()
+        probing, quality, switched = self.probing, self.relay_quality, self.quality_switch_at
+        up = self.state.state in UP
+        return ev.DecisionInputsRecorded(
+            **self._base(),
+            # Not up, the windows are never read: the way up clears them.
+            windows=tuple((path or "", "".join("-" if lost else "+" for lost in outcomes))
+                          for path, outcomes in sorted(probing.outcomes.items(), key=lambda i: i[0] or "")
+                          if up),
+            # Nor are a failed connection's lost probes (its way out resets them): an unreachable
+            # peer writes nothing on the metrics beat.
+            lost_probes=0.0 if self.state.state == ev.FAILED else probing.lost,
+            slow_answers=probing.slow, slow_path=probing.slow_path, recent_probes=probing.history,
+            retries=self.retries, quality_switch_age_s=None if switched is None else now - switched,
+            relay_quality=None if quality is None else (quality.relay, quality.loss, quality.probes),
+            offered_relay=self.offered_relay, pending_offer=self.pending_offer,
+            dead_session=self.dead_session,
+            timers=tuple((kind, max(0.0, at - now)) for kind, at in sorted(self.due.items())),
+            written_at=time.time())
+
+    def _inputs_key(self) -> tuple[Any, ...]:
+        """The inputs without what only time changes (ages, timers)."""
+        inputs = self._inputs()
+        return (inputs.windows, inputs.lost_probes, inputs.slow_answers, inputs.slow_path,
+                inputs.recent_probes, inputs.retries, self.quality_switch_at, inputs.relay_quality,
+                inputs.offered_relay, inputs.pending_offer, inputs.dead_session)
+
+    def _probes_changed(self) -> bool:
+        """The probes changed a window that holds (or held at the last record) lost probes: a
+        steady clean path, or an unreachable peer, is not written again and again."""
+        def lossy(windows: tuple[tuple[str, str], ...], lost: float) -> bool:
+            return lost > 0 or any("-" in outcomes for _, outcomes in windows)
+        now, recorded = self._inputs(), self.state.inputs
+        probes = (now.windows, now.lost_probes, now.slow_answers, now.slow_path, now.recent_probes)
+        return (lossy(now.windows, now.lost_probes) or lossy(recorded.windows, recorded.lost_probes)) \
+            and probes != (recorded.windows, recorded.lost_probes, recorded.slow_answers,
+                           recorded.slow_path, recorded.recent_probes)
+
+    def _record_inputs(self, causation: str) -> None:
+        self._commit([self._inputs()], causation)
+        self.recorded_inputs = self._inputs_key()
+
+    def _stop_cleanly(self) -> None:
+        self._write_runs()
+        if self.state.state in ACTIVE and not self.closing:
+            self._record_inputs("stop")
+
+    def _restore_inputs(self) -> None:
+        """Resume from the last ``DecisionInputsRecorded`` when nothing followed it in the stream
+        (a clean stop, or a metrics beat before a crash); otherwise every input starts afresh."""
+        self.recorded_inputs, self.resume = None, {}
+        position = self.writer.position
+        newest = self.writer.recorder.read_stream(self.writer.stream_id, position) if position else []
+        if not newest or not isinstance(newest[-1].event, ev.DecisionInputsRecorded):
+            return
+        inputs = self.state.inputs
+        gap = max(0.0, time.time() - inputs.written_at)  # from the record to this start
+        now = thespian_timing.currentTime()
+        probing = self.probing
+        probing.outcomes = {path or None: [outcome == "-" for outcome in outcomes]
+                            for path, outcomes in inputs.windows}
+        probing.lost, probing.slow = inputs.lost_probes, inputs.slow_answers
+        probing.slow_path = inputs.slow_path
+        probing.history = inputs.recent_probes
+        self.retries = inputs.retries
+        self.quality_switch_at = (None if inputs.quality_switch_age_s is None
+                                  else now - inputs.quality_switch_age_s - gap)
+        quality = inputs.relay_quality
+        self.relay_quality = None if quality is None else m.RelayQuality(quality[0], None, *quality[1:])
+        self.offered_relay, self.dead_session = inputs.offered_relay, inputs.dead_session
+        self.pending_offer = inputs.pending_offer
+        self.resume = {kind: left - gap for kind, left in inputs.timers}
+        self.recorded_inputs = self._inputs_key()
 
     # ------------------------------------------------------------ event helpers
 
@@ -890,7 +987,7 @@ class PeerConnectionActor(Actor):
             self.probing.window.append(latency)
             self._count_probe(lost=False)
             if state.state in (ev.CONNECTING, ev.FAILED):
-                self.probing.latencies_path = None  # a path that is back starts its run anew
+                self.probing.slow_path = None  # a path that is back starts its run anew
             high = latency > threshold
             slow = self._slow_run(state, latency)
             if state.state in (ev.CONNECTING, ev.FAILED):
@@ -901,7 +998,7 @@ class PeerConnectionActor(Actor):
                 return [self._transition(ev.DEGRADED if slow else ev.CONNECTED,
                                          f"{lead} in {latency:.1f} ms{tail}", latency, state)], False
             if state.state == ev.CONNECTED and slow:
-                run = len(self.probing.latencies)
+                run = min(self.probing.slow, self.cfg.latency_probes_to_degrade)
                 return [self._transition(ev.DEGRADED, f"latency {latency:.1f} ms above {threshold:.0f} ms "
                                                       f"({run} probes in a row)", latency, state)], False
             lossy = self._lossy(state)
@@ -915,7 +1012,7 @@ class PeerConnectionActor(Actor):
             return [], False
         # ProbeFailed
         self._remember_probe("-")
-        self.probing.latencies.clear()
+        self.probing.slow = 0
         self.probing.lost += weight
         self.probing.window_lost += 1
         self._count_probe(lost=True)
@@ -943,11 +1040,10 @@ class PeerConnectionActor(Actor):
         """Whether the last ``latency_probes_to_degrade`` answers in a row on this path, this
         one included, all came later than ``degraded_latency_ms``."""
         probing, cfg = self.probing, self.cfg
-        if probing.latencies_path != state.path:
-            probing.latencies, probing.latencies_path = [], state.path
-        probing.latencies = [*probing.latencies, latency][-cfg.latency_probes_to_degrade:]
-        return len(probing.latencies) >= cfg.latency_probes_to_degrade and \
-            min(probing.latencies) > cfg.degraded_latency_ms
+        if probing.slow_path != state.path:
+            probing.slow, probing.slow_path = 0, state.path
+        probing.slow = probing.slow + 1 if latency > cfg.degraded_latency_ms else 0
+        return probing.slow >= cfg.latency_probes_to_degrade
 
     def _remember_probe(self, outcome: str) -> None:
         self.probing.history = (self.probing.history + outcome)[-self.cfg.probe_history:]
@@ -964,7 +1060,7 @@ class PeerConnectionActor(Actor):
             self._arm_monitor()  # unreachable: probe every ``failed_probe_s`` to see it come back
             self._schedule_retry()
         elif before.state == ev.FAILED and state.state != ev.FAILED:
-            self.timers.cancel(RETRY)
+            self._cancel(RETRY)
             self.retries = 0
         if state.state == ev.CONNECTING and any(isinstance(e, ev.ReconnectAttempted) for e in events):
             self._connect(state.reconnects + 1)
@@ -977,6 +1073,7 @@ class PeerConnectionActor(Actor):
     def on_timer(self, timer: m.Timer) -> None:
         if not self.timers.is_current(timer) or self.closing:
             return  # a stale wakeup: re-armed or cancelled since
+        self.due.pop(timer.kind, None)
         assert self.init is not None
         if timer.kind == MONITOR and self.state.state in ACTIVE:
             if not self.probing.in_flight:
@@ -989,6 +1086,8 @@ class PeerConnectionActor(Actor):
             self._arm_monitor()
         elif timer.kind == METRICS and self.state.state in ACTIVE:
             self._request(fx.ReadPeerStats(tag="metrics", public_key=self.init.public_key))
+            if self._probes_changed():
+                self._record_inputs("metrics")
             self._schedule(self.cfg.metrics_interval_s, METRICS)
         elif timer.kind == WATCH:
             if self.state.state in UP:
@@ -1427,7 +1526,7 @@ class PeerConnectionActor(Actor):
 
     def _reconnect_now(self, reason: str) -> None:
         """A new attempt at once, with a new budget: something changed that makes it worth it."""
-        self.timers.cancel(RETRY)
+        self._cancel(RETRY)
         self.retries = 0
         self.probing.lost = 0.0
         self._commit(self._reconnect(1, reason), "reconnect now")
@@ -1504,7 +1603,7 @@ class PeerConnectionActor(Actor):
                 self._schedule(self.cfg.first_probe_s, OFFER)
             return
         self.offered_relay = None
-        self.timers.cancel(RETRY)
+        self._cancel(RETRY)
         self.retries = 0
         op = self._begin(RETRY_UNREACHABLE, purpose="the peer offered a relay session")
         self._allocate(op, FALLBACK, relay)
@@ -1574,7 +1673,7 @@ class PeerConnectionActor(Actor):
         failed = held.session_id if held is not None and held.relay == state.relay else None
         if self.suspected_relay is not None and self.op is None:
             self.suspected_relay = None
-            self.timers.cancel(RELAY_VERDICT)
+            self._cancel(RELAY_VERDICT)
         self._move_relay(message.relay, f"relay monitor selected {message.relay}", message.rtt_ms, failed)
 
     def _move_relay(self, relay: str | None, reason: str, rtt_ms: float | None = None,
@@ -1597,7 +1696,7 @@ class PeerConnectionActor(Actor):
         self.op = None
         self.closing = True
         for kind in (MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, RELAY_VERDICT, OFFER):
-            self.timers.cancel(kind)
+            self._cancel(kind)
         if not self.pending:
             self._finished()
 
