@@ -276,13 +276,14 @@ class PeerConnectionActor(Actor):
                                    {"node_id": init.node_id, "actor": self.actor})
         self.state = self.writer.replay(apply_connection, ConnectionState())
         self.due = {}
-        self._restore_inputs()
         self.samples = StreamWriter(self.writer.recorder,
                                     metrics_stream(init.node_id, init.party_id, init.peer_id),
                                     self.incarnation, {"node_id": init.node_id, "actor": self.actor})
         self.sample_runs, self.retry_run = SampleRuns(), None
         self._restore_figures()
+        self._restore_inputs()
         settle: list[Event] = []
+        interrupted = self.state.punching or self.state.allocating is not None
         if init.restarted and self.writer.position:
             settle.append(ev.ActorRestarted(actor=self.actor, reason=init.restarted))
         if self.state.punching:
@@ -308,7 +309,10 @@ class PeerConnectionActor(Actor):
         elif self.state.state in ACTIVE:
             self.log.info("recovered {} from {} events", self.state.state, self.writer.position)
             self._request(fx.ReadPeerStats(tag="reconcile", public_key=init.public_key))
-            if self.state.state == ev.CONNECTING and not self.state.wireguard_configured:
+            # An attempt the stop interrupted, or one a crash may have: made again. One that ended
+            # without a path waits for its lost probes, as it would have without the restart.
+            if self.state.state == ev.CONNECTING and not self.state.wireguard_configured \
+                    and (interrupted or self.recorded_inputs is None):
                 self._connect(max(self.state.attempt, 1))
             elif self.state.path == ev.RELAY and (held := self._held()):
                 self._request(fx.CheckRelaySession(tag="check-session", allocation=held))
@@ -401,7 +405,9 @@ class PeerConnectionActor(Actor):
         self.timers.cancel(kind)
 
     def _notify(self) -> None:
-        if self.init is not None and self.state != self._notified and self.parent is not None:
+        notified = self._notified
+        if self.init is not None and self.parent is not None and (
+                notified is None or self.state != notified or self.state.inputs != notified.inputs):
             self._notified = self.state
             self.send(self.parent, m.ConnectionUpdate(self.init.peer_id, self.state))
 
@@ -430,7 +436,7 @@ class PeerConnectionActor(Actor):
             retries=self.retries, quality_switch_age_s=None if switched is None else now - switched,
             relay_quality=None if quality is None else (quality.relay, quality.loss, quality.probes),
             offered_relay=self.offered_relay, pending_offer=self.pending_offer,
-            dead_session=self.dead_session,
+            dead_session=self.dead_session, retry_run=self.retry_run.reason if self.retry_run else None,
             timers=tuple((kind, max(0.0, at - now)) for kind, at in sorted(self.due.items())),
             written_at=time.time())
 
@@ -439,7 +445,7 @@ class PeerConnectionActor(Actor):
         inputs = self._inputs()
         return (inputs.windows, inputs.lost_probes, inputs.slow_answers, inputs.slow_path,
                 inputs.recent_probes, inputs.retries, self.quality_switch_at, inputs.relay_quality,
-                inputs.offered_relay, inputs.pending_offer, inputs.dead_session)
+                inputs.offered_relay, inputs.pending_offer, inputs.dead_session, inputs.retry_run)
 
     def _probes_changed(self) -> bool:
         """The probes changed a window that holds (or held at the last record) lost probes: a
@@ -485,6 +491,7 @@ class PeerConnectionActor(Actor):
         self.relay_quality = None if quality is None else m.RelayQuality(quality[0], None, *quality[1:])
         self.offered_relay, self.dead_session = inputs.offered_relay, inputs.dead_session
         self.pending_offer = inputs.pending_offer
+        self.retry_run = RetryRun(inputs.retry_run) if inputs.retry_run is not None else None
         self.resume = {kind: left - gap for kind, left in inputs.timers}
         self.recorded_inputs = self._inputs_key()
 

@@ -181,6 +181,7 @@ class DecisionInputs:
     offered_relay: str | None = None
     pending_offer: tuple[str, str | None] | None = None
     dead_session: str | None = None
+    retry_run: str | None = None
     timers: tuple[tuple[str, float], ...] = ()
     written_at: float = 0.0
 

@@ -753,7 +753,8 @@ class DecisionInputsRecorded(Event):
     interval), the answers in a row above the latency threshold on ``slow_path``, the recent
     probe outcomes a setback shows, a failed spell's retries, the last switch for quality,
     the relay monitor's last word on the selected relay (relay, loss, probes), a relay offer
-    of the peer still to be joined, the session that failed an allocation, and the decision
+    of the peer still to be joined, the session that failed an allocation, the open run of
+    failed direct retries (its count is written before, as ``DirectPathRetriesRepeated``), the decision
     timers still armed (kind, seconds left). Ages and seconds left are as of ``written_at``
     (UNIX time): a restart takes the time between the record and its start off them.
 
@@ -774,6 +775,7 @@ class DecisionInputsRecorded(Event):
     offered_relay: str | None = None
     pending_offer: tuple[str, str | None] | None = None
     dead_session: str | None = None
+    retry_run: str | None = None  # the reason of the run of failed direct retries still counted
     timers: tuple[tuple[str, float], ...] = ()
     written_at: float = 0.0
 
