@@ -33,7 +33,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -50,6 +50,9 @@ from thespian.actors import (
 from actors import effects as fx
 from actors import logs
 from actors import messages as m
+from actors.connection import detection
+from actors.connection.detection import ACTIVE, Probing, invalid_observation
+from actors.connection.facts import UP, Ids, reconnect, transition
 from actors.journal import StreamWriter, open_recorder, read_tail
 from actors.logs import logger
 from actors.repeats import RetryRun, SampleRuns, Window, sample_of
@@ -63,12 +66,10 @@ from mesh.interfaces import PeerStats, PunchResult, RelayAllocation
 from mesh.nat.punch import should_try_direct
 from store.base import RecordedEvent
 
-ACTIVE = (ev.CONNECTING, ev.CONNECTED, ev.DEGRADED, ev.FAILED)
 # The state fields only metric samples set (besides a transition's reset of them).
 FIGURES = ("latency_ms", "jitter_ms", "loss", "quality", "rx_bytes", "tx_bytes")
 # Events that end every run of repeats: what follows is another situation.
 RUN_ENDS = (ev.ConnectionStateChanged, ev.PathSwitched, ev.PathChosen)
-UP = (ev.CONNECTED, ev.DEGRADED)
 
 MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, WATCH = (
     "monitor", "metrics", "direct-retry", "retry", "wireguard-retry", "watch")
@@ -100,22 +101,6 @@ def bounded_text(value: Any, limit: int = 255) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= limit else None
 
 
-def invalid_observation(item: Any) -> str | None:
-    """Why an observation cannot be used, or None when it is fine."""
-    if isinstance(item, m.LatencyObserved):
-        value = item.latency_ms
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"latency_ms is {type(value).__name__}, not a number"
-        if not math.isfinite(value) or value < 0 or value > 60_000:
-            return f"latency_ms {value!r} is out of range"
-        return None
-    if isinstance(item, m.ProbeFailed):
-        return None if isinstance(item.reason, str) else "reason is not text"
-    if isinstance(item, m.TrafficObserved):
-        ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                 for v in (item.rx_bytes, item.tx_bytes))
-        return None if ok else "byte counters must be non-negative integers"
-    return f"{type(item).__name__} is not an observation"
 
 
 @dataclass
@@ -136,51 +121,6 @@ class Operation:
     # A failover for quality: the direct path still works, so a relay that cannot be had
     # leaves the connection where it is instead of reconnecting.
     for_quality: bool = False
-
-
-@dataclass
-class Probing:
-    """Derived and ephemeral: the probe counters and the current metrics window.
-
-    They describe the last seconds of one incarnation; what the log keeps of them is
-    the aggregated ``MetricsSampled`` and the transitions they caused.
-    """
-
-    # Consecutive lost probes, each weighted by its interval over ``probe_interval_s``: a
-    # connecting connection probes every ``first_probe_s`` (it answers as soon as the
-    # tunnel does), and thirty lost quick probes weigh what three normal ones do.
-    lost: float = 0.0
-    armed_weight: float = 1.0  # of the probe the armed timer will send
-    sent_weight: float = 1.0  # of the probe in flight
-    in_flight: bool = False
-    window: list[float] = field(default_factory=list)
-    window_lost: int = 0
-    last_error: str = ""  # of the window's last lost probe, when the prober gave one
-    traffic: tuple[int, int] = (0, 0)
-    # WireGuard's counters at the last watch reading, and when rx last grew (thespian time).
-    counters: tuple[int, int] | None = None
-    rx_grew_at: float | None = None
-    silent_since: float = 0.0  # rx unchanged since (the first reading counts as a change)
-    # A check of a suspect path: its probes still out, how many were lost, and why it runs.
-    checking: int = 0
-    check_lost: int = 0
-    check_reason: str = ""
-    checking_answered: bool = False
-    check_needed: int = 0  # lost probes that make the path dead, from the path's loss
-    check_sent: int = 0
-    # The loss window of each path (True for a lost probe): a path switched back to keeps
-    # what it showed, so a lossy direct path is not taken for a clean one on its return.
-    outcomes: dict[str | None, list[bool]] = field(default_factory=dict)
-    history: str = ""  # the last probe outcomes, oldest first: "+" answered, "-" lost, "~" endpoint moved
-    # The answers in a row above ``degraded_latency_ms`` on ``slow_path`` (a faster answer, a lost
-    # probe or another path starts anew).
-    slow: int = 0
-    slow_path: str | None = None
-    stats: PeerStats | None = None  # WireGuard's counters for the peer, at the last reading
-    read_at: float | None = None  # thespian time of the last counter reading
-    sending_at: float | None = None  # the last reading that saw more than an idle tunnel's tx
-    idle_armed: bool = False  # the armed probe waits ``idle_probe_interval_s``
-    watched_endpoint: str | None = None  # the decided endpoint when the reading in flight was asked for
 
 
 class PeerConnectionActor(Actor):
@@ -270,6 +210,7 @@ class PeerConnectionActor(Actor):
         self.timers = Timers(self.incarnation)
         self.watching = False
         self.actor = f"peer-connection/{init.party_id}/{init.peer_id}"
+        self.ids = Ids(init.party_id, init.peer_id)
         self.log = logger.bind(actor=self.actor)
         stream = peer_stream(init.node_id, init.party_id, init.peer_id)
         self.writer = StreamWriter(open_recorder(init.store), stream, self.incarnation,
@@ -503,20 +444,8 @@ class PeerConnectionActor(Actor):
 
     def _transition(self, to_state: str, reason: str, latency_ms: float | None = None,
                     state: ConnectionState | None = None) -> ev.ConnectionStateChanged:
-        state = state or self.state
-        setback = to_state in (ev.DEGRADED, ev.FAILED) or (state.state in UP and to_state not in UP
-                                                             and to_state not in (ev.CLOSED, ev.CLEANUP))
-        return ev.ConnectionStateChanged(
-            **self._base(), from_state=state.state, to_state=to_state, reason=reason,
-            path=state.path, endpoint=state.endpoint, relay=state.relay, latency_ms=latency_ms,
-            **(self._tunnel_evidence() if setback else {}))
-
-    def _tunnel_evidence(self) -> dict[str, Any]:
-        """What a setback records of the tunnel: WireGuard's handshake age and the recent probes."""
-        stats = self.probing.stats
-        handshake = stats.last_handshake if stats else None
-        age = round(max(0.0, time.time() - handshake), 1) if handshake else None
-        return {"last_handshake_age_s": age, "recent_probes": self.probing.history}
+        return transition(self.ids, state or self.state, to_state, reason, latency_ms, self.probing.stats,
+                          self.probing.history)
 
     def _configure(self, endpoint: str | None) -> ev.WireGuardPeerConfigRequested:
         assert self.init is not None
@@ -525,11 +454,8 @@ class PeerConnectionActor(Actor):
                                                keepalive_s=self.cfg.keepalive_s)
 
     def _reconnect(self, attempt: int, reason: str, state: ConnectionState | None = None) -> list[Event]:
-        max_attempts = self.cfg.attempts_before_failed
-        return [ev.ReconnectAttempted(**self._base(), attempt=attempt, max_attempts=max_attempts,
-                                      reason=reason),
-                self._transition(ev.CONNECTING, f"reconnect attempt {attempt}/{max_attempts}: {reason}",
-                                 state=state)]
+        return reconnect(self.ids, state or self.state, attempt, self.cfg.attempts_before_failed, reason,
+                         self.probing.stats, self.probing.history)
 
     def _remote_update(self, candidates: Sequence[str], nat_type: str) -> ev.RemotePeerUpdated | None:
         candidates = tuple(candidates) or self.state.candidates
@@ -981,79 +907,8 @@ class PeerConnectionActor(Actor):
         self._after_observations(before, events, failover)
 
     def _decide(self, state: ConnectionState, item: Any, weight: float = 1.0) -> tuple[list[Event], bool]:
-        if state.state not in ACTIVE:
-            return [], False
-        threshold = self.cfg.degraded_latency_ms
-        if isinstance(item, m.TrafficObserved):
-            self.probing.traffic = (item.rx_bytes, item.tx_bytes)
-            return [], False
-        if isinstance(item, m.LatencyObserved):
-            latency = float(item.latency_ms)
-            self.probing.lost = 0.0
-            self._remember_probe("+")
-            self.probing.window.append(latency)
-            self._count_probe(lost=False)
-            if state.state in (ev.CONNECTING, ev.FAILED):
-                self.probing.slow_path = None  # a path that is back starts its run anew
-            high = latency > threshold
-            slow = self._slow_run(state, latency)
-            if state.state in (ev.CONNECTING, ev.FAILED):
-                lead = "first probe answered"
-                if state.state == ev.FAILED:
-                    lead = "peer answered again" + (f" (retry {self.retries})" if self.retries else "")
-                tail = f" (above {threshold:.0f} ms)" if high else ""
-                return [self._transition(ev.DEGRADED if slow else ev.CONNECTED,
-                                         f"{lead} in {latency:.1f} ms{tail}", latency, state)], False
-            if state.state == ev.CONNECTED and slow:
-                run = min(self.probing.slow, self.cfg.latency_probes_to_degrade)
-                return [self._transition(ev.DEGRADED, f"latency {latency:.1f} ms above {threshold:.0f} ms "
-                                                      f"({run} probes in a row)", latency, state)], False
-            lossy = self._lossy(state)
-            if lossy is not None:
-                return [self._transition(ev.DEGRADED, lossy, latency, state)], False
-            loss = self._window_loss()
-            if state.state == ev.DEGRADED and not high and (loss is None or loss <= self.cfg.recovered_loss):
-                better = (f"loss down to {loss:.0%}" if state.reason.startswith("loss") and loss is not None
-                          else f"latency improved to {latency:.1f} ms")
-                return [self._transition(ev.CONNECTED, better, latency, state)], False
-            return [], False
-        # ProbeFailed
-        self._remember_probe("-")
-        self.probing.slow = 0
-        self.probing.lost += weight
-        self.probing.window_lost += 1
-        self._count_probe(lost=True)
-        if item.reason != m.ProbeFailed().reason:
-            self.probing.last_error = item.reason
-        lossy = self._lossy(state)
-        if lossy is not None:
-            return [self._transition(ev.DEGRADED, lossy, state=state)], False
-        needed = self.cfg.lost_probes_before_action
-        if self.probing.lost < needed - 1e-9 or state.state == ev.FAILED or self.op is not None:
-            return [], False  # an operation in flight decides the path for now
-        self.probing.lost = 0.0
-        lost = f"{needed} probes lost"
-        if state.state in UP:
-            return [], True  # after the batch: check the path, then fail over or reconnect
-        # The budget counts the reconnects since the last time the peer was up or (re)joined.
-        attempt = state.reconnects + 1 if state.reason.startswith("reconnect attempt") else 1
-        if attempt <= self.cfg.attempts_before_failed:
-            return self._reconnect(attempt, lost, state), False
-        unreachable = (f"{lost} after {self.cfg.attempts_before_failed} reconnect attempts; "
-                       "retrying every path")
-        return [self._transition(ev.FAILED, unreachable, state=state)], False
-
-    def _slow_run(self, state: ConnectionState, latency: float) -> bool:
-        """Whether the last ``latency_probes_to_degrade`` answers in a row on this path, this
-        one included, all came later than ``degraded_latency_ms``."""
-        probing, cfg = self.probing, self.cfg
-        if probing.slow_path != state.path:
-            probing.slow, probing.slow_path = 0, state.path
-        probing.slow = probing.slow + 1 if latency > cfg.degraded_latency_ms else 0
-        return probing.slow >= cfg.latency_probes_to_degrade
-
-    def _remember_probe(self, outcome: str) -> None:
-        self.probing.history = (self.probing.history + outcome)[-self.cfg.probe_history:]
+        return detection.observe(self.ids, self.state, state, self.probing, item, weight, self.op is not None,
+                                 self.retries, self.cfg)
 
     def _after_observations(self, before: ConnectionState, events: Sequence[Event], failover: bool) -> None:
         """The actions the persisted batch asks for (each persists its own events first)."""
@@ -1121,40 +976,13 @@ class PeerConnectionActor(Actor):
 
     # ------------------------------------------------------------ loss
 
-    def _count_probe(self, lost: bool) -> None:
-        if self.state.state not in UP:
-            return  # an outage's lost probes say nothing of the path's quality once it is back
-        outcomes = self.probing.outcomes.setdefault(self.state.path, [])
-        outcomes.append(lost)
-        del outcomes[:-self.cfg.loss_window_probes]
-
     def _window_loss(self) -> float | None:
-        """Loss over the window, once it holds at least half a window of probes."""
-        outcomes = self.probing.outcomes.get(self.state.path, [])
-        if len(outcomes) < max(1, self.cfg.loss_window_probes // 2):
-            return None
-        return sum(outcomes) / len(outcomes)
-
-    def _lossy(self, state: ConnectionState) -> str | None:
-        """Why a connected connection is now degraded by loss, or None."""
-        loss = self._window_loss()
-        if state.state != ev.CONNECTED or loss is None or loss < self.cfg.degraded_loss:
-            return None
-        return f"loss {loss:.0%} over the last {len(self.probing.outcomes[state.path])} probes"
+        return detection.window_loss(self.probing, self.state.path, self.cfg)
 
     def _may_switch(self) -> bool:
         """No switch for quality within ``min_switch_interval_s`` of the last one."""
         at = self.quality_switch_at
         return at is None or thespian_timing.currentTime() - at >= self.cfg.min_switch_interval_s
-
-    def _relay_path_no_better(self, loss: float) -> bool:
-        """This connection's own last window on the relay lost about as much: the loss is on a
-        stretch both paths share (the peer's uplink, which the relay monitor's probes from
-        this side do not cross), and a move would only trade one lossy path for another."""
-        outcomes = self.probing.outcomes.get(ev.RELAY, [])
-        if len(outcomes) < max(1, self.cfg.loss_window_probes // 2):
-            return False
-        return sum(outcomes) / len(outcomes) > loss - self.cfg.switch_loss_margin
 
     def _leave_lossy_path(self) -> None:
         """A lossy direct path moves to the relay if the relay loses clearly less."""
@@ -1164,7 +992,7 @@ class PeerConnectionActor(Actor):
                 or self.relay is None or loss is None or loss < cfg.degraded_loss or quality is None
                 or quality.relay != self.relay or quality.probes < cfg.loss_window_probes // 2
                 or quality.loss > loss - cfg.switch_loss_margin
-                or not self._may_switch() or self._relay_path_no_better(loss)):
+                or not self._may_switch() or detection.relay_path_no_better(self.probing, loss, self.cfg)):
             return
         self.quality_switch_at = thespian_timing.currentTime()
         purpose = (f"loss {loss:.0%} on the direct path; relay {quality.relay} lost {quality.loss:.0%} "
@@ -1199,7 +1027,7 @@ class PeerConnectionActor(Actor):
                 now - probing.read_at, cfg.idle_watch_interval_s) > cfg.idle_tx_bytes_s:
             probing.sending_at = now
         probing.read_at = now
-        if probing.idle_armed and not self._idle(now):
+        if probing.idle_armed and not detection.idle(self.probing, self.state, now, self.cfg):
             self._arm_monitor()  # traffic started (or the peer fell silent): probe at the normal rate
         if busy:
             silence = now - probing.silent_since
@@ -1245,11 +1073,7 @@ class PeerConnectionActor(Actor):
         if idle and probing.rx_grew_at is not None and \
                 thespian_timing.currentTime() - probing.rx_grew_at < cfg.keepalive_s + cfg.probe_interval_s:
             return  # the peer's packets (its keepalives at least) still arrive: the probes met loss
-        loss = max(self._window_loss() or 0.0, cfg.check_assumed_loss)
-        needed = cfg.confirm_probes
-        if 0 < loss < 1:
-            needed = max(needed, min(cfg.confirm_probes_max,
-                                     math.ceil(math.log(cfg.check_false_alarm) / math.log(loss))))
+        needed = detection.check_size(self._window_loss(), cfg)
         probing.check_lost, probing.check_reason, probing.check_needed = 0, reason, needed
         probing.checking_answered, probing.check_sent = False, 0
         # A first round of a few probes (a live path answers one of them within a round
@@ -1257,15 +1081,9 @@ class PeerConnectionActor(Actor):
         self._send_checks(min(cfg.confirm_probes, needed))
         if needed > probing.check_sent:
             recent = max(probing.window[-3:], default=self.state.latency_ms) or 0.0
-            rest_after = min(self._check_timeout(), max(cfg.confirm_rest_after_s, 3 * recent / 1000))
+            rest_after = min(detection.check_timeout(self.probing, self.state.latency_ms, cfg),
+                             max(cfg.confirm_rest_after_s, 3 * recent / 1000))
             self._schedule(rest_after, CHECK_REST)
-
-    def _check_timeout(self) -> float:
-        """Three of the path's last round trips, within the configured bounds."""
-        cfg = self.cfg
-        recent = max(self.probing.window[-3:], default=self.state.latency_ms)
-        return cfg.confirm_timeout_s if recent is None else \
-            min(cfg.confirm_timeout_s, max(cfg.confirm_timeout_min_s, 3 * recent / 1000))
 
     def _send_rest_of_check(self) -> None:
         """The check's first round is not answered yet: the rest of its probes, at once."""
@@ -1278,7 +1096,7 @@ class PeerConnectionActor(Actor):
         probing = self.probing
         probing.checking += probes
         probing.check_sent += probes
-        timeout = self._check_timeout()
+        timeout = detection.check_timeout(self.probing, self.state.latency_ms, self.cfg)
         for _ in range(probes):
             self._request(fx.Probe(tag=f"{CONFIRM}/{next(self._tags)}", virtual_ip=self.init.virtual_ip,
                                    timeout_s=timeout))
@@ -1356,7 +1174,8 @@ class PeerConnectionActor(Actor):
                 **self._base(), old_endpoint=state.endpoint, new_endpoint=stats.endpoint,
                 reason="WireGuard now hears the peer from another address (NAT rebinding or roaming)")],
                 "watch")
-            self._remember_probe("~")  # a later setback shows whether probes were answered since
+            # A later setback shows whether probes were answered since.
+            detection.remember_probe(self.probing, "~", self.cfg)
 
     def _answered_through_relay(self) -> None:
         """An attempt that started on the direct path was answered before it changed anything:
@@ -1648,23 +1467,11 @@ class PeerConnectionActor(Actor):
             delay = min(self.cfg.first_probe_s, self.cfg.probe_interval_s)
         elif self.state.state == ev.FAILED:
             delay = min(self.cfg.failed_probe_s, self.cfg.probe_interval_s)
-        elif self._idle(thespian_timing.currentTime()):
+        elif detection.idle(self.probing, self.state, thespian_timing.currentTime(), self.cfg):
             delay = max(self.cfg.idle_probe_interval_s, self.cfg.probe_interval_s)
         self.probing.idle_armed = delay > self.cfg.probe_interval_s
         self.probing.armed_weight = min(1.0, delay / self.cfg.probe_interval_s)
         self._schedule(delay, MONITOR)
-
-    def _idle(self, now: float) -> bool:
-        """Up, its last probes all answered, the peer heard recently, and this side sending
-        next to nothing for a while."""
-        probing, cfg = self.probing, self.cfg
-        if self.state.state not in UP or probing.rx_grew_at is None \
-                or now - probing.rx_grew_at > cfg.keepalive_s + cfg.probe_interval_s:
-            return False
-        answered = probing.history.replace("~", "")[-cfg.idle_after_answered:]
-        if len(answered) < cfg.idle_after_answered or "-" in answered:
-            return False
-        return probing.sending_at is None or now - probing.sending_at > cfg.probe_interval_s
 
     def on_relay_changed(self, message: m.RelayChanged) -> None:
         self.relay = message.relay
