@@ -50,9 +50,10 @@ from thespian.actors import (
 from actors import effects as fx
 from actors import logs
 from actors import messages as m
-from actors.connection import detection
+from actors.connection import detection, inputs
 from actors.connection.detection import ACTIVE, Probing, invalid_observation
 from actors.connection.facts import UP, Ids, reconnect, transition
+from actors.connection.inputs import Memory
 from actors.journal import StreamWriter, open_recorder, read_tail
 from actors.logs import logger
 from actors.repeats import RetryRun, SampleRuns, Window, sample_of
@@ -137,24 +138,14 @@ class PeerConnectionActor(Actor):
         self.finished = False
         self.pending: set[str] = set()  # tags of effects not answered yet
         self.wireguard_retry_s = 0.0
-        self.retries = 0  # of this failed spell
+        self.memory = Memory()  # every decision input besides the state and the probes
         self.watching = False  # a watch reading (or its wakeup) is outstanding
-        self.relay_quality: m.RelayQuality | None = None  # the selected relay's, from the monitor
-        self.quality_switch_at: float | None = None  # the last path switch for quality (thespian time)
         self.sample_runs = SampleRuns()
-        self.retry_run: RetryRun | None = None  # open after a failed retry of the direct path
         self.suspected_relay: str | None = None  # the relay this connection found silent, awaiting a verdict
-        # The held session on a relay that failed an allocation: every allocation reports it
-        # until a new session opens, so the control server's pair affinity never hands it back.
-        self.dead_session: str | None = None
-        self.offered_relay: str | None = None  # the relay of the peer's offer, until joined
-        # An offer that came while an attempt was in flight: (relay, session), handled after it.
-        self.pending_offer: tuple[str, str | None] | None = None
         self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
         self.traffic: Reading | None = None  # WireGuard's rx at the last reading while connecting
-        # When each decision timer fires (thespian time), and the left of those a restart resumes.
-        self.due: dict[str, float] = {}
+        # The time left of each decision timer, that a restart resumes.
         self.resume: dict[str, float] = {}
         self.recorded_inputs: tuple[Any, ...] | None = None  # what the last DecisionInputsRecorded said
 
@@ -216,11 +207,11 @@ class PeerConnectionActor(Actor):
         self.writer = StreamWriter(open_recorder(init.store), stream, self.incarnation,
                                    {"node_id": init.node_id, "actor": self.actor})
         self.state = self.writer.replay(apply_connection, ConnectionState())
-        self.due = {}
+        self.memory.due = {}
         self.samples = StreamWriter(self.writer.recorder,
                                     metrics_stream(init.node_id, init.party_id, init.peer_id),
                                     self.incarnation, {"node_id": init.node_id, "actor": self.actor})
-        self.sample_runs, self.retry_run = SampleRuns(), None
+        self.sample_runs, self.memory.retry_run = SampleRuns(), None
         self._restore_figures()
         self._restore_inputs()
         settle: list[Event] = []
@@ -263,7 +254,7 @@ class PeerConnectionActor(Actor):
             self._arm_monitor()
             self._schedule(self.cfg.metrics_interval_s, METRICS)
             self._arm_direct_retry()
-            if OFFER in self.resume and (self.offered_relay or self.pending_offer):
+            if OFFER in self.resume and (self.memory.offered_relay or self.memory.pending_offer):
                 self._schedule(0.0, OFFER)  # resumed: the time left when it stopped
         self.resume = {}
 
@@ -288,7 +279,7 @@ class PeerConnectionActor(Actor):
             case m.RelayChanged():
                 self.on_relay_changed(message)
             case m.RelayQuality():
-                self.relay_quality = message
+                self.memory.relay_quality = message
             case m.RelaysReachable():
                 self.on_network_back("the relays answer again")
             case m.ControlServerBack():
@@ -338,11 +329,11 @@ class PeerConnectionActor(Actor):
     def _schedule(self, delay_s: float, kind: str) -> None:
         if kind in DECISION_TIMERS:
             delay_s = max(0.0, self.resume.pop(kind, delay_s))
-            self.due[kind] = thespian_timing.currentTime() + delay_s
+            self.memory.due[kind] = thespian_timing.currentTime() + delay_s
         self.wakeupAfter(timedelta(seconds=delay_s), self.timers.arm(kind))
 
     def _cancel(self, kind: str) -> None:
-        self.due.pop(kind, None)
+        self.memory.due.pop(kind, None)
         self.timers.cancel(kind)
 
     def _notify(self) -> None:
@@ -360,48 +351,12 @@ class PeerConnectionActor(Actor):
     # ------------------------------------------------------------ decision inputs
 
     def _inputs(self) -> ev.DecisionInputsRecorded:
-        """Every input of the next decisions that the transitions do not say, as of now."""
-        now = thespian_timing.currentTime()
-        probing, quality, switched = self.probing, self.relay_quality, self.quality_switch_at
-        up = self.state.state in UP
-        return ev.DecisionInputsRecorded(
-            **self._base(),
-            # Not up, the windows are never read: the way up clears them.
-            windows=tuple((path or "", "".join("-" if lost else "+" for lost in outcomes))
-                          for path, outcomes in sorted(probing.outcomes.items(), key=lambda i: i[0] or "")
-                          if up),
-            # Nor are a failed connection's lost probes (its way out resets them): an unreachable
-            # peer writes nothing on the metrics beat.
-            lost_probes=0.0 if self.state.state == ev.FAILED else probing.lost,
-            slow_answers=probing.slow, slow_path=probing.slow_path, recent_probes=probing.history,
-            retries=self.retries, quality_switch_age_s=None if switched is None else now - switched,
-            relay_quality=None if quality is None else (quality.relay, quality.loss, quality.probes),
-            offered_relay=self.offered_relay, pending_offer=self.pending_offer,
-            dead_session=self.dead_session, retry_run=self.retry_run.reason if self.retry_run else None,
-            timers=tuple((kind, max(0.0, at - now)) for kind, at in sorted(self.due.items())),
-            written_at=time.time())
-
-    def _inputs_key(self) -> tuple[Any, ...]:
-        """The inputs without what only time changes (ages, timers)."""
-        inputs = self._inputs()
-        return (inputs.windows, inputs.lost_probes, inputs.slow_answers, inputs.slow_path,
-                inputs.recent_probes, inputs.retries, self.quality_switch_at, inputs.relay_quality,
-                inputs.offered_relay, inputs.pending_offer, inputs.dead_session, inputs.retry_run)
-
-    def _probes_changed(self) -> bool:
-        """The probes changed a window that holds (or held at the last record) lost probes: a
-        steady clean path, or an unreachable peer, is not written again and again."""
-        def lossy(windows: tuple[tuple[str, str], ...], lost: float) -> bool:
-            return lost > 0 or any("-" in outcomes for _, outcomes in windows)
-        now, recorded = self._inputs(), self.state.inputs
-        probes = (now.windows, now.lost_probes, now.slow_answers, now.slow_path, now.recent_probes)
-        return (lossy(now.windows, now.lost_probes) or lossy(recorded.windows, recorded.lost_probes)) \
-            and probes != (recorded.windows, recorded.lost_probes, recorded.slow_answers,
-                           recorded.slow_path, recorded.recent_probes)
+        return inputs.record(self.ids, self.state, self.probing, self.memory, thespian_timing.currentTime(),
+                             time.time())
 
     def _record_inputs(self, causation: str) -> None:
         self._commit([self._inputs()], causation)
-        self.recorded_inputs = self._inputs_key()
+        self.recorded_inputs = inputs.key(self._inputs(), self.memory)
 
     def _stop_cleanly(self) -> None:
         self._write_runs()
@@ -416,25 +371,9 @@ class PeerConnectionActor(Actor):
         newest = self.writer.recorder.read_stream(self.writer.stream_id, position) if position else []
         if not newest or not isinstance(newest[-1].event, ev.DecisionInputsRecorded):
             return
-        inputs = self.state.inputs
-        gap = max(0.0, time.time() - inputs.written_at)  # from the record to this start
-        now = thespian_timing.currentTime()
-        probing = self.probing
-        probing.outcomes = {path or None: [outcome == "-" for outcome in outcomes]
-                            for path, outcomes in inputs.windows}
-        probing.lost, probing.slow = inputs.lost_probes, inputs.slow_answers
-        probing.slow_path = inputs.slow_path
-        probing.history = inputs.recent_probes
-        self.retries = inputs.retries
-        self.quality_switch_at = (None if inputs.quality_switch_age_s is None
-                                  else now - inputs.quality_switch_age_s - gap)
-        quality = inputs.relay_quality
-        self.relay_quality = None if quality is None else m.RelayQuality(quality[0], None, *quality[1:])
-        self.offered_relay, self.dead_session = inputs.offered_relay, inputs.dead_session
-        self.pending_offer = inputs.pending_offer
-        self.retry_run = RetryRun(inputs.retry_run) if inputs.retry_run is not None else None
-        self.resume = {kind: left - gap for kind, left in inputs.timers}
-        self.recorded_inputs = self._inputs_key()
+        self.memory, self.resume = inputs.restore(self.state.inputs, self.probing,
+                                                  thespian_timing.currentTime(), time.time())
+        self.recorded_inputs = inputs.key(self._inputs(), self.memory)
 
     # ------------------------------------------------------------ event helpers
 
@@ -532,7 +471,7 @@ class PeerConnectionActor(Actor):
             self._commit([ev.RelayAllocationRequested(**self._base(), relay=relay, purpose=purpose)], op.tag)
         self._request(fx.AllocateRelay(tag=op.tag, party_id=self._base()["party_id"],
                                        peer_id=self._base()["peer_id"], relay=relay,
-                                       failed_session=op.failed_session or self.dead_session))
+                                       failed_session=op.failed_session or self.memory.dead_session))
 
     def _no_path(self, op: Operation, why_no_relay: str) -> None:
         reason = f"{op.purpose}; {why_no_relay}" if op.purpose else why_no_relay
@@ -642,11 +581,11 @@ class PeerConnectionActor(Actor):
                 self.send(self.parent, m.RelaySuspected(failed_relay, f"allocation failed: {done.error}"))
             held = self._held()
             if unopened is not None:
-                self.dead_session = unopened.session_id
+                self.memory.dead_session = unopened.session_id
             elif held is not None and held.relay == effect.relay:
                 # The relay itself failed us (a silent path alone may be the peer's): its session
                 # is reported on the next allocation, so the pair's affinity does not hand it back.
-                self.dead_session = held.session_id
+                self.memory.dead_session = held.session_id
             if self.op is None or self.op.recorded or not self._current(done):
                 self._commit([ev.RelayAllocationFailed(**self._base(), relay=effect.relay,
                                                        error=done.error or "")], effect.tag)
@@ -655,8 +594,8 @@ class PeerConnectionActor(Actor):
             return
         allocation: RelayAllocation = done.value
         previous = self._held()
-        if allocation.session_id != self.dead_session:
-            self.dead_session = None
+        if allocation.session_id != self.memory.dead_session:
+            self.memory.dead_session = None
         opened = ev.RelaySessionOpened(**self._base(), relay=allocation.relay,
                                        session_id=allocation.session_id, endpoint=allocation.endpoint)
         if not self._current(done):
@@ -840,7 +779,7 @@ class PeerConnectionActor(Actor):
     def _on_retried(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
         self._finish(op)
         if not succeeded:
-            run = self.retry_run
+            run = self.memory.retry_run
             if run is not None and run.reason == result.reason:
                 run.add()  # the same failure again: counted
                 if run.count * self.cfg.direct_retry_s >= self.cfg.repeats_record_max_s - 1e-9:
@@ -849,12 +788,12 @@ class PeerConnectionActor(Actor):
                 self._write_retry_run()
                 self._commit([ev.DirectPathRetried(**self._base(), succeeded=False, reason=result.reason)],
                              op.tag)
-                self.retry_run = RetryRun(result.reason)
+                self.memory.retry_run = RetryRun(result.reason)
             self._arm_direct_retry()
             return
         assert result.endpoint is not None
-        if self.quality_switch_at is not None:
-            self.quality_switch_at = thespian_timing.currentTime()  # back to direct: a switch too
+        if self.memory.quality_switch_at is not None:
+            self.memory.quality_switch_at = thespian_timing.currentTime()  # back to direct: a switch too
         self._commit([
             ev.DirectPathRetried(**self._base(), succeeded=True, reason="hole punch succeeded"),
             ev.PathSwitched(**self._base(), from_path=ev.RELAY, to_path=ev.DIRECT,
@@ -908,7 +847,7 @@ class PeerConnectionActor(Actor):
 
     def _decide(self, state: ConnectionState, item: Any, weight: float = 1.0) -> tuple[list[Event], bool]:
         return detection.observe(self.ids, self.state, state, self.probing, item, weight, self.op is not None,
-                                 self.retries, self.cfg)
+                                 self.memory.retries, self.cfg)
 
     def _after_observations(self, before: ConnectionState, events: Sequence[Event], failover: bool) -> None:
         """The actions the persisted batch asks for (each persists its own events first)."""
@@ -918,12 +857,12 @@ class PeerConnectionActor(Actor):
             self.probing.outcomes.clear()  # the probes lost before the outage was seen: not loss
             self._answered_through_relay()
         if state.state == ev.FAILED and before.state != ev.FAILED:
-            self.retries = 0
+            self.memory.retries = 0
             self._arm_monitor()  # unreachable: probe every ``failed_probe_s`` to see it come back
             self._schedule_retry()
         elif before.state == ev.FAILED and state.state != ev.FAILED:
             self._cancel(RETRY)
-            self.retries = 0
+            self.memory.retries = 0
         if state.state == ev.CONNECTING and any(isinstance(e, ev.ReconnectAttempted) for e in events):
             self._connect(state.reconnects + 1)
         if failover and state.state in UP:
@@ -935,7 +874,7 @@ class PeerConnectionActor(Actor):
     def on_timer(self, timer: m.Timer) -> None:
         if not self.timers.is_current(timer) or self.closing:
             return  # a stale wakeup: re-armed or cancelled since
-        self.due.pop(timer.kind, None)
+        self.memory.due.pop(timer.kind, None)
         assert self.init is not None
         if timer.kind == MONITOR and self.state.state in ACTIVE:
             if not self.probing.in_flight:
@@ -948,7 +887,7 @@ class PeerConnectionActor(Actor):
             self._arm_monitor()
         elif timer.kind == METRICS and self.state.state in ACTIVE:
             self._request(fx.ReadPeerStats(tag="metrics", public_key=self.init.public_key))
-            if self._probes_changed():
+            if inputs.probes_changed(self._inputs(), self.state.inputs):
                 self._record_inputs("metrics")
             self._schedule(self.cfg.metrics_interval_s, METRICS)
         elif timer.kind == WATCH:
@@ -962,8 +901,8 @@ class PeerConnectionActor(Actor):
         elif timer.kind == RETRY and self.state.state == ev.FAILED:
             self._retry_unreachable()
         elif timer.kind == OFFER:
-            if self.pending_offer is not None:
-                pending, self.pending_offer = self.pending_offer, None
+            if self.memory.pending_offer is not None:
+                pending, self.memory.pending_offer = self.memory.pending_offer, None
                 self.on_peer_asked_for_relay(*pending)
             else:
                 self._join_offer()
@@ -981,12 +920,12 @@ class PeerConnectionActor(Actor):
 
     def _may_switch(self) -> bool:
         """No switch for quality within ``min_switch_interval_s`` of the last one."""
-        at = self.quality_switch_at
+        at = self.memory.quality_switch_at
         return at is None or thespian_timing.currentTime() - at >= self.cfg.min_switch_interval_s
 
     def _leave_lossy_path(self) -> None:
         """A lossy direct path moves to the relay if the relay loses clearly less."""
-        state, cfg, quality = self.state, self.cfg, self.relay_quality
+        state, cfg, quality = self.state, self.cfg, self.memory.relay_quality
         loss = self._window_loss()
         if (state.state != ev.DEGRADED or state.path != ev.DIRECT or self.op is not None
                 or self.relay is None or loss is None or loss < cfg.degraded_loss or quality is None
@@ -994,7 +933,7 @@ class PeerConnectionActor(Actor):
                 or quality.loss > loss - cfg.switch_loss_margin
                 or not self._may_switch() or detection.relay_path_no_better(self.probing, loss, self.cfg)):
             return
-        self.quality_switch_at = thespian_timing.currentTime()
+        self.memory.quality_switch_at = thespian_timing.currentTime()
         purpose = (f"loss {loss:.0%} on the direct path; relay {quality.relay} lost {quality.loss:.0%} "
                    "of its probes")
         self._allocate(self._begin(FAILOVER, purpose=purpose, for_quality=True), FAILOVER)
@@ -1202,7 +1141,7 @@ class PeerConnectionActor(Actor):
             return False
         through_relay = heard_from == state.session_endpoint
         if state.path == ev.RELAY and not through_relay and not _loopback(heard_from) and self._may_switch():
-            self.quality_switch_at = thespian_timing.currentTime()
+            self.memory.quality_switch_at = thespian_timing.currentTime()
             self._commit([ev.PathSwitched(
                 **self._base(), from_path=ev.RELAY, to_path=ev.DIRECT, endpoint=heard_from,
                 reason=f"WireGuard hears the peer directly from {heard_from}: its end is on the direct path",
@@ -1241,7 +1180,7 @@ class PeerConnectionActor(Actor):
             self.state = apply_connection(self.state, record.event)
 
     def _write_retry_run(self) -> None:
-        counted = self.retry_run.take(**self._base()) if self.retry_run is not None else None
+        counted = self.memory.retry_run.take(**self._base()) if self.memory.retry_run is not None else None
         if counted is not None:
             for record in self.writer.append([counted], "direct-retry"):
                 self.state = apply_connection(self.state, record.event)
@@ -1254,7 +1193,7 @@ class PeerConnectionActor(Actor):
         """Before a transition or a path change: write what the runs counted, and close them."""
         self._write_runs()
         self.sample_runs.recorded = None
-        self.retry_run = None
+        self.memory.retry_run = None
 
     def _restore_figures(self) -> None:
         """After a restart: the figures as the replay folds them, the newest sample and the
@@ -1288,7 +1227,7 @@ class PeerConnectionActor(Actor):
         if self.op is not None or not self._may_switch():
             self._arm_direct_retry()
             return
-        self._punch(self._begin(RETRY_DIRECT), record=self.retry_run is None)
+        self._punch(self._begin(RETRY_DIRECT), record=self.memory.retry_run is None)
 
     def _retry_delay(self, retry: int) -> float:
         """Capped exponential backoff, jittered per peer and retry (deterministic for replays and tests)."""
@@ -1298,7 +1237,7 @@ class PeerConnectionActor(Actor):
         return min(base * (1 + spread), cfg.retry_backoff_max_s)
 
     def _schedule_retry(self) -> None:
-        self._schedule(self._retry_delay(self.retries), RETRY)
+        self._schedule(self._retry_delay(self.memory.retries), RETRY)
 
     def _retry_unreachable(self, fresh_session: bool = False) -> None:
         """A failed connection tries every path again: the tunnel (a probe), the direct
@@ -1309,8 +1248,8 @@ class PeerConnectionActor(Actor):
         if self.op is not None:  # a retry or a reconnect still runs: try again after it
             self._schedule_retry()
             return
-        self.retries += 1
-        retry = self.retries
+        self.memory.retries += 1
+        retry = self.memory.retries
         recorded = retry & (retry - 1) == 0
         op = self._begin(RETRY_UNREACHABLE, attempt=retry, recorded=recorded,
                          purpose=f"unreachable: retry {retry}")
@@ -1353,7 +1292,7 @@ class PeerConnectionActor(Actor):
     def _reconnect_now(self, reason: str) -> None:
         """A new attempt at once, with a new budget: something changed that makes it worth it."""
         self._cancel(RETRY)
-        self.retries = 0
+        self.memory.retries = 0
         self.probing.lost = 0.0
         self._commit(self._reconnect(1, reason), "reconnect now")
         self._connect(2)
@@ -1368,7 +1307,7 @@ class PeerConnectionActor(Actor):
         if self.closing:
             return
         if self.state.state == ev.FAILED:
-            self.retries = 0  # the network changed: the backoff starts again, from now
+            self.memory.retries = 0  # the network changed: the backoff starts again, from now
             self._retry_unreachable(fresh_session=True)
         elif self._waiting():
             self._reconnect_now(reason)
@@ -1382,7 +1321,7 @@ class PeerConnectionActor(Actor):
             if (moved_session or relay != state.relay) and not self.closing:
                 # A direct retry's punch is in flight: follow the peer once it is over, not
                 # when this side's own silence check finds the session it holds deserted.
-                self.pending_offer = (relay, session_id)
+                self.memory.pending_offer = (relay, session_id)
                 self._schedule(self.cfg.first_probe_s, OFFER)
             return
         if state.state in UP and state.path == ev.RELAY and relay is not None:
@@ -1402,7 +1341,7 @@ class PeerConnectionActor(Actor):
             # and this side's window says the path is lossy too (above where a degraded one is
             # up again): follow, a switch for quality, rather than answer its check and keep the
             # two ends on two paths until the peer's way back a minute later.
-            self.quality_switch_at = thespian_timing.currentTime()
+            self.memory.quality_switch_at = thespian_timing.currentTime()
             purpose = f"the peer moved the pair to the relay; loss {loss:.0%} on the direct path here too"
             self._allocate(self._begin(FAILOVER, purpose=purpose, for_quality=True), FAILOVER, relay)
             return
@@ -1412,7 +1351,7 @@ class PeerConnectionActor(Actor):
             self._suspect("the peer asked for a relay session")
             return
         if state.state in (ev.CONNECTING, ev.FAILED) and not self.closing:
-            self.offered_relay = relay or self.relay
+            self.memory.offered_relay = relay or self.relay
             self._join_offer()
 
     def _join_offer(self) -> None:
@@ -1420,17 +1359,17 @@ class PeerConnectionActor(Actor):
         the control server is not asked for another): waiting for lost probes or a backoff
         would leave the two ends on different paths for many seconds. An attempt in flight
         finishes first."""
-        relay = self.offered_relay
+        relay = self.memory.offered_relay
         if relay is None or self.closing or self.state.state not in (ev.CONNECTING, ev.FAILED):
-            self.offered_relay = None
+            self.memory.offered_relay = None
             return
         if not self._waiting():
             if self.op is not None:
                 self._schedule(self.cfg.first_probe_s, OFFER)
             return
-        self.offered_relay = None
+        self.memory.offered_relay = None
         self._cancel(RETRY)
-        self.retries = 0
+        self.memory.retries = 0
         op = self._begin(RETRY_UNREACHABLE, purpose="the peer offered a relay session")
         self._allocate(op, FALLBACK, relay)
         if self.state.state == ev.FAILED:

@@ -41,8 +41,10 @@ steps = st.one_of(
     st.tuples(st.just("advance"), st.integers(24, 60).map(lambda n: n * 2.5)),  # long enough to fail
     st.tuples(st.just("restart"), st.sampled_from(("peer", "party"))),
 )
-# Whether bob announces a direct candidate, whether the relay answers, and the steps.
-scenario = st.tuples(st.booleans(), st.booleans(), st.lists(steps, min_size=4, max_size=16))
+# Whether bob announces a direct candidate, whether the relay answers, the direct round trip,
+# and the steps.
+scenario = st.tuples(st.booleans(), st.booleans(), st.sampled_from([20.0, 20.0, 250.0]),
+                     st.lists(steps, min_size=4, max_size=16))
 
 # The states and paths the generated runs reach, for the shares printed at the end.
 REACHED: Counter[str] = Counter()
@@ -107,17 +109,19 @@ def start(clock: VirtualClock) -> Harness:
     return Harness(name, clock, make_config(metrics_interval_s=60.0), (RELAY_A,)).start()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(script=scenario)
 def check_restarts_change_no_decision(monkeypatch: Any,
-                                      script: tuple[bool, bool, list[tuple[Any, ...]]]) -> None:
-    direct, relay_up, steps_ = script
+                                      script: tuple[bool, bool, float, list[tuple[Any, ...]]]) -> None:
+    direct, relay_up, latency, steps_ = script
     clock = VirtualClock(monkeypatch)
     reference, node = start(clock), start(clock)
     nodes = (reference, node)
     try:
         for harness in nodes:
             harness.net.set_relay(RELAY_A, 40.0 if relay_up else None)
+            harness.net.set_latency(BOB_IP, latency)
             harness.ask(m.CreateParty("p1", "LAN", "alice", "Alice"))
             harness.tell(m.PeerAnnounced("p1", "bob", "Bob", "key-bob", candidates=(BOB,) if direct else ()))
             harness.ask(m.Ping())
