@@ -30,7 +30,6 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -50,7 +49,7 @@ from thespian.actors import (
 from actors import effects as fx
 from actors import logs
 from actors import messages as m
-from actors.connection import detection, inputs
+from actors.connection import detection, inputs, retries
 from actors.connection.detection import ACTIVE, Probing, invalid_observation
 from actors.connection.facts import UP, Ids, reconnect, transition
 from actors.connection.inputs import Memory
@@ -64,7 +63,6 @@ from events.base import Event
 from events.fold import ConnectionState, apply_connection
 from events.streams import metrics_stream, peer_stream
 from mesh.interfaces import PeerStats, PunchResult, RelayAllocation
-from mesh.nat.punch import should_try_direct
 from store.base import RecordedEvent
 
 # The state fields only metric samples set (besides a transition's reset of them).
@@ -413,19 +411,12 @@ class PeerConnectionActor(Actor):
         return self.op is not None and done.effect.tag == self.op.tag and not self.closing
 
     def _direct_ruled_out(self) -> str | None:
-        """Why a punch is not worth trying, or None: always try direct unless both are symmetric."""
         assert self.init is not None
-        if not self.state.candidates:
-            return "no direct candidates"
-        if not should_try_direct(self.init.local_nat_type, self.state.remote_nat_type):
-            return "both sides are behind symmetric NATs"
-        return None
+        return retries.direct_ruled_out(self.init.local_nat_type, self.state)
 
     def _direct_likely(self) -> bool:
-        """One side open or port-forwarded: the punch all but always works (the NAT matrix)."""
         assert self.init is not None
-        easy = (ev.NAT_OPEN, ev.NAT_FULL_CONE)
-        return self.init.local_nat_type in easy or self.state.remote_nat_type in easy
+        return retries.direct_likely(self.init.local_nat_type, self.state)
 
     def _connect(self, attempt: int) -> None:
         ruled_out = self._direct_ruled_out()
@@ -1229,15 +1220,8 @@ class PeerConnectionActor(Actor):
             return
         self._punch(self._begin(RETRY_DIRECT), record=self.memory.retry_run is None)
 
-    def _retry_delay(self, retry: int) -> float:
-        """Capped exponential backoff, jittered per peer and retry (deterministic for replays and tests)."""
-        cfg = self.cfg
-        base = min(cfg.retry_backoff_s * 2 ** min(retry, 30), cfg.retry_backoff_max_s)
-        spread = random.Random(f"{self.actor}/{retry}").uniform(-cfg.retry_jitter, cfg.retry_jitter)
-        return min(base * (1 + spread), cfg.retry_backoff_max_s)
-
     def _schedule_retry(self) -> None:
-        self._schedule(self._retry_delay(self.memory.retries), RETRY)
+        self._schedule(retries.retry_delay(self.actor, self.memory.retries, self.cfg), RETRY)
 
     def _retry_unreachable(self, fresh_session: bool = False) -> None:
         """A failed connection tries every path again: the tunnel (a probe), the direct
@@ -1250,7 +1234,7 @@ class PeerConnectionActor(Actor):
             return
         self.memory.retries += 1
         retry = self.memory.retries
-        recorded = retry & (retry - 1) == 0
+        recorded = retries.written(retry)
         op = self._begin(RETRY_UNREACHABLE, attempt=retry, recorded=recorded,
                          purpose=f"unreachable: retry {retry}")
         if recorded:
