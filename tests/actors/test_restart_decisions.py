@@ -34,3 +34,19 @@ def test_a_clean_restart_under_steady_loss_does_not_make_a_degraded_connection_c
     assert node.connection("p1", "bob").state == "degraded"
     assert kinds(run(node, 60), "ConnectionStateChanged") == []
     assert node.connection("p1", "bob").state == "degraded"
+
+
+def test_after_a_crash_a_lossy_connection_resumes_from_its_last_metrics_beat(make_node) -> None:
+    """No clean stop: what the lossy path recorded on its last metrics beat is what the next
+    start resumes from, so the window it forgot is at most one beat of probes."""
+    node = joined(make_node, metrics_interval_s=60.0)
+    node.net.loss = node.net.relay_loss = 0.5
+    run(node, 300)
+    assert node.connection("p1", "bob").state == "degraded"
+    recorded = [e for e in node.events(node.peer("bob")) if e.event_type == "DecisionInputsRecorded"]
+    assert 3 <= len(recorded) <= 5, recorded  # one a beat once the window holds lost probes
+    assert recorded[-1].windows and "-" in recorded[-1].windows[0][1]
+    node.crash()
+    node.start()
+    assert kinds(run(node, 60), "ConnectionStateChanged") == []
+    assert node.connection("p1", "bob").state == "degraded"
