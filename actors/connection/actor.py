@@ -49,7 +49,7 @@ from thespian.actors import (
 from actors import effects as fx
 from actors import logs
 from actors import messages as m
-from actors.connection import detection, inputs, retries
+from actors.connection import detection, inputs, paths, retries
 from actors.connection.detection import ACTIVE, Probing, invalid_observation
 from actors.connection.facts import UP, Ids, reconnect, transition
 from actors.connection.inputs import Memory
@@ -222,7 +222,7 @@ class PeerConnectionActor(Actor):
         if self.state.allocating:
             settle.append(ev.RelayAllocationFailed(**self._base(), relay=self.state.allocating,
                                                    error="interrupted: the connection restarted"))
-        remote = self._remote_update(init.candidates, init.remote_nat_type)
+        remote = paths.remote_update(self.ids, self.state, init.candidates, init.remote_nat_type)
         if remote is not None:
             settle.append(remote)
         self._commit(settle, "start")
@@ -393,13 +393,6 @@ class PeerConnectionActor(Actor):
     def _reconnect(self, attempt: int, reason: str, state: ConnectionState | None = None) -> list[Event]:
         return reconnect(self.ids, state or self.state, attempt, self.cfg.attempts_before_failed, reason,
                          self.probing.stats, self.probing.history)
-
-    def _remote_update(self, candidates: Sequence[str], nat_type: str) -> ev.RemotePeerUpdated | None:
-        candidates = tuple(candidates) or self.state.candidates
-        nat_type = nat_type if nat_type != ev.NAT_UNKNOWN else self.state.remote_nat_type
-        if (candidates, nat_type) == (self.state.candidates, self.state.remote_nat_type):
-            return None
-        return ev.RemotePeerUpdated(**self._base(), candidates=candidates, nat_type=nat_type)
 
     # ------------------------------------------------------------ operations
 
@@ -713,28 +706,15 @@ class PeerConnectionActor(Actor):
                 self._allocate(op, FALLBACK)
             return
         assert result.endpoint is not None
-        punched = self._punch_succeeded(result)
+        punched = paths.punch_succeeded(self.ids, result)
         if not current:
             self._commit([punched], done.effect.tag)
             return
         assert op is not None
-        self._commit([punched, self._direct_chosen(result), self._configure(result.endpoint)], op.tag)
+        chosen = paths.direct_chosen(self.ids, self.state, result)
+        self._commit([punched, chosen, self._configure(result.endpoint)], op.tag)
         self._release(op.tag)
         self._finish(op)
-
-    def _punch_succeeded(self, result: PunchResult) -> ev.HolePunchSucceeded:
-        return ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint or "",
-                                     rtt_ms=result.rtt_ms or 0.0, elapsed_ms=result.elapsed_ms)
-
-    def _direct_chosen(self, result: PunchResult) -> Event:
-        """The direct path a punch found: a switch from the relay, or the first choice."""
-        if self.state.path == ev.RELAY:
-            return ev.PathSwitched(
-                **self._base(), from_path=ev.RELAY, to_path=ev.DIRECT, reason="hole punch succeeded",
-                endpoint=result.endpoint, from_relay=self.state.relay,
-                from_latency_ms=self.state.latency_ms, to_latency_ms=result.rtt_ms)
-        return ev.PathChosen(**self._base(), path=ev.DIRECT, reason="hole punch succeeded",
-                             endpoint=result.endpoint)
 
     def _on_new_candidates_punched(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
         self._finish(op)
@@ -743,7 +723,7 @@ class PeerConnectionActor(Actor):
                                              elapsed_ms=result.elapsed_ms)], op.tag)
             return
         assert result.endpoint is not None
-        punched = self._punch_succeeded(result)
+        punched = paths.punch_succeeded(self.ids, result)
         if result.endpoint == self.state.endpoint or self.state.path != ev.DIRECT:
             self._commit([punched], op.tag)
             return
@@ -758,13 +738,14 @@ class PeerConnectionActor(Actor):
             self._finish(op)
             return
         assert result.endpoint is not None
-        punched = self._punch_succeeded(result)
+        punched = paths.punch_succeeded(self.ids, result)
         self._finish(op)
         if self.state.path == ev.DIRECT and self.state.endpoint == result.endpoint \
                 and self.state.wireguard_configured:
             self._commit([punched], op.tag)  # the same path answers: the probes will say it is up
             return
-        self._commit([punched, self._direct_chosen(result), self._configure(result.endpoint)], op.tag)
+        chosen = paths.direct_chosen(self.ids, self.state, result)
+        self._commit([punched, chosen, self._configure(result.endpoint)], op.tag)
         self._release(op.tag)
 
     def _on_retried(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
@@ -1259,9 +1240,10 @@ class PeerConnectionActor(Actor):
     # ------------------------------------------------------------ control plane
 
     def on_announced(self, candidates: Sequence[str], nat_type: str, announced: bool) -> None:
-        remote = self._remote_update(candidates, nat_type)
+        remote = paths.remote_update(self.ids, self.state, candidates, nat_type)
         if remote is not None:
-            self._commit([remote, *self._announced_move(remote.candidates)], "announced")
+            moved = paths.announced_move(self.ids, self.state, remote.candidates)
+            self._commit([remote, *moved], "announced")
             self._follow_new_candidates()
         if announced and self._waiting():
             self._reconnect_now("peer announced again")
@@ -1372,16 +1354,6 @@ class PeerConnectionActor(Actor):
             self._punch(self._begin(NEW_CANDIDATES, purpose="the peer announced new candidates"))
         elif state.path == ev.RELAY:
             self._retry_direct()
-
-    def _announced_move(self, candidates: Sequence[str]) -> list[Event]:
-        """The peer announced candidates without the direct endpoint in use: it moved (once a change)."""
-        state = self.state
-        if state.path != ev.DIRECT or not state.endpoint or not candidates or state.endpoint in candidates:
-            return []
-        new = next((c for c in candidates if c not in state.candidates), candidates[0])
-        return [ev.EndpointChanged(**self._base(), old_endpoint=state.endpoint, new_endpoint=new,
-                                   reason="the peer announced candidates without the endpoint in use",
-                                   seen_by=ev.SEEN_IN_ANNOUNCE)]
 
     def _arm_monitor(self) -> None:
         """The next probe: soon while connecting (every ``first_probe_s``), else every interval."""
