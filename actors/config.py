@@ -242,6 +242,9 @@ class ActorConfig:
     # A crashed child is recreated after this delay, unless its parent is told to exit
     # meanwhile (thespian's shutdown ends children before parents).
     restart_delay_s: float = 0.5
+    # How often a party checks that its address is on a working interface (wireguard-go may
+    # exit under it), or, while it is not, tries to put it there again.
+    interface_check_s: float = 5.0
     # A node whose newest row is this old writes one NodeAlive (none while anything else is
     # written; checked four times an interval): a crash's time is known to within it, and
     # replay never shows a running node as down. At most 60 rows an hour even on a node with

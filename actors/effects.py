@@ -120,6 +120,13 @@ class AssignLocalAddress(Effect):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CheckLocalAddress(Effect):
+    """Fails (with the cause) unless ``virtual_ip`` is on a working interface now."""
+
+    virtual_ip: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServeStaticDevice(Effect):
     """The routing member takes a static device: IP forwarding on, and the device as a
     WireGuard peer with its /32 (no endpoint and no keepalive: the device dials in)."""
@@ -200,6 +207,7 @@ _RUNNERS: dict[type[Effect], Callable[[Any, Any], Any]] = {
     ProbeRelay: lambda a, e: a.relay_client.probe(e.relay, e.timeout_s),
     DetectNat: lambda a, e: (a.nat_detector.detect(), tuple(a.puncher.candidates())),
     AssignLocalAddress: lambda a, e: a.interface.assign(e.virtual_ip),
+    CheckLocalAddress: lambda a, e: a.interface.check(e.virtual_ip),
     ServeStaticDevice: _serve_static_device,
     RouteThroughPeer: lambda a, e: a.wireguard.set_routes(e.public_key, e.routes),
 }

@@ -44,6 +44,7 @@ from mesh.interfaces import MeshError, PeerStats
 
 RESTART = "restart"
 DEVICE_POLL = "device-poll"
+INTERFACE_CHECK = "interface-check"
 DEVICE_NAME_LIMIT = 64  # the control protocol's limit on names
 
 
@@ -110,6 +111,11 @@ class PartyActor(Actor):
                     self._poll_devices()
             case fx.EffectDone(effect=fx.AssignLocalAddress()):
                 self._address_assigned(message)
+            case fx.EffectDone(effect=fx.CheckLocalAddress()):
+                self._address_checked(message)
+            case WakeupMessage(payload=m.Timer(kind="interface-check") as timer):
+                if self.timers.is_current(timer):
+                    self._check_interface()
             case m.PeerAnnounced():
                 self._announced(message)
             case m.RemoteCandidates():
@@ -174,6 +180,7 @@ class PartyActor(Actor):
             local_ip = self.state.allocations.get(self.state.local_peer_id)
             if local_ip:
                 self.send(init.edge, fx.AssignLocalAddress(tag="open", virtual_ip=local_ip))
+                self._arm_interface_check()
             for peer_id in self.state.members_by_id:
                 self._spawn(peer_id)
             self._restore_devices()
@@ -200,14 +207,43 @@ class PartyActor(Actor):
                                                       virtual_ip=effect.virtual_ip,
                                                       interface=str(done.value or ""))], "interface")
         else:
-            self.log.error("cannot put {} on the interface: {}", effect.virtual_ip, done.error)
-            if self.state.local_address_error != done.error:
+            if self.state.local_address_error != done.error:  # a retry failing alike: said once
+                self.log.error("cannot put {} on the interface: {}", effect.virtual_ip, done.error)
                 self._commit([ev.LocalAddressFailed(party_id=self.state.party_id,
                                                     virtual_ip=effect.virtual_ip, error=done.error or "")],
                              "interface")
         waiting, self.opening = self.opening, []
         for reply_to in waiting:
             self._answer_open(reply_to)
+
+    def _arm_interface_check(self) -> None:
+        assert self.init is not None
+        self.wakeupAfter(timedelta(seconds=self.init.config.interface_check_s),
+                         self.timers.arm(INTERFACE_CHECK))
+
+    def _check_interface(self) -> None:
+        """The address still on a working interface (wireguard-go may have exited under it), or,
+        while it is not, another try to put it there: a cause that went away heals by itself."""
+        assert self.init is not None
+        local_ip = self.state.allocations.get(self.state.local_peer_id)
+        if self.stopping or not self.state.active or not local_ip:
+            return
+        if self.state.local_address == local_ip:
+            self.send(self.init.edge, fx.CheckLocalAddress(tag="check", virtual_ip=local_ip))
+        else:
+            self.send(self.init.edge, fx.AssignLocalAddress(tag="retry", virtual_ip=local_ip))
+        self._arm_interface_check()
+
+    def _address_checked(self, done: fx.EffectDone) -> None:
+        assert self.init is not None
+        effect = done.effect
+        assert isinstance(effect, fx.CheckLocalAddress)
+        if done.ok or not self.state.active or self.state.local_address != effect.virtual_ip:
+            return
+        self.log.error("{} is on no working interface: {}", effect.virtual_ip, done.error)
+        self._commit([ev.LocalAddressFailed(party_id=self.state.party_id, virtual_ip=effect.virtual_ip,
+                                            error=done.error or "")], "interface")
+        self.send(self.init.edge, fx.AssignLocalAddress(tag="again", virtual_ip=effect.virtual_ip))
 
     def _answer_open(self, reply_to: Any) -> None:
         if self.state.local_address_error is not None and self.state.local_address is None:

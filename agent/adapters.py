@@ -64,6 +64,10 @@ class InterfaceOwner:
         self.agent = agent
         self.interface: WireGuardInterface | None = None
         self.addresses: set[str] = set()
+        # The edge's I/O workers assign in parallel (a party restored at start, a join): two
+        # creations at once would start two wireguard-go for one name, and the second would
+        # adopt the first's device, which its failed creation then removes.
+        self._lock = threading.Lock()
 
     def assign(self, virtual_ip: str) -> str:
         """``mesh.interfaces.LocalInterface``: the interface holds ``virtual_ip``; its name."""
@@ -73,10 +77,36 @@ class InterfaceOwner:
     def ensure(self, virtual_ip: str) -> None:
         """The interface exists and holds ``virtual_ip`` (one address per party the node is in)."""
         ipaddress.ip_address(virtual_ip)
+        with self._lock:
+            self._ensure(virtual_ip)
+
+    def check(self, virtual_ip: str) -> None:
+        """``mesh.interfaces.LocalInterface``: ``virtual_ip`` is on a working interface now."""
+        with self._lock:
+            if self.interface is None or self.interface.gone:
+                raise MeshError(f"WireGuard interface {self.agent.config.interface} is gone (did "
+                                "wireguard-go exit?)")
+            if virtual_ip not in self.addresses:
+                raise MeshError(f"{virtual_ip} is not on {self.agent.config.interface}")
+
+    def _ensure(self, virtual_ip: str) -> None:
         config = self.agent.config
+        recreated = False
+        if self.interface is not None and self.interface.gone:
+            # wireguard-go exited (or the link was deleted): an address on it holds nothing.
+            logger.warning("WireGuard interface {} is gone; creating it again for {}", config.interface,
+                           virtual_ip)
+            self._close()
+            self.addresses.clear()
+            recreated = True
         if self.interface is None:
             self.interface = self._create(virtual_ip)
             self.addresses.add(virtual_ip)
+            adapters = getattr(self.agent, "adapters", None)
+            if recreated and adapters is not None:
+                # The new device is empty: the peers as last asked, so the log's
+                # WireGuardPeerConfigured stays true.
+                adapters.wireguard.reapply()
         if virtual_ip in self.addresses:
             return
         done = subprocess.run(["ip", "address", "add", f"{virtual_ip}/32", "dev", config.interface],
@@ -119,6 +149,10 @@ class InterfaceOwner:
             raise MeshError(f"cannot turn IPv4 forwarding on ({IP_FORWARD}): {error.strerror}") from None
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self.interface is not None:
             self.interface.close(remove=True)
             self.interface = None
@@ -235,6 +269,17 @@ class UapiWireGuard:
         except MeshError:
             return True  # unknown: configure as asked, without a kick
         return stats is not None and (stats.last_handshake or 0.0) > time.time() - self.session_fresh_s
+
+    def reapply(self) -> None:
+        """Every peer as last asked, on an interface created again (empty)."""
+        with self._lock:
+            self._controller = None  # attached to the device that is gone
+            for config in self._configs.values():
+                try:
+                    self._apply(config)
+                except MeshError as error:
+                    logger.warning("WireGuard peer {} not restored on the new interface: {}",
+                                   config.public_key, error)
 
     def remove_peer(self, public_key: str) -> None:
         with self._lock:

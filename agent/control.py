@@ -153,9 +153,20 @@ class WebSocketSession(Session):
         if self._shared.client is None:
             return None
         if self.client.connected and not self.pins_match:
-            return (f"the server at {self.target.authority} is not the one this URL pins "
-                    "(another key or certificate)")
+            return self._pin_mismatch()
         return self.client.last_error
+
+    def _pin_mismatch(self) -> str:
+        """Which pin the server did not match, what it proved instead, and the likely cause (the
+        server's key and certificate were checked as proven; only their beginnings are shown)."""
+        client, target = self.client, self.target
+        if target.server_key not in (None, client.server_key):
+            return (f"{target.authority} proved the server key {str(client.server_key)[:12]}…, not the one "
+                    f"the URL's key= pins ({target.server_key[:12]}…): check the key for a typo (an invite "
+                    "copied whole carries it), or whether the server has a new key")
+        return (f"{target.authority} presented the TLS certificate {str(client.fingerprint)[:12]}…, not the "
+                f"one the URL's fp= pins ({str(target.fingerprint)[:12]}…): check the fingerprint for a "
+                "typo, or whether the server has a new certificate")
 
     async def start(self) -> None:
         shared = self._shared

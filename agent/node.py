@@ -550,7 +550,8 @@ class Agent:
                         session.adopt(party_id)
             await session.start()
         if wait_s and not await session.wait_connected(wait_s):
-            raise ServiceError(503, f"cannot reach the control server {url}"
+            named = " (--control)" if url == self.config.control else ""
+            raise ServiceError(503, f"cannot reach the control server {url}{named}"
                                     + (f": {session.last_error}" if session.last_error else ""))
         return session
 

@@ -16,6 +16,7 @@ carry, and that no other site's page is sent.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -49,12 +50,17 @@ VIEW_COOKIE = "lanrage_view"
 # No /docs or /redoc: their pages load third-party JavaScript into this origin (the schema is enough).
 PUBLIC_PATHS = frozenset({"/", "/openapi.json"})
 READ_METHODS = frozenset({"GET", "HEAD"})
-DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
+
+
+@functools.cache
+def dashboard_page() -> str:
+    """The dashboard's page, read when it is first served (or its policy first sent)."""
+    return (Path(__file__).parent / "dashboard.html").read_text()
 
 
 def _inline_hash(tag: str) -> str:
     """The CSP source of the dashboard's one inline ``tag`` element (its SHA-256)."""
-    body = DASHBOARD.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
+    body = dashboard_page().split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
     return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
 
 
@@ -66,9 +72,11 @@ DASHBOARD_CLOSED = ("<!doctype html><title>LANrage</title><p>This dashboard open
                     "run <code>lanrage dashboard</code> on this machine and open the URL it prints.</p>")
 # Nothing but this origin and the dashboard's own inline script and style: no third-party code,
 # no frames, no form posts elsewhere.
-CONTENT_SECURITY_POLICY = (f"default-src 'none'; script-src {_inline_hash('script')}; "
-                           f"style-src {_inline_hash('style')}; connect-src 'self'; img-src 'self'; "
-                           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+@functools.cache
+def content_security_policy() -> str:
+    return (f"default-src 'none'; script-src {_inline_hash('script')}; "
+            f"style-src {_inline_hash('style')}; connect-src 'self'; img-src 'self'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 PeerId = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 # A peer as people name it: a name, an id prefix or PARTY:NAME (no slash, no control character).
 PeerQuery = Annotated[str, PathParam(min_length=1, max_length=200, pattern=r"^[^/\x00-\x1f\x7f]+$")]
@@ -118,9 +126,9 @@ def create_app(service: NodeService, reader: StoreReader, token: str, listen_hos
             if not (bearer or viewer):
                 return JSONResponse({"detail": UNAUTHORIZED}, status_code=401,
                                     headers={"WWW-Authenticate": "Bearer",
-                                             "Content-Security-Policy": CONTENT_SECURITY_POLICY})
+                                             "Content-Security-Policy": content_security_policy()})
         response: Response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["Content-Security-Policy"] = content_security_policy()
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
@@ -327,6 +335,6 @@ def create_app(service: NodeService, reader: StoreReader, token: str, listen_hos
             return opened
         if not token_matches(view, request.cookies.get(VIEW_COOKIE)):
             return HTMLResponse(DASHBOARD_CLOSED, status_code=401)
-        return HTMLResponse(DASHBOARD)
+        return HTMLResponse(dashboard_page())
 
     return app

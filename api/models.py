@@ -68,6 +68,9 @@ class PeerOut(BaseModel):
     rx_bytes: int
     tx_bytes: int
     reconnects: int
+    # Why WireGuard did not take this peer's last change (e.g. the interface is gone), from
+    # the log's last WireGuardPeerChangeFailed; None once a change held.
+    wireguard_error: str | None = None
 
 
 class DeviceOut(BaseModel):
@@ -110,6 +113,9 @@ class PartyOut(BaseModel):
     host_peer_id: str
     subnet: str
     virtual_ip: str | None
+    # Why this node does not hold its address on a working interface (the log's
+    # LocalAddressFailed, e.g. the port is held by another program); None when it does.
+    interface_error: str | None = None
     peers: list[PeerOut]
     devices: list[DeviceOut] = []
 

@@ -12,10 +12,9 @@ import asyncio
 import re
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from events import types as ev
 from events.fold import ConnectionState, World, apply_world
@@ -26,6 +25,9 @@ from store.engine import async_engine, parse_url
 from store.errors import translated
 from store.peers import DIRECTORY_TYPES, PeerRef, build_directory
 from store.queries import EventFilter, RowReader, page_query
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 PAGE = 2000
 
@@ -55,10 +57,18 @@ def _row(mapping: Any) -> dict[str, Any]:
 
 class StoreReader:
     def __init__(self, url: str) -> None:
-        target = parse_url(url)
-        self.where = target.where
-        self.dialect = target.dialect
-        self.engine: AsyncEngine = async_engine(target, readonly=True)
+        self.target = parse_url(url)
+        self.where = self.target.where
+        self.dialect = self.target.dialect
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """Made at the first read: a node whose history nobody asks for never loads the
+        asyncio engine and its driver."""
+        if self._engine is None:
+            self._engine = async_engine(self.target, readonly=True)
+        return self._engine
 
     async def events(self, after: int = 0, limit: int = 100, selection: EventFilter | None = None,
                      upto: int | None = None) -> list[RecordedEvent]:
@@ -186,7 +196,8 @@ class StoreReader:
             return [_row(row._mapping) for row in rows]
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        if self._engine is not None:
+            await self._engine.dispose()
 
 
 class Projection:
@@ -227,7 +238,8 @@ def _peer(party_id: str, member: Any, connection: ConnectionState | None,
             "path": None if member.is_local else state.path,
             "endpoint": state.endpoint, "relay": state.relay, "latency_ms": state.latency_ms,
             "jitter_ms": state.jitter_ms, "loss": state.loss, "quality": state.quality,
-            "rx_bytes": state.rx_bytes, "tx_bytes": state.tx_bytes, "reconnects": state.reconnects}
+            "rx_bytes": state.rx_bytes, "tx_bytes": state.tx_bytes, "reconnects": state.reconnects,
+            "wireguard_error": None if member.is_local else state.wireguard_error}
 
 
 def _device(party: Any, device: Any, members: dict[str, Any],
@@ -254,6 +266,7 @@ def status(world: World, include_inactive: bool = False) -> dict[str, Any]:
             "party_id": party.party_id, "name": party.name, "active": party.active,
             "local_peer_id": party.local_peer_id, "host_peer_id": party.host_peer_id,
             "subnet": party.subnet, "virtual_ip": local.virtual_ip if local else None,
+            "interface_error": party.local_address_error,
             "peers": [_peer(party.party_id, member,
                             world.connections.get(peer_stream(node_of(party_stream_id) or "",
                                                               party.party_id, member.peer_id)),

@@ -12,7 +12,7 @@ alice-bob and bob-carl are direct, alice-carl is relayed. Per fault and run:
   ``PathSwitched``) about the pair in either end's log (``lanrage events --json``);
 - recovery: from the fault's end (for a cut path or a dead relay, which do not end: from
   the fault) to the first echo reply across the tunnel (``ping -D -i 0.1`` started then);
-- for a restarted agent, the fault ends when its API is up again; for the control
+- for a restarted agent, recovery runs from the kill, its start-up included; for the control
   server, recovery is until every agent's control session is connected again (read
   from ``status --json``, about 0.5 s a look) and the pings lost meanwhile are counted.
 
@@ -21,7 +21,8 @@ Faults: the direct path cut (alice-bob blocked at alice's router), the relayed p
 and carl at once for 15 s and 60 s (5 min with ``--long``; alice's game sends to them
 for the first 10 s, then gives up; measured on alice's two pairs and on bob-carl, whose
 ends are both cut), an agent restart (carl's
-``serve`` killed -9 and started again), a control server restart (-9), and a NAT
+``serve`` and its wireguard-go killed -9 at once, as the shipped unit's ``KillMode=mixed``
+does after a crash, and started again), a control server restart (-9), and a NAT
 rebinding (every router's conntrack flushed and its UDP mappings moved to new ports).
 Then random loss of 5, 20 and 50 % on alice's uplink for ``--loss-window`` seconds,
 counting alice's path switches.
@@ -51,6 +52,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
 
+from bench.result import Figure, emit, load_average
 from demo.party import LabParty
 from lab import HostSpec, Lab, LabProcess
 
@@ -301,13 +303,12 @@ class Bench:
 
     def agent_restart(self, rows: dict[str, Row]) -> None:
         at = time.time()
-        self.party.kill_hard(self.party.agents["carl"])
+        self.party.kill_unit(self.party.agents["carl"])  # serve and wireguard-go, as the unit would
         self.party.start_agent("carl")
-        up = time.time()
         pingers = {pair: self.pinger(*pair) for pair in (("bob", "carl"), ("alice", "carl"))}
         for kind, pair in (("direct", ("bob", "carl")), ("relayed", ("alice", "carl"))):
             row = rows[f"agent restart, {kind}"]
-            self.recovered(row, pair, self.first_reply_of(pingers[pair], up), at)
+            self.recovered(row, pair, self.first_reply_of(pingers[pair], at), at)
             row.detections.append(self.detection(pair, at))
 
     def control_restart(self, rows: dict[str, Row]) -> None:
@@ -408,6 +409,8 @@ def main() -> int:
     print(f"failover bench: {args.runs} runs, serve defaults; alice port-restricted, bob port-forwarded, "
           f"carl symmetric, 2 relays", flush=True)
     misses: list[str] = []
+    figures: list[Figure] = []
+    load_before = load_average()
     with Lab.build(hosts=HOSTS, relays=2) as lab:
         bench = Bench(lab)
         bench.start()
@@ -451,19 +454,30 @@ def main() -> int:
             row._summary(row.detections) + " (not targeted)"
         note = f"  pings lost per run: {' '.join(row.notes)}" if row.notes else ""
         print(f"{row.name:32} {detection:>28} {row._summary(row.recoveries):>28}  {ratio}{note}")
-        misses += row.misses()
+        row_misses = row.misses()
+        misses += row_misses
+        detected = [v for v in row.detections if v is not None]
+        figures.append(Figure(
+            f"{row.name}: detection, median of {len(row.detections)}",
+            statistics.median(detected) if detected else None, "s", None, "",
+            f"≤ {DETECTION_TARGET_S:g} s" if row.detection_expected else "",
+            not any(": detection" in m for m in row_misses) if row.detection_expected else None))
+        figures.append(Figure(
+            f"{row.name}: recovery, median of {len(row.recoveries)}",
+            statistics.median(found) if found else None, "s", base, f"join → first reply, {kind}",
+            f"≤ {RECOVERY_TARGET_S:g} s", not any(": recovery" in m for m in row_misses)))
     for fraction, most, _ in flaps:
         allowed = 0 if fraction < 0.5 else max(1, math.floor(args.loss_window / 60.0))
         print(f"{fraction:.0%} loss, {args.loss_window:g} s: {most} path switches (most for one peer), "
               f"target <= {allowed}")
         if most > allowed:
             misses.append(f"{fraction:.0%} loss: {most} path switches > {allowed}")
+        figures.append(Figure(f"{fraction:.0%} loss for {args.loss_window:g} s: path switches (most a peer)",
+                              most, "", None, "", f"≤ {allowed}", most <= allowed, 0))
     print()
-    if misses:
-        print("MISSED: " + "; ".join(misses))
-        return 1
-    print("every target met")
-    return 0
+    print("MISSED: " + "; ".join(misses) if misses else "every target met")
+    emit("failover", figures, load_before)
+    return 1 if misses else 0
 
 
 if __name__ == "__main__":

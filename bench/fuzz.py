@@ -12,6 +12,12 @@ Targets (each gets an equal share of ``--runs``, in its own process):
     invite     mesh.control.invite.Invite.decode, raw and behind the lanrage1- prefix
     events     store.codec.RowDecoder on every event type (rows read back from the store)
     discovery  mesh.control.filemode member and party files (a shared directory)
+    accept     what a control server sends a node: the control client's frame decoder, then the
+               party and member checks (mesh.control.accept: check_party, check_member,
+               check_disjoint), members' keys and candidates, and account items; on raw JSON and
+               on a valid party with one field replaced
+    packets    mesh.wireguard.probe.parse_reply (ICMP through a tunnel) and
+               mesh.nat.rawudp.parse_ip_udp (raw IPv4/UDP on WireGuard's port)
 
 A decoder may only return its "no" (None) or raise its own documented error; any other
 exception is a crash. Each worker runs under libFuzzer with a per-input timeout
@@ -37,7 +43,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "corpus"
-TARGETS = ("stun", "relay", "punch", "control", "broadcast", "invite", "events", "discovery")
+TARGETS = ("stun", "relay", "punch", "control", "broadcast", "invite", "events", "discovery", "accept",
+           "packets")
 RSS_LIMIT_MB = 1024  # a worker holds ~150 MB; ten times what a parser should ever need
 INPUT_TIMEOUT_S = 10  # one input: the slowest decoder takes well under a millisecond
 MAX_LEN = 4096  # above every datagram and file these decoders accept
@@ -165,7 +172,97 @@ def build(name: str) -> Callable[[bytes], None]:
                     raise
         return discovery_target
 
+    if name == "accept":
+        return accept_target(atheris)
+
+    if name == "packets":
+        from mesh.nat import rawudp
+        from mesh.wireguard import probe
+
+        def packets(data: bytes) -> None:
+            probe.parse_reply(data)
+            provider = atheris.FuzzedDataProvider(data)
+            port = provider.ConsumeIntInRange(0, 65535)
+            rawudp.parse_ip_udp(provider.ConsumeBytes(MAX_LEN), port)
+        return packets
+
     raise SystemExit(f"unknown target {name}")
+
+
+VALID_PARTY: dict[str, object] = {
+    "party_id": "p1", "name": "LAN", "host_peer_id": "me", "subnet": "10.66.0.0/16",
+    "members": [
+        {"peer_id": "me", "name": "alice", "public_key": "A" * 43 + "=", "virtual_ip": "10.66.0.1",
+         "online": True, "nat_type": "open", "candidates": ["203.0.113.5:51820"], "devices": []},
+        {"peer_id": "q", "name": "bob", "public_key": "B" * 43 + "=", "virtual_ip": "10.66.0.2",
+         "online": False, "nat_type": "unknown", "candidates": [],
+         "devices": [{"device_id": "d1", "name": "console", "public_key": "C" * 43 + "=",
+                      "virtual_ip": "10.66.0.3"}]},
+    ],
+}
+
+
+def accept_target(atheris: object) -> Callable[[bytes], None]:
+    """What a node does with a control server's description of a party, before configuring it."""
+    import copy
+    import ipaddress
+    import json
+
+    from agent.node import _account_item
+    from mesh.control.accept import UntrustedParty, check_disjoint, check_member, check_party
+    from mesh.control.client import decode_frame
+    from mesh.control.identity import IdentityError, decode_key
+    from mesh.interfaces import MeshError
+    from mesh.nat.punch import parse_candidate
+
+    held = [("10.66.0.9", "D" * 43 + "=", "carol's in party p0")]
+    network = ipaddress.IPv4Network("10.66.0.0/16")
+    party_fields = sorted(VALID_PARTY)
+    member_fields = sorted(VALID_PARTY["members"][1])  # type: ignore[index]
+
+    def described(data: bytes) -> object:
+        provider = atheris.FuzzedDataProvider(data)  # type: ignore[attr-defined]
+        mode = provider.ConsumeIntInRange(0, 3)
+        field_index = provider.ConsumeIntInRange(0, 63)
+        raw = provider.ConsumeBytes(MAX_LEN)
+        body = decode_frame(raw)  # what the node's control client would make of the frame
+        value: object = body
+        if body is None:
+            try:
+                value = json.loads(raw.decode("utf-8", "replace"))
+            except (ValueError, RecursionError):
+                value = raw.decode("utf-8", "replace")
+        if mode == 0:
+            return body.get("party", body) if isinstance(body, dict) else value
+        party = copy.deepcopy(VALID_PARTY)
+        if mode == 1:
+            party[party_fields[field_index % len(party_fields)]] = value
+        elif mode == 2:
+            party["members"][1][member_fields[field_index % len(member_fields)]] = value  # type: ignore[index]
+        else:
+            party["members"][1]["devices"][0][("device_id", "name", "public_key", "virtual_ip")  # type: ignore[index]
+                                              [field_index % 4]] = value
+        return party
+
+    def accept(data: bytes) -> None:
+        party = described(data)
+        with contextlib.suppress(UntrustedParty):
+            check_party(party, "me")
+            check_disjoint(party, held)  # type: ignore[arg-type]
+        members = party.get("members") if isinstance(party, dict) else None
+        for member in members[:8] if isinstance(members, list) else ():
+            with contextlib.suppress(UntrustedParty):
+                check_member(member, network)
+            if not isinstance(member, dict):
+                continue
+            with contextlib.suppress(IdentityError):
+                decode_key(str(member.get("public_key")))
+            candidates = member.get("candidates")
+            for candidate in candidates[:16] if isinstance(candidates, list) else ():
+                with contextlib.suppress(MeshError):
+                    parse_candidate(str(candidate))
+            _account_item(member)  # an account item is an object of the same kind
+    return accept
 
 
 def worker(name: str, libfuzzer_args: list[str]) -> None:
@@ -190,6 +287,7 @@ def seed_corpus() -> None:
     ticket = issue_tickets(b"fuzzing-secret-0123456789", "127.0.0.1:3478", "party", "alice", "bob")[0]
     hello = wire.encode_hello(wire.HELLO, ticket.key, 0, ticket.expiry_s, int(time.time() * 1000), b"n" * 16,
                               ticket.session_id, "party", "alice", "bob")
+    ipv4 = bytes.fromhex("4500002c0001000040010000c0000201c0000202")  # 192.0.2.1 -> 192.0.2.2, ICMP
     seeds: dict[str, list[bytes]] = {
         "stun": [stun_wire.encode_response(b"t" * 12, ("203.0.113.5", 51820), ("203.0.113.2", 3478))],
         "relay": [hello, wire.encode_ping(7, 64), wire.encode_cookie(b"n" * 16, b"c" * 16),
@@ -206,6 +304,13 @@ def seed_corpus() -> None:
         "events": [b"\x05\x01" + json.dumps({"party_id": "p", "peer_id": "q"}).encode()],
         "discovery": [b"\x40" + json.dumps({"name": "n", "host_peer_id": "h", "subnet": "10.66.0.0/16"})
                       .encode().ljust(64) + json.dumps({"peer_id": "m", "seen": 1.0}).encode()],
+        "accept": [bytes([mode, field]) + json.dumps(body).encode() for mode, field, body in (
+            (0, 0, {"type": "party_joined", "re": "r1", "party": VALID_PARTY}),
+            (1, 4, "10.66.0.0/24"), (2, 7, "10.66.0.2"), (2, 5, "bob\u202e"),
+            (3, 1, "console"), (0, 0, {"type": "account", "items": [{"kind": "crashed",
+                                                                      "started_at": 1.8e9}]}))],
+        "packets": [ipv4 + bytes.fromhex("0000ffff12340001") + b"lanrage-probe\0\0\0",  # an echo reply
+                    ipv4[:9] + b"\x11" + ipv4[10:] + bytes.fromhex("ca6cca6c00180000") + b"x" * 16],  # UDP
     }
     for name, inputs in seeds.items():
         directory = CORPUS / name
@@ -234,6 +339,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
     share = -(-args.runs // len(names))
+    load_before = [round(x, 2) for x in os.getloadavg()]
     total, failed = 0, []
     print(f"{'decoder':<10} {'inputs':>10} {'seconds':>8}  result")
     for name in names:
@@ -258,6 +364,11 @@ def main() -> int:
                     or "==" in line or "File " in line]
             print("\n".join(tail[-25:]), file=sys.stderr)
     print(f"total {total} inputs over {len(names)} decoders; target >= {args.runs}")
+    from bench.result import Figure, emit
+
+    met = not failed and total >= args.runs
+    emit("fuzz", [Figure(f"inputs run without a crash, hang or blow-up ({len(names)} decoders)", total,
+                         "inputs", None, "", f"≥ {args.runs:,}, no failure", met, 0)], load_before)
     if failed or total < args.runs:
         print(f"MISSED: {', '.join(failed) or 'too few inputs'}", file=sys.stderr)
         return 1

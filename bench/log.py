@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
 
 from actors.journal import StreamWriter, read_tail
+from bench.result import Figure, emit, load_average
 from bench.sim_node import PARTY, RELAYS, Capture, capture
 from events.base import Event
 from events.fold import (
@@ -272,7 +273,7 @@ def main() -> None:
     parser.add_argument("--keep", default="30d", help="retention window (default 30d)")
     args = parser.parse_args()
     keep = parse_keep(args.keep)
-    load_before = os.getloadavg()
+    load_before = load_average()
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="lanrage-bench-log-") as name:
         directory = Path(name)
@@ -327,6 +328,21 @@ def main() -> None:
     print("targets")
     for label, passed, share in checks:
         print(f"  {label:<40} {'PASS' if passed else 'FAIL'} ({share})")
+    figures = []
+    for label, result in results.items():
+        times, stats = result["times"], result["stats"]
+        year_mb = (stats.database_bytes or 0) / MB
+        figures += [
+            Figure(f"{label} node: written per node-day", result["per_day"] / MB, "MB", None, "",
+                   "≤ 5 MB", result["per_day"] <= DIRECT_DAY_TARGET),
+            Figure(f"{label} node: database after {args.days} days", year_mb, "MB", None, "",
+                   "< 500 MB", year_mb * MB < YEAR_SIZE_TARGET, 1),
+            Figure(f"{label} node: restart with the year's log", times["year"] * 1000, "ms",
+                   times["fresh"] * 1000, "restart with a fresh log", "≤ 2,000 ms and ≤ 2x the baseline",
+                   times["year"] <= RESTART_TARGET_S
+                   and times["year"] / times["fresh"] <= RESTART_RATIO_TARGET, 1),
+        ]
+    emit("log", figures, load_before)
     if not all(passed for _, passed, _ in checks):
         raise SystemExit(1)
 

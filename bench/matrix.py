@@ -12,8 +12,9 @@ from the creator's virtual IP (a ping every 50 ms, each waiting up to 200 ms). S
 detection is not in the figure: each agent detects its NAT once, at start, before
 any party. The path is read from `status` at the first reply and again 5 s later
 (a relay-first pair upgrades to direct when its punch works). Prints every run, then
-the median and p95 of each pair. Target: every run replies, and each pair's median
-is under 2 s; exits 1 otherwise.
+the median and p95 of each pair. Baseline, after each join: the same ping loop from the
+guest to the relay's address, the underlying path with no tunnel (`bench/connect.py`).
+Target: every run replies, and each pair's median is under 2 s; exits 1 otherwise.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
 
-from bench.connect import first_reply, p95
+from bench.connect import first_reply, p95, underlying_reply
+from bench.result import Figure, emit, load_average
 from demo.party import LabParty
 from lab import NAT_TYPES, HostSpec, Lab
 
@@ -72,6 +74,8 @@ def main() -> int:
     results: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
     paths: dict[tuple[str, str], set[str]] = {pair: set() for pair in pairs}
     failures = 0
+    baselines: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
+    load_before = load_average()
     with Lab.build(hosts=hosts, relays=1) as lab:
         party = LabParty(lab)
         party.start_services()
@@ -88,19 +92,31 @@ def main() -> int:
                     failures += 1
                 else:
                     results[(a, b)].append(seconds)
+                underlying = underlying_reply(party, guest)
+                if underlying is not None:
+                    baselines[(a, b)].append(underlying)
     print(f"\n{'pair':36}{'median':>9}{'p95':>9}  path {SETTLE_S:.0f} s after the first reply")
     missed = failures > 0
+    figures = []
     for (a, b), values in results.items():
         label = f"{a} x {b}"
+        baseline = statistics.median(baselines[(a, b)]) if baselines[(a, b)] else None
         if not values:
             print(f"{label:36}{'-':>9}{'-':>9}  no reply")
             missed = True
+            figures.append(Figure(f"{a} x {b}, join → first ping, median", None, "s", baseline,
+                                  "first ping on the underlying path", f"< {TARGET_MEDIAN_S:g} s", False, 3))
             continue
         median = statistics.median(values)
         missed |= median >= TARGET_MEDIAN_S
+        figures.append(Figure(f"{a} x {b}, join → first ping, median ({', '.join(sorted(paths[(a, b)]))})",
+                              median, "s", baseline, "first ping on the underlying path",
+                              f"< {TARGET_MEDIAN_S:g} s, every run replies",
+                              median < TARGET_MEDIAN_S and len(values) == args.runs, 3))
         print(f"{label:36}{median:8.3f}s{p95(values):8.3f}s  {', '.join(sorted(paths[(a, b)]))}")
     print(f"target: every run replies and every median < {TARGET_MEDIAN_S:.0f} s: "
           f"{'missed' if missed else 'met'} ({failures} runs without a reply)")
+    emit("matrix", figures, load_before)
     return 1 if missed else 0
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
 
+from bench.result import Figure, emit, load_average
 from demo.party import LabParty
 from lab import HostSpec, Lab
 
@@ -221,6 +222,7 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/node.py builds a network lab: run it as root")
+    load_before = load_average()
     guests = [f"p{i:02d}" for i in range(1, args.peers + 1)]
     hosts = [HostSpec(name, "symmetric") for name in (HOST, *guests)]
     with Lab.build(hosts=hosts, relays=2) as lab:
@@ -265,6 +267,17 @@ def main() -> int:
     if connected != args.peers:
         missed.append(f"only {connected} of {args.peers} peers connected for the idle figure")
     print("MISSED: " + "; ".join(missed) if missed else "all targets met")
+    emit("node", [
+        Figure("PSS of the `serve` tree, no party", idle_memory, "MB", digits=1),
+        Figure(f"PSS of the `serve` tree, {args.peers} peers", busy_memory, "MB", None, "",
+               f"≤ {MAX_PSS_MB:.0f} MB", busy_memory <= MAX_PSS_MB, 1),
+        Figure("idle CPU of the `serve` tree, no party", idle_cpu, "%", None, "", f"≤ {MAX_IDLE_CPU} %",
+               idle_cpu <= MAX_IDLE_CPU),
+        Figure(f"idle CPU of the `serve` tree, {args.peers} peers ({connected} connected)", busy_cpu, "%",
+               None, "", f"≤ {MAX_IDLE_CPU} %", busy_cpu <= MAX_IDLE_CPU and connected == args.peers),
+        Figure(f"{args.peers} joins at once, median", statistics.median(many), "s", statistics.median(one),
+               "one join alone", f"≤ {MAX_JOIN_RATIO:g}x the baseline", ratio <= MAX_JOIN_RATIO),
+    ], load_before)
     return 1 if missed else 0
 
 

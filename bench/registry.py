@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.result import Figure, emit, load_average
 from events import types as ev
 from mesh.control import registry as reg
 
@@ -55,6 +56,7 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=4000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
+    load_before = load_average()
     small, large = party_events(args.small), party_events(args.large)
     times: dict[str, list[float]] = {"small": [], "large": []}
     for round_ in range(args.repeat):
@@ -68,6 +70,10 @@ def main() -> int:
           f"{args.large} parties {large_s * 1000:.1f} ms")
     print(f"time ratio {time_ratio:.2f}x for a size ratio of {size_ratio:.1f}x "
           f"(target <= {SLACK * size_ratio:.1f}x)")
+    emit("registry", [Figure(f"control registry replay, {args.large:,} parties, CPU", large_s * 1000, "ms",
+                             small_s * 1000, f"{args.small:,} parties",
+                             f"≤ {SLACK * size_ratio:g}x the baseline ({SLACK:g}x linear)",
+                             time_ratio <= SLACK * size_ratio, 1)], load_before)
     if time_ratio > SLACK * size_ratio:
         print("MISSED: registry replay is not linear in the number of parties", file=sys.stderr)
         return 1

@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+from bench.result import Figure, emit, load_average
 from mesh.relay import RelayConfig, RelayServer, issue_tickets, wire
 from mesh.relay.client import hello_exchange
 
@@ -320,6 +321,7 @@ def main() -> int:
         Phase("default config, one session flooded", DEFAULT, 1, None),
         Phase("per-session limit off, one session flooded (capacity)", UNLIMITED, 1, None),
     ]
+    load_before = load_average()
     lat = run_phase(phases[0], args.size, args.seconds, args.pings)
     for phase in phases[1:]:
         run_phase(phase, args.size, args.seconds, 0)
@@ -350,6 +352,17 @@ def main() -> int:
     print(f"  mean direct {statistics.mean(direct):.1f} us, mean relay {statistics.mean(relayed):.1f} us; "
           f"one ping every {PING_INTERVAL_S * 1000:.1f} ms; lost {lat['lost'][0]:.0f} direct, "
           f"{lat['lost'][1]:.0f} relayed")
+    median_row, p99_row = rows
+    emit("relay", [
+        Figure(f"relay, default config, {args.sessions} sessions", many.pps, "packets/s", None, "",
+               f"≥ {TARGET_PPS:,} packets/s", many.pps >= TARGET_PPS),
+        Figure("relay, default config, one session flooded", phases[1].pps, "packets/s"),
+        Figure("relay, limit off, one session flooded (capacity)", phases[2].pps, "packets/s"),
+        Figure("round trip through the relay, p99", p99_row[2], "µs", p99_row[1], "the direct UDP path, p99",
+               f"added < {TARGET_ADDED_P99_MS * 1000:,.0f} µs", p99_added_ms < TARGET_ADDED_P99_MS, 1),
+        Figure("round trip through the relay, median", median_row[2], "µs", median_row[1],
+               "the direct UDP path, median", digits=1),
+    ], load_before)
     return 0 if many.pps >= TARGET_PPS and p99_added_ms < TARGET_ADDED_P99_MS else 1
 
 

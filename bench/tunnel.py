@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.result import Figure, emit, load_average
 from lab import HostSpec, Lab
 from mesh.keys import PrivateKey, write_private_key
 from mesh.wireguard import WireGuardInterface
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         kind: {"bps": [], "rtt": [], "concurrent_bps": [], "cpu_ns_per_byte": []}
         for kind in ("project", "bare")}
     started = time.monotonic()
+    load_before = load_average()
     with Lab.build([HostSpec("alice", args.nat), HostSpec("bob", args.nat)], relays=0, stun=False) as lab:
         keys = {host: PrivateKey.generate() for host in ("alice", "bob")}
         interfaces = project_tunnel(lab, keys)
@@ -213,6 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     met = summary["paired_throughput_ratio"] >= TARGET_RATIO and summary["paired_rtt_ratio"] >= TARGET_RATIO
     print(f"target: paired throughput and RTT ratios >= {TARGET_RATIO}: {'met' if met else 'missed'}",
           file=sys.stdout if met else sys.stderr)
+    emit("tunnel", [
+        Figure("throughput through the project's tunnel, paired rounds", summary["project_mbps"], "Mb/s",
+               summary["bare_mbps"], "bare wireguard-go, same binary", f"paired ratio ≥ {TARGET_RATIO}",
+               summary["paired_throughput_ratio"] >= TARGET_RATIO, 1,
+               paired_ratio=summary["paired_throughput_ratio"]),
+        Figure("RTT through the project's tunnel (ratio bare / project)", summary["project_rtt_ms"], "ms",
+               summary["bare_rtt_ms"], "bare wireguard-go, same binary", f"paired ratio ≥ {TARGET_RATIO}",
+               summary["paired_rtt_ratio"] >= TARGET_RATIO, 3, paired_ratio=summary["paired_rtt_ratio"]),
+    ], load_before)
     return 0 if met else 1
 
 

@@ -747,7 +747,8 @@ def sql_command(
     state_dir: StateDirOption = _DEFAULT_STATE_DIR,
     db: DbOption = None,
 ) -> None:
-    """Read-only SQL over the store; writes are refused.
+    """Read-only SQL over the store; writes are refused, a statement runs at most 10 s and may call
+    only an allow-list of functions (dates, strings, aggregates, windows, math, JSON).
 
     Views: peer_timeline (state changes and path switches, how long each held), connection_history
     (the same rows), path_events (path choices, punches, retries), peer_metrics (samples, with

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -104,9 +105,24 @@ def check_control_url(url: str) -> None:
     try:
         ipaddress.ip_address(host)
     except ValueError:
+        _check_host_name(target.url, host)
         _look_up(target.url, host)
     if target.fingerprint:
         _check_fingerprint(target.url, host, int(target.authority.rpartition(":")[2]), target.fingerprint)
+
+
+PLACEHOLDER_HOST = "host"  # what the control server prints for its address when it listens on all
+_HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def _check_host_name(url: str, host: str) -> None:
+    """A placeholder or a name no DNS name can be is refused as it is, without asking a resolver."""
+    if host == PLACEHOLDER_HOST:
+        raise UsageError(f"--control {url}: HOST is a placeholder (the control server prints it when it "
+                         "listens on every address): put the control server's address or name there")
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise UsageError(f"--control {url}: {host!r} is not a host name or an IP address")
 
 
 def _look_up(url: str, host: str) -> None:
@@ -615,11 +631,26 @@ def print_status(status: dict[str, Any]) -> None:
         headers = ("peer", "virtual IP", "NAT", "state", "path", "endpoint / relay", "latency", "loss")
         print(render(headers, rows, title=f"party {party['name']} ({party['party_id']}), "
                                             f"you are {party['virtual_ip']}"))
+        for problem in _problems(party):
+            print(shown(problem))
         if party.get("devices"):
             print()
             print(render(("device", "virtual IP", "state", "via", "endpoint", "last handshake"),
                          [_device_row(device) for device in party["devices"]],
                          title="devices without LANrage (static WireGuard peers)"))
+
+
+def _problems(party: dict[str, Any]) -> list[str]:
+    """What keeps the party from working, as the log recorded it: the node's own address, then
+    each peer whose WireGuard change failed."""
+    problems = []
+    if party.get("interface_error"):
+        problems.append(f"error: this node does not hold {party['virtual_ip']} on a working interface: "
+                        f"{party['interface_error']}")
+    problems += [f"error: WireGuard did not take the change for {peer['name'] or peer['peer_id']}: "
+                 f"{peer['wireguard_error']}"
+                 for peer in party["peers"] if not peer["is_local"] and peer.get("wireguard_error")]
+    return problems
 
 
 def _device_row(device: dict[str, Any]) -> tuple[Any, ...]:

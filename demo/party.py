@@ -33,6 +33,26 @@ print(urllib.request.urlopen(request, timeout=10).read().decode())
 CHECKOUT_CLI = [sys.executable, str(Path(__file__).resolve().parent.parent / "cli.py")]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, theirs, ...), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # "PID (comm) STATE PPID ...": comm may hold spaces and parentheses, so split after the last ")".
+        parents.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
 def installed_command() -> list[str]:
     """The ``lanrage`` command installed beside this interpreter (scripts/setup.sh puts it there)."""
     script = Path(sys.executable).parent / "lanrage"
@@ -117,6 +137,17 @@ class LabParty:
         the service's own cleanup, as after a crash); waits until it is gone."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def kill_unit(self, process: LabProcess) -> None:
+        """What the shipped unit's ``KillMode=mixed`` leaves after a crash: SIGKILL to every
+        process of the agent's control group, the agent and its children (wireguard-go runs
+        in a session of its own, so not its process group: its process tree); waits until the
+        agent is gone."""
+        tree = [process.pid, *descendants(process.pid)]
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         process.wait(10)
 
     def services(self) -> dict[str, LabProcess]:

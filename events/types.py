@@ -305,7 +305,8 @@ class LocalAddressAssigned(Event):
 @register
 @dataclass(frozen=True, kw_only=True)
 class LocalAddressFailed(Event):
-    """Outcome: the local virtual IP could not be put on the interface (the party cannot carry traffic)."""
+    """Outcome: the local virtual IP could not be put on the interface, or a check found it on no
+    working interface any more (wireguard-go exited): the party cannot carry traffic."""
 
     party_id: str
     virtual_ip: str

@@ -69,6 +69,10 @@ class LocalInterface(Protocol):
         """Put ``virtual_ip`` on the interface (creating it on first use); its name."""
         ...
 
+    def check(self, virtual_ip: str) -> None:
+        """Raise ``MeshError`` with the cause unless ``virtual_ip`` is on a working interface."""
+        ...
+
     def enable_forwarding(self) -> None:
         """Forward IPv4 between WireGuard peers (this node routes for a static device)."""
         ...

@@ -13,17 +13,19 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, QueuePool
 
 from store.base import StoreError
 from store.errors import DatabaseUnavailable, on_readonly_filesystem
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 Synchronous = Literal["NORMAL", "FULL"]
 SYNCHRONOUS_VALUES: tuple[str, ...] = ("NORMAL", "FULL")
@@ -168,6 +170,9 @@ def _pg_readonly(engine: Engine | Any) -> None:
 
 def async_engine(target: Target, *, busy_timeout: float = 5.0, readonly: bool = True) -> AsyncEngine:
     """The asyncio engine for the read path: aiosqlite on SQLite, psycopg async on PostgreSQL."""
+    # Loaded here, by the first reader: SQLAlchemy's asyncio package pulls in its ORM.
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     if target.dialect == "sqlite":
         assert target.path is not None
         if readonly:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,13 +19,15 @@ from sqlalchemy import exc as sa_exc
 
 from store.base import StoreError
 
-try:
-    from psycopg import Error as _PgError
-except ImportError:  # pragma: no cover - psycopg is in requirements.txt
-    _PgError = sqlite3.Error  # type: ignore[misc,assignment]
-
 # Errors from the DBAPI drivers themselves (the writer and replay use their cursors directly).
-DRIVER_ERRORS: tuple[type[BaseException], ...] = (sa_exc.DBAPIError, sqlite3.Error, _PgError, OSError)
+_DRIVER_ERRORS: tuple[type[BaseException], ...] = (sa_exc.DBAPIError, sqlite3.Error, OSError)
+
+
+def driver_errors() -> tuple[type[BaseException], ...]:
+    """The drivers' own errors; psycopg's only once psycopg is loaded (a PostgreSQL store
+    loads it, and only it raises them): a node on SQLite never imports it."""
+    psycopg = sys.modules.get("psycopg")
+    return _DRIVER_ERRORS if psycopg is None else (*_DRIVER_ERRORS, psycopg.Error)
 
 
 class DatabaseUnavailable(StoreError):
@@ -148,7 +151,7 @@ def translated(where: str) -> Iterator[None]:
         yield
     except StoreError:
         raise
-    except DRIVER_ERRORS as error:
+    except driver_errors() as error:
         clear = classify(error, where)
         if clear is None:
             if isinstance(error, OSError):

@@ -41,6 +41,16 @@ _QUIET_REPLIES = frozenset({"heartbeat_ack", "announced"})
 SILENT_AFTER_HEARTBEATS = 3
 
 
+def decode_frame(frame: str | bytes) -> Message | None:
+    """A frame from the server as a JSON object; None for anything else (not JSON, nested
+    deeper than the parser goes, or not an object). Never raises."""
+    try:
+        body = json.loads(frame)
+    except (ValueError, RecursionError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
 class ControlError(Exception):
     """The server refused a request: ``code`` is the protocol's error code."""
 
@@ -158,7 +168,7 @@ class AsyncControlClient:
                     reason = f": {ws.close_reason}" if ws.close_reason else ""
                     self.last_error = f"the control server closed the connection{reason}"
             except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake, ControlError) as error:
-                self.last_error = str(error) or type(error).__name__
+                self.last_error = self._why(error)
                 if self._silent is not None:
                     self.last_error = f"the control server answered nothing for {self._silent:.0f} s"
                     self._silent = None
@@ -174,6 +184,18 @@ class AsyncControlClient:
                 logger.debug("control server {} unreachable ({}); retrying in {:.2f}s", self.url,
                              self.last_error, delay)
                 await asyncio.sleep(delay)
+
+    def _why(self, error: BaseException) -> str:
+        """A failed connection in words that name the server's address and the likely cause."""
+        where = self.target.authority
+        if isinstance(error, ConnectionRefusedError):
+            return (f"connection refused: nothing listens on {where} (a wrong port, or the server is not "
+                    "running)")
+        if isinstance(error, TimeoutError):
+            return f"{where} did not answer within {self.open_timeout_s:g} s"
+        if type(error) is OSError and error.strerror:  # unreachable network or host, reset, …
+            return f"{where}: {error.strerror}"
+        return str(error) or type(error).__name__
 
     async def stop(self) -> None:
         self._stopping = True
@@ -267,11 +289,8 @@ class AsyncControlClient:
         try:
             async for frame in ws:
                 self._last_heard = asyncio.get_running_loop().time()
-                try:
-                    body = json.loads(frame)
-                except ValueError:
-                    continue
-                if not isinstance(body, dict):
+                body = decode_frame(frame)
+                if body is None:
                     continue
                 future = self._pending.get(body.get("re")) if isinstance(body.get("re"), str) else None
                 if future is not None:

@@ -9,7 +9,8 @@ write in time, so a node that stops reading is dropped and its memory freed.
 
 Nothing a stranger sends makes the server keep unbounded state: connections are
 capped per source address, parties per key and per source address, members per
-party, and the registry is indexed (constant-time lookups, linear replay).
+party, what one member has relayed to others in bytes (and a relayed frame's share of its
+target's outbox), and the registry is indexed (constant-time lookups, linear replay).
 """
 
 from __future__ import annotations
@@ -72,6 +73,15 @@ class ServerConfig:
     max_message_bytes: int = p.MAX_MESSAGE_BYTES
     rate_per_s: float = 50.0
     rate_burst: float = 200.0
+    # The signal bytes one member may have the server relay to other members: a punch signal is
+    # ~1 KiB, so an honest node never meets this; a member sending 64 KiB signals at the message
+    # rate (3 MB/s) does, and gets rate_limited. (Accounts are bounded by their schema, ~2.5 KiB.)
+    signal_bytes_per_s: float = 32 * 1024
+    signal_burst_bytes: float = 256 * 1024
+    # A relayed frame (a signal, an account) is queued to a member only while its outbox holds
+    # less than this: the rest of the outbox stays for the server's own answers and pushes, so
+    # other members' frames never make a slow reader look like one that stopped reading (and cut it).
+    max_relayed_queue_bytes: int = 512 * 1024
     max_errors: int = 50
     max_refused_joins: int = 5
     # The first refused join of a source address in this window is recorded (and logged); the
@@ -125,6 +135,9 @@ class Session:
     refused: int = 0
     tokens: float = 0.0
     token_time: float = 0.0
+    signal_tokens: float = 0.0
+    signal_token_time: float = 0.0
+    relays_refused: int = 0  # frames of this member not relayed (its budget, or a busy target)
     closing: bool = False
 
     def send(self, frame: str) -> None:
@@ -162,6 +175,15 @@ class Session:
         if self.tokens < 1.0:
             return False
         self.tokens -= 1.0
+        return True
+
+    def allow_signal(self, now: float, size: int, rate: float, burst: float) -> bool:
+        """Whether this member may have ``size`` more signal bytes relayed to another member now."""
+        self.signal_tokens = min(burst, self.signal_tokens + (now - self.signal_token_time) * rate)
+        self.signal_token_time = now
+        if self.signal_tokens < size:
+            return False
+        self.signal_tokens -= size
         return True
 
 
@@ -300,7 +322,8 @@ class ControlServer:
         session = Session(ws=ws, opened=now, last_seen=now, outbox=asyncio.Queue(),
                           outbox_limit=self.config.outbox_limit,
                           outbox_max_bytes=self.config.outbox_max_bytes, address=address,
-                          tokens=self.config.rate_burst, token_time=now)
+                          tokens=self.config.rate_burst, token_time=now,
+                          signal_tokens=self.config.signal_burst_bytes, signal_token_time=now)
         self._sessions.add(session)
         writer = asyncio.create_task(self._write(session))
         try:
@@ -364,6 +387,9 @@ class ControlServer:
     async def _gone(self, session: Session) -> None:
         session.closing = True
         self._sessions.discard(session)
+        if session.relays_refused > 1:
+            logger.warning("refused to relay {} frames of {} at {} in all", session.relays_refused,
+                           session.peer_id or "a node", session.address)
         peer_id = session.peer_id
         if peer_id is None or self._online.get(peer_id) is not session:
             return
@@ -608,9 +634,41 @@ class ControlServer:
         if target is None:
             raise p.ProtocolError(p.PEER_OFFLINE, f"{request.to} is not connected to the control server",
                                   request.id)
-        target.send(p.message("signal", party_id=party.party_id, payload=request.payload,
-                              **{"from": session.peer_id}))
-        session.send(p.message("signal_sent", re=request.id, to=request.to))
+        frame = p.message("signal", party_id=party.party_id, payload=request.payload,
+                          **{"from": session.peer_id})
+        if self._relay_frame(session, target, frame, request.id):
+            session.send(p.message("signal_sent", re=request.id, to=request.to))
+
+    def _relay_frame(self, session: Session, target: Session, frame: str, request_id: str | None,
+                     budgeted: bool = True) -> bool:
+        """Queue a member's frame to another member, within the target's share of its outbox and
+        (``budgeted``: a signal) the sender's byte budget; otherwise refuse it to the sender
+        (``rate_limited``).
+
+        Going over its own budget counts as one of the sender's bad messages (a flood ends in
+        the usual close); a busy target does not (that is not the sender's doing). A refusal is
+        logged once per sender connection and counted after that (the count is logged when the
+        connection ends), so a flood makes one line, not one a frame.
+        """
+        config = self.config
+        refusal, own_fault = None, False
+        if target.queued_bytes + len(frame) > config.max_relayed_queue_bytes:
+            refusal = f"{target.peer_id} is not reading fast enough: try again later"
+        elif budgeted and not session.allow_signal(time.monotonic(), len(frame), config.signal_bytes_per_s,
+                                                    config.signal_burst_bytes):
+            refusal, own_fault = (f"too many signal bytes ({config.signal_bytes_per_s / 1024:g} KiB/s, "
+                                  f"burst {config.signal_burst_bytes / 1024:g} KiB): slow down"), True
+        if refusal is None:
+            target.send(frame)
+            return True
+        session.relays_refused += 1
+        if session.relays_refused == 1:
+            logger.warning("not relaying a {}-byte frame of {} to {}: {}", len(frame), session.peer_id,
+                           target.peer_id, refusal)
+        if own_fault:
+            raise p.ProtocolError(p.RATE_LIMITED, refusal, request_id)
+        session.send(p.error(p.RATE_LIMITED, refusal, request_id))
+        return False
 
     def _account(self, session: Session, request: p.Account) -> None:
         """A member's account of its own side, to another member: now, or when it is back online.
@@ -629,7 +687,9 @@ class ControlServer:
                 "items": [item.model_dump() for item in request.items]}
         target = self._online.get(request.to)
         if target is not None:
-            target.send(p.message("account", **body))
+            frame = p.message("account", **body)
+            if not self._relay_frame(session, target, frame, request.id, budgeted=False):
+                return
         else:
             waiting = self._accounts.setdefault(request.to, [])
             mine = [w for w in waiting if (w["party_id"], w["from"]) == (body["party_id"], body["from"])]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from mesh.control.identity import IdentityError, decode_key
+from mesh.control.identity import IdentityError, decode_key, encode_key
 
 MAX_URL_CHARS = 1024
 _FINGERPRINT_HEX = 64
@@ -56,10 +56,12 @@ class ControlTarget:
         key = _single(query, "key")
         fingerprint = _single(query, "fp")
         if key is not None:
-            try:
-                decode_key(key)
-            except IdentityError:
-                raise TargetError("the control URL's key= is not a server key (base64 of 32 bytes)") from None
+            # A query decodes "+" to a space, and base64 has no space: a "+" typed as is comes back.
+            key = key.replace(" ", "+")
+            problem = key_problem(key)
+            if problem is not None:
+                raise TargetError("the control URL's key= is not a server key (base64 of 32 bytes): "
+                                  + problem)
         if fingerprint is not None:
             fingerprint = fingerprint.lower()
             if len(fingerprint) != _FINGERPRINT_HEX or any(c not in "0123456789abcdef" for c in fingerprint):
@@ -93,6 +95,33 @@ class ControlTarget:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+
+_KEY_CHARS = 44  # base64 of 32 bytes, with its one "="
+_BASE64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def key_problem(key: str) -> str | None:
+    """What is wrong with the form of a pinned server key, or None when it is one.
+
+    Only a key written exactly as the server prints it passes: the last character before the
+    "=" carries 2 unused bits, so a typo there decodes to the same bytes as another spelling,
+    and would otherwise read as another server's key.
+    """
+    if len(key) != _KEY_CHARS:
+        return f"it has {len(key)} characters, a key has {_KEY_CHARS}: copy it again, in full"
+    wrong = next((c for c in key[:-1] if c not in _BASE64_ALPHABET), None)
+    if wrong is not None or not key.endswith("="):
+        shown = repr(wrong) if wrong is not None and wrong.isprintable() else "a character"
+        return (f"{shown} is not a base64 character" if wrong is not None
+                else "it must end with '='") + ": check it for a typo"
+    try:
+        raw = decode_key(key)
+    except IdentityError as error:
+        return str(error)
+    if encode_key(raw) != key:
+        return f"its last character before '=' cannot end a key ({key[-2]!r}): check it for a typo"
+    return None
 
 
 def _single(query: dict[str, list[str]], name: str) -> str | None:

@@ -47,6 +47,7 @@ class SimNetwork:
     probe_count: int = 0
     wireguard_error: str | None = None  # every WireGuard change fails with this while set
     interface_error: str | None = None  # assigning a virtual IP fails with this while set
+    interfaces_gone: set[str] = field(default_factory=set)  # nodes whose interface vanished (until assigned)
     probe_error: str | None = None  # every probe fails with this while set
     # Every relay allocation fails with this while set (no ticket: the control server is away),
     # the relays and the sessions already held carry on.
@@ -203,10 +204,19 @@ class SimInterface:
     def assign(self, virtual_ip: str) -> str:
         if self._net.interface_error is not None:
             raise MeshError(self._net.interface_error)
+        if self._node in self._net.interfaces_gone:  # created again, empty
+            self._net.interfaces_gone.discard(self._node)
+            self._net.addresses[self._node] = []
         assigned = self._net.addresses.setdefault(self._node, [])
         if virtual_ip not in assigned:
             assigned.append(virtual_ip)
         return f"sim-{self._node}"
+
+    def check(self, virtual_ip: str) -> None:
+        if self._node in self._net.interfaces_gone:
+            raise MeshError(f"WireGuard interface sim-{self._node} is gone (did wireguard-go exit?)")
+        if virtual_ip not in self._net.addresses.get(self._node, []):
+            raise MeshError(f"{virtual_ip} is not on sim-{self._node}")
 
     def enable_forwarding(self) -> None:
         if self._net.interface_error is not None:

@@ -468,6 +468,15 @@ class WireGuardInterface:
             return False
         return self._link_index() is not None
 
+    @property
+    def gone(self) -> bool:
+        """The device is certainly not there: its link was deleted, or no wireguard-go serves its
+        socket (it exited). Unlike ``alive``, a slow answer does not count as gone."""
+        with self._lock:
+            if self._closed or self._link_index() is None:
+                return True
+            return self._implementation == USERSPACE and not uapi_socket_live(self._name)
+
     def reconcile(self, desired: Iterable[PeerConfig]) -> ReconcileReport:
         """Make the interface and our peers exactly ``desired``; peers not ours stay.
 

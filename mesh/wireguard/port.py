@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 MAX_PROCESSES = 65536  # bounded scan of /proc
+UNSEEN_ROUNDS = 4  # 0.2 s of a port bound by nobody visible: held, not closing
 
 
 def _socket_inodes(port: int) -> set[str]:
@@ -74,13 +75,26 @@ def reclaim_port(port: int, interface: str, wait_s: float = 5.0, term_wait_s: fl
     does not within ``wait_s``. None once the port is free; else who holds it."""
     deadline = time.monotonic() + wait_s
     terminated = False
+    unseen = 0  # rounds in a row with the port bound by no process this one may look into
     while True:
         holders = udp_port_holders(port)
         if not holders:
-            return None
-        foreign = [pid for pid in holders if not is_own_wireguard_go(pid, interface)]
+            unseen = unseen + 1 if _socket_inodes(port) else 0
+            if not unseen:
+                return None
+            if unseen > UNSEEN_ROUNDS:  # not a socket closing: a program we may not look into holds it
+                return ("held by a program this agent may not look into (another user's, or one with "
+                        f"more privileges; `ss -ulpn 'sport = {port}'` as root names it)")
+            time.sleep(0.05)
+            continue
+        # A process that is exiting shows no command line any more: waited for, never judged.
+        exiting = [pid for pid in holders if not _argv(pid)]
+        foreign = [pid for pid in holders if pid not in exiting and not is_own_wireguard_go(pid, interface)]
         if foreign:
             return f"held by {', '.join(describe(pid) for pid in foreign)}"
+        if exiting and time.monotonic() < deadline:
+            time.sleep(0.05)
+            continue
         if time.monotonic() >= deadline:
             if terminated:
                 return f"still held by {', '.join(describe(pid) for pid in holders)} of our own"

@@ -2,7 +2,7 @@
 
 Two port-restricted NATs (a direct pair) and one relay. A game's traffic (pings every
 50 ms) runs while the test breaks things; nothing in the test decides anything. The
-direct path is blocked: the pair moves to the relay within 2 s. Then one side's uplink
+direct path is blocked: the pair moves to the relay within 2.5 s. Then one side's uplink
 is cut for 15 s: traffic flows again within 5 s of it coming back.
 """
 
@@ -57,7 +57,7 @@ def first_reply_after(party: LabParty, host: str, ip: str, duration_s: float, at
     return acted_at, replies(pinger.output())
 
 
-def test_a_blocked_direct_path_moves_to_the_relay_within_2_s_and_a_15_s_cut_recovers_within_5_s(
+def test_a_blocked_direct_path_moves_to_the_relay_within_2_5_s_and_a_15_s_cut_recovers_within_5_s(
         party: LabParty) -> None:
     lab = party.lab
     created = party.create("alice", "LAN")

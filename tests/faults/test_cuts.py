@@ -1,8 +1,8 @@
 """Uplink cuts of 15 s and 60 s, in one lab: alice (port-restricted cone), bob
 (port-forwarded), carl (symmetric), two relays; alice-bob and bob-carl are direct and
 alice-carl is relayed. bob's and carl's uplinks are cut at once while alice plays (a game's
-chatter: 20 packets a second to each): she notices both within 2 s, and every pair pings
-within 5 s of the uplinks' return.
+chatter: 20 packets a second to each): she notices each within 3 s, the two in 2 s as a
+median, and every pair pings within 5 s of the uplinks' return.
 
 During the 15 s cut she plays on; during the 60 s one her game gives up on them after 10 s
 (as games drop a silent player), so the tunnels are idle when the uplinks return and each

@@ -17,14 +17,19 @@ from collections.abc import Iterator
 
 import pytest
 
+from actors.config import ConnectionConfig
 from lab import LabError, LabProcess
 from tests.faults.harness import HOSTS, RECOVERY_S, FaultParty, story
 
 pytestmark = pytest.mark.lab
 
-# Two probe intervals and more at the default 5 s; at 50 %, long enough for a direct retry
-# (30 s) after a switch and for the loss windows (20 probes) to act (bench/failover.py: 60 s).
-LOSS_WINDOW_S = {0.05: 12.0, 0.20: 12.0, 0.50: 45.0}
+# Long enough for the checks the loss feeds: a connection's loss window decides only on at
+# least half its probes (10 of 20 at one probe every 5 s: 50 s), so a shorter window could
+# not show a flapping path; one more probe interval for the last probe's answer. At 50 % it
+# also holds a direct retry (30 s) after a switch (bench/failover.py: 60 s).
+_DEFAULTS = ConnectionConfig()
+WINDOW_S = (_DEFAULTS.loss_window_probes / 2 + 1) * _DEFAULTS.probe_interval_s
+LOSS_WINDOW_S = {0.05: WINDOW_S, 0.20: WINDOW_S, 0.50: WINDOW_S}
 LOSS_HOST = "alice"  # her router drops; she has a direct (bob) and a relayed (carl) peer
 SWITCHES_A_MINUTE = {0.05: 0, 0.20: 0, 0.50: 1}  # path switches per connection and minute of window
 # During the window alice's game pings both peers (each ping crosses her router twice: at

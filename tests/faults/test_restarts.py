@@ -2,7 +2,10 @@
 alice (port-restricted cone), bob (port-forwarded) and carl (symmetric NAT), two relays.
 alice-bob and bob-carl are direct, alice-carl is relayed.
 
-After each kill the killed process is started again as an operator (or systemd) would;
+Every other round of agent kills takes the agent's whole unit, as systemd does after a crash
+(``KillMode=mixed``: wireguard-go too); the others only ``serve`` (a ``kill -9`` by hand,
+which leaves its wireguard-go to be adopted). After each kill the killed process is started
+again as an operator (or systemd) would;
 then every pair pings within ``RECOVERY_S`` of the restarted process being up, the
 restarted agents replay to their live state, nothing is orphaned and no other service
 exited.
@@ -33,19 +36,22 @@ def test_kill_9_of_serve(faults: FaultParty) -> None:
     rng = random.Random(SEED)
     party = faults.party
     failures = Failures(faults)
-    kills = 0
+    kills = rounds = 0
     while kills < KILLS and not failures.exhausted:
         victims = rng.choice([["carl"], ["carl"], ["alice"], ["alice", "carl"], faults.names])
         time.sleep(rng.uniform(0.0, 1.0))
+        rounds += 1
+        kill = party.kill_unit if rounds % 2 == 0 else party.kill_hard
         for victim in victims:
-            party.kill_hard(party.agents[victim])
+            kill(party.agents[victim])
         kills += len(victims)
         for victim in victims:
             party.start_agent(victim, wait=False)
         for victim in victims:
             faults.lab.wait_tcp_listening(victim, 8666, 60)
         up = time.monotonic()
-        with failures.round(f"kills {kills - len(victims) + 1}-{kills} ({', '.join(victims)})"):
+        how = "with wireguard-go" if kill == party.kill_unit else "serve alone"
+        with failures.round(f"kills {kills - len(victims) + 1}-{kills} ({', '.join(victims)}, {how})"):
             faults.assert_mesh(RECOVERY_S, involving=victims, since=up, what="after the restart")
             faults.assert_healthy(restarted=victims)
     failures.check()

@@ -199,9 +199,10 @@ def test_a_crashed_node_adopts_its_interface_and_a_vanished_one_is_recreated(lab
 
     with WireGuardInterface.create(key, "10.66.4.100/16", name=name, netns=lab.host("bob").netns) as wg:
         wg.configure_peer(peer["public_key"], peer["endpoint"], peer["allowed_ips"])
-        assert wg.pid is not None
+        assert wg.pid is not None and not wg.gone
         os.kill(wg.pid, signal.SIGKILL)
         lab.wait_for(lambda: not wg.alive, 5, what="wireguard-go gone")
+        lab.wait_for(lambda: wg.gone, 5, what="the interface known to be gone")
         report = wg.reconcile([PeerConfig.make(peer["public_key"], peer["endpoint"], peer["allowed_ips"])])
         assert "recreated" in report.interface_fixed and report.added == (peer["public_key"],)
         assert set(_wg_dump(lab, "bob", name)[1]) == {peer["public_key"]}

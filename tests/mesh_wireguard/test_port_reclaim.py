@@ -111,3 +111,81 @@ def test_the_agent_creates_its_interface_again_once_its_own_port_is_back(monkeyp
     assert str(refused.value) == ("UDP port 51820 (--listen-port) is held by PID 4242 (nc -u -l 51820); stop "
                                   "that program or choose another --listen-port")
     assert attempts == ["10.66.0.2/16"]
+
+
+def test_the_agent_creates_its_interface_again_when_it_is_gone(monkeypatch) -> None:
+    """A join after wireguard-go exited gets a working interface, not an address on nothing."""
+    from types import SimpleNamespace
+
+    import agent.adapters as adapters
+
+    made: list[SimpleNamespace] = []
+
+    def create(_key: object, address: str, **_kwargs: object) -> SimpleNamespace:
+        interface = SimpleNamespace(address=address, gone=False, closed=False)
+        interface.close = lambda remove=True: setattr(interface, "closed", remove)
+        made.append(interface)
+        return interface
+
+    monkeypatch.setattr(adapters.WireGuardInterface, "create", staticmethod(create))
+    agent = SimpleNamespace(config=SimpleNamespace(interface=INTERFACE, listen_port=51820), private_key=None,
+                            state_dir=None)
+    owner = adapters.InterfaceOwner(agent)  # type: ignore[arg-type]
+    assert owner.assign("10.66.0.2") == INTERFACE
+    assert owner.assign("10.66.0.2") == INTERFACE
+    assert len(made) == 1  # alive: kept
+    made[0].gone = True  # wireguard-go exited
+    assert owner.assign("10.66.0.2") == INTERFACE
+    assert [(i.address, i.closed) for i in made] == [("10.66.0.2/16", True), ("10.66.0.2/16", False)]
+    assert owner.interface is made[1] and owner.addresses == {"10.66.0.2"}
+
+
+def test_two_parties_assigned_at_once_create_one_interface(monkeypatch) -> None:
+    """A party restored at start and a join arrive on two I/O workers at the same moment: one
+    creation, then the second address on it (two would start two wireguard-go for one name)."""
+    import threading
+    from types import SimpleNamespace
+
+    import agent.adapters as adapters
+
+    created: list[str] = []
+    added: list[list[str]] = []
+
+    def create(_key: object, address: str, **_kwargs: object) -> SimpleNamespace:
+        created.append(address)
+        time.sleep(0.3)  # wireguard-go starting
+        return SimpleNamespace(gone=False)
+
+    def run(argv: list[str], **_kwargs: object) -> SimpleNamespace:
+        added.append(argv)
+        return SimpleNamespace(returncode=0, stderr="")
+
+    monkeypatch.setattr(adapters.WireGuardInterface, "create", staticmethod(create))
+    monkeypatch.setattr(adapters.subprocess, "run", run)
+    agent = SimpleNamespace(config=SimpleNamespace(interface=INTERFACE, listen_port=51820), private_key=None,
+                            state_dir=None)
+    owner = adapters.InterfaceOwner(agent)  # type: ignore[arg-type]
+    workers = [threading.Thread(target=owner.assign, args=(address,))
+               for address in ("10.66.0.2", "10.66.1.2")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(5)
+    assert len(created) == 1
+    assert len(added) == 1 and added[0][:4] == ["ip", "address", "add", added[0][3]]
+    assert owner.addresses == {"10.66.0.2", "10.66.1.2"}
+
+
+def test_a_port_held_by_a_program_this_agent_may_not_look_into_is_reported_as_held(monkeypatch) -> None:
+    """An agent that dropped root or its capabilities cannot read another user's (or a more
+    privileged program's) descriptors: the port is bound, nobody visible holds it, and that is
+    a holder to report, not a free port."""
+    import mesh.wireguard.port as port_module
+
+    monkeypatch.setattr(port_module, "udp_port_holders", lambda port: [])
+    port = free_port()
+    with holder(port, 30, as_wireguard_go=False):
+        found = reclaim_port(port, INTERFACE, wait_s=0.5)
+    assert found == ("held by a program this agent may not look into (another user's, or one with more "
+                     f"privileges; `ss -ulpn 'sport = {port}'` as root names it)")
+    assert reclaim_port(port, INTERFACE, wait_s=0.5) is None  # once it is gone: free

@@ -161,8 +161,11 @@ def test_a_rogue_tls_server_on_the_real_name_cannot_use_the_victims_proof(tmp_pa
 
 def test_a_node_that_stops_reading_is_dropped_and_freed() -> None:
     async def scenario() -> None:
+        # Signals fill the stuck node's outbox here as fast as the server's own pushes could: the
+        # sender's signal budget and the relayed share of an outbox (test_signal_bounds.py) are off.
         async with running(write_timeout_s=1.0, outbox_max_bytes=512 * 1024, rate_per_s=1000.0,
-                           rate_burst=1000.0) as server:
+                           rate_burst=1000.0, signal_bytes_per_s=1e12, signal_burst_bytes=1e12,
+                           max_relayed_queue_bytes=1 << 40) as server:
             (sender,), party, secret = await party_of(server.port, 1)
             stuck = await open_peer(server.port)
             await stuck.login("stuck")

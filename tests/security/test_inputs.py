@@ -80,3 +80,30 @@ def test_a_relay_secret_file_others_can_read_is_refused(tmp_path: Path) -> None:
     assert done.returncode != 0 and "chmod 600" in done.stderr and "Traceback" not in done.stderr
     os.chmod(secret, 0o600)
     assert len(load_secret(str(secret))) == 32
+
+
+def test_a_frame_nested_past_the_parser_does_not_end_a_nodes_control_session() -> None:
+    """A server's frame of 200,000 nested arrays raised RecursionError in the node's control
+    client, which ended its session task for good (no reconnect); now it is skipped like any
+    frame that is not a JSON object, and the session goes on."""
+    import asyncio
+
+    from mesh.control.client import AsyncControlClient, Backoff
+    from tests.control.helpers import running
+
+    async def scenario() -> None:
+        async with running() as server:
+            client = AsyncControlClient(server.url("127.0.0.1"), Identity.generate(),
+                                        backoff=Backoff(initial_s=0.05, maximum_s=0.2))
+            task = asyncio.create_task(client.run())
+            try:
+                assert await client.wait_connected(5)
+                server._online[client.peer_id].send("[" * 200_000)  # within the 1 MiB frame limit
+                await asyncio.sleep(0.5)
+                assert not task.done(), task.exception() if task.done() else None
+                answer = await client.request("list_relays", timeout_s=5)
+                assert answer["type"] == "relays"
+            finally:
+                await client.stop()
+                task.cancel()
+    asyncio.run(scenario())

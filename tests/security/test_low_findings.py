@@ -48,6 +48,62 @@ def test_sql_calls_only_allowed_functions(tmp_path: Path, capsys: pytest.Capture
     assert "does not allow" in capsys.readouterr().err
 
 
+# What a read-only transaction still lets any role do on PostgreSQL: end its own role's other
+# sessions (the agent's), turn the time limit off, sleep, hold a lock, read settings, run SQL
+# from a string. pg_read_file and lo_import need rights this role lacks; refused before that.
+PG_REFUSED = (
+    # Only the sessions of this test's own database: the server may be shared.
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+    "AND datname = current_database()",
+    "SELECT set_config('statement_timeout', '0', false)",
+    "SELECT count(*) FROM pg_catalog.pg_sleep(0.2)",
+    "SELECT 1 WHERE EXISTS (SELECT pg_advisory_lock(42))",
+    "SELECT current_setting('data_directory')",
+    "SELECT query_to_xml('SELECT * FROM events', true, true, '')",
+    "SELECT pg_read_file('/etc/hostname')",
+    "SELECT lo_import('/etc/hostname')",
+    "EXPLAIN SELECT dblink('dbname=x', 'SELECT 1')",
+)
+
+
+@pytest.mark.postgres
+def test_sql_on_postgresql_calls_only_allowed_functions(pg_url: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    from sqlalchemy import create_engine, text
+
+    with open_store(pg_url) as store:
+        store.append("party:n1:p1", [ev.PartyJoined(party_id="p1", name="LAN", local_peer_id="me")], 0)
+    bystander_engine = create_engine(pg_url)  # a session of the same role, as the agent's store holds
+    try:
+        with bystander_engine.connect() as bystander:
+            bystander.execute(text("SELECT 1"))
+            for statement in PG_REFUSED:
+                with pytest.raises(ReadOnlyStatement, match="a function `sql` does not allow"):
+                    run_query(pg_url, statement)
+            assert bystander.execute(text("SELECT 1")).scalar() == 1  # still alive
+    finally:
+        bystander_engine.dispose()
+    for statement, refusal in (("WITH gone AS (DELETE FROM events RETURNING 1) SELECT * FROM gone",
+                                "refusing DELETE inside the query"),
+                               ("SELECT 1 FROM events FOR UPDATE", "refusing FOR UPDATE"),
+                               ("SELECT 1; SELECT 2", "one statement at a time"),
+                               ("SELECT 1 OPERATOR(public.+) 1", "operator public.+")):
+        with pytest.raises(ReadOnlyStatement, match=re.escape(refusal)):
+            run_query(pg_url, statement)
+    allowed = run_query(pg_url, "SELECT upper(payload->>'name'), count(*), EXTRACT(year FROM recorded_at "
+                                "AT TIME ZONE 'UTC') > 2000 FROM events GROUP BY 1, 3")
+    assert allowed.rows == [("LAN", 1, True)]
+    document = (Path(__file__).resolve().parents[2] / "docs" / "store.md").read_text()
+    examples = re.findall(r"<!-- example: [\w-]+ -->\s*```sql\n(.*?)```", document, re.DOTALL)
+    assert len(examples) >= 5
+    for example in examples:  # every documented query is allowed
+        run_query(pg_url, example)
+    assert cli.main(["sql", "SELECT pg_sleep(30)", "--db", pg_url]) != 0
+    assert "does not allow" in capsys.readouterr().err
+
+
 def test_control_server_without_tls_warns_loudly(tmp_path: Path) -> None:
     from tests.e2e.harness import Run, free_port, wait_for
 
