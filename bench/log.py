@@ -232,7 +232,7 @@ def restart(simulation: Simulation) -> float:
         for peer in node.peer_ids():
             connection = StreamWriter(store, peer_stream(NODE_ID, PARTY, peer), "r", {})
             connection.replay(apply_connection, ConnectionState())
-            # Its newest sample, and the connection's records after it (actors/connection.py).
+            # Its newest sample, and the connection's records after it (actors/connection/actor.py).
             samples = metrics_stream(NODE_ID, PARTY, peer)
             head = store.stream_position(samples)
             newest = store.read_stream(samples, head) if head else []

@@ -166,6 +166,27 @@ def apply_party(state: PartyState, event: Event) -> PartyState:
 
 
 @dataclass(frozen=True)
+class DecisionInputs:
+    """The last ``DecisionInputsRecorded``: what a connection's decisions read besides its
+    transitions (see the event). A restart resumes from it, so it decides as it would have."""
+
+    windows: tuple[tuple[str, str], ...] = ()
+    lost_probes: float = 0.0
+    slow_answers: int = 0
+    slow_path: str | None = None
+    recent_probes: str = ""
+    retries: int = 0
+    quality_switch_age_s: float | None = None
+    relay_quality: tuple[str, float, int] | None = None
+    offered_relay: str | None = None
+    pending_offer: tuple[str, str | None] | None = None
+    dead_session: str | None = None
+    retry_run: str | None = None
+    timers: tuple[tuple[str, float], ...] = ()
+    written_at: float = 0.0
+
+
+@dataclass(frozen=True)
 class ConnectionState:
     party_id: str = ""
     peer_id: str = ""
@@ -198,9 +219,12 @@ class ConnectionState:
     punches: int = 0
     punch_successes: int = 0
     direct_retries: int = 0
+    # Not part of what the connection is (status, equality): what its next decisions read.
+    inputs: DecisionInputs = field(default=DecisionInputs(), compare=False)
 
 
 _UP = (ev.CONNECTED, ev.DEGRADED)
+_INPUT_FIELDS = tuple(DecisionInputs.__dataclass_fields__)
 _NO_FIGURES: dict[str, Any] = {"jitter_ms": None, "loss": None, "quality": None}
 
 
@@ -283,6 +307,9 @@ def apply_connection(state: ConnectionState, event: Event) -> ConnectionState:
                            relay=event.to_relay if event.to_path == ev.RELAY else None)
         case ev.DirectPathRetried():
             return _evolve(state, direct_retries=state.direct_retries + 1, punching=False)
+        case ev.DecisionInputsRecorded():
+            return _evolve(state, inputs=DecisionInputs(**{
+                name: getattr(event, name) for name in _INPUT_FIELDS}))
         case ev.DirectPathRetriesRepeated():
             # Each counted retry was a punch too (its HolePunchAttempted counted, not written).
             return _evolve(state, direct_retries=state.direct_retries + event.count,

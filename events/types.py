@@ -836,6 +836,42 @@ class DirectPathRetriesRepeated(Event):
 
 @register
 @dataclass(frozen=True, kw_only=True)
+class DecisionInputsRecorded(Event):
+    """What the connection's next decisions read besides its transitions, as it stood when
+    written: the loss window of each path (``windows``: path, or "" before the first, and its
+    last probe outcomes, "+" answered, "-" lost), the lost probes in a row (each weighted by its
+    interval), the answers in a row above the latency threshold on ``slow_path``, the recent
+    probe outcomes a setback shows, a failed spell's retries, the last switch for quality,
+    the relay monitor's last word on the selected relay (relay, loss, probes), a relay offer
+    of the peer still to be joined, the session that failed an allocation, the open run of
+    failed direct retries (its count is written before, as ``DirectPathRetriesRepeated``), the decision
+    timers still armed (kind, seconds left). Ages and seconds left are as of ``written_at``
+    (UNIX time): a restart takes the time between the record and its start off them.
+
+    Written at a clean stop, and on the metrics beat when the probes changed the window
+    since the last record (a crash loses at most one beat of it): a steady path writes none.
+    """
+
+    party_id: str
+    peer_id: str
+    windows: tuple[tuple[str, str], ...] = ()
+    lost_probes: float = 0.0
+    slow_answers: int = 0
+    slow_path: str | None = None
+    recent_probes: str = ""
+    retries: int = 0
+    quality_switch_age_s: float | None = None
+    relay_quality: tuple[str, float, int] | None = None
+    offered_relay: str | None = None
+    pending_offer: tuple[str, str | None] | None = None
+    dead_session: str | None = None
+    retry_run: str | None = None  # the reason of the run of failed direct retries still counted
+    timers: tuple[tuple[str, float], ...] = ()
+    written_at: float = 0.0
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
 class MetricsSampled(Event):
     """One aggregated sample over ``window_s`` seconds (never one row a probe).
 

@@ -513,7 +513,7 @@ def direct_path_failed(window: Window) -> Finding | None:
 
 
 # How the connection words a peer gone silent: lost probes, or WireGuard's counters and
-# handshake age (actors/connection.py, fast detection).
+# handshake age (actors/connection/, fast detection).
 SILENCE_SIGNS = ("probes lost", "nothing received", "last handshake")
 
 

@@ -153,8 +153,8 @@ def test_an_old_logs_cleanup_is_undone_while_the_member_is_in_the_party(make_nod
     node = make_node()
     join_bob(node)
     stream = node.peer("bob")
-    position = node.recorder.stream_position(stream)
     node.stop()
+    position = node.recorder.stream_position(stream)
     node.recorder.append(stream, [
         ev.WireGuardPeerRemovalRequested(party_id="p1", peer_id="bob", public_key="key-bob",
                                          reason="cleanup of a failed connection"),

@@ -30,10 +30,9 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import math
-import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -50,6 +49,10 @@ from thespian.actors import (
 from actors import effects as fx
 from actors import logs
 from actors import messages as m
+from actors.connection import detection, inputs, paths, retries
+from actors.connection.detection import ACTIVE, Probing, invalid_observation
+from actors.connection.facts import UP, Ids, reconnect, transition
+from actors.connection.inputs import Memory
 from actors.journal import StreamWriter, open_recorder, read_tail
 from actors.logs import logger
 from actors.repeats import RetryRun, SampleRuns, Window, sample_of
@@ -60,15 +63,12 @@ from events.base import Event
 from events.fold import ConnectionState, apply_connection
 from events.streams import metrics_stream, peer_stream
 from mesh.interfaces import PeerStats, PunchResult, RelayAllocation
-from mesh.nat.punch import should_try_direct
 from store.base import RecordedEvent
 
-ACTIVE = (ev.CONNECTING, ev.CONNECTED, ev.DEGRADED, ev.FAILED)
 # The state fields only metric samples set (besides a transition's reset of them).
 FIGURES = ("latency_ms", "jitter_ms", "loss", "quality", "rx_bytes", "tx_bytes")
 # Events that end every run of repeats: what follows is another situation.
 RUN_ENDS = (ev.ConnectionStateChanged, ev.PathSwitched, ev.PathChosen)
-UP = (ev.CONNECTED, ev.DEGRADED)
 
 MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, WATCH = (
     "monitor", "metrics", "direct-retry", "retry", "wireguard-retry", "watch")
@@ -76,6 +76,8 @@ RELAY_VERDICT = "relay-verdict"  # the wait for the relay monitor's word on a re
 CONFIRM = "confirm"  # the tag of a check's probes
 CHECK_REST = "check-rest"  # the rest of a check's probes, when its first round is not answered soon
 OFFER = "offer"  # the peer's relay offer, joined once the attempt in flight is over
+# The timers whose moment is a decision's input: a restart resumes them where they were.
+DECISION_TIMERS = (MONITOR, DIRECT_RETRY, RETRY, OFFER)
 
 # Operation kinds (one at a time) and the purposes of relay allocations.
 CONNECT, FAILOVER, RELAY_MOVE, RETRY_DIRECT = "connect", "failover", "relay-move", "direct-retry"
@@ -98,22 +100,6 @@ def bounded_text(value: Any, limit: int = 255) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= limit else None
 
 
-def invalid_observation(item: Any) -> str | None:
-    """Why an observation cannot be used, or None when it is fine."""
-    if isinstance(item, m.LatencyObserved):
-        value = item.latency_ms
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"latency_ms is {type(value).__name__}, not a number"
-        if not math.isfinite(value) or value < 0 or value > 60_000:
-            return f"latency_ms {value!r} is out of range"
-        return None
-    if isinstance(item, m.ProbeFailed):
-        return None if isinstance(item.reason, str) else "reason is not text"
-    if isinstance(item, m.TrafficObserved):
-        ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                 for v in (item.rx_bytes, item.tx_bytes))
-        return None if ok else "byte counters must be non-negative integers"
-    return f"{type(item).__name__} is not an observation"
 
 
 @dataclass
@@ -136,50 +122,6 @@ class Operation:
     for_quality: bool = False
 
 
-@dataclass
-class Probing:
-    """Derived and ephemeral: the probe counters and the current metrics window.
-
-    They describe the last seconds of one incarnation; what the log keeps of them is
-    the aggregated ``MetricsSampled`` and the transitions they caused.
-    """
-
-    # Consecutive lost probes, each weighted by its interval over ``probe_interval_s``: a
-    # connecting connection probes every ``first_probe_s`` (it answers as soon as the
-    # tunnel does), and thirty lost quick probes weigh what three normal ones do.
-    lost: float = 0.0
-    armed_weight: float = 1.0  # of the probe the armed timer will send
-    sent_weight: float = 1.0  # of the probe in flight
-    in_flight: bool = False
-    window: list[float] = field(default_factory=list)
-    window_lost: int = 0
-    last_error: str = ""  # of the window's last lost probe, when the prober gave one
-    traffic: tuple[int, int] = (0, 0)
-    # WireGuard's counters at the last watch reading, and when rx last grew (thespian time).
-    counters: tuple[int, int] | None = None
-    rx_grew_at: float | None = None
-    silent_since: float = 0.0  # rx unchanged since (the first reading counts as a change)
-    # A check of a suspect path: its probes still out, how many were lost, and why it runs.
-    checking: int = 0
-    check_lost: int = 0
-    check_reason: str = ""
-    checking_answered: bool = False
-    check_needed: int = 0  # lost probes that make the path dead, from the path's loss
-    check_sent: int = 0
-    # The loss window of each path (True for a lost probe): a path switched back to keeps
-    # what it showed, so a lossy direct path is not taken for a clean one on its return.
-    outcomes: dict[str | None, list[bool]] = field(default_factory=dict)
-    history: str = ""  # the last probe outcomes, oldest first: "+" answered, "-" lost, "~" endpoint moved
-    # The round trips answered in a row on ``latencies_path`` (a lost probe or another path starts anew).
-    latencies: list[float] = field(default_factory=list)
-    latencies_path: str | None = None
-    stats: PeerStats | None = None  # WireGuard's counters for the peer, at the last reading
-    read_at: float | None = None  # thespian time of the last counter reading
-    sending_at: float | None = None  # the last reading that saw more than an idle tunnel's tx
-    idle_armed: bool = False  # the armed probe waits ``idle_probe_interval_s``
-    watched_endpoint: str | None = None  # the decided endpoint when the reading in flight was asked for
-
-
 class PeerConnectionActor(Actor):
     def __init__(self) -> None:
         super().__init__()
@@ -194,28 +136,22 @@ class PeerConnectionActor(Actor):
         self.finished = False
         self.pending: set[str] = set()  # tags of effects not answered yet
         self.wireguard_retry_s = 0.0
-        self.retries = 0  # of this failed spell (memory: a restart starts counting again)
+        self.memory = Memory()  # every decision input besides the state and the probes
         self.watching = False  # a watch reading (or its wakeup) is outstanding
-        self.relay_quality: m.RelayQuality | None = None  # the selected relay's, from the monitor
-        self.quality_switch_at: float | None = None  # the last path switch for quality (thespian time)
         self.sample_runs = SampleRuns()
-        self.retry_run: RetryRun | None = None  # open after a failed retry of the direct path
         self.suspected_relay: str | None = None  # the relay this connection found silent, awaiting a verdict
-        # The held session on a relay that failed an allocation: every allocation reports it
-        # until a new session opens, so the control server's pair affinity never hands it back.
-        self.dead_session: str | None = None
-        self.offered_relay: str | None = None  # the relay of the peer's offer, until joined
-        # An offer that came while an attempt was in flight: (relay, session), handled after it.
-        self.pending_offer: tuple[str, str | None] | None = None
         self._tags = itertools.count(1)
         self._notified: ConnectionState | None = None
         self.traffic: Reading | None = None  # WireGuard's rx at the last reading while connecting
+        # The time left of each decision timer, that a restart resumes.
+        self.resume: dict[str, float] = {}
+        self.recorded_inputs: tuple[Any, ...] | None = None  # what the last DecisionInputsRecorded said
 
     # ------------------------------------------------------------ thespian
 
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, ActorExitRequest) and self.init is not None and not self.finished:
-            self._guard(self._write_runs)  # a clean stop keeps what the runs counted
+            self._guard(self._stop_cleanly)  # a clean stop keeps what the runs counted and the inputs
             return
         if isinstance(message, ActorExitRequest | ChildActorExited):
             return
@@ -263,17 +199,21 @@ class PeerConnectionActor(Actor):
         self.timers = Timers(self.incarnation)
         self.watching = False
         self.actor = f"peer-connection/{init.party_id}/{init.peer_id}"
+        self.ids = Ids(init.party_id, init.peer_id)
         self.log = logger.bind(actor=self.actor)
         stream = peer_stream(init.node_id, init.party_id, init.peer_id)
         self.writer = StreamWriter(open_recorder(init.store), stream, self.incarnation,
                                    {"node_id": init.node_id, "actor": self.actor})
         self.state = self.writer.replay(apply_connection, ConnectionState())
+        self.memory.due = {}
         self.samples = StreamWriter(self.writer.recorder,
                                     metrics_stream(init.node_id, init.party_id, init.peer_id),
                                     self.incarnation, {"node_id": init.node_id, "actor": self.actor})
-        self.sample_runs, self.retry_run = SampleRuns(), None
+        self.sample_runs, self.memory.retry_run = SampleRuns(), None
         self._restore_figures()
+        self._restore_inputs()
         settle: list[Event] = []
+        interrupted = self.state.punching or self.state.allocating is not None
         if init.restarted and self.writer.position:
             settle.append(ev.ActorRestarted(actor=self.actor, reason=init.restarted))
         if self.state.punching:
@@ -282,7 +222,7 @@ class PeerConnectionActor(Actor):
         if self.state.allocating:
             settle.append(ev.RelayAllocationFailed(**self._base(), relay=self.state.allocating,
                                                    error="interrupted: the connection restarted"))
-        remote = self._remote_update(init.candidates, init.remote_nat_type)
+        remote = paths.remote_update(self.ids, self.state, init.candidates, init.remote_nat_type)
         if remote is not None:
             settle.append(remote)
         self._commit(settle, "start")
@@ -299,7 +239,10 @@ class PeerConnectionActor(Actor):
         elif self.state.state in ACTIVE:
             self.log.info("recovered {} from {} events", self.state.state, self.writer.position)
             self._request(fx.ReadPeerStats(tag="reconcile", public_key=init.public_key))
-            if self.state.state == ev.CONNECTING and not self.state.wireguard_configured:
+            # An attempt the stop interrupted, or one a crash may have: made again. One that ended
+            # without a path waits for its lost probes, as it would have without the restart.
+            if self.state.state == ev.CONNECTING and not self.state.wireguard_configured \
+                    and (interrupted or self.recorded_inputs is None):
                 self._connect(max(self.state.attempt, 1))
             elif self.state.path == ev.RELAY and (held := self._held()):
                 self._request(fx.CheckRelaySession(tag="check-session", allocation=held))
@@ -309,6 +252,9 @@ class PeerConnectionActor(Actor):
             self._arm_monitor()
             self._schedule(self.cfg.metrics_interval_s, METRICS)
             self._arm_direct_retry()
+            if OFFER in self.resume and (self.memory.offered_relay or self.memory.pending_offer):
+                self._schedule(0.0, OFFER)  # resumed: the time left when it stopped
+        self.resume = {}
 
     def handle(self, message: Any) -> None:
         match message:
@@ -331,7 +277,7 @@ class PeerConnectionActor(Actor):
             case m.RelayChanged():
                 self.on_relay_changed(message)
             case m.RelayQuality():
-                self.relay_quality = message
+                self.memory.relay_quality = message
             case m.RelaysReachable():
                 self.on_network_back("the relays answer again")
             case m.ControlServerBack():
@@ -379,10 +325,19 @@ class PeerConnectionActor(Actor):
             self._request(fx.RemovePeer(tag="wireguard", public_key=self.init.public_key))
 
     def _schedule(self, delay_s: float, kind: str) -> None:
+        if kind in DECISION_TIMERS:
+            delay_s = max(0.0, self.resume.pop(kind, delay_s))
+            self.memory.due[kind] = thespian_timing.currentTime() + delay_s
         self.wakeupAfter(timedelta(seconds=delay_s), self.timers.arm(kind))
 
+    def _cancel(self, kind: str) -> None:
+        self.memory.due.pop(kind, None)
+        self.timers.cancel(kind)
+
     def _notify(self) -> None:
-        if self.init is not None and self.state != self._notified and self.parent is not None:
+        notified = self._notified
+        if self.init is not None and self.parent is not None and (
+                notified is None or self.state != notified or self.state.inputs != notified.inputs):
             self._notified = self.state
             self.send(self.parent, m.ConnectionUpdate(self.init.peer_id, self.state))
 
@@ -390,6 +345,33 @@ class PeerConnectionActor(Actor):
     def _allowed_ips(self) -> tuple[str, ...]:
         assert self.init is not None
         return (f"{self.init.virtual_ip}/32",)
+
+    # ------------------------------------------------------------ decision inputs
+
+    def _inputs(self) -> ev.DecisionInputsRecorded:
+        return inputs.record(self.ids, self.state, self.probing, self.memory, thespian_timing.currentTime(),
+                             time.time())
+
+    def _record_inputs(self, causation: str) -> None:
+        self._commit([self._inputs()], causation)
+        self.recorded_inputs = inputs.key(self._inputs(), self.memory)
+
+    def _stop_cleanly(self) -> None:
+        self._write_runs()
+        if self.state.state in ACTIVE and not self.closing:
+            self._record_inputs("stop")
+
+    def _restore_inputs(self) -> None:
+        """Resume from the last ``DecisionInputsRecorded`` when nothing followed it in the stream
+        (a clean stop, or a metrics beat before a crash); otherwise every input starts afresh."""
+        self.recorded_inputs, self.resume = None, {}
+        position = self.writer.position
+        newest = self.writer.recorder.read_stream(self.writer.stream_id, position) if position else []
+        if not newest or not isinstance(newest[-1].event, ev.DecisionInputsRecorded):
+            return
+        self.memory, self.resume = inputs.restore(self.state.inputs, self.probing,
+                                                  thespian_timing.currentTime(), time.time())
+        self.recorded_inputs = inputs.key(self._inputs(), self.memory)
 
     # ------------------------------------------------------------ event helpers
 
@@ -399,20 +381,8 @@ class PeerConnectionActor(Actor):
 
     def _transition(self, to_state: str, reason: str, latency_ms: float | None = None,
                     state: ConnectionState | None = None) -> ev.ConnectionStateChanged:
-        state = state or self.state
-        setback = to_state in (ev.DEGRADED, ev.FAILED) or (state.state in UP and to_state not in UP
-                                                             and to_state not in (ev.CLOSED, ev.CLEANUP))
-        return ev.ConnectionStateChanged(
-            **self._base(), from_state=state.state, to_state=to_state, reason=reason,
-            path=state.path, endpoint=state.endpoint, relay=state.relay, latency_ms=latency_ms,
-            **(self._tunnel_evidence() if setback else {}))
-
-    def _tunnel_evidence(self) -> dict[str, Any]:
-        """What a setback records of the tunnel: WireGuard's handshake age and the recent probes."""
-        stats = self.probing.stats
-        handshake = stats.last_handshake if stats else None
-        age = round(max(0.0, time.time() - handshake), 1) if handshake else None
-        return {"last_handshake_age_s": age, "recent_probes": self.probing.history}
+        return transition(self.ids, state or self.state, to_state, reason, latency_ms, self.probing.stats,
+                          self.probing.history)
 
     def _configure(self, endpoint: str | None) -> ev.WireGuardPeerConfigRequested:
         assert self.init is not None
@@ -421,18 +391,8 @@ class PeerConnectionActor(Actor):
                                                keepalive_s=self.cfg.keepalive_s)
 
     def _reconnect(self, attempt: int, reason: str, state: ConnectionState | None = None) -> list[Event]:
-        max_attempts = self.cfg.attempts_before_failed
-        return [ev.ReconnectAttempted(**self._base(), attempt=attempt, max_attempts=max_attempts,
-                                      reason=reason),
-                self._transition(ev.CONNECTING, f"reconnect attempt {attempt}/{max_attempts}: {reason}",
-                                 state=state)]
-
-    def _remote_update(self, candidates: Sequence[str], nat_type: str) -> ev.RemotePeerUpdated | None:
-        candidates = tuple(candidates) or self.state.candidates
-        nat_type = nat_type if nat_type != ev.NAT_UNKNOWN else self.state.remote_nat_type
-        if (candidates, nat_type) == (self.state.candidates, self.state.remote_nat_type):
-            return None
-        return ev.RemotePeerUpdated(**self._base(), candidates=candidates, nat_type=nat_type)
+        return reconnect(self.ids, state or self.state, attempt, self.cfg.attempts_before_failed, reason,
+                         self.probing.stats, self.probing.history)
 
     # ------------------------------------------------------------ operations
 
@@ -444,19 +404,12 @@ class PeerConnectionActor(Actor):
         return self.op is not None and done.effect.tag == self.op.tag and not self.closing
 
     def _direct_ruled_out(self) -> str | None:
-        """Why a punch is not worth trying, or None: always try direct unless both are symmetric."""
         assert self.init is not None
-        if not self.state.candidates:
-            return "no direct candidates"
-        if not should_try_direct(self.init.local_nat_type, self.state.remote_nat_type):
-            return "both sides are behind symmetric NATs"
-        return None
+        return retries.direct_ruled_out(self.init.local_nat_type, self.state)
 
     def _direct_likely(self) -> bool:
-        """One side open or port-forwarded: the punch all but always works (the NAT matrix)."""
         assert self.init is not None
-        easy = (ev.NAT_OPEN, ev.NAT_FULL_CONE)
-        return self.init.local_nat_type in easy or self.state.remote_nat_type in easy
+        return retries.direct_likely(self.init.local_nat_type, self.state)
 
     def _connect(self, attempt: int) -> None:
         ruled_out = self._direct_ruled_out()
@@ -502,7 +455,7 @@ class PeerConnectionActor(Actor):
             self._commit([ev.RelayAllocationRequested(**self._base(), relay=relay, purpose=purpose)], op.tag)
         self._request(fx.AllocateRelay(tag=op.tag, party_id=self._base()["party_id"],
                                        peer_id=self._base()["peer_id"], relay=relay,
-                                       failed_session=op.failed_session or self.dead_session))
+                                       failed_session=op.failed_session or self.memory.dead_session))
 
     def _no_path(self, op: Operation, why_no_relay: str) -> None:
         reason = f"{op.purpose}; {why_no_relay}" if op.purpose else why_no_relay
@@ -612,11 +565,11 @@ class PeerConnectionActor(Actor):
                 self.send(self.parent, m.RelaySuspected(failed_relay, f"allocation failed: {done.error}"))
             held = self._held()
             if unopened is not None:
-                self.dead_session = unopened.session_id
+                self.memory.dead_session = unopened.session_id
             elif held is not None and held.relay == effect.relay:
                 # The relay itself failed us (a silent path alone may be the peer's): its session
                 # is reported on the next allocation, so the pair's affinity does not hand it back.
-                self.dead_session = held.session_id
+                self.memory.dead_session = held.session_id
             if self.op is None or self.op.recorded or not self._current(done):
                 self._commit([ev.RelayAllocationFailed(**self._base(), relay=effect.relay,
                                                        error=done.error or "")], effect.tag)
@@ -625,8 +578,8 @@ class PeerConnectionActor(Actor):
             return
         allocation: RelayAllocation = done.value
         previous = self._held()
-        if allocation.session_id != self.dead_session:
-            self.dead_session = None
+        if allocation.session_id != self.memory.dead_session:
+            self.memory.dead_session = None
         opened = ev.RelaySessionOpened(**self._base(), relay=allocation.relay,
                                        session_id=allocation.session_id, endpoint=allocation.endpoint)
         if not self._current(done):
@@ -753,28 +706,15 @@ class PeerConnectionActor(Actor):
                 self._allocate(op, FALLBACK)
             return
         assert result.endpoint is not None
-        punched = self._punch_succeeded(result)
+        punched = paths.punch_succeeded(self.ids, result)
         if not current:
             self._commit([punched], done.effect.tag)
             return
         assert op is not None
-        self._commit([punched, self._direct_chosen(result), self._configure(result.endpoint)], op.tag)
+        chosen = paths.direct_chosen(self.ids, self.state, result)
+        self._commit([punched, chosen, self._configure(result.endpoint)], op.tag)
         self._release(op.tag)
         self._finish(op)
-
-    def _punch_succeeded(self, result: PunchResult) -> ev.HolePunchSucceeded:
-        return ev.HolePunchSucceeded(**self._base(), endpoint=result.endpoint or "",
-                                     rtt_ms=result.rtt_ms or 0.0, elapsed_ms=result.elapsed_ms)
-
-    def _direct_chosen(self, result: PunchResult) -> Event:
-        """The direct path a punch found: a switch from the relay, or the first choice."""
-        if self.state.path == ev.RELAY:
-            return ev.PathSwitched(
-                **self._base(), from_path=ev.RELAY, to_path=ev.DIRECT, reason="hole punch succeeded",
-                endpoint=result.endpoint, from_relay=self.state.relay,
-                from_latency_ms=self.state.latency_ms, to_latency_ms=result.rtt_ms)
-        return ev.PathChosen(**self._base(), path=ev.DIRECT, reason="hole punch succeeded",
-                             endpoint=result.endpoint)
 
     def _on_new_candidates_punched(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
         self._finish(op)
@@ -783,7 +723,7 @@ class PeerConnectionActor(Actor):
                                              elapsed_ms=result.elapsed_ms)], op.tag)
             return
         assert result.endpoint is not None
-        punched = self._punch_succeeded(result)
+        punched = paths.punch_succeeded(self.ids, result)
         if result.endpoint == self.state.endpoint or self.state.path != ev.DIRECT:
             self._commit([punched], op.tag)
             return
@@ -798,19 +738,20 @@ class PeerConnectionActor(Actor):
             self._finish(op)
             return
         assert result.endpoint is not None
-        punched = self._punch_succeeded(result)
+        punched = paths.punch_succeeded(self.ids, result)
         self._finish(op)
         if self.state.path == ev.DIRECT and self.state.endpoint == result.endpoint \
                 and self.state.wireguard_configured:
             self._commit([punched], op.tag)  # the same path answers: the probes will say it is up
             return
-        self._commit([punched, self._direct_chosen(result), self._configure(result.endpoint)], op.tag)
+        chosen = paths.direct_chosen(self.ids, self.state, result)
+        self._commit([punched, chosen, self._configure(result.endpoint)], op.tag)
         self._release(op.tag)
 
     def _on_retried(self, op: Operation, result: PunchResult, succeeded: bool) -> None:
         self._finish(op)
         if not succeeded:
-            run = self.retry_run
+            run = self.memory.retry_run
             if run is not None and run.reason == result.reason:
                 run.add()  # the same failure again: counted
                 if run.count * self.cfg.direct_retry_s >= self.cfg.repeats_record_max_s - 1e-9:
@@ -819,12 +760,12 @@ class PeerConnectionActor(Actor):
                 self._write_retry_run()
                 self._commit([ev.DirectPathRetried(**self._base(), succeeded=False, reason=result.reason)],
                              op.tag)
-                self.retry_run = RetryRun(result.reason)
+                self.memory.retry_run = RetryRun(result.reason)
             self._arm_direct_retry()
             return
         assert result.endpoint is not None
-        if self.quality_switch_at is not None:
-            self.quality_switch_at = thespian_timing.currentTime()  # back to direct: a switch too
+        if self.memory.quality_switch_at is not None:
+            self.memory.quality_switch_at = thespian_timing.currentTime()  # back to direct: a switch too
         self._commit([
             ev.DirectPathRetried(**self._base(), succeeded=True, reason="hole punch succeeded"),
             ev.PathSwitched(**self._base(), from_path=ev.RELAY, to_path=ev.DIRECT,
@@ -877,80 +818,8 @@ class PeerConnectionActor(Actor):
         self._after_observations(before, events, failover)
 
     def _decide(self, state: ConnectionState, item: Any, weight: float = 1.0) -> tuple[list[Event], bool]:
-        if state.state not in ACTIVE:
-            return [], False
-        threshold = self.cfg.degraded_latency_ms
-        if isinstance(item, m.TrafficObserved):
-            self.probing.traffic = (item.rx_bytes, item.tx_bytes)
-            return [], False
-        if isinstance(item, m.LatencyObserved):
-            latency = float(item.latency_ms)
-            self.probing.lost = 0.0
-            self._remember_probe("+")
-            self.probing.window.append(latency)
-            self._count_probe(lost=False)
-            if state.state in (ev.CONNECTING, ev.FAILED):
-                self.probing.latencies_path = None  # a path that is back starts its run anew
-            high = latency > threshold
-            slow = self._slow_run(state, latency)
-            if state.state in (ev.CONNECTING, ev.FAILED):
-                lead = "first probe answered"
-                if state.state == ev.FAILED:
-                    lead = "peer answered again" + (f" (retry {self.retries})" if self.retries else "")
-                tail = f" (above {threshold:.0f} ms)" if high else ""
-                return [self._transition(ev.DEGRADED if slow else ev.CONNECTED,
-                                         f"{lead} in {latency:.1f} ms{tail}", latency, state)], False
-            if state.state == ev.CONNECTED and slow:
-                run = len(self.probing.latencies)
-                return [self._transition(ev.DEGRADED, f"latency {latency:.1f} ms above {threshold:.0f} ms "
-                                                      f"({run} probes in a row)", latency, state)], False
-            lossy = self._lossy(state)
-            if lossy is not None:
-                return [self._transition(ev.DEGRADED, lossy, latency, state)], False
-            loss = self._window_loss()
-            if state.state == ev.DEGRADED and not high and (loss is None or loss <= self.cfg.recovered_loss):
-                better = (f"loss down to {loss:.0%}" if state.reason.startswith("loss") and loss is not None
-                          else f"latency improved to {latency:.1f} ms")
-                return [self._transition(ev.CONNECTED, better, latency, state)], False
-            return [], False
-        # ProbeFailed
-        self._remember_probe("-")
-        self.probing.latencies.clear()
-        self.probing.lost += weight
-        self.probing.window_lost += 1
-        self._count_probe(lost=True)
-        if item.reason != m.ProbeFailed().reason:
-            self.probing.last_error = item.reason
-        lossy = self._lossy(state)
-        if lossy is not None:
-            return [self._transition(ev.DEGRADED, lossy, state=state)], False
-        needed = self.cfg.lost_probes_before_action
-        if self.probing.lost < needed - 1e-9 or state.state == ev.FAILED or self.op is not None:
-            return [], False  # an operation in flight decides the path for now
-        self.probing.lost = 0.0
-        lost = f"{needed} probes lost"
-        if state.state in UP:
-            return [], True  # after the batch: check the path, then fail over or reconnect
-        # The budget counts the reconnects since the last time the peer was up or (re)joined.
-        attempt = state.reconnects + 1 if state.reason.startswith("reconnect attempt") else 1
-        if attempt <= self.cfg.attempts_before_failed:
-            return self._reconnect(attempt, lost, state), False
-        unreachable = (f"{lost} after {self.cfg.attempts_before_failed} reconnect attempts; "
-                       "retrying every path")
-        return [self._transition(ev.FAILED, unreachable, state=state)], False
-
-    def _slow_run(self, state: ConnectionState, latency: float) -> bool:
-        """Whether the last ``latency_probes_to_degrade`` answers in a row on this path, this
-        one included, all came later than ``degraded_latency_ms``."""
-        probing, cfg = self.probing, self.cfg
-        if probing.latencies_path != state.path:
-            probing.latencies, probing.latencies_path = [], state.path
-        probing.latencies = [*probing.latencies, latency][-cfg.latency_probes_to_degrade:]
-        return len(probing.latencies) >= cfg.latency_probes_to_degrade and \
-            min(probing.latencies) > cfg.degraded_latency_ms
-
-    def _remember_probe(self, outcome: str) -> None:
-        self.probing.history = (self.probing.history + outcome)[-self.cfg.probe_history:]
+        return detection.observe(self.ids, self.state, state, self.probing, item, weight, self.op is not None,
+                                 self.memory.retries, self.cfg)
 
     def _after_observations(self, before: ConnectionState, events: Sequence[Event], failover: bool) -> None:
         """The actions the persisted batch asks for (each persists its own events first)."""
@@ -960,12 +829,12 @@ class PeerConnectionActor(Actor):
             self.probing.outcomes.clear()  # the probes lost before the outage was seen: not loss
             self._answered_through_relay()
         if state.state == ev.FAILED and before.state != ev.FAILED:
-            self.retries = 0
+            self.memory.retries = 0
             self._arm_monitor()  # unreachable: probe every ``failed_probe_s`` to see it come back
             self._schedule_retry()
         elif before.state == ev.FAILED and state.state != ev.FAILED:
-            self.timers.cancel(RETRY)
-            self.retries = 0
+            self._cancel(RETRY)
+            self.memory.retries = 0
         if state.state == ev.CONNECTING and any(isinstance(e, ev.ReconnectAttempted) for e in events):
             self._connect(state.reconnects + 1)
         if failover and state.state in UP:
@@ -977,6 +846,7 @@ class PeerConnectionActor(Actor):
     def on_timer(self, timer: m.Timer) -> None:
         if not self.timers.is_current(timer) or self.closing:
             return  # a stale wakeup: re-armed or cancelled since
+        self.memory.due.pop(timer.kind, None)
         assert self.init is not None
         if timer.kind == MONITOR and self.state.state in ACTIVE:
             if not self.probing.in_flight:
@@ -989,6 +859,8 @@ class PeerConnectionActor(Actor):
             self._arm_monitor()
         elif timer.kind == METRICS and self.state.state in ACTIVE:
             self._request(fx.ReadPeerStats(tag="metrics", public_key=self.init.public_key))
+            if inputs.probes_changed(self._inputs(), self.state.inputs):
+                self._record_inputs("metrics")
             self._schedule(self.cfg.metrics_interval_s, METRICS)
         elif timer.kind == WATCH:
             if self.state.state in UP:
@@ -1001,8 +873,8 @@ class PeerConnectionActor(Actor):
         elif timer.kind == RETRY and self.state.state == ev.FAILED:
             self._retry_unreachable()
         elif timer.kind == OFFER:
-            if self.pending_offer is not None:
-                pending, self.pending_offer = self.pending_offer, None
+            if self.memory.pending_offer is not None:
+                pending, self.memory.pending_offer = self.memory.pending_offer, None
                 self.on_peer_asked_for_relay(*pending)
             else:
                 self._join_offer()
@@ -1015,52 +887,25 @@ class PeerConnectionActor(Actor):
 
     # ------------------------------------------------------------ loss
 
-    def _count_probe(self, lost: bool) -> None:
-        if self.state.state not in UP:
-            return  # an outage's lost probes say nothing of the path's quality once it is back
-        outcomes = self.probing.outcomes.setdefault(self.state.path, [])
-        outcomes.append(lost)
-        del outcomes[:-self.cfg.loss_window_probes]
-
     def _window_loss(self) -> float | None:
-        """Loss over the window, once it holds at least half a window of probes."""
-        outcomes = self.probing.outcomes.get(self.state.path, [])
-        if len(outcomes) < max(1, self.cfg.loss_window_probes // 2):
-            return None
-        return sum(outcomes) / len(outcomes)
-
-    def _lossy(self, state: ConnectionState) -> str | None:
-        """Why a connected connection is now degraded by loss, or None."""
-        loss = self._window_loss()
-        if state.state != ev.CONNECTED or loss is None or loss < self.cfg.degraded_loss:
-            return None
-        return f"loss {loss:.0%} over the last {len(self.probing.outcomes[state.path])} probes"
+        return detection.window_loss(self.probing, self.state.path, self.cfg)
 
     def _may_switch(self) -> bool:
         """No switch for quality within ``min_switch_interval_s`` of the last one."""
-        at = self.quality_switch_at
+        at = self.memory.quality_switch_at
         return at is None or thespian_timing.currentTime() - at >= self.cfg.min_switch_interval_s
-
-    def _relay_path_no_better(self, loss: float) -> bool:
-        """This connection's own last window on the relay lost about as much: the loss is on a
-        stretch both paths share (the peer's uplink, which the relay monitor's probes from
-        this side do not cross), and a move would only trade one lossy path for another."""
-        outcomes = self.probing.outcomes.get(ev.RELAY, [])
-        if len(outcomes) < max(1, self.cfg.loss_window_probes // 2):
-            return False
-        return sum(outcomes) / len(outcomes) > loss - self.cfg.switch_loss_margin
 
     def _leave_lossy_path(self) -> None:
         """A lossy direct path moves to the relay if the relay loses clearly less."""
-        state, cfg, quality = self.state, self.cfg, self.relay_quality
+        state, cfg, quality = self.state, self.cfg, self.memory.relay_quality
         loss = self._window_loss()
         if (state.state != ev.DEGRADED or state.path != ev.DIRECT or self.op is not None
                 or self.relay is None or loss is None or loss < cfg.degraded_loss or quality is None
                 or quality.relay != self.relay or quality.probes < cfg.loss_window_probes // 2
                 or quality.loss > loss - cfg.switch_loss_margin
-                or not self._may_switch() or self._relay_path_no_better(loss)):
+                or not self._may_switch() or detection.relay_path_no_better(self.probing, loss, self.cfg)):
             return
-        self.quality_switch_at = thespian_timing.currentTime()
+        self.memory.quality_switch_at = thespian_timing.currentTime()
         purpose = (f"loss {loss:.0%} on the direct path; relay {quality.relay} lost {quality.loss:.0%} "
                    "of its probes")
         self._allocate(self._begin(FAILOVER, purpose=purpose, for_quality=True), FAILOVER)
@@ -1093,7 +938,7 @@ class PeerConnectionActor(Actor):
                 now - probing.read_at, cfg.idle_watch_interval_s) > cfg.idle_tx_bytes_s:
             probing.sending_at = now
         probing.read_at = now
-        if probing.idle_armed and not self._idle(now):
+        if probing.idle_armed and not detection.idle(self.probing, self.state, now, self.cfg):
             self._arm_monitor()  # traffic started (or the peer fell silent): probe at the normal rate
         if busy:
             silence = now - probing.silent_since
@@ -1139,11 +984,7 @@ class PeerConnectionActor(Actor):
         if idle and probing.rx_grew_at is not None and \
                 thespian_timing.currentTime() - probing.rx_grew_at < cfg.keepalive_s + cfg.probe_interval_s:
             return  # the peer's packets (its keepalives at least) still arrive: the probes met loss
-        loss = max(self._window_loss() or 0.0, cfg.check_assumed_loss)
-        needed = cfg.confirm_probes
-        if 0 < loss < 1:
-            needed = max(needed, min(cfg.confirm_probes_max,
-                                     math.ceil(math.log(cfg.check_false_alarm) / math.log(loss))))
+        needed = detection.check_size(self._window_loss(), cfg)
         probing.check_lost, probing.check_reason, probing.check_needed = 0, reason, needed
         probing.checking_answered, probing.check_sent = False, 0
         # A first round of a few probes (a live path answers one of them within a round
@@ -1151,15 +992,9 @@ class PeerConnectionActor(Actor):
         self._send_checks(min(cfg.confirm_probes, needed))
         if needed > probing.check_sent:
             recent = max(probing.window[-3:], default=self.state.latency_ms) or 0.0
-            rest_after = min(self._check_timeout(), max(cfg.confirm_rest_after_s, 3 * recent / 1000))
+            rest_after = min(detection.check_timeout(self.probing, self.state.latency_ms, cfg),
+                             max(cfg.confirm_rest_after_s, 3 * recent / 1000))
             self._schedule(rest_after, CHECK_REST)
-
-    def _check_timeout(self) -> float:
-        """Three of the path's last round trips, within the configured bounds."""
-        cfg = self.cfg
-        recent = max(self.probing.window[-3:], default=self.state.latency_ms)
-        return cfg.confirm_timeout_s if recent is None else \
-            min(cfg.confirm_timeout_s, max(cfg.confirm_timeout_min_s, 3 * recent / 1000))
 
     def _send_rest_of_check(self) -> None:
         """The check's first round is not answered yet: the rest of its probes, at once."""
@@ -1172,7 +1007,7 @@ class PeerConnectionActor(Actor):
         probing = self.probing
         probing.checking += probes
         probing.check_sent += probes
-        timeout = self._check_timeout()
+        timeout = detection.check_timeout(self.probing, self.state.latency_ms, self.cfg)
         for _ in range(probes):
             self._request(fx.Probe(tag=f"{CONFIRM}/{next(self._tags)}", virtual_ip=self.init.virtual_ip,
                                    timeout_s=timeout))
@@ -1250,7 +1085,8 @@ class PeerConnectionActor(Actor):
                 **self._base(), old_endpoint=state.endpoint, new_endpoint=stats.endpoint,
                 reason="WireGuard now hears the peer from another address (NAT rebinding or roaming)")],
                 "watch")
-            self._remember_probe("~")  # a later setback shows whether probes were answered since
+            # A later setback shows whether probes were answered since.
+            detection.remember_probe(self.probing, "~", self.cfg)
 
     def _answered_through_relay(self) -> None:
         """An attempt that started on the direct path was answered before it changed anything:
@@ -1277,7 +1113,7 @@ class PeerConnectionActor(Actor):
             return False
         through_relay = heard_from == state.session_endpoint
         if state.path == ev.RELAY and not through_relay and not _loopback(heard_from) and self._may_switch():
-            self.quality_switch_at = thespian_timing.currentTime()
+            self.memory.quality_switch_at = thespian_timing.currentTime()
             self._commit([ev.PathSwitched(
                 **self._base(), from_path=ev.RELAY, to_path=ev.DIRECT, endpoint=heard_from,
                 reason=f"WireGuard hears the peer directly from {heard_from}: its end is on the direct path",
@@ -1316,7 +1152,7 @@ class PeerConnectionActor(Actor):
             self.state = apply_connection(self.state, record.event)
 
     def _write_retry_run(self) -> None:
-        counted = self.retry_run.take(**self._base()) if self.retry_run is not None else None
+        counted = self.memory.retry_run.take(**self._base()) if self.memory.retry_run is not None else None
         if counted is not None:
             for record in self.writer.append([counted], "direct-retry"):
                 self.state = apply_connection(self.state, record.event)
@@ -1329,7 +1165,7 @@ class PeerConnectionActor(Actor):
         """Before a transition or a path change: write what the runs counted, and close them."""
         self._write_runs()
         self.sample_runs.recorded = None
-        self.retry_run = None
+        self.memory.retry_run = None
 
     def _restore_figures(self) -> None:
         """After a restart: the figures as the replay folds them, the newest sample and the
@@ -1363,17 +1199,10 @@ class PeerConnectionActor(Actor):
         if self.op is not None or not self._may_switch():
             self._arm_direct_retry()
             return
-        self._punch(self._begin(RETRY_DIRECT), record=self.retry_run is None)
-
-    def _retry_delay(self, retry: int) -> float:
-        """Capped exponential backoff, jittered per peer and retry (deterministic for replays and tests)."""
-        cfg = self.cfg
-        base = min(cfg.retry_backoff_s * 2 ** min(retry, 30), cfg.retry_backoff_max_s)
-        spread = random.Random(f"{self.actor}/{retry}").uniform(-cfg.retry_jitter, cfg.retry_jitter)
-        return min(base * (1 + spread), cfg.retry_backoff_max_s)
+        self._punch(self._begin(RETRY_DIRECT), record=self.memory.retry_run is None)
 
     def _schedule_retry(self) -> None:
-        self._schedule(self._retry_delay(self.retries), RETRY)
+        self._schedule(retries.retry_delay(self.actor, self.memory.retries, self.cfg), RETRY)
 
     def _retry_unreachable(self, fresh_session: bool = False) -> None:
         """A failed connection tries every path again: the tunnel (a probe), the direct
@@ -1384,9 +1213,9 @@ class PeerConnectionActor(Actor):
         if self.op is not None:  # a retry or a reconnect still runs: try again after it
             self._schedule_retry()
             return
-        self.retries += 1
-        retry = self.retries
-        recorded = retry & (retry - 1) == 0
+        self.memory.retries += 1
+        retry = self.memory.retries
+        recorded = retries.written(retry)
         op = self._begin(RETRY_UNREACHABLE, attempt=retry, recorded=recorded,
                          purpose=f"unreachable: retry {retry}")
         if recorded:
@@ -1411,9 +1240,10 @@ class PeerConnectionActor(Actor):
     # ------------------------------------------------------------ control plane
 
     def on_announced(self, candidates: Sequence[str], nat_type: str, announced: bool) -> None:
-        remote = self._remote_update(candidates, nat_type)
+        remote = paths.remote_update(self.ids, self.state, candidates, nat_type)
         if remote is not None:
-            self._commit([remote, *self._announced_move(remote.candidates)], "announced")
+            moved = paths.announced_move(self.ids, self.state, remote.candidates)
+            self._commit([remote, *moved], "announced")
             self._follow_new_candidates()
         if announced and self._waiting():
             self._reconnect_now("peer announced again")
@@ -1427,8 +1257,8 @@ class PeerConnectionActor(Actor):
 
     def _reconnect_now(self, reason: str) -> None:
         """A new attempt at once, with a new budget: something changed that makes it worth it."""
-        self.timers.cancel(RETRY)
-        self.retries = 0
+        self._cancel(RETRY)
+        self.memory.retries = 0
         self.probing.lost = 0.0
         self._commit(self._reconnect(1, reason), "reconnect now")
         self._connect(2)
@@ -1443,7 +1273,7 @@ class PeerConnectionActor(Actor):
         if self.closing:
             return
         if self.state.state == ev.FAILED:
-            self.retries = 0  # the network changed: the backoff starts again, from now
+            self.memory.retries = 0  # the network changed: the backoff starts again, from now
             self._retry_unreachable(fresh_session=True)
         elif self._waiting():
             self._reconnect_now(reason)
@@ -1457,7 +1287,7 @@ class PeerConnectionActor(Actor):
             if (moved_session or relay != state.relay) and not self.closing:
                 # A direct retry's punch is in flight: follow the peer once it is over, not
                 # when this side's own silence check finds the session it holds deserted.
-                self.pending_offer = (relay, session_id)
+                self.memory.pending_offer = (relay, session_id)
                 self._schedule(self.cfg.first_probe_s, OFFER)
             return
         if state.state in UP and state.path == ev.RELAY and relay is not None:
@@ -1477,7 +1307,7 @@ class PeerConnectionActor(Actor):
             # and this side's window says the path is lossy too (above where a degraded one is
             # up again): follow, a switch for quality, rather than answer its check and keep the
             # two ends on two paths until the peer's way back a minute later.
-            self.quality_switch_at = thespian_timing.currentTime()
+            self.memory.quality_switch_at = thespian_timing.currentTime()
             purpose = f"the peer moved the pair to the relay; loss {loss:.0%} on the direct path here too"
             self._allocate(self._begin(FAILOVER, purpose=purpose, for_quality=True), FAILOVER, relay)
             return
@@ -1487,7 +1317,7 @@ class PeerConnectionActor(Actor):
             self._suspect("the peer asked for a relay session")
             return
         if state.state in (ev.CONNECTING, ev.FAILED) and not self.closing:
-            self.offered_relay = relay or self.relay
+            self.memory.offered_relay = relay or self.relay
             self._join_offer()
 
     def _join_offer(self) -> None:
@@ -1495,17 +1325,17 @@ class PeerConnectionActor(Actor):
         the control server is not asked for another): waiting for lost probes or a backoff
         would leave the two ends on different paths for many seconds. An attempt in flight
         finishes first."""
-        relay = self.offered_relay
+        relay = self.memory.offered_relay
         if relay is None or self.closing or self.state.state not in (ev.CONNECTING, ev.FAILED):
-            self.offered_relay = None
+            self.memory.offered_relay = None
             return
         if not self._waiting():
             if self.op is not None:
                 self._schedule(self.cfg.first_probe_s, OFFER)
             return
-        self.offered_relay = None
-        self.timers.cancel(RETRY)
-        self.retries = 0
+        self.memory.offered_relay = None
+        self._cancel(RETRY)
+        self.memory.retries = 0
         op = self._begin(RETRY_UNREACHABLE, purpose="the peer offered a relay session")
         self._allocate(op, FALLBACK, relay)
         if self.state.state == ev.FAILED:
@@ -1525,16 +1355,6 @@ class PeerConnectionActor(Actor):
         elif state.path == ev.RELAY:
             self._retry_direct()
 
-    def _announced_move(self, candidates: Sequence[str]) -> list[Event]:
-        """The peer announced candidates without the direct endpoint in use: it moved (once a change)."""
-        state = self.state
-        if state.path != ev.DIRECT or not state.endpoint or not candidates or state.endpoint in candidates:
-            return []
-        new = next((c for c in candidates if c not in state.candidates), candidates[0])
-        return [ev.EndpointChanged(**self._base(), old_endpoint=state.endpoint, new_endpoint=new,
-                                   reason="the peer announced candidates without the endpoint in use",
-                                   seen_by=ev.SEEN_IN_ANNOUNCE)]
-
     def _arm_monitor(self) -> None:
         """The next probe: soon while connecting (every ``first_probe_s``), else every interval."""
         delay = self.cfg.probe_interval_s
@@ -1542,23 +1362,11 @@ class PeerConnectionActor(Actor):
             delay = min(self.cfg.first_probe_s, self.cfg.probe_interval_s)
         elif self.state.state == ev.FAILED:
             delay = min(self.cfg.failed_probe_s, self.cfg.probe_interval_s)
-        elif self._idle(thespian_timing.currentTime()):
+        elif detection.idle(self.probing, self.state, thespian_timing.currentTime(), self.cfg):
             delay = max(self.cfg.idle_probe_interval_s, self.cfg.probe_interval_s)
         self.probing.idle_armed = delay > self.cfg.probe_interval_s
         self.probing.armed_weight = min(1.0, delay / self.cfg.probe_interval_s)
         self._schedule(delay, MONITOR)
-
-    def _idle(self, now: float) -> bool:
-        """Up, its last probes all answered, the peer heard recently, and this side sending
-        next to nothing for a while."""
-        probing, cfg = self.probing, self.cfg
-        if self.state.state not in UP or probing.rx_grew_at is None \
-                or now - probing.rx_grew_at > cfg.keepalive_s + cfg.probe_interval_s:
-            return False
-        answered = probing.history.replace("~", "")[-cfg.idle_after_answered:]
-        if len(answered) < cfg.idle_after_answered or "-" in answered:
-            return False
-        return probing.sending_at is None or now - probing.sending_at > cfg.probe_interval_s
 
     def on_relay_changed(self, message: m.RelayChanged) -> None:
         self.relay = message.relay
@@ -1574,7 +1382,7 @@ class PeerConnectionActor(Actor):
         failed = held.session_id if held is not None and held.relay == state.relay else None
         if self.suspected_relay is not None and self.op is None:
             self.suspected_relay = None
-            self.timers.cancel(RELAY_VERDICT)
+            self._cancel(RELAY_VERDICT)
         self._move_relay(message.relay, f"relay monitor selected {message.relay}", message.rtt_ms, failed)
 
     def _move_relay(self, relay: str | None, reason: str, rtt_ms: float | None = None,
@@ -1597,7 +1405,7 @@ class PeerConnectionActor(Actor):
         self.op = None
         self.closing = True
         for kind in (MONITOR, METRICS, DIRECT_RETRY, RETRY, WIREGUARD_RETRY, RELAY_VERDICT, OFFER):
-            self.timers.cancel(kind)
+            self._cancel(kind)
         if not self.pending:
             self._finished()
 
