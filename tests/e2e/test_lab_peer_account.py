@@ -3,8 +3,9 @@ bob's uplink and bob's crash from what bob's node told her when their connection
 
 alice and bob hold public addresses; no relay, so a drop is a drop. The agents probe every
 second (``probe-interval`` in their config file). The party stays quiet for over a minute
-before the uplink cut and before the crash, so both nodes are past their busy first minute; longer quiet periods only add a sign of life (``NodeAlive``) a quiet minute,
-which the actor tests cover on a virtual clock. Real ``serve`` agents on wireguard-go in network namespaces;
+before the uplink cut and before the crash, so both nodes are past their busy first minute;
+longer quiet periods only add a sign of life (``NodeAlive``) a quiet minute, which the actor
+tests cover on a virtual clock. Real ``serve`` agents on wireguard-go in network namespaces;
 the lab tears itself down, processes included, even when a test fails.
 """
 
