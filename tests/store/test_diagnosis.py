@@ -531,6 +531,23 @@ def test_one_relay_silent_while_another_answers_is_that_relay() -> None:
         f"relay_died: the relay in use ({RELAY_A}) stopped answering")
 
 
+def test_a_relay_that_answered_again_before_the_drop_is_not_silent() -> None:
+    """The lab's case: relay B was degraded half a minute earlier and answers again (the monitor
+    selects it, 0.4 ms, as A dies); the drop on A is that relay's death, not this node's uplink."""
+    log = up(Log(), "bob", path="relay", relay=RELAY_A)
+    relay_probed(5, log, RELAY_A, 3)
+    log.at(3 * 3600 - 36, f"relay:me:{RELAY_B}", ev.RelayDegraded(relay=RELAY_B, rtt_ms=None,
+                                                                   reason="no answer"))
+    log.at(3 * 3600, "peer:p:bob", lost("bob", "relay", RELAY_A))
+    log.at(3 * 3600 + 0.5, f"relay:me:{RELAY_A}", ev.RelayDegraded(relay=RELAY_A, rtt_ms=None,
+                                                                    reason="no answer"))
+    log.at(3 * 3600 + 0.5, f"relay:me:{RELAY_B}", ev.RelaySelected(
+        relay=RELAY_B, rtt_ms=0.4, previous_relay=RELAY_A, reason=f"{RELAY_A} stopped answering"))
+    found = log.findings(folded=True, around=TWO_MINUTES)
+    assert found[0].startswith(f"relay_died: the relay in use ({RELAY_A}) stopped answering"), found
+    assert not any(f.startswith("local_uplink") for f in found), found
+
+
 def mapping_lost(by_router: bool) -> ev.PortMappingLost:
     return ev.PortMappingLost(node_id="me", protocol="pcp", external_ip="203.0.113.100", external_port=51820,
                               reason="the router took the mapping back: it refused the renewal (PCP: not "

@@ -9,7 +9,7 @@ import pytest
 
 from events import types as ev
 from store.diagnosis import Finding, Window, diagnose, incidents
-from tests.store.test_diagnosis import NAMES, T0
+from tests.store.test_diagnosis import NAMES, RELAY_A, T0, lost, up
 from tests.store.test_diagnosis import Log as DiagnosisLog
 
 
@@ -145,3 +145,19 @@ def test_a_move_the_connection_lived_through_does_not_explain_a_later_drop() -> 
                "203.0.113.5:4000 to 203.0.113.5:4100")
     assert not [f for f in log.findings() if f.startswith("endpoint_changed")]
     assert log.findings()[0].startswith("remote_unreachable: Bob's node became unreachable")
+
+
+def test_the_peers_word_that_the_shared_relay_failed_yields_to_this_nodes_own_sight_of_it() -> None:
+    """Both ends used relay A and it died: this node saw it (its monitor's RelayDegraded), so the
+    cause is the relay, from its own log; Bob's word that his relay failed is further evidence."""
+    log = up(Log(), "bob", path="relay", relay=RELAY_A)
+    log.at(184, "peer:p:bob", lost("bob", "relay", RELAY_A))
+    log.at(184.5, f"relay:me:{RELAY_A}", ev.RelayDegraded(relay=RELAY_A, rtt_ms=None, reason="no answer"))
+    told(log, 186, ev.ACCOUNT_RELAY, 184, 184, f"its relay {RELAY_A} stopped answering")
+    findings = log.findings()
+    assert findings[0].startswith(f"relay_died: the relay in use ({RELAY_A}) stopped answering"), findings
+    # Without this node's own sight of the relay's death, Bob's word leads.
+    alone = up(Log(), "bob", path="relay", relay=RELAY_A)
+    alone.at(184, "peer:p:bob", lost("bob", "relay", RELAY_A))
+    told(alone, 186, ev.ACCOUNT_RELAY, 184, 184, f"its relay {RELAY_A} stopped answering")
+    assert alone.findings()[0].startswith("remote_relay_failed: Bob's node says"), alone.findings()
