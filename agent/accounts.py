@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from events import types as ev
+from events.health import silent_at
 from events.streams import node_stream, relay_stream
 from store.base import RecordedEvent
 
@@ -103,7 +104,9 @@ def _outage(drop: RecordedEvent, recovery: RecordedEvent, connection: Sequence[R
             around: Sequence[RecordedEvent], relays: Sequence[str]) -> list[dict[str, Any]]:
     near = [r for r in around if abs(r.recorded_at - drop.recorded_at) <= TOGETHER]
     span = [r for r in around if drop.recorded_at - TOGETHER <= r.recorded_at <= recovery.recorded_at]
-    dead = {r.event.relay: r for r in reversed(near) if isinstance(r.event, ev.RelayDegraded)}
+    degraded = {r.event.relay for r in near if isinstance(r.event, ev.RelayDegraded)}
+    dead = {relay: record for relay in sorted(degraded)
+            if (record := silent_at(around, relay, drop.recorded_at, TOGETHER)) is not None}
     control = [r for r in near if isinstance(r.event, ev.ControlServerUnreachable)]
     every_relay = bool(relays) and all(relay in dead for relay in relays)
     moved = [r for r in span if isinstance(r.event, ev.PublicEndpointChanged)]

@@ -23,6 +23,7 @@ from typing import Any
 
 from events import types as ev
 from events.fold import World, apply_world
+from events.health import silent_at
 from events.streams import METRICS, PEER, peer_stream_ids, stream_kind
 from events.streams import node_of as stream_owner
 from store.base import RecordedEvent
@@ -36,8 +37,6 @@ LOOKBACK = timedelta(seconds=120)
 LOOKAHEAD = timedelta(seconds=120)
 # Connections of one node that drop within this of each other dropped for one reason.
 TOGETHER = timedelta(seconds=15)
-# A relay degraded before a drop that answers again this soon after it was not silent at the drop.
-RELAY_SILENT_AFTER = timedelta(seconds=5)
 # A sample with at least this loss before a drop, after samples below it, is "loss rose".
 # The same share of lost probes before the drop's final run of lost ones (from the first
 # loss on) says it too: a cut link loses every probe from one moment on, a failing one
@@ -423,7 +422,7 @@ def _every_relay_silent(window: Window) -> Finding | None:
     relays = {state.relay for stream, state in window.world.relays.items()
               if state.relay and (owner is None or stream_owner(stream) == owner)}
     degraded = {relay: record for relay in relays
-                if (record := _silent_at(window, relay, drop.recorded_at)) is not None}
+                if (record := silent_at(window.around, relay, drop.recorded_at, LOOKBACK)) is not None}
     if len(relays) < 2 or not relays <= degraded.keys():
         return None
     evidence = [Fact.of(drop, _describe(drop))]
@@ -432,31 +431,6 @@ def _every_relay_silent(window: Window) -> Finding | None:
     return Finding("local_uplink", f"this node's uplink went down: the connection to {window.peer_name} "
                    f"dropped and every relay stopped answering ({', '.join(sorted(relays))})",
                    tuple(sorted(evidence, key=lambda fact: fact.global_position)))
-
-
-def _relay_answered(event: ev.Event, relay: str) -> bool:
-    return (isinstance(event, ev.RelayProbed) and event.relay == relay and event.answered > 0) or \
-        (isinstance(event, ev.RelaySelected) and event.relay == relay and event.rtt_ms is not None)
-
-
-def _silent_at(window: Window, relay: str, at: datetime) -> RecordedEvent | None:
-    """The record saying ``relay`` stopped answering around ``at``, if it had: degraded at ``at``
-    with no answer within ``RELAY_SILENT_AFTER`` after it, or degraded within ``LOOKBACK`` after
-    ``at`` before any answer. A relay degraded earlier that answered again is not silent."""
-    def about_health(event: ev.Event) -> bool:
-        return _relay_answered(event, relay) or (isinstance(event, ev.RelayDegraded) and event.relay == relay)
-
-    near = (r for r in window.around if abs(r.recorded_at - at) <= LOOKBACK)
-    health = sorted((r for r in near if about_health(r.event)), key=lambda r: r.global_position)
-    before = [r for r in health if r.recorded_at <= at]
-    after = [r for r in health if r.recorded_at > at]
-    if before and isinstance(before[-1].event, ev.RelayDegraded):
-        answered_soon = any(r.recorded_at - at <= RELAY_SILENT_AFTER for r in after
-                            if not isinstance(r.event, ev.RelayDegraded))
-        return None if answered_soon else before[-1]
-    if after and isinstance(after[0].event, ev.RelayDegraded):
-        return after[0]
-    return None
 
 
 def mapping_taken_back(window: Window) -> Finding | None:

@@ -249,3 +249,18 @@ def test_the_server_tells_the_members_when_it_stopped_hearing_from_one_and_when_
             assert (returned["by"], again["started_at"]) == ("server", item["started_at"])
             assert again["ended_at"] >= again["started_at"]
     asyncio.run(scenario())
+
+
+def test_a_relay_that_answered_again_before_the_drop_is_no_sign_of_this_nodes_uplink() -> None:
+    """Relay B was degraded 30 s before the drop and answered again; relay A, the one in use,
+    died with the drop: this node's account is that its relay failed, not its uplink."""
+    other = "198.51.100.8:3478"
+    log = started(Log())
+    log.at(150, f"relay:me:{other}", ev.RelayDegraded(relay=other, rtt_ms=None, reason="2 probes lost"))
+    log.at(155, f"relay:me:{other}", ev.RelayProbed(relay=other, rtt_ms=0.4, probes=2, answered=2))
+    log.at(180, CONNECTION, ev.PathChosen(party_id="p", peer_id="alice", path="relay", reason="relay only",
+                                          endpoint="127.0.0.1:4000", relay=RELAY))
+    log.at(183, CONNECTION, state("connected", "connecting", "nothing received for 0.8 s while sending"))
+    log.at(183.5, f"relay:me:{RELAY}", ev.RelayDegraded(relay=RELAY, rtt_ms=None, reason="2 probes lost"))
+    recovery = log.at(185, CONNECTION, state("connecting", "connected", "answered through the other relay"))
+    assert log.told(recovery, relays=(RELAY, other)) == [("relay_failed", 183.5, 185.0)]
