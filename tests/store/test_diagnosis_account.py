@@ -149,7 +149,8 @@ def test_a_move_the_connection_lived_through_does_not_explain_a_later_drop() -> 
 
 def test_the_peers_word_that_the_shared_relay_failed_yields_to_this_nodes_own_sight_of_it() -> None:
     """Both ends used relay A and it died: this node saw it (its monitor's RelayDegraded), so the
-    cause is the relay, from its own log; Bob's word that his relay failed is further evidence."""
+    cause is the relay, from its own log; Bob's word that his relay failed, the same fact, is no
+    finding of its own."""
     log = up(Log(), "bob", path="relay", relay=RELAY_A)
     log.at(184, "peer:p:bob", lost("bob", "relay", RELAY_A))
     log.at(184.5, f"relay:me:{RELAY_A}", ev.RelayDegraded(relay=RELAY_A, rtt_ms=None, reason="no answer"))
